@@ -1,0 +1,44 @@
+# Everything a developer or CI types. Each target sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEEDS ?= 20000
+CONFIG ?= conf/cluster.yaml
+TRIAL_JOBS ?= 2
+
+.PHONY: all venv test lint simulate bench run certs faults clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/trial -j $(TRIAL_JOBS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check graft tests benchmarks twisted
+	$(BIN)/ruff format --check graft tests benchmarks twisted
+	$(BIN)/mypy
+
+simulate: $(STAMP)
+	$(BIN)/python -m graft.raft.simulation --seeds $(SEEDS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+certs: $(STAMP)
+	$(BIN)/graft certs -c $(CONFIG)
+
+run: $(STAMP)
+	$(BIN)/graft certs -c $(CONFIG) --if-missing
+	$(BIN)/graft dev -c $(CONFIG)
+
+clean:
+	rm -rf $(VENV) _trial_temp* dropin.cache data certs

@@ -1,0 +1,3 @@
+"""Graft: a Raft consensus server on Twisted."""
+
+__version__ = "0.1.0"

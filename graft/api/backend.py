@@ -1,0 +1,87 @@
+"""What the HTTP API needs from a node. graft.node.GraftNode implements it; API tests use fakes.
+
+Every Deferred fails with a graft.errors.GraftError subclass for anything the client should see;
+any other exception is a bug and becomes a 500 ``internal`` error without a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred
+
+
+class Consistency(enum.Enum):
+    DEFAULT = "default"  # leader, under its lease (ReadIndex if the lease is not valid)
+    STRONG = "strong"  # linearizable: ReadIndex, on the leader or a follower
+    WEAK = "weak"  # this node's FSM as it is
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandResult:
+    """A command applied at ``index`` in ``term``: ``output`` is the FSM's answer, or ``error``
+    (the FSM's deterministic rejection message) when it refused the command."""
+
+    index: int
+    term: int
+    leader: str
+    output: bytes = b""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryResult:
+    output: bytes
+    applied_index: int  # the FSM state the query read
+    leader: str | None
+
+
+class ClusterBackend(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def content_type(self) -> str:
+        """The FSM's output media type (``application/json`` for the built-in FSMs)."""
+        ...
+
+    def leader_id(self) -> str | None: ...
+
+    def is_leader(self) -> bool: ...
+
+    def api_url(self, node_id: str) -> str | None:
+        """The base URL of a member's HTTP API (``http://host:port``), for redirects."""
+        ...
+
+    def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+        """Append the commands (forwarding to the leader from a follower), wait until each is
+        committed and applied, and return their results in order. Fails with NoLeader or
+        Timeout as a whole; per-command FSM rejections are CommandResult.error."""
+        ...
+
+    def query(
+        self,
+        query: bytes,
+        consistency: Consistency,
+        *,
+        min_index: int | None = None,
+        max_lag_ms: int | None = None,
+    ) -> Deferred[QueryResult]:
+        """Run a read at the asked consistency. Fails with BadRequest when the FSM refuses the
+        query (e.g. a write statement), NoLeader, or Timeout."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """This node's view, JSON-ready (DESIGN.md section 5, GET /status)."""
+        ...
+
+    def is_ready(self) -> bool:
+        """A leader is known and this node has applied up to that leader's commit index."""
+        ...
+
+    @property
+    def metrics(self) -> CollectorRegistry: ...

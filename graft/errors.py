@@ -1,0 +1,74 @@
+"""Errors that reach clients. Each carries the API error code and HTTP status (DESIGN.md s. 5)."""
+
+from __future__ import annotations
+
+
+class GraftError(Exception):
+    """An error with a stable code for the API's JSON error body."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GraftError):
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(GraftError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(GraftError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(GraftError):
+    code = "not_found"
+    status = 404
+
+
+class PayloadTooLarge(GraftError):
+    code = "payload_too_large"
+    status = 413
+
+
+class FSMRejected(GraftError):
+    """The command was committed at ``index`` and the FSM rejected it deterministically."""
+
+    code = "fsm_error"
+    status = 422
+
+    def __init__(self, message: str, *, index: int, term: int) -> None:
+        super().__init__(message)
+        self.index = index
+        self.term = term
+
+
+class NoLeader(GraftError):
+    """No leader is known, or the leader cannot be reached; the client should retry shortly."""
+
+    code = "no_leader"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Timeout(GraftError):
+    """The operation did not finish in time; for a command the outcome is unknown."""
+
+    code = "timeout"
+    status = 504
+
+
+class Internal(GraftError):
+    code = "internal"
+    status = 500

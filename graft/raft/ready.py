@@ -1,0 +1,97 @@
+"""What the core hands its driver: a Ready, and the status the API reports."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from graft.raft.messages import Message
+from graft.raft.types import Entry, HardState, Membership, NodeId, SnapshotMeta
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    LEARNER = "learner"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SoftState:
+    """Volatile state the driver wants to know about when it changes."""
+
+    role: Role
+    leader: NodeId | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadState:
+    """The answer to ``read_index(context)``: once applied >= index, a read is linearizable.
+
+    ``index`` None means the read was refused (no leader, or the leader has not committed in its
+    term yet, or it lost leadership): the driver fails or retries that read.
+    """
+
+    context: bytes
+    index: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """Work for the driver, to be done in this order (see DESIGN.md section 2):
+
+    1. persist ``hard_state`` (if not None), ``entries`` (may replace a suffix) and ``snapshot``;
+    2. send ``messages`` (only after step 1 is durable);
+    3. apply ``committed_entries`` to the FSM in order, answer ``read_states``;
+    4. call ``advance(ready)``.
+    """
+
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    snapshot: SnapshotMeta | None = None
+    messages: tuple[Message, ...] = ()
+    committed_entries: tuple[Entry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    soft_state: SoftState | None = None
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.hard_state is not None
+            or self.entries
+            or self.snapshot is not None
+            or self.messages
+            or self.committed_entries
+            or self.read_states
+            or self.soft_state is not None
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerProgress:
+    """The leader's view of one follower's replication (etcd's Progress)."""
+
+    match: int
+    next: int
+    state: str  # "probe" | "replicate" | "snapshot"
+    inflight: int
+    recent_active: bool
+    learner: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    id: NodeId
+    role: Role
+    term: int
+    vote: NodeId | None
+    leader: NodeId | None
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    snapshot: SnapshotMeta
+    membership: Membership
+    lease_valid: bool = False
+    progress: dict[NodeId, PeerProgress] = field(default_factory=dict)
