@@ -1,0 +1,117 @@
+"""AMP-style commands: named requests with declared argument and answer schemas.
+
+A command is asked with ``_ask`` (id, name, arguments) and answered with ``_answer`` (id,
+result) or ``_error`` (id, code, message). Schemas are maps of field name to annotation (see
+graft.wire.schema); both sides check them, so a handler only ever sees well-typed arguments and
+a caller only ever sees a well-typed answer. The node registers its own commands on
+``COMMANDS`` (or on a registry it passes to the transport).
+
+Error codes every command may answer with: ``unknown_command``, ``bad_arguments`` and
+``internal``; a command declares any others it uses (``errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft.wire.errors import ProtocolError, SchemaError
+from graft.wire.schema import compile_fields
+
+STANDARD_ERRORS = frozenset({"unknown_command", "bad_arguments", "internal"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    name: str
+    arguments: Mapping[str, Any]
+    response: Mapping[str, Any]
+    errors: frozenset[str] = frozenset()
+    check_arguments: Callable[[Any, str], dict[str, Any]] = field(init=False, repr=False)
+    check_response: Callable[[Any, str], dict[str, Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Compiled once here: a bad annotation fails at import time, not on the first ask.
+        object.__setattr__(self, "check_arguments", compile_fields(self.arguments))
+        object.__setattr__(self, "check_response", compile_fields(self.response))
+
+
+class CommandRegistry:
+    """The commands one side understands, by name."""
+
+    def __init__(self, commands: tuple[Command, ...] = ()) -> None:
+        self._commands: dict[str, Command] = {}
+        for command in commands:
+            self.register(command)
+
+    def register(self, command: Command) -> Command:
+        if command.name in self._commands:
+            raise ValueError(f"command {command.name!r} is already registered; pick another name")
+        self._commands[command.name] = command
+        return command
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._commands
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._commands.values())
+
+    def copy(self) -> CommandRegistry:
+        return CommandRegistry(tuple(self._commands.values()))
+
+    def outgoing_arguments(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Check arguments this side is about to send; SchemaError is a local programming error."""
+        command = self._require(name)
+        try:
+            return command.check_arguments(dict(args), f"{name} arguments")
+        except ProtocolError as e:
+            raise SchemaError(e.reason) from None
+
+    def outgoing_response(self, name: str, result: Mapping[str, Any]) -> dict[str, Any]:
+        command = self._require(name)
+        try:
+            return command.check_response(dict(result), f"{name} answer")
+        except ProtocolError as e:
+            raise SchemaError(e.reason) from None
+
+    def _require(self, name: str) -> Command:
+        command = self._commands.get(name)
+        if command is None:
+            raise SchemaError(f"unknown command {name!r}: register it on the CommandRegistry")
+        return command
+
+
+FORWARD_SUBMIT = Command(
+    name="forward_submit",
+    # A follower forwards client commands to the leader; one result per command, in order.
+    arguments={"commands": list[bytes]},
+    response={"results": list[Any]},
+    errors=frozenset({"not_leader", "timeout"}),
+)
+
+FORWARD_QUERY = Command(
+    name="forward_query",
+    arguments={"query": bytes, "consistency": str, "min_index": int | None},
+    response={"output": bytes, "applied_index": int},
+    errors=frozenset({"not_leader", "timeout", "query_rejected"}),
+)
+
+INSTALL_SNAPSHOT_CHUNK = Command(
+    name="install_snapshot_chunk",
+    # Placeholder for snapshot streaming (issue 6): the schema may still change.
+    arguments={
+        "term": int,
+        "snapshot_index": int,
+        "snapshot_term": int,
+        "offset": int,
+        "data": bytes,
+        "done": bool,
+    },
+    response={"term": int, "next_offset": int},
+)
+
+COMMANDS = CommandRegistry((FORWARD_SUBMIT, FORWARD_QUERY, INSTALL_SNAPSHOT_CHUNK))

@@ -1,0 +1,219 @@
+"""Framing: a 4-byte big-endian length, then a msgpack body; no I/O here.
+
+A body is a list whose first element says what it is:
+
+    ["_hello", version, cluster, node_id]     first frame on every connection, both directions
+    [tag, field, ...]                         a Raft message (graft.wire.messages), one-way
+    ["_ask", id, command, arguments]          an RPC request
+    ["_answer", id, result]                   its answer
+    ["_error", id, code, message]             or its failure
+
+FrameDecoder turns received bytes into these frames and is the only place that does: anything
+malformed, oversized or unknown raises ProtocolError, after which the decoder refuses more input
+(the connection is to be dropped).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from graft.raft.messages import Message
+from graft.wire.commands import COMMANDS, CommandRegistry
+from graft.wire.errors import ProtocolError
+from graft.wire.messages import decode_message, encode_message
+from graft.wire.schema import check_any
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    version: int
+    cluster: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ask:
+    id: int
+    command: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    id: int
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorAnswer:
+    id: int
+    code: str
+    message: str
+
+
+Frame = Message | Hello | Ask | Answer | ErrorAnswer
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def _body(frame: Frame) -> list[Any]:
+    if isinstance(frame, Hello):
+        return ["_hello", frame.version, frame.cluster, frame.node_id]
+    if isinstance(frame, Ask):
+        return ["_ask", frame.id, frame.command, frame.args]
+    if isinstance(frame, Answer):
+        return ["_answer", frame.id, frame.result]
+    if isinstance(frame, ErrorAnswer):
+        return ["_error", frame.id, frame.code, frame.message]
+    return encode_message(frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Length prefix and body of one frame (the caller checks it against its size limit)."""
+    body: bytes = _packer.pack(_body(frame))
+    return _LENGTH.pack(len(body)) + body
+
+
+def encode_message_frame(message: Message) -> bytes:
+    """encode_frame for the hot path: skips the envelope type tests."""
+    body: bytes = _packer.pack(encode_message(message))
+    return _LENGTH.pack(len(body)) + body
+
+
+def _id(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        raise ProtocolError(f"{where}: expected a request id, got {value!r:.40}")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if type(value) is not str:
+        raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _check_length(body: list[Any], n: int, what: str) -> None:
+    if len(body) != n:
+        raise ProtocolError(f"{what} frame: expected {n - 1} fields, got {len(body) - 1}")
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not used by this protocol")
+
+
+class FrameDecoder:
+    """Bytes in, frames out, for one connection.
+
+    With ``expect_hello`` the first frame must be a Hello and no later frame may be one.
+    ``_ask`` arguments are checked against the registered command's schema; an ask for a
+    command this side does not know is passed through with its raw arguments so the receiver
+    can answer ``unknown_command`` instead of dropping the connection. ``_answer`` results are
+    only checked to be maps: the schema to check them against depends on which ask they answer,
+    which the connection knows (CommandRegistry.get(name).check_response).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        commands: CommandRegistry = COMMANDS,
+        expect_hello: bool = True,
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.commands = commands
+        self._buffer = bytearray()
+        self._awaiting_hello = expect_hello
+        self._failure: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            return self._feed(data)
+        except ProtocolError as e:
+            self._failure = e
+            self._buffer.clear()
+            raise
+
+    def _feed(self, data: bytes) -> list[Frame]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        available = len(buffer)
+        position = 0
+        limit = self.max_frame_bytes
+        unpack_length = _LENGTH.unpack_from
+        with memoryview(buffer) as view:
+            while available - position >= 4:
+                (length,) = unpack_length(buffer, position)
+                if length > limit:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+                end = position + 4 + length
+                if end > available:
+                    break
+                frames.append(self._decode_body(view[position + 4 : end]))
+                position = end
+        del buffer[:position]
+        return frames
+
+    def _decode_body(self, data: memoryview) -> Frame:
+        try:
+            body = msgpack.unpackb(data, raw=False, use_list=True, ext_hook=_reject_ext)
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise ProtocolError(f"undecodable msgpack body ({type(e).__name__})") from None
+        if type(body) is not list or not body:
+            raise ProtocolError("frame body is not a non-empty list")
+        kind = body[0]
+        if self._awaiting_hello:
+            if kind != "_hello":
+                raise ProtocolError("the first frame must be a hello")
+            self._awaiting_hello = False
+            _check_length(body, 4, "hello")
+            version = body[1]
+            if type(version) is not int:
+                raise ProtocolError("hello: the protocol version must be an integer")
+            return Hello(
+                version=version,
+                cluster=_text(body[2], "hello cluster"),
+                node_id=_text(body[3], "hello node id"),
+            )
+        if type(kind) is int:
+            return decode_message(body)
+        if kind == "_ask":
+            _check_length(body, 4, "ask")
+            name = _text(body[2], "ask command")
+            command = self.commands.get(name)
+            if command is None:
+                args = check_any(body[3], f"{name} arguments")
+                if type(args) is not dict:
+                    raise ProtocolError(f"{name} arguments: expected a map")
+            else:
+                args = command.check_arguments(body[3], f"{name} arguments")
+            return Ask(id=_id(body[1], "ask id"), command=name, args=args)
+        if kind == "_answer":
+            _check_length(body, 3, "answer")
+            result = check_any(body[2], "answer result")
+            if type(result) is not dict:
+                raise ProtocolError("answer result: expected a map")
+            return Answer(id=_id(body[1], "answer id"), result=result)
+        if kind == "_error":
+            _check_length(body, 4, "error")
+            return ErrorAnswer(
+                id=_id(body[1], "error id"),
+                code=_text(body[2], "error code"),
+                message=_text(body[3], "error message"),
+            )
+        if kind == "_hello":
+            raise ProtocolError("a second hello on the same connection")
+        raise ProtocolError(f"unknown frame kind {kind!r:.40}")
