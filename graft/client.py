@@ -1,0 +1,334 @@
+"""A small synchronous HTTP client for Graft's API, used by the ``graft`` command.
+
+It speaks the API's error model (DESIGN.md section 5): an error body
+``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
+status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
+list when a node is down, and retries ``no_leader`` answers until the deadline, because those
+mean the request was not accepted and an election is probably in progress.
+
+Only the standard library is used, so the CLI starts fast and needs no reactor.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+# How often a 307 may be followed before we suspect a loop between two nodes.
+MAX_REDIRECTS = 5
+# Backoff between no_leader retries: starts short (elections take a few hundred ms).
+FIRST_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 1.0
+
+
+class ClientError(Exception):
+    """An error answer from a node, or a failure to get one.
+
+    ``code`` is the API's error code (``no_leader``, ``timeout``, ...) or one of the client's own:
+    ``unreachable`` (nothing listens there), ``connection`` (the connection failed mid-way: the
+    outcome of a command is unknown), ``http_error`` (a non-JSON error answer).
+    ``status`` is the HTTP status, or None when there was no HTTP answer.
+    """
+
+    def __init__(self, code: str, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        # Set for fsm_error: the index the rejected command was committed at.
+        self.index: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Unreachable(ClientError):
+    """Nothing answered at the URL (connection refused, unknown host): safe to try elsewhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unreachable", None, message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A successful (2xx) answer; ``url`` is where it finally came from, after redirects."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def header_int(self, name: str) -> int | None:
+        value = self.header(name)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            return None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberStatus:
+    """One member's ``GET /status`` answer, or why there is none."""
+
+    node: str
+    url: str
+    status: Mapping[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.status is not None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Turn every redirect into an HTTPError so that we re-send method and body ourselves."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@dataclass(kw_only=True)
+class GraftClient:
+    """Talks to the members at ``urls`` (API base URLs such as ``http://127.0.0.1:8080``).
+
+    ``names`` maps a base URL to its node id for messages; ``timeout`` bounds a whole operation,
+    retries included. ``sleep`` and ``clock`` are injectable so tests need not wait.
+    """
+
+    urls: Sequence[str]
+    names: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+    token: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("GraftClient needs at least one URL")
+        self.urls = [url.rstrip("/") for url in self.urls]
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    # -- one request to one node -------------------------------------------------------------
+
+    def name_of(self, url: str) -> str:
+        base = _base_url(url)
+        return self.names.get(base, base)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send one request, following up to MAX_REDIRECTS 307/308 answers with the same method
+        and body. Raises ClientError for every non-2xx answer and every transport failure."""
+        per_try = self.timeout if timeout is None else timeout
+        all_headers = {"Accept": "application/json"}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        if body is not None:
+            all_headers["Content-Type"] = "text/plain"
+        all_headers.update(headers or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            req = urllib.request.Request(url, data=body, headers=all_headers, method=method)
+            try:
+                with self._opener.open(req, timeout=max(per_try, 0.01)) as raw:
+                    return Response(
+                        status=raw.status,
+                        headers={k.lower(): v for k, v in raw.headers.items()},
+                        body=raw.read(),
+                        url=url,
+                    )
+            except urllib.error.HTTPError as answer:
+                with answer:
+                    location = answer.headers.get("Location")
+                    if answer.code in (307, 308) and location:
+                        url = urllib.parse.urljoin(url, location)
+                        continue
+                    raise _error_from_answer(
+                        answer.code, answer.read(), self.name_of(url)
+                    ) from None
+            except urllib.error.URLError as failure:
+                raise self._transport_error(url, failure.reason) from None
+            except (OSError, http.client.HTTPException) as failure:
+                raise self._transport_error(url, failure) from None
+        raise ClientError(
+            "redirect_loop",
+            None,
+            f"more than {MAX_REDIRECTS} redirects starting at {self.name_of(url)}: the nodes "
+            "disagree about the leader; retry in a moment or check `graft status`",
+        )
+
+    def _transport_error(self, url: str, reason: object) -> ClientError:
+        node = self.name_of(url)
+        base = _base_url(url)
+        if isinstance(reason, ConnectionRefusedError | socket.gaierror):
+            return Unreachable(
+                f"node {node} at {base} is unreachable ({_describe(reason)}): check that it is "
+                "running and that the URL or config is right"
+            )
+        if isinstance(reason, TimeoutError):
+            return ClientError(
+                "timeout",
+                None,
+                f"node {node} at {base} did not answer in time: retry with a larger --timeout; "
+                "a command's outcome is unknown, check before re-sending it",
+            )
+        if isinstance(reason, ssl.SSLError):
+            return ClientError(
+                "tls",
+                None,
+                f"TLS with node {node} at {base} failed ({_describe(reason)}): pass the API's "
+                "CA with --cacert (and --cert/--key if it wants a client certificate)",
+            )
+        return ClientError(
+            "connection",
+            None,
+            f"connection to node {node} at {base} failed ({_describe(reason)}): retry; a "
+            "command's outcome is unknown, check before re-sending it",
+        )
+
+    # -- operations across the cluster ---------------------------------------------------------
+
+    def command(self, data: bytes) -> Response:
+        """POST /command. The node asked forwards to the leader itself; we only move on to the
+        next member when a node is unreachable, and retry no_leader until the deadline. Other
+        failures are not retried: after a timeout the command may still commit."""
+        return self._retrying("POST", "/command", body=data)
+
+    def query(
+        self,
+        query: bytes,
+        *,
+        consistency: str = "default",
+        min_index: int | None = None,
+        max_lag_ms: int | None = None,
+    ) -> Response:
+        """POST /query (same as GET with a body). Reads are idempotent, so a timeout or a
+        no_leader answer may be retried until the deadline too."""
+        params: dict[str, str] = {"consistency": consistency}
+        if min_index is not None:
+            params["min_index"] = str(min_index)
+        if max_lag_ms is not None:
+            params["max_lag_ms"] = str(max_lag_ms)
+        path = "/query?" + urllib.parse.urlencode(params)
+        return self._retrying("POST", path, body=query, retry_codes=("no_leader", "timeout"))
+
+    def status_all(self) -> list[MemberStatus]:
+        """GET /status from every member at once; an unreachable member is a row, not an error."""
+
+        def one(url: str) -> MemberStatus:
+            node = self.name_of(url)
+            try:
+                answer = self.request("GET", url + "/status").json()
+            except ClientError as err:
+                return MemberStatus(node=node, url=url, error=err.message)
+            except ValueError:
+                return MemberStatus(node=node, url=url, error="answered /status with non-JSON")
+            if not isinstance(answer, dict):
+                return MemberStatus(node=node, url=url, error="answered /status with non-object")
+            return MemberStatus(node=node, url=url, status=answer)
+
+        with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
+            return list(pool.map(one, self.urls))
+
+    def _retrying(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        retry_codes: Sequence[str] = ("no_leader",),
+    ) -> Response:
+        deadline = self.clock() + self.timeout
+        backoff = FIRST_BACKOFF_S
+        turn = 0
+        last: ClientError | None = None
+        while True:
+            url = self.urls[turn % len(self.urls)]
+            remaining = deadline - self.clock()
+            try:
+                return self.request(method, url + path, body=body, timeout=remaining)
+            except Unreachable as err:
+                last = err
+                turn += 1
+                # Walk the whole list before pausing: another member may be up.
+                if turn % len(self.urls) != 0:
+                    continue
+            except ClientError as err:
+                if err.code not in retry_codes:
+                    raise
+                last = err
+                turn += 1
+            if self.clock() + backoff >= deadline:
+                break
+            self.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        assert last is not None
+        if isinstance(last, Unreachable) and len(self.urls) > 1:
+            raise Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
+        if last.code == "no_leader":
+            raise ClientError(
+                "no_leader",
+                last.status,
+                f"the cluster has no leader after {self.timeout:g}s ({last.message}): check "
+                "`graft status`; a majority of the members must be up and connected",
+            )
+        raise last
+
+
+def _base_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _describe(reason: object) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__
+
+
+def _error_from_answer(status: int, body: bytes, node: str) -> ClientError:
+    """Build the ClientError for a non-2xx answer, from the API's JSON error body if present."""
+    code, message, index = f"http_{status}", "", None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        error = parsed["error"]
+        code = str(error.get("code") or code)
+        message = str(error.get("message") or "")
+        raw_index = error.get("index", parsed.get("index"))
+        index = raw_index if isinstance(raw_index, int) else None
+    else:
+        text = body.decode("utf-8", "replace").strip().splitlines()
+        message = text[0][:200] if text else f"HTTP {status} with an empty body"
+    err = ClientError(code, status, f"{node}: {code} ({status}): {message}")
+    err.index = index
+    return err
