@@ -1,0 +1,376 @@
+"""The Klein application: routes, their validation, and the error model (DESIGN.md s. 5).
+
+Routes (every one but /health needs a token of at least the given role when tokens are set):
+
+    POST /command, /command/      write   one command; the body is the FSM's answer
+    POST /commands                write   a JSON batch; a JSON array of per-command results
+    GET|POST /query, GET /query/  read    a query from the body or ?q=
+    GET /status                   read    this node's view
+    GET /health                   open    the process answers
+    GET /ready                    read    200 when a leader is known and this node caught up
+    GET /metrics                  read    Prometheus text format
+
+Decisions beyond DESIGN.md:
+- A wrong method on a known path is 405 with code ``method_not_allowed`` and an ``Allow``
+  header (DESIGN.md lists no code for 405; reusing ``bad_request`` would blur the two).
+- ``?redirect=true`` is honoured by /command, /commands and ``default``-consistency queries
+  (the ones that must run on the leader); ``strong`` and ``weak`` queries are served by this
+  node. The ``Location`` keeps the whole query string, ``redirect=true`` included, so if the
+  leadership moved again meanwhile the next hop redirects too instead of forwarding.
+- An empty command (or empty batch element) is a 400: nothing is proposed.
+- The API's own deadlines (api.command_timeout_ms / query_timeout_ms) race the backend's
+  Deferred without cancelling it: a proposed command may still commit after the 504.
+- /ready answers ``{"ready": bool, "node", "leader"}``, 503 with Retry-After when not ready:
+  it is a probe, not an error.
+- Batch results: ``result`` is the FSM's output parsed as JSON when its content type is JSON;
+  otherwise (or when the output does not parse) it is base64 and the entry says
+  ``"encoding": "base64"``.
+- Cluster administration routes (/cluster/...) are not exposed until ClusterBackend offers the
+  operations: a route that cannot do its job is worse than a 404.
+"""
+
+# twisted.web is untyped; its calls are checked by the tests.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, cast
+from urllib.parse import urlsplit
+
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from graft.api.auth import Role, TokenAuthority
+from graft.api.backend import ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.api.deadline import TimeSource, within
+from graft.api.http_metrics import http_metrics
+from graft.api.limits import too_large
+from graft.api.params import QueryParams, decode_base64, parse_batch
+from graft.api.responses import MethodNotAllowed, retry_after_seconds, write_error, write_json
+from graft.api.settings import ApiSettings
+from graft.errors import (
+    BadRequest,
+    FSMRejected,
+    GraftError,
+    Internal,
+    NoLeader,
+    NotFound,
+    Timeout,
+)
+
+_log = Logger()
+
+P = ParamSpec("P")
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+Handler = Callable[Concatenate["GraftApi", Request, P], Awaitable[bytes]]
+
+
+def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..., Deferred[Any]]]:
+    """Wrap a handler: count it in the HTTP metrics, check the token, and turn any failure into
+    the JSON error model."""
+
+    def decorate(handler: Handler[P]) -> Callable[..., Deferred[Any]]:
+        @functools.wraps(handler)
+        def serve(self: GraftApi, request: Request, *args: P.args, **kwargs: P.kwargs) -> Any:
+            self._instrument(request, route)
+
+            async def run() -> bytes:
+                if role is not None:
+                    self._auth.authorize(_header(request, b"authorization"), role)
+                return await handler(self, request, *args, **kwargs)
+
+            answer: Deferred[Any] = Deferred.fromCoroutine(run())
+            return answer.addErrback(self._failed, request)
+
+        return serve
+
+    return decorate
+
+
+class GraftApi:
+    """The HTTP API of one node, over its ClusterBackend."""
+
+    app = Klein()
+
+    def __init__(
+        self, backend: ClusterBackend, settings: ApiSettings, *, reactor: TimeSource
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._reactor = reactor
+        self._auth = TokenAuthority(settings.tokens)
+        self._metrics = http_metrics(backend.metrics)
+
+    def resource(self) -> IResource:
+        resource: Any = self.app.resource()  # a KleinResource, which mypy cannot see is one
+        return cast(IResource, resource)
+
+    # -- commands --------------------------------------------------------------------------
+
+    @app.route("/command", methods=["POST"], endpoint="command")
+    @app.route("/command/", methods=["POST"], endpoint="command_slash")
+    @_served("command", Role.WRITE)
+    async def command(self, request: Request) -> bytes:
+        params = QueryParams(request.uri)
+        body = self._body(request)
+        if params.command_encoding_is_base64():
+            body = decode_base64(body, "the command body")
+        _require_nonempty([body])
+        if params.flag("redirect") and not self._backend.is_leader():
+            return self._redirect(request)
+        (result,) = await self._submit([body])
+        self._command_headers(request, result)
+        if result.error is not None:
+            raise FSMRejected(result.error, index=result.index, term=result.term)
+        request.setHeader(b"Content-Type", self._backend.content_type.encode("ascii"))
+        return result.output
+
+    @app.route("/commands", methods=["POST"], endpoint="commands")
+    @_served("commands", Role.WRITE)
+    async def commands(self, request: Request) -> bytes:
+        params = QueryParams(request.uri)
+        batch = parse_batch(self._body(request))
+        _require_nonempty(batch)
+        if params.flag("redirect") and not self._backend.is_leader():
+            return self._redirect(request)
+        results = await self._submit(batch)
+        self._command_headers(request, results[-1])
+        as_json = _is_json(self._backend.content_type)
+        return write_json(request, 200, [_batch_entry(r, as_json) for r in results])
+
+    async def _submit(self, commands: Sequence[bytes]) -> list[CommandResult]:
+        ms = self._settings.command_timeout_ms
+        work = maybeDeferred(self._backend.submit, commands)
+        try:
+            results = await within(
+                work,
+                ms / 1000,
+                self._reactor,
+                lambda: _command_timeout(f"the command was not applied within {ms} ms"),
+            )
+        except Timeout as e:
+            raise _command_timeout(e.message) from None
+        if len(results) != len(commands):
+            raise RuntimeError(
+                f"backend answered {len(results)} results for {len(commands)} commands"
+            )
+        return results
+
+    def _command_headers(self, request: Request, result: CommandResult) -> None:
+        request.setHeader(b"Graft-Index", str(result.index).encode("ascii"))
+        request.setHeader(b"Graft-Term", str(result.term).encode("ascii"))
+        request.setHeader(b"Graft-Leader", result.leader.encode("utf-8"))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @app.route("/query", methods=["GET", "POST"], endpoint="query")
+    @app.route("/query/", methods=["GET", "POST"], endpoint="query_slash")
+    @_served("query", Role.READ)
+    async def query(self, request: Request) -> bytes:
+        params = QueryParams(request.uri)
+        consistency = params.consistency()
+        min_index = params.non_negative_int("min_index")
+        max_lag_ms = params.non_negative_int("max_lag_ms")
+        body = self._body(request)
+        text = params.get("q")
+        if text is not None and body.strip():
+            raise BadRequest("the query is both in ?q= and in the body: send it in one place")
+        query = text.encode("utf-8") if text is not None else body
+        if not query.strip():
+            raise BadRequest("the query is empty: send it as the request body or as ?q=...")
+        if (
+            consistency is Consistency.DEFAULT
+            and params.flag("redirect")
+            and not self._backend.is_leader()
+        ):
+            return self._redirect(request)
+        ms = self._settings.query_timeout_ms
+        result: QueryResult = await within(
+            maybeDeferred(
+                self._backend.query,
+                query,
+                consistency,
+                min_index=min_index,
+                max_lag_ms=max_lag_ms,
+            ),
+            ms / 1000,
+            self._reactor,
+            lambda: Timeout(
+                f"the query did not finish within {ms} ms (it changed nothing): retry, or "
+                "use consistency=weak if a possibly stale answer will do"
+            ),
+        )
+        request.setHeader(b"Graft-Index", str(result.applied_index).encode("ascii"))
+        if result.leader is not None:
+            request.setHeader(b"Graft-Leader", result.leader.encode("utf-8"))
+        request.setHeader(b"Content-Type", self._backend.content_type.encode("ascii"))
+        return result.output
+
+    # -- node state ------------------------------------------------------------------------
+
+    @app.route("/status", methods=["GET"], endpoint="status")
+    @_served("status", Role.READ)
+    async def status(self, request: Request) -> bytes:
+        return write_json(request, 200, self._backend.status())
+
+    @app.route("/health", methods=["GET"], endpoint="health")
+    @_served("health", None)
+    async def health(self, request: Request) -> bytes:
+        return write_json(request, 200, {"status": "ok"})
+
+    @app.route("/ready", methods=["GET"], endpoint="ready")
+    @_served("ready", Role.READ)
+    async def ready(self, request: Request) -> bytes:
+        ready = self._backend.is_ready()
+        if not ready:
+            request.setHeader(b"Retry-After", retry_after_seconds(1.0))
+        document = {
+            "ready": ready,
+            "node": self._backend.node_id,
+            "leader": self._backend.leader_id(),
+        }
+        return write_json(request, 200 if ready else 503, document)
+
+    @app.route("/metrics", methods=["GET"], endpoint="metrics")
+    @_served("metrics", Role.READ)
+    async def metrics(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self._backend.metrics)
+
+    # -- shared machinery ------------------------------------------------------------------
+
+    @app.handle_errors(HTTPException)
+    def _routing_failed(self, request: Request, failure: Failure) -> bytes:
+        """No route matched: 404 for an unknown path, 405 for a known path and wrong method."""
+        self._instrument(request, "unmatched")
+        path = request.path.decode("utf-8", errors="replace")
+        method = request.method.decode("ascii", errors="replace")
+        error: GraftError
+        if isinstance(failure.value, RouteMethodNotAllowed):
+            allowed = sorted(failure.value.valid_methods or [])
+            error = MethodNotAllowed(
+                f"{method} is not allowed on {path}: use {', '.join(allowed)}", allowed=allowed
+            )
+        elif isinstance(failure.value, RouteNotFound):
+            error = NotFound(f"there is no route {path}: see docs/api.md for the routes of the API")
+        else:
+            error = BadRequest(f"{method} {path} cannot be routed: see docs/api.md")
+        return write_error(request, error)
+
+    def _failed(self, failure: Failure, request: Request) -> bytes | Failure:
+        if failure.check(CancelledError):
+            return failure  # the client went away; Klein drops it quietly
+        error = failure.value
+        if not isinstance(error, GraftError) or isinstance(error, Internal):
+            _log.failure(
+                "API request {method} {uri} failed",
+                failure,
+                method=request.method,
+                uri=request.uri,
+            )
+            error = Internal(
+                f"internal error on node {self._backend.node_id}: the cause is in its log"
+            )
+        return write_error(request, error)
+
+    def _redirect(self, request: Request) -> bytes:
+        """307 to the same path and query on the leader's API."""
+        leader = self._backend.leader_id()
+        if leader is None:
+            raise NoLeader("no leader is known (an election may be under way): retry shortly")
+        base = self._backend.api_url(leader)
+        if base is None:
+            raise NoLeader(
+                f"the leader {leader} has no known API address: retry without redirect=true"
+            )
+        target = urlsplit(request.uri.decode("latin-1"))
+        location = base.rstrip("/") + (target.path or "/")
+        if target.query:
+            location += "?" + target.query
+        request.setHeader(b"Location", location.encode("latin-1"))
+        request.setHeader(b"Graft-Leader", leader.encode("utf-8"))
+        return write_json(request, 307, {"leader": leader, "location": location})
+
+    def _body(self, request: Request) -> bytes:
+        """The body, refused if over the limit. The Site's BoundedRequest refuses earlier,
+        before reading; this check covers a resource served by another Site (tests, embedding)."""
+        limit = self._settings.max_body_bytes
+        declared = request.getHeader(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise too_large(limit)
+        content = request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        data: bytes = content.read(limit + 1)
+        if len(data) > limit:
+            raise too_large(limit)
+        return data
+
+    def _instrument(self, request: Request, route: str) -> None:
+        started = self._reactor.seconds()
+        method = request.method.decode("ascii", errors="replace").upper()
+        label = method if method in _KNOWN_METHODS else "OTHER"
+
+        def record(_: object) -> None:
+            self._metrics.observe(
+                route=route,
+                method=label,
+                status=request.code,
+                seconds=self._reactor.seconds() - started,
+            )
+
+        request.notifyFinish().addBoth(record)
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _require_nonempty(commands: Sequence[bytes]) -> None:
+    for position, command in enumerate(commands):
+        if not command:
+            where = "the command" if len(commands) == 1 else f"batch element {position}"
+            raise BadRequest(f"{where} is empty: send the command's bytes")
+
+
+def _command_timeout(reason: str) -> Timeout:
+    return Timeout(
+        f"{reason}: the outcome is unknown and the command may still commit; check with a "
+        "query before resending a command that is not idempotent"
+    )
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _batch_entry(result: CommandResult, as_json: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": result.index, "term": result.term}
+    if result.error is not None:
+        entry["error"] = {"code": FSMRejected.code, "message": result.error}
+        return entry
+    if as_json:
+        try:
+            entry["result"] = json.loads(result.output.decode("utf-8"))
+            return entry
+        except ValueError:  # UnicodeDecodeError is a ValueError too
+            pass
+    entry["result"] = base64.b64encode(result.output).decode("ascii")
+    entry["encoding"] = "base64"
+    return entry

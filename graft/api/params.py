@@ -1,0 +1,130 @@
+"""Parsing and validating what a request carries: query-string parameters and bodies.
+
+Every failure is a BadRequest whose message names the parameter, the value and what is
+expected. The query string is parsed from the raw URI, never from ``request.args``: Twisted
+merges a form-encoded POST body into ``args``, and a query or command body must never be
+mistaken for parameters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from graft.api.backend import Consistency
+from graft.errors import BadRequest
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+
+
+class QueryParams:
+    """The decoded query string of a request URI; each parameter may appear once."""
+
+    def __init__(self, uri: bytes) -> None:
+        raw = urlsplit(uri).query.decode("utf-8", errors="replace")
+        parsed = parse_qs(raw, keep_blank_values=True)
+        for name, values in parsed.items():
+            if len(values) > 1:
+                raise BadRequest(f"parameter {name!r} is given {len(values)} times: give it once")
+        self._values: Mapping[str, str] = {name: values[0] for name, values in parsed.items()}
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name)
+
+    def flag(self, name: str) -> bool:
+        value = self._values.get(name)
+        if value is None:
+            return False
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise BadRequest(f"parameter {name}={value!r} is not a boolean: use true or false")
+
+    def non_negative_int(self, name: str) -> int | None:
+        value = self._values.get(name)
+        if value is None:
+            return None
+        if not value.isascii() or not value.isdigit():
+            raise BadRequest(
+                f"parameter {name}={value!r} is not a non-negative integer: use e.g. {name}=42"
+            )
+        return int(value)
+
+    def consistency(self) -> Consistency:
+        value = self._values.get("consistency")
+        if value is None:
+            return Consistency.DEFAULT
+        try:
+            return Consistency(value.lower())
+        except ValueError:
+            choices = "|".join(c.value for c in Consistency)
+            raise BadRequest(
+                f"parameter consistency={value!r} is unknown: use one of {choices}"
+            ) from None
+
+    def command_encoding_is_base64(self) -> bool:
+        value = self._values.get("encoding")
+        if value is None or value.lower() == "raw":
+            return False
+        if value.lower() == "base64":
+            return True
+        raise BadRequest(f"parameter encoding={value!r} is unknown: use base64 or leave it out")
+
+
+def decode_base64(data: bytes | str, what: str) -> bytes:
+    """Standard base64, padding required; ASCII whitespace (line breaks of `base64` output kept
+    by curl --data-binary) is ignored."""
+    text = data.encode("ascii", errors="replace") if isinstance(data, str) else data
+    compact = b"".join(text.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{what} is not valid base64: send standard base64 with padding") from None
+
+
+def parse_batch(body: bytes) -> list[bytes]:
+    """A /commands body: a non-empty JSON array whose elements are strings (UTF-8 commands) or
+    ``{"b64": "..."}`` objects (binary commands). All of it is checked before anything is
+    submitted."""
+    try:
+        document: Any = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(
+            f"the batch is not valid JSON ({e}): send a JSON array of strings or "
+            '{"b64": "..."} objects'
+        ) from None
+    if not isinstance(document, list):
+        raise BadRequest(
+            'the batch must be a JSON array of strings or {"b64": "..."} objects, '
+            f"not a JSON {type(document).__name__}"
+        )
+    if not document:
+        raise BadRequest("the batch is empty: send at least one command")
+    commands: list[bytes] = []
+    for position, element in enumerate(document):
+        if isinstance(element, str):
+            try:
+                commands.append(element.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise BadRequest(
+                    f"batch element {position} holds a lone surrogate escape: send binary "
+                    'commands as {"b64": "..."}'
+                ) from None
+        elif (
+            isinstance(element, dict)
+            and set(element) == {"b64"}
+            and isinstance(element["b64"], str)
+        ):
+            commands.append(decode_base64(element["b64"], f"batch element {position}"))
+        else:
+            raise BadRequest(
+                f"batch element {position} is neither a string nor a "
+                '{"b64": "<base64>"} object: fix it and resend the batch'
+            )
+    return commands
