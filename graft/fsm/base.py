@@ -1,0 +1,65 @@
+"""The interface between the Raft driver and a replicated state machine (DESIGN.md section 6).
+
+The driver calls ``apply`` once per committed NORMAL entry, in log order, on the reactor
+thread. Every replica must turn the same commands into the same state and the same answers,
+so ``apply`` may not read clocks, random sources or anything else outside the command.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class CommandRejected(Exception):
+    """The FSM refuses a committed command, deterministically: every replica refuses it the same
+    way and the state is unchanged. The message is shown to the client (HTTP 422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class QueryRejected(Exception):
+    """The FSM refuses a query (malformed, or it would change the state); nothing changed.
+    The message is shown to the client (HTTP 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CorruptSnapshot(Exception):
+    """``restore`` was given bytes that are not a snapshot of this kind of FSM; the node should
+    stop rather than run with an unknown state."""
+
+
+@runtime_checkable
+class StateMachine(Protocol):
+    """A deterministic state machine.
+
+    Any exception from ``apply`` other than CommandRejected is a bug in the FSM: the driver must
+    stop the node rather than let replicas diverge.
+    """
+
+    # The media type of what apply and query return (the HTTP API sends it as Content-Type).
+    content_type: str
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        """Apply a committed command at log ``index`` and return its result."""
+        ...
+
+    def query(self, query: bytes) -> bytes:
+        """Answer a read from the current state, without changing it."""
+        ...
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        """Write the whole current state to ``sink``; ``restore`` must read it back."""
+        ...
+
+    def restore(self, source: BinaryIO) -> None:
+        """Replace the whole state with one written by ``snapshot``."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections; the instance is not used afterwards."""
+        ...

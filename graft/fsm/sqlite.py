@@ -1,0 +1,483 @@
+"""The default FSM: a replicated SQLite database.
+
+Commands
+    A command is a UTF-8 SQL script. Its statements run in order inside ONE transaction: if any
+    statement fails, everything the script did is rolled back and CommandRejected carries
+    SQLite's message (which statement, and why). The answer is JSON::
+
+        {"changes": N, "last_insert_rowid": R-or-null}
+
+    ``changes`` counts the rows the script's statements inserted, updated or deleted (not those
+    changed by triggers); ``last_insert_rowid`` is the rowid of the last row the script inserted,
+    null if it inserted none. When the script's final statement returns rows (a SELECT, or
+    ``... RETURNING``), the answer also has ``"columns"`` and ``"rows"`` as for a query.
+
+Queries
+    A query is ONE read-only statement (SELECT, WITH ... SELECT, or an introspection PRAGMA such
+    as ``table_info``). Anything that would write, several statements, or transaction control is
+    refused with QueryRejected and changes nothing; an SQLite authorizer enforces this while the
+    statement is prepared, before it runs. The answer is JSON
+    ``{"columns": [...], "rows": [[...], ...]}``; a BLOB is returned as a base64 string, and a
+    non-finite REAL (inf, -inf) as null.
+
+Determinism
+    Every replica must reach the same state from the same commands, so inside commands these are
+    refused (CommandRejected): ``random()``, ``randomblob()``, ``total_changes()``,
+    ``current_date``/``current_time``/``current_timestamp`` (also as column DEFAULTs), the date
+    and time functions (``date``, ``time``, ``datetime``, ``julianday``, ``unixepoch``,
+    ``strftime``) with ``'now'`` or no time value, and their ``'localtime'``/``'utc'`` modifiers
+    (they depend on the machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
+    (the FSM owns the transaction), ``ATTACH``/``DETACH``, TEMP tables, views, triggers and
+    indexes (they are not part of snapshots), and PRAGMAs other than ``user_version``,
+    ``application_id`` and the read-only introspection ones. Queries may use all the functions.
+
+Storage
+    The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
+    starts: the node rebuilds the state from its snapshot and log, which are the durable truth,
+    so the file needs no durability of its own (``synchronous=OFF``, rollback journal in
+    memory). ``snapshot`` writes a consistent copy of the database file (SQLite's backup API);
+    ``restore`` replaces the database with such a copy.
+
+Calls must not overlap (the driver calls from one thread at a time).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected
+
+__all__ = ["SQLiteStateMachine", "split_statements"]
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# Written by us before each command so that last_insert_rowid() and changes() start from the
+# same value on every replica, whatever happened on this connection before (e.g. a restore).
+_ROWID_SENTINEL = -(1 << 63)
+_RESET_ROWID = f"INSERT OR REPLACE INTO temp._graft_rowid(rowid) VALUES ({_ROWID_SENTINEL})"
+
+# PRAGMAs that only describe the schema or the file; allowed in queries and commands.
+_INTROSPECTION_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "collation_list",
+        "function_list",
+        "pragma_list",
+        "module_list",
+        "database_list",
+    }
+)
+# PRAGMAs stored in the database header (so in snapshots): readable in queries, settable in
+# commands.
+_HEADER_PRAGMAS = frozenset({"user_version", "application_id"})
+_QUERY_ONLY_PRAGMAS = frozenset(
+    {"schema_version", "page_count", "page_size", "freelist_count", "encoding", "foreign_keys"}
+)
+
+_QUERY_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+_TEMP_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TEMP_VIEW,
+        sqlite3.SQLITE_DROP_TEMP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_INDEX,
+        sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TEMP_VIEW,
+    }
+)
+_ACTION_NAMES = {
+    sqlite3.SQLITE_INSERT: "INSERT",
+    sqlite3.SQLITE_UPDATE: "UPDATE",
+    sqlite3.SQLITE_DELETE: "DELETE",
+    sqlite3.SQLITE_CREATE_TABLE: "CREATE TABLE",
+    sqlite3.SQLITE_CREATE_INDEX: "CREATE INDEX",
+    sqlite3.SQLITE_CREATE_VIEW: "CREATE VIEW",
+    sqlite3.SQLITE_CREATE_TRIGGER: "CREATE TRIGGER",
+    sqlite3.SQLITE_CREATE_VTABLE: "CREATE VIRTUAL TABLE",
+    sqlite3.SQLITE_DROP_TABLE: "DROP TABLE",
+    sqlite3.SQLITE_DROP_INDEX: "DROP INDEX",
+    sqlite3.SQLITE_DROP_VIEW: "DROP VIEW",
+    sqlite3.SQLITE_DROP_TRIGGER: "DROP TRIGGER",
+    sqlite3.SQLITE_DROP_VTABLE: "DROP VIRTUAL TABLE",
+    sqlite3.SQLITE_ALTER_TABLE: "ALTER TABLE",
+    sqlite3.SQLITE_TRANSACTION: "transaction control",
+    sqlite3.SQLITE_SAVEPOINT: "SAVEPOINT",
+    sqlite3.SQLITE_ATTACH: "ATTACH",
+    sqlite3.SQLITE_DETACH: "DETACH",
+    sqlite3.SQLITE_ANALYZE: "ANALYZE",
+    sqlite3.SQLITE_REINDEX: "REINDEX",
+    sqlite3.SQLITE_PRAGMA: "PRAGMA",
+}
+
+# Functions whose result depends on something else than their arguments.
+_ALWAYS_NONDETERMINISTIC = {
+    "random": 0,
+    "randomblob": 1,
+    "total_changes": 0,
+    "current_date": 0,
+    "current_time": 0,
+    "current_timestamp": 0,
+}
+# Date and time functions: deterministic unless asked for 'now' or the local time zone. The
+# argument holding the time value (after strftime's format).
+_DATE_FUNCTIONS = {
+    "date": 0,
+    "time": 0,
+    "datetime": 0,
+    "julianday": 0,
+    "unixepoch": 0,
+    "strftime": 1,
+}
+_ZONE_MODIFIERS = frozenset({"localtime", "utc"})
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of an SQL script, each ending with its ``;`` (the last one may not).
+
+    SQLite's own tokenizer (``sqlite3.complete_statement``) decides where a statement ends, so
+    semicolons inside strings, comments and trigger bodies are handled; text that holds no
+    statement (blank, comments only) is dropped.
+    """
+    statements: list[str] = []
+    current: list[str] = []
+    for piece in script.split(";"):
+        current.append(piece)
+        candidate = ";".join(current) + ";"
+        if sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            current = []
+    tail = ";".join(current)
+    if current and tail.strip():
+        statements.append(tail)
+    return [s for s in statements if _has_code(s)]
+
+
+def _has_code(statement: str) -> bool:
+    """False for a piece that is only blanks, comments and semicolons."""
+    text = statement
+    while True:
+        text = text.lstrip().lstrip(";").lstrip()
+        if text.startswith("--"):
+            newline = text.find("\n")
+            if newline < 0:
+                return False
+            text = text[newline + 1 :]
+        elif text.startswith("/*"):
+            end = text.find("*/")
+            if end < 0:
+                return False
+            text = text[end + 2 :]
+        else:
+            return bool(text)
+
+
+def _json_cell(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class SQLiteStateMachine:
+    """A replicated SQLite database (see the module docstring for the full contract)."""
+
+    content_type = "application/json"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        base_dir: Path | None = None,
+        filename: str = "fsm.sqlite3",
+        foreign_keys: bool = True,
+    ) -> None:
+        del base_dir  # nothing to resolve
+        self._path = Path(data_dir) / filename
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._foreign_keys = foreign_keys
+        # What the authorizer lets through: "internal" (our own statements), "command", "query".
+        self._mode = "internal"
+        # Why the authorizer or a function last refused, for the error message.
+        self._refusal: str | None = None
+        # Evaluates the built-in date functions we replace, with the arguments we allow.
+        self._dates = sqlite3.connect(":memory:", check_same_thread=False)
+        self._remove_files()
+        self._conn = self._open()
+
+    # --- the StateMachine interface ---------------------------------------------------------
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        del index  # the state does not depend on where in the log the command sits
+        try:
+            script = command.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandRejected("the command is not UTF-8 text; expected an SQL script") from None
+        statements = split_statements(script)
+        conn = self._conn
+        conn.execute(_RESET_ROWID)
+        before = conn.total_changes
+        conn.execute("BEGIN")
+        self._mode = "command"
+        try:
+            cursor: sqlite3.Cursor | None = None
+            rows: list[Any] = []
+            for number, statement in enumerate(statements, start=1):
+                self._refusal = None
+                try:
+                    cursor = conn.execute(statement)
+                    rows = cursor.fetchall()
+                except sqlite3.Error as e:
+                    raise CommandRejected(
+                        f"statement {number} failed: {self._explain(e)}; "
+                        "the whole command was rolled back"
+                    ) from None
+        except BaseException:
+            self._mode = "internal"
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._mode = "internal"
+        conn.execute("COMMIT")
+        result: dict[str, Any] = {"changes": conn.total_changes - before}
+        rowid = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        result["last_insert_rowid"] = None if rowid == _ROWID_SENTINEL else rowid
+        if cursor is not None and cursor.description is not None:
+            result["columns"] = [column[0] for column in cursor.description]
+            result["rows"] = [[_json_cell(v) for v in row] for row in rows]
+        return _dumps(result)
+
+    def query(self, query: bytes) -> bytes:
+        try:
+            text = query.decode("utf-8")
+        except UnicodeDecodeError:
+            raise QueryRejected("the query is not UTF-8 text; expected one SQL statement") from None
+        statements = split_statements(text)
+        if not statements:
+            raise QueryRejected("the query is empty; expected one SQL statement such as SELECT")
+        if len(statements) > 1:
+            raise QueryRejected(
+                f"the query has {len(statements)} statements; expected exactly one "
+                "(send scripts as a command)"
+            )
+        self._mode = "query"
+        self._refusal = None
+        try:
+            cursor = self._conn.execute(statements[0])
+            rows = cursor.fetchall()
+        except sqlite3.Error as e:
+            raise QueryRejected(self._explain(e)) from None
+        finally:
+            self._mode = "internal"
+            # A query never opens a transaction; make sure none is left behind.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        columns = [column[0] for column in cursor.description or ()]
+        return _dumps({"columns": columns, "rows": [[_json_cell(v) for v in r] for r in rows]})
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        copy = self._path.with_name(self._path.name + ".snapshot")
+        copy.unlink(missing_ok=True)
+        try:
+            target = sqlite3.connect(copy)
+            try:
+                self._conn.backup(target)
+            finally:
+                target.close()
+            with copy.open("rb") as f:
+                shutil.copyfileobj(f, sink)
+        finally:
+            copy.unlink(missing_ok=True)
+
+    def restore(self, source: BinaryIO) -> None:
+        copy = self._path.with_name(self._path.name + ".restore")
+        copy.unlink(missing_ok=True)
+        try:
+            with copy.open("wb") as f:
+                shutil.copyfileobj(source, f)
+            size = copy.stat().st_size
+            if size:
+                with copy.open("rb") as f:
+                    if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                        raise CorruptSnapshot(
+                            "the snapshot is not an SQLite database; "
+                            "restore a snapshot taken by graft.fsm.sqlite"
+                        )
+            self._conn.close()
+            self._remove_files()
+            self._conn = self._open()
+            if size:
+                origin = sqlite3.connect(copy)
+                try:
+                    origin.backup(self._conn)
+                except sqlite3.DatabaseError as e:
+                    raise CorruptSnapshot(
+                        f"the SQLite snapshot cannot be read ({e}); "
+                        "restore a snapshot taken by graft.fsm.sqlite"
+                    ) from None
+                finally:
+                    origin.close()
+        finally:
+            copy.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._dates.close()
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            self._path.with_name(self._path.name + suffix).unlink(missing_ok=True)
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit BEGIN, we delimit transactions ourselves.
+        # cached_statements=0: a cached statement would skip the authorizer on reuse.
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, cached_statements=0, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA journal_mode=MEMORY")  # OFF would make ROLLBACK unreliable
+        conn.execute(f"PRAGMA foreign_keys={'ON' if self._foreign_keys else 'OFF'}")
+        conn.execute("CREATE TEMP TABLE _graft_rowid(x)")
+        for name, nargs in _ALWAYS_NONDETERMINISTIC.items():
+            conn.create_function(name, nargs, self._builtin_unless_command(name))
+        for name, time_arg in _DATE_FUNCTIONS.items():
+            conn.create_function(name, -1, self._date_function(name, time_arg), deterministic=True)
+        conn.set_authorizer(self._authorize)
+        return conn
+
+    def _builtin_unless_command(self, name: str) -> Callable[..., Any]:
+        def function(*args: Any) -> Any:
+            if self._mode == "command":
+                shown = name if name.startswith("current_") else f"{name}()"
+                self._refusal = (
+                    f"{shown} is not deterministic and not allowed in a command; "
+                    "compute the value in the client and put it in the SQL"
+                )
+                raise ValueError(self._refusal)
+            return self._builtin(name, args)
+
+        return function
+
+    def _date_function(self, name: str, time_arg: int) -> Callable[..., Any]:
+        def function(*args: Any) -> Any:
+            if self._mode == "command":
+                value = args[time_arg] if len(args) > time_arg else "now"
+                if isinstance(value, str) and value.strip().lower() == "now":
+                    self._refusal = (
+                        f"{name}() with 'now' is not deterministic and not allowed in a "
+                        "command; put the time in the SQL as a literal"
+                    )
+                    raise ValueError(self._refusal)
+                for modifier in args[time_arg + 1 :]:
+                    if isinstance(modifier, str) and modifier.strip().lower() in _ZONE_MODIFIERS:
+                        self._refusal = (
+                            f"{name}() with the {modifier.strip().lower()!r} modifier depends on "
+                            "the machine's time zone and is not allowed in a command"
+                        )
+                        raise ValueError(self._refusal)
+            return self._builtin(name, args)
+
+        return function
+
+    def _builtin(self, name: str, args: Sequence[Any]) -> Any:
+        """SQLite's own function, evaluated on a side connection where it is not replaced."""
+        # current_date and friends are keywords, called without parentheses.
+        call = name if name.startswith("current_") else f"{name}({', '.join('?' * len(args))})"
+        sql = f"SELECT {call}"
+        return self._dates.execute(sql, tuple(args)).fetchone()[0]
+
+    # --- the authorizer ------------------------------------------------------------------------
+
+    def _authorize(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None, _source: str | None
+    ) -> int:
+        if self._mode == "internal":
+            return sqlite3.SQLITE_OK
+        refusal = (
+            self._refuse_in_query(action, arg1, arg2, db)
+            if self._mode == "query"
+            else self._refuse_in_command(action, arg1, arg2, db)
+        )
+        if refusal is None:
+            return sqlite3.SQLITE_OK
+        # The first refusal names the statement's own action (CREATE TABLE rather than the
+        # INSERT into sqlite_master it implies).
+        if self._refusal is None:
+            self._refusal = refusal
+        return sqlite3.SQLITE_DENY
+
+    def _refuse_in_query(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None
+    ) -> str | None:
+        if action in _QUERY_ACTIONS:
+            return None
+        if action == sqlite3.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name in _INTROSPECTION_PRAGMAS:
+                return None
+            if arg2 is None and name in _HEADER_PRAGMAS | _QUERY_ONLY_PRAGMAS:
+                return None
+            return f"PRAGMA {name} is not allowed in a query; expected a read-only statement"
+        what = _ACTION_NAMES.get(action, f"action {action}")
+        target = f" on {arg1}" if arg1 and action not in (sqlite3.SQLITE_TRANSACTION,) else ""
+        return (
+            f"a query must be read-only but this statement does {what}{target}; "
+            "send writes as a command"
+        )
+
+    def _refuse_in_command(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None
+    ) -> str | None:
+        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return (
+                f"{_ACTION_NAMES[action]} is not allowed in a command; "
+                "each command already runs in one transaction on the one database"
+            )
+        if action in _TEMP_ACTIONS or db == "temp":
+            return (
+                "TEMP tables, views, triggers and indexes are not allowed in a command: they "
+                "are not part of snapshots; create them in the main database"
+            )
+        if action == sqlite3.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name in _INTROSPECTION_PRAGMAS or name in _HEADER_PRAGMAS:
+                return None
+            return (
+                f"PRAGMA {name} is not allowed in a command; only user_version, "
+                "application_id and read-only introspection PRAGMAs are"
+            )
+        return None
+
+    def _explain(self, error: sqlite3.Error) -> str:
+        """SQLite's message, or ours when the authorizer or a replaced function refused."""
+        refusal, self._refusal = self._refusal, None
+        if refusal is not None:
+            return refusal
+        if isinstance(error, sqlite3.ProgrammingError | sqlite3.Warning):
+            return f"{error}".rstrip(".")
+        return str(error)
