@@ -125,7 +125,8 @@ class GraftGroup(click.Group):
 
 def _show_usage_error(error: click.UsageError) -> None:
     """A usage error on one line, naming the help command to read."""
-    command = error.ctx.command_path if error.ctx is not None else "graft"
+    path = error.ctx.command_path.split(" ")[1:] if error.ctx is not None else []
+    command = " ".join(["graft", *path])
     click.echo(
         f"graft: error: {_one_line_text(error.format_message())} (see `{command} --help`)",
         err=True,
@@ -340,28 +341,39 @@ _NODE_COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "red")
 class DevCluster:
     """The child processes of `graft dev` and the threads that relay their output."""
 
-    def __init__(self, cfg: ClusterConfig) -> None:
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        *,
+        command_for: Callable[[str], list[str]] | None = None,
+        echo: Callable[[str], None] = click.echo,
+    ) -> None:
         self._cfg = cfg
+        self._command_for = command_for or self.twist_command
+        self._echo = echo
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._relays: list[threading.Thread] = []
         self._output_lock = threading.Lock()
         self._stop = threading.Event()
         self._width = max(len(node_id) for node_id in cfg.peers)
 
+    def twist_command(self, node_id: str) -> list[str]:
+        """`twist graft` for one node, with this interpreter (so the same virtualenv)."""
+        return [
+            sys.executable,
+            "-m",
+            "twisted",
+            "graft",
+            "--config",
+            str(self._cfg.path),
+            "--node",
+            node_id,
+        ]
+
     def start(self) -> None:
         for number, node_id in enumerate(self._cfg.peers):
-            command = [
-                sys.executable,
-                "-m",
-                "twisted",
-                "graft",
-                "--config",
-                str(self._cfg.path),
-                "--node",
-                node_id,
-            ]
             child = subprocess.Popen(
-                command,
+                self._command_for(node_id),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -378,16 +390,19 @@ class DevCluster:
             relay.start()
             self._relays.append(relay)
 
+    def exit_codes(self) -> dict[str, int | None]:
+        return {node_id: child.poll() for node_id, child in self._children.items()}
+
     def _relay(self, child: subprocess.Popen[bytes], prefix: str) -> None:
         assert child.stdout is not None
         for raw in iter(child.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._output_lock:
-                click.echo(f"{prefix} {line}")
+                self._echo(f"{prefix} {line}")
 
     def say(self, text: str) -> None:
         with self._output_lock:
-            click.echo(click.style(f"graft dev: {text}", bold=True), err=True)
+            self._echo(click.style(f"graft dev: {text}", bold=True))
 
     def wait(self) -> int:
         """Block until Ctrl-C/SIGTERM or until every node has exited; stop the rest.
@@ -431,6 +446,9 @@ class DevCluster:
                 child.wait()
         for relay in self._relays:
             relay.join(timeout=1.0)
+        for child in self._children.values():
+            if child.stdout is not None:
+                child.stdout.close()
 
 
 def _signal(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -493,9 +511,14 @@ def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
     if force and if_missing:
         raise GraftCLIError("--force and --if-missing contradict each other: pass one of them")
     cfg = _load(config_path)
-    from graft.certs import generate_certificates
+    from graft.certs import CertificateError, generate_certificates
 
-    written = generate_certificates(cfg, force=force, if_missing=if_missing)
+    try:
+        written = generate_certificates(cfg, force=force, if_missing=if_missing)
+    except CertificateError as error:
+        raise GraftCLIError(
+            f"{_one_line(error)} (graft certs: --force overwrites, --if-missing keeps what exists)"
+        ) from None
     if not written:
         click.echo(f"certificates for {', '.join(cfg.peers)} already exist; nothing written")
         return

@@ -1,0 +1,406 @@
+"""The ``graft`` command through click's CliRunner: output, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from click.testing import CliRunner, Result
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from graft import cli
+from graft.client import MemberStatus
+from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
+
+
+def run(args: Sequence[str], stdin: str | bytes | None = None) -> Result:
+    return CliRunner().invoke(cli.main, list(args), input=stdin)
+
+
+def write_config(directory: Path, api_ports: Sequence[int] = (18080, 18081, 18082)) -> Path:
+    """A three-node config in ``directory`` (certificates at the default certs/ paths)."""
+    lines = ["cluster: test", "peers:"]
+    for number, (name, api) in enumerate(zip(("alpha", "beta", "gamma"), api_ports, strict=True)):
+        lines += [
+            f"  {name}:",
+            "    host: 127.0.0.1",
+            f"    ports: {{p2p: {19080 + number}, api: {api}}}",
+        ]
+    path = directory / "cluster.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+class CLITestCase(SynchronousTestCase):
+    def tmpdir(self) -> Path:
+        path = Path(self.mktemp())
+        path.mkdir(parents=True)
+        return path.resolve()
+
+    def assertOneLineError(self, result: Result, *fragments: str) -> str:
+        """The command failed with exactly one line on stderr containing ``fragments``."""
+        self.assertNotEqual(result.exit_code, 0, result.output)
+        self.assertNotIn("Traceback", result.output)
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("graft: error: "), lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+        return lines[0]
+
+
+class GroupTests(CLITestCase):
+    def test_version(self) -> None:
+        """-v and --version print "graft 0.1.0"."""
+        for flag in ("-v", "--version"):
+            result = run([flag])
+            self.assertEqual((result.exit_code, result.output), (0, "graft 0.1.0\n"))
+
+    def test_help_lists_commands(self) -> None:
+        """--help lists every top-level command."""
+        result = run(["--help"])
+        self.assertEqual(result.exit_code, 0)
+        for name in ("start", "dev", "certs", "command", "query", "status", "completion"):
+            self.assertIn(f"  {name} ", result.output)
+
+    def test_usage_error_is_one_line(self) -> None:
+        """An unknown option is one line naming the help to read, exit code 2."""
+        result = run(["status", "--bogus"])
+        self.assertOneLineError(result, "--bogus", "graft status --help")
+        self.assertEqual(result.exit_code, 2)
+
+    def test_unexpected_error_is_one_line(self) -> None:
+        """A bug (an unexpected exception) is still one line, pointing at GRAFT_DEBUG."""
+
+        def broken(settings: Any) -> Any:
+            raise ZeroDivisionError("oops")
+
+        self.patch(cli, "_make_client", broken)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV})
+        result = run(["status", "--url", "http://127.0.0.1:1"])
+        self.assertOneLineError(result, "internal error ZeroDivisionError: oops", "GRAFT_DEBUG")
+
+
+class CompletionTests(CLITestCase):
+    def test_scripts(self) -> None:
+        """`graft completion SHELL` prints a script wired to graft's completion variable."""
+        for shell, marker in (("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete")):
+            result = run(["completion", shell])
+            self.assertEqual(result.exit_code, 0, result.output)
+            self.assertIn("_GRAFT_COMPLETE", result.output)
+            self.assertIn(marker, result.output)
+
+    def test_unknown_shell(self) -> None:
+        """An unsupported shell is a one-line usage error."""
+        self.assertOneLineError(run(["completion", "tcsh"]), "tcsh")
+
+
+class ConfigErrorTests(CLITestCase):
+    def test_bad_config_is_one_line(self) -> None:
+        """A config error is one line naming the file, and a non-zero exit."""
+        path = self.tmpdir() / "bad.yaml"
+        path.write_text("peers: [1, 2]\n")
+        for args in (["status"], ["certs"], ["start", "alpha"], ["dev"]):
+            self.assertOneLineError(run([*args, "-c", str(path)]), str(path), "peers")
+
+    def test_missing_config_file(self) -> None:
+        """A config path that does not exist is one line saying to pass an existing file."""
+        path = self.tmpdir() / "nope.yaml"
+        self.assertOneLineError(run(["status", "-c", str(path)]), "not found")
+
+    def test_no_config_and_no_default(self) -> None:
+        """Without -c and without conf/cluster.yaml, the error says to pass -c."""
+        here = Path.cwd()
+        os.chdir(self.tmpdir())
+        self.addCleanup(os.chdir, here)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "GRAFT_CONFIG"})
+        self.assertOneLineError(run(["status"]), "pass -c FILE")
+
+    def test_start_unknown_node(self) -> None:
+        """`graft start` with a node that is not in the file lists the known ones."""
+        path = write_config(self.tmpdir())
+        self.assertOneLineError(run(["start", "delta", "-c", str(path)]), "alpha, beta, gamma")
+
+    def test_start_needs_a_node(self) -> None:
+        """`graft start` without a node (and no `node:` key) asks for one."""
+        path = write_config(self.tmpdir())
+        self.assertOneLineError(run(["start", "-c", str(path)]), "graft start NODE")
+
+    def test_start_and_dev_without_certificates(self) -> None:
+        """Missing certificates stop `start` and `dev` with advice to run `graft certs`."""
+        path = write_config(self.tmpdir())
+        for args in (["start", "alpha"], ["dev"]):
+            self.assertOneLineError(run([*args, "-c", str(path)]), "graft certs -c")
+
+
+class CertsTests(CLITestCase):
+    def setUp(self) -> None:
+        try:
+            import graft.certs  # noqa: F401
+        except ImportError as e:
+            raise SkipTest(f"graft.certs is not available: {e}") from None
+
+    def test_writes_then_refuses_to_overwrite(self) -> None:
+        """certs writes the CA and each node's pair; a second run refuses without --force,
+        --if-missing succeeds writing nothing, --force writes again."""
+        directory = self.tmpdir()
+        path = write_config(directory)
+        first = run(["certs", "-c", str(path)])
+        self.assertEqual(first.exit_code, 0, first.output)
+        for name in ("ca.pem", "alpha.pem", "alpha.key", "gamma.pem", "gamma.key"):
+            self.assertTrue((directory / "certs" / name).is_file(), name)
+            self.assertIn(name, first.output)
+        before = (directory / "certs" / "alpha.pem").read_bytes()
+
+        self.assertOneLineError(run(["certs", "-c", str(path)]), "already exists", "--force")
+        again = run(["certs", "-c", str(path), "--if-missing"])
+        self.assertEqual(again.exit_code, 0, again.output)
+        self.assertIn("nothing written", again.output)
+        self.assertEqual((directory / "certs" / "alpha.pem").read_bytes(), before)
+
+        forced = run(["certs", "-c", str(path), "--force"])
+        self.assertEqual(forced.exit_code, 0, forced.output)
+        self.assertNotEqual((directory / "certs" / "alpha.pem").read_bytes(), before)
+
+    def test_force_and_if_missing_conflict(self) -> None:
+        """--force with --if-missing is refused before anything is written."""
+        directory = self.tmpdir()
+        path = write_config(directory)
+        self.assertOneLineError(run(["certs", "-c", str(path), "--force", "--if-missing"]))
+        self.assertFalse((directory / "certs").exists())
+
+
+class CommandTests(CLITestCase):
+    def test_command_argument(self) -> None:
+        """The argument is sent as the command; the FSM's JSON answer is printed for people
+        and the index goes to stderr."""
+        node = start_fake_node(
+            self,
+            Reply(
+                body=b'{"changes": 2}',
+                headers={"Graft-Index": "5", "Graft-Term": "2", "Graft-Leader": "alpha"},
+            ),
+        )
+        result = run(["command", "--url", node.url, "INSERT 1;"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(node.seen[0].body, b"INSERT 1;")
+        self.assertEqual(json.loads(result.stdout), {"changes": 2})
+        self.assertIn("applied at index 5 (term 2, leader alpha)", result.stderr)
+
+    def test_command_json_from_file(self) -> None:
+        """-f FILE sends the file; --json prints index, term, leader and the parsed output."""
+        node = start_fake_node(
+            self, Reply(body=b'{"prev": null}', headers={"Graft-Index": "3", "Graft-Term": "1"})
+        )
+        script = self.tmpdir() / "cmd.json"
+        script.write_bytes(b'{"op": "put"}')
+        result = run(["command", "--url", node.url, "-f", str(script), "--json"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(node.seen[0].body, b'{"op": "put"}')
+        self.assertEqual(
+            json.loads(result.stdout),
+            {"index": 3, "term": 1, "leader": None, "output": {"prev": None}},
+        )
+
+    def test_command_from_stdin(self) -> None:
+        """Without an argument the command is read from stdin."""
+        node = start_fake_node(self, Reply(body=b"done"))
+        result = run(["command", "--url", node.url], stdin=b"DELETE FROM t;")
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(node.seen[0].body, b"DELETE FROM t;")
+        self.assertEqual(result.stdout, "done\n")
+
+    def test_fsm_error_rendering(self) -> None:
+        """A 422 is one line saying the command was committed and rejected everywhere."""
+        node = start_fake_node(
+            self,
+            json_reply(422, {"error": {"code": "fsm_error", "message": "no such table: t"}}),
+        )
+        result = run(["command", "--url", node.url, "INSERT INTO t VALUES (1);"])
+        self.assertOneLineError(result, "rejected the command", "no such table: t", "fix")
+
+    def test_forbidden_rendering(self) -> None:
+        """An API error is one line with the code, status and the server's message."""
+        node = start_fake_node(self, error_reply(403, "forbidden", "token lacks write"))
+        result = run(["command", "--url", node.url, "x"])
+        self.assertOneLineError(result, "forbidden (403): token lacks write")
+
+    def test_bad_url(self) -> None:
+        """A --url without a scheme is refused with an example of the expected form."""
+        result = run(["command", "--url", "localhost:8080", "x"])
+        self.assertOneLineError(result, "http://127.0.0.1:8080")
+
+    def test_unreachable_node(self) -> None:
+        """A node where nothing listens gives one line naming it as unreachable."""
+        url = dead_url()
+        result = run(["command", "--url", url, "--timeout", "0.2", "x"])
+        self.assertOneLineError(result, f"{url} is unreachable")
+
+
+class QueryTests(CLITestCase):
+    def test_sql_result_as_table(self) -> None:
+        """An SQL answer ({"columns", "rows"}) is printed as an aligned table with a count."""
+        answer = {"columns": ["id", "name"], "rows": [[1, "turing"], [2, None]]}
+        node = start_fake_node(self, json_reply(200, answer))
+        result = run(["query", "--url", node.url, "SELECT * FROM users;"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            result.stdout.splitlines(),
+            ["id  name", "--  ------", "1   turing", "2   NULL", "(2 rows)"],
+        )
+
+    def test_query_options_and_json(self) -> None:
+        """--consistency and --min-index are passed on; --json prints the raw answer."""
+        node = start_fake_node(self, json_reply(200, {"value": "v"}))
+        result = run(
+            [
+                *("query", "--url", node.url, '{"op":"get"}'),
+                *("--consistency", "strong", "--min-index", "12", "--json"),
+            ]
+        )
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(node.seen[0].path, "/query?consistency=strong&min_index=12")
+        self.assertEqual(json.loads(result.stdout), {"value": "v"})
+
+    def test_unknown_consistency(self) -> None:
+        """An unknown consistency is a one-line usage error listing the valid ones."""
+        result = run(["query", "--url", "http://127.0.0.1:1", "q", "--consistency", "eventual"])
+        self.assertOneLineError(result, "eventual", "strong")
+
+
+def leader_status(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": "alpha",
+        "role": "leader",
+        "term": 3,
+        "leader": "alpha",
+        "commit": 10,
+        "applied": 10,
+        "last_index": 11,
+        "progress": {"beta": {"match": 8, "lag": 3}},
+        **extra,
+    }
+
+
+def follower_status(node: str, applied: int) -> dict[str, Any]:
+    return {
+        "id": node,
+        "role": "follower",
+        "term": 3,
+        "leader": "alpha",
+        "commit": 10,
+        "applied": applied,
+        "last_index": 10,
+    }
+
+
+class StatusTests(CLITestCase):
+    def test_table_with_one_unreachable_node(self) -> None:
+        """Status asks every member of the config; the dead one is a row, not a failure."""
+        alpha = start_fake_node(self, json_reply(200, leader_status()))
+        beta = start_fake_node(self, json_reply(200, follower_status("beta", 9)))
+        gamma = dead_url()
+        path = write_config(self.tmpdir(), [port_of(u) for u in (alpha.url, beta.url, gamma)])
+        result = run(["status", "-c", str(path)])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            result.stdout.splitlines(),
+            [
+                "node   role         term  leader  commit  applied  last index  lag  reachable",
+                "-----  -----------  ----  ------  ------  -------  ----------  ---  ---------",
+                "alpha  leader       3     alpha   10      10       11          0    yes",
+                "beta   follower     3     alpha   10      9        10          3    yes",
+                "gamma  unreachable  -     -       -       -        -           -    no",
+            ],
+        )
+        self.assertIn("node gamma at", result.stderr)
+
+    def test_json(self) -> None:
+        """--json gives one object per member with reachable and the fields of the table."""
+        alpha = start_fake_node(self, json_reply(200, leader_status()))
+        dead = dead_url()
+        result = run(["status", "--url", alpha.url, "--url", dead, "--json"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        rows = json.loads(result.stdout)
+        self.assertEqual([row["reachable"] for row in rows], [True, False])
+        self.assertEqual((rows[0]["role"], rows[0]["last_index"]), ("leader", 11))
+
+    def test_nobody_answers(self) -> None:
+        """When no member answers, status exits non-zero saying to start the cluster."""
+        result = run(["status", "--url", dead_url()])
+        self.assertNotEqual(result.exit_code, 0)
+        self.assertIn("is the cluster running?", result.stderr)
+
+    def test_lag_without_leader(self) -> None:
+        """Without a leader's view, lag is how far applied is behind the highest commit."""
+        rows = cli.status_rows(
+            [
+                MemberStatus(node="a", url="u1", status=follower_status("a", 4)),
+                MemberStatus(node="b", url="u2", status={**follower_status("b", 10), "commit": 12}),
+            ]
+        )
+        self.assertEqual([row["lag"] for row in rows], [8, 2])
+
+
+class EntryPreviewTests(SynchronousTestCase):
+    def test_text(self) -> None:
+        """Text payloads are shown escaped on one line."""
+        self.assertEqual(cli.entry_preview(b"a\nb"), "a\\nb")
+
+    def test_long_text_is_cut(self) -> None:
+        """Long payloads are cut to PREVIEW_CHARS with an ellipsis."""
+        preview = cli.entry_preview(b"x" * 500)
+        self.assertEqual(len(preview), cli.PREVIEW_CHARS)
+        self.assertTrue(preview.endswith("..."))
+
+    def test_binary(self) -> None:
+        """Binary payloads are shown as hex with their size."""
+        self.assertEqual(cli.entry_preview(b"\xff\x00"), "0xff00 (2 bytes)")
+
+
+class DevClusterTests(CLITestCase):
+    """DevCluster with stand-in child processes (plain Python), so no node code is needed."""
+
+    def make(self, script: str) -> tuple[cli.DevCluster, list[str]]:
+        path = write_config(self.tmpdir())
+        from graft.config import load_config
+
+        lines: list[str] = []
+        cluster = cli.DevCluster(
+            load_config(path),
+            command_for=lambda node_id: [sys.executable, "-c", script, node_id],
+            echo=lines.append,
+        )
+        self.addCleanup(cluster.stop)
+        return cluster, lines
+
+    def test_output_prefixed_and_deaths_reported(self) -> None:
+        """Each child's lines carry its node id; when every child exits, wait() says which and
+        with what code and returns 1."""
+        script = "import sys; print('hello from', sys.argv[1]); sys.exit(3)"
+        cluster, lines = self.make(script)
+        cluster.start()
+        self.assertEqual(cluster.wait(), 1)
+        cluster.stop()  # joins the relays, so all output is in
+        plain = [click.unstyle(line) for line in lines]
+        for node in ("alpha", "beta", "gamma"):
+            self.assertIn(f"{node:<5} | hello from {node}", plain)
+            self.assertIn(f"graft dev: node {node} exited with code 3", plain)
+        self.assertIn("graft dev: every node has exited; stopping", plain)
+
+    def test_stop_terminates_children(self) -> None:
+        """stop() ends running children (SIGTERM) and reports nothing was killed."""
+        cluster, lines = self.make("import sys, time; print('up', flush=True); time.sleep(60)")
+        cluster.start()
+        cluster.stop()
+        self.assertEqual(cluster.exit_codes(), {"alpha": -15, "beta": -15, "gamma": -15})
+        self.assertFalse(any("killing" in line for line in lines))

@@ -1,0 +1,282 @@
+"""graft.client against tiny in-test HTTP servers on 127.0.0.1 that answer with canned replies."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.client import ClientError, GraftClient, Unreachable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, document: Any, **headers: str) -> Reply:
+    return Reply(
+        status=status,
+        body=json.dumps(document).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+
+
+def error_reply(status: int, code: str, message: str, **headers: str) -> Reply:
+    return json_reply(status, {"error": {"code": code, "message": message}}, **headers)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    method: str
+    path: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class FakeNode:
+    """A stdlib HTTP server in a thread. Replies are taken from ``script`` in order; when it is
+    empty, ``default`` answers (a Reply, or a function of the request)."""
+
+    def __init__(self, default: Reply | Callable[[Seen], Reply] | None = None) -> None:
+        self.script: list[Reply] = []
+        self.default = default or Reply(status=200, body=b"ok")
+        self.seen: list[Seen] = []
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Seen(
+                    method=self.command,
+                    path=self.path,
+                    body=self.rfile.read(length),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                )
+                node.seen.append(request)
+                if node.script:
+                    reply = node.script.pop(0)
+                elif callable(node.default):
+                    reply = node.default(request)
+                else:
+                    reply = node.default
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output clean
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        # A short poll interval keeps shutdown() (and so each test's cleanup) quick.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_fake_node(test: SynchronousTestCase, default: Any = None) -> FakeNode:
+    node = FakeNode(default)
+    test.addCleanup(node.stop)
+    return node
+
+
+def dead_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was just released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class FakeTime:
+    """A clock that only moves when the client sleeps, so retry tests never wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_client(urls: list[str], *, timeout: float = 5.0, **kwargs: Any) -> GraftClient:
+    fake = FakeTime()
+    return GraftClient(urls=urls, timeout=timeout, sleep=fake.sleep, clock=fake.clock, **kwargs)
+
+
+class CommandTests(SynchronousTestCase):
+    def test_command_posts_body_and_returns_answer(self) -> None:
+        """A command is POSTed as raw bytes to /command; the answer keeps the Graft headers."""
+        node = start_fake_node(self, Reply(body=b'{"rows": 1}', headers={"Graft-Index": "7"}))
+        response = make_client([node.url]).command(b"INSERT INTO t VALUES (1);")
+        self.assertEqual(response.body, b'{"rows": 1}')
+        self.assertEqual(response.header_int("Graft-Index"), 7)
+        self.assertEqual(
+            [(s.method, s.path, s.body) for s in node.seen],
+            [("POST", "/command", b"INSERT INTO t VALUES (1);")],
+        )
+
+    def test_follows_307_to_the_leader_with_same_body(self) -> None:
+        """A 307 from a follower is followed: the leader receives the same POST and body."""
+        leader = start_fake_node(self, Reply(body=b"done", headers={"Graft-Leader": "b"}))
+        follower = start_fake_node(
+            self, Reply(status=307, headers={"Location": leader.url + "/command?redirect=true"})
+        )
+        response = make_client([follower.url]).command(b"payload")
+        self.assertEqual(response.body, b"done")
+        self.assertEqual(response.url, leader.url + "/command?redirect=true")
+        self.assertEqual([(s.method, s.body) for s in leader.seen], [("POST", b"payload")])
+
+    def test_redirect_loop_is_an_error(self) -> None:
+        """Two nodes pointing at each other forever give a redirect_loop error, not a hang."""
+        a = start_fake_node(self)
+        b = start_fake_node(self, Reply(status=307, headers={"Location": a.url + "/command"}))
+        a.default = Reply(status=307, headers={"Location": b.url + "/command"})
+        error = self.assertRaises(ClientError, make_client([a.url]).command, b"x")
+        self.assertEqual(error.code, "redirect_loop")
+        self.assertIn("graft status", error.message)
+
+    def test_no_leader_is_retried_with_backoff(self) -> None:
+        """503 no_leader answers are retried after growing pauses until a leader answers."""
+        node = start_fake_node(self, Reply(body=b"ok"))
+        node.script = [error_reply(503, "no_leader", "election in progress")] * 2
+        fake = FakeTime()
+        client = GraftClient(urls=[node.url], timeout=5.0, sleep=fake.sleep, clock=fake.clock)
+        self.assertEqual(client.command(b"x").body, b"ok")
+        self.assertEqual(len(node.seen), 3)
+        self.assertEqual(fake.sleeps, [0.05, 0.1])
+
+    def test_no_leader_until_deadline_fails_with_advice(self) -> None:
+        """When no leader appears before the timeout, the error says so and what to check."""
+        node = start_fake_node(self, error_reply(503, "no_leader", "no leader known"))
+        error = self.assertRaises(ClientError, make_client([node.url], timeout=1.0).command, b"x")
+        self.assertEqual((error.code, error.status), ("no_leader", 503))
+        self.assertIn("graft status", error.message)
+        self.assertGreater(len(node.seen), 3)
+
+    def test_unreachable_member_is_skipped(self) -> None:
+        """A member where nothing listens is skipped in favour of the next one."""
+        node = start_fake_node(self, Reply(body=b"ok"))
+        client = make_client([dead_url(), node.url])
+        self.assertEqual(client.command(b"x").body, b"ok")
+        self.assertEqual(len(node.seen), 1)
+
+    def test_all_unreachable_names_the_node(self) -> None:
+        """Connection refused everywhere gives an Unreachable error naming the node and URL."""
+        url = dead_url()
+        client = make_client([url], timeout=0.5, names={url: "turing"})
+        error = self.assertRaises(Unreachable, client.command, b"x")
+        self.assertIn(f"node turing at {url} is unreachable", error.message)
+        self.assertIn("check that it is running", error.message)
+
+    def test_timeout_is_not_retried(self) -> None:
+        """A 504 for a command is reported at once: its outcome is unknown, resending could
+        apply it twice."""
+        node = start_fake_node(self, error_reply(504, "timeout", "not committed in time"))
+        error = self.assertRaises(ClientError, make_client([node.url]).command, b"x")
+        self.assertEqual((error.code, error.status), ("timeout", 504))
+        self.assertEqual(len(node.seen), 1)
+
+    def test_error_body_is_parsed(self) -> None:
+        """The API's JSON error becomes code, status and a message naming the node."""
+        node = start_fake_node(self, error_reply(400, "bad_request", "bad base64"))
+        client = make_client([node.url], names={node.url: "ritchie"})
+        error = self.assertRaises(ClientError, client.command, b"x")
+        self.assertEqual((error.code, error.status), ("bad_request", 400))
+        self.assertEqual(error.message, "ritchie: bad_request (400): bad base64")
+
+    def test_fsm_error_carries_index(self) -> None:
+        """A 422 fsm_error keeps the index the rejected command was committed at."""
+        node = start_fake_node(
+            self,
+            json_reply(
+                422, {"error": {"code": "fsm_error", "message": "no such table: t"}, "index": 9}
+            ),
+        )
+        error = self.assertRaises(ClientError, make_client([node.url]).command, b"x")
+        self.assertEqual((error.code, error.index), ("fsm_error", 9))
+
+    def test_non_json_error(self) -> None:
+        """A non-JSON error answer (e.g. from a proxy) still gives a one-line error."""
+        node = start_fake_node(self, Reply(status=502, body=b"Bad Gateway\nmore\n"))
+        error = self.assertRaises(ClientError, make_client([node.url]).command, b"x")
+        self.assertEqual((error.code, error.status), ("http_502", 502))
+        self.assertNotIn("\n", error.message)
+
+    def test_token_is_sent(self) -> None:
+        """With a token, requests carry it as a bearer Authorization header."""
+        node = start_fake_node(self)
+        make_client([node.url], token="s3cret").command(b"x")
+        self.assertEqual(node.seen[0].headers["authorization"], "Bearer s3cret")
+
+
+class QueryTests(SynchronousTestCase):
+    def test_query_parameters(self) -> None:
+        """Consistency, min_index and max_lag_ms travel as query parameters; the body is the
+        query."""
+        node = start_fake_node(self, Reply(body=b"{}"))
+        make_client([node.url]).query(b"SELECT 1;", consistency="weak", min_index=4, max_lag_ms=100)
+        self.assertEqual(node.seen[0].path, "/query?consistency=weak&min_index=4&max_lag_ms=100")
+        self.assertEqual(node.seen[0].body, b"SELECT 1;")
+
+    def test_query_timeout_is_retried(self) -> None:
+        """Reads are idempotent, so a 504 is retried like no_leader."""
+        node = start_fake_node(self, Reply(body=b"{}"))
+        node.script = [error_reply(504, "timeout", "read index not confirmed")]
+        make_client([node.url]).query(b"q", consistency="strong")
+        self.assertEqual(len(node.seen), 2)
+
+    def test_bad_query_is_not_retried(self) -> None:
+        """A 400 (e.g. a write statement sent as a query) is reported at once."""
+        node = start_fake_node(self, error_reply(400, "bad_request", "queries must not write"))
+        error = self.assertRaises(ClientError, make_client([node.url]).query, b"DELETE FROM t")
+        self.assertEqual(error.code, "bad_request")
+        self.assertEqual(len(node.seen), 1)
+
+
+class StatusTests(SynchronousTestCase):
+    def test_status_all_includes_unreachable_members(self) -> None:
+        """Every member gets a row in order; an unreachable one has an error, not an exception."""
+        a = start_fake_node(self, json_reply(200, {"id": "a", "role": "leader"}))
+        b = start_fake_node(self, json_reply(200, {"id": "b", "role": "follower"}))
+        dead = dead_url()
+        names = {a.url: "a", dead: "c", b.url: "b"}
+        members = make_client([a.url, dead, b.url], names=names).status_all()
+        self.assertEqual([m.node for m in members], ["a", "c", "b"])
+        self.assertEqual([m.reachable for m in members], [True, False, True])
+        self.assertEqual(members[0].status, {"id": "a", "role": "leader"})
+        error = members[1].error
+        assert error is not None
+        self.assertIn("unreachable", error)
+
+    def test_status_non_json_is_a_row_error(self) -> None:
+        """A member answering /status with something that is not JSON is shown as an error."""
+        node = start_fake_node(self, Reply(body=b"<html>"))
+        [member] = make_client([node.url]).status_all()
+        self.assertFalse(member.reachable)
+        self.assertEqual(member.error, "answered /status with non-JSON")
