@@ -444,7 +444,9 @@ class SQLiteStateMachine:
                 return None
             return f"PRAGMA {name} is not allowed in a query; expected a read-only statement"
         what = _ACTION_NAMES.get(action, f"action {action}")
-        target = f" on {arg1}" if arg1 and action not in (sqlite3.SQLITE_TRANSACTION,) else ""
+        target = f" on {arg1}" if arg1 and action != sqlite3.SQLITE_TRANSACTION else ""
+        if arg1 in ("sqlite_master", "sqlite_temp_master"):
+            what, target = "a schema change", ""  # CREATE/DROP/ALTER write sqlite_master first
         return (
             f"a query must be read-only but this statement does {what}{target}; "
             "send writes as a command"

@@ -1,0 +1,154 @@
+"""A key-value register with compare-and-set, for tests and benchmarks (DESIGN.md section 6).
+
+Keys and values are strings; commands, queries and answers are JSON objects:
+
+    command {"op": "put", "key": K, "value": V}          -> {"prev": old-or-null}
+    command {"op": "cas", "key": K, "expect": E-or-null, "value": V}
+                                                         -> {"ok": bool, "value": current-or-null}
+    command {"op": "delete", "key": K}                   -> {"prev": old-or-null}
+    query   {"op": "get", "key": K}                      -> {"value": V-or-null}
+
+``cas`` stores V only if the key's current value equals E (null: the key is absent); the answer's
+``value`` is the key's value after the command. Input is validated strictly: malformed JSON, a
+field missing or extra, a key written twice or a value that is not a string is refused with
+CommandRejected/QueryRejected and changes nothing. The snapshot is the whole map as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected
+
+__all__ = ["KeyValueStateMachine"]
+
+# op -> the exact set of fields it takes, besides "op".
+_COMMANDS = {
+    "put": frozenset({"key", "value"}),
+    "cas": frozenset({"key", "expect", "value"}),
+    "delete": frozenset({"key"}),
+}
+_QUERIES = {"get": frozenset({"key"})}
+_SNAPSHOT_FORMAT = "graft.kv/1"
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Malformed(f"field {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Malformed(f"{name} is not valid JSON")
+
+
+def _parse(data: bytes, ops: dict[str, frozenset[str]], kind: str) -> tuple[str, dict[str, Any]]:
+    """The op and the fields of a request, or _Malformed saying what is wrong."""
+    examples = " or ".join(repr(op) for op in ops)
+    try:
+        request = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except UnicodeDecodeError:
+        raise _Malformed(f"the {kind} is not UTF-8; expected a JSON object") from None
+    except json.JSONDecodeError as e:
+        raise _Malformed(f"the {kind} is not valid JSON ({e}); expected a JSON object") from None
+    if not isinstance(request, dict):
+        raise _Malformed(f"the {kind} is a JSON {type(request).__name__}; expected an object")
+    op = request.get("op")
+    if not isinstance(op, str) or op not in ops:
+        raise _Malformed(f'"op" is {json.dumps(op)}; expected {examples}')
+    fields = set(request) - {"op"}
+    missing = ops[op] - fields
+    if missing:
+        raise _Malformed(f"{op}: missing field(s) {', '.join(sorted(missing))}")
+    extra = fields - ops[op]
+    if extra:
+        raise _Malformed(
+            f"{op}: unknown field(s) {', '.join(sorted(extra))}; "
+            f"expected only op, {', '.join(sorted(ops[op]))}"
+        )
+    for name in sorted(ops[op]):
+        value = request[name]
+        if not isinstance(value, str) and not (name == "expect" and value is None):
+            allowed = "a string or null" if name == "expect" else "a string"
+            raise _Malformed(f"{op}: {name} is {json.dumps(value)}; expected {allowed}")
+    return op, request
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class KeyValueStateMachine:
+    """A map of strings to strings (see the module docstring for the JSON contract)."""
+
+    content_type = "application/json"
+
+    def __init__(self, *, data_dir: Path | None = None, base_dir: Path | None = None) -> None:
+        del data_dir, base_dir  # the state lives in memory; snapshots and the log persist it
+        self._data: dict[str, str] = {}
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        del index
+        try:
+            op, request = _parse(command, _COMMANDS, "command")
+        except _Malformed as e:
+            raise CommandRejected(str(e)) from None
+        key = request["key"]
+        current = self._data.get(key)
+        if op == "put":
+            self._data[key] = request["value"]
+            return _dumps({"prev": current})
+        if op == "delete":
+            self._data.pop(key, None)
+            return _dumps({"prev": current})
+        # cas
+        if current != request["expect"]:
+            return _dumps({"ok": False, "value": current})
+        self._data[key] = request["value"]
+        return _dumps({"ok": True, "value": request["value"]})
+
+    def query(self, query: bytes) -> bytes:
+        try:
+            _, request = _parse(query, _QUERIES, "query")
+        except _Malformed as e:
+            raise QueryRejected(str(e)) from None
+        return _dumps({"value": self._data.get(request["key"])})
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        # Sorted keys: equal states give equal bytes on every replica.
+        document = {"format": _SNAPSHOT_FORMAT, "data": self._data}
+        sink.write(json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+    def restore(self, source: BinaryIO) -> None:
+        try:
+            document = json.loads(source.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptSnapshot(f"the kv snapshot is not valid JSON ({e})") from None
+        data = document.get("data") if isinstance(document, dict) else None
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != _SNAPSHOT_FORMAT
+            or not isinstance(data, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items())
+        ):
+            raise CorruptSnapshot(
+                f"the snapshot is not a {_SNAPSHOT_FORMAT} snapshot; "
+                "restore one taken by graft.fsm.kv"
+            )
+        self._data = dict(data)
+
+    def close(self) -> None:
+        self._data = {}
