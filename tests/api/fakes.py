@@ -1,0 +1,223 @@
+"""A ClusterBackend whose answers the tests control, and helpers to talk to the API in memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.api import make_api_resource
+from graft.api.auth import token_digest
+from graft.api.backend import CommandResult, Consistency, QueryResult
+
+BASE = "http://127.0.0.1:8080"
+API_URLS = {
+    "turing": "http://127.0.0.1:8080",
+    "ritchie": "http://127.0.0.1:8081",
+    "lovelace": "https://10.0.0.3:8082/",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Stands in for graft.config.ApiConfig."""
+
+    tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    max_body_bytes: int = 1024 * 1024
+    command_timeout_ms: int = 5000
+    query_timeout_ms: int = 5000
+
+
+def tokens(**by_role: str) -> dict[str, frozenset[str]]:
+    """role=token pairs -> the digests a config would hold."""
+    return {role: frozenset({token_digest(token)}) for role, token in by_role.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryCall:
+    query: bytes
+    consistency: Consistency
+    min_index: int | None
+    max_lag_ms: int | None
+
+
+class FakeBackend:
+    """Answers at once by default; ``hold_commands``/``hold_queries`` make it hand back pending
+    Deferreds (in ``pending_commands``/``pending_queries``) for the test to fire."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str = "turing",
+        leader: str | None = "turing",
+        content_type: str = "application/json",
+    ) -> None:
+        self._node_id = node_id
+        self.leader = leader
+        self._content_type = content_type
+        self.api_urls: dict[str, str] = dict(API_URLS)
+        self.ready = True
+        self.term = 3
+        self.next_index = 10
+        self.status_document: dict[str, Any] = {"id": node_id, "role": "leader", "term": 3}
+        self.submitted: list[list[bytes]] = []
+        self.queries: list[QueryCall] = []
+        self.hold_commands = False
+        self.hold_queries = False
+        self.pending_commands: list[Deferred[list[CommandResult]]] = []
+        self.pending_queries: list[Deferred[QueryResult]] = []
+        self.rejected: set[bytes] = set()  # commands the "FSM" refuses
+        self.output_for: Callable[[bytes], bytes] = lambda command: json.dumps(
+            {"applied": command.decode("utf-8", errors="replace")}
+        ).encode("utf-8")
+        self.query_output = b'{"columns":["name"],"rows":[["turing"]]}'
+        self.failure: Exception | None = None  # raised by submit, query and status
+        self._metrics = CollectorRegistry()
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def content_type(self) -> str:
+        return self._content_type
+
+    @property
+    def metrics(self) -> CollectorRegistry:
+        return self._metrics
+
+    def leader_id(self) -> str | None:
+        return self.leader
+
+    def is_leader(self) -> bool:
+        return self.leader == self._node_id
+
+    def api_url(self, node_id: str) -> str | None:
+        return self.api_urls.get(node_id)
+
+    def results_for(self, commands: list[bytes]) -> list[CommandResult]:
+        results = []
+        for command in commands:
+            index = self.next_index
+            self.next_index += 1
+            if command in self.rejected:
+                error: str | None = f"rejected {command!r}"
+                output = b""
+            else:
+                error, output = None, self.output_for(command)
+            results.append(
+                CommandResult(
+                    index=index,
+                    term=self.term,
+                    leader=self.leader or "?",
+                    output=output,
+                    error=error,
+                )
+            )
+        return results
+
+    def submit(self, commands: Any) -> Deferred[list[CommandResult]]:
+        self.submitted.append(list(commands))
+        if self.failure is not None:
+            raise self.failure
+        if self.hold_commands:
+            pending: Deferred[list[CommandResult]] = Deferred()
+            self.pending_commands.append(pending)
+            return pending
+        return succeed(self.results_for(list(commands)))
+
+    def query(
+        self,
+        query: bytes,
+        consistency: Consistency,
+        *,
+        min_index: int | None = None,
+        max_lag_ms: int | None = None,
+    ) -> Deferred[QueryResult]:
+        self.queries.append(
+            QueryCall(
+                query=query, consistency=consistency, min_index=min_index, max_lag_ms=max_lag_ms
+            )
+        )
+        if self.failure is not None:
+            raise self.failure
+        if self.hold_queries:
+            pending: Deferred[QueryResult] = Deferred()
+            self.pending_queries.append(pending)
+            return pending
+        return succeed(
+            QueryResult(
+                output=self.query_output, applied_index=self.next_index - 1, leader=self.leader
+            )
+        )
+
+    def status(self) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
+        return self.status_document
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: Any  # twisted.web.http_headers.Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name.encode("latin-1"))
+        return None if values is None else values[0].decode("latin-1")
+
+    def json(self) -> Any:
+        assert self.header("Content-Type") == "application/json", self.header("Content-Type")
+        return json.loads(self.body)
+
+    def error(self) -> dict[str, Any]:
+        document = self.json()
+        assert set(document) == {"error"}, document
+        detail: dict[str, Any] = document["error"]
+        return detail
+
+
+class ApiTestCase(SynchronousTestCase):
+    """An API over a FakeBackend, called in memory through StubTreq on a Clock."""
+
+    def setUp(self) -> None:
+        self.backend = FakeBackend()
+        self.clock = Clock()
+        self.serve(Settings())
+
+    def serve(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stub = StubTreq(make_api_resource(self.backend, settings, reactor=self.clock))
+
+    def start(self, method: str, path: str, **kwargs: Any) -> Deferred[Any]:
+        """Send a request; the Deferred fires with the treq response."""
+        return self.stub.request(method, BASE + path, **kwargs)
+
+    def finish(self, pending: Deferred[Any]) -> Answer:
+        self.stub.flush()
+        response = self.successResultOf(pending)
+        body = self.successResultOf(self.stub.content(response))
+        return Answer(response.code, response.headers, body)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Answer:
+        return self.finish(self.start(method, path, **kwargs))
+
+    def assertError(self, answer: Answer, status: int, code: str) -> dict[str, Any]:
+        """The answer is the JSON error model with this status and code; returns the detail."""
+        self.assertEqual(answer.status, status, answer.body)
+        detail = answer.error()
+        self.assertEqual(detail["code"], code)
+        self.assertIsInstance(detail["message"], str)
+        self.assertNotIn("Traceback", answer.body.decode("utf-8", errors="replace"))
+        return detail
