@@ -330,6 +330,20 @@ def dev(config_path: Path | None) -> None:
     cluster = DevCluster(cfg)
     cluster.start()
     _print_dev_banner(cfg)
+    client = _make_client(
+        ClientSettings(
+            config_path=cfg.path,
+            urls=(),
+            timeout=1.0,
+            token=os.environ.get("GRAFT_TOKEN"),
+            cacert=None,
+            cert=None,
+            key=None,
+        )
+    )
+    threading.Thread(
+        target=cluster.announce_leader, args=(client,), name="leader-watch", daemon=True
+    ).start()
     code = cluster.wait()
     if code:
         raise click.exceptions.Exit(code)
@@ -404,6 +418,23 @@ class DevCluster:
         with self._output_lock:
             self._echo(click.style(f"graft dev: {text}", bold=True))
 
+    def announce_leader(
+        self, client: GraftClient, *, poll_s: float = 0.5, give_up_s: float = 60.0
+    ) -> None:
+        """Poll the members' /status until a majority name the same leader, then say so: the
+        moment the demo is ready for the curl lines."""
+        deadline = time.monotonic() + give_up_s
+        while not self._stop.wait(poll_s) and time.monotonic() < deadline:
+            rows = status_rows(client.status_all())
+            named = [row.get("leader") for row in rows if row["reachable"] and row.get("leader")]
+            for leader in set(named):
+                if named.count(leader) * 2 > len(rows):
+                    term = max(row.get("term") or 0 for row in rows if row["reachable"])
+                    self.say(f"leader elected: {leader} (term {term}); the cluster is ready")
+                    return
+        if not self._stop.is_set():
+            self.say(f"no leader after {give_up_s:g}s: check the nodes' output above")
+
     def wait(self) -> int:
         """Block until Ctrl-C/SIGTERM or until every node has exited; stop the rest.
 
@@ -433,6 +464,7 @@ class DevCluster:
 
     def stop(self) -> None:
         """SIGTERM every running child, then SIGKILL those still alive after STOP_GRACE_S."""
+        self._stop.set()
         running = [child for child in self._children.values() if child.poll() is None]
         for child in running:
             _signal(child, signal.SIGTERM)

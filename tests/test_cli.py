@@ -404,3 +404,21 @@ class DevClusterTests(CLITestCase):
         cluster.stop()
         self.assertEqual(cluster.exit_codes(), {"alpha": -15, "beta": -15, "gamma": -15})
         self.assertFalse(any("killing" in line for line in lines))
+
+    def test_announce_leader(self) -> None:
+        """Once a majority of members name the same leader, the cluster says it is ready."""
+        alpha = start_fake_node(self, json_reply(200, leader_status()))
+        beta = start_fake_node(self, json_reply(200, follower_status("beta", 10)))
+        gamma = dead_url()
+        path = write_config(self.tmpdir(), [port_of(u) for u in (alpha.url, beta.url, gamma)])
+        from graft.client import GraftClient
+        from graft.config import load_config
+
+        lines: list[str] = []
+        cluster = cli.DevCluster(load_config(path), echo=lines.append)
+        client = GraftClient(urls=[alpha.url, beta.url, gamma], timeout=1.0)
+        cluster.announce_leader(client, poll_s=0.001)
+        self.assertEqual(
+            [click.unstyle(line) for line in lines],
+            ["graft dev: leader elected: alpha (term 3); the cluster is ready"],
+        )
