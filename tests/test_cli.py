@@ -422,3 +422,24 @@ class DevClusterTests(CLITestCase):
             [click.unstyle(line) for line in lines],
             ["graft dev: leader elected: alpha (term 3); the cluster is ready"],
         )
+
+
+class StartTests(CLITestCase):
+    def test_start_runs_twist_graft(self) -> None:
+        """`graft start NODE -c FILE` runs the twist runner with `graft --config FILE --node
+        NODE`, in this process, once the node's certificates exist."""
+        try:
+            from graft.certs import generate_certificates
+        except ImportError as e:
+            raise SkipTest(f"graft.certs is not available: {e}") from None
+        from twisted.application.twist._twist import Twist
+
+        from graft.config import load_config
+
+        path = write_config(self.tmpdir())
+        generate_certificates(load_config(path))
+        calls: list[list[str]] = []
+        self.patch(Twist, "main", calls.append)
+        result = run(["start", "beta", "-c", str(path)])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(calls, [["twist", "graft", "--config", str(path), "--node", "beta"]])
