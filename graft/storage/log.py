@@ -1,0 +1,495 @@
+"""DurableLog: the node's log, hard state and snapshots on disk, read from memory.
+
+Theory of operation. ``open`` replays the data dir synchronously and keeps every entry since
+the start of the oldest kept segment in a list, so the core's reads (``term``, ``entries``)
+never touch the disk. Writes update that list at once (the core reads back what it just
+produced) and are queued for the writer thread (``graft.storage.writer``), which writes each
+batch in order with one fsync and then fires the batch's Deferreds on the reactor. The reactor
+thread never waits on the disk. ``durable_index`` trails ``last_index`` by whatever is queued.
+
+Snapshots are files beside the log (``graft.storage.snapshots``); compaction deletes whole
+segments below a snapshot, so the in-memory list starts at the first kept segment, which may
+be below the snapshot index.
+
+Threads: call everything on the reactor thread, except ``save_snapshot``/``open_snapshot``
+(safe from a worker thread) and the ``*_sync`` methods, meant for tools and tests that do not
+run a reactor alongside.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+
+from graft.raft.errors import LogCompacted, LogUnavailable
+from graft.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    SnapshotMeta,
+    decode_membership,
+)
+from graft.storage.errors import CorruptionError, StorageError
+from graft.storage.files import FileSystem, OSFileSystem
+from graft.storage.records import parse_segment_name
+from graft.storage.segments import SegmentSet, replay
+from graft.storage.snapshots import SnapshotInfo, SnapshotStore
+from graft.storage.state_files import (
+    HARD_STATE_FILE,
+    IDENTITY_FILE,
+    Identity,
+    check_identity,
+    read_hard_state,
+    read_identity,
+    write_identity,
+)
+from graft.storage.writer import BatchWriter, WriteOp, WriterThread
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def _default_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class DurableLog:
+    """The durable ``LogStorage`` of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        files: FileSystem,
+        data_dir: Path,
+        reactor: Any,
+        writer: BatchWriter,
+        threaded: bool,
+        entries: list[Entry],
+        first_index: int,
+        hard_state: HardState,
+        snapshots: SnapshotStore,
+        snapshot: SnapshotInfo | None,
+        notes: list[str],
+    ) -> None:
+        self.data_dir = data_dir
+        self.notes = notes  # repairs made at open, for the operator's log
+        self._files = files
+        self._reactor = reactor
+        self._writer = writer
+        self._entries = entries
+        self._first = first_index
+        self._hard_state = hard_state
+        self._snapshots = snapshots
+        self._snapshot_info = snapshot
+        self._snapshot_meta = snapshot.meta if snapshot is not None else SnapshotMeta()
+        self.durable_index = writer.disk.last_index
+        self._failure: StorageError | None = None
+        self._closed: Deferred[None] | None = None
+        self._pending: list[WriteOp] = []  # synchronous mode only
+        self._flush_call: Any = None
+        self._thread = (
+            WriterThread(writer, on_done=self._batch_written, on_stopped=self._writer_stopped)
+            if threaded
+            else None
+        )
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        node_id: str,
+        cluster: str,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        files: FileSystem | None = None,
+        reactor: IReactorTime | IReactorThreads | IReactorCore | None = None,
+        threaded: bool = True,
+        commit_interval: float = 0.1,
+        on_fsync: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> DurableLog:
+        """Open (creating if needed) the data dir of ``node_id`` and replay it.
+
+        ``threaded=False`` does the writes on the calling thread instead: each reactor turn's
+        persists are written by one ``reactor.callLater(0, ...)`` (use a Clock and ``advance``),
+        or at once by ``write_pending()``. Raises IdentityMismatch, CorruptionError or
+        StorageError; each message says what to do.
+        """
+        files = files if files is not None else OSFileSystem()
+        data_dir = Path(data_dir)
+        if segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+        files.makedirs(data_dir)
+        _check_or_write_identity(files, data_dir, node_id=node_id, cluster=cluster)
+        for name in files.listdir(data_dir):
+            if name in (IDENTITY_FILE + ".tmp", HARD_STATE_FILE + ".tmp"):
+                files.unlink(data_dir / name)  # a crash interrupted an atomic replace
+        hard_state = read_hard_state(files, data_dir) or HardState()
+        snapshots = SnapshotStore(files, data_dir)
+        snapshot = snapshots.load()
+        floor = snapshot.meta.index if snapshot is not None else 0
+        found = replay(files, data_dir, floor_index=floor)
+        notes = found.notes
+        segments = found.segments
+        entries = found.entries
+        first = found.first_index
+        next_index = segments[-1].first_index + len(segments[-1].offsets) if segments else floor + 1
+        disk = SegmentSet(
+            files,
+            data_dir,
+            segment_bytes=segment_bytes,
+            segments=segments,
+            next_index=next_index,
+            on_fsync=on_fsync,
+        )
+        if snapshot is not None:
+            meta = snapshot.meta
+            if first > floor + 1:
+                raise CorruptionError(
+                    segments[0].path,
+                    0,
+                    f"the log starts at index {first} but the snapshot ends at {floor}: "
+                    "entries in between are missing",
+                )
+            in_log = first <= floor < first + len(entries)
+            if next_index - 1 < floor or (in_log and entries[floor - first].term != meta.term):
+                # Only an install_snapshot interrupted by a crash leaves this: finish it.
+                notes.append(f"discarded the log, which ends before or conflicts with {meta}")
+                disk.discard_all(floor + 1)
+                entries, first = [], floor + 1
+        elif first != 1:
+            raise CorruptionError(
+                segments[0].path,
+                0,
+                f"the log starts at index {first} but there is no snapshot: the earlier "
+                "segments or the snapshot are missing",
+            )
+        last = max(first + len(entries) - 1, floor)
+        if hard_state.commit > last:
+            raise CorruptionError(
+                data_dir / HARD_STATE_FILE,
+                0,
+                f"commit index {hard_state.commit} is beyond the last index {last} on disk: "
+                "the newest segment is missing or was cut",
+            )
+        writer = BatchWriter(
+            files,
+            data_dir,
+            disk,
+            hard_state=hard_state,
+            commit_interval=commit_interval,
+            clock=clock,
+        )
+        return cls(
+            files=files,
+            data_dir=data_dir,
+            reactor=reactor if reactor is not None else _default_reactor(),
+            writer=writer,
+            threaded=threaded,
+            entries=entries,
+            first_index=first,
+            hard_state=hard_state,
+            snapshots=snapshots,
+            snapshot=snapshot,
+            notes=notes,
+        )
+
+    # -- LogStorage: reads, from memory ------------------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, Membership | None]:
+        for entry in reversed(self._entries):
+            if entry.kind == EntryKind.MEMBERSHIP:
+                return self._hard_state, decode_membership(entry.data)
+        if self._snapshot_meta.index > 0:
+            return self._hard_state, self._snapshot_meta.membership
+        return self._hard_state, None
+
+    def first_index(self) -> int:
+        return self._first
+
+    def last_index(self) -> int:
+        return self._first + len(self._entries) - 1
+
+    def term(self, index: int) -> int:
+        offset = index - self._first
+        if 0 <= offset < len(self._entries):
+            return self._entries[offset].term
+        if index == self._snapshot_meta.index:
+            return self._snapshot_meta.term
+        if offset < 0:
+            raise LogCompacted(f"index {index} is compacted (first index {self._first})")
+        raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo < self._first:
+            raise LogCompacted(f"index {lo} is compacted (first index {self._first})")
+        if hi > self.last_index() + 1:
+            raise LogUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
+        if lo >= hi:
+            return []
+        selected = self._entries[lo - self._first : hi - self._first]
+        if max_bytes is None:
+            return selected
+        total = 0
+        for count, entry in enumerate(selected):
+            total += len(entry.data)
+            if total > max_bytes and count > 0:
+                return selected[:count]
+        return selected
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._snapshot_meta
+
+    @property
+    def hard_state(self) -> HardState:
+        """The latest hard state given to ``persist`` (durable or not yet)."""
+        return self._hard_state
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]:
+        """Record a Ready's hard state and entries now; the Deferred fires once they are
+        durable (in call order). Entries may start at or below ``last_index() + 1``, replacing
+        the conflicting suffix."""
+        if self._failure is not None or self._closed is not None:
+            return fail(self._failure or StorageError("the log is closed; reopen it to write"))
+        entries = tuple(entries)
+        self._apply(hard_state, entries)
+        deferred: Deferred[None] = Deferred()
+        self._submit(WriteOp(hard_state=hard_state, entries=entries, deferred=deferred))
+        return deferred
+
+    def append_sync(self, entries: Sequence[Entry]) -> None:
+        """Append (or replace a suffix) and return once durable. For tools and tests."""
+        entries = tuple(entries)
+        self._apply(None, entries)
+        self._run_sync(WriteOp(entries=entries))
+
+    def set_hard_state_sync(self, hard_state: HardState) -> None:
+        """Write the hard state durably before returning. For tools and tests."""
+        self._apply(hard_state, ())
+        self._run_sync(WriteOp(hard_state=hard_state, force_hard_state=True))
+
+    def _apply(self, hard_state: HardState | None, entries: tuple[Entry, ...]) -> None:
+        if entries:
+            first = entries[0].index
+            if entries[-1].index - first != len(entries) - 1:
+                raise ValueError("entries must have consecutive indexes")
+            if first > self.last_index() + 1:
+                raise ValueError(f"entry {first} leaves a gap after {self.last_index()}")
+            if first < self._first:
+                raise ValueError(f"entry {first} is below the first index {self._first}")
+            del self._entries[first - self._first :]
+            self._entries.extend(entries)
+        if hard_state is not None:
+            self._hard_state = hard_state
+
+    # -- snapshots and compaction ------------------------------------------------------------
+
+    def save_snapshot(
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], None]
+    ) -> None:
+        """Write a snapshot of the FSM (``write`` fills the file) durably; the previous one is
+        deleted once this one is. Blocking: call it from a worker thread."""
+        if meta.index <= self._snapshot_meta.index:
+            raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
+        info = self._snapshots.save(meta, fsm_name, write)
+        self._snapshot_info = info
+        self._snapshot_meta = info.meta
+
+    def snapshot_info(self) -> SnapshotInfo | None:
+        """The durable snapshot's manifest (FSM name, size, checksum), if any."""
+        return self._snapshot_info
+
+    def open_snapshot(self) -> tuple[SnapshotMeta, BinaryIO] | None:
+        """The durable snapshot, its data checked against the manifest (the caller closes it)."""
+        info = self._snapshot_info
+        if info is None:
+            return None
+        return info.meta, self._snapshots.open(info)
+
+    def install_snapshot(
+        self, meta: SnapshotMeta, path: Path, fsm_name: str = ""
+    ) -> Deferred[None]:
+        """Adopt a snapshot received from the leader (the file at ``path`` is copied in).
+
+        As in Raft's InstallSnapshot: if the log has the snapshot's last entry (same index and
+        term) it is kept, otherwise the whole log is discarded. Fires once durable."""
+        if self._failure is not None or self._closed is not None:
+            return fail(self._failure or StorageError("the log is closed; reopen it to write"))
+        keep = self._first <= meta.index <= self.last_index() and self.term(meta.index) == meta.term
+        if not keep:
+            self._entries = []
+            self._first = meta.index + 1
+        self._snapshot_meta = meta
+
+        def install(disk: SegmentSet) -> SnapshotInfo:
+            info = self._snapshots.install(meta, fsm_name, Path(path))
+            if not keep:
+                disk.discard_all(meta.index + 1)
+            return info
+
+        def installed(info: SnapshotInfo) -> None:
+            self._snapshot_info = info
+
+        deferred: Deferred[None] = Deferred()
+        self._submit(WriteOp(action=install, then=installed, deferred=deferred))
+        return deferred.addCallback(lambda _: None)
+
+    def compact(self, index: int, keep: int = 0) -> Deferred[None]:
+        """Delete the whole segments holding only entries at or below ``index - keep`` (which
+        must be covered by the snapshot); the log then starts at the first kept segment."""
+        if index > self._snapshot_meta.index:
+            raise ValueError(
+                f"cannot compact to {index}: the snapshot ends at {self._snapshot_meta.index}"
+            )
+        if self._failure is not None or self._closed is not None:
+            return fail(self._failure or StorageError("the log is closed; reopen it to write"))
+        below = index - keep + 1
+
+        def dropped(first_on_disk: int) -> None:
+            if first_on_disk > self._first:
+                del self._entries[: first_on_disk - self._first]
+                self._first = first_on_disk
+
+        deferred: Deferred[None] = Deferred()
+        self._submit(
+            WriteOp(action=lambda disk: disk.drop_before(below), then=dropped, deferred=deferred)
+        )
+        return deferred.addCallback(lambda _: None)
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    def _submit(self, op: WriteOp) -> None:
+        if self._thread is not None:
+            self._thread.submit(op)
+            return
+        self._pending.append(op)
+        if self._flush_call is None and op.event is None:
+            self._flush_call = self._reactor.callLater(0, self.write_pending)
+
+    def write_pending(self) -> None:
+        """Synchronous mode: write everything queued now, as one batch, on this thread."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        failure: BaseException | None = None
+        if self._failure is None:
+            try:
+                self._writer.write(batch)
+            except Exception as error:
+                failure = error
+        self._batch_written(batch, failure, self._writer.disk.last_index)
+
+    def _run_sync(self, op: WriteOp) -> None:
+        if self._failure is not None or self._closed is not None:
+            raise self._failure or StorageError("the log is closed; reopen it to write")
+        op.event = threading.Event()
+        self._submit(op)
+        if self._thread is None:
+            self.write_pending()
+        op.event.wait()
+        if op.error is not None:
+            raise op.error
+        if op.then is not None:
+            op.then(op.result)
+
+    def _batch_written(
+        self, batch: list[WriteOp], error: BaseException | None, durable: int
+    ) -> None:
+        """Called where the batch was written (the writer thread, or the caller)."""
+        failure = self._failure
+        if error is not None and failure is None:
+            failure = StorageError(
+                f"{self.data_dir}: writing the log failed ({error}); stop the node, fix the "
+                "disk (space, permissions, hardware) and start it again"
+            )
+            failure.__cause__ = error
+            self._failure = failure
+        if failure is None:
+            self.durable_index = durable
+        deferred_ops = []
+        for op in batch:
+            if op.event is not None:
+                op.error = failure
+                op.event.set()
+            else:
+                deferred_ops.append(op)
+        if not deferred_ops:
+            return
+        if self._thread is None:
+            self._fire(deferred_ops, failure)
+        else:
+            self._reactor.callFromThread(self._fire, deferred_ops, failure)
+
+    def _fire(self, ops: list[WriteOp], failure: StorageError | None) -> None:
+        for op in ops:
+            if op.deferred is None:
+                continue
+            if failure is not None:
+                op.deferred.errback(failure)
+                continue
+            if op.then is not None:
+                op.then(op.result)
+            op.deferred.callback(op.result if op.then is not None else None)
+
+    def close(self) -> Deferred[None]:
+        """Write what is queued, close the files and stop the writer thread."""
+        if self._closed is not None:
+            return self._closed
+        self._closed = Deferred()
+        if self._thread is None:
+            self.write_pending()
+            error: BaseException | None = None
+            if self._failure is None:
+                try:
+                    self._writer.close()
+                except Exception as failure:
+                    error = failure
+            self._closing_done(error)
+        else:
+            self._thread.stop()
+        return self._closed
+
+    def _writer_stopped(self, error: BaseException | None) -> None:
+        self._reactor.callFromThread(self._closing_done, error)
+
+    def _closing_done(self, error: BaseException | None) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        assert self._closed is not None
+        if error is not None:
+            self._closed.errback(StorageError(f"{self.data_dir}: closing the log failed ({error})"))
+        else:
+            self._closed.callback(None)
+
+
+def _check_or_write_identity(
+    files: FileSystem, data_dir: Path, *, node_id: str, cluster: str
+) -> None:
+    found = read_identity(files, data_dir)
+    if found is not None:
+        check_identity(data_dir / IDENTITY_FILE, found, node_id=node_id, cluster=cluster)
+        return
+    names = files.listdir(data_dir)
+    if any(
+        parse_segment_name(name) is not None or name == HARD_STATE_FILE or name.startswith("snap-")
+        for name in names
+    ):
+        raise StorageError(
+            f"{data_dir}: holds graft data but no {IDENTITY_FILE} file; restore the file from a "
+            "backup, or move this data dir aside to start a fresh node"
+        )
+    write_identity(files, data_dir, Identity(node_id=node_id, cluster=cluster))
