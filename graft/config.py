@@ -288,7 +288,7 @@ def load_config(path: str | Path, node: str | None = None) -> ClusterConfig:
     try:
         document = yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
-        raise ConfigError(f"{label}:{e.line}: {e.message}") from None
+        raise ConfigError(f"{label}: line {e.line}: {e.message}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{label}: {_describe_yaml_error(e)}") from None
     absolute = file.resolve()
@@ -391,21 +391,26 @@ class _Reader:
             return self.fail(_join(key, sub), f"unknown key; did you mean {_join(key, close[0])}?")
         return self.fail(_join(key, sub), f"unknown key; expected one of: {', '.join(allowed)}")
 
-    def integer(self, key: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    def integer(
+        self, key: str, value: Any, *, minimum: int, maximum: int | None = None, noun: str = ""
+    ) -> int:
         if maximum is None:
             expected = f"an integer >= {minimum}" if minimum != 1 else "a positive integer"
         else:
-            expected = f"an integer in {minimum}..{maximum}"
+            expected = f"an integer {noun}{' ' if noun else ''}in {minimum}..{maximum}"
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.wrong_type(key, value, expected)
         if value < minimum or (maximum is not None and value > maximum):
-            problem = "is not positive" if minimum == 1 and value < 1 else "is out of range"
+            positive = minimum == 1 and maximum is None
+            problem = "is not positive" if positive else "is out of range"
             raise self.fail(key, f"{value} {problem}; expected {expected}")
         return value
 
     def string(self, key: str, value: Any, expected: str) -> str:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str):
             raise self.wrong_type(key, value, expected)
+        if not value.strip():
+            raise self.fail(key, f"{_show(value)} is empty; expected {expected}")
         return value
 
     def path_template(self, key: str, value: Any, example: str) -> str:
@@ -553,7 +558,9 @@ class _Reader:
             where = f"{key}.ports.{service}"
             if service not in ports:
                 raise self.fail(where, "missing; expected an integer port in 1..65535")
-            numbers[service] = self.integer(where, ports[service], minimum=1, maximum=65535)
+            numbers[service] = self.integer(
+                where, ports[service], minimum=1, maximum=65535, noun="port"
+            )
         return PeerConfig(id=peer_id, host=host, p2p_port=numbers["p2p"], api_port=numbers["api"])
 
     def tls(self, value: Any) -> TLSConfig:
