@@ -326,7 +326,11 @@ def _describe_yaml_error(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
-    return f"YAML syntax error at {where}: {problem}; fix the YAML syntax there"
+    hint = "fix the YAML syntax there"
+    if "'{'" in problem:
+        # `cert: certs/{id}.pem` inside a {...} mapping is the usual culprit.
+        hint += ' (inside {...}, quote values that contain braces: "certs/{id}.pem")'
+    return f"YAML syntax error at {where}: {problem}; {hint}"
 
 
 def _show(value: Any) -> str:
