@@ -141,7 +141,8 @@ class FrameDecoder:
             return self._feed(data)
         except ProtocolError as e:
             self._failure = e
-            self._buffer.clear()
+            # A new buffer rather than clear(): the traceback may still hold a view of the old.
+            self._buffer = bytearray()
             raise
 
     def _feed(self, data: bytes) -> list[Frame]:

@@ -1,0 +1,344 @@
+"""One peer connection: TLS below, frames above, the hello check, message and RPC dispatch.
+
+Life of a connection: TCP connects, TLS handshakes (both certificates checked against the cluster
+CA by OpenSSL; the client also checks the server names the dialled host), then each side sends a
+hello. The receiver of a hello accepts the connection only if the protocol version is its own,
+the cluster name is its own, the node is a current member (and, on an outbound connection, is
+the node that was dialled), and the peer's certificate names that node id among its DNS
+subjectAltNames. Anything else is logged with the reason and the connection is dropped. After
+that, Raft messages are delivered to the owner and ``_ask`` requests dispatched to it; answers
+are paired with pending calls by id. A malformed frame, or a message whose sender is not the
+authenticated node, drops the connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from graft.raft.messages import MESSAGE_TYPES, Message
+from graft.transport.errors import CallTimeout, PeerUnavailable, RemoteError
+from graft.transport.tls import certificate_names
+from graft.wire import (
+    PROTOCOL_VERSION,
+    Answer,
+    Ask,
+    CommandRegistry,
+    ErrorAnswer,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    SchemaError,
+    encode_frame,
+    encode_message_frame,
+)
+
+log = Logger(namespace="graft.transport")
+
+HELLO_TIMEOUT = 10.0
+_MESSAGE_CLASSES = frozenset(MESSAGE_TYPES)
+_CLOSED = Failure(ConnectionDone())  # type: ignore[no-untyped-call]
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the service that owns it (PeerTransport, or a test)."""
+
+    node_id: str
+    cluster: str
+    commands: CommandRegistry
+    max_frame_bytes: int
+    reactor: Any  # IReactorTime
+
+    def is_member(self, node_id: str) -> bool: ...
+    def connection_made(self, connection: PeerConnection) -> None: ...
+    def connection_authenticated(self, connection: PeerConnection) -> None: ...
+    def connection_lost(self, connection: PeerConnection, reason: Failure) -> None: ...
+    def message_received(self, connection: PeerConnection, message: Message) -> None: ...
+    def request_received(
+        self, peer: str, command: str, args: dict[str, Any]
+    ) -> defer.Deferred[dict[str, Any]]: ...
+    def frame_too_large(self, connection: PeerConnection, size: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    command: str
+    deferred: defer.Deferred[dict[str, Any]]
+    timer: Any
+
+
+@implementer(IHandshakeListener)
+class PeerConnection(TwistedProtocol):
+    """The application protocol of one peer connection (it sits inside TLSMemoryBIOProtocol)."""
+
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        *,
+        expected_peer: str | None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.expected_peer = expected_peer  # set on outbound connections: whom we dialled
+        self.peer: str | None = None  # set once the hello has been accepted
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self._on_lost = on_lost
+        self._decoder = FrameDecoder(max_frame_bytes=owner.max_frame_bytes, commands=owner.commands)
+        self._closing = False
+        self._refused = False  # a refusal reason has already been logged
+        self._hello_timer: Any = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _PendingCall] = {}
+        self._address = "?"
+        self._tls: Any = None
+
+    @property
+    def outbound(self) -> bool:
+        return self.expected_peer is not None
+
+    def describe(self) -> str:
+        direction = f"to {self.expected_peer}" if self.outbound else "from"
+        return f"{direction} {self._address}"
+
+    # -- Twisted callbacks -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._tls = self.transport  # TLSMemoryBIOProtocol (ISSLTransport)
+        peer = self._tls.getPeer()
+        self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._hello_timer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._hello_timed_out)
+        self.owner.connection_made(self)
+
+    def handshakeCompleted(self) -> None:
+        hello = Hello(
+            version=PROTOCOL_VERSION, cluster=self.owner.cluster, node_id=self.owner.node_id
+        )
+        self._tls.write(encode_frame(hello))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as e:
+            self.drop(f"protocol error: {e.reason}")
+            return
+        owner = self.owner
+        for frame in frames:
+            if self._closing:
+                return
+            if type(frame) in _MESSAGE_CLASSES:
+                message: Message = frame  # type: ignore[assignment]
+                if message.sender != self.peer or message.to != owner.node_id:
+                    self.drop(
+                        f"{type(message).__name__} from {message.sender} to {message.to}"
+                        f" on the connection of {self.peer}"
+                    )
+                    return
+                owner.message_received(self, message)
+            elif isinstance(frame, Hello):
+                self._hello_received(frame)
+            elif isinstance(frame, Ask):
+                self._ask_received(frame)
+            elif isinstance(frame, Answer | ErrorAnswer):
+                self._answer_received(frame)
+
+    def connectionLost(self, reason: Failure = _CLOSED) -> None:
+        self._closing = True
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        if self.peer is None and not self._refused:
+            log.warn(
+                "peer connection {connection} closed before it was authenticated: {reason}",
+                connection=self.describe(),
+                reason=_reason_text(reason),
+            )
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            if call.timer is not None and call.timer.active():
+                call.timer.cancel()
+            call.deferred.errback(
+                PeerUnavailable(self.peer or str(self.expected_peer), "connection lost")
+            )
+        self.owner.connection_lost(self, reason)
+        if self._on_lost is not None:
+            self._on_lost()
+        self.closed.callback(None)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_message(self, message: Message) -> bool:
+        """Write one Raft message; False (and nothing written) if it is over the frame limit."""
+        frame = encode_message_frame(message)
+        if len(frame) - 4 > self.owner.max_frame_bytes:
+            self.owner.frame_too_large(self, len(frame) - 4)
+            return False
+        self._tls.write(frame)
+        return True
+
+    def ask(
+        self, command: str, args: dict[str, Any], timeout: float
+    ) -> defer.Deferred[dict[str, Any]]:
+        """Send a request; the Deferred fires with the checked answer or fails with a
+        PeerUnavailable, CallTimeout or RemoteError."""
+        peer = self.peer or str(self.expected_peer)
+        try:
+            checked = self.owner.commands.outgoing_arguments(command, args)
+        except SchemaError as e:
+            return defer.fail(e)
+        if self._closing:
+            return defer.fail(PeerUnavailable(peer, "connection is closing"))
+        call_id = next(self._ids)
+        frame = encode_frame(Ask(id=call_id, command=command, args=checked))
+        if len(frame) - 4 > self.owner.max_frame_bytes:
+            return defer.fail(
+                SchemaError(f"{command} request of {len(frame)} bytes exceeds the frame limit")
+            )
+
+        def cancel(d: defer.Deferred[dict[str, Any]]) -> None:
+            call = self._pending.pop(call_id, None)
+            if call is not None and call.timer is not None and call.timer.active():
+                call.timer.cancel()
+
+        deferred: defer.Deferred[dict[str, Any]] = defer.Deferred(cancel)
+        timer = self.owner.reactor.callLater(timeout, self._call_timed_out, call_id, timeout)
+        self._pending[call_id] = _PendingCall(command=command, deferred=deferred, timer=timer)
+        self._tls.write(frame)
+        return deferred
+
+    def drop(self, reason: str) -> None:
+        """Log why and close the connection; nothing more is read from it."""
+        if self._closing:
+            return
+        self._closing = True
+        self._refused = True
+        log.warn(
+            "dropping peer connection {connection} (node {peer}): {reason}",
+            connection=self.describe(),
+            peer=self.peer,
+            reason=reason,
+        )
+        self._tls.loseConnection()
+
+    def abort(self) -> None:
+        """Close at once, without a TLS goodbye (used when the service stops)."""
+        self._closing = True
+        self._refused = True
+        self._tls.abortConnection()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _hello_received(self, hello: Hello) -> None:
+        reason = self._refusal(hello)
+        if reason is not None:
+            self.drop(f"refused hello from node {hello.node_id!r}: {reason}")
+            return
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+        self.peer = hello.node_id
+        self.owner.connection_authenticated(self)
+
+    def _refusal(self, hello: Hello) -> str | None:
+        owner = self.owner
+        if hello.version != PROTOCOL_VERSION:
+            return f"protocol version {hello.version} (this node speaks {PROTOCOL_VERSION})"
+        if hello.cluster != owner.cluster:
+            return f"cluster {hello.cluster!r} (this node is in {owner.cluster!r})"
+        if hello.node_id == owner.node_id:
+            return "it claims this node's own id"
+        if self.expected_peer is not None and hello.node_id != self.expected_peer:
+            return f"dialled {self.expected_peer!r} but it says it is {hello.node_id!r}"
+        if not owner.is_member(hello.node_id):
+            return "not a member of the cluster"
+        names = certificate_names(self._tls.getPeerCertificate())
+        if hello.node_id not in names:
+            return f"its certificate names {sorted(names)}, not {hello.node_id!r}"
+        return None
+
+    def _hello_timed_out(self) -> None:
+        self._hello_timer = None
+        self.drop(f"no hello within {HELLO_TIMEOUT:g} seconds")
+
+    def _ask_received(self, ask: Ask) -> None:
+        peer = self.peer
+        assert peer is not None  # the decoder yields nothing before an accepted hello
+        if ask.command not in self.owner.commands:
+            self._write_error(
+                ask.id, "unknown_command", f"this node has no command {ask.command!r}"
+            )
+            return
+        d = defer.maybeDeferred(self.owner.request_received, peer, ask.command, ask.args)
+        d.addCallback(self._write_answer, ask)
+        d.addErrback(self._write_failure, ask)
+
+    def _write_answer(self, result: dict[str, Any], ask: Ask) -> None:
+        if self._closing:
+            return
+        try:
+            checked = self.owner.commands.outgoing_response(ask.command, result)
+        except SchemaError as e:
+            log.error(
+                "answer to {command} breaks its schema: {reason}", command=ask.command, reason=e
+            )
+            self._write_error(ask.id, "internal", "the handler's answer broke the schema")
+            return
+        frame = encode_frame(Answer(id=ask.id, result=checked))
+        if len(frame) - 4 > self.owner.max_frame_bytes:
+            self._write_error(ask.id, "internal", "the answer exceeds the peer frame limit")
+            return
+        self._tls.write(frame)
+
+    def _write_failure(self, failure: Failure, ask: Ask) -> None:
+        error = failure.value
+        if isinstance(error, RemoteError):
+            self._write_error(ask.id, error.code, error.message)
+            return
+        log.failure("handler of {command} failed", failure, command=ask.command)
+        self._write_error(ask.id, "internal", f"{ask.command} failed on the peer; see its log")
+
+    def _write_error(self, call_id: int, code: str, message: str) -> None:
+        if not self._closing:
+            frame = encode_frame(ErrorAnswer(id=call_id, code=code, message=message))
+            self._tls.write(frame)
+
+    def _answer_received(self, frame: Answer | ErrorAnswer) -> None:
+        call = self._pending.pop(frame.id, None)
+        if call is None:
+            return  # the call timed out or was cancelled: nobody is waiting for it
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        if isinstance(frame, ErrorAnswer):
+            call.deferred.errback(RemoteError(frame.code, frame.message))
+            return
+        command = self.owner.commands.get(call.command)
+        assert command is not None  # ask() only sends registered commands
+        try:
+            result = command.check_response(frame.result, f"{call.command} answer")
+        except ProtocolError as e:
+            call.deferred.errback(PeerUnavailable(str(self.peer), f"malformed answer: {e.reason}"))
+            self.drop(f"protocol error: {e.reason}")
+            return
+        call.deferred.callback(result)
+
+    def _call_timed_out(self, call_id: int, timeout: float) -> None:
+        call = self._pending.pop(call_id, None)
+        if call is not None:
+            call.deferred.errback(
+                CallTimeout(str(self.peer), f"no answer to {call.command} within {timeout:g} s")
+            )
+
+
+def _reason_text(reason: Failure) -> str:
+    return f"{type(reason.value).__name__}: {reason.value}"

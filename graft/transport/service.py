@@ -1,0 +1,262 @@
+"""PeerTransport: the node's peer channel as a Twisted service.
+
+It listens on the node's p2p port, keeps one outbound connection to every other member, sends
+Raft messages over the outbound connection to their recipient, delivers messages arriving on
+any authenticated connection to ``on_message``, and carries request/response calls both ways.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from graft.raft.messages import Message
+from graft.transport.dialer import Backoff, PeerDialer
+from graft.transport.errors import PeerUnavailable
+from graft.transport.protocol import PeerConnection
+from graft.transport.tls import TLSContexts, TLSPaths
+from graft.wire import COMMANDS, DEFAULT_MAX_FRAME_BYTES, CommandRegistry
+
+log = Logger(namespace="graft.transport")
+
+RequestHandler = Callable[[str, str, dict[str, Any]], defer.Deferred[dict[str, Any]]]
+
+
+class PeerAddress(Protocol):
+    """Where a peer listens; graft.config.PeerConfig provides it."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def p2p_port(self) -> int: ...
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for metrics and tests."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    dropped_not_connected: int = 0
+    dropped_too_large: int = 0
+    dial_failures: int = 0
+
+
+class _AcceptFactory(ServerFactory):
+    def __init__(self, transport: PeerTransport) -> None:
+        self.transport = transport
+
+    def buildProtocol(self, addr: Any) -> PeerConnection:
+        return PeerConnection(self.transport, expected_peer=None)
+
+
+class PeerTransport(Service):
+    """See the module docstring; the keyword arguments are the contract in RULES.md."""
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,  # IReactorTCP + IReactorTime
+        node_id: str,
+        cluster: str,
+        peers: Mapping[str, PeerAddress],
+        tls: TLSPaths,
+        on_message: Callable[[Message], None],
+        on_request: RequestHandler,
+        rng: random.Random,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        commands: CommandRegistry = COMMANDS,
+        call_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        backoff: Backoff | None = None,
+        listen_interface: str | None = None,
+    ) -> None:
+        if node_id not in peers:
+            raise ValueError(f"node {node_id!r} is not among the peers {sorted(peers)}")
+        self.reactor = reactor
+        self.node_id = node_id
+        self.cluster = cluster
+        self.commands = commands
+        self.max_frame_bytes = max_frame_bytes
+        self.call_timeout = call_timeout
+        self.stats = TransportStats()
+        self._peers: dict[str, PeerAddress] = dict(peers)
+        self._contexts = TLSContexts(tls)  # read and built once, here: bad files fail early
+        self._on_message = on_message
+        self._on_request = on_request
+        self._rng = rng
+        self._connect_timeout = connect_timeout
+        self._backoff = backoff or Backoff()
+        self._listen_interface = listen_interface
+        self._port: Any = None
+        self._dialers: dict[str, PeerDialer] = {}
+        self._outbound: dict[str, PeerConnection] = {}
+        self._connections: set[PeerConnection] = set()
+
+    # -- service -----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        me = self._peers[self.node_id]
+        accept: Any = _AcceptFactory(self)  # zope interfaces are invisible to mypy
+        factory = TLSMemoryBIOFactory(self._contexts.server, False, accept, clock=self.reactor)
+        self._port = self.reactor.listenTCP(
+            me.p2p_port, factory, interface=self._interface(me.host)
+        )
+        for peer_id in self._peers:
+            if peer_id != self.node_id:
+                self._start_dialer(peer_id)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        for dialer in self._dialers.values():
+            dialer.stop()
+        self._dialers.clear()
+        waits: list[defer.Deferred[Any]] = []
+        for connection in list(self._connections):
+            waits.append(connection.closed)
+            connection.abort()
+        if self._port is not None:
+            waits.append(defer.maybeDeferred(self._port.stopListening))
+            self._port = None
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    @property
+    def port(self) -> int | None:
+        """The port actually listened on (useful when the configured port is 0)."""
+        return None if self._port is None else int(self._port.getHost().port)
+
+    # -- the API the node uses ---------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        connection = self._outbound.get(message.to)
+        if connection is None:
+            self.stats.dropped_not_connected += 1
+            return
+        if connection.send_message(message):
+            self.stats.messages_sent += 1
+
+    def call(
+        self,
+        peer: str,
+        command: str,
+        args: dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> defer.Deferred[dict[str, Any]]:
+        connection = self._outbound.get(peer)
+        if connection is None:
+            return defer.fail(PeerUnavailable(peer, "not connected; retry shortly"))
+        return connection.ask(command, args, self.call_timeout if timeout is None else timeout)
+
+    def connected_peers(self) -> set[str]:
+        return set(self._outbound)
+
+    def update_peers(self, peers: Mapping[str, PeerAddress]) -> None:
+        """Adopt a new membership: dial new peers, forget removed ones, re-dial moved ones."""
+        old, self._peers = self._peers, dict(peers)
+        for peer_id, address in old.items():
+            moved = peer_id in self._peers and (
+                (self._peers[peer_id].host, self._peers[peer_id].p2p_port)
+                != (address.host, address.p2p_port)
+            )
+            if peer_id == self.node_id or (peer_id in self._peers and not moved):
+                continue
+            dialer = self._dialers.pop(peer_id, None)
+            if dialer is not None:
+                dialer.stop()
+            for connection in list(self._connections):
+                if peer_id in (connection.peer, connection.expected_peer):
+                    connection.drop("the peer left the membership or moved")
+        if self.running:
+            for peer_id in self._peers:
+                if peer_id != self.node_id and peer_id not in self._dialers:
+                    self._start_dialer(peer_id)
+
+    # -- ConnectionOwner ---------------------------------------------------------------------
+
+    def is_member(self, node_id: str) -> bool:
+        return node_id in self._peers
+
+    def connection_made(self, connection: PeerConnection) -> None:
+        self._connections.add(connection)
+
+    def connection_authenticated(self, connection: PeerConnection) -> None:
+        peer = connection.peer
+        assert peer is not None
+        log.info("peer connection {connection} authenticated", connection=connection.describe())
+        if connection.outbound:
+            dialer = self._dialers.get(peer)
+            if dialer is None:  # the peer was removed while we were connecting
+                connection.drop("the peer is no longer a member")
+                return
+            dialer.authenticated()
+            previous = self._outbound.get(peer)
+            self._outbound[peer] = connection
+            if previous is not None and previous is not connection:
+                previous.drop("replaced by a newer connection")
+
+    def connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        self._connections.discard(connection)
+        peer = connection.peer
+        if peer is not None and self._outbound.get(peer) is connection:
+            del self._outbound[peer]
+
+    def message_received(self, connection: PeerConnection, message: Message) -> None:
+        self.stats.messages_received += 1
+        self._on_message(message)
+
+    def request_received(
+        self, peer: str, command: str, args: dict[str, Any]
+    ) -> defer.Deferred[dict[str, Any]]:
+        return self._on_request(peer, command, args)
+
+    def frame_too_large(self, connection: PeerConnection, size: int) -> None:
+        self.stats.dropped_too_large += 1
+        log.warn(
+            "not sending a {size}-byte frame to {peer}: over the {limit}-byte frame limit",
+            size=size,
+            peer=connection.peer,
+            limit=self.max_frame_bytes,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start_dialer(self, peer_id: str) -> None:
+        address = self._peers[peer_id]
+        dialer = PeerDialer(
+            self,
+            peer_id=peer_id,
+            host=address.host,
+            port=address.p2p_port,
+            client_tls=self._contexts.client(address.host),
+            rng=self._rng,
+            backoff=self._backoff,
+            connect_timeout=self._connect_timeout,
+            on_failed=self._dial_failed,
+        )
+        self._dialers[peer_id] = dialer
+        dialer.start()
+
+    def _dial_failed(self, peer_id: str, reason: Failure) -> None:
+        self.stats.dial_failures += 1
+        log.debug("dialling {peer} failed: {reason}", peer=peer_id, reason=reason.value)
+
+    @staticmethod
+    def _interface(host: str) -> str:
+        # Listen on the configured address when it is one; on every interface for a DNS name.
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return ""
+        return host
