@@ -24,3 +24,6 @@ class RaftConfig:
     # The lease is valid for election_ticks - lease_drift_ticks after a quorum acknowledged a
     # heartbeat round, counted from when that round was sent.
     lease_drift_ticks: int = 2
+    # The index the driver's state machine already reflects (it persists its own state): on a
+    # restart, committed entries up to here are not handed out again.
+    applied: int = 0

@@ -1,0 +1,558 @@
+"""A deterministic in-memory cluster, a safety checker, and seeded random schedules.
+
+``Cluster`` runs N RaftNodes over MemoryStorage with a network the caller controls: the
+driver loop persists each Ready into the node's storage (the "disk"), then queues its
+messages, applies its committed entries and records its read states, as a real driver would.
+A crash throws the RaftNode away and keeps only its storage.
+
+``SafetyChecker`` watches every Ready and checks, incrementally: Election Safety, Leader
+Append-Only, Log Matching (via a hash chain over each durable log), Leader Completeness,
+State Machine Safety, and that each read answered through ReadIndex or the lease covers
+every write committed before the read was issued.
+
+``simulate_seed`` drives a Cluster with a schedule drawn from a seeded random source: message
+drops, delays, duplicates and reordering, partitions that heal, crashes and restarts, random
+proposals and reads, then a calm phase that must elect a leader and commit (liveness).
+
+This module never builds a random source (the core may not import one); its caller passes a
+factory, and ``python -m graft.simulate`` is the command line.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from graft.raft.config import RaftConfig
+from graft.raft.errors import NotLeader, ProposalDropped, RaftError
+from graft.raft.memory import MemoryStorage
+from graft.raft.messages import Message
+from graft.raft.node import RaftNode
+from graft.raft.ready import Role
+from graft.raft.rng import Rng
+from graft.raft.types import Entry, Membership, NodeId
+
+RngFactory = Callable[[int], Rng]
+
+
+class Violation(Exception):
+    """A safety property failed; the message names the property and the evidence."""
+
+
+# -- the checker ------------------------------------------------------------------------------
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.leaders_by_term: dict[int, NodeId] = {}
+        # (index, term) -> hash of the whole log prefix ending there (Log Matching).
+        self._chain_at: dict[tuple[int, int], int] = {}
+        self._chains: dict[NodeId, list[int]] = {}
+        # index -> (term, hash of data) of what the state machines applied there.
+        self.applied_at: dict[int, tuple[int, int]] = {}
+        self._applied_index: dict[NodeId, int] = {}
+        # Highest commit index any node has reported: every write acknowledged to a client
+        # lies at or below it.
+        self.known_commit = 0
+        # node -> (term, last index, term of last index) while it is leader.
+        self._leader_log: dict[NodeId, tuple[int, int, int]] = {}
+        self.read_issued: dict[bytes, int] = {}
+        self.reads_checked = 0
+
+    def persisted(self, node: NodeId, entries: tuple[Entry, ...]) -> None:
+        chain = self._chains.setdefault(node, [])
+        first = entries[0].index
+        del chain[first - 1 :]
+        if len(chain) != first - 1:
+            raise Violation(f"log matching: {node} appended at {first} past a gap")
+        prev = chain[-1] if chain else 0
+        for entry in entries:
+            prev = hash((prev, entry.term, entry.kind, entry.data))
+            chain.append(prev)
+            key = (entry.index, entry.term)
+            seen = self._chain_at.setdefault(key, prev)
+            if seen != prev:
+                raise Violation(
+                    f"log matching: {node} holds index {entry.index} term {entry.term} with a "
+                    "different prefix than another node"
+                )
+
+    def restarted(self, node: NodeId) -> None:
+        # The state machine is in memory: it starts again from index 0.
+        self._applied_index[node] = 0
+        self._leader_log.pop(node, None)
+
+    def applied(self, node: NodeId, entries: tuple[Entry, ...], leaders: list[RaftNode]) -> None:
+        at = self._applied_index.get(node, 0)
+        for entry in entries:
+            if entry.index != at + 1:
+                raise Violation(f"state machine safety: {node} applied {entry.index} after {at}")
+            at = entry.index
+            fingerprint = (entry.term, hash((entry.kind, entry.data)))
+            seen = self.applied_at.setdefault(entry.index, fingerprint)
+            if seen != fingerprint:
+                raise Violation(
+                    f"state machine safety: {node} applied term {entry.term} at {entry.index}, "
+                    f"another node applied term {seen[0]} there"
+                )
+            for leader in leaders:
+                if leader.term > entry.term and leader.log.term_or_none(entry.index) != entry.term:
+                    raise Violation(
+                        f"leader completeness: leader {leader.id} of term {leader.term} lacks "
+                        f"committed index {entry.index} of term {entry.term}"
+                    )
+        self._applied_index[node] = at
+
+    def observe(self, node: RaftNode) -> None:
+        """After each Ready of ``node``: roles, commit and the leader's log."""
+        if node.log.committed > self.known_commit:
+            self.known_commit = node.log.committed
+        if node.role is not Role.LEADER:
+            self._leader_log.pop(node.id, None)
+            return
+        term = node.term
+        holder = self.leaders_by_term.setdefault(term, node.id)
+        if holder != node.id:
+            raise Violation(f"election safety: {holder} and {node.id} both lead term {term}")
+        log = node.log
+        prev = self._leader_log.get(node.id)
+        if prev is None or prev[0] != term:
+            # A new leader: it must hold every entry known to be committed.
+            for index, (entry_term, _) in self.applied_at.items():
+                if log.term_or_none(index) != entry_term:
+                    raise Violation(
+                        f"leader completeness: new leader {node.id} of term {term} lacks "
+                        f"committed index {index} of term {entry_term}"
+                    )
+        else:
+            _, last, last_term = prev
+            if log.last_index() < last or log.term_or_none(last) != last_term:
+                raise Violation(
+                    f"leader append-only: leader {node.id} of term {term} lost or replaced "
+                    f"index {last}"
+                )
+        last = log.last_index()
+        self._leader_log[node.id] = (term, last, log.term(last))
+
+    def read_issued_now(self, context: bytes) -> None:
+        self.read_issued[context] = self.known_commit
+
+    def read_answered(self, node: NodeId, context: bytes, index: int | None, how: str) -> None:
+        issued = self.read_issued.pop(context, None)
+        if index is None or issued is None:
+            return
+        self.reads_checked += 1
+        if index < issued:
+            raise Violation(
+                f"linearizability: {how} read on {node} got index {index}, but index {issued} "
+                "was committed before the read was issued"
+            )
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SimNode:
+    id: NodeId
+    storage: MemoryStorage
+    node: RaftNode | None
+    applied: list[Entry] = field(default_factory=list)
+    read_answers: dict[bytes, int | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InFlight:
+    due: int
+    order: int
+    msg: Message
+
+
+class Cluster:
+    """N nodes over an in-memory network the caller drives (tests and the simulation)."""
+
+    def __init__(
+        self,
+        ids: Iterable[NodeId],
+        rng_factory: RngFactory,
+        *,
+        config: RaftConfig | None = None,
+        learners: Iterable[NodeId] = (),
+        seed: int = 0,
+    ) -> None:
+        self.ids = sorted(ids)
+        membership = Membership(voters=frozenset(self.ids), learners=frozenset(learners))
+        base = config if config is not None else RaftConfig(id="", bootstrap=membership)
+        self._base_config = replace(base, bootstrap=membership)
+        self._rng_factory = rng_factory
+        self._seed = seed
+        self._restarts = 0
+        self.checker = SafetyChecker()
+        self.nodes: dict[NodeId, SimNode] = {}
+        self.now = 0
+        self.in_flight: list[InFlight] = []
+        self._order = 0
+        # Directed links that drop everything: (sender, receiver).
+        self.blocked: set[tuple[NodeId, NodeId]] = set()
+        # Hook deciding, per sent message, its delays (empty list: dropped).
+        self.delays: Callable[[Message], list[int]] = lambda _msg: [0]
+        self.trace: deque[str] = deque(maxlen=80)
+        self.tracing = False
+        for nid in sorted({*self.ids, *learners}):
+            self.nodes[nid] = SimNode(id=nid, storage=MemoryStorage(), node=None)
+            self.start(nid)
+
+    # -- node life --------------------------------------------------------------------------
+
+    def config_for(self, nid: NodeId) -> RaftConfig:
+        return replace(self._base_config, id=nid)
+
+    def start(self, nid: NodeId) -> RaftNode:
+        sim = self.nodes[nid]
+        self._restarts += 1
+        rng = self._rng_factory(self._seed * 1_000_003 + self._restarts)
+        sim.node = RaftNode(self.config_for(nid), sim.storage, rng)
+        sim.applied = []
+        self.checker.restarted(nid)
+        self.note(f"start {nid}")
+        return sim.node
+
+    def crash(self, nid: NodeId) -> None:
+        self.nodes[nid].node = None
+        self.note(f"crash {nid}")
+
+    def node(self, nid: NodeId) -> RaftNode:
+        node = self.nodes[nid].node
+        if node is None:
+            raise RaftError(f"{nid} is crashed; start it first")
+        return node
+
+    def alive(self) -> list[RaftNode]:
+        return [s.node for s in self.nodes.values() if s.node is not None]
+
+    def leaders(self) -> list[RaftNode]:
+        return [n for n in self.alive() if n.role is Role.LEADER]
+
+    def leader(self) -> RaftNode | None:
+        """The leader of the highest term among live nodes, if any."""
+        leaders = self.leaders()
+        return max(leaders, key=lambda n: n.term) if leaders else None
+
+    def note(self, text: str) -> None:
+        if self.tracing:
+            print(f"[{self.now:5}] {text}")
+        self.trace.append(f"[{self.now:5}] {text}")
+
+    # -- the driver -------------------------------------------------------------------------
+
+    def process(self, nid: NodeId) -> None:
+        """Carry out every Ready the node has, as a driver would, checking as we go."""
+        sim = self.nodes[nid]
+        node = sim.node
+        if node is None:
+            return
+        checker = self.checker
+        while node.has_ready():
+            ready = node.ready()
+            if ready.hard_state is not None:
+                sim.storage.set_hard_state(ready.hard_state)
+            if ready.entries:
+                sim.storage.append(ready.entries)
+                checker.persisted(nid, ready.entries)
+            for msg in ready.messages:
+                self.send(msg)
+            if ready.committed_entries:
+                sim.applied.extend(ready.committed_entries)
+                checker.applied(nid, ready.committed_entries, self.leaders())
+            for rs in ready.read_states:
+                sim.read_answers[rs.context] = rs.index
+                checker.read_answered(nid, rs.context, rs.index, "ReadIndex")
+            if ready.soft_state is not None:
+                s = ready.soft_state
+                self.note(f"{nid} is {s.role.value} term {s.term} leader {s.leader}")
+            node.advance(ready)
+            checker.observe(node)
+
+    def process_all(self) -> None:
+        for nid in self.nodes:
+            self.process(nid)
+
+    def send(self, msg: Message) -> None:
+        for delay in self.delays(msg):
+            self._order += 1
+            self.in_flight.append(InFlight(due=self.now + delay, order=self._order, msg=msg))
+
+    def deliver(self, item: InFlight) -> None:
+        msg = item.msg
+        sim = self.nodes.get(msg.to)
+        if sim is None or sim.node is None or (msg.sender, msg.to) in self.blocked:
+            return
+        if self.tracing:
+            self.note(f"deliver {msg}")
+        sim.node.step(msg)
+        self.process(msg.to)
+
+    def take_due(self) -> list[InFlight]:
+        due = [m for m in self.in_flight if m.due <= self.now]
+        if due:
+            self.in_flight = [m for m in self.in_flight if m.due > self.now]
+        return due
+
+    def deliver_due(self, order: Callable[[list[InFlight]], None] | None = None) -> int:
+        """Deliver everything due now, including what that triggers with no delay."""
+        delivered = 0
+        for _ in range(1000):
+            due = self.take_due()
+            if not due:
+                break
+            if order is not None:
+                order(due)
+            for item in due:
+                self.deliver(item)
+                delivered += 1
+        return delivered
+
+    def stabilize(self) -> None:
+        """Deliver messages (ignoring their delays) until the network is quiet."""
+        self.process_all()
+        for _ in range(1000):
+            if not self.in_flight:
+                return
+            pending = sorted(self.in_flight, key=lambda m: m.order)
+            self.in_flight = []
+            for item in pending:
+                self.deliver(item)
+
+    def tick(self, nids: Iterable[NodeId] | None = None) -> None:
+        self.now += 1
+        for nid in self.nodes if nids is None else nids:
+            node = self.nodes[nid].node
+            if node is not None:
+                node.tick()
+                self.process(nid)
+
+    def run(self, ticks: int, nids: Iterable[NodeId] | None = None) -> None:
+        """Tick and deliver (in order, no delays beyond the hook's) ``ticks`` times."""
+        chosen = list(nids) if nids is not None else None
+        for _ in range(ticks):
+            self.tick(chosen)
+            self.deliver_due()
+
+    def elect(self, nid: NodeId, max_ticks: int = 200) -> RaftNode:
+        """Make ``nid`` the leader by letting only its timer run (others hear nothing)."""
+        for _ in range(max_ticks):
+            node = self.node(nid)
+            if node.role is Role.LEADER:
+                self.stabilize()
+                return node
+            self.tick([nid])
+            self.stabilize()
+        raise RaftError(f"{nid} did not become leader in {max_ticks} ticks")
+
+    def isolate(self, nid: NodeId) -> None:
+        for other in self.nodes:
+            if other != nid:
+                self.blocked.add((nid, other))
+                self.blocked.add((other, nid))
+
+    def partition(self, *groups: Iterable[NodeId]) -> None:
+        sets = [set(g) for g in groups]
+        self.blocked = set()
+        for a in self.nodes:
+            for b in self.nodes:
+                if a != b and not any(a in g and b in g for g in sets):
+                    self.blocked.add((a, b))
+
+    def heal(self) -> None:
+        self.blocked = set()
+        self.note("heal")
+
+    def propose(self, nid: NodeId, datas: list[bytes]) -> list[int]:
+        indexes = self.node(nid).propose_batch(datas)
+        self.note(f"{nid} proposed {len(datas)} at {indexes[0]}")
+        self.process(nid)
+        return indexes
+
+    def read(self, nid: NodeId, context: bytes) -> None:
+        """A ReadIndex read, checked for linearizability when answered."""
+        self.checker.read_issued_now(context)
+        self.note(f"{nid} read_index {context!r}")
+        self.node(nid).read_index(context)
+        self.process(nid)
+
+    def lease_read(self, nid: NodeId) -> int | None:
+        node = self.node(nid)
+        index = node.lease_read_index()
+        if index is not None:
+            context = b"lease"
+            self.checker.read_issued_now(context)
+            self.checker.read_answered(nid, context, index, "lease")
+            self.note(f"{nid} lease read at {index}")
+        return index
+
+
+# -- random schedules -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimParams:
+    nodes: int = 3
+    chaos_ticks: int = 240
+    calm_ticks: int = 120
+    drop: float = 0.05
+    duplicate: float = 0.03
+    delay: float = 0.3  # probability a message is late
+    max_delay: int = 4
+    partition: float = 0.02  # per tick
+    heal: float = 0.08
+    crash: float = 0.008
+    restart: float = 0.15
+    propose: float = 0.3
+    read: float = 0.15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimResult:
+    seed: int
+    violation: str | None
+    ticks: int
+    commit: int
+    reads: int
+    trace: tuple[str, ...] = ()
+
+
+def params_for_seed(seed: int) -> SimParams:
+    return SimParams(nodes=3 if seed % 2 == 0 else 5)
+
+
+def simulate_seed(
+    seed: int,
+    rng_factory: RngFactory,
+    *,
+    params: SimParams | None = None,
+    trace: bool = False,
+) -> SimResult:
+    """Run one seeded schedule; a violation is reported, never raised."""
+    p = params if params is not None else params_for_seed(seed)
+    rng = rng_factory(seed)
+    ids = [f"n{k}" for k in range(1, p.nodes + 1)]
+    cluster = Cluster(ids, rng_factory, seed=seed)
+    cluster.tracing = trace
+    chaos = True
+
+    def delays(_msg: Message) -> list[int]:
+        if not chaos:
+            return [0]
+        if rng.random() < p.drop:
+            return []
+        out = [rng.randrange(1, p.max_delay + 1) if rng.random() < p.delay else 0]
+        if rng.random() < p.duplicate:
+            out.append(rng.randrange(0, p.max_delay + 1))
+        return out
+
+    def shuffle(items: list[InFlight]) -> None:
+        for k in range(len(items) - 1, 0, -1):
+            j = rng.randrange(0, k + 1)
+            items[k], items[j] = items[j], items[k]
+
+    cluster.delays = delays
+    proposals = 0
+    reads = 0
+    down: set[NodeId] = set()
+    try:
+        for _ in range(p.chaos_ticks):
+            if rng.random() < p.partition:
+                if rng.random() < 0.5:
+                    victim = ids[rng.randrange(0, len(ids))]
+                    cluster.isolate(victim)
+                    cluster.note(f"isolate {victim}")
+                else:
+                    side = {n for n in ids if rng.random() < 0.5}
+                    cluster.partition(side, set(ids) - side)
+                    cluster.note(f"partition {sorted(side)}")
+            elif cluster.blocked and rng.random() < p.heal:
+                cluster.heal()
+            if rng.random() < p.crash:
+                victim = ids[rng.randrange(0, len(ids))]
+                if victim not in down:
+                    cluster.crash(victim)
+                    down.add(victim)
+            for nid in sorted(down):
+                if rng.random() < p.restart:
+                    cluster.start(nid)
+                    down.discard(nid)
+            if rng.random() < p.propose:
+                nid = ids[rng.randrange(0, len(ids))]
+                if nid not in down:
+                    count = rng.randrange(1, 4)
+                    datas = [f"{seed}:{proposals + k}".encode() for k in range(count)]
+                    try:
+                        cluster.propose(nid, datas)
+                        proposals += count
+                    except (NotLeader, ProposalDropped):
+                        pass
+            if rng.random() < p.read:
+                nid = ids[rng.randrange(0, len(ids))]
+                if nid not in down:
+                    reads += 1
+                    if rng.random() < 0.5:
+                        cluster.lease_read(nid)
+                    else:
+                        cluster.read(nid, f"r{reads}".encode())
+            cluster.tick()
+            cluster.deliver_due(shuffle)
+        # Calm: everyone up, network whole and reliable. A leader must emerge and commit.
+        chaos = False
+        cluster.heal()
+        for nid in sorted(down):
+            cluster.start(nid)
+        start_commit = cluster.checker.known_commit
+        committed_new = False
+        target = 0
+        for _ in range(p.calm_ticks):
+            leader = cluster.leader()
+            if (
+                leader is not None
+                and target == 0
+                and leader.log.committed >= leader.log.last_index()
+            ):
+                target = cluster.propose(leader.id, [f"{seed}:calm".encode()])[0]
+            cluster.tick()
+            cluster.deliver_due()
+            if target and cluster.checker.known_commit >= target:
+                committed_new = True
+                break
+        if not committed_new:
+            raise Violation(
+                f"liveness: no new entry committed within {p.calm_ticks} calm ticks "
+                f"(commit stayed at {start_commit}, leader {cluster.leader()})"
+            )
+    except Violation as exc:
+        cluster.note(f"VIOLATION {exc}")
+        return SimResult(
+            seed=seed,
+            violation=str(exc),
+            ticks=cluster.now,
+            commit=cluster.checker.known_commit,
+            reads=cluster.checker.reads_checked,
+            trace=tuple(cluster.trace),
+        )
+    return SimResult(
+        seed=seed,
+        violation=None,
+        ticks=cluster.now,
+        commit=cluster.checker.known_commit,
+        reads=cluster.checker.reads_checked,
+    )
+
+
+def main() -> None:
+    """``python -m graft.raft.simulation`` is ``python -m graft.simulate``."""
+    from graft.simulate import main as cli_main
+
+    raise SystemExit(cli_main())
+
+
+if __name__ == "__main__":
+    main()
