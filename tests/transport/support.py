@@ -118,8 +118,9 @@ class LogCapture:
             self.events.append(event)
 
     def install(self, test: Any) -> LogCapture:
-        globalLogPublisher.addObserver(self)
-        test.addCleanup(globalLogPublisher.removeObserver, self)
+        observer: Any = self
+        globalLogPublisher.addObserver(observer)
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
         return self
 
     def text(self) -> str:

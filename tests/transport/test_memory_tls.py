@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat
 from graft.raft.types import Entry, EntryKind
-from graft.transport import CallTimeout, PeerTransport, PeerUnavailable, RemoteError
+from graft.transport import CallTimeout, PeerUnavailable, RemoteError
 from graft.wire import PROTOCOL_VERSION, Command, Hello, encode_frame, encode_message_frame
 from tests.transport.support import (
     FakeClusterConfig,
@@ -26,6 +26,7 @@ from tests.transport.support import (
 )
 
 _ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+BACKOFF_MAX = 2.0  # graft.transport.Backoff().maximum
 
 
 def _append(sender: str = "turing", to: str = "ritchie", count: int = 3) -> AppendEntries:
@@ -69,7 +70,7 @@ class _Pair:
 
 def _dial_factory(reactor: MemoryReactorClock, port: int) -> Any:
     """The factory of the latest dial to ``port`` recorded by the memory reactor."""
-    for host, dialled, factory, _timeout, _bind in reversed(reactor.tcpClients):
+    for _host, dialled, factory, _timeout, _bind in reversed(reactor.tcpClients):
         if dialled == port:
             return factory
     raise AssertionError(f"no dial to port {port}")
@@ -88,8 +89,9 @@ class _Rogue(Protocol):
         self.lost: Failure | None = None
 
     def connectionMade(self) -> None:
+        transport: Any = self.transport
         for frame in self.frames:
-            self.transport.write(frame)  # type: ignore[union-attr]
+            transport.write(frame)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -129,9 +131,9 @@ class MemoryTLSTests(SynchronousTestCase):
 
     def connect_rogue(self, options: Any, frames: list[bytes]) -> _Rogue:
         rogue = _Rogue(frames)
-        factory = TLSMemoryBIOFactory(
-            options, True, Factory.forProtocol(lambda: rogue), clock=self.ritchie_reactor
-        )
+        wrapped: Any = Factory.forProtocol(lambda: rogue)
+        clock: Any = self.ritchie_reactor
+        factory = TLSMemoryBIOFactory(options, True, wrapped, clock=clock)
         self.pair.connect(factory, _server_factory(self.ritchie_reactor))
         return rogue
 
@@ -374,7 +376,7 @@ class MemoryTLSTests(SynchronousTestCase):
         self.ritchie.stopService()
         self.pair.flush()
         self.assertEqual(self.turing.connected_peers(), set())
-        self.turing_reactor.advance(Backoff_MAX)
+        self.turing_reactor.advance(BACKOFF_MAX)
         self.assertEqual(len(self.turing_reactor.tcpClients), dials + 1)
         self.assertEqual(self.turing_reactor.tcpClients[-1][:2], ("127.0.0.1", 8881))
 
@@ -391,9 +393,6 @@ class MemoryTLSTests(SynchronousTestCase):
         self.assertEqual(self.ritchie_inbox.messages, [*sent, _append(count=1000)])
 
 
-Backoff_MAX = 2.0
-
-
 class BackoffTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.cfg = shared_cluster(("turing", "ritchie"))
@@ -405,8 +404,9 @@ class BackoffTests(SynchronousTestCase):
         transport.startService()
         delays = []
         for _ in range(8):
-            factory = reactor.tcpClients[-1][2]
+            factory: Any = reactor.tcpClients[-1][2]
             factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            call: Any
             (call,) = reactor.getDelayedCalls()
             delays.append(call.getTime() - reactor.seconds())
             reactor.advance(delays[-1])
@@ -422,11 +422,9 @@ class BackoffTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         transport = make_transport(self.cfg, "turing", reactor, Inbox())
         transport.startService()
-        reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        dial: Any = reactor.tcpClients[-1][2]
+        dial.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
         self.successResultOf(transport.stopService())
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertIsNone(transport.port)
-
-
-__all__ = ["MemoryTLSTests", "BackoffTests", "PeerTransport"]
