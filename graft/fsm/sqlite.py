@@ -151,11 +151,12 @@ _ZONE_MODIFIERS = frozenset({"localtime", "utc"})
 
 
 def split_statements(script: str) -> list[str]:
-    """The statements of an SQL script, each ending with its ``;`` (the last one may not).
+    """The statements of an SQL script, each ending with ``;``.
 
     SQLite's own tokenizer (``sqlite3.complete_statement``) decides where a statement ends, so
     semicolons inside strings, comments and trigger bodies are handled; text that holds no
-    statement (blank, comments only) is dropped.
+    statement (blank, comments only) is dropped, and an unfinished tail (an unclosed string) is
+    kept as it is for SQLite to report.
     """
     statements: list[str] = []
     current: list[str] = []
