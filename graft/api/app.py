@@ -73,6 +73,7 @@ from graft.errors import (
 _log = Logger()
 
 P = ParamSpec("P")
+_ROUTE_LIST = "/command, /commands, /query, /status, /health, /ready and /metrics"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 Handler = Callable[Concatenate["GraftApi", Request, P], Awaitable[bytes]]
@@ -265,9 +266,9 @@ class GraftApi:
                 f"{method} is not allowed on {path}: use {', '.join(allowed)}", allowed=allowed
             )
         elif isinstance(failure.value, RouteNotFound):
-            error = NotFound(f"there is no route {path}: see docs/api.md for the routes of the API")
+            error = NotFound(f"there is no route {path}: the API serves {_ROUTE_LIST}")
         else:
-            error = BadRequest(f"{method} {path} cannot be routed: see docs/api.md")
+            error = BadRequest(f"{method} {path} cannot be routed: the API serves {_ROUTE_LIST}")
         return write_error(request, error)
 
     def _failed(self, failure: Failure, request: Request) -> bytes | Failure:

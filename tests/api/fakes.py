@@ -198,11 +198,12 @@ class ApiTestCase(SynchronousTestCase):
 
     def serve(self, settings: Settings) -> None:
         self.settings = settings
-        self.stub = StubTreq(make_api_resource(self.backend, settings, reactor=self.clock))
+        self.stub: Any = StubTreq(make_api_resource(self.backend, settings, reactor=self.clock))
 
     def start(self, method: str, path: str, **kwargs: Any) -> Deferred[Any]:
         """Send a request; the Deferred fires with the treq response."""
-        return self.stub.request(method, BASE + path, **kwargs)
+        pending: Deferred[Any] = self.stub.request(method, BASE + path, **kwargs)
+        return pending
 
     def finish(self, pending: Deferred[Any]) -> Answer:
         self.stub.flush()

@@ -35,7 +35,7 @@ class TokenTests(ApiTestCase):
         for method, path, body, _ in ROUTES:
             answer = self.call(method, path, data=body)
             self.assertError(answer, 401, "unauthorized")
-            self.assertTrue(answer.header("WWW-Authenticate").startswith("Bearer"))
+            self.assertTrue(str(answer.header("WWW-Authenticate")).startswith("Bearer"))
         self.assertEqual((self.backend.submitted, self.backend.queries), ([], []))
 
     def test_health_is_open(self) -> None:

@@ -8,8 +8,10 @@ real socket on 127.0.0.1.
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -134,7 +136,8 @@ class _RawClient(protocol.Protocol):
         self.closed: defer.Deferred[bytes] = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.request)
+        transport: Any = self.transport
+        transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -148,6 +151,7 @@ class SocketLimitTests(TestCase):
     def test_chunked_upload_over_loopback(self):
         """Over a real loopback socket, a chunked body past the limit gets 413 and the server
         closes the connection."""
+        reactor: Any = global_reactor
         backend = FakeBackend()
         site = make_api_site(backend, Settings(max_body_bytes=LIMIT), reactor=reactor)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")

@@ -50,7 +50,7 @@ class NodeStateTests(ApiTestCase):
         self.call("GET", "/nowhere")
         answer = self.call("GET", "/metrics")
         self.assertEqual(answer.status, 200)
-        self.assertTrue(answer.header("Content-Type").startswith("text/plain; version="))
+        self.assertTrue(str(answer.header("Content-Type")).startswith("text/plain; version="))
         families = {f.name: f for f in text_string_to_metric_families(answer.body.decode())}
         counts = {
             (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
