@@ -94,11 +94,11 @@ class Inbox:
 def make_transport(
     cfg: FakeClusterConfig, node_id: str, reactor: Any, inbox: Inbox, **kwargs: Any
 ) -> PeerTransport:
+    kwargs.setdefault("peers", cfg.peers)
     return PeerTransport(
         reactor=reactor,
         node_id=node_id,
         cluster=cfg.cluster,
-        peers=cfg.peers,
         tls=cfg.tls_for(node_id),
         on_message=inbox.on_message,
         on_request=inbox.on_request,

@@ -1,0 +1,236 @@
+"""The codec: every frame round-trips, and each kind of bad input is a ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.raft.messages import AppendEntries, Heartbeat, ReadIndexResponse
+from graft.raft.types import Entry, EntryKind
+from graft.wire import (
+    COMMANDS,
+    Ask,
+    Command,
+    CommandRegistry,
+    Frame,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    SchemaError,
+    encode_frame,
+    encode_message,
+    encode_message_frame,
+)
+from graft.wire.messages import CODECS_BY_CLASS
+from tests.wire.strategies import after_hello_frames, hellos, messages
+
+
+def _frame(body: object) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return len(packed).to_bytes(4, "big") + packed
+
+
+def _decoder(**kwargs: object) -> FrameDecoder:
+    return FrameDecoder(expect_hello=False, **kwargs)  # type: ignore[arg-type]
+
+
+HEARTBEAT = Heartbeat(term=3, sender="a", to="b", commit=2, seq=1)
+
+
+class RoundTripTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(messages)
+    def test_every_message_round_trips(self, message: object) -> None:
+        """Any instance of any class in MESSAGE_TYPES decodes to an equal message."""
+        self.assertEqual(_decoder().feed(encode_frame(message)), [message])  # type: ignore[arg-type]
+
+    @settings(max_examples=200, deadline=None)
+    @given(hellos, st.lists(after_hello_frames, max_size=6), st.data())
+    def test_streams_round_trip_in_any_chunking(
+        self, hello: Hello, frames: list[Frame], data: st.DataObject
+    ) -> None:
+        """A hello then any frames, split at arbitrary points, come out whole and in order."""
+        stream = b"".join(encode_frame(f) for f in [hello, *frames])
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+        decoder = FrameDecoder()
+        out = []
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            out += decoder.feed(stream[start:end])
+        self.assertEqual(out, [hello, *frames])
+
+    def test_entries_are_compact_lists(self) -> None:
+        """An entry travels as [index, term, kind, data], not as a map with field names."""
+        entry = Entry(index=5, term=2, kind=EntryKind.NOOP, data=b"")
+        message = AppendEntries(
+            term=2, sender="a", to="b", prev_index=4, prev_term=2, entries=(entry,), commit=0
+        )
+        body = encode_message(message)
+        self.assertEqual(body[6], [[5, 2, 1, b""]])
+        self.assertEqual(body[0], CODECS_BY_CLASS[AppendEntries].tag)
+
+    def test_optional_field_carries_none(self) -> None:
+        """An `int | None` field keeps None distinct from 0."""
+        refused = ReadIndexResponse(term=1, sender="a", to="b", context=b"c", index=None)
+        zero = ReadIndexResponse(term=1, sender="a", to="b", context=b"c", index=0)
+        self.assertEqual(
+            _decoder().feed(encode_frame(refused) + encode_frame(zero)), [refused, zero]
+        )
+
+
+class RejectionTests(SynchronousTestCase):
+    def assert_rejected(self, data: bytes, fragment: str, **kwargs: object) -> None:
+        decoder = _decoder(**kwargs)
+        with self.assertRaises(ProtocolError) as raised:
+            decoder.feed(data)
+        self.assertIn(fragment, raised.exception.reason)
+        # A failed decoder stays failed: the connection must be dropped, not resumed.
+        self.assertRaises(ProtocolError, decoder.feed, encode_message_frame(HEARTBEAT))
+
+    def test_oversized_frame_rejected_from_its_header(self) -> None:
+        """A length over the limit is refused as soon as the 4-byte header arrives."""
+        self.assert_rejected((1025).to_bytes(4, "big"), "exceeds the limit", max_frame_bytes=1024)
+
+    def test_frame_at_the_limit_accepted(self) -> None:
+        """A frame exactly max_frame_bytes long is accepted."""
+        frame = encode_message_frame(HEARTBEAT)
+        self.assertEqual(_decoder(max_frame_bytes=len(frame) - 4).feed(frame), [HEARTBEAT])
+
+    def test_empty_body(self) -> None:
+        """A zero-length frame is malformed."""
+        self.assert_rejected(b"\x00\x00\x00\x00", "undecodable")
+
+    def test_invalid_msgpack(self) -> None:
+        """Bytes that are not msgpack are malformed."""
+        self.assert_rejected(b"\x00\x00\x00\x01\xc1", "undecodable")
+
+    def test_trailing_bytes_in_body(self) -> None:
+        """A body with extra data after its msgpack value is malformed."""
+        packed = msgpack.packb([0], use_bin_type=True) + b"\x00"
+        self.assert_rejected(len(packed).to_bytes(4, "big") + packed, "undecodable")
+
+    def test_body_not_a_list(self) -> None:
+        """A body that is not a non-empty list is refused."""
+        self.assert_rejected(_frame({"a": 1}), "not a non-empty list")
+
+    def test_unknown_message_tag(self) -> None:
+        """An integer tag no message class has is refused."""
+        self.assert_rejected(_frame([99, 1]), "unknown message tag")
+
+    def test_unknown_frame_kind(self) -> None:
+        """A string kind other than the envelope's is refused."""
+        self.assert_rejected(_frame(["_bogus", 1]), "unknown frame kind")
+
+    def test_wrong_field_count(self) -> None:
+        """A message with a missing field is refused."""
+        body = encode_message(HEARTBEAT)[:-1]
+        self.assert_rejected(_frame(body), "expected 5 fields, got 4")
+
+    def test_bool_is_not_an_int(self) -> None:
+        """True where an integer belongs is refused (msgpack keeps them apart)."""
+        body = encode_message(HEARTBEAT)
+        body[1] = True
+        self.assert_rejected(_frame(body), "Heartbeat.term")
+
+    def test_negative_term(self) -> None:
+        """Terms, indexes and counters are never negative."""
+        body = encode_message(HEARTBEAT)
+        body[4] = -1
+        self.assert_rejected(_frame(body), "Heartbeat.commit")
+
+    def test_bad_entry_kind(self) -> None:
+        """An entry kind outside EntryKind is refused."""
+        message = AppendEntries(
+            term=1,
+            sender="a",
+            to="b",
+            prev_index=0,
+            prev_term=0,
+            entries=(Entry(index=1, term=1),),
+            commit=0,
+        )
+        body = encode_message(message)
+        body[6][0][2] = 7
+        self.assert_rejected(_frame(body), "malformed entry")
+
+    def test_extension_types_refused(self) -> None:
+        """msgpack extension types are not part of the protocol."""
+        body = encode_message(HEARTBEAT)
+        body[2] = msgpack.ExtType(5, b"x")
+        self.assert_rejected(_frame(body), "extension type")
+
+    def test_invalid_utf8_string(self) -> None:
+        """A str field with invalid UTF-8 is malformed, not a crash."""
+        self.assert_rejected(b"\x00\x00\x00\x04\x92\x00\xa1\xff", "undecodable")
+
+    def test_first_frame_must_be_hello(self) -> None:
+        """With expect_hello, anything before the hello is refused."""
+        decoder = FrameDecoder()
+        with self.assertRaises(ProtocolError) as raised:
+            decoder.feed(encode_message_frame(HEARTBEAT))
+        self.assertIn("first frame must be a hello", raised.exception.reason)
+
+    def test_second_hello_refused(self) -> None:
+        """A hello after the first one is refused."""
+        hello = encode_frame(Hello(version=1, cluster="c", node_id="a"))
+        decoder = FrameDecoder()
+        with self.assertRaises(ProtocolError) as raised:
+            decoder.feed(hello + hello)
+        self.assertIn("second hello", raised.exception.reason)
+
+    def test_ask_arguments_checked_against_schema(self) -> None:
+        """An ask whose arguments break its command's schema is refused."""
+        self.assert_rejected(
+            _frame(["_ask", 1, "forward_submit", {"commands": ["text"]}]), "commands[0]"
+        )
+        self.assert_rejected(_frame(["_ask", 1, "forward_submit", {}]), "missing keys ['commands']")
+
+    def test_unknown_command_passes_through(self) -> None:
+        """An ask for an unregistered command is decoded so the receiver can answer
+        `unknown_command` instead of dropping the connection."""
+        frames = _decoder().feed(_frame(["_ask", 3, "nope", {"x": 1}]))
+        self.assertEqual(frames, [Ask(id=3, command="nope", args={"x": 1})])
+
+    def test_negative_request_id(self) -> None:
+        """Request ids are non-negative integers."""
+        self.assert_rejected(_frame(["_answer", -4, {}]), "answer id")
+
+
+class CommandTests(SynchronousTestCase):
+    def test_outgoing_arguments_checked(self) -> None:
+        """Sending arguments that break the schema is a local SchemaError, not a wire error."""
+        with self.assertRaises(SchemaError):
+            COMMANDS.outgoing_arguments(
+                "forward_query", {"query": "not bytes", "consistency": "weak", "min_index": None}
+            )
+
+    def test_unknown_outgoing_command(self) -> None:
+        """Asking an unregistered command is a SchemaError naming it."""
+        with self.assertRaises(SchemaError) as raised:
+            COMMANDS.outgoing_arguments("nope", {})
+        self.assertIn("nope", str(raised.exception))
+
+    def test_registering_twice_refused(self) -> None:
+        """A registry refuses two commands with the same name."""
+        registry = CommandRegistry()
+        registry.register(Command(name="x", arguments={}, response={}))
+        self.assertRaises(
+            ValueError, registry.register, Command(name="x", arguments={}, response={})
+        )
+
+    def test_unsupported_annotation_refused_at_definition(self) -> None:
+        """A schema the wire cannot carry fails when the command is defined."""
+        self.assertRaises(TypeError, Command, name="x", arguments={"s": set[int]}, response={})
+
+    def test_registered_command_is_checked_by_decoders_using_that_registry(self) -> None:
+        """A command registered on a registry gets its schema enforced by decoders using it."""
+        registry = COMMANDS.copy()
+        registry.register(Command(name="ping", arguments={"n": int}, response={"n": int}))
+        decoder = FrameDecoder(expect_hello=False, commands=registry)
+        self.assertEqual(
+            decoder.feed(_frame(["_ask", 1, "ping", {"n": 2}])),
+            [Ask(id=1, command="ping", args={"n": 2})],
+        )
+        self.assertRaises(ProtocolError, decoder.feed, _frame(["_ask", 2, "ping", {"n": "2"}]))
+        self.assertNotIn("ping", COMMANDS)
