@@ -83,10 +83,12 @@ class BoundedRequest(Request):
 
 
 class ApiSite(Site):
-    """A Site whose requests enforce ``max_body_bytes``."""
+    """A Site whose requests enforce ``max_body_bytes`` and whose bodies stay raw bytes."""
 
     requestFactory = BoundedRequest
 
     def __init__(self, resource: IResource, *, max_body_bytes: int, reactor: Any) -> None:
-        super().__init__(resource, reactor=reactor)
+        # Bodies are commands and queries, never forms: a "multipart/form-data" or URL-encoded
+        # Content-Type (curl -F, or --data without -H) must not make Twisted parse them.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes

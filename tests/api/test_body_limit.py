@@ -123,6 +123,19 @@ class ChannelLimitTests(SynchronousTestCase):
         self.assertEqual(self.backend.submitted, [[b"a" * 32 + b"b" * 32]])
         self.assertFalse(self.transport.disconnecting)
 
+    def test_form_content_types_stay_raw(self) -> None:
+        """A body labelled multipart/form-data (not valid multipart) is still handed to the
+        API as the raw command, not parsed (and refused) as a form."""
+        body = b"INSERT INTO t VALUES ('a&b=c');"
+        self.channel.dataReceived(
+            b"POST /command HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: multipart/form-data; boundary=zz\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        status, _, _ = split_response(self.transport.value())
+        self.assertEqual(status, 200)
+        self.assertEqual(self.backend.submitted, [[body]])
+
     def test_site_hides_tracebacks(self) -> None:
         """The Site never renders tracebacks."""
         site = make_api_site(self.backend, Settings(), reactor=Clock())
