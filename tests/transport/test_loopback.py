@@ -36,7 +36,11 @@ class LoopbackTests(TestCase):
             "results": [{"index": i} for i, _ in enumerate(args["commands"], start=1)]
         }
         turing = make_transport(
-            cfg, "turing", reactor, turing_inbox, peers={"turing": Peer(host="127.0.0.1", p2p_port=0)}
+            cfg,
+            "turing",
+            reactor,
+            turing_inbox,
+            peers={"turing": Peer(host="127.0.0.1", p2p_port=0)},
         )
         turing.startService()
         self.addCleanup(lambda: turing.stopService() if turing.running else None)
@@ -47,18 +51,28 @@ class LoopbackTests(TestCase):
         ritchie = make_transport(cfg, "ritchie", reactor, ritchie_inbox, peers=peers)
         ritchie.startService()
         self.addCleanup(lambda: ritchie.stopService() if ritchie.running else None)
-        turing.update_peers({**peers, "ritchie": Peer(host="127.0.0.1", p2p_port=ritchie.port or 0)})
+        turing.update_peers(
+            {**peers, "ritchie": Peer(host="127.0.0.1", p2p_port=ritchie.port or 0)}
+        )
 
         yield defer.Deferred.fromCoroutine(
             _until(
-                lambda: turing.connected_peers() == {"ritchie"}
-                and ritchie.connected_peers() == {"turing"},
+                lambda: (
+                    turing.connected_peers() == {"ritchie"}
+                    and ritchie.connected_peers() == {"turing"}
+                ),
                 "both outbound connections",
             )
         )
         entries = tuple(Entry(index=i, term=1, data=bytes(100)) for i in range(1, 101))
         message = AppendEntries(
-            term=1, sender="turing", to="ritchie", prev_index=0, prev_term=0, entries=entries, commit=0
+            term=1,
+            sender="turing",
+            to="ritchie",
+            prev_index=0,
+            prev_term=0,
+            entries=entries,
+            commit=0,
         )
         turing.send(message)
         reply = HeartbeatResponse(term=1, sender="ritchie", to="turing", seq=9)
