@@ -25,6 +25,7 @@ Keys (all optional except ``peers``)::
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ _MIB = 1 << 20
 # A DNS label: it ends up in certificate subjectAltNames and in file names.
 _PEER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# A DNS name or an IPv4 address (letters, digits, hyphens, underscores, dots).
+_HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _FRAME_OVERHEAD = 64 * 1024
@@ -333,6 +336,16 @@ def _describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"YAML syntax error at {where}: {problem}; {hint}"
 
 
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # only an IPv6 address may hold colons (a port belongs in ports)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return _HOST.match(host) is not None
+
+
 def _show(value: Any) -> str:
     """A value as the operator wrote it, short enough for one line."""
     text = json.dumps(value, default=str, ensure_ascii=False)
@@ -474,6 +487,8 @@ class _Reader:
                 f"transport.max_frame_bytes - {_FRAME_OVERHEAD} "
                 f"= {transport.max_frame_bytes - _FRAME_OVERHEAD}",
             )
+        if "{id}" not in data_dir:
+            self.distinct_data_dirs(data_dir, peers)
         node = None
         if "node" in top:
             node = self.string("node", top["node"], "the id of one of the peers")
@@ -497,6 +512,19 @@ class _Reader:
             transport=transport,
             raft=self.raft(top["raft"]) if "raft" in top else RaftTuning(),
         )
+
+    def distinct_data_dirs(self, data_dir: str, peers: Mapping[str, PeerConfig]) -> None:
+        """Peers on one host (e.g. `graft dev`) need a data_dir each: they would share it."""
+        by_host: dict[str, str] = {}
+        for peer in peers.values():
+            if peer.host in by_host:
+                raise self.fail(
+                    "data_dir",
+                    f"{_show(data_dir)} has no {{id}} but peers {by_host[peer.host]} and {peer.id} "
+                    f'share host {peer.host}; expected {{id}} in the path (e.g. "data/{{id}}") '
+                    "so that their data directories differ",
+                )
+            by_host[peer.host] = peer.id
 
     def known_peer(self, key: str, node: str, peers: Mapping[str, PeerConfig]) -> None:
         if node not in peers:
@@ -530,9 +558,14 @@ class _Reader:
         peers: dict[str, PeerConfig] = {}
         used: dict[tuple[str, int], str] = {}
         for peer_id, spec in value.items():
-            key = f"peers.{peer_id}"
+            key = f"peers.{peer_id if isinstance(peer_id, str) else _show(peer_id)}"
             if not isinstance(peer_id, str) or not _PEER_ID.match(peer_id):
-                raise self.fail(key, f"invalid peer id {_show(peer_id)}; expected {_PEER_ID_RULE}")
+                hint = ""
+                if isinstance(peer_id, bool):
+                    hint = " (YAML reads yes/no/on/off as booleans: quote the id)"
+                raise self.fail(
+                    key, f"invalid peer id {_show(peer_id)}{hint}; expected {_PEER_ID_RULE}"
+                )
             peer = self.peer(key, peer_id, spec)
             for service, port in (("p2p", peer.p2p_port), ("api", peer.api_port)):
                 address = (peer.host, port)
@@ -552,6 +585,12 @@ class _Reader:
         if "host" not in spec:
             raise self.fail(f"{key}.host", "missing; expected a host name or IP address")
         host = self.string(f"{key}.host", spec["host"], "a host name or IP address")
+        if not _valid_host(host):
+            raise self.fail(
+                f"{key}.host",
+                f"{_show(host)} is not a host name or IP address; expected e.g. 127.0.0.1, "
+                "::1 or node1.example.com (no port, no scheme)",
+            )
         if "ports" not in spec:
             raise self.fail(f"{key}.ports", "missing; expected {p2p: PORT, api: PORT}")
         ports = self.mapping(

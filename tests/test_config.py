@@ -171,6 +171,26 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "hyphens, 1-63 characters, not starting or ending with a hyphen",
     ),
     (
+        "YAML boolean as a peer id",
+        "peers:\n  on: {host: 127.0.0.1, ports: {p2p: 8880, api: 8080}}\n",
+        "{file}: peers.true: invalid peer id true (YAML reads yes/no/on/off as booleans: quote "
+        "the id); expected lowercase letters, digits and hyphens, 1-63 characters, not starting "
+        "or ending with a hyphen",
+    ),
+    (
+        "host with a port in it",
+        "peers:\n  turing: {host: '127.0.0.1:8880', ports: {p2p: 8880, api: 8080}}\n",
+        '{file}: peers.turing.host: "127.0.0.1:8880" is not a host name or IP address; expected '
+        "e.g. 127.0.0.1, ::1 or node1.example.com (no port, no scheme)",
+    ),
+    (
+        "shared data_dir for peers on one host",
+        "data_dir: /var/lib/graft\n" + PEERS,
+        '{file}: data_dir: "/var/lib/graft" has no {id} but peers turing and ritchie share host '
+        '127.0.0.1; expected {id} in the path (e.g. "data/{id}") so that their data directories '
+        "differ",
+    ),
+    (
         "node not among the peers",
         "node: hopper\n" + PEERS,
         '{file}: node: "hopper" is not a peer; expected one of: turing, ritchie',
