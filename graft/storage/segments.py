@@ -195,16 +195,17 @@ class SegmentSet:
         segment = self.segments[-1]
         buffer = self._buffer
         limit = self._segment_bytes
+        self._unsynced = True
         for entry in entries:
             record = encode_record(entry)
             if segment.offsets and segment.size + len(record) > limit:
                 self._new_segment(entry.index)
                 segment = self.segments[-1]
+                self._unsynced = True
             segment.offsets.append(segment.size)
             buffer += record
             segment.size += len(record)
         self.next_index = entries[-1].index + 1
-        self._unsynced = True
 
     def _flush(self) -> None:
         if self._buffer:
