@@ -94,7 +94,8 @@ def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..
                 return await handler(self, request, *args, **kwargs)
 
             answer: Deferred[Any] = Deferred.fromCoroutine(run())
-            return answer.addErrback(self._failed, request)
+            answer.addErrback(self._failed, request)
+            return answer.addCallback(_sized, request)
 
         return serve
 
@@ -269,7 +270,7 @@ class GraftApi:
             error = NotFound(f"there is no route {path}: the API serves {_ROUTE_LIST}")
         else:
             error = BadRequest(f"{method} {path} cannot be routed: the API serves {_ROUTE_LIST}")
-        return write_error(request, error)
+        return _sized(write_error(request, error), request)
 
     def _failed(self, failure: Failure, request: Request) -> bytes | Failure:
         if failure.check(CancelledError):
@@ -335,6 +336,12 @@ class GraftApi:
             )
 
         request.notifyFinish().addBoth(record)
+
+
+def _sized(body: bytes, request: Request) -> bytes:
+    """Declare the length: a plain body instead of a chunked one, for simple clients."""
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    return body
 
 
 def _header(request: Request, name: bytes) -> str | None:

@@ -172,6 +172,7 @@ class Answer:
     status: int
     headers: Any  # twisted.web.http_headers.Headers
     body: bytes
+    length: object  # the declared Content-Length (the client keeps it out of headers)
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name.encode("latin-1"))
@@ -209,7 +210,7 @@ class ApiTestCase(SynchronousTestCase):
         self.stub.flush()
         response = self.successResultOf(pending)
         body = self.successResultOf(self.stub.content(response))
-        return Answer(response.code, response.headers, body)
+        return Answer(response.code, response.headers, body, response.length)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Answer:
         return self.finish(self.start(method, path, **kwargs))

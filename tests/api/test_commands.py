@@ -23,6 +23,7 @@ class CommandTests(ApiTestCase):
         self.assertEqual(answer.header("Graft-Index"), "10")
         self.assertEqual(answer.header("Graft-Term"), "3")
         self.assertEqual(answer.header("Graft-Leader"), "turing")
+        self.assertEqual(answer.length, len(answer.body))
 
     def test_without_trailing_slash(self) -> None:
         """/command works as well as /command/."""

@@ -87,7 +87,9 @@ class RoutingTests(ApiTestCase):
     def test_unknown_route(self) -> None:
         """An unknown path is 404 not_found in the JSON error model."""
         for path in ("/nowhere", "/cluster/members", "/commands/", "/status/x"):
-            self.assertError(self.call("GET", path), 404, "not_found")
+            answer = self.call("GET", path)
+            self.assertError(answer, 404, "not_found")
+            self.assertEqual(answer.length, len(answer.body))
 
     def test_wrong_method(self) -> None:
         """A known path with a wrong method is 405 method_not_allowed with an Allow header,
