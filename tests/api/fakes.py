@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from graft.api import make_api_resource
 from graft.api.auth import token_digest
 from graft.api.backend import CommandResult, Consistency, QueryResult
+from graft.api.settings import ApiSettings
 
 BASE = "http://127.0.0.1:8080"
 API_URLS = {
@@ -197,7 +198,7 @@ class ApiTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.serve(Settings())
 
-    def serve(self, settings: Settings) -> None:
+    def serve(self, settings: ApiSettings) -> None:
         self.settings = settings
         self.stub: Any = StubTreq(make_api_resource(self.backend, settings, reactor=self.clock))
 
