@@ -65,7 +65,7 @@ def check_data_dir(path: Path | str, *, files: FileSystem | None = None) -> Chec
     except StorageError as error:
         problem(str(error))
     try:
-        scans, notes = scan_files(files, data_dir, floor_index=floor)
+        scans, notes, _stale = scan_files(files, data_dir, floor_index=floor)
         report.lines.extend(notes)
         total = 0
         for path, scan in scans:
@@ -101,7 +101,7 @@ def dump_log(
     info = SnapshotStore(files, data_dir).load(clean=False)
     if info is not None:
         floor = info.meta.index
-    scans, _ = scan_files(files, data_dir, floor_index=floor)
+    scans, _notes, _stale = scan_files(files, data_dir, floor_index=floor)
     for _path, scan in scans:
         if first is not None and scan.entries and scan.last_index < first:
             continue

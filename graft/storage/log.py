@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 
 from graft.raft.errors import LogCompacted, LogUnavailable
 from graft.raft.types import (
@@ -39,7 +38,7 @@ from graft.raft.types import (
 from graft.storage.errors import CorruptionError, StorageError
 from graft.storage.files import FileSystem, OSFileSystem
 from graft.storage.records import parse_segment_name
-from graft.storage.segments import SegmentSet, replay
+from graft.storage.segments import SegmentSet, repair, replay
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
 from graft.storage.state_files import (
     HARD_STATE_FILE,
@@ -110,7 +109,7 @@ class DurableLog:
         cluster: str,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         files: FileSystem | None = None,
-        reactor: IReactorTime | IReactorThreads | IReactorCore | None = None,
+        reactor: Any = None,
         threaded: bool = True,
         commit_interval: float = 0.1,
         on_fsync: Callable[[float], None] | None = None,
@@ -150,6 +149,7 @@ class DurableLog:
             next_index=next_index,
             on_fsync=on_fsync,
         )
+        discard = False
         if snapshot is not None:
             meta = snapshot.meta
             if first > floor + 1:
@@ -163,7 +163,7 @@ class DurableLog:
             if next_index - 1 < floor or (in_log and entries[floor - first].term != meta.term):
                 # Only an install_snapshot interrupted by a crash leaves this: finish it.
                 notes.append(f"discarded the log, which ends before or conflicts with {meta}")
-                disk.discard_all(floor + 1)
+                discard = True
                 entries, first = [], floor + 1
         elif first != 1:
             raise CorruptionError(
@@ -180,6 +180,9 @@ class DurableLog:
                 f"commit index {hard_state.commit} is beyond the last index {last} on disk: "
                 "the newest segment is missing or was cut",
             )
+        repair(files, data_dir, found)
+        if discard:
+            disk.discard_all(floor + 1)
         writer = BatchWriter(
             files,
             data_dir,

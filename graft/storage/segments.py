@@ -48,12 +48,16 @@ class Segment:
 
 @dataclass(slots=True, kw_only=True)
 class Replay:
-    """What replaying the segment files found: the segments and all their entries in order."""
+    """What replaying the segment files found: the segments and all their entries in order,
+    and the repairs ``repair`` will make (nothing is changed on disk until then)."""
 
     segments: list[Segment]
     entries: list[Entry]
     first_index: int  # index of entries[0] (or where the next entry goes if there is none)
-    notes: list[str]  # what was repaired, for the operator's log
+    notes: list[str]  # what was (or will be) repaired, for the operator's log
+    stale: list[Path]  # whole segments below a gap covered by the snapshot
+    cut: tuple[Path, int] | None = None  # torn tail: cut this file at this offset
+    remove: Path | None = None  # a last segment whose header was never completed
 
 
 def list_segments(files: FileSystem, data_dir: Path) -> list[tuple[int, Path]]:
@@ -68,12 +72,13 @@ def list_segments(files: FileSystem, data_dir: Path) -> list[tuple[int, Path]]:
 
 def scan_files(
     files: FileSystem, data_dir: Path, *, floor_index: int = 0
-) -> tuple[list[tuple[Path, SegmentScan]], list[str]]:
+) -> tuple[list[tuple[Path, SegmentScan]], list[str], list[Path]]:
     """Scan every segment, newest last. A gap between segments is corruption unless everything
     before it is at or below ``floor_index`` (covered by a snapshot, left by an interrupted
-    compaction): those older segments are then skipped. Read-only; the torn-tail decision is
-    the caller's (the last scan may carry ``torn``)."""
+    compaction): those older segments are then returned as stale. Read-only; the torn-tail
+    decision is the caller's (the last scan may carry ``torn``)."""
     notes: list[str] = []
+    stale: list[Path] = []
     listed = list_segments(files, data_dir)
     scans: list[tuple[Path, SegmentScan]] = []
     min_term = 0
@@ -84,9 +89,10 @@ def scan_files(
             if first != previous.last_index + 1:
                 if previous.last_index <= floor_index and first <= floor_index + 1:
                     notes.append(
-                        f"skipping {len(scans)} segment(s) before {path.name}: covered by the "
-                        "snapshot"
+                        f"{len(scans)} segment(s) before {path.name} are covered by the "
+                        "snapshot and left over from a compaction: deleted"
                     )
+                    stale.extend(p for p, _ in scans)
                     scans.clear()
                     min_term = 0
                 else:
@@ -102,36 +108,58 @@ def scan_files(
         if scan.entries:
             min_term = scan.entries[-1].term
         scans.append((path, scan))
-    return scans, notes
+    return scans, notes, stale
 
 
 def replay(files: FileSystem, data_dir: Path, *, floor_index: int) -> Replay:
-    """Read the segments back, cutting a torn final record (the one repair that is allowed)."""
-    scans, notes = scan_files(files, data_dir, floor_index=floor_index)
+    """Read the segments back; a torn final record is noted for ``repair`` to cut (the one
+    repair that is allowed). Read-only."""
+    scans, notes, stale = scan_files(files, data_dir, floor_index=floor_index)
     segments: list[Segment] = []
     entries: list[Entry] = []
+    cut: tuple[Path, int] | None = None
+    remove: Path | None = None
     for path, scan in scans:
         if scan.problem is not None:  # only the last segment gets here: a torn tail
             if scan.end < SEGMENT_HEADER_SIZE:
-                notes.append(f"{path.name}: removed a segment whose header was never completed")
-                files.unlink(path)
-                files.sync_dir(data_dir)
+                notes.append(f"{path.name}: deleted, its header was never completed")
+                remove = path
                 continue
             notes.append(
                 f"{path.name}: cut a torn final record at offset {scan.end} ({scan.problem})"
             )
-            handle = files.open_append(path)
-            try:
-                handle.truncate(scan.end)
-                handle.sync()
-            finally:
-                handle.close()
+            cut = (path, scan.end)
         segments.append(
             Segment(first_index=scan.first_index, path=path, size=scan.end, offsets=scan.offsets)
         )
         entries.extend(scan.entries)
     first = segments[0].first_index if segments else floor_index + 1
-    return Replay(segments=segments, entries=entries, first_index=first, notes=notes)
+    return Replay(
+        segments=segments,
+        entries=entries,
+        first_index=first,
+        notes=notes,
+        stale=stale,
+        cut=cut,
+        remove=remove,
+    )
+
+
+def repair(files: FileSystem, data_dir: Path, found: Replay) -> None:
+    """Make the disk match what ``replay`` returned: cut the torn tail, delete the leftovers."""
+    if found.cut is not None:
+        path, size = found.cut
+        handle = files.open_append(path)
+        try:
+            handle.truncate(size)
+            handle.sync()
+        finally:
+            handle.close()
+    removed = [*found.stale, *([found.remove] if found.remove is not None else [])]
+    for path in removed:
+        files.unlink(path)
+    if removed:
+        files.sync_dir(data_dir)
 
 
 class SegmentSet:

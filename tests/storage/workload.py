@@ -113,6 +113,9 @@ class Runner:
         assert number == self.acked + 1, "acknowledgements out of order"
         self.acked = number
 
+    def _acked(self, _: None, number: int) -> None:
+        self._ack(number)
+
     def run(self) -> None:
         log = open_log(self.files)
         for step in self.script.steps:
@@ -122,9 +125,7 @@ class Runner:
             self.issued += 1
             number = self.issued
             if step.kind == "persist":
-                log.persist(step.hard_state, step.entries).addCallback(
-                    lambda _, n=number: self._ack(n)
-                )
+                log.persist(step.hard_state, step.entries).addCallback(self._acked, number)
             elif step.kind == "append_sync":
                 log.append_sync(step.entries)
                 self._ack(number)
