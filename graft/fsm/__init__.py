@@ -14,11 +14,18 @@ import inspect
 from pathlib import Path
 
 from graft.config import ConfigError, FSMConfig
-from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected, StateMachine
+from graft.fsm.base import (
+    CommandRejected,
+    CorruptSnapshot,
+    FSMFailure,
+    QueryRejected,
+    StateMachine,
+)
 
 __all__ = [
     "CommandRejected",
     "CorruptSnapshot",
+    "FSMFailure",
     "QueryRejected",
     "StateMachine",
     "create_state_machine",

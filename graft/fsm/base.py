@@ -28,6 +28,11 @@ class QueryRejected(Exception):
         self.message = message
 
 
+class FSMFailure(Exception):
+    """The FSM failed for a reason local to this machine (disk full, I/O error): replicas
+    could diverge if the node went on, so the node must stop with this message."""
+
+
 class CorruptSnapshot(Exception):
     """``restore`` was given bytes that are not a snapshot of this kind of FSM; the node should
     stop rather than run with an unknown state."""

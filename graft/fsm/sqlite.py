@@ -38,6 +38,11 @@ Storage
     memory). ``snapshot`` writes a consistent copy of the database file (SQLite's backup API);
     ``restore`` replaces the database with such a copy.
 
+Failures
+    An SQLite error caused by this machine rather than by the command (disk full, I/O error,
+    out of memory, a corrupt or unwritable file) raises FSMFailure, never CommandRejected:
+    another replica would not fail the same way, so the node must stop instead of answering.
+
 Calls must not overlap (the driver calls from one thread at a time).
 """
 
@@ -52,7 +57,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected
+from graft.fsm.base import CommandRejected, CorruptSnapshot, FSMFailure, QueryRejected
 
 __all__ = ["SQLiteStateMachine", "split_statements"]
 
@@ -191,6 +196,39 @@ def _has_code(statement: str) -> bool:
             return bool(text)
 
 
+# Errors that come from this machine (disk, memory, file), not from the command: another
+# replica would not hit them, so they must not become a deterministic rejection.
+_ENVIRONMENT_ERRORS = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_INTERNAL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _environment_failure(error: sqlite3.Error) -> FSMFailure | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _ENVIRONMENT_ERRORS:
+        return None
+    name = getattr(error, "sqlite_errorname", str(code))
+    return FSMFailure(
+        f"SQLite failed on this machine ({name}: {error}); stop the node, fix the cause "
+        "(disk space, permissions of the data dir) and restart it: the state is rebuilt "
+        "from the log"
+    )
+
+
 def _json_cell(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
@@ -252,6 +290,9 @@ class SQLiteStateMachine:
                     cursor = conn.execute(statement)
                     rows = cursor.fetchall()
                 except sqlite3.Error as e:
+                    failure = _environment_failure(e)
+                    if failure is not None:
+                        raise failure from e
                     raise CommandRejected(
                         f"statement {number} failed: {self._explain(e)}; "
                         "the whole command was rolled back"
@@ -262,7 +303,12 @@ class SQLiteStateMachine:
                 conn.execute("ROLLBACK")
             raise
         self._mode = "internal"
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _environment_failure(e) or FSMFailure(f"SQLite could not commit: {e}") from e
         result: dict[str, Any] = {"changes": conn.total_changes - before}
         rowid = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         result["last_insert_rowid"] = None if rowid == _ROWID_SENTINEL else rowid
@@ -290,6 +336,9 @@ class SQLiteStateMachine:
             cursor = self._conn.execute(statements[0])
             rows = cursor.fetchall()
         except sqlite3.Error as e:
+            failure = _environment_failure(e)
+            if failure is not None:
+                raise failure from e
             raise QueryRejected(self._explain(e)) from None
         finally:
             self._mode = "internal"

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.fsm import CommandRejected, CorruptSnapshot, QueryRejected
+from graft.fsm import CommandRejected, CorruptSnapshot, FSMFailure, QueryRejected
 from graft.fsm.sqlite import SQLiteStateMachine, split_statements
 
 DEMO_SQL = (Path(__file__).resolve().parents[2] / "conf" / "demo.sql").read_bytes()
@@ -217,6 +217,27 @@ class CommandTests(SQLiteTestCase):
         """Foreign keys are on, so a dangling reference is rejected."""
         self.fsm.apply(b"CREATE TABLE posts (user_id INTEGER REFERENCES users(id));", 2)
         self.assertRejected(b"INSERT INTO posts VALUES (99);", "FOREIGN KEY constraint failed")
+
+
+class FailureTests(SQLiteTestCase):
+    def test_disk_full_is_a_failure_not_a_rejection(self) -> None:
+        """A full disk is local to this machine, so it raises FSMFailure (the node must stop),
+        not CommandRejected, and nothing is half-applied."""
+        fsm = self.make()
+        fsm.apply(DEMO_SQL, 1)
+        before = self.snapshot(fsm)
+        # Stand-in for a full disk: cap the file at its current size (users cannot set this).
+        fsm._conn.execute("PRAGMA max_page_count = 3")
+        error = self.assertRaises(
+            FSMFailure,
+            fsm.apply,
+            b"CREATE TABLE big (b BLOB); INSERT INTO big VALUES (zeroblob(100000));",
+            2,
+        )
+        self.assertIn("SQLITE_FULL", str(error))
+        self.assertIn("restart it", str(error))
+        self.assertNotIsInstance(error, CommandRejected)
+        self.assertEqual(self.snapshot(fsm), before)
 
 
 class QueryTests(SQLiteTestCase):
