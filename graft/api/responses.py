@@ -34,9 +34,13 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+# Reason phrases twisted.web does not know (it would say "Unknown Status").
+_REASONS = {422: b"Unprocessable Content"}
+
+
 def write_json(request: Request, status: int, value: Any) -> bytes:
     """Set the status and JSON content type; return the body for the handler to hand back."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, _REASONS.get(status))
     request.setHeader(b"Content-Type", JSON_TYPE)
     return json_bytes(value)
 

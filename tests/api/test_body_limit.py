@@ -51,8 +51,8 @@ class StubTreqLimitTests(ApiTestCase):
         self.assertEqual(self.call("POST", "/command", data=b"x" * LIMIT).status, 200)
 
 
-class ChannelLimitTests(SynchronousTestCase):
-    """The Site's BoundedRequest, fed bytes directly."""
+class SiteChannelTests(SynchronousTestCase):
+    """The real Site (its BoundedRequest), fed bytes directly."""
 
     def setUp(self) -> None:
         self.backend = FakeBackend()
@@ -135,6 +135,16 @@ class ChannelLimitTests(SynchronousTestCase):
         status, _, _ = split_response(self.transport.value())
         self.assertEqual(status, 200)
         self.assertEqual(self.backend.submitted, [[body]])
+
+    def test_fsm_error_reason_phrase(self) -> None:
+        """422 goes out with its reason phrase, not Twisted's "Unknown Status"."""
+        self.backend.rejected.add(b"x")
+        self.channel.dataReceived(
+            b"POST /command HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"
+        )
+        self.assertTrue(
+            self.transport.value().startswith(b"HTTP/1.1 422 Unprocessable Content\r\n")
+        )
 
     def test_site_hides_tracebacks(self) -> None:
         """The Site never renders tracebacks."""
