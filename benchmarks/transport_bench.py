@@ -106,7 +106,9 @@ def _transport(
 
 
 def run_follower(node_id: str, cfg: _Cluster) -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    reactor: Any = global_reactor
 
     transport: PeerTransport
 
@@ -125,8 +127,8 @@ def run_follower(node_id: str, cfg: _Cluster) -> None:
     transport = _transport(reactor, cfg, node_id, on_message)
     transport.startService()
     # The parent closes our stdin when it is done; that is our signal to stop.
-    reactor.addReader(_StdinWatcher(reactor))  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addReader(_StdinWatcher(reactor))
+    reactor.run()
 
 
 class _StdinWatcher:
