@@ -266,6 +266,15 @@ class QueryTests(SQLiteTestCase):
         self.assertRefused(b"ATTACH ':memory:' AS x;", "ATTACH")
         self.assertEqual(len(self.query(self.fsm, USERS)["rows"]), 4)
 
+    def test_statement_run_as_command_is_still_checked_as_query(self) -> None:
+        """The exact text of a command, sent again as a query, is refused: no prepared-statement
+        cache lets it skip the read-only check."""
+        statement = b"DELETE FROM users WHERE name = 'hamilton';"
+        self.fsm.apply(statement, 2)
+        self.fsm.apply(b"INSERT INTO users (name) VALUES ('hamilton');", 3)
+        self.assertRefused(statement, "does DELETE on users")
+        self.assertRefused(statement.rstrip(b";"), "does DELETE on users")
+
     def test_write_hidden_after_a_select_refused(self) -> None:
         """Several statements are refused, so a write cannot ride behind a SELECT."""
         self.assertRefused(
