@@ -21,6 +21,7 @@ from tests.transport.support import (
     FakeClusterConfig,
     Inbox,
     LogCapture,
+    Peer,
     make_transport,
     shared_cluster,
 )
@@ -379,6 +380,41 @@ class MemoryTLSTests(SynchronousTestCase):
         self.turing_reactor.advance(BACKOFF_MAX)
         self.assertEqual(len(self.turing_reactor.tcpClients), dials + 1)
         self.assertEqual(self.turing_reactor.tcpClients[-1][:2], ("127.0.0.1", 8881))
+
+    def test_hello_timeout_drops_silent_connection(self) -> None:
+        """A client that completes TLS but never says hello is dropped after the hello timeout."""
+        rogue = self.connect_rogue(self.client_options(self.cfg, "turing"), [])
+        self.assertIsNone(rogue.lost)
+        self.ritchie_reactor.advance(10)
+        self.assert_refused(rogue, "no hello within 10 seconds")
+
+    def test_message_over_frame_limit_is_not_sent(self) -> None:
+        """A message larger than max_frame_bytes is counted and not written (the receiver would
+        drop the connection for it)."""
+        self.connect_turing_to_ritchie()
+        self.turing.max_frame_bytes = 1000
+        self.turing.send(_append(count=100))
+        self.pair.flush()
+        self.assertEqual(self.turing.stats.dropped_too_large, 1)
+        self.assertEqual(self.ritchie_inbox.messages, [])
+        self.assertEqual(self.turing.connected_peers(), {"ritchie"})
+
+    def test_update_peers_dials_new_and_drops_removed(self) -> None:
+        """update_peers dials a newly added peer and closes connections of a removed one."""
+        self.connect_turing_to_ritchie()
+        dials = {port for _h, port, _f, _t, _b in self.turing_reactor.tcpClients}
+        self.assertEqual(dials, {8881, 8882})
+        bigger = {**self.cfg.peers, "hopper": Peer(host="127.0.0.1", p2p_port=8899)}
+        self.turing.update_peers(bigger)
+        self.assertEqual(self.turing_reactor.tcpClients[-1][:2], ("127.0.0.1", 8899))
+        before = len(self.turing_reactor.tcpClients)
+        self.turing.update_peers({k: v for k, v in bigger.items() if k != "ritchie"})
+        self.pair.flush()
+        self.assertEqual(self.turing.connected_peers(), set())
+        self.assertIn("the peer left the membership", self.log.text())
+        self.turing_reactor.advance(BACKOFF_MAX)
+        redials = [port for _h, port, _f, _t, _b in self.turing_reactor.tcpClients[before:]]
+        self.assertNotIn(8881, redials)
 
     def test_heartbeat_after_many_messages(self) -> None:
         """Many messages in one flush arrive in order (frames split across TLS records)."""
