@@ -4,7 +4,7 @@ Routes (every one but /health needs a token of at least the given role when toke
 
     POST /command, /command/      write   one command; the body is the FSM's answer
     POST /commands                write   a JSON batch; a JSON array of per-command results
-    GET|POST /query, GET /query/  read    a query from the body or ?q=
+    GET|POST /query, /query/      read    a query from the body or ?q= (not both)
     GET /status                   read    this node's view
     GET /health                   open    the process answers
     GET /ready                    read    200 when a leader is known and this node caught up
@@ -25,6 +25,10 @@ Decisions beyond DESIGN.md:
 - Batch results: ``result`` is the FSM's output parsed as JSON when its content type is JSON;
   otherwise (or when the output does not parse) it is base64 and the entry says
   ``"encoding": "base64"``.
+- Tokens (graft.api.auth): missing or unknown -> 401, valid but too low a role -> 403.
+- Bodies over api.max_body_bytes: 413 before they are read whole (graft.api.limits).
+- Every answer declares its Content-Length; the HTTP metrics label requests by route name
+  (``unmatched`` for 404/405), never by raw path.
 - Cluster administration routes (/cluster/...) are not exposed until ClusterBackend offers the
   operations: a route that cannot do its job is worse than a 404.
 """
