@@ -103,6 +103,11 @@ class PeerConnection(TwistedProtocol):
         self._tls: Any = None
 
     @property
+    def closing(self) -> bool:
+        """Dropped or lost: nothing more is sent or delivered on this connection."""
+        return self._closing
+
+    @property
     def outbound(self) -> bool:
         return self.expected_peer is not None
 

@@ -82,7 +82,9 @@ class PeerTransport(Service):
         listen_interface: str | None = None,
     ) -> None:
         if node_id not in peers:
-            raise ValueError(f"node {node_id!r} is not among the peers {sorted(peers)}")
+            raise ValueError(
+                f"node {node_id!r} is not among the peers {sorted(peers)}; add it to `peers`"
+            )
         self.reactor = reactor
         self.node_id = node_id
         self.cluster = cluster
@@ -140,7 +142,7 @@ class PeerTransport(Service):
 
     def send(self, message: Message) -> None:
         connection = self._outbound.get(message.to)
-        if connection is None:
+        if connection is None or connection.closing:
             self.stats.dropped_not_connected += 1
             return
         if connection.send_message(message):
@@ -155,12 +157,13 @@ class PeerTransport(Service):
         timeout: float | None = None,
     ) -> defer.Deferred[dict[str, Any]]:
         connection = self._outbound.get(peer)
-        if connection is None:
+        if connection is None or connection.closing:
             return defer.fail(PeerUnavailable(peer, "not connected; retry shortly"))
         return connection.ask(command, args, self.call_timeout if timeout is None else timeout)
 
     def connected_peers(self) -> set[str]:
-        return set(self._outbound)
+        """Peers that send() and call() can reach now (an authenticated outbound connection)."""
+        return {peer for peer, connection in self._outbound.items() if not connection.closing}
 
     def update_peers(self, peers: Mapping[str, PeerAddress]) -> None:
         """Adopt a new membership: dial new peers, forget removed ones, re-dial moved ones."""
