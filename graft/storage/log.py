@@ -456,11 +456,13 @@ class DurableLog:
         if self._thread is None:
             self.write_pending()
             error: BaseException | None = None
-            if self._failure is None:
-                try:
+            try:
+                if self._failure is None:
                     self._writer.close()
-                except Exception as failure:
-                    error = failure
+                else:
+                    self._writer.disk.abandon()
+            except Exception as failure:
+                error = failure
             self._closing_done(error)
         else:
             self._thread.stop()

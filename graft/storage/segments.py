@@ -304,3 +304,8 @@ class SegmentSet:
     def close(self) -> None:
         self.sync()
         self._close_handle()
+
+    def abandon(self) -> None:
+        """Close without writing (after a write failed)."""
+        self._buffer.clear()
+        self._close_handle()

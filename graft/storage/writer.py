@@ -150,9 +150,12 @@ class WriterThread:
                 self._on_done(batch, failure, self._writer.disk.last_index)
             if stopping and not batch:
                 break
-        if failure is None:
-            try:
+        close_error: BaseException | None = None
+        try:
+            if failure is None:
                 self._writer.close()
-            except Exception as error:
-                failure = error
-        self._on_stopped(failure)
+            else:  # already reported; do not write to a failing disk again
+                self._writer.disk.abandon()
+        except Exception as error:
+            close_error = error
+        self._on_stopped(close_error)
