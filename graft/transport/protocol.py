@@ -306,9 +306,12 @@ class PeerConnection(TwistedProtocol):
         self._tls.write(frame)
 
     def _write_failure(self, failure: Failure, ask: Ask) -> None:
-        error = failure.value
-        if isinstance(error, RemoteError):
-            self._write_error(ask.id, error.code, error.message)
+        # A handler answers with an error code by failing with RemoteError(code, message) or any
+        # exception with str ``code`` and ``message`` attributes (graft.errors.GraftError).
+        code = getattr(failure.value, "code", None)
+        message = getattr(failure.value, "message", None)
+        if isinstance(code, str) and isinstance(message, str):
+            self._write_error(ask.id, code, message)
             return
         log.failure("handler of {command} failed", failure, command=ask.command)
         self._write_error(ask.id, "internal", f"{ask.command} failed on the peer; see its log")

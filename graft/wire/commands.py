@@ -7,7 +7,8 @@ a caller only ever sees a well-typed answer. The node registers its own commands
 ``COMMANDS`` (or on a registry it passes to the transport).
 
 Error codes every command may answer with: ``unknown_command``, ``bad_arguments`` and
-``internal``; a command declares any others it uses (``errors``).
+``internal``; a command declares any others it uses (``errors``, documentation for callers:
+the codes of graft.errors, since forwarded calls relay those to the client).
 """
 
 from __future__ import annotations
@@ -90,14 +91,14 @@ FORWARD_SUBMIT = Command(
     # A follower forwards client commands to the leader; one result per command, in order.
     arguments={"commands": list[bytes]},
     response={"results": list[Any]},
-    errors=frozenset({"not_leader", "timeout"}),
+    errors=frozenset({"no_leader", "timeout", "bad_request"}),
 )
 
 FORWARD_QUERY = Command(
     name="forward_query",
     arguments={"query": bytes, "consistency": str, "min_index": int | None},
     response={"output": bytes, "applied_index": int},
-    errors=frozenset({"not_leader", "timeout", "query_rejected"}),
+    errors=frozenset({"no_leader", "timeout", "bad_request"}),
 )
 
 INSTALL_SNAPSHOT_CHUNK = Command(

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
+from graft.errors import NoLeader
 from graft.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat
 from graft.raft.types import Entry, EntryKind
 from graft.transport import CallTimeout, PeerUnavailable, RemoteError
@@ -208,6 +209,19 @@ class MemoryTLSTests(SynchronousTestCase):
         self.pair.flush()
         error = self.failureResultOf(d, RemoteError).value
         self.assertEqual((error.code, error.message), ("not_leader", "ask lovelace"))
+
+    def test_call_graft_error_keeps_its_code(self) -> None:
+        """A handler failing with a graft.errors.GraftError answers with that error's code."""
+
+        def no_leader(peer: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+            raise NoLeader("no leader is known; retry")
+
+        self.ritchie_inbox.handler = no_leader
+        self.connect_turing_to_ritchie()
+        d = self.turing.call("ritchie", "forward_submit", {"commands": []})
+        self.pair.flush()
+        error = self.failureResultOf(d, RemoteError).value
+        self.assertEqual((error.code, error.message), ("no_leader", "no leader is known; retry"))
 
     def test_call_handler_crash_is_internal_error(self) -> None:
         """An unexpected exception in a handler answers `internal` and is logged on the peer."""
