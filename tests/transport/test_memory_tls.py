@@ -353,6 +353,22 @@ class MemoryTLSTests(SynchronousTestCase):
         self.assertEqual(self.turing.connected_peers(), set())
         self.assertIn("dialled 'ritchie' but it says it is 'lovelace'", self.log.text())
 
+    def test_server_certificate_must_name_the_dialled_host(self) -> None:
+        """The dialler checks the server certificate names the host it dialled (here
+        `localhost`, which ritchie's certificate, for 127.0.0.1, does not name)."""
+        peers = {**self.cfg.peers, "ritchie": Peer(host="localhost", p2p_port=8881)}
+        reactor = MemoryReactorClock()
+        self.pair.reactors.append(reactor)
+        turing = make_transport(self.cfg, "turing", reactor, Inbox(), peers=peers)
+        turing.startService()
+        self.pair.connect(_dial_factory(reactor, 8881), _server_factory(self.ritchie_reactor))
+        self.assertEqual(turing.connected_peers(), set())
+        self.assertIn("to ritchie", self.log.text())
+        self.assertIn("VerificationError", self.log.text())
+        stopped = turing.stopService()
+        self.pair.flush()
+        self.successResultOf(stopped)
+
     # -- malformed input ---------------------------------------------------------------------
 
     def test_malformed_frame_drops_the_connection(self) -> None:
