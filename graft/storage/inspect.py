@@ -9,9 +9,10 @@ from pathlib import Path
 from graft.raft.types import Entry
 from graft.storage.errors import StorageError
 from graft.storage.files import FileSystem, OSFileSystem
+from graft.storage.recovery import recover
 from graft.storage.segments import scan_files
 from graft.storage.snapshots import SnapshotStore
-from graft.storage.state_files import read_hard_state, read_identity
+from graft.storage.state_files import read_identity
 
 
 @dataclass(slots=True, kw_only=True)
@@ -21,7 +22,8 @@ class CheckReport:
 
 
 def check_data_dir(path: Path | str, *, files: FileSystem | None = None) -> CheckReport:
-    """Verify identity, hard state, snapshot (data checksum included) and every log record."""
+    """Verify identity, hard state, snapshot (data checksum included) and every log record,
+    and that they fit together, as the node would at start. Never writes."""
     files = files if files is not None else OSFileSystem()
     data_dir = Path(path)
     report = CheckReport()
@@ -45,41 +47,31 @@ def check_data_dir(path: Path | str, *, files: FileSystem | None = None) -> Chec
     except StorageError as error:
         problem(str(error))
     try:
-        hard_state = read_hard_state(files, data_dir)
-        report.lines.append(f"hard state: {hard_state}")
-    except StorageError as error:
-        problem(str(error))
-    floor = 0
-    try:
         store = SnapshotStore(files, data_dir)
-        info = store.load(clean=False)
+        found = recover(files, data_dir, store, clean=False)
+        report.lines.append(f"hard state: {found.hard_state}")
+        info = found.snapshot
         if info is None:
             report.lines.append("snapshot: none")
         else:
-            floor = info.meta.index
-            store.open(info).close()
+            store.open(info).close()  # verifies the data's checksum
             report.lines.append(
                 f"snapshot: index {info.meta.index}, term {info.meta.term}, fsm "
                 f"{info.fsm_name!r}, {info.size} bytes, checksum ok"
             )
-    except StorageError as error:
-        problem(str(error))
-    try:
-        scans, notes, _stale = scan_files(files, data_dir, floor_index=floor)
-        report.lines.extend(notes)
-        total = 0
-        for path, scan in scans:
-            total += len(scan.entries)
+        for segment in found.replay.segments:
             span = (
-                f"entries {scan.first_index}..{scan.last_index}" if scan.entries else "no entries"
+                f"entries {segment.first_index}..{segment.last_index}"
+                if segment.offsets
+                else "no entries"
             )
-            report.lines.append(f"{path.name}: {span}, {scan.end} bytes")
-            if scan.problem is not None:
-                report.lines.append(
-                    f"{path.name}: torn final record at offset {scan.problem_offset} "
-                    f"({scan.problem}); it is cut off when the node starts"
-                )
-        report.lines.append(f"log: {len(scans)} segment(s), {total} entries")
+            report.lines.append(f"{segment.path.name}: {span}, {segment.size} bytes")
+        report.lines.extend(f"repair at next start: {note}" for note in found.notes)
+        if found.entries:
+            span = f"entries {found.first_index}..{found.first_index + len(found.entries) - 1}"
+        else:
+            span = "no entries"
+        report.lines.append(f"log: {len(found.replay.segments)} segment(s), {span}")
     except StorageError as error:
         problem(str(error))
     report.lines.append("OK" if report.ok else "NOT OK: the node will refuse to start")

@@ -35,17 +35,17 @@ from graft.raft.types import (
     SnapshotMeta,
     decode_membership,
 )
-from graft.storage.errors import CorruptionError, StorageError
+from graft.storage.errors import StorageError
 from graft.storage.files import FileSystem, OSFileSystem
 from graft.storage.records import parse_segment_name
-from graft.storage.segments import SegmentSet, repair, replay
+from graft.storage.recovery import recover
+from graft.storage.segments import SegmentSet, repair
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
 from graft.storage.state_files import (
     HARD_STATE_FILE,
     IDENTITY_FILE,
     Identity,
     check_identity,
-    read_hard_state,
     read_identity,
     write_identity,
 )
@@ -131,58 +131,20 @@ class DurableLog:
         for name in files.listdir(data_dir):
             if name in (IDENTITY_FILE + ".tmp", HARD_STATE_FILE + ".tmp"):
                 files.unlink(data_dir / name)  # a crash interrupted an atomic replace
-        hard_state = read_hard_state(files, data_dir) or HardState()
         snapshots = SnapshotStore(files, data_dir)
-        snapshot = snapshots.load()
-        floor = snapshot.meta.index if snapshot is not None else 0
-        found = replay(files, data_dir, floor_index=floor)
-        notes = found.notes
-        segments = found.segments
-        entries = found.entries
-        first = found.first_index
-        next_index = segments[-1].first_index + len(segments[-1].offsets) if segments else floor + 1
+        found = recover(files, data_dir, snapshots, clean=True)
         disk = SegmentSet(
             files,
             data_dir,
             segment_bytes=segment_bytes,
-            segments=segments,
-            next_index=next_index,
+            segments=found.replay.segments,
+            next_index=found.next_index,
             on_fsync=on_fsync,
         )
-        discard = False
-        if snapshot is not None:
-            meta = snapshot.meta
-            if first > floor + 1:
-                raise CorruptionError(
-                    segments[0].path,
-                    0,
-                    f"the log starts at index {first} but the snapshot ends at {floor}: "
-                    "entries in between are missing",
-                )
-            in_log = first <= floor < first + len(entries)
-            if next_index - 1 < floor or (in_log and entries[floor - first].term != meta.term):
-                # Only an install_snapshot interrupted by a crash leaves this: finish it.
-                notes.append(f"discarded the log, which ends before or conflicts with {meta}")
-                discard = True
-                entries, first = [], floor + 1
-        elif first != 1:
-            raise CorruptionError(
-                segments[0].path,
-                0,
-                f"the log starts at index {first} but there is no snapshot: the earlier "
-                "segments or the snapshot are missing",
-            )
-        last = max(first + len(entries) - 1, floor)
-        if hard_state.commit > last:
-            raise CorruptionError(
-                data_dir / HARD_STATE_FILE,
-                0,
-                f"commit index {hard_state.commit} is beyond the last index {last} on disk: "
-                "the newest segment is missing or was cut",
-            )
-        repair(files, data_dir, found)
-        if discard:
-            disk.discard_all(floor + 1)
+        repair(files, data_dir, found.replay)
+        if found.discard:
+            disk.discard_all(found.first_index)
+        hard_state = found.hard_state
         writer = BatchWriter(
             files,
             data_dir,
@@ -197,12 +159,12 @@ class DurableLog:
             reactor=reactor if reactor is not None else _default_reactor(),
             writer=writer,
             threaded=threaded,
-            entries=entries,
-            first_index=first,
+            entries=found.entries,
+            first_index=found.first_index,
             hard_state=hard_state,
             snapshots=snapshots,
-            snapshot=snapshot,
-            notes=notes,
+            snapshot=found.snapshot,
+            notes=found.notes,
         )
 
     # -- LogStorage: reads, from memory ------------------------------------------------------
