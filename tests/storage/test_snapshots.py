@@ -1,0 +1,194 @@
+"""Snapshot files, compaction and InstallSnapshot, including crashes in the middle of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.raft.errors import LogCompacted
+from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
+from graft.storage import DurableLog
+from tests.storage.faultfs import Crash, FaultyFileSystem
+
+DATA = Path("/data/n1")
+MEMBERS = Membership(voters=frozenset({"n1", "n2", "n3"}))
+
+
+def entries(first: int, last: int, term: int = 1) -> list[Entry]:
+    return [Entry(index=i, term=term, data=b"%06d" % i * 10) for i in range(first, last + 1)]
+
+
+def open_log(files: FaultyFileSystem) -> DurableLog:
+    return DurableLog.open(
+        DATA,
+        node_id="n1",
+        cluster="test",
+        files=files,
+        reactor=Clock(),
+        threaded=False,
+        segment_bytes=4096,
+    )
+
+
+def read_snapshot(log: DurableLog) -> tuple[SnapshotMeta, bytes] | None:
+    opened = log.open_snapshot()
+    if opened is None:
+        return None
+    meta, source = opened
+    with source:
+        return meta, source.read()
+
+
+class SnapshotTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.files = FaultyFileSystem()
+        self.log = open_log(self.files)
+        self.log.append_sync(entries(1, 300))
+        self.log.set_hard_state_sync(HardState(term=1, commit=300))
+
+    def reopen(self) -> DurableLog:
+        self.successResultOf(self.log.close())
+        self.log = open_log(self.files)
+        return self.log
+
+    def test_save_and_read_back(self) -> None:
+        """A saved snapshot is read back with its meta, FSM name and exact bytes after reopen,
+        and replaces the previous one only once written."""
+        meta = SnapshotMeta(index=100, term=1, membership=MEMBERS)
+        self.log.save_snapshot(meta, "kv", lambda sink: sink.write(b"first"))
+        newer = SnapshotMeta(index=200, term=1, membership=MEMBERS)
+        self.log.save_snapshot(newer, "kv", lambda sink: sink.write(b"second" * 5000))
+        log = self.reopen()
+        self.assertEqual(read_snapshot(log), (newer, b"second" * 5000))
+        info = log.snapshot_info()
+        assert info is not None
+        self.assertEqual(info.fsm_name, "kv")
+        self.assertEqual(len([n for n in self.files.listdir(DATA) if n.startswith("snap-")]), 2)
+        self.assertEqual(log.snapshot_meta(), newer)
+
+    def test_membership_falls_back_to_the_snapshot(self) -> None:
+        """With no MEMBERSHIP entry in the log, initial_state reports the snapshot's."""
+        self.log.save_snapshot(
+            SnapshotMeta(index=100, term=1, membership=MEMBERS), "kv", lambda s: None
+        )
+        self.assertEqual(self.reopen().initial_state()[1], MEMBERS)
+
+    def test_compact_drops_whole_segments_keeping_trailing_entries(self) -> None:
+        """compact deletes only whole segments below index - keep; reads below raise
+        LogCompacted, the snapshot index's term stays known, and it holds after reopen."""
+        self.log.save_snapshot(SnapshotMeta(index=250, term=1), "kv", lambda s: None)
+        segments_before = [n for n in self.files.listdir(DATA) if n.endswith(".seg")]
+        compacted = self.log.compact(250, keep=50)
+        self.log.write_pending()
+        self.successResultOf(compacted)
+        first = self.log.first_index()
+        self.assertGreater(first, 1)
+        self.assertLessEqual(first, 201)  # the 50 trailing entries are kept
+        self.assertRaises(LogCompacted, self.log.term, first - 1)
+        self.assertEqual(self.log.term(250), 1)
+        self.assertLess(
+            len([n for n in self.files.listdir(DATA) if n.endswith(".seg")]),
+            len(segments_before),
+        )
+        log = self.reopen()
+        self.assertEqual((log.first_index(), log.last_index()), (first, 300))
+        self.assertEqual(log.entries(first, 301), entries(first, 300))
+
+    def test_compact_above_the_snapshot_is_refused(self) -> None:
+        """Compaction past the snapshot would lose entries: it is a programming error."""
+        self.assertRaises(ValueError, self.log.compact, 10)
+
+    def install(self, meta: SnapshotMeta, data: bytes) -> None:
+        received = DATA / "received.tmp"
+        handle = self.files.create(received)
+        handle.write(data)
+        handle.close()
+        installed = self.log.install_snapshot(meta, received, "kv")
+        self.log.write_pending()
+        self.successResultOf(installed)
+
+    def test_install_matching_snapshot_keeps_the_log_after_it(self) -> None:
+        """A received snapshot whose last entry is in the log keeps the entries after it."""
+        self.install(SnapshotMeta(index=150, term=1, membership=MEMBERS), b"state")
+        self.assertEqual(self.log.last_index(), 300)
+        log = self.reopen()
+        self.assertEqual(log.last_index(), 300)
+        self.assertEqual(
+            read_snapshot(log), (SnapshotMeta(index=150, term=1, membership=MEMBERS), b"state")
+        )
+
+    def test_install_conflicting_snapshot_discards_the_log(self) -> None:
+        """A received snapshot that the log does not contain replaces the whole log; the
+        next entry goes right after it (Raft Figure 13)."""
+        meta = SnapshotMeta(index=500, term=3, membership=MEMBERS)
+        self.install(meta, b"state")
+        self.assertEqual((self.log.first_index(), self.log.last_index()), (501, 500))
+        self.assertEqual(self.log.term(500), 3)
+        self.log.append_sync(entries(501, 505, term=3))
+        log = self.reopen()
+        self.assertEqual((log.first_index(), log.last_index(), log.term(500)), (501, 505, 3))
+
+
+class SnapshotCrashTests(SynchronousTestCase):
+    """A crash at every write point of save + compact + install leaves a data dir that opens,
+    with a whole snapshot and a log consistent with it."""
+
+    def workload(self, files: FaultyFileSystem, done: list[str]) -> None:
+        log = open_log(files)
+        log.append_sync(entries(1, 300))
+        log.set_hard_state_sync(HardState(term=1, commit=300))
+        done.append("log")
+        log.save_snapshot(SnapshotMeta(index=200, term=1), "kv", lambda s: s.write(b"A" * 3000))
+        done.append("first snapshot")
+        log.compact(200, keep=20)
+        log.write_pending()
+        done.append("compacted")
+        log.save_snapshot(SnapshotMeta(index=280, term=1), "kv", lambda s: s.write(b"B" * 3000))
+        done.append("second snapshot")
+        received = DATA / "received.tmp"
+        handle = files.create(received)
+        handle.write(b"C" * 3000)
+        handle.sync()
+        handle.close()
+        log.install_snapshot(SnapshotMeta(index=400, term=2), received, "kv")
+        log.write_pending()
+        done.append("installed")
+        log.append_sync(entries(401, 410, term=2))
+        done.append("appended")
+
+    def test_crash_at_every_write_point(self) -> None:
+        """Each crash point recovers to the last completed step or the one in progress."""
+        clean = FaultyFileSystem()
+        self.workload(clean, [])
+        expected_snapshots = {
+            "log": {None, b"A"},
+            "first snapshot": {b"A", b"B"},
+            "compacted": {b"A", b"B"},
+            "second snapshot": {b"B", b"C"},
+            "installed": {b"C"},
+            "appended": {b"C"},
+        }
+        for point in range(1, clean.points + 1):
+            files = FaultyFileSystem(crash_at=point)
+            done: list[str] = []
+            with self.assertRaises(Crash):
+                self.workload(files, done)
+            where = f"crash at point {point} ({files.log[-1]}) after {done}"
+            log = open_log(files.after_crash())
+            snapshot = read_snapshot(log)
+            if not done:
+                continue
+            self.assertIn(
+                snapshot[1][:1] if snapshot else None, expected_snapshots[done[-1]], where
+            )
+            # Whatever survived is one consistent log: every index from first to last readable,
+            # and the snapshot's index has its term.
+            log.entries(log.first_index(), log.last_index() + 1)
+            meta = log.snapshot_meta()
+            self.assertEqual(log.term(meta.index), meta.term, where)
+            if snapshot is not None and snapshot[0].index == 400:
+                self.assertGreaterEqual(log.first_index(), 401, where)
+            else:
+                self.assertEqual(log.last_index(), 300, where)
