@@ -13,6 +13,14 @@ Two measurements, each over real sockets on 127.0.0.1 between separate processes
 Followers do no storage and no Raft: this measures codec + TLS + Twisted only. The Entry
 objects of a batch are built once and reused, since building them is the core's cost, not the
 transport's.
+
+Recorded 2026-11-28 on the 2-CPU build machine (Python 3.11, 5 s each, other work running):
+
+    AppendEntries round trips, 1 follower, 64 in flight, 0 entries   71,445 /s   (target 30,000)
+    AppendEntries round trips, 1 follower, 64 in flight, 1 entry     65,797 /s
+    entries to 2 followers, 64/message, 4 in flight                 196,482 /s   (target 50,000)
+    entries to 2 followers, 256/message, 4 in flight                281,797 /s
+    entries to 2 followers, 1024/message, 2 in flight               321,788 /s
 """
 
 from __future__ import annotations
