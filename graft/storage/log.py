@@ -260,7 +260,7 @@ class DurableLog:
     # -- snapshots and compaction ------------------------------------------------------------
 
     def save_snapshot(
-        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], None]
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
     ) -> None:
         """Write a snapshot of the FSM (``write`` fills the file) durably; the previous one is
         deleted once this one is. Blocking: call it from a worker thread."""

@@ -154,7 +154,7 @@ class SnapshotStore:
             self._files.sync_dir(self._dir)
 
     def save(
-        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], None]
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
     ) -> SnapshotInfo:
         """Write a new snapshot durably, then delete the older ones."""
         with self._lock:

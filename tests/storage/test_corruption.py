@@ -40,7 +40,7 @@ class CorruptionTests(SynchronousTestCase):
     def contents(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(self.dir.iterdir())}
 
-    def assertRefused(self, path: Path, offset: int | None = None) -> CorruptionError:
+    def assertRefused(self, path: Path, offset: int | None = None) -> None:
         before = self.contents()
         with self.assertRaises(CorruptionError) as caught:
             self.open()
@@ -55,7 +55,6 @@ class CorruptionTests(SynchronousTestCase):
             self.assertIn(f"offset {offset}", message)
         self.assertEqual(self.contents(), before, "a refused open must not change any file")
         self.assertFalse(check_data_dir(self.dir).ok)
-        return error
 
     def flip(self, path: Path, offset: int) -> None:
         raw = bytearray(path.read_bytes())
