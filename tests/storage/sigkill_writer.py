@@ -12,11 +12,14 @@ import hashlib
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor as _reactor
 
 from graft.raft.types import Entry, HardState
 from graft.storage import DurableLog
+
+reactor: Any = _reactor
 
 
 def data_for(index: int) -> bytes:
@@ -43,10 +46,10 @@ def main(data_dir: str) -> None:
             ]
             hard_state = HardState(term=1, vote="n1", commit=first - 1)
             log.persist(hard_state, batch).addCallback(durable, batch[-1].index)
-        reactor.callLater(0, turn)  # type: ignore[attr-defined]
+        reactor.callLater(0, turn)
 
-    reactor.callWhenRunning(turn)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(turn)
+    reactor.run()
 
 
 if __name__ == "__main__":
