@@ -704,6 +704,8 @@ class RaftNode:
                     self._broadcast_append(allow_empty=True)
                 else:
                     self._send_all(msg.sender)
+                    if pr.commit_sent < self._log.committed:
+                        self._send_append(msg.sender, allow_empty=True)
                 if msg.sender == self._transfer_target and pr.match == self._log.last_index():
                     self._send(TimeoutNow(term=self._term, sender=self._id, to=msg.sender))
             elif was_probe:
@@ -831,6 +833,7 @@ class RaftNode:
             )
         )
         pr.sent(entries[-1].index if entries else prev)
+        pr.commit_sent = log.committed
         return bool(entries)
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> bool:

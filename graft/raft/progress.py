@@ -25,6 +25,7 @@ class ProgressState(enum.Enum):
 class Progress:
     __slots__ = (
         "acked_seq",
+        "commit_sent",
         "inflights",
         "learner",
         "match",
@@ -50,6 +51,8 @@ class Progress:
         # Highest heartbeat round the follower answered (ReadIndex and lease).
         self.acked_seq = 0
         self.snapshot_index = 0
+        # Highest commit index told to the follower (it must learn each commit promptly).
+        self.commit_sent = 0
 
     def become_probe(self) -> None:
         if self.state is ProgressState.SNAPSHOT:

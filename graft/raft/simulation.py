@@ -21,13 +21,13 @@ factory, and ``python -m graft.simulate`` is the command line.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from graft.raft.config import RaftConfig
 from graft.raft.errors import NotLeader, ProposalDropped, RaftError
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import Message
+from graft.raft.messages import Message, TimeoutNow
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.rng import Rng
@@ -180,6 +180,7 @@ class Cluster:
         config: RaftConfig | None = None,
         learners: Iterable[NodeId] = (),
         seed: int = 0,
+        storages: Mapping[NodeId, MemoryStorage] | None = None,
     ) -> None:
         self.ids = sorted(ids)
         membership = Membership(voters=frozenset(self.ids), learners=frozenset(learners))
@@ -200,7 +201,13 @@ class Cluster:
         self.trace: deque[str] = deque(maxlen=80)
         self.tracing = False
         for nid in sorted({*self.ids, *learners}):
-            self.nodes[nid] = SimNode(id=nid, storage=MemoryStorage(), node=None)
+            storage = storages.get(nid) if storages is not None else None
+            if storage is None:
+                storage = MemoryStorage()
+            elif storage.last_index() > 0:
+                # A log given by a test: the checker must know it to compare later appends.
+                self.checker.persisted(nid, tuple(storage.entries(1, storage.last_index() + 1)))
+            self.nodes[nid] = SimNode(id=nid, storage=storage, node=None)
             self.start(nid)
 
     # -- node life --------------------------------------------------------------------------
@@ -339,16 +346,16 @@ class Cluster:
             self.tick(chosen)
             self.deliver_due()
 
-    def elect(self, nid: NodeId, max_ticks: int = 200) -> RaftNode:
-        """Make ``nid`` the leader by letting only its timer run (others hear nothing)."""
-        for _ in range(max_ticks):
-            node = self.node(nid)
-            if node.role is Role.LEADER:
-                self.stabilize()
-                return node
-            self.tick([nid])
-            self.stabilize()
-        raise RaftError(f"{nid} did not become leader in {max_ticks} ticks")
+    def elect(self, nid: NodeId) -> RaftNode:
+        """Make ``nid`` the leader now, as a leadership transfer would (TimeoutNow)."""
+        node = self.node(nid)
+        if node.role is not Role.LEADER:
+            node.step(TimeoutNow(term=node.term, sender=nid, to=nid))
+            self.process(nid)
+        self.stabilize()
+        if node.role is not Role.LEADER:
+            raise RaftError(f"{nid} could not win an election; check its log is up to date")
+        return node
 
     def isolate(self, nid: NodeId) -> None:
         for other in self.nodes:
@@ -397,19 +404,52 @@ class Cluster:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimParams:
+    """Per-tick probabilities (and message fates) of one schedule."""
+
     nodes: int = 3
-    chaos_ticks: int = 240
-    calm_ticks: int = 120
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_msg_entries: int = 64
+    max_inflight: int = 8
+    chaos_ticks: int = 300
+    calm_ticks: int = 150
     drop: float = 0.05
     duplicate: float = 0.03
     delay: float = 0.3  # probability a message is late
     max_delay: int = 4
-    partition: float = 0.02  # per tick
+    partition: float = 0.02
     heal: float = 0.08
-    crash: float = 0.008
+    crash: float = 0.01
+    crash_leader: float = 0.01
     restart: float = 0.15
-    propose: float = 0.3
-    read: float = 0.15
+    propose: float = 0.5
+    read: float = 0.3
+
+
+def draw_params(seed: int, rng: Rng) -> SimParams:
+    """Schedules differ in size, features and how hostile the network is."""
+
+    def between(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * rng.random()
+
+    return SimParams(
+        nodes=3 if seed % 2 == 0 else 5,
+        pre_vote=rng.random() < 0.7,
+        check_quorum=rng.random() < 0.8,
+        max_msg_entries=rng.randrange(1, 8),
+        max_inflight=rng.randrange(1, 6),
+        drop=between(0.0, 0.2),
+        duplicate=between(0.0, 0.1),
+        delay=between(0.0, 0.6),
+        max_delay=rng.randrange(1, 12),
+        partition=between(0.0, 0.06),
+        heal=between(0.03, 0.2),
+        crash=between(0.0, 0.03),
+        crash_leader=between(0.0, 0.04),
+        restart=between(0.05, 0.5),
+        propose=between(0.2, 0.9),
+        read=between(0.1, 0.5),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -422,10 +462,6 @@ class SimResult:
     trace: tuple[str, ...] = ()
 
 
-def params_for_seed(seed: int) -> SimParams:
-    return SimParams(nodes=3 if seed % 2 == 0 else 5)
-
-
 def simulate_seed(
     seed: int,
     rng_factory: RngFactory,
@@ -434,10 +470,20 @@ def simulate_seed(
     trace: bool = False,
 ) -> SimResult:
     """Run one seeded schedule; a violation is reported, never raised."""
-    p = params if params is not None else params_for_seed(seed)
     rng = rng_factory(seed)
+    p = params if params is not None else draw_params(seed, rng)
     ids = [f"n{k}" for k in range(1, p.nodes + 1)]
-    cluster = Cluster(ids, rng_factory, seed=seed)
+    membership = Membership(voters=frozenset(ids))
+    config = RaftConfig(
+        id="",
+        bootstrap=membership,
+        pre_vote=p.pre_vote,
+        check_quorum=p.check_quorum,
+        max_msg_entries=p.max_msg_entries,
+        max_inflight=p.max_inflight,
+    )
+    cluster = Cluster(ids, rng_factory, config=config, seed=seed)
+    cluster.note(f"params {p}")
     cluster.tracing = trace
     chaos = True
 
@@ -464,7 +510,13 @@ def simulate_seed(
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
                 if rng.random() < 0.5:
-                    victim = ids[rng.randrange(0, len(ids))]
+                    # Isolating the leader strands its newest entries: old-term entries for
+                    # the next leaders to deal with (paper Figure 8).
+                    leader = cluster.leader()
+                    if leader is not None and rng.random() < 0.5:
+                        victim = leader.id
+                    else:
+                        victim = ids[rng.randrange(0, len(ids))]
                     cluster.isolate(victim)
                     cluster.note(f"isolate {victim}")
                 else:
@@ -478,12 +530,22 @@ def simulate_seed(
                 if victim not in down:
                     cluster.crash(victim)
                     down.add(victim)
+            if rng.random() < p.crash_leader:
+                leader = cluster.leader()
+                if leader is not None:
+                    cluster.crash(leader.id)
+                    down.add(leader.id)
             for nid in sorted(down):
                 if rng.random() < p.restart:
                     cluster.start(nid)
                     down.discard(nid)
             if rng.random() < p.propose:
-                nid = ids[rng.randrange(0, len(ids))]
+                # Clients mostly find a leader (any node that believes it leads).
+                leaders = cluster.leaders()
+                if leaders and rng.random() < 0.8:
+                    nid = leaders[rng.randrange(0, len(leaders))].id
+                else:
+                    nid = ids[rng.randrange(0, len(ids))]
                 if nid not in down:
                     count = rng.randrange(1, 4)
                     datas = [f"{seed}:{proposals + k}".encode() for k in range(count)]
@@ -493,7 +555,11 @@ def simulate_seed(
                     except (NotLeader, ProposalDropped):
                         pass
             if rng.random() < p.read:
-                nid = ids[rng.randrange(0, len(ids))]
+                leaders = cluster.leaders()
+                if leaders and rng.random() < 0.5:
+                    nid = leaders[rng.randrange(0, len(leaders))].id
+                else:
+                    nid = ids[rng.randrange(0, len(ids))]
                 if nid not in down:
                     reads += 1
                     if rng.random() < 0.5:
