@@ -61,11 +61,11 @@ class LocalCluster:
         heartbeat_ms: int = 35,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        self.base = Path(base)
+        self.base = Path(base).resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.node_ids = list(node_ids)
         ports = free_ports(2 * len(self.node_ids))
-        self.peers = {
+        self.peers: dict[str, dict[str, Any]] = {
             node: {"host": HOST, "ports": {"p2p": ports[2 * i], "api": ports[2 * i + 1]}}
             for i, node in enumerate(self.node_ids)
         }

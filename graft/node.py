@@ -1,0 +1,602 @@
+# mypy: disable-error-code="no-untyped-call"
+"""The driver: runs a RaftNode on the reactor and connects it to storage, peers and the FSM.
+
+One loop does everything the core asks, in the order of the Ready contract:
+
+    ready = raft.ready()
+    storage.persist(hard_state, entries)    # group commit, fsync off the reactor thread
+      -> send messages                       # only once the state they depend on is durable
+      -> apply committed entries to the FSM, resolve proposals, answer reads
+      -> raft.advance(ready)
+
+Only one Ready is in flight at a time. Proposals, ticks and peer messages that arrive while a
+write is in flight go into the core and come out together in the next Ready, so the busier the
+node, the bigger each fsync's batch (group commit without a timer).
+
+Clients reach the node through the ClusterBackend methods (graft.api.backend). A follower
+forwards commands and default reads to the leader over the peer channel, so a client may talk
+to any node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from graft.api.backend import ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.errors import (
+    BadRequest,
+    FSMRejected,
+    GraftError,
+    Internal,
+    NoLeader,
+    Timeout,
+)
+from graft.fsm import CommandRejected, QueryRejected, StateMachine
+from graft.metrics import NodeMetrics
+from graft.raft.errors import NotLeader, ProposalDropped
+from graft.raft.messages import AppendEntries, Heartbeat, Message
+from graft.raft.node import RaftNode
+from graft.raft.ready import Ready, Role
+from graft.raft.storage import LogStorage
+from graft.raft.types import Entry, EntryKind, HardState
+from graft.transport import PeerUnavailable, RemoteError
+from graft.waiters import IndexWaiters, ProposalWaiters
+
+log = Logger(namespace="graft.node")
+
+
+class DurableStorage(LogStorage, Protocol):
+    def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]: ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+class PeerChannel(Protocol):
+    """The part of graft.transport.PeerTransport the driver uses."""
+
+    def send(self, message: Message) -> None: ...
+
+    def call(
+        self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
+    ) -> Deferred[dict[str, Any]]: ...
+
+    def connected_peers(self) -> set[str]: ...
+
+
+# Error codes that cross the peer channel in a forwarded call, back to their classes.
+_ERRORS_BY_CODE: dict[str, type[GraftError]] = {
+    cls.code: cls for cls in (BadRequest, NoLeader, Timeout, Internal)
+}
+
+
+class GraftNode(Service, ClusterBackend):
+    """A Raft node on the reactor; implements the API's ClusterBackend."""
+
+    def __init__(
+        self,
+        *,
+        raft: RaftNode,
+        storage: DurableStorage,
+        fsm: StateMachine,
+        clock: Any,
+        tick_seconds: float,
+        command_timeout: float,
+        query_timeout: float,
+        api_urls: dict[str, str],
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self._raft = raft
+        self._storage = storage
+        self._fsm = fsm
+        self._clock = clock
+        self._tick_seconds = tick_seconds
+        self._command_timeout = command_timeout
+        self._query_timeout = query_timeout
+        self._api_urls = dict(api_urls)
+        self._metrics = metrics or NodeMetrics()
+        self.peers: PeerChannel | None = None
+        self._ticker: LoopingCall | None = None
+        self._scheduled: Any = None
+        self._in_flight: Deferred[None] | None = None
+        self._stopping = False
+        self._proposals = ProposalWaiters(clock)
+        self._applied = IndexWaiters(clock, applied=raft.status().applied)
+        self._reads: dict[bytes, Deferred[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._proposed_at: dict[int, float] = {}
+        self._last_leader_contact = 0.0
+        self._leader = raft.leader
+        self._role = raft.role
+
+    # -- service ---------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self._clock
+        self._ticker.start(self._tick_seconds, now=False)
+        self._schedule()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        shutting_down = lambda: NoLeader("this node is shutting down; retry on another node")  # noqa: E731
+        self._proposals.fail_all(shutting_down)
+        self._applied.fail_all(shutting_down)
+        for d in list(self._reads.values()):
+            if not d.called:
+                d.errback(shutting_down())
+        self._reads.clear()
+        pending: Deferred[None] = self._in_flight or succeed(None)
+
+        def close(_: object) -> Deferred[None]:
+            self._fsm.close()
+            return self._storage.close()
+
+        pending.addBoth(close)
+        return pending
+
+    # -- the Raft loop ---------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._raft.tick()
+        self._schedule()
+
+    def receive(self, message: Message) -> None:
+        """A message from a peer (the transport's on_message)."""
+        if self._stopping:
+            return
+        if isinstance(message, AppendEntries | Heartbeat) and message.term >= self._raft.term:
+            self._last_leader_contact = self._clock.seconds()
+        self._raft.step(message)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Process the core's output on the next reactor turn, so a turn's work is batched."""
+        if self._stopping or self._in_flight is not None or self._scheduled is not None:
+            return
+        if self._raft.has_ready():
+            self._scheduled = self._clock.callLater(0, self._process_ready)
+
+    def _process_ready(self) -> None:
+        self._scheduled = None
+        if self._stopping or self._in_flight is not None or not self._raft.has_ready():
+            return
+        ready = self._raft.ready()
+        if ready.hard_state is not None or ready.entries:
+            started = time.perf_counter()
+            d = self._storage.persist(ready.hard_state, ready.entries)
+
+            def observe(result: None) -> None:
+                self._metrics.fsync_latency.observe(time.perf_counter() - started)
+                return result
+
+            d.addCallback(observe)
+        else:
+            d = succeed(None)
+        self._in_flight = d
+        d.addCallback(lambda _: self._after_persist(ready))
+        d.addErrback(self._fatal, "writing the Raft log")
+
+    def _after_persist(self, ready: Ready) -> None:
+        self._in_flight = None
+        if self._stopping:
+            return
+        if self.peers is not None:
+            for message in ready.messages:
+                self.peers.send(message)
+        if ready.soft_state is not None:
+            self._on_soft_state(ready)
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        for read in ready.read_states:
+            waiter = self._reads.pop(read.context, None)
+            if waiter is None or waiter.called:
+                continue
+            if read.index is None:
+                waiter.errback(NoLeader("the leader could not confirm the read; retry shortly"))
+            else:
+                waiter.callback(read.index)
+        self._raft.advance(ready)
+        self._update_gauges()
+        self._schedule()
+
+    def _on_soft_state(self, ready: Ready) -> None:
+        soft = ready.soft_state
+        assert soft is not None
+        if soft.role is Role.CANDIDATE and self._role is not Role.CANDIDATE:
+            self._metrics.elections.inc()
+        if soft.leader != self._leader:
+            self._metrics.leader_changes.inc()
+            log.info(
+                "leader is now {leader} in term {term} ({role})",
+                leader=soft.leader or "unknown",
+                term=soft.term,
+                role=soft.role.value,
+            )
+        if soft.role is not Role.LEADER and self._role is Role.LEADER:
+            # Reads waiting on this node's leadership cannot be confirmed any more.
+            for context, d in list(self._reads.items()):
+                if not d.called:
+                    d.errback(NoLeader("leadership was lost; retry the read"))
+                del self._reads[context]
+        self._role = soft.role
+        self._leader = soft.leader
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        now = self._clock.seconds()
+        for entry in entries:
+            if entry.kind is EntryKind.NORMAL:
+                try:
+                    output = self._fsm.apply(entry.data, entry.index)
+                except CommandRejected as e:
+                    result = CommandResult(
+                        index=entry.index,
+                        term=entry.term,
+                        leader=self._raft.leader or "",
+                        error=str(e),
+                    )
+                except Exception:
+                    self._fatal(Failure(), f"applying entry {entry.index} to the FSM")
+                    return
+                else:
+                    result = CommandResult(
+                        index=entry.index,
+                        term=entry.term,
+                        leader=self._raft.leader or "",
+                        output=output,
+                    )
+            else:
+                result = CommandResult(
+                    index=entry.index, term=entry.term, leader=self._raft.leader or ""
+                )
+            started = self._proposed_at.pop(entry.index, None)
+            if started is not None:
+                self._metrics.commit_latency.observe(now - started)
+            self._proposals.resolve(entry.index, entry.term, result, _overwritten)
+        self._applied.advance(entries[-1].index)
+
+    def _fatal(self, failure: Failure, doing: str) -> None:
+        """A failure the node cannot survive without risking divergence: stop the process."""
+        log.failure(
+            "graft stopped: fatal error while {doing}; replicas would diverge if it went on. "
+            "Fix the cause (disk, FSM bug) and restart the node; it will replay its log.",
+            failure=failure,
+            doing=doing,
+        )
+        self._stopping = True
+        reactor = self._clock
+        stop = getattr(reactor, "stop", None)
+        if stop is not None and getattr(reactor, "running", False):
+            stop()
+
+    def _update_gauges(self) -> None:
+        st = self._raft.status()
+        m = self._metrics
+        m.term.set(st.term)
+        m.is_leader.set(1 if st.role is Role.LEADER else 0)
+        m.commit_index.set(st.commit)
+        m.applied_index.set(st.applied)
+        m.last_index.set(st.last_index)
+
+    # -- ClusterBackend: commands ----------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._raft.id
+
+    @property
+    def content_type(self) -> str:
+        return self._fsm.content_type
+
+    @property
+    def metrics(self) -> CollectorRegistry:
+        if self.peers is not None:
+            connected = self.peers.connected_peers()
+            for peer in self._api_urls:
+                if peer != self.node_id:
+                    self._metrics.peer_connected.labels(peer=peer).set(peer in connected)
+        return self._metrics.registry
+
+    def leader_id(self) -> str | None:
+        return self._raft.leader
+
+    def is_leader(self) -> bool:
+        return self._raft.role is Role.LEADER
+
+    def api_url(self, node_id: str) -> str | None:
+        return self._api_urls.get(node_id)
+
+    def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+        if self._stopping:
+            return _fail(NoLeader("this node is shutting down; retry on another node"))
+        if self._raft.role is not Role.LEADER:
+            return self._forward_submit(commands)
+        try:
+            indexes = self._raft.propose_batch(list(commands))
+        except NotLeader:
+            return self._forward_submit(commands)
+        except ProposalDropped:
+            self._metrics.proposals_failed.labels(reason="transfer").inc()
+            return _fail(NoLeader("leadership is being transferred; retry shortly"))
+        term = self._raft.term
+        now = self._clock.seconds()
+        self._metrics.proposals.inc(len(indexes))
+        waits: list[Deferred[object]] = []
+        for index in indexes:
+            self._proposed_at[index] = now
+            waits.append(self._proposals.add(index, term, self._command_timeout, _timed_out))
+        self._schedule()
+        return _gather(waits)
+
+    def _forward_submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+        leader = self._raft.leader
+        if leader is None or leader == self.node_id or self.peers is None:
+            return _fail(NoLeader("no leader is known (an election may be under way); retry"))
+        if leader not in self.peers.connected_peers():
+            return _fail(NoLeader(f"the leader {leader} cannot be reached from here; retry"))
+        d: Deferred[Any] = self.peers.call(
+            leader,
+            "forward_submit",
+            {"commands": list(commands)},
+            timeout=self._command_timeout + 1.0,
+        )
+        d.addCallback(lambda answer: [_result_from_wire(r) for r in answer["results"]])
+        # Once sent, a lost answer leaves the outcome unknown: the leader may have committed it.
+        d.addErrback(_remote_failure, leader, lost=_timed_out)
+        return d
+
+    def handle_request(
+        self, peer: str, command: str, args: dict[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        """An RPC from a peer (the transport's on_request): forwarded commands and reads."""
+        if command == "forward_submit":
+            if self._raft.role is not Role.LEADER:
+                return _fail(NoLeader(f"{self.node_id} is not the leader any more; retry"))
+            d: Deferred[Any] = self.submit([bytes(c) for c in args["commands"]])
+            d.addCallback(lambda results: {"results": [_result_to_wire(r) for r in results]})
+            return d
+        if command == "forward_query":
+            consistency = Consistency(args["consistency"])
+            dq: Deferred[Any] = self.query(
+                bytes(args["query"]),
+                consistency,
+                min_index=args.get("min_index"),
+                forwarded=True,
+            )
+            dq.addCallback(lambda r: {"output": r.output, "applied_index": r.applied_index})
+            return dq
+        return _fail(BadRequest(f"unknown peer request {command!r}"))
+
+    # -- ClusterBackend: queries -----------------------------------------------------------
+
+    def query(
+        self,
+        query: bytes,
+        consistency: Consistency,
+        *,
+        min_index: int | None = None,
+        max_lag_ms: int | None = None,
+        forwarded: bool = False,
+    ) -> Deferred[QueryResult]:
+        if self._stopping:
+            return _fail(NoLeader("this node is shutting down; retry on another node"))
+        self._metrics.reads.labels(consistency=consistency.value).inc()
+        if consistency is Consistency.WEAK:
+            return self._weak_read(query, min_index, max_lag_ms)
+        if consistency is Consistency.DEFAULT:
+            if self._raft.role is not Role.LEADER and not forwarded:
+                return self._forward_query(query, consistency, min_index)
+            lease_index = self._raft.lease_read_index()
+            if lease_index is not None:
+                return self._read_at(query, max(lease_index, min_index or 0))
+        return self._linearizable_read(query, min_index)
+
+    def _weak_read(
+        self, query: bytes, min_index: int | None, max_lag_ms: int | None
+    ) -> Deferred[QueryResult]:
+        if max_lag_ms is not None and self._raft.role is not Role.LEADER:
+            since = (self._clock.seconds() - self._last_leader_contact) * 1000
+            if self._raft.leader is None or since > max_lag_ms:
+                return _fail(
+                    NoLeader(
+                        f"{self.node_id} last heard from a leader {since:.0f} ms ago, "
+                        f"more than max_lag_ms={max_lag_ms}; ask another node or drop max_lag_ms"
+                    )
+                )
+        return self._read_at(query, min_index or 0)
+
+    def _linearizable_read(self, query: bytes, min_index: int | None) -> Deferred[QueryResult]:
+        context = b"r%d" % next(self._read_ids)
+        d: Deferred[Any] = Deferred()
+        self._reads[context] = d
+
+        def expire() -> None:
+            if self._reads.pop(context, None) is d and not d.called:
+                d.errback(Timeout("the read could not be confirmed by a quorum in time; retry"))
+
+        timer = self._clock.callLater(self._query_timeout, expire)
+
+        def confirmed(index: int) -> Any:
+            if timer.active():
+                timer.cancel()
+            return self._read_at(query, max(index, min_index or 0))
+
+        def failed(f: Failure) -> Failure:
+            if timer.active():
+                timer.cancel()
+            return f
+
+        d.addCallbacks(confirmed, failed)
+        self._raft.read_index(context)
+        self._schedule()
+        return d
+
+    def _read_at(self, query: bytes, index: int) -> Deferred[QueryResult]:
+        d: Deferred[Any] = self._applied.wait(
+            index,
+            self._query_timeout,
+            lambda: Timeout(f"{self.node_id} did not apply up to index {index} in time; retry"),
+        )
+
+        def run(applied: int) -> QueryResult:
+            try:
+                output = self._fsm.query(query)
+            except QueryRejected as e:
+                raise BadRequest(str(e)) from None
+            return QueryResult(output=output, applied_index=applied, leader=self._raft.leader)
+
+        d.addCallback(run)
+        return d
+
+    def _forward_query(
+        self, query: bytes, consistency: Consistency, min_index: int | None
+    ) -> Deferred[QueryResult]:
+        leader = self._raft.leader
+        if leader is None or self.peers is None:
+            return _fail(NoLeader("no leader is known (an election may be under way); retry"))
+        d: Deferred[Any] = self.peers.call(
+            leader,
+            "forward_query",
+            {"query": query, "consistency": consistency.value, "min_index": min_index},
+            timeout=self._query_timeout + 1.0,
+        )
+        d.addCallback(
+            lambda a: QueryResult(
+                output=bytes(a["output"]), applied_index=int(a["applied_index"]), leader=leader
+            )
+        )
+        d.addErrback(
+            _remote_failure,
+            leader,
+            lost=lambda: NoLeader(f"the leader {leader} did not answer the read; retry"),
+        )
+        return d
+
+    # -- ClusterBackend: status ------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self._raft.status()
+        connected = self.peers.connected_peers() if self.peers is not None else set()
+        out: dict[str, Any] = {
+            "id": st.id,
+            "role": st.role.value,
+            "term": st.term,
+            "leader": st.leader,
+            "leader_api": self._api_urls.get(st.leader) if st.leader else None,
+            "commit": st.commit,
+            "applied": st.applied,
+            "first_index": st.first_index,
+            "last_index": st.last_index,
+            "snapshot": {"index": st.snapshot.index, "term": st.snapshot.term},
+            "members": {
+                "voters": sorted(st.membership.voters),
+                "learners": sorted(st.membership.learners),
+            },
+            "peers_connected": sorted(connected),
+        }
+        if st.role is Role.LEADER:
+            out["progress"] = {
+                peer: {
+                    "match": p.match,
+                    "next": p.next,
+                    "state": p.state,
+                    "lag": max(0, st.last_index - p.match),
+                    "active": p.recent_active,
+                }
+                for peer, p in st.progress.items()
+            }
+        return out
+
+    def is_ready(self) -> bool:
+        st = self._raft.status()
+        return st.leader is not None and st.applied >= st.commit
+
+
+def _fail(error: GraftError) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d
+
+
+def _timed_out() -> GraftError:
+    return Timeout(
+        "the command was not applied in time; its outcome is unknown: it may still commit. "
+        "Check with a query before retrying a non-idempotent command"
+    )
+
+
+def _overwritten() -> GraftError:
+    return NoLeader(
+        "leadership changed and the command was dropped before it committed; it was not applied, "
+        "retry it"
+    )
+
+
+def _gather(waits: list[Deferred[object]]) -> Deferred[list[CommandResult]]:
+    if len(waits) == 1:
+        single: Deferred[Any] = waits[0]
+        return single.addCallback(lambda r: [r])
+    dl = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+
+    def unwrap(results: list[tuple[bool, Any]]) -> list[CommandResult]:
+        return [r for _, r in results]
+
+    def first_error(f: Failure) -> Failure:
+        return cast(Failure, f.value.subFailure)  # type: ignore[union-attr]
+
+    out: Deferred[Any] = dl
+    return out.addCallbacks(unwrap, first_error)
+
+
+def _result_to_wire(r: CommandResult) -> dict[str, Any]:
+    return {
+        "index": r.index,
+        "term": r.term,
+        "leader": r.leader,
+        "output": r.output,
+        "error": r.error,
+    }
+
+
+def _result_from_wire(raw: dict[str, Any]) -> CommandResult:
+    return CommandResult(
+        index=int(raw["index"]),
+        term=int(raw["term"]),
+        leader=str(raw["leader"]),
+        output=bytes(raw["output"]),
+        error=raw["error"],
+    )
+
+
+def _remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftError]) -> Failure:
+    """Turn a forwarded call's failure into the error the client should see."""
+    if failure.check(RemoteError):
+        err = cast(RemoteError, failure.value)
+        cls = _ERRORS_BY_CODE.get(err.code, Internal)
+        return Failure(cls(err.message))
+    if failure.check(PeerUnavailable):
+        return Failure(lost())
+    if failure.check(GraftError):
+        return failure
+    return Failure(
+        Internal(f"forwarding to the leader {leader} failed: {failure.getErrorMessage()}")
+    )
+
+
+__all__ = ["DurableStorage", "FSMRejected", "GraftNode", "PeerChannel"]
