@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
 from random import Random
+from typing import TypeVar
 
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage

@@ -1,0 +1,105 @@
+"""Linearizable reads: ReadIndex on the leader and through followers, and the leader lease."""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from graft.raft.messages import AppendEntriesResponse, Heartbeat, ReadIndexRequest
+from tests.raft.helpers import Recorder, make_cluster
+
+
+class ReadIndexTests(unittest.SynchronousTestCase):
+    def test_refused_before_first_commit_in_term(self) -> None:
+        """A new leader refuses ReadIndex until it has committed an entry of its term, then
+        answers with its commit index."""
+        c = make_cluster()
+        rec = Recorder(c)
+        rec.drop = [AppendEntriesResponse]  # the NOOP cannot commit yet
+        leader = c.elect("n1")
+        self.assertEqual(leader.log.committed, 0)
+        c.read("n1", b"early")
+        self.assertEqual(c.nodes["n1"].read_answers, {b"early": None})
+        rec.drop = []
+        c.run(3)
+        self.assertEqual(leader.log.committed, 1)
+        c.read("n1", b"later")
+        c.stabilize()
+        self.assertEqual(c.nodes["n1"].read_answers[b"later"], 1)
+
+    def test_reads_wait_for_a_quorum_round_and_share_it(self) -> None:
+        """Reads registered together are confirmed by one heartbeat round answered by a
+        quorum, and not before."""
+        c = make_cluster()
+        c.elect("n1")
+        rec = Recorder(c)
+        c.node("n1").read_index(b"a")
+        c.node("n1").read_index(b"b")
+        c.process("n1")
+        rounds = {m.seq for m in rec.of(Heartbeat, sender="n1")}
+        self.assertEqual(len(rounds), 1)
+        self.assertEqual(c.nodes["n1"].read_answers, {})  # no quorum answer yet
+        c.in_flight.clear()  # the round is lost: nothing confirms the reads
+        c.stabilize()
+        self.assertEqual(c.nodes["n1"].read_answers, {})
+        c.run(1)  # the next heartbeat round is answered
+        self.assertEqual(c.nodes["n1"].read_answers, {b"a": 1, b"b": 1})
+
+    def test_follower_read_is_relayed(self) -> None:
+        """A follower asks the leader for a read index and hands it out as its ReadState."""
+        c = make_cluster()
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        c.read("n2", b"f")
+        c.stabilize()
+        self.assertEqual(len(rec.of(ReadIndexRequest, sender="n2", to="n1")), 1)
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": 2})
+
+    def test_read_without_leader_refused(self) -> None:
+        """With no known leader, read_index answers at once with a refused ReadState."""
+        c = make_cluster()
+        c.read("n2", b"x")
+        self.assertEqual(c.nodes["n2"].read_answers, {b"x": None})
+
+    def test_pending_reads_refused_when_leadership_is_lost(self) -> None:
+        """Reads waiting for confirmation are refused if the leader steps down."""
+        c = make_cluster(election_ticks=10)
+        c.elect("n1")
+        c.isolate("n1")
+        c.read("n1", b"x")
+        c.run(25)
+        self.assertEqual(c.nodes["n1"].read_answers, {b"x": None})
+
+
+class LeaseTests(unittest.SynchronousTestCase):
+    def test_lease_valid_after_quorum_round_and_expires(self) -> None:
+        """The lease is granted by a quorum-acknowledged round and expires election_ticks -
+        lease_drift_ticks after that round was sent when no further round is acknowledged."""
+        c = make_cluster(election_ticks=10, lease_drift_ticks=2)
+        leader = c.elect("n1")
+        self.assertIsNone(leader.lease_read_index())  # no round acknowledged yet
+        c.run(1)
+        self.assertEqual(leader.lease_read_index(), leader.log.committed)
+        c.isolate("n1")
+        valid_for = 0
+        while leader.lease_read_index() is not None:
+            c.run(1)
+            valid_for += 1
+        # Valid for election_ticks - lease_drift_ticks ticks, counted from the sending of
+        # the last acknowledged round (the tick just before the isolation).
+        self.assertEqual(valid_for, 10 - 2)
+
+    def test_no_lease_without_check_quorum(self) -> None:
+        """Without check-quorum there is no stickiness, so the lease is never used."""
+        c = make_cluster(check_quorum=False)
+        leader = c.elect("n1")
+        c.run(3)
+        self.assertIsNone(leader.lease_read_index())
+
+    def test_no_lease_for_followers(self) -> None:
+        """Only the leader can hold a lease."""
+        c = make_cluster()
+        c.elect("n1")
+        c.run(3)
+        self.assertIsNone(c.node("n2").lease_read_index())
