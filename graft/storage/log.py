@@ -290,6 +290,8 @@ class DurableLog:
         term) it is kept, otherwise the whole log is discarded. Fires once durable."""
         if self._failure is not None or self._closed is not None:
             return fail(self._failure or StorageError("the log is closed; reopen it to write"))
+        if meta.index <= self._snapshot_meta.index:
+            raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
         keep = self._first <= meta.index <= self.last_index() and self.term(meta.index) == meta.term
         if not keep:
             self._entries = []

@@ -160,3 +160,14 @@ class CorruptionTests(SynchronousTestCase):
         log.append_sync([Entry(index=RECORDS, term=2, data=b"new")])
         self.successResultOf(log.close())
         self.assertEqual(self.open().entries(RECORDS, RECORDS + 1)[0].data, b"new")
+
+    def test_zero_filled_tail_is_cut(self) -> None:
+        """Zeros after the last record (a crash after the file grew but before its data landed)
+        are a torn tail: cut, not refused."""
+        path = self.segments[-1]
+        with open(path, "ab") as handle:
+            handle.write(bytes(300))
+        log = self.open()
+        self.assertEqual(log.last_index(), RECORDS)
+        self.successResultOf(log.close())
+        self.assertFalse(path.read_bytes().endswith(bytes(300)))
