@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SEEDS ?= 20000
+RUNS ?= 1
+DURATION ?= 60
+SEED ?=
 CONFIG ?= conf/cluster.yaml
 TRIAL_JOBS ?= 2
 
@@ -32,6 +35,10 @@ simulate: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
+faults: $(STAMP)
+	$(BIN)/python -m graft.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 certs: $(STAMP)
 	$(BIN)/graft certs -c $(CONFIG)
