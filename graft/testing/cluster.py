@@ -60,7 +60,10 @@ class LocalCluster:
         election_ms: int = 350,
         heartbeat_ms: int = 35,
         extra: Mapping[str, Any] | None = None,
+        status_token: str | None = None,
     ) -> None:
+        # The bearer token the harness's own /status polls use when the API requires one.
+        self.status_token = status_token
         self.base = Path(base).resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.node_ids = list(node_ids)
@@ -165,7 +168,8 @@ class LocalCluster:
 
     def status(self, node: str, timeout: float = 2) -> dict[str, Any] | None:
         try:
-            resp = self.request(node, "GET", "/status", timeout=timeout)
+            headers = {"Authorization": f"Bearer {self.status_token}"} if self.status_token else {}
+            resp = self.request(node, "GET", "/status", headers=headers, timeout=timeout)
         except OSError:
             return None
         return resp.json() if resp.status == 200 else None
