@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from graft.testing.cluster import LocalCluster
+from graft.testing.cluster import LocalCluster, Response
 
 TOKENS = {"read": "r-token", "write": "w-token", "admin": "a-token"}
 
@@ -41,7 +41,15 @@ class BadInputTests(unittest.TestCase):
         )
         self.assertEqual(ok.status, 200, ok.body)
 
-    def send(self, method, path, body=None, token="a-token", node=None, headers=None):
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        token: str | None = "a-token",
+        node: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
@@ -55,7 +63,7 @@ class BadInputTests(unittest.TestCase):
         rows: list[list[object]] = resp.json()["rows"]
         return rows
 
-    def assertError(self, resp, status: int, code: str) -> None:
+    def assertError(self, resp: Response, status: int, code: str) -> None:
         self.assertEqual(resp.status, status, resp.body)
         self.assertEqual(resp.headers.get("Content-Type"), "application/json")
         body = json.loads(resp.body)
