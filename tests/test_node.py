@@ -1,0 +1,314 @@
+"""The driver (graft.node) in memory: three GraftNodes with real Raft cores, the kv FSM, an
+in-memory network and a Clock. No sockets, no threads, no sleeps."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from graft.api.backend import CommandResult, Consistency, QueryResult
+from graft.errors import GraftError, NoLeader, Timeout
+from graft.fsm.kv import KeyValueStateMachine
+from graft.node import GraftNode
+from graft.raft.config import RaftConfig
+from graft.raft.memory import MemoryStorage
+from graft.raft.messages import Message
+from graft.raft.node import RaftNode
+from graft.raft.types import Entry, HardState, Membership
+from graft.transport import PeerUnavailable
+
+TICK = 0.035
+NODES = ("a", "b", "c")
+
+
+class MemoryDurable(MemoryStorage):
+    """MemoryStorage with the driver's asynchronous persist; ``hold`` delays durability."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.pending: list[tuple[Deferred[None], HardState | None, Sequence[Entry]]] = []
+
+    def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]:
+        if self.hold:
+            d: Deferred[None] = Deferred()
+            self.pending.append((d, hard_state, entries))
+            return d
+        self._write(hard_state, entries)
+        return succeed(None)
+
+    def release(self) -> None:
+        """Make the held writes durable (later writes are held while ``hold`` stays set)."""
+        pending, self.pending = self.pending, []
+        for d, hard_state, entries in pending:
+            self._write(hard_state, entries)
+            d.callback(None)
+
+    def _write(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+        self.append(list(entries))
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class Network:
+    """Delivers messages on the next clock turn; ``cut`` blocks both directions of a link."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.nodes: dict[str, GraftNode] = {}
+        self.cut: set[frozenset[str]] = set()
+
+    def blocked(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self.cut
+
+    def isolate(self, node: str) -> None:
+        for other in self.nodes:
+            if other != node:
+                self.cut.add(frozenset((node, other)))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+
+class Channel:
+    def __init__(self, network: Network, me: str) -> None:
+        self.network = network
+        self.me = me
+
+    def send(self, message: Message) -> None:
+        if self.network.blocked(self.me, message.to):
+            return
+        target = self.network.nodes[message.to]
+        self.network.clock.callLater(0, target.receive, message)
+
+    def call(
+        self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
+    ) -> Deferred[dict[str, Any]]:
+        if self.network.blocked(self.me, peer):
+            d: Deferred[dict[str, Any]] = Deferred()
+            d.errback(PeerUnavailable(peer, "not connected"))
+            return d
+        return self.network.nodes[peer].handle_request(self.me, command, args)
+
+    def connected_peers(self) -> set[str]:
+        return {
+            n for n in self.network.nodes if n != self.me and not self.network.blocked(self.me, n)
+        }
+
+
+class FailingFSM(KeyValueStateMachine):
+    """Raises a non-rejection error on a poisoned command: a bug the node must not survive."""
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        if command == b"poison":
+            raise RuntimeError("FSM bug")
+        return super().apply(command, index)
+
+
+def put(key: str, value: str) -> bytes:
+    return json.dumps({"op": "put", "key": key, "value": value}).encode()
+
+
+def get(key: str) -> bytes:
+    return json.dumps({"op": "get", "key": key}).encode()
+
+
+class DriverTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.storages: dict[str, MemoryDurable] = {}
+        for i, node_id in enumerate(NODES):
+            storage = MemoryDurable()
+            self.storages[node_id] = storage
+            raft = RaftNode(
+                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
+                storage,
+                random.Random(i),
+            )
+            node = GraftNode(
+                raft=raft,
+                storage=storage,
+                fsm=FailingFSM(),
+                clock=self.clock,
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={n: f"http://{n}:8080" for n in NODES},
+            )
+            node.peers = Channel(self.network, node_id)
+            self.network.nodes[node_id] = node
+            node.startService()
+        self.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        for node in self.network.nodes.values():
+            if node.running:
+                node.stopService()
+        self.flushLoggedErrors(NoLeader)
+
+    def advance(self, seconds: float) -> None:
+        steps = int(seconds / 0.005)
+        for _ in range(steps):
+            self.clock.advance(0.005)
+
+    def leader(self) -> str:
+        for _ in range(400):
+            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
+            if len(leaders) == 1:
+                return leaders[0]
+            self.advance(TICK)
+        self.fail("no leader elected")
+
+    def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        waited = 0.0
+        while not box and waited < seconds:
+            self.advance(TICK)
+            waited += TICK
+        self.assertTrue(box, "the operation did not finish")
+        return box[0]
+
+    def test_command_on_leader_and_forwarded_from_follower(self) -> None:
+        """A command on the leader resolves with the FSM's answer and its index; on a follower
+        it is forwarded to the leader and resolves the same way."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        first = self.result(self.network.nodes[leader].submit([put("k", "1")]))
+        self.assertIsInstance(first, list)
+        self.assertEqual(json.loads(first[0].output), {"prev": None})
+        second = self.result(self.network.nodes[follower].submit([put("k", "2")]))
+        self.assertIsInstance(second, list)
+        self.assertIsInstance(second[0], CommandResult)
+        self.assertEqual(json.loads(second[0].output), {"prev": "1"})
+        self.assertGreater(second[0].index, first[0].index)
+        self.assertEqual(second[0].leader, leader)
+
+    def test_batch_preserves_order_and_reports_rejections(self) -> None:
+        """A batch becomes one entry per command, answered in order; a command the FSM rejects
+        carries its error without failing the others."""
+        leader = self.network.nodes[self.leader()]
+        results = self.result(leader.submit([put("a", "1"), b"{not json", put("a", "2")]))
+        self.assertEqual([r.index for r in results], sorted(r.index for r in results))
+        self.assertIsNone(results[0].error)
+        self.assertIsNotNone(results[1].error)
+        self.assertEqual(json.loads(results[2].output), {"prev": "1"})
+
+    def test_overwritten_proposal_fails_as_not_applied(self) -> None:
+        """A proposal on a leader that is cut off before it commits is overwritten by the new
+        leader's log after the partition heals: the client learns it was not applied (503),
+        not a false success."""
+        old = self.leader()
+        self.network.isolate(old)
+        pending = self.network.nodes[old].submit([put("lost", "x")])
+        self.advance(3 * TICK)
+        others = [n for n in NODES if n != old]
+        self.advance(2.0)
+        new = [n for n in others if self.network.nodes[n].is_leader()]
+        self.assertEqual(len(new), 1)
+        self.result(self.network.nodes[new[0]].submit([put("won", "y")]))
+        self.network.heal()
+        outcome = self.result(pending)
+        self.assertIsInstance(outcome, Failure)
+        self.assertIsInstance(outcome.value, (NoLeader, Timeout))
+        read = self.result(self.network.nodes[new[0]].query(get("lost"), Consistency.STRONG))
+        self.assertEqual(json.loads(read.output), {"value": None})
+        if isinstance(outcome.value, Timeout):
+            self.assertIn("unknown", outcome.value.message)
+
+    def test_command_times_out_with_unknown_outcome(self) -> None:
+        """A leader cut off from everyone cannot commit: the command fails with a timeout
+        whose message says the outcome is unknown."""
+        leader = self.leader()
+        self.network.isolate(leader)
+        outcome = self.result(self.network.nodes[leader].submit([put("t", "1")]), seconds=5)
+        self.assertIsInstance(outcome, Failure)
+        error = outcome.value
+        self.assertIsInstance(error, GraftError)
+        self.assertIn(error.code, ("timeout", "no_leader"))
+        if error.code == "timeout":
+            self.assertIn("unknown", error.message)
+
+    def test_strong_read_on_follower_sees_acknowledged_write(self) -> None:
+        """A strong read on a follower right after the leader acknowledged a write returns it:
+        the follower waits for the leader's read index before answering."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        for i in range(5):
+            self.result(self.network.nodes[leader].submit([put("s", str(i))]))
+            read = self.result(self.network.nodes[follower].query(get("s"), Consistency.STRONG))
+            self.assertIsInstance(read, QueryResult)
+            self.assertEqual(json.loads(read.output), {"value": str(i)})
+
+    def test_default_read_uses_lease_on_leader(self) -> None:
+        """A default read on the leader answers from its state under the lease, without a
+        round trip, and sees its own acknowledged writes."""
+        leader = self.network.nodes[self.leader()]
+        self.result(leader.submit([put("d", "1")]))
+        self.advance(10 * TICK)
+        d = leader.query(get("d"), Consistency.DEFAULT)
+        box: list[Any] = []
+        d.addBoth(box.append)
+        self.clock.advance(0)
+        self.assertEqual(len(box), 1, "a lease read should not wait for a heartbeat round")
+        self.assertEqual(json.loads(box[0].output), {"value": "1"})
+
+    def test_weak_read_with_max_lag_refuses_isolated_follower(self) -> None:
+        """A weak read with max_lag_ms on a follower that has not heard from the leader for
+        longer than that is refused; without the bound it answers from local state."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        self.result(self.network.nodes[leader].submit([put("w", "1")]))
+        self.advance(5 * TICK)
+        self.network.isolate(follower)
+        self.advance(0.3)
+        node = self.network.nodes[follower]
+        stale = self.result(node.query(get("w"), Consistency.WEAK))
+        self.assertEqual(json.loads(stale.output), {"value": "1"})
+        refused = self.result(node.query(get("w"), Consistency.WEAK, max_lag_ms=100))
+        self.assertIsInstance(refused, Failure)
+        self.assertIsInstance(refused.value, NoLeader)
+
+    def test_slow_disk_batches_proposals_into_one_write(self) -> None:
+        """While one write is in flight, further proposals wait in the core and reach storage
+        together in the next write (group commit)."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        storage = self.storages[leader_id]
+        storage.hold = True
+        first = leader.submit([put("g", "0")])
+        self.clock.advance(0)
+        self.assertEqual(len(storage.pending), 1)
+        rest = [leader.submit([put("g", str(i))]) for i in range(1, 20)]
+        self.clock.advance(0)
+        self.assertEqual(len(storage.pending), 1, "a second write started while one was in flight")
+        storage.release()
+        self.clock.advance(0)
+        batch_sizes = [len(entries) for _, _, entries in storage.pending]
+        self.assertEqual(batch_sizes, [19])
+        storage.hold = False
+        storage.release()
+        for d in [first, *rest]:
+            self.assertIsInstance(self.result(d), list)
+
+    def test_fsm_bug_stops_the_node(self) -> None:
+        """An FSM exception other than CommandRejected stops the node (replicas would diverge
+        otherwise): it applies nothing more, and the error is logged."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        leader.submit([b"poison"]).addErrback(lambda _: None)
+        self.advance(10 * TICK)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        for node in self.network.nodes.values():
+            self.assertTrue(node._stopping)
