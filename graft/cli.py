@@ -377,6 +377,8 @@ class DevCluster:
             sys.executable,
             "-m",
             "twisted",
+            # twist logs JSON when stdout is not a terminal; people read these lines.
+            "--log-format=text",
             "graft",
             "--config",
             str(self._cfg.path),
