@@ -29,6 +29,8 @@ class Backoff:
 
 
 class _DialFactory(ClientFactory):
+    noisy = False  # one factory per dial attempt: "Starting factory" lines would flood the log
+
     def __init__(self, dialer: PeerDialer) -> None:
         self.dialer = dialer
 
