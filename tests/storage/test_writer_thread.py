@@ -60,6 +60,7 @@ class WriterThreadTests(TestCase):
         # Cleanups run last-registered first: every log is closed before this check.
         self.addCleanup(lambda: self.assertEqual(writer_threads(), []))
         self.fsyncs: list[float] = []
+        self.fsync_threads: set[str] = set()
 
     def open(self, **kwargs: object) -> DurableLog:
         log = DurableLog.open(
@@ -67,16 +68,20 @@ class WriterThreadTests(TestCase):
             node_id="n1",
             cluster="test",
             reactor=reactor,
-            on_fsync=self.fsyncs.append,
+            on_fsync=self.observe_fsync,
             **kwargs,  # type: ignore[arg-type]
         )
         self.addCleanup(log.close)  # trial waits for the Deferred
         return log
 
+    def observe_fsync(self, seconds: float) -> None:
+        self.fsyncs.append(seconds)
+        self.fsync_threads.add(threading.current_thread().name)
+
     @defer.inlineCallbacks
     def test_persists_fire_in_order_once_durable(self):
-        """Many persists from one turn fire in call order, after fewer fsyncs than calls, and
-        the reactor thread never blocks on them."""
+        """Many persists from one turn fire in call order, after fewer fsyncs than calls, all
+        made on the writer thread, never on the reactor thread."""
         log = self.open()
         order: list[int] = []
 
@@ -93,6 +98,7 @@ class WriterThreadTests(TestCase):
         self.assertEqual(log.durable_index, 300)
         self.assertLess(len(self.fsyncs), 300)
         self.assertTrue(all(seconds >= 0 for seconds in self.fsyncs))
+        self.assertEqual(self.fsync_threads, {"graft-storage-writer"})  # never the reactor's
         yield log.close()
         again = self.open()
         self.assertEqual(again.entries(1, 301), entries(1, 300))
