@@ -122,6 +122,17 @@ class GraftNode(Service, ClusterBackend):
 
     def startService(self) -> None:
         super().startService()
+        st = self._raft.status()
+        log.info(
+            "node {id} starting in term {term}: log {first}..{last}, commit {commit}, "
+            "members {members}",
+            id=st.id,
+            term=st.term,
+            first=st.first_index,
+            last=st.last_index,
+            commit=st.commit,
+            members=",".join(sorted(st.membership.voters)),
+        )
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self._clock
         self._ticker.start(self._tick_seconds, now=False)
