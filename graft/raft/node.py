@@ -702,6 +702,8 @@ class RaftNode:
                     pr.become_probe()
                 if self._maybe_commit():
                     self._broadcast_append(allow_empty=True)
+                elif self._role is not Role.LEADER:
+                    return  # our own removal committed
                 else:
                     self._send_all(msg.sender)
                     if pr.commit_sent < self._log.committed:

@@ -189,6 +189,7 @@ class Cluster:
         self._rng_factory = rng_factory
         self._seed = seed
         self._restarts = 0
+        self._joiners: set[NodeId] = set()
         self.checker = SafetyChecker()
         self.nodes: dict[NodeId, SimNode] = {}
         self.now = 0
@@ -199,6 +200,8 @@ class Cluster:
         # Hook deciding, per sent message, its delays (empty list: dropped).
         self.delays: Callable[[Message], list[int]] = lambda _msg: [0]
         self.trace: deque[str] = deque(maxlen=80)
+        # Called when a node has just become leader, before its first messages leave.
+        self.on_new_leader: Callable[[RaftNode], None] = lambda _node: None
         self.tracing = False
         for nid in sorted({*self.ids, *learners}):
             storage = storages.get(nid) if storages is not None else None
@@ -213,7 +216,17 @@ class Cluster:
     # -- node life --------------------------------------------------------------------------
 
     def config_for(self, nid: NodeId) -> RaftConfig:
+        if nid in self._joiners:
+            # A node joining a running cluster knows no membership until the leader's log
+            # reaches it, so it cannot campaign.
+            return replace(self._base_config, id=nid, bootstrap=Membership())
         return replace(self._base_config, id=nid)
+
+    def add_node(self, nid: NodeId) -> RaftNode:
+        """Start a brand-new, empty node (to be added with propose_membership)."""
+        self._joiners.add(nid)
+        self.nodes[nid] = SimNode(id=nid, storage=MemoryStorage(), node=None)
+        return self.start(nid)
 
     def start(self, nid: NodeId) -> RaftNode:
         sim = self.nodes[nid]
@@ -267,6 +280,8 @@ class Cluster:
             if ready.entries:
                 sim.storage.append(ready.entries)
                 checker.persisted(nid, ready.entries)
+            if ready.soft_state is not None and ready.soft_state.role is Role.LEADER:
+                self.on_new_leader(node)
             for msg in ready.messages:
                 self.send(msg)
             if ready.committed_entries:
@@ -421,6 +436,9 @@ class SimParams:
     heal: float = 0.08
     crash: float = 0.01
     crash_leader: float = 0.01
+    # Probability that a newly elected leader is cut off (isolated or crashed) at once, which
+    # strands its NOOP: the conflicting suffixes of Figure 8.
+    strand_new_leader: float = 0.0
     restart: float = 0.15
     propose: float = 0.5
     read: float = 0.3
@@ -432,6 +450,29 @@ def draw_params(seed: int, rng: Rng) -> SimParams:
     def between(lo: float, hi: float) -> float:
         return lo + (hi - lo) * rng.random()
 
+    if rng.random() < 0.4:
+        # Leader churn: short, frequent isolations and crashes of whoever leads, so that
+        # leaders of several terms leave conflicting uncommitted suffixes behind.
+        return SimParams(
+            nodes=3 if seed % 2 == 0 else 5,
+            pre_vote=rng.random() < 0.5,
+            check_quorum=rng.random() < 0.8,
+            max_msg_entries=rng.randrange(1, 3),
+            max_inflight=rng.randrange(1, 3),
+            chaos_ticks=400,
+            drop=between(0.0, 0.3),
+            duplicate=between(0.0, 0.1),
+            delay=between(0.0, 0.6),
+            max_delay=rng.randrange(1, 8),
+            partition=between(0.05, 0.2),
+            heal=between(0.1, 0.5),
+            crash=between(0.0, 0.03),
+            crash_leader=between(0.02, 0.1),
+            strand_new_leader=between(0.2, 0.7),
+            restart=between(0.1, 0.8),
+            propose=between(0.5, 1.0),
+            read=between(0.1, 0.5),
+        )
     return SimParams(
         nodes=3 if seed % 2 == 0 else 5,
         pre_vote=rng.random() < 0.7,
@@ -506,6 +547,13 @@ def simulate_seed(
     proposals = 0
     reads = 0
     down: set[NodeId] = set()
+
+    def on_new_leader(node: RaftNode) -> None:
+        if chaos and rng.random() < p.strand_new_leader:
+            cluster.isolate(node.id)
+            cluster.note(f"isolate new leader {node.id}")
+
+    cluster.on_new_leader = on_new_leader
     try:
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
@@ -513,7 +561,7 @@ def simulate_seed(
                     # Isolating the leader strands its newest entries: old-term entries for
                     # the next leaders to deal with (paper Figure 8).
                     leader = cluster.leader()
-                    if leader is not None and rng.random() < 0.5:
+                    if leader is not None and rng.random() < 0.7:
                         victim = leader.id
                     else:
                         victim = ids[rng.randrange(0, len(ids))]
