@@ -12,6 +12,7 @@ from graft.testing.linearizability import (
     Verdict,
     check_history,
     check_key,
+    prune_unobserved,
     step,
 )
 
@@ -192,7 +193,9 @@ class HistoryTests(unittest.SynchronousTestCase):
 
     def test_budget_gives_undecided(self) -> None:
         """A search that exceeds its budget says undecided instead of running on."""
-        ops = [put(f"v{i}", 0, None) for i in range(12)] + [put("x", 0, 100, prev="nope")]
+        writes = [put(f"v{i}", 0, None) for i in range(12)]
+        reads = [get(f"v{i}", 1, 100) for i in range(12)]
+        ops = [*writes, *reads, get("never-written", 200, 201)]
         self.assertEqual(check_key("k", ops, budget=50).verdict, Verdict.UNDECIDED)
 
     def test_random_sequential_histories_pass_and_a_corrupted_read_fails(self) -> None:
@@ -223,3 +226,25 @@ class HistoryTests(unittest.SynchronousTestCase):
             victim = rng.choice(reads)
             ops[victim] = get("never-written", ops[victim].invoke, ops[victim].complete or 0.0)
             self.assertEqual(check_key("k", ops).verdict, Verdict.NOT_LINEARIZABLE)
+
+
+class PruneTests(unittest.SynchronousTestCase):
+    def test_unobserved_unknown_writes_are_dropped(self) -> None:
+        """Unknown writes whose value nothing observed are dropped; an observed one, a cas's
+        expected value and every known operation stay."""
+        seen = put("seen", 1, None)
+        expected = put("expected", 2, None)
+        unseen = put("unseen", 3, None)
+        reader = get("seen", 4, 5)
+        hopeful = cas("expected", "x", 6, 7, ok=False, current="seen")
+        kept = prune_unobserved([seen, expected, unseen, reader, hopeful])
+        self.assertEqual(kept, [seen, expected, reader, hopeful])
+
+    def test_pruning_keeps_verdicts(self) -> None:
+        """Hundreds of unobserved unknown writes between two reads neither hide a stale read nor
+        slow the search down."""
+        noise = [put(f"n{i}", 2 + i * 0.01, None) for i in range(300)]
+        good = [put("a", 0, 1), *noise, put("b", 10, 11, prev="a"), get("b", 12, 13)]
+        self.assertEqual(check_key("k", good, budget=10_000).verdict, Verdict.LINEARIZABLE)
+        bad = [put("a", 0, 1), *noise, put("b", 10, 11, prev="a"), get("a", 12, 13)]
+        self.assertEqual(check_key("k", bad, budget=10_000).verdict, Verdict.NOT_LINEARIZABLE)

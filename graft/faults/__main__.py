@@ -1,0 +1,162 @@
+"""`python -m graft.faults`: a campaign of seeded fault runs; exit 1 on any anomaly.
+
+This process stays outside the network namespace: for each run it creates a fresh namespace,
+runs graft.faults.run inside it under ``ip netns exec``, and always kills whatever is left in
+the namespace and deletes it afterwards, also on Ctrl-C or a crash (try/finally plus atexit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from graft.faults.netns import HarnessError, Namespace
+
+SKIP_ENV = "GRAFT_SKIP_FAULTS"
+_live: list[Namespace] = []
+
+
+def _cleanup() -> None:
+    for ns in list(_live):
+        try:
+            ns.delete()
+        except HarnessError as e:
+            print(f"warning: {e}", file=sys.stderr)
+        _live.remove(ns)
+
+
+def preflight() -> str | None:
+    """Why the suite cannot run here, or None."""
+    if os.geteuid() != 0:
+        return (
+            "the fault suite needs root for network namespaces; run it as root (sudo make "
+            f"faults) or skip it with {SKIP_ENV}=1"
+        )
+    for tool in ("ip", "iptables", "tc"):
+        if shutil.which(tool) is None:
+            return (
+                f"the fault suite needs `{tool}`; install it (apt-get install -y iproute2 "
+                f"iptables) or skip the suite with {SKIP_ENV}=1"
+            )
+    return None
+
+
+def run_one(index: int, seed: int, duration: float, nodes: int, out: Path) -> dict[str, Any]:
+    """One run in its own namespace; its verdict (or a harness-error verdict)."""
+    run_dir = out / f"run-{index:02d}-seed-{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for attempt in range(2):  # a setup hiccup (netns, iptables lock) gets one more try
+        if attempt:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+        ns = Namespace(f"graft-faults-{os.getpid()}-{index}-{attempt}")
+        _live.append(ns)
+        try:
+            ns.create()
+            cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.faults.run"]
+            cmd += ["--seed", str(seed), "--duration", str(duration), "--out", str(run_dir)]
+            cmd += ["--nodes", str(nodes)]
+            with (run_dir / "driver.log").open("a") as log:
+                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        except HarnessError as e:
+            code, last_error = 2, str(e)
+        finally:
+            ns.delete()
+            _live.remove(ns)
+        verdict_path = run_dir / "verdict.json"
+        if code in (0, 1) and verdict_path.exists():
+            verdict: dict[str, Any] = json.loads(verdict_path.read_text())
+            verdict["dir"] = str(run_dir)
+            return verdict
+        if not last_error:
+            last_error = f"the run driver exited with code {code}; see {run_dir}/driver.log"
+        time.sleep(1)
+    return {"seed": seed, "ok": False, "harness_error": last_error, "dir": str(run_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m graft.faults",
+        description="Run seeded fault-injection runs against a real 5-node Graft cluster.",
+    )
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=60, help="seconds of faults per run")
+    parser.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
+    parser.add_argument("--nodes", type=int, default=5, choices=(3, 5))
+    parser.add_argument("--out", type=Path, default=None, help="where the run directories go")
+    args = parser.parse_args(argv)
+    if os.environ.get(SKIP_ENV):
+        print(f"fault suite skipped ({SKIP_ENV} is set)")
+        return 0
+    problem = preflight()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
+    out = args.out or Path(tempfile.mkdtemp(prefix="graft-faults-"))
+    out.mkdir(parents=True, exist_ok=True)
+    atexit.register(_cleanup)
+    verdicts = []
+    try:
+        for i in range(args.runs):
+            started = time.monotonic()
+            v = run_one(i, seed + i, args.duration, args.nodes, out)
+            verdicts.append(v)
+            print(_summary_line(i, v, time.monotonic() - started), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; the namespace and its processes were removed", file=sys.stderr)
+        return 130
+    finally:
+        _cleanup()
+    totals = _totals(verdicts)
+    (out / "campaign.json").write_text(json.dumps({"totals": totals, "runs": verdicts}, indent=2))
+    print(
+        f"{totals['runs']} runs, {totals['operations']} operations, {totals['faults']} faults, "
+        f"{totals['unknown']} unknown outcomes, {totals['anomalies']} anomalies, "
+        f"{totals['harness_errors']} harness errors; results in {out}"
+    )
+    if totals["anomalies"]:
+        return 1
+    return 2 if totals["harness_errors"] else 0
+
+
+def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
+    if "harness_error" in v:
+        return f"run {index} seed {v['seed']}: HARNESS ERROR {v['harness_error']}"
+    c = v["counts"]
+    state = "ok" if v["ok"] else f"{len(v['anomalies'])} ANOMALIES"
+    line = (
+        f"run {index} seed {v['seed']}: {state}; {c['operations']} ops ({c['ok']} ok, "
+        f"{c['unknown']} unknown), {c['faults']} faults, {c['keys']} keys, {seconds:.0f}s; "
+        f"{v['dir']}/timeline.html"
+    )
+    for a in v.get("anomalies", [])[:5]:
+        line += f"\n  {a['kind']}: {a['message']}"
+    return line
+
+
+def _totals(verdicts: list[dict[str, Any]]) -> dict[str, int]:
+    done = [v for v in verdicts if "counts" in v]
+    return {
+        "runs": len(verdicts),
+        "operations": sum(v["counts"]["operations"] for v in done),
+        "faults": sum(v["counts"]["faults"] for v in done),
+        "unknown": sum(v["counts"]["unknown"] for v in done),
+        "anomalies": sum(len(v["anomalies"]) for v in done),
+        "undecided_keys": sum(len(v["undecided_keys"]) for v in done),
+        "harness_errors": len(verdicts) - len(done),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""One fault run, executed inside its network namespace (started by graft.faults.__main__).
+
+    python -m graft.faults.run --seed S --duration D --out DIR [--nodes N]
+
+Order: start the nodes and wait for a leader; start the status poller and the clients; inject
+faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
+quiet period; stop them; then the final checks (every key read at `strong` through the leader
+and at `weak` with min_index on every node); write the run directory; exit 0 when the verdict
+is clean, 1 on an anomaly, 2 when the harness itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from graft.faults.checker import (
+    UNKNOWN,
+    Anomaly,
+    check_linearizability,
+    check_weak_reads,
+    classify,
+)
+from graft.faults.cluster import FaultCluster
+from graft.faults.history import OpRecord, write_jsonl
+from graft.faults.nemesis import Nemesis, StatusPoller
+from graft.faults.netns import HarnessError, NetworkFaults
+from graft.faults.report import write_timeline
+from graft.faults.workload import Workload, WorkloadConfig, monotonic_clock
+
+QUIET_SECONDS = 5.0
+FINAL_CLIENT = "final"
+
+
+def wait_for_leader(cluster: FaultCluster, timeout: float) -> str | None:
+    """A leader every node agrees on, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = {n: cluster.status(n) for n in cluster.node_ids}
+        leaders = {s["id"] for s in seen.values() if s and s["role"] == "leader"}
+        if len(leaders) == 1:
+            leader = str(leaders.pop())
+            if all(s and s["leader"] == leader for s in seen.values()):
+                return leader
+        time.sleep(0.1)
+    return None
+
+
+def final_checks(cluster: FaultCluster, workload: Workload) -> list[Anomaly]:
+    """After the heal: a leader, every key readable, every replica equal to the leader."""
+    leader = wait_for_leader(cluster, 30)
+    if leader is None:
+        return [
+            Anomaly(
+                kind="no_leader_after_heal",
+                message="30 s after every fault was healed the nodes still did not agree on "
+                "a leader; see the status timeline and node logs",
+            )
+        ]
+    marker: OpRecord | None = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        marker = workload.invoke(FINAL_CLIENT, leader, "put", "marker", value="final")
+        if marker.status == 200:
+            break
+        time.sleep(0.2)
+    if marker is None or marker.status != 200 or marker.index is None:
+        return [
+            Anomaly(
+                kind="unavailable_after_heal",
+                message=f"the healed cluster did not commit a write through {leader} within 20 s",
+            )
+        ]
+    anomalies: list[Anomaly] = []
+    final_values: dict[str, Any] = {}
+    for key in workload.keys.all_keys:
+        for _ in range(20):
+            read = workload.invoke(FINAL_CLIENT, leader, "get", key, consistency="strong")
+            if read.status == 200:
+                final_values[key] = (read.output or {}).get("value")
+                break
+            time.sleep(0.1)
+        else:
+            anomalies.append(
+                Anomaly(kind="unavailable_after_heal", message=f"strong read of {key} failed")
+            )
+    for node in cluster.node_ids:
+        for key, expected in final_values.items():
+            read = workload.invoke(
+                FINAL_CLIENT, node, "get", key, consistency="weak", min_index=marker.index
+            )
+            got = (read.output or {}).get("value") if read.status == 200 else None
+            if read.status != 200 or got != expected:
+                anomalies.append(
+                    Anomaly(
+                        kind="replicas_diverge",
+                        message=f"{node} at index >= {marker.index} has {key}={got!r} "
+                        f"(status {read.status}, {read.error}); the leader {leader} has "
+                        f"{expected!r}",
+                        key=key,
+                        ops=(read.id,),
+                    )
+                )
+    return anomalies
+
+
+def run_once(out: Path, seed: int, duration: float, size: int) -> dict[str, Any]:
+    clock = monotonic_clock()
+    rng = random.Random(seed)
+    cluster = FaultCluster(out, size)
+    network = NetworkFaults(cluster.addresses)
+    poller = StatusPoller(cluster, clock)
+    workload = Workload(cluster, WorkloadConfig(), seed, clock)
+    nemesis = Nemesis(cluster, network, poller, rng, clock)
+    anomalies: list[Anomaly] = []
+    started = time.time()
+    try:
+        network.setup()
+        cluster.start_all()
+        if wait_for_leader(cluster, 30) is None:
+            raise HarnessError(f"the fresh cluster elected no leader within 30 s; see {out}/logs/")
+        poller.start()
+        workload.start()
+        nemesis.run(duration)
+        nemesis.final_heal()
+        time.sleep(QUIET_SECONDS)
+        workload.stop()
+        anomalies += final_checks(cluster, workload)
+        for node, code in cluster.exit_codes().items():
+            if code is not None:
+                anomalies.append(
+                    Anomaly(
+                        kind="node_exited",
+                        message=f"{node} exited by itself with code {code}; see logs/{node}.log",
+                    )
+                )
+    finally:
+        poller.stop()
+        network.heal()
+        cluster.close()
+        history = sorted(workload.history, key=lambda r: r.invoke)
+        write_jsonl(out / "history.jsonl", history)
+        write_jsonl(out / "nemesis.jsonl", nemesis.events)
+        write_jsonl(out / "status.jsonl", poller.samples)
+    lin, undecided = check_linearizability(history)
+    anomalies += lin
+    anomalies += check_weak_reads(history, nemesis.events)
+    counts = {
+        "operations": sum(1 for r in history if r.client != FINAL_CLIENT),
+        "ok": sum(1 for r in history if r.status == 200),
+        "unknown": sum(1 for r in history if classify(r) == UNKNOWN),
+        "no_leader_503": sum(1 for r in history if r.status == 503),
+        "failed_reads": sum(1 for r in history if r.kind == "get" and r.status != 200),
+        "keys": len(workload.keys.all_keys),
+        "faults": len([e for e in nemesis.events if e.kind != "final-heal"]),
+    }
+    faults: dict[str, int] = {}
+    for e in nemesis.events:
+        faults[e.kind] = faults.get(e.kind, 0) + 1
+    verdict = {
+        "seed": seed,
+        "duration": duration,
+        "nodes": size,
+        "ok": not anomalies,
+        "anomalies": [a.as_dict() for a in anomalies],
+        "undecided_keys": undecided,
+        "counts": counts,
+        "faults": faults,
+        "network_delay": "netem" if network.netem else "tbf (netem unavailable)",
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    write_timeline(out / "timeline.html", history, nemesis.events, poller.samples, verdict)
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m graft.faults.run")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--nodes", type=int, default=5)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        verdict = run_once(args.out, args.seed, args.duration, args.nodes)
+    except HarnessError as e:
+        print(f"harness error: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        (args.out / "harness-error.txt").write_text(traceback.format_exc())
+        return 2
+    return 0 if verdict["ok"] else 1
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "driver"
+    sys.exit(main())
