@@ -1,0 +1,291 @@
+"""The parts of the fault harness that need no root: outcome rules, weak-read checks, the
+nemesis schedule (against a fake cluster and network), the key roller and the report."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from graft.faults.checker import (
+    FAIL,
+    OK,
+    UNKNOWN,
+    check_linearizability,
+    check_weak_reads,
+    classify,
+    to_operations,
+)
+from graft.faults.history import NemesisEvent, OpRecord, StatusSample, read_jsonl, write_jsonl
+from graft.faults.nemesis import KINDS, Nemesis, ScheduleConfig
+from graft.faults.report import render
+from graft.faults.workload import KeyRoller
+
+
+def record(op_id: int, kind: str, invoke: float, complete: float, **kw: Any) -> OpRecord:
+    fields: dict[str, Any] = {"client": "c0", "node": "n1", "key": "k", "status": 200}
+    fields.update(kw)
+    return OpRecord(id=op_id, kind=kind, invoke=invoke, complete=complete, **fields)
+
+
+class OutcomeTests(unittest.SynchronousTestCase):
+    def test_classify(self) -> None:
+        """200 is ok; 503 and refused connections failed; 504, 500 and lost answers unknown;
+        with no_leader_applied a 503 becomes unknown; a read that is not 200 failed."""
+        self.assertEqual(classify(record(1, "put", 0, 1)), OK)
+        self.assertEqual(classify(record(1, "put", 0, 1, status=503)), FAIL)
+        self.assertEqual(
+            classify(record(1, "put", 0, 1, status=503), no_leader_applied=True), UNKNOWN
+        )
+        self.assertEqual(classify(record(1, "put", 0, 1, status=400)), FAIL)
+        self.assertEqual(classify(record(1, "put", 0, 1, status=504)), UNKNOWN)
+        self.assertEqual(classify(record(1, "cas", 0, 1, status=500)), UNKNOWN)
+        lost = record(1, "put", 0, 1, status=None, error="TimeoutError: timed out")
+        self.assertEqual(classify(lost), UNKNOWN)
+        refused = record(1, "put", 0, 1, status=None, error="ConnectionRefusedError: [Errno 111]")
+        self.assertEqual(classify(refused), FAIL)
+        self.assertEqual(classify(record(1, "get", 0, 1, status=None)), FAIL)
+
+    def test_weak_reads_and_failures_are_not_linearized(self) -> None:
+        """Weak reads and failed operations never reach the linearizability checker; an unknown
+        write does, without its (absent) answer."""
+        records = [
+            record(1, "put", 0, 1, value="a", output={"prev": None}),
+            record(2, "get", 2, 3, consistency="weak", output={"value": None}),
+            record(3, "put", 4, 5, value="b", status=503),
+            record(4, "put", 6, 7, value="c", status=None, error="TimeoutError"),
+            record(5, "get", 8, 9, consistency="strong", output={"value": "c"}),
+        ]
+        ops = to_operations(records)
+        self.assertEqual([op.id for op in ops], [1, 4, 5])
+        self.assertIsNone(ops[1].complete)
+        anomalies, undecided = check_linearizability(records)
+        self.assertEqual((anomalies, undecided), ([], []))
+
+    def test_visible_503_write_is_named(self) -> None:
+        """A command answered 503 whose value a later strong read sees is reported as a broken
+        no_leader promise, not as a generic violation."""
+        records = [
+            record(1, "put", 0, 1, value="a", output={"prev": None}),
+            record(2, "put", 2, 3, value="b", status=503, error="no_leader"),
+            record(3, "get", 4, 5, consistency="strong", output={"value": "b"}),
+        ]
+        anomalies, _ = check_linearizability(records)
+        self.assertEqual([a.kind for a in anomalies], ["no_leader_applied"])
+
+    def test_stale_default_read_is_an_anomaly(self) -> None:
+        """A default-consistency read that misses an acknowledged write is reported."""
+        records = [
+            record(1, "put", 0, 1, value="a", output={"prev": None}),
+            record(2, "put", 2, 3, value="b", output={"prev": "a"}),
+            record(3, "get", 4, 5, consistency="default", output={"value": "a"}),
+        ]
+        anomalies, _ = check_linearizability(records)
+        self.assertEqual([a.kind for a in anomalies], ["not_linearizable"])
+        self.assertIn(3, anomalies[0].ops)
+
+
+class WeakReadTests(unittest.SynchronousTestCase):
+    def weak(self, op_id: int, invoke: float, complete: float, index: int, **kw: Any) -> OpRecord:
+        kw.setdefault("output", {"value": None})
+        return record(op_id, "get", invoke, complete, consistency="weak", index=index, **kw)
+
+    def test_index_going_back_on_one_node(self) -> None:
+        """On one node, a weak read that starts after another ended must not report a lower
+        applied index; overlapping reads and reads on other nodes may."""
+        records = [
+            self.weak(1, 0, 1, 10),
+            self.weak(2, 0.5, 3, 8),  # overlaps read 1: fine
+            self.weak(3, 2, 3, 5, node="n2"),  # another node: fine
+            self.weak(4, 4, 5, 9),  # after read 1 ended (10): went back
+        ]
+        anomalies = check_weak_reads(records, [])
+        self.assertEqual([(a.kind, a.ops) for a in anomalies], [("weak_read_went_back", (1, 4))])
+
+    def test_restart_starts_a_new_lifetime(self) -> None:
+        """After a SIGKILL the node replays its log, so its applied index may start lower."""
+        kill = NemesisEvent(start=2.0, end=3.0, kind="kill", nodes=("n1",))
+        records = [self.weak(1, 0, 1, 10), self.weak(2, 4, 5, 3)]
+        self.assertEqual(check_weak_reads(records, [kill]), [])
+        self.assertEqual(len(check_weak_reads(records, [])), 1)
+
+    def test_unwritten_value(self) -> None:
+        """A weak read returning a value no command wrote is reported."""
+        records = [
+            record(1, "put", 0, 1, value="a", output={"prev": None}),
+            self.weak(2, 2, 3, 4, output={"value": "a"}),
+            self.weak(3, 4, 5, 4, output={"value": "ghost"}),
+        ]
+        anomalies = check_weak_reads(records, [])
+        self.assertEqual([a.ops for a in anomalies], [(3,)])
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.node_ids = ["n1", "n2", "n3", "n4", "n5"]
+        self.actions: list[str] = []
+        self.down: set[str] = set()
+
+    def kill(self, node: str) -> None:
+        self.actions.append(f"kill {node}")
+        self.down.add(node)
+
+    def start(self, node: str) -> None:
+        self.actions.append(f"start {node}")
+        self.down.discard(node)
+
+    def running(self, node: str) -> bool:
+        return node not in self.down
+
+    def pause(self, node: str) -> None:
+        self.actions.append(f"pause {node}")
+
+    def resume(self, node: str) -> None:
+        self.actions.append(f"resume {node}")
+
+
+class FakeNetwork:
+    netem = False
+
+    def __init__(self) -> None:
+        self.cuts: list[tuple[frozenset[str], frozenset[str]]] = []
+        self.actions: list[str] = []
+
+    def partition(self, groups: Any) -> None:
+        sides = [frozenset(g) for g in groups]
+        for i, side in enumerate(sides):
+            for other in sides[i + 1 :]:
+                self.cut(side, other)
+
+    def cut(self, left: Any, right: Any) -> None:
+        self.cuts.append((frozenset(left), frozenset(right)))
+
+    def slow(self, delay_ms: int, jitter_ms: int) -> str:
+        self.actions.append("slow")
+        return "slow"
+
+    def loss(self, probability: float) -> None:
+        self.actions.append(f"loss {probability}")
+
+    def heal(self) -> None:
+        self.actions.append("heal")
+        self.cuts.clear()
+
+
+class FakePoller:
+    def leader(self) -> str | None:
+        return "n2"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class NemesisTests(unittest.SynchronousTestCase):
+    def make(self, seed: int = 1) -> tuple[Nemesis, FakeCluster, FakeNetwork]:
+        cluster, network = FakeCluster(), FakeNetwork()
+        nemesis = Nemesis(
+            cluster,  # type: ignore[arg-type]
+            network,  # type: ignore[arg-type]
+            FakePoller(),  # type: ignore[arg-type]
+            random.Random(seed),
+            FakeClock(),
+            ScheduleConfig(),
+        )
+        return nemesis, cluster, network
+
+    def test_deck_covers_every_kind(self) -> None:
+        """Any len(KINDS) consecutive faults drawn from a fresh deck include every kind once,
+        and the same seed draws the same order."""
+        nemesis, _, _ = self.make(3)
+        first = [nemesis.next_kind() for _ in KINDS]
+        self.assertEqual(sorted(first), sorted(KINDS))
+        again, _, _ = self.make(3)
+        self.assertEqual([again.next_kind() for _ in KINDS], first)
+
+    def test_partitions_cut_the_right_links(self) -> None:
+        """Halves leave a strict minority; isolate-leader cuts the leader from all others; a
+        bridge cuts two sides but leaves the bridge node connected to both."""
+        nemesis, _, network = self.make()
+        nodes, _, heal = nemesis.inject("partition-halves")
+        ((left, right),) = network.cuts
+        self.assertEqual(len(left), 2)
+        self.assertEqual(len(right), 3)
+        self.assertEqual(set(nodes), set(left))
+        heal()
+        nemesis.inject("isolate-leader")
+        self.assertEqual(network.cuts, [(frozenset({"n2"}), frozenset({"n1", "n3", "n4", "n5"}))])
+        network.heal()
+        (bridge,), _, _ = nemesis.inject("bridge")
+        ((left, right),) = network.cuts
+        self.assertNotIn(bridge, left | right)
+        self.assertEqual(len(left | right), 4)
+
+    def test_kills_and_pauses_are_undone_by_their_heal(self) -> None:
+        """kill-leader kills the polled leader and its heal restarts it; pause-leader stops it
+        and its heal continues it; a random kill never takes a majority."""
+        nemesis, cluster, _ = self.make()
+        _, _, heal = nemesis.inject("kill-leader")
+        heal()
+        _, _, heal = nemesis.inject("pause-leader")
+        heal()
+        self.assertEqual(cluster.actions, ["kill n2", "start n2", "pause n2", "resume n2"])
+        for _ in range(20):
+            victims, _, heal = nemesis.inject("kill")
+            self.assertLessEqual(len(victims), 2)
+            heal()
+        self.assertEqual(cluster.down, set())
+
+    def test_final_heal_restores_everything(self) -> None:
+        """The final heal clears the network, continues every node and restarts dead ones."""
+        nemesis, cluster, network = self.make()
+        nemesis.inject("kill")
+        nemesis.final_heal()
+        self.assertEqual(cluster.down, set())
+        self.assertIn("heal", network.actions)
+        self.assertEqual(nemesis.events[-1].kind, "final-heal")
+
+
+class WorkloadPieceTests(unittest.SynchronousTestCase):
+    def test_keys_roll_over(self) -> None:
+        """A key retires after ops_per_key picks and a fresh key replaces it."""
+        roller = KeyRoller(active=2, ops_per_key=3)
+        rng = random.Random(0)
+        picked = [roller.pick(rng) for _ in range(12)]
+        retired = [k for k in roller.all_keys if picked.count(k) == 3]
+        self.assertEqual(len(roller.all_keys), 2 + len(retired))
+        self.assertGreaterEqual(len(retired), 2)
+        for key in set(picked):
+            self.assertLessEqual(picked.count(key), 3)
+
+
+class RecordingTests(unittest.SynchronousTestCase):
+    def test_jsonl_round_trip_and_report(self) -> None:
+        """Records survive a JSON-lines round trip; the report is one HTML page that names the
+        anomaly and the operation it points at."""
+        base = Path(self.mktemp())
+        base.mkdir()
+        ops = [record(1, "put", 0, 1, value="a", output={"prev": None})]
+        events = [NemesisEvent(start=0.5, end=2.0, kind="bridge", nodes=("n3",), detail="x")]
+        write_jsonl(base / "h.jsonl", ops)
+        write_jsonl(base / "e.jsonl", events)
+        self.assertEqual(list(read_jsonl(base / "h.jsonl", OpRecord)), ops)
+        self.assertEqual(list(read_jsonl(base / "e.jsonl", NemesisEvent)), events)
+        samples = [StatusSample(t=0.1, node="n1", role="leader", term=2, leader="n1")]
+        verdict = {
+            "seed": 9,
+            "ok": False,
+            "anomalies": [{"kind": "not_linearizable", "message": "m", "key": "k", "ops": [1]}],
+        }
+        page = render(ops, events, samples, verdict)
+        self.assertTrue(page.startswith("<!doctype html>"))
+        self.assertIn("not_linearizable", page)
+        self.assertIn('stroke="red"', page)
+        self.assertIn("bridge", page)
+        self.assertNotIn("<script", page)
