@@ -40,6 +40,10 @@ RECORD_HEADER_SIZE = _HEADER.size  # 29
 _HCRC_COVERS = _FIELDS.size + _CRC.size  # 25
 
 _KINDS = {kind.value: kind for kind in EntryKind}
+_FIELDS_PACK = _FIELDS.pack
+_HEADER_PACK = _HEADER.pack
+_CRC_PACK = _CRC.pack
+_crc32 = zlib.crc32
 
 
 def segment_name(first_index: int) -> str:
@@ -59,11 +63,17 @@ def encode_segment_header(first_index: int) -> bytes:
     return head + _CRC.pack(zlib.crc32(head))
 
 
+def record_header(index: int, term: int, kind: int, data: bytes) -> bytes:
+    """The header that goes before ``data`` in a record."""
+    length = len(data)
+    fields_crc = _crc32(_FIELDS_PACK(length, index, term, kind))
+    crc = _crc32(data, fields_crc)
+    # hcrc covers the fields and crc: continue the fields' CRC over the crc's 4 bytes.
+    return _HEADER_PACK(length, index, term, kind, crc, _crc32(_CRC_PACK(crc), fields_crc))
+
+
 def encode_record(entry: Entry) -> bytes:
-    data = entry.data
-    fields = _FIELDS.pack(len(data), entry.index, entry.term, entry.kind)
-    head = fields + _CRC.pack(zlib.crc32(data, zlib.crc32(fields)))
-    return head + _CRC.pack(zlib.crc32(head)) + data
+    return record_header(entry.index, entry.term, entry.kind, entry.data) + entry.data
 
 
 @dataclass(slots=True, kw_only=True)

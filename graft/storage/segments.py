@@ -24,11 +24,12 @@ from graft.raft.types import Entry
 from graft.storage.errors import CorruptionError
 from graft.storage.files import FileSystem, WritableFile
 from graft.storage.records import (
+    RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentScan,
-    encode_record,
     encode_segment_header,
     parse_segment_name,
+    record_header,
     scan_segment,
     segment_name,
 )
@@ -223,16 +224,26 @@ class SegmentSet:
         segment = self.segments[-1]
         buffer = self._buffer
         limit = self._segment_bytes
+        header = record_header
+        size = segment.size
+        offsets_append = segment.offsets.append
         self._unsynced = True
+        # The hot loop of group commit: locals only, one header pack per record.
         for entry in entries:
-            record = encode_record(entry)
-            if segment.offsets and segment.size + len(record) > limit:
+            data = entry.data
+            record_size = RECORD_HEADER_SIZE + len(data)
+            if size + record_size > limit and segment.offsets:
+                segment.size = size
                 self._new_segment(entry.index)
                 segment = self.segments[-1]
+                size = segment.size
+                offsets_append = segment.offsets.append
                 self._unsynced = True
-            segment.offsets.append(segment.size)
-            buffer += record
-            segment.size += len(record)
+            offsets_append(size)
+            buffer += header(entry.index, entry.term, entry.kind, data)
+            buffer += data
+            size += record_size
+        segment.size = size
         self.next_index = entries[-1].index + 1
 
     def _flush(self) -> None:
