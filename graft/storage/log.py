@@ -12,8 +12,8 @@ segments below a snapshot, so the in-memory list starts at the first kept segmen
 be below the snapshot index.
 
 Threads: call everything on the reactor thread, except ``save_snapshot``/``open_snapshot``
-(safe from a worker thread) and the ``*_sync`` methods, meant for tools and tests that do not
-run a reactor alongside.
+(blocking; call them from a worker thread) and the ``*_sync`` methods (blocking; for tools and
+tests, not to be mixed with ``persist`` from another thread).
 """
 
 from __future__ import annotations
@@ -117,16 +117,27 @@ class DurableLog:
     ) -> DurableLog:
         """Open (creating if needed) the data dir of ``node_id`` and replay it.
 
-        ``threaded=False`` does the writes on the calling thread instead: each reactor turn's
-        persists are written by one ``reactor.callLater(0, ...)`` (use a Clock and ``advance``),
-        or at once by ``write_pending()``. Raises IdentityMismatch, CorruptionError or
-        StorageError; each message says what to do.
+        Raises IdentityMismatch, CorruptionError or StorageError; each message is one line that
+        says what to do. Repairs made on the way (a torn final record cut) are listed in
+        ``notes`` for the caller to log.
+
+        ``files`` is the file layer (the real one by default); ``on_fsync(seconds)`` observes
+        each log fsync, on the writer thread; ``commit_interval`` bounds how often a change of
+        only the commit index rewrites the hard state file (see ``graft.storage.writer``);
+        ``clock`` is the monotonic clock that interval is measured with.
+
+        ``threaded=False`` does the writes on the calling thread instead of a writer thread:
+        each reactor turn's persists are written by one ``reactor.callLater(0, ...)`` (with a
+        Clock, ``advance(0)``), or at once by ``write_pending()``. Tools without a running
+        reactor use this mode (``close`` then completes synchronously).
         """
         files = files if files is not None else OSFileSystem()
         data_dir = Path(data_dir)
         if segment_bytes < 4096:
             raise ValueError("segment_bytes must be at least 4096")
-        files.makedirs(data_dir)
+        if not files.exists(data_dir):
+            files.makedirs(data_dir)
+            files.sync_dir(data_dir.parent)  # the new directory's own name must survive a crash
         _check_or_write_identity(files, data_dir, node_id=node_id, cluster=cluster)
         for name in files.listdir(data_dir):
             if name in (IDENTITY_FILE + ".tmp", HARD_STATE_FILE + ".tmp"):
