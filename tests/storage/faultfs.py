@@ -8,7 +8,8 @@ one raises ``Crash`` (after taking effect in the volatile view, so a write can b
 
 ``after_crash()`` builds the file system a machine would find after the power cut: the durable
 names and durable contents only, and, if ``torn``, a random prefix of the unsynced bytes most
-recently written to one file (a write cut short mid-way).
+recently written to one file (a write cut short mid-way); optionally with every directory
+change kept as well.
 """
 
 from __future__ import annotations
@@ -136,12 +137,21 @@ class FaultyFileSystem:
     # -- for tests ----------------------------------------------------------------------------
 
     def after_crash(
-        self, *, torn: bool = False, rng: random.Random | None = None
+        self,
+        *,
+        torn: bool = False,
+        rng: random.Random | None = None,
+        names_too: bool = False,
     ) -> FaultyFileSystem:
-        """The file system as found after a power cut at this moment."""
+        """The file system as found after a power cut at this moment.
+
+        With ``names_too`` every create, rename and delete survives even without a directory
+        sync (file systems that journal metadata eagerly), while contents still are only
+        what was fsynced: a new file may come back empty."""
         survivor = FaultyFileSystem()
         survivor.dirs = set(self.dirs)
-        for path, inode in self.durable_names.items():
+        names = self.names if names_too else self.durable_names
+        for path, inode in names.items():
             content = inode.durable
             if torn and inode is self.last_written and rng is not None:
                 current = bytes(inode.data)

@@ -20,7 +20,7 @@ from graft.storage import DurableLog
 from tests.storage.faultfs import Crash, FaultyFileSystem
 from tests.storage.workload import Record, Runner, Script, make_script, open_log
 
-SEEDS = int(os.environ.get("GRAFT_CRASH_SEEDS", "30"))
+SEEDS = int(os.environ.get("GRAFT_CRASH_SEEDS", "24"))
 
 
 def recovered_records(log: DurableLog) -> tuple[Record, ...]:
@@ -75,13 +75,16 @@ class CrashAtEveryWritePointTests(SynchronousTestCase):
         total = clean.points
         rng = random.Random(seed)
         for point in range(1, total + 1):
-            for torn in (False, True):
+            for torn, names_too in ((False, False), (True, False), (True, True)):
                 files = FaultyFileSystem(crash_at=point)
                 runner = Runner(script, files)
                 with self.assertRaises(Crash):
                     runner.run()
-                survivor = files.after_crash(torn=torn, rng=rng)
-                where = f"seed {seed}, crash at point {point} ({files.log[-1]}), torn={torn}"
+                survivor = files.after_crash(torn=torn, rng=rng, names_too=names_too)
+                where = (
+                    f"seed {seed}, crash at point {point} ({files.log[-1]}), torn={torn}, "
+                    f"names_too={names_too}"
+                )
                 try:
                     log = open_log(survivor)
                 except Exception as error:
@@ -103,7 +106,8 @@ class CrashAtEveryWritePointTests(SynchronousTestCase):
 
     def test_every_write_point_over_many_seeds(self) -> None:
         """For every write point of many seeded workloads, a crash there (keeping only synced
-        data, with and without a torn last write) recovers to a legal prefix holding every
+        data, with and without a torn last write, with and without unsynced directory
+        changes) recovers to a legal prefix holding every
         acknowledged entry, and the recovered log accepts and keeps new entries."""
         points = 0
         for seed in range(SEEDS):
