@@ -162,7 +162,7 @@ class SnapshotCrashTests(SynchronousTestCase):
         """Each crash point recovers to the last completed step or the one in progress."""
         clean = FaultyFileSystem()
         self.workload(clean, [])
-        expected_snapshots = {
+        expected_snapshots: dict[str, set[bytes | None]] = {
             "log": {None, b"A"},
             "first snapshot": {b"A", b"B"},
             "compacted": {b"A", b"B"},
@@ -171,24 +171,29 @@ class SnapshotCrashTests(SynchronousTestCase):
             "appended": {b"C"},
         }
         for point in range(1, clean.points + 1):
-            files = FaultyFileSystem(crash_at=point)
-            done: list[str] = []
-            with self.assertRaises(Crash):
-                self.workload(files, done)
-            where = f"crash at point {point} ({files.log[-1]}) after {done}"
-            log = open_log(files.after_crash())
-            snapshot = read_snapshot(log)
-            if not done:
-                continue
-            self.assertIn(
-                snapshot[1][:1] if snapshot else None, expected_snapshots[done[-1]], where
-            )
-            # Whatever survived is one consistent log: every index from first to last readable,
-            # and the snapshot's index has its term.
-            log.entries(log.first_index(), log.last_index() + 1)
-            meta = log.snapshot_meta()
-            self.assertEqual(log.term(meta.index), meta.term, where)
-            if snapshot is not None and snapshot[0].index == 400:
-                self.assertGreaterEqual(log.first_index(), 401, where)
-            else:
-                self.assertEqual(log.last_index(), 300, where)
+            for names_too in (False, True):
+                self.check_crash(point, names_too, expected_snapshots)
+
+    def check_crash(
+        self, point: int, names_too: bool, expected_snapshots: dict[str, set[bytes | None]]
+    ) -> None:
+        files = FaultyFileSystem(crash_at=point)
+        done: list[str] = []
+        with self.assertRaises(Crash):
+            self.workload(files, done)
+        where = f"crash at point {point} ({files.log[-1]}) after {done}, names_too={names_too}"
+        log = open_log(files.after_crash(names_too=names_too))
+        snapshot = read_snapshot(log)
+        if not done:
+            return
+        kept = snapshot[1][:1] if snapshot else None
+        self.assertIn(kept, expected_snapshots[done[-1]], where)
+        # Whatever survived is one consistent log: every index from first to last readable,
+        # and the snapshot's index has its term.
+        log.entries(log.first_index(), log.last_index() + 1)
+        meta = log.snapshot_meta()
+        self.assertEqual(log.term(meta.index), meta.term, where)
+        if snapshot is not None and snapshot[0].index == 400:
+            self.assertGreaterEqual(log.first_index(), 401, where)
+        else:
+            self.assertEqual(log.last_index(), 300, where)
