@@ -296,7 +296,20 @@ def main() -> None:
 @main.command()
 @click.argument("node", required=False)
 @_config_option()
-def start(node: str | None, config_path: Path | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines for people, or JSON for a log collector.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warn", "error", "critical"]),
+    default="info",
+    show_default=True,
+)
+def start(node: str | None, config_path: Path | None, log_format: str, log_level: str) -> None:
     """Start a cluster node: NODE of the config, logging to stdout.
 
     The same as `twist graft --config FILE --node NODE`. NODE may be omitted when the file
@@ -312,8 +325,20 @@ def start(node: str | None, config_path: Path | None) -> None:
     cfg.check_files(node_id)
     from twisted.application.twist._twist import Twist
 
-    # Twist parses argv like the `twist` script; its default log file is stdout.
-    Twist.main(["twist", "graft", "--config", str(cfg.path), "--node", node_id])
+    # Twist parses argv like the `twist` script; its default log file is stdout. The log
+    # format is explicit because twist would switch to JSON whenever stdout is not a terminal.
+    Twist.main(
+        [
+            "twist",
+            f"--log-format={log_format}",
+            f"--log-level={log_level}",
+            "graft",
+            "--config",
+            str(cfg.path),
+            "--node",
+            node_id,
+        ]
+    )
 
 
 @main.command()

@@ -427,7 +427,7 @@ class DevClusterTests(CLITestCase):
 class StartTests(CLITestCase):
     def test_start_runs_twist_graft(self) -> None:
         """`graft start NODE -c FILE` runs the twist runner with `graft --config FILE --node
-        NODE`, in this process, once the node's certificates exist."""
+        NODE`, in this process, once the node's certificates exist; text logs unless asked."""
         try:
             from graft.certs import generate_certificates
         except ImportError as e:
@@ -442,7 +442,10 @@ class StartTests(CLITestCase):
         self.patch(Twist, "main", calls.append)
         result = run(["start", "beta", "-c", str(path)])
         self.assertEqual(result.exit_code, 0, result.output)
-        self.assertEqual(calls, [["twist", "graft", "--config", str(path), "--node", "beta"]])
+        twist = ["twist", "--log-format=text", "--log-level=info"]
+        self.assertEqual(calls, [[*twist, "graft", "--config", str(path), "--node", "beta"]])
+        run(["start", "beta", "-c", str(path), "--log-format", "json", "--log-level", "warn"])
+        self.assertEqual(calls[1][1:3], ["--log-format=json", "--log-level=warn"])
 
 
 class StorageTests(CLITestCase):
