@@ -589,17 +589,22 @@ def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
 
 
 def _read_input(value: str | None, file: Path | None, what: str) -> bytes:
+    """The command or query: the argument, else -f FILE ('-' is stdin), else piped stdin."""
     if value is not None and file is not None:
         raise GraftCLIError(f"give the {what} either as an argument or with -f, not both")
     if file is not None:
-        if str(file) == "-":
-            return sys.stdin.buffer.read()
-        return file.read_bytes()
-    if value is not None and value != "-":
-        return value.encode()
-    if value == "-" or not sys.stdin.isatty():
-        return sys.stdin.buffer.read()
-    raise GraftCLIError(f"no {what}: give it as an argument, with -f FILE, or on stdin")
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    elif value is not None and value != "-":
+        data = value.encode()
+    elif value == "-" or not sys.stdin.isatty():
+        data = sys.stdin.buffer.read()
+    else:
+        raise GraftCLIError(f"no {what}: give it as an argument, with -f FILE, or on stdin")
+    if not data.strip():
+        raise GraftCLIError(
+            f"the {what} is empty: give it as an argument, with -f FILE, or on stdin"
+        )
+    return data
 
 
 def _print_output(body: bytes) -> None:

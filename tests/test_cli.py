@@ -219,6 +219,13 @@ class CommandTests(CLITestCase):
         self.assertEqual(node.seen[0].body, b"DELETE FROM t;")
         self.assertEqual(result.stdout, "done\n")
 
+    def test_empty_command_is_refused(self) -> None:
+        """An empty command (e.g. stdin from /dev/null) is refused before anything is sent."""
+        node = start_fake_node(self)
+        self.assertOneLineError(run(["command", "--url", node.url], stdin=b""), "is empty")
+        self.assertOneLineError(run(["command", "--url", node.url, "x", "-f", "y"]), "not both")
+        self.assertEqual(node.seen, [])
+
     def test_fsm_error_rendering(self) -> None:
         """A 422 is one line saying the command was committed and rejected everywhere."""
         node = start_fake_node(
