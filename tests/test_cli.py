@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -528,3 +534,117 @@ class StorageTests(CLITestCase):
     def test_missing_dir(self) -> None:
         """A data dir that does not exist is a one-line usage error."""
         self.assertOneLineError(run(["storage", "check", str(self.dir / "nope")]), "nope")
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from /proc), to clean up after a failure."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+class DevProcessTests(CLITestCase):
+    """`graft dev` for real: three `twist graft` children on free ports, driven by the CLI."""
+
+    def setUp(self) -> None:
+        try:
+            import graft.certs
+            import graft.service  # noqa: F401
+        except ImportError as e:
+            raise SkipTest(f"the node runtime is not available: {e}") from None
+
+    def start_dev(self, path: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+        dev = subprocess.Popen(
+            [sys.executable, "-c", "from graft.cli import main; main()", "dev", "-c", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            assert dev.stdout is not None
+            for line in dev.stdout:
+                lines.put(click.unstyle(line.rstrip("\n")))
+            lines.put("<eof>")
+
+        threading.Thread(target=read, daemon=True).start()
+
+        def cleanup() -> None:
+            if dev.poll() is None:
+                children = child_pids(dev.pid)
+                dev.terminate()
+                try:
+                    dev.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    for pid in [dev.pid, *children]:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    dev.wait()
+            if dev.stdout is not None:
+                dev.stdout.close()
+
+        self.addCleanup(cleanup)
+        return dev, lines
+
+    def wait_for_line(self, lines: queue.Queue[str], fragment: str, seen: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            seen.append(line)
+            if fragment in line or line == "<eof>":
+                break
+        self.assertIn(fragment, "\n".join(seen))
+
+    def test_dev_cluster_serves_the_cli(self) -> None:
+        """`graft dev` starts every node, announces the leader, serves `graft command`,
+        `graft query` and `graft status`, and stops all nodes on SIGTERM with exit code 0."""
+        from graft.testing.cluster import free_ports
+
+        directory = self.tmpdir()
+        ports = free_ports(6)
+        path = directory / "cluster.yaml"
+        path.write_text(
+            "cluster: devtest\npeers:\n"
+            + "".join(
+                f"  {name}: {{host: 127.0.0.1, ports: {{p2p: {ports[i]}, api: {ports[i + 3]}}}}}\n"
+                for i, name in enumerate(("alpha", "beta", "gamma"))
+            )
+        )
+        self.assertEqual(run(["certs", "-c", str(path)]).exit_code, 0)
+        dev, lines = self.start_dev(path)
+        seen: list[str] = []
+        self.wait_for_line(lines, "the cluster is ready", seen)
+        output = "\n".join(seen)
+        self.assertIn(f"alpha  API http://127.0.0.1:{ports[3]}", output)
+        self.assertIn("Ctrl-C stops all nodes.", output)
+        self.assertIn("beta  | ", output)
+
+        created = run(
+            ["command", "-c", str(path), "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');"]
+        )
+        self.assertEqual(created.exit_code, 0, created.output)
+        queried = run(
+            ["query", "-c", str(path), "SELECT v FROM t;", "--consistency", "strong", "--json"]
+        )
+        self.assertEqual(json.loads(queried.stdout)["rows"], [["x"]])
+        status = run(["status", "-c", str(path), "--json"])
+        self.assertEqual([row["reachable"] for row in json.loads(status.stdout)], [True] * 3)
+
+        dev.terminate()
+        self.assertEqual(dev.wait(timeout=15), 0)
+        self.wait_for_line(lines, "<eof>", seen)
+        output = "\n".join(seen)
+        self.assertIn("graft dev: stopping all nodes", output)
+        self.assertNotIn("killing", output)
+        self.assertNotIn("exited with", output)
