@@ -99,7 +99,9 @@ class GraftGroup(click.Group):
             sys.exit(done.exit_code)
         except BrokenPipeError:
             # `graft storage dump ... | head`: the reader left; not an error worth a message.
-            sys.stderr.close()
+            # Point stdout at /dev/null so the flush at exit does not complain either.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
