@@ -1,4 +1,19 @@
-"""Durable storage: the crash-safe log, hard state and snapshot files of one node."""
+"""Durable storage: the crash-safe log, hard state and snapshot files of one node.
+
+A data dir holds::
+
+    identity                        node id, cluster name, format version (written once)
+    hardstate                       term, vote, commit (replaced atomically)
+    log-<first index>.seg           the log, in segments of ``segment_bytes``
+    snap-<index>-<term>.data        the newest snapshot's bytes
+    snap-<index>-<term>.manifest    its index, term, membership, FSM name, size, CRC32
+
+Modules: ``records`` (the segment format), ``segments`` (segment files: replay, append,
+truncate, delete), ``state_files`` (identity, hard state), ``snapshots``, ``recovery`` (what
+a data dir holds, checked), ``writer`` (group commit on the writer thread), ``log``
+(``DurableLog``, the core's ``LogStorage``), ``inspect`` (``check_data_dir``, ``dump_log``),
+``files`` (the file layer, swappable for crash tests).
+"""
 
 from graft.storage.errors import CorruptionError, IdentityMismatch, StorageError
 from graft.storage.inspect import CheckReport, check_data_dir, dump_log
