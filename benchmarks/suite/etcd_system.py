@@ -1,0 +1,181 @@
+"""etcd under test: Debian's `etcd-server`, three members on 127.0.0.1, data in a temp dir.
+
+Default durability (fsync on), heartbeat 35 ms and election 350 ms like Graft, driven through
+its HTTP/JSON gateway (/v3/kv/put, /v3/kv/range, /v3/kv/txn), which takes base64 keys and
+values. Peer traffic is plain HTTP (Graft's is mutual TLS), which if anything favours etcd.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from pathlib import Path
+from typing import IO
+
+from benchmarks.suite.errors import BenchmarkSetupError
+from benchmarks.suite.http import call, call_json, wait_until
+from benchmarks.suite.system import (
+    BATCH,
+    KEYS,
+    ReplicatedSystem,
+    RequestShape,
+    compact,
+    key_name,
+)
+from graft.testing.cluster import HOST, free_ports
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _put(key: str, value: str) -> dict[str, str]:
+    return {"key": _b64(key), "value": _b64(value)}
+
+
+def etcd_binary() -> str:
+    found = shutil.which("etcd")
+    if found is None:
+        raise BenchmarkSetupError("etcd is not installed: run `apt-get install -y etcd-server`")
+    return found
+
+
+class EtcdSystem(ReplicatedSystem):
+    name = "etcd"
+    durable = True
+
+    def __init__(self, base: Path, *, election_ms: int = 350, heartbeat_ms: int = 35) -> None:
+        self._base = base
+        self._election_ms = election_ms
+        self._heartbeat_ms = heartbeat_ms
+        self._names = ["e1", "e2", "e3"]
+        ports = free_ports(2 * len(self._names))
+        self._client = {n: ports[2 * i] for i, n in enumerate(self._names)}
+        self._peer = {n: ports[2 * i + 1] for i, n in enumerate(self._names)}
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+
+    def command(self, node: str) -> list[str]:
+        cluster = ",".join(f"{n}=http://{HOST}:{self._peer[n]}" for n in self._names)
+        return [
+            etcd_binary(),
+            f"--name={node}",
+            f"--data-dir={self._base / node}",
+            f"--listen-client-urls=http://{HOST}:{self._client[node]}",
+            f"--advertise-client-urls=http://{HOST}:{self._client[node]}",
+            f"--listen-peer-urls=http://{HOST}:{self._peer[node]}",
+            f"--initial-advertise-peer-urls=http://{HOST}:{self._peer[node]}",
+            f"--initial-cluster={cluster}",
+            "--initial-cluster-state=new",
+            "--initial-cluster-token=graft-bench",
+            f"--heartbeat-interval={self._heartbeat_ms}",
+            f"--election-timeout={self._election_ms}",
+            "--logger=zap",
+            "--log-level=warn",
+        ]
+
+    def start(self) -> None:
+        self._base.mkdir(parents=True, exist_ok=True)
+        for node in self._names:
+            self.restart(node)
+        self.leader(timeout=30)
+
+    def restart(self, node: str) -> None:
+        log = self._logs.get(node)
+        if log is None:
+            log = self._logs[node] = open(self._base / f"{node}.log", "ab")  # noqa: SIM115
+        self._processes[node] = subprocess.Popen(
+            self.command(node), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def close(self) -> None:
+        for proc in self._processes.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        for log in self._logs.values():
+            log.close()
+
+    def kill(self, node: str) -> None:
+        self._processes[node].kill()
+        self._processes[node].wait(10)
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self._processes.items() if p.poll() is None]
+
+    def node_ids(self) -> list[str]:
+        return list(self._names)
+
+    def base_url(self, node: str) -> str:
+        return f"http://{HOST}:{self._client[node]}"
+
+    def pid(self, node: str) -> int:
+        return self._processes[node].pid
+
+    def leader(self, timeout: float = 15) -> str:
+        def agreed() -> str | None:
+            ids: dict[str, str] = {}
+            leaders = set()
+            for node in self.alive():
+                status = call_json(self.base_url(node) + "/v3/maintenance/status", {})
+                if not status:
+                    return None
+                ids[status["header"]["member_id"]] = node
+                leaders.add(status.get("leader"))
+            if len(leaders) != 1:
+                return None
+            leader = ids.get(str(leaders.pop()))
+            if leader is None:
+                return None
+            # a put through the leader proves it can commit now
+            ok = call_json(self.base_url(leader) + "/v3/kv/put", _put("bench-ready", "1"))
+            return leader if ok is not None else None
+
+        return str(wait_until(agreed, timeout=timeout, what="an etcd leader agreed by all members"))
+
+    def put_shape(self) -> RequestShape:
+        return RequestShape(
+            method="POST",
+            path="/v3/kv/put",
+            bodies=tuple(compact(_put(key_name(i), f"value-{i}")) for i in range(KEYS)),
+        )
+
+    def batch_shape(self) -> RequestShape:
+        bodies = []
+        for b in range(KEYS // BATCH * 2):
+            puts = [
+                {"requestPut": _put(key_name(b * BATCH + j), f"batch-{b}-{j}")}
+                for j in range(BATCH)
+            ]
+            bodies.append(compact({"success": puts}))
+        return RequestShape(method="POST", path="/v3/kv/txn", bodies=tuple(bodies))
+
+    def read_shape(self, strong: bool) -> RequestShape:
+        return RequestShape(
+            method="POST",
+            path="/v3/kv/range",
+            bodies=tuple(
+                compact({"key": _b64(key_name(i)), "serializable": not strong}) for i in range(KEYS)
+            ),
+        )
+
+    def probe_write(self, node: str, sequence: int, timeout: float) -> bool:
+        body = compact(_put(f"probe-{sequence % KEYS}", str(sequence))).encode()
+        status, _ = call(self.base_url(node) + "/v3/kv/put", body, timeout=timeout)
+        return status == 200
+
+    def version(self) -> str:
+        out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True)
+        return " ".join(
+            line.strip() for line in out.stdout.splitlines()[:1] + out.stdout.splitlines()[2:3]
+        )
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "election_ms": self._election_ms,
+            "heartbeat_ms": self._heartbeat_ms,
+            "fsync": True,
+            "peer_tls": "none (plain HTTP between members)",
+            "command_e1": " ".join(self.command("e1")),
+        }
