@@ -285,7 +285,7 @@ class RaftNode:
                 max_inflight=self._cfg.max_inflight,
                 learner=peer not in self._membership.voters,
             )
-            for peer in self._membership.members
+            for peer in sorted(self._membership.members)
             if peer != self._id
         }
         # Everyone starts "active": check-quorum gives followers one election timeout to answer.
@@ -329,6 +329,12 @@ class RaftNode:
         one voter; learners may be added or removed freely, or promoted one at a time.
         """
         self._check_can_propose()
+        if not self._committed_in_term():
+            # Otherwise a change proposed here and one by an earlier leader that this leader
+            # has not seen committed could both take effect (Ongaro, raft-dev 2015).
+            raise MembershipChangeRefused(
+                "the leader has not committed an entry of its term yet; retry shortly"
+            )
         if self._pending_membership_index > self._log.committed:
             raise MembershipChangeRefused(
                 "a membership change is still uncommitted; retry once it has committed"
@@ -377,7 +383,7 @@ class RaftNode:
         self._membership = membership
         if self._role is Role.LEADER:
             last = self._log.last_index()
-            for peer in membership.members:
+            for peer in sorted(membership.members):
                 if peer != self._id and peer not in self._progress:
                     pr = Progress(next_index=last + 1, max_inflight=self._cfg.max_inflight)
                     pr.recent_active = True
@@ -385,12 +391,10 @@ class RaftNode:
             for peer in list(self._progress):
                 if peer not in membership.members:
                     del self._progress[peer]
+            # A leader that removed itself keeps replicating until the change commits (thesis
+            # 4.2.2); _maybe_commit then steps it down.
             for peer, pr in self._progress.items():
                 pr.learner = peer not in membership.voters
-            if self._id not in membership.voters:
-                # Removed (or demoted) leader: keep replicating until the change commits
-                # (thesis 4.2.2); _maybe_commit then steps down.
-                pass
         elif self._role in (Role.FOLLOWER, Role.LEARNER):
             self._role = Role.FOLLOWER if self._id in membership.voters else Role.LEARNER
 

@@ -51,6 +51,10 @@ class SafetyChecker:
         self._chains: dict[NodeId, list[int]] = {}
         # index -> (term, hash of data) of what the state machines applied there.
         self.applied_at: dict[int, tuple[int, int]] = {}
+        # index -> a term by which that index was certainly committed (the lowest term of a
+        # node seen applying it). Leader Completeness binds the leaders of later terms only:
+        # an entry committed in term 16 may be missing from a leader of term 15.
+        self.committed_by: dict[int, int] = {}
         self._applied_index: dict[NodeId, int] = {}
         # Highest commit index any node has reported: every write acknowledged to a client
         # lies at or below it.
@@ -83,7 +87,9 @@ class SafetyChecker:
         self._applied_index[node] = 0
         self._leader_log.pop(node, None)
 
-    def applied(self, node: NodeId, entries: tuple[Entry, ...], leaders: list[RaftNode]) -> None:
+    def applied(
+        self, node: NodeId, term: int, entries: tuple[Entry, ...], leaders: list[RaftNode]
+    ) -> None:
         at = self._applied_index.get(node, 0)
         for entry in entries:
             if entry.index != at + 1:
@@ -96,8 +102,10 @@ class SafetyChecker:
                     f"state machine safety: {node} applied term {entry.term} at {entry.index}, "
                     f"another node applied term {seen[0]} there"
                 )
+            by = min(term, self.committed_by.get(entry.index, term))
+            self.committed_by[entry.index] = by
             for leader in leaders:
-                if leader.term > entry.term and leader.log.term_or_none(entry.index) != entry.term:
+                if leader.term > by and leader.log.term_or_none(entry.index) != entry.term:
                     raise Violation(
                         f"leader completeness: leader {leader.id} of term {leader.term} lacks "
                         f"committed index {entry.index} of term {entry.term}"
@@ -120,7 +128,7 @@ class SafetyChecker:
         if prev is None or prev[0] != term:
             # A new leader: it must hold every entry known to be committed.
             for index, (entry_term, _) in self.applied_at.items():
-                if log.term_or_none(index) != entry_term:
+                if term > self.committed_by[index] and log.term_or_none(index) != entry_term:
                     raise Violation(
                         f"leader completeness: new leader {node.id} of term {term} lacks "
                         f"committed index {index} of term {entry_term}"
@@ -286,7 +294,7 @@ class Cluster:
                 self.send(msg)
             if ready.committed_entries:
                 sim.applied.extend(ready.committed_entries)
-                checker.applied(nid, ready.committed_entries, self.leaders())
+                checker.applied(nid, node.term, ready.committed_entries, self.leaders())
             for rs in ready.read_states:
                 sim.read_answers[rs.context] = rs.index
                 checker.read_answered(nid, rs.context, rs.index, "ReadIndex")
@@ -440,6 +448,8 @@ class SimParams:
     # strands its NOOP: the conflicting suffixes of Figure 8.
     strand_new_leader: float = 0.0
     restart: float = 0.15
+    # Probability per tick that the leader proposes removing a voter or adding it back.
+    reconfigure: float = 0.0
     propose: float = 0.5
     read: float = 0.3
 
@@ -488,6 +498,7 @@ def draw_params(seed: int, rng: Rng) -> SimParams:
         crash=between(0.0, 0.03),
         crash_leader=between(0.0, 0.04),
         restart=between(0.05, 0.5),
+        reconfigure=between(0.01, 0.06) if rng.random() < 0.5 else 0.0,
         propose=between(0.2, 0.9),
         read=between(0.1, 0.5),
     )
@@ -501,6 +512,26 @@ class SimResult:
     commit: int
     reads: int
     trace: tuple[str, ...] = ()
+
+
+def reconfigure(cluster: Cluster, ids: list[NodeId], rng: Rng) -> None:
+    """Single-server membership change on the leader: remove a voter, or add one back."""
+    leader = cluster.leader()
+    if leader is None:
+        return
+    voters = leader.membership.voters
+    if len(voters) == len(ids):
+        change = ids[rng.randrange(0, len(ids))]
+        new = Membership(voters=voters - {change})
+    else:
+        change = min(set(ids) - voters)
+        new = Membership(voters=voters | {change})
+    try:
+        leader.propose_membership(new)
+    except RaftError:
+        return
+    cluster.note(f"{leader.id} proposes voters {sorted(new.voters)}")
+    cluster.process(leader.id)
 
 
 def simulate_seed(
@@ -587,6 +618,8 @@ def simulate_seed(
                 if rng.random() < p.restart:
                     cluster.start(nid)
                     down.discard(nid)
+            if rng.random() < p.reconfigure:
+                reconfigure(cluster, ids, rng)
             if rng.random() < p.propose:
                 # Clients mostly find a leader (any node that believes it leads).
                 leaders = cluster.leaders()
