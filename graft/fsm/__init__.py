@@ -20,6 +20,7 @@ from graft.fsm.base import (
     FSMFailure,
     QueryRejected,
     StateMachine,
+    begin_snapshot,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "FSMFailure",
     "QueryRejected",
     "StateMachine",
+    "begin_snapshot",
     "create_state_machine",
 ]
 

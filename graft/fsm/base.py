@@ -7,6 +7,8 @@ so ``apply`` may not read clocks, random sources or anything else outside the co
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from typing import BinaryIO, Protocol, runtime_checkable
 
 
@@ -61,6 +63,19 @@ class StateMachine(Protocol):
         """Write the whole current state to ``sink``; ``restore`` must read it back."""
         ...
 
+    def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        """Pin the current state for a snapshot and return the function that writes it.
+
+        Called on the reactor thread at a consistent point (the applied index the caller
+        records); must return quickly (milliseconds even for a large state). The returned
+        function runs in a worker thread, possibly while ``apply`` keeps running on the reactor
+        thread, and writes exactly the state as of the ``begin_snapshot`` call to the sink, in
+        the format ``restore`` reads. It must be called exactly once: it releases what
+        ``begin_snapshot`` took (for SQLite, a read transaction that keeps the WAL from being
+        checkpointed). Use ``graft.fsm.begin_snapshot(fsm)`` to also support FSMs without it.
+        """
+        ...
+
     def restore(self, source: BinaryIO) -> None:
         """Replace the whole state with one written by ``snapshot``."""
         ...
@@ -68,3 +83,23 @@ class StateMachine(Protocol):
     def close(self) -> None:
         """Release files and connections; the instance is not used afterwards."""
         ...
+
+
+def begin_snapshot(fsm: StateMachine) -> Callable[[BinaryIO], None]:
+    """``fsm.begin_snapshot()`` when the FSM has it; otherwise the whole snapshot is serialised
+    into memory now, on the calling thread, and the returned function only copies the bytes.
+
+    The fallback keeps FSMs written before ``begin_snapshot`` existed working, at the price of
+    blocking the caller for as long as their ``snapshot`` takes.
+    """
+    begin: Callable[[], Callable[[BinaryIO], None]] | None = getattr(fsm, "begin_snapshot", None)
+    if begin is not None:
+        return begin()
+    buffer = io.BytesIO()
+    fsm.snapshot(buffer)
+    image = buffer.getvalue()
+
+    def write(sink: BinaryIO) -> None:
+        sink.write(image)
+
+    return write

@@ -11,12 +11,19 @@ Keys and values are strings; commands, queries and answers are JSON objects:
 ``cas`` stores V only if the key's current value equals E (null: the key is absent); the answer's
 ``value`` is the key's value after the command. Input is validated strictly: malformed JSON, a
 field missing or extra, a key written twice or a value that is not a string is refused with
-CommandRejected/QueryRejected and changes nothing. The snapshot is the whole map as JSON.
+CommandRejected/QueryRejected and changes nothing.
+
+The snapshot is the whole map as one JSON object, keys sorted so that equal states give equal
+bytes. ``begin_snapshot`` copies the dict (values are immutable strings, so a shallow copy is
+the state); the worker sorts and encodes it in small pieces, so the reactor thread waits at most
+a piece's worth of GIL time at once, never the whole encoding.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +39,8 @@ _COMMANDS = {
 }
 _QUERIES = {"get": frozenset({"key"})}
 _SNAPSHOT_FORMAT = "graft.kv/1"
+# Entries sorted or encoded per call into C code: each call holds the GIL, so keep it short.
+_PIECE = 2000
 
 
 class _Malformed(ValueError):
@@ -128,9 +137,15 @@ class KeyValueStateMachine:
         return _dumps({"value": self._data.get(request["key"])})
 
     def snapshot(self, sink: BinaryIO) -> None:
-        # Sorted keys: equal states give equal bytes on every replica.
-        document = {"format": _SNAPSHOT_FORMAT, "data": self._data}
-        sink.write(json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+        self.begin_snapshot()(sink)
+
+    def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        data = dict(self._data)
+
+        def write(sink: BinaryIO) -> None:
+            _write_snapshot(data, sink)
+
+        return write
 
     def restore(self, source: BinaryIO) -> None:
         try:
@@ -152,3 +167,28 @@ class KeyValueStateMachine:
 
     def close(self) -> None:
         self._data = {}
+
+
+def _sorted_keys(data: dict[str, str]) -> Iterator[str]:
+    """The keys in sorted order, sorted piecewise and merged (one sorted() of a million keys
+    would hold the GIL for most of a second)."""
+    keys = list(data)
+    runs = [sorted(keys[i : i + _PIECE]) for i in range(0, len(keys), _PIECE)]
+    return heapq.merge(*runs)
+
+
+def _write_snapshot(data: dict[str, str], sink: BinaryIO) -> None:
+    """The bytes of ``json.dumps({"format": ..., "data": data}, sort_keys=True,
+    separators=(",", ":"))``, written piece by piece."""
+    encode = json.encoder.encode_basestring_ascii
+    sink.write(b'{"data":{')
+    piece: list[str] = []
+    first = True
+    for key in _sorted_keys(data):
+        piece.append(f"{encode(key)}:{encode(data[key])}")
+        if len(piece) == _PIECE:
+            sink.write(((",", "")[first] + ",".join(piece)).encode("ascii"))
+            piece, first = [], False
+    if piece:
+        sink.write(((",", "")[first] + ",".join(piece)).encode("ascii"))
+    sink.write(b'},"format":' + encode(_SNAPSHOT_FORMAT).encode("ascii") + b"}")

@@ -19,8 +19,10 @@ The ``eval`` file defines::
     CONTENT_TYPE = "application/json"         # optional; default application/octet-stream
 
 ``apply`` returns the new state and the command's answer (a str is sent as UTF-8). It must be
-deterministic (no clock, no randomness, no I/O) and should not change ``state`` in place: it
-returns a new value, so a refused command leaves the old state as it was. To refuse a command
+deterministic (no clock, no randomness, no I/O) and must not change ``state`` in place: it
+returns a new value, so a refused command leaves the old state as it was, and a snapshot being
+written in a worker thread (``begin_snapshot`` keeps a reference to the state, not a copy)
+still sees the state as it was when the snapshot began. To refuse a command
 deterministically, raise ``graft.fsm.CommandRejected(message)``; to refuse a query, raise
 ``graft.fsm.QueryRejected(message)``. Any other exception is a bug in the script and stops the
 node. Without ``query`` every query is refused.
@@ -145,8 +147,18 @@ class ScriptStateMachine:
         return _as_bytes(self._query(self._state, query), "query()")
 
     def snapshot(self, sink: BinaryIO) -> None:
+        self.begin_snapshot()(sink)
+
+    def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        # No copy: apply() replaces the state rather than changing it (module docstring).
         document = {"format": _SNAPSHOT_FORMAT, "state": self._state}
-        sink.write(json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+        def write(sink: BinaryIO) -> None:
+            # One C call that holds the GIL throughout: fine for the small states scripts keep.
+            encoded = json.dumps(document, sort_keys=True, separators=(",", ":"))
+            sink.write(encoded.encode("utf-8"))
+
+        return write
 
     def restore(self, source: BinaryIO) -> None:
         try:

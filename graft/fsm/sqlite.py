@@ -34,9 +34,23 @@ Determinism
 Storage
     The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
     starts: the node rebuilds the state from its snapshot and log, which are the durable truth,
-    so the file needs no durability of its own (``synchronous=OFF``, rollback journal in
-    memory). ``snapshot`` writes a consistent copy of the database file (SQLite's backup API);
-    ``restore`` replaces the database with such a copy.
+    so the file needs no durability of its own (``synchronous=OFF``). It is in WAL mode so that
+    a snapshot can read the database while commands go on writing it.
+
+Snapshots
+    A snapshot is an SQLite database file (in rollback-journal mode, so that any ``sqlite3``
+    tool opens it as it is). ``begin_snapshot`` opens a second connection and starts a read
+    transaction on it: in WAL mode that pins the database as of that moment for this reader,
+    whatever the main connection commits afterwards, and costs about a millisecond. The writer
+    it returns copies the pinned state with SQLite's backup API from that reader into a temp
+    file in the data dir (the backup step runs without the GIL and without any lock that the
+    main connection needs), ends the read transaction, streams the file to the sink and
+    deletes it. While the reader is open the WAL cannot be reset, so it grows by what commands
+    write meanwhile; the writer checkpoints it once the read transaction is over, from its own
+    thread, and ``journal_size_limit`` truncates the file when the WAL is next reset.
+    ``snapshot`` is ``begin_snapshot`` and its writer run at once. ``restore`` moves the
+    received file into place as the database (removing the old ``-wal`` and ``-shm``) rather
+    than copying it page by page.
 
 Failures
     An SQLite error caused by this machine rather than by the command (disk full, I/O error,
@@ -51,8 +65,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,6 +78,14 @@ from graft.fsm.base import CommandRejected, CorruptSnapshot, FSMFailure, QueryRe
 __all__ = ["SQLiteStateMachine", "split_statements"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# Bytes 18 and 19 of the header: the file format write and read versions, 2 in WAL mode and 1
+# in rollback-journal mode. A backup of a WAL database copies 2; snapshots are stored with 1.
+_FORMAT_VERSION_OFFSET = 18
+_ROLLBACK_FORMAT = b"\x01\x01"
+# The WAL file is truncated to this size when it is reset after having grown (e.g. during a
+# snapshot); below it, its space is reused rather than given back.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+_COPY_CHUNK = 1024 * 1024
 # Written by us before each command so that last_insert_rowid() and changes() start from the
 # same value on every replica, whatever happened on this connection before (e.g. a restore).
 _ROWID_SENTINEL = -(1 << 63)
@@ -265,6 +289,7 @@ class SQLiteStateMachine:
         # Evaluates the built-in date functions we replace, with the arguments we allow.
         self._dates = sqlite3.connect(":memory:", check_same_thread=False)
         self._remove_files()
+        self._remove_leftovers()
         self._conn = self._open()
 
     # --- the StateMachine interface ---------------------------------------------------------
@@ -349,25 +374,34 @@ class SQLiteStateMachine:
         return _dumps({"columns": columns, "rows": [[_json_cell(v) for v in r] for r in rows]})
 
     def snapshot(self, sink: BinaryIO) -> None:
-        copy = self._path.with_name(self._path.name + ".snapshot")
-        copy.unlink(missing_ok=True)
+        self.begin_snapshot()(sink)
+
+    def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
-            target = sqlite3.connect(copy)
-            try:
-                self._conn.backup(target)
-            finally:
-                target.close()
-            with copy.open("rb") as f:
-                shutil.copyfileobj(f, sink)
-        finally:
-            copy.unlink(missing_ok=True)
+            reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
+            reader.execute("BEGIN")
+            # BEGIN is deferred: the first read takes the WAL read mark that pins the state.
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            reader.close()
+            raise _environment_failure(e) or FSMFailure(
+                f"SQLite could not start a snapshot ({e}); check the data dir {self._path.parent}"
+            ) from e
+        directory = self._path.parent
+        prefix = self._path.name + ".snapshot-"
+
+        def write(sink: BinaryIO) -> None:
+            _write_snapshot(reader, directory, prefix, sink)
+
+        return write
 
     def restore(self, source: BinaryIO) -> None:
-        copy = self._path.with_name(self._path.name + ".restore")
-        copy.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name + ".restore-")
+        copy = Path(name)
         try:
-            with copy.open("wb") as f:
-                shutil.copyfileobj(source, f)
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(source, f, _COPY_CHUNK)
             size = copy.stat().st_size
             if size:
                 with copy.open("rb") as f:
@@ -378,18 +412,22 @@ class SQLiteStateMachine:
                         )
             self._conn.close()
             self._remove_files()
-            self._conn = self._open()
             if size:
-                origin = sqlite3.connect(copy)
-                try:
-                    origin.backup(self._conn)
-                except sqlite3.DatabaseError as e:
-                    raise CorruptSnapshot(
-                        f"the SQLite snapshot cannot be read ({e}); "
-                        "restore a snapshot taken by graft.fsm.sqlite"
-                    ) from None
-                finally:
-                    origin.close()
+                os.replace(copy, self._path)
+            try:
+                self._conn = self._open()
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as e:
+                if size == 0:
+                    raise
+                # Leave an empty database behind, as at start, and say what went wrong.
+                self._conn.close()
+                self._remove_files()
+                self._conn = self._open()
+                raise CorruptSnapshot(
+                    f"the SQLite snapshot cannot be read ({e}); "
+                    "restore a snapshot taken by graft.fsm.sqlite"
+                ) from None
         finally:
             copy.unlink(missing_ok=True)
 
@@ -403,6 +441,12 @@ class SQLiteStateMachine:
         for suffix in ("", "-journal", "-wal", "-shm"):
             self._path.with_name(self._path.name + suffix).unlink(missing_ok=True)
 
+    def _remove_leftovers(self) -> None:
+        """Temp files of snapshots and restores cut short by a crash."""
+        for pattern in (".snapshot-*", ".restore-*"):
+            for path in self._path.parent.glob(self._path.name + pattern):
+                path.unlink(missing_ok=True)
+
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit BEGIN, we delimit transactions ourselves.
         # cached_statements=0: a cached statement would skip the authorizer on reuse.
@@ -410,7 +454,14 @@ class SQLiteStateMachine:
             self._path, isolation_level=None, cached_statements=0, check_same_thread=False
         )
         conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA journal_mode=MEMORY")  # OFF would make ROLLBACK unreliable
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise FSMFailure(
+                f"SQLite cannot use WAL mode for {self._path} (it reports {mode!r}); put the "
+                "data dir on a local file system that supports shared memory (mmap)"
+            )
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         conn.execute(f"PRAGMA foreign_keys={'ON' if self._foreign_keys else 'OFF'}")
         conn.execute("CREATE TEMP TABLE _graft_rowid(x)")
         for name, nargs in _ALWAYS_NONDETERMINISTIC.items():
@@ -533,3 +584,45 @@ class SQLiteStateMachine:
         if isinstance(error, sqlite3.ProgrammingError | sqlite3.Warning):
             return f"{error}".rstrip(".")
         return str(error)
+
+
+def _write_snapshot(
+    reader: sqlite3.Connection, directory: Path, prefix: str, sink: BinaryIO
+) -> None:
+    """Copy the state pinned by ``reader``'s read transaction to ``sink``, then release it.
+
+    Runs in a worker thread while the main connection goes on committing.
+    """
+    copy: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+        os.close(fd)
+        copy = Path(name)
+        target = sqlite3.connect(copy)
+        try:
+            # A scratch file: no journal, no fsync.
+            target.execute("PRAGMA journal_mode=OFF")
+            target.execute("PRAGMA synchronous=OFF")
+            # All pages in one step, without the GIL. The source side reads through the open
+            # read transaction, so the copy is the pinned state even though other connections
+            # commit meanwhile, and it never restarts (a restart needs a change seen by the
+            # backup's own source connection between steps).
+            reader.backup(target)
+        finally:
+            target.close()
+        # Free the WAL first: the file holds the state now.
+        reader.execute("ROLLBACK")
+        reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with copy.open("r+b") as f:
+            f.seek(_FORMAT_VERSION_OFFSET)
+            f.write(_ROLLBACK_FORMAT)
+            f.seek(0)
+            shutil.copyfileobj(f, sink, _COPY_CHUNK)
+    except sqlite3.Error as e:
+        raise _environment_failure(e) or FSMFailure(
+            f"SQLite could not write the snapshot ({e}); check the data dir {directory}"
+        ) from e
+    finally:
+        reader.close()
+        if copy is not None:
+            copy.unlink(missing_ok=True)
