@@ -137,7 +137,8 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
     state = "ok" if v["ok"] else f"{len(v['anomalies'])} ANOMALIES"
     line = (
         f"run {index} seed {v['seed']}: {state}; {c['operations']} ops ({c['ok']} ok, "
-        f"{c['unknown']} unknown), {c['faults']} faults, {c['keys']} keys, {seconds:.0f}s; "
+        f"{c['unknown']} unknown), {c['faults']} faults, {c['keys']} keys, "
+        f"longest leaderless {c.get('longest_leaderless_ms', '?')} ms, {seconds:.0f}s; "
         f"{v['dir']}/timeline.html"
     )
     for a in v.get("anomalies", [])[:5]:

@@ -29,7 +29,7 @@ from graft.faults.checker import (
     classify,
 )
 from graft.faults.cluster import FaultCluster
-from graft.faults.history import OpRecord, write_jsonl
+from graft.faults.history import OpRecord, StatusSample, write_jsonl
 from graft.faults.nemesis import Nemesis, StatusPoller
 from graft.faults.netns import HarnessError, NetworkFaults
 from graft.faults.report import write_timeline
@@ -111,6 +111,18 @@ def final_checks(cluster: FaultCluster, workload: Workload) -> list[Anomaly]:
     return anomalies
 
 
+def longest_leaderless(samples: list[StatusSample]) -> float:
+    """The longest stretch (seconds) in which no node's /status said it was the leader."""
+    longest = 0.0
+    last: float | None = None
+    for sample in sorted(samples, key=lambda s: s.t):
+        if sample.role == "leader":
+            if last is not None:
+                longest = max(longest, sample.t - last)
+            last = sample.t
+    return longest
+
+
 def run_once(out: Path, seed: int, duration: float, size: int) -> dict[str, Any]:
     clock = monotonic_clock()
     rng = random.Random(seed)
@@ -160,6 +172,7 @@ def run_once(out: Path, seed: int, duration: float, size: int) -> dict[str, Any]
         "failed_reads": sum(1 for r in history if r.kind == "get" and r.status != 200),
         "keys": len(workload.keys.all_keys),
         "faults": len([e for e in nemesis.events if e.kind != "final-heal"]),
+        "longest_leaderless_ms": round(longest_leaderless(poller.samples) * 1000),
     }
     faults: dict[str, int] = {}
     for e in nemesis.events:
