@@ -50,7 +50,9 @@ def preflight() -> str | None:
     return None
 
 
-def run_one(index: int, seed: int, duration: float, nodes: int, out: Path) -> dict[str, Any]:
+def run_one(
+    index: int, seed: int, duration: float, nodes: int, clients: int, out: Path
+) -> dict[str, Any]:
     """One run in its own namespace; its verdict (or a harness-error verdict)."""
     run_dir = out / f"run-{index:02d}-seed-{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def run_one(index: int, seed: int, duration: float, nodes: int, out: Path) -> di
             ns.create()
             cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.faults.run"]
             cmd += ["--seed", str(seed), "--duration", str(duration), "--out", str(run_dir)]
-            cmd += ["--nodes", str(nodes)]
+            cmd += ["--nodes", str(nodes), "--clients", str(clients)]
             with (run_dir / "driver.log").open("a") as log:
                 code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         except HarnessError as e:
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60, help="seconds of faults per run")
     parser.add_argument("--seed", type=int, default=None, help="first seed (default: random)")
     parser.add_argument("--nodes", type=int, default=5, choices=(3, 5))
+    parser.add_argument("--clients", type=int, default=10, help="concurrent client threads")
     parser.add_argument("--out", type=Path, default=None, help="where the run directories go")
     args = parser.parse_args(argv)
     if os.environ.get(SKIP_ENV):
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.runs):
             started = time.monotonic()
-            v = run_one(i, seed + i, args.duration, args.nodes, out)
+            v = run_one(i, seed + i, args.duration, args.nodes, args.clients, out)
             verdicts.append(v)
             print(_summary_line(i, v, time.monotonic() - started), flush=True)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """One fault run, executed inside its network namespace (started by graft.faults.__main__).
 
-    python -m graft.faults.run --seed S --duration D --out DIR [--nodes N]
+    python -m graft.faults.run --seed S --duration D --out DIR [--nodes N] [--clients C]
 
 Order: start the nodes and wait for a leader; start the status poller and the clients; inject
 faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
@@ -123,13 +123,13 @@ def longest_leaderless(samples: list[StatusSample]) -> float:
     return longest
 
 
-def run_once(out: Path, seed: int, duration: float, size: int) -> dict[str, Any]:
+def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10) -> dict[str, Any]:
     clock = monotonic_clock()
     rng = random.Random(seed)
     cluster = FaultCluster(out, size)
     network = NetworkFaults(cluster.addresses)
     poller = StatusPoller(cluster, clock)
-    workload = Workload(cluster, WorkloadConfig(), seed, clock)
+    workload = Workload(cluster, WorkloadConfig(clients=clients), seed, clock)
     nemesis = Nemesis(cluster, network, poller, rng, clock)
     anomalies: list[Anomaly] = []
     started = time.time()
@@ -181,6 +181,7 @@ def run_once(out: Path, seed: int, duration: float, size: int) -> dict[str, Any]
         "seed": seed,
         "duration": duration,
         "nodes": size,
+        "clients": clients,
         "ok": not anomalies,
         "anomalies": [a.as_dict() for a in anomalies],
         "undecided_keys": undecided,
@@ -200,10 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=10)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        verdict = run_once(args.out, args.seed, args.duration, args.nodes)
+        verdict = run_once(args.out, args.seed, args.duration, args.nodes, args.clients)
     except HarnessError as e:
         print(f"harness error: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ MIX: Sequence[tuple[str, str | None, float]] = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadConfig:
-    clients: int = 5
+    clients: int = 10
     active_keys: int = 3
     ops_per_key: int = 200
     request_timeout: float = 4.0  # above the nodes' 2 s command/query timeout
