@@ -93,6 +93,21 @@ class Anomaly:
         return {"kind": self.kind, "message": self.message, "key": self.key, "ops": list(self.ops)}
 
 
+def describe(r: OpRecord) -> str:
+    """One line naming an operation, for anomaly messages."""
+    what = f"#{r.id} {r.kind}"
+    if r.kind == "get":
+        what += f"({r.consistency})"
+    if r.kind == "cas":
+        what += f" expect={r.expect!r}"
+    if r.value is not None:
+        what += f" value={r.value!r}"
+    return (
+        f"{what} by {r.client} on {r.node} at {r.invoke:.3f}..{r.complete:.3f}s -> "
+        f"{r.status} {r.output if r.output is not None else r.error} (index {r.index})"
+    )
+
+
 def check_linearizability(
     records: Sequence[OpRecord], budget_per_key: int = 2_000_000
 ) -> tuple[list[Anomaly], list[str]]:
@@ -106,6 +121,10 @@ def check_linearizability(
         if result.verdict is not Verdict.NOT_LINEARIZABLE:
             continue
         key_records = [r for r in records if r.key == key]
+        by_id = {r.id: r for r in key_records}
+        # The stuck operation that completed first is where every explanation ran out.
+        stuck = sorted(result.stuck, key=lambda i: by_id[i].complete)[:10]
+        first = by_id[stuck[0]] if stuck else None
         relaxed = check_history(
             to_operations(key_records, no_leader_applied=True), budget_per_key=budget_per_key
         )[key]
@@ -119,10 +138,11 @@ def check_linearizability(
             kind = "not_linearizable"
             message = (
                 f"key {key}: no order of its {result.operations} operations explains every "
-                f"answer; {len(result.best_order)} could be placed, then stuck on "
-                f"{list(result.stuck)[:8]}"
+                f"answer; {len(result.best_order)} could be placed"
             )
-        anomalies.append(Anomaly(kind=kind, message=message, key=key, ops=result.stuck))
+            if first is not None:
+                message += f"; the first that cannot is {describe(first)}"
+        anomalies.append(Anomaly(kind=kind, message=message, key=key, ops=tuple(stuck)))
     return anomalies, undecided
 
 
