@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,10 @@ def _cleanup() -> None:
         except HarnessError as e:
             print(f"warning: {e}", file=sys.stderr)
         _live.remove(ns)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def preflight() -> str | None:
@@ -109,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="graft-faults-"))
     out.mkdir(parents=True, exist_ok=True)
     atexit.register(_cleanup)
+    # Started in the background by a non-interactive shell, SIGINT is ignored and SIGTERM would
+    # end the process without cleaning up: make both unwind through the finally blocks.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     verdicts = []
     try:
         for i in range(args.runs):
