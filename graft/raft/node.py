@@ -600,10 +600,11 @@ class RaftNode:
                 )
             )
             return
+        last_before = log.last_index()
         match = log.maybe_append(msg.prev_index, msg.prev_term, msg.commit, msg.entries)
         if match is not None:
             if log.appended_from:
-                self._after_follower_append(log.appended_from, msg.entries)
+                self._after_follower_append(log.appended_from, last_before, msg.entries)
             self._send(
                 AppendEntriesResponse(
                     term=self._term, sender=self._id, to=msg.sender, success=True, match_index=match
@@ -624,9 +625,12 @@ class RaftNode:
             )
         )
 
-    def _after_follower_append(self, start: int, entries: tuple[Entry, ...]) -> None:
+    def _after_follower_append(
+        self, start: int, last_before: int, entries: tuple[Entry, ...]
+    ) -> None:
         """Keep the membership equal to the latest MEMBERSHIP entry in the log."""
-        if self._membership_index is None or self._membership_index >= start:
+        truncated = start <= last_before
+        if truncated and (self._membership_index is None or self._membership_index >= start):
             # The entry that defined our membership may have been replaced.
             self._recompute_membership(start - 1)
         for entry in entries:

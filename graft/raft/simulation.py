@@ -598,10 +598,18 @@ def simulate_seed(
                         victim = ids[rng.randrange(0, len(ids))]
                     cluster.isolate(victim)
                     cluster.note(f"isolate {victim}")
-                else:
+                elif rng.random() < 0.5:
                     side = {n for n in ids if rng.random() < 0.5}
                     cluster.partition(side, set(ids) - side)
                     cluster.note(f"partition {sorted(side)}")
+                else:
+                    # One-way link failures: a hears nothing from b, b still hears a.
+                    for _ in range(rng.randrange(1, 4)):
+                        a = ids[rng.randrange(0, len(ids))]
+                        b = ids[rng.randrange(0, len(ids))]
+                        if a != b:
+                            cluster.blocked.add((b, a))
+                            cluster.note(f"cut link {b} -> {a}")
             elif cluster.blocked and rng.random() < p.heal:
                 cluster.heal()
             if rng.random() < p.crash:
