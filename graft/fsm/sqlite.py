@@ -288,6 +288,10 @@ class SQLiteStateMachine:
         self._refusal: str | None = None
         # Evaluates the built-in date functions we replace, with the arguments we allow.
         self._dates = sqlite3.connect(":memory:", check_same_thread=False)
+        # How snapshot writers run the backup: all pages in one step unless a test asks for
+        # small steps with a callback between them.
+        self._backup_pages = -1
+        self._backup_progress: Callable[[int, int, int], object] | None = None
         self._remove_files()
         self._remove_leftovers()
         self._conn = self._open()
@@ -391,8 +395,10 @@ class SQLiteStateMachine:
         directory = self._path.parent
         prefix = self._path.name + ".snapshot-"
 
+        pages, progress = self._backup_pages, self._backup_progress
+
         def write(sink: BinaryIO) -> None:
-            _write_snapshot(reader, directory, prefix, sink)
+            _write_snapshot(reader, directory, prefix, sink, pages=pages, progress=progress)
 
         return write
 
@@ -587,7 +593,13 @@ class SQLiteStateMachine:
 
 
 def _write_snapshot(
-    reader: sqlite3.Connection, directory: Path, prefix: str, sink: BinaryIO
+    reader: sqlite3.Connection,
+    directory: Path,
+    prefix: str,
+    sink: BinaryIO,
+    *,
+    pages: int,
+    progress: Callable[[int, int, int], object] | None,
 ) -> None:
     """Copy the state pinned by ``reader``'s read transaction to ``sink``, then release it.
 
@@ -603,11 +615,11 @@ def _write_snapshot(
             # A scratch file: no journal, no fsync.
             target.execute("PRAGMA journal_mode=OFF")
             target.execute("PRAGMA synchronous=OFF")
-            # All pages in one step, without the GIL. The source side reads through the open
-            # read transaction, so the copy is the pinned state even though other connections
-            # commit meanwhile, and it never restarts (a restart needs a change seen by the
-            # backup's own source connection between steps).
-            reader.backup(target)
+            # By default all pages in one step, without the GIL. The source side reads through
+            # the open read transaction, so the copy is the pinned state even though other
+            # connections commit meanwhile, and it never restarts (a restart needs a change
+            # seen by the backup's own source connection between steps).
+            reader.backup(target, pages=pages, progress=progress)
         finally:
             target.close()
         # Free the WAL first: the file holds the state now.

@@ -1,5 +1,6 @@
 """Property tests: any command sequence gives the same answers and snapshot bytes on every
-replica, whether it replayed the whole log or restored a snapshot part-way."""
+replica, whether it replayed the whole log or restored a snapshot part-way, and a snapshot
+pinned with begin_snapshot and written after more commands is the one taken at the pin."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.fsm import CommandRejected, StateMachine
+from graft.fsm import CommandRejected, StateMachine, begin_snapshot
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 
@@ -80,6 +81,7 @@ class ReplicaAgreementTestCase(SynchronousTestCase):
         setup: bytes | None,
         commands: list[bytes],
         cut: int,
+        queries: Sequence[bytes],
     ) -> None:
         prefix = [setup] if setup is not None else []
         cut = min(cut, len(commands))
@@ -87,11 +89,21 @@ class ReplicaAgreementTestCase(SynchronousTestCase):
         answers = run(replayed, prefix + commands, 1)
         source = make()
         run(source, prefix + commands[:cut], 1)
+        at_cut = image(source)
+        # Pinned at the cut, written only after the source has applied everything.
+        write = begin_snapshot(source)
+        run(source, commands[cut:], len(prefix) + cut + 1)
+        pinned = io.BytesIO()
+        write(pinned)
+        self.assertEqual(pinned.getvalue(), at_cut)
+        self.assertEqual(image(source), image(replayed))
         restored = make()
-        restored.restore(io.BytesIO(image(source)))
+        restored.restore(io.BytesIO(pinned.getvalue()))
         rest = run(restored, commands[cut:], len(prefix) + cut + 1)
         self.assertEqual(rest, answers[len(prefix) + cut :])
         self.assertEqual(image(restored), image(replayed))
+        for query in queries:
+            self.assertEqual(restored.query(query), replayed.query(query))
         for fsm in (replayed, source, restored):
             fsm.close()
 
@@ -100,8 +112,11 @@ class KeyValueProperties(ReplicaAgreementTestCase):
     @settings(max_examples=150, deadline=None)
     @given(st.lists(KV_COMMANDS, max_size=30), st.integers(0, 30))
     def test_replicas_agree(self, commands: list[bytes], cut: int) -> None:
-        """kv: replay and snapshot+restore give identical answers and snapshot bytes."""
-        self.check(KeyValueStateMachine, None, commands, cut)
+        """kv: replay and snapshot+restore give identical answers and snapshot bytes; a
+        snapshot pinned at the cut and written after the remaining commands equals the one
+        taken at the cut."""
+        gets = [json.dumps({"op": "get", "key": k}).encode() for k in ["a", "b", "c", "\u00e9"]]
+        self.check(KeyValueStateMachine, None, commands, cut, gets)
 
 
 class SQLiteProperties(ReplicaAgreementTestCase):
@@ -113,7 +128,8 @@ class SQLiteProperties(ReplicaAgreementTestCase):
     @given(st.lists(SQL_COMMANDS, max_size=12), st.integers(0, 12))
     def test_replicas_agree(self, commands: list[bytes], cut: int) -> None:
         """sqlite: replay and snapshot+restore give identical answers (changes, rowids,
-        rejections) and identical database bytes."""
+        rejections) and identical database bytes; a snapshot pinned at the cut and written
+        after the remaining commands equals the one taken at the cut."""
 
         def make() -> StateMachine:
             data_dir = Path(self.mktemp())
@@ -123,4 +139,9 @@ class SQLiteProperties(ReplicaAgreementTestCase):
             b"CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE,"
             b" v INTEGER CHECK (typeof(v) = 'integer'));"
         )
-        self.check(make, setup, commands, cut)
+        queries = [
+            b"SELECT * FROM t ORDER BY id;",
+            b"SELECT count(*), sum(v), max(id) FROM t;",
+            b"SELECT name, sql FROM sqlite_master ORDER BY name;",
+        ]
+        self.check(make, setup, commands, cut, queries)
