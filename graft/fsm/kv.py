@@ -14,15 +14,19 @@ field missing or extra, a key written twice or a value that is not a string is r
 CommandRejected/QueryRejected and changes nothing.
 
 The snapshot is the whole map as one JSON object, keys sorted so that equal states give equal
-bytes. ``begin_snapshot`` copies the dict (values are immutable strings, so a shallow copy is
-the state); the worker sorts and encodes it in small pieces, so the reactor thread waits at most
-a piece's worth of GIL time at once, never the whole encoding.
+bytes. ``begin_snapshot`` takes no copy: it hands the dict to the writer and, until the writer
+is done, commands write to an overlay (copy on write) in front of it; once the writer is done,
+the overlay is merged back a few entries per command. (Copying a million-key dict would hold
+the reactor thread for a tenth of a second or more.) The writer sorts and encodes in small
+pieces, so the reactor thread waits at most a piece's worth of GIL time at once, never the
+whole encoding.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,6 +45,8 @@ _QUERIES = {"get": frozenset({"key"})}
 _SNAPSHOT_FORMAT = "graft.kv/1"
 # Entries sorted or encoded per call into C code: each call holds the GIL, so keep it short.
 _PIECE = 2000
+# Overlay entries merged into the map per command once no writer reads the map any more.
+_MERGE_PER_COMMAND = 64
 
 
 class _Malformed(ValueError):
@@ -108,6 +114,11 @@ class KeyValueStateMachine:
     def __init__(self, *, data_dir: Path | None = None, base_dir: Path | None = None) -> None:
         del data_dir, base_dir  # the state lives in memory; snapshots and the log persist it
         self._data: dict[str, str] = {}
+        # While snapshot writers read self._data it must not change: changes go here instead,
+        # None meaning deleted. None when there is no overlay.
+        self._overlay: dict[str, str | None] | None = None
+        # Set by each writer reading self._data when it is done with it.
+        self._readers: list[threading.Event] = []
 
     def apply(self, command: bytes, index: int) -> bytes:
         del index
@@ -115,18 +126,19 @@ class KeyValueStateMachine:
             op, request = _parse(command, _COMMANDS, "command")
         except _Malformed as e:
             raise CommandRejected(str(e)) from None
+        self._merge(_MERGE_PER_COMMAND)
         key = request["key"]
-        current = self._data.get(key)
+        current = self._get(key)
         if op == "put":
-            self._data[key] = request["value"]
+            self._set(key, request["value"])
             return _dumps({"prev": current})
         if op == "delete":
-            self._data.pop(key, None)
+            self._set(key, None)
             return _dumps({"prev": current})
         # cas
         if current != request["expect"]:
             return _dumps({"ok": False, "value": current})
-        self._data[key] = request["value"]
+        self._set(key, request["value"])
         return _dumps({"ok": True, "value": request["value"]})
 
     def query(self, query: bytes) -> bytes:
@@ -134,16 +146,28 @@ class KeyValueStateMachine:
             _, request = _parse(query, _QUERIES, "query")
         except _Malformed as e:
             raise QueryRejected(str(e)) from None
-        return _dumps({"value": self._data.get(request["key"])})
+        return _dumps({"value": self._get(request["key"])})
 
     def snapshot(self, sink: BinaryIO) -> None:
         self.begin_snapshot()(sink)
 
     def begin_snapshot(self) -> Callable[[BinaryIO], None]:
-        data = dict(self._data)
+        if self._overlay is not None and self._merge(len(self._overlay)) is not None:
+            # An earlier writer still reads the map: give this one a map of its own (a copy,
+            # the slow path, only when snapshots overlap).
+            self._data = self._merged()
+            self._overlay = None
+            self._readers = []
+        data = self._data
+        done = threading.Event()
+        self._readers.append(done)
+        self._overlay = {}
 
         def write(sink: BinaryIO) -> None:
-            _write_snapshot(data, sink)
+            try:
+                _write_snapshot(data, sink)
+            finally:
+                done.set()
 
         return write
 
@@ -164,9 +188,58 @@ class KeyValueStateMachine:
                 "restore one taken by graft.fsm.kv"
             )
         self._data = dict(data)
+        self._overlay = None
+        self._readers = []  # a writer still running keeps the old map to itself
 
     def close(self) -> None:
         self._data = {}
+        self._overlay = None
+        self._readers = []
+
+    # --- the overlay --------------------------------------------------------------------------
+
+    def _get(self, key: str) -> str | None:
+        if self._overlay is not None and key in self._overlay:
+            return self._overlay[key]
+        return self._data.get(key)
+
+    def _set(self, key: str, value: str | None) -> None:
+        if self._overlay is not None:
+            self._overlay[key] = value
+        elif value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+
+    def _merge(self, most: int) -> dict[str, str | None] | None:
+        """Move up to ``most`` overlay entries into the map if no writer reads it any more;
+        the overlay left (None when it is gone)."""
+        overlay = self._overlay
+        if overlay is None:
+            return None
+        if self._readers:
+            if not all(done.is_set() for done in self._readers):
+                return overlay
+            self._readers = []
+        for _ in range(min(most, len(overlay))):
+            key, value = overlay.popitem()
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+        if not overlay:
+            self._overlay = None
+        return self._overlay
+
+    def _merged(self) -> dict[str, str]:
+        """A new map holding the map with the overlay applied."""
+        merged = dict(self._data)
+        for key, value in (self._overlay or {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
 
 
 def _sorted_keys(data: dict[str, str]) -> Iterator[str]:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import begin_snapshot
@@ -142,6 +144,60 @@ class KeyValueTests(SynchronousTestCase):
         expected = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
         self.assertEqual(sink.getvalue(), expected)
         self.assertEqual(len(data), 4500)
+
+
+KV_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from("abcdef"), st.sampled_from(["1", "2", "3"])),
+        st.tuples(st.just("delete"), st.sampled_from("abcdef"), st.just("")),
+        st.tuples(st.just("begin"), st.just(""), st.just("")),
+        st.tuples(st.just("write"), st.integers(0, 3).map(str), st.just("")),
+    ),
+    max_size=60,
+)
+
+
+class KeyValueCopyOnWriteTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(KV_STEPS)
+    def test_overlapping_snapshots_match_a_model(self, steps: list[tuple[str, str, str]]) -> None:
+        """Any mix of puts, deletes, snapshots begun and snapshots written (in any order,
+        overlapping) gives each writer the map as it was at its begin, and queries always see
+        the current map, while the overlay is in use and while it is merged back."""
+        fsm = KeyValueStateMachine()
+        model: dict[str, str] = {}
+        pending: list[tuple[Callable[[BinaryIO], None], dict[str, Any]]] = []
+
+        def written(write: Callable[[BinaryIO], None]) -> dict[str, Any]:
+            sink = io.BytesIO()
+            write(sink)
+            data: dict[str, Any] = json.loads(sink.getvalue())["data"]
+            return data
+
+        for index, (op, key, value) in enumerate([*steps, ("write", "all", "")], start=1):
+            if op == "put":
+                fsm.apply(put(key, value), index)
+                model[key] = value
+            elif op == "delete":
+                fsm.apply(json.dumps({"op": "delete", "key": key}).encode(), index)
+                model.pop(key, None)
+            elif op == "begin":
+                pending.append((fsm.begin_snapshot(), dict(model)))
+            elif key == "all":
+                for write, expected in pending:
+                    self.assertEqual(written(write), expected)
+                pending = []
+            elif pending:
+                write, expected = pending.pop(int(key) % len(pending))
+                self.assertEqual(written(write), expected)
+            for k in "abcdef":
+                got = json.loads(fsm.query(json.dumps({"op": "get", "key": k}).encode()))
+                self.assertEqual(got["value"], model.get(k))
+        # Once no writer is left, commands merge the overlay back into the map.
+        for i in range(10):
+            fsm.apply(put("z", str(i)), 1000 + i)
+        self.assertIsNone(fsm._overlay)
+        self.assertEqual(written(fsm.begin_snapshot()), {**model, "z": "9"})
 
 
 class ScriptTests(SynchronousTestCase):
