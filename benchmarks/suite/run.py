@@ -87,6 +87,12 @@ def _versions(systems: list[ReplicatedSystem]) -> dict[str, str]:
     return out
 
 
+def _load_average() -> list[float]:
+    """1- and 5-minute load averages: how much else was running on the cores."""
+    load1, load5, _ = os.getloadavg()
+    return [round(load1, 2), round(load5, 2)]
+
+
 def _ceilings(recorder: Recorder, workdir: Path, with_etcd: bool) -> None:
     shape = RequestShape(method="POST", path="", bodies=('{"op":"put","key":"k","value":"v"}',))
     with open(workdir / "klein.log", "ab") as log:
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     makers = {"graft": GraftSystem, "etcd": EtcdSystem, "pysyncobj": PySyncObjSystem}
     used: list[ReplicatedSystem] = []
     settings: dict[str, Any] = {}
+    phase_load: dict[str, dict[str, list[float]]] = {}
     clock = time.monotonic()
     try:
         if not args.no_ceiling:
@@ -154,17 +161,19 @@ def main(argv: list[str] | None = None) -> int:
             system = makers[name](workdir / name)
             print(f"{name}: starting")
             used.append(system)
+            phase_load[name] = {"start": _load_average()}
             try:
                 system.start()
                 settings[name] = system.settings()
                 run_system(system, recorder, scenarios)
             finally:
                 system.close()
+                phase_load[name]["end"] = _load_average()
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    load1, load5, _ = os.getloadavg()
-    machine["load_average_at_end"] = [round(load1, 2), round(load5, 2)]
+    machine["load_average_at_end"] = _load_average()
+    machine["load_average_by_phase"] = phase_load
     med = report.medians(recorder.runs)
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
