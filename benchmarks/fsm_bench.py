@@ -192,7 +192,7 @@ def sqlite_bench(directory: Path, rows: int) -> dict[str, Any]:
     }
 
 
-def kv_bench(keys: int) -> dict[str, Any]:
+def kv_bench(directory: Path, keys: int) -> dict[str, Any]:
     fsm = KeyValueStateMachine()
     for i in range(keys):
         fsm.apply(json.dumps({"op": "put", "key": f"key{i:08d}", "value": "v" * 80}).encode(), i)
@@ -203,11 +203,12 @@ def kv_bench(keys: int) -> dict[str, Any]:
     started = time.perf_counter()
     write = fsm.begin_snapshot()
     begin_ms = (time.perf_counter() - started) * 1e3
-    sink = io.BytesIO()
-    thread, elapsed = in_thread(write, sink)
-    during = loop.run(lambda: not thread.is_alive())
-    thread.join()
-    print(f"kv: {keys:,} keys, snapshot {len(sink.getvalue()) / 1e6:.1f} MB")
+    image = directory / "snapshot.kv"
+    with image.open("wb") as sink:
+        thread, elapsed = in_thread(write, sink)
+        during = loop.run(lambda: not thread.is_alive())
+        thread.join()
+    print(f"kv: {keys:,} keys, snapshot {image.stat().st_size / 1e6:.1f} MB")
     print(f"  baseline, no snapshot: {gap_summary(baseline)}")
     after = loop.run(for_seconds(AFTER_SECONDS))
     print(f"  begin_snapshot (copy on write) on the calling thread: {begin_ms:.2f} ms")
@@ -238,7 +239,7 @@ def main() -> None:
     try:
         sqlite_bench(directory, args.rows)
         if args.kv_keys:
-            kv_bench(args.kv_keys)
+            kv_bench(directory, args.kv_keys)
     finally:
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
