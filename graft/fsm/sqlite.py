@@ -68,6 +68,7 @@ import math
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,6 +83,10 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 # in rollback-journal mode. A backup of a WAL database copies 2; snapshots are stored with 1.
 _FORMAT_VERSION_OFFSET = 18
 _ROLLBACK_FORMAT = b"\x01\x01"
+# Bytes 40-43: the schema cookie (PRAGMA schema_version). The backup API sets the copy's to its
+# own old value plus one; the snapshot carries the source's, so that a restored replica answers
+# PRAGMA schema_version like one that replayed the log.
+_SCHEMA_COOKIE_OFFSET = 40
 # The WAL file is truncated to this size when it is reset after having grown (e.g. during a
 # snapshot); below it, its space is reused rather than given back.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -387,6 +392,7 @@ class SQLiteStateMachine:
             reader.execute("BEGIN")
             # BEGIN is deferred: the first read takes the WAL read mark that pins the state.
             reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            cookie = reader.execute("PRAGMA schema_version").fetchone()[0]
         except sqlite3.Error as e:
             reader.close()
             raise _environment_failure(e) or FSMFailure(
@@ -398,7 +404,9 @@ class SQLiteStateMachine:
         pages, progress = self._backup_pages, self._backup_progress
 
         def write(sink: BinaryIO) -> None:
-            _write_snapshot(reader, directory, prefix, sink, pages=pages, progress=progress)
+            _write_snapshot(
+                reader, directory, prefix, sink, cookie=cookie, pages=pages, progress=progress
+            )
 
         return write
 
@@ -598,6 +606,7 @@ def _write_snapshot(
     prefix: str,
     sink: BinaryIO,
     *,
+    cookie: int,
     pages: int,
     progress: Callable[[int, int, int], object] | None,
 ) -> None:
@@ -628,6 +637,8 @@ def _write_snapshot(
         with copy.open("r+b") as f:
             f.seek(_FORMAT_VERSION_OFFSET)
             f.write(_ROLLBACK_FORMAT)
+            f.seek(_SCHEMA_COOKIE_OFFSET)
+            f.write(struct.pack(">I", cookie))
             f.seek(0)
             shutil.copyfileobj(f, sink, _COPY_CHUNK)
     except sqlite3.Error as e:

@@ -50,6 +50,9 @@ SQL_COMMANDS = st.one_of(
         st.integers(0, 5),
         st.integers(0, 5),
     ),
+    st.builds(
+        lambda n: f"CREATE TABLE IF NOT EXISTS u{n} (x INTEGER);".encode(), st.integers(0, 3)
+    ),
     st.just(b"INSERT INTO t (name, v) VALUES ('r', random());"),
     st.just(b"INSERT INTO t (name, v) VALUES ('bad', 'not a number');"),
 )
@@ -143,5 +146,6 @@ class SQLiteProperties(ReplicaAgreementTestCase):
             b"SELECT * FROM t ORDER BY id;",
             b"SELECT count(*), sum(v), max(id) FROM t;",
             b"SELECT name, sql FROM sqlite_master ORDER BY name;",
+            b"PRAGMA schema_version;",
         ]
         self.check(make, setup, commands, cut, queries)
