@@ -53,6 +53,10 @@ SQL_COMMANDS = st.one_of(
     st.builds(
         lambda n: f"CREATE TABLE IF NOT EXISTS u{n} (x INTEGER);".encode(), st.integers(0, 3)
     ),
+    st.builds(
+        lambda n: f"DROP TABLE IF EXISTS u{n}; PRAGMA user_version = {n};".encode(),
+        st.integers(0, 3),
+    ),
     st.just(b"INSERT INTO t (name, v) VALUES ('r', random());"),
     st.just(b"INSERT INTO t (name, v) VALUES ('bad', 'not a number');"),
 )
@@ -147,5 +151,8 @@ class SQLiteProperties(ReplicaAgreementTestCase):
             b"SELECT count(*), sum(v), max(id) FROM t;",
             b"SELECT name, sql FROM sqlite_master ORDER BY name;",
             b"PRAGMA schema_version;",
+            b"PRAGMA page_count;",
+            b"PRAGMA freelist_count;",
+            b"PRAGMA user_version;",
         ]
         self.check(make, setup, commands, cut, queries)
