@@ -635,11 +635,12 @@ def _write_snapshot(
         reader.execute("ROLLBACK")
         reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
         with copy.open("r+b") as f:
-            f.seek(_FORMAT_VERSION_OFFSET)
-            f.write(_ROLLBACK_FORMAT)
-            f.seek(_SCHEMA_COOKIE_OFFSET)
-            f.write(struct.pack(">I", cookie))
-            f.seek(0)
+            if copy.stat().st_size >= len(_SQLITE_HEADER):  # not a database with no page
+                f.seek(_FORMAT_VERSION_OFFSET)
+                f.write(_ROLLBACK_FORMAT)
+                f.seek(_SCHEMA_COOKIE_OFFSET)
+                f.write(struct.pack(">I", cookie))
+                f.seek(0)
             shutil.copyfileobj(f, sink, _COPY_CHUNK)
     except sqlite3.Error as e:
         raise _environment_failure(e) or FSMFailure(

@@ -347,6 +347,36 @@ class SQLiteTests(SynchronousTestCase):
             json.loads(fsm.query(b"SELECT count(*) FROM sqlite_master"))["rows"], [[0]]
         )
 
+    def test_failed_writer_releases_everything(self) -> None:
+        """A writer that fails, in the copy or in the sink, raises, leaves no temp file and
+        releases its read transaction: a checkpoint then backfills every frame of the WAL."""
+
+        class Broken(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: Any) -> int:
+                raise OSError("no space left (test)")
+
+        def stop(status: int, remaining: int, total: int) -> None:
+            raise OSError("interrupted (test)")
+
+        for pages, progress, sink in [(-1, None, Broken()), (4, stop, io.BytesIO())]:
+            fsm = self.filled(500)
+            fsm._backup_pages, fsm._backup_progress = pages, progress
+            write = fsm.begin_snapshot()
+            for i in range(20):
+                self.change(fsm, i)
+            self.assertRaises(OSError, write, sink)
+            names = sorted(p.name for p in fsm._path.parent.iterdir())
+            self.assertEqual(names, ["fsm.sqlite3", "fsm.sqlite3-shm", "fsm.sqlite3-wal"])
+            self.change(fsm, 20)
+            busy, frames, backfilled = fsm._conn.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchone()
+            self.assertGreater(frames, 0)
+            self.assertEqual((busy, backfilled), (0, frames))
+
     def test_failing_script_rolls_back_in_wal_mode(self) -> None:
         """In WAL mode a script whose last statement fails leaves no trace, also in a
         snapshot pinned right after."""
