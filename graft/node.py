@@ -94,6 +94,7 @@ class GraftNode(Service, ClusterBackend):
         query_timeout: float,
         api_urls: dict[str, str],
         metrics: NodeMetrics | None = None,
+        route_wait: float = 2.0,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -103,6 +104,7 @@ class GraftNode(Service, ClusterBackend):
         self._command_timeout = command_timeout
         self._query_timeout = query_timeout
         self._api_urls = dict(api_urls)
+        self._route_wait = route_wait
         self._metrics = metrics or NodeMetrics()
         self.peers: PeerChannel | None = None
         self._ticker: LoopingCall | None = None
@@ -336,12 +338,24 @@ class GraftNode(Service, ClusterBackend):
     def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         if self._stopping:
             return _fail(NoLeader("this node is shutting down; retry on another node"))
-        if self._raft.role is not Role.LEADER:
-            return self._forward_submit(commands)
+        if self._raft.role is Role.LEADER:
+            return self._propose(commands)
+        d: Deferred[Any] = self._route_to_leader()
+        d.addCallback(
+            lambda leader: (
+                self._propose(commands)
+                if leader == self.node_id
+                else self._forward_submit(leader, commands)
+            )
+        )
+        return d
+
+    def _propose(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         try:
             indexes = self._raft.propose_batch(list(commands))
         except NotLeader:
-            return self._forward_submit(commands)
+            self._metrics.proposals_failed.labels(reason="not_leader").inc()
+            return _fail(NoLeader("this node lost leadership before proposing; retry"))
         except ProposalDropped:
             self._metrics.proposals_failed.labels(reason="transfer").inc()
             return _fail(NoLeader("leadership is being transferred; retry shortly"))
@@ -355,12 +369,45 @@ class GraftNode(Service, ClusterBackend):
         self._schedule()
         return _gather(waits)
 
-    def _forward_submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
-        leader = self._raft.leader
-        if leader is None or leader == self.node_id or self.peers is None:
-            return _fail(NoLeader("no leader is known (an election may be under way); retry"))
-        if leader not in self.peers.connected_peers():
-            return _fail(NoLeader(f"the leader {leader} cannot be reached from here; retry"))
+    def _route_to_leader(self) -> Deferred[str]:
+        """The leader to send a request to: this node, or a leader whose peer connection is up.
+
+        Right after an election a follower may know the leader before its own connection to it
+        is up (or know none yet); waiting a little here spares clients a 503 in that window.
+        """
+        d: Deferred[str] = Deferred()
+        deadline = self._clock.seconds() + min(self._route_wait, self._command_timeout)
+
+        def poll() -> None:
+            if self._stopping:
+                d.errback(NoLeader("this node is shutting down; retry on another node"))
+                return
+            leader = self._raft.leader
+            if leader == self.node_id and self._raft.role is Role.LEADER:
+                d.callback(leader)
+                return
+            if (
+                leader is not None
+                and self.peers is not None
+                and leader in self.peers.connected_peers()
+            ):
+                d.callback(leader)
+                return
+            if self._clock.seconds() >= deadline:
+                if leader is None:
+                    d.errback(NoLeader("no leader is known (an election may be under way); retry"))
+                else:
+                    d.errback(NoLeader(f"the leader {leader} cannot be reached from here; retry"))
+                return
+            self._clock.callLater(self._tick_seconds, poll)
+
+        poll()
+        return d
+
+    def _forward_submit(
+        self, leader: str, commands: Sequence[bytes]
+    ) -> Deferred[list[CommandResult]]:
+        assert self.peers is not None
         d: Deferred[Any] = self.peers.call(
             leader,
             "forward_submit",
@@ -478,26 +525,30 @@ class GraftNode(Service, ClusterBackend):
     def _forward_query(
         self, query: bytes, consistency: Consistency, min_index: int | None
     ) -> Deferred[QueryResult]:
-        leader = self._raft.leader
-        if leader is None or self.peers is None:
-            return _fail(NoLeader("no leader is known (an election may be under way); retry"))
-        d: Deferred[Any] = self.peers.call(
-            leader,
-            "forward_query",
-            {"query": query, "consistency": consistency.value, "min_index": min_index},
-            timeout=self._query_timeout + 1.0,
-        )
-        d.addCallback(
-            lambda a: QueryResult(
-                output=bytes(a["output"]), applied_index=int(a["applied_index"]), leader=leader
+        def route(leader: str) -> Deferred[QueryResult]:
+            if leader == self.node_id:
+                return self.query(query, consistency, min_index=min_index, forwarded=True)
+            assert self.peers is not None
+            d: Deferred[Any] = self.peers.call(
+                leader,
+                "forward_query",
+                {"query": query, "consistency": consistency.value, "min_index": min_index},
+                timeout=self._query_timeout + 1.0,
             )
-        )
-        d.addErrback(
-            _remote_failure,
-            leader,
-            lost=lambda: NoLeader(f"the leader {leader} did not answer the read; retry"),
-        )
-        return d
+            d.addCallback(
+                lambda a: QueryResult(
+                    output=bytes(a["output"]), applied_index=int(a["applied_index"]), leader=leader
+                )
+            )
+            d.addErrback(
+                _remote_failure,
+                leader,
+                lost=lambda: NoLeader(f"the leader {leader} did not answer the read; retry"),
+            )
+            return d
+
+        routed: Deferred[Any] = self._route_to_leader()
+        return routed.addCallback(route)
 
     # -- ClusterBackend: status ------------------------------------------------------------
 
