@@ -208,6 +208,7 @@ class Cluster:
         # Hook deciding, per sent message, its delays (empty list: dropped).
         self.delays: Callable[[Message], list[int]] = lambda _msg: [0]
         self.trace: deque[str] = deque(maxlen=80)
+        self.lease_probe = False
         # Called when a node has just become leader, before its first messages leave.
         self.on_new_leader: Callable[[RaftNode], None] = lambda _node: None
         self.tracing = False
@@ -322,6 +323,10 @@ class Cluster:
             self.note(f"deliver {msg}")
         sim.node.step(msg)
         self.process(msg.to)
+        if self.lease_probe and sim.node is not None and sim.node.role is Role.LEADER:
+            # A lease read after every event a leader sees: the moments just before it
+            # learns it was deposed are where a broken lease would show.
+            self.lease_read(msg.to, note=False)
 
     def take_due(self) -> list[InFlight]:
         due = [m for m in self.in_flight if m.due <= self.now]
@@ -411,14 +416,15 @@ class Cluster:
         self.node(nid).read_index(context)
         self.process(nid)
 
-    def lease_read(self, nid: NodeId) -> int | None:
+    def lease_read(self, nid: NodeId, *, note: bool = True) -> int | None:
         node = self.node(nid)
         index = node.lease_read_index()
         if index is not None:
             context = b"lease"
             self.checker.read_issued_now(context)
             self.checker.read_answered(nid, context, index, "lease")
-            self.note(f"{nid} lease read at {index}")
+            if note:
+                self.note(f"{nid} lease read at {index}")
         return index
 
 
@@ -585,6 +591,7 @@ def simulate_seed(
             cluster.note(f"isolate new leader {node.id}")
 
     cluster.on_new_leader = on_new_leader
+    cluster.lease_probe = True
     try:
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
