@@ -1,0 +1,135 @@
+"""The benchmark suite's own arithmetic: percentiles, merging, spreading, targets, plots.
+
+.venv/bin/trial benchmarks.tests
+"""
+
+from __future__ import annotations
+
+import subprocess
+import xml.dom.minidom
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from benchmarks.suite import report
+from benchmarks.suite.loadgen import LoadResult, collect, spread, write_bodies
+from benchmarks.suite.svg import line_chart
+
+
+class _FakeWrk(subprocess.Popen[str]):
+    """Stands in for a finished wrk process: communicate() returns its canned output."""
+
+    def __init__(self, out: str, returncode: int = 0) -> None:  # no process is started
+        self._out = out
+        self.returncode = returncode
+
+    def communicate(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        return self._out, ""
+
+
+class LoadResultTests(SynchronousTestCase):
+    def test_percentiles_come_from_the_histogram(self) -> None:
+        """p50 and p99 are read off the latency histogram by rank, in milliseconds."""
+        result = LoadResult(
+            requests=100, failures=0, seconds=1.0, histogram={1000: 50, 2000: 49, 9000: 1}
+        )
+        self.assertEqual(result.percentile_ms(50), 1.0)
+        self.assertEqual(result.percentile_ms(99), 2.0)
+        self.assertEqual(result.percentile_ms(100), 9.0)
+
+    def test_failures_do_not_count_as_throughput(self) -> None:
+        """Throughput counts acknowledged requests only."""
+        result = LoadResult(requests=1000, failures=400, seconds=2.0, histogram={1: 1000})
+        self.assertEqual(result.ok_per_second, 300.0)
+
+    def test_two_wrk_outputs_merge_exactly(self) -> None:
+        """Requests and failures add up, the histograms merge, the longest duration is kept."""
+        first = _FakeWrk("@@totals 10 1000000 0 0 0 2 0\n@@hist 100:5 200:5\n")
+        second = _FakeWrk("@@totals 30 2000000 1 0 0 0 0\n@@hist 200:10 300:20\n")
+        merged = collect([first, second])
+        self.assertEqual((merged.requests, merged.failures, merged.seconds), (40, 3, 2.0))
+        self.assertEqual(merged.histogram, {100: 5, 200: 15, 300: 20})
+
+    def test_a_failed_wrk_is_an_error(self) -> None:
+        """A wrk that exits non-zero or prints no totals stops the suite with its output."""
+        with self.assertRaises(Exception) as caught:
+            collect([_FakeWrk("unable to connect", returncode=1)])
+        self.assertIn("unable to connect", str(caught.exception))
+
+
+class SpreadTests(SynchronousTestCase):
+    def test_connections_are_spread_evenly(self) -> None:
+        """16 connections over three nodes are 6, 5 and 5; none is lost or invented."""
+        targets = spread(["a", "b", "c"], 16)
+        self.assertEqual([t.connections for t in targets], [6, 5, 5])
+        self.assertEqual([t.url for t in targets], ["a", "b", "c"])
+
+    def test_fewer_connections_than_nodes(self) -> None:
+        """A node that would get no connection gets no wrk process."""
+        self.assertEqual([t.url for t in spread(["a", "b", "c"], 2)], ["a", "b"])
+
+
+class BodiesTests(SynchronousTestCase):
+    def test_bodies_are_one_per_line(self) -> None:
+        """The driver reads one body per line, so a body with a newline is refused."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = write_bodies(['{"a":1}', '{"b":2}'], directory)
+        self.assertEqual(path.read_text().splitlines(), ['{"a":1}', '{"b":2}'])
+        with self.assertRaises(ValueError):
+            write_bodies(['{"a":\n1}'], directory)
+
+
+class TargetTests(SynchronousTestCase):
+    def _medians(self, graft_writes: float, klein: float) -> dict[str, dict[str, Any]]:
+        return {
+            "graft": {"write_c16": {"ok_per_s": graft_writes}},
+            "klein": {"ceiling_c16": {"ok_per_s": klein}},
+        }
+
+    def _ceiling_target(self, med: dict[str, dict[str, Any]]) -> report.Target:
+        return next(t for t in report.targets(med) if t.name == "writes c=16 vs Klein ceiling")
+
+    def test_a_ratio_at_the_bound_is_met(self) -> None:
+        """Graft at exactly 0.75x the ceiling meets the 0.75x target."""
+        target = self._ceiling_target(self._medians(750, 1000))
+        self.assertEqual((target.ratio, target.met), (0.75, True))
+
+    def test_a_ratio_below_the_bound_is_not_met(self) -> None:
+        """Graft below 0.75x the ceiling does not meet it."""
+        target = self._ceiling_target(self._medians(700, 1000))
+        self.assertEqual((target.ratio, target.met), (0.7, False))
+
+    def test_a_missing_figure_is_not_a_verdict(self) -> None:
+        """Without the reference figure the target is neither met nor failed."""
+        target = self._ceiling_target({"graft": {"write_c16": {"ok_per_s": 700}}})
+        self.assertIsNone(target.met)
+
+    def test_failed_failover_trials_count_as_the_give_up_time(self) -> None:
+        """A trial in which no write succeeded weighs in the median instead of vanishing."""
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            "etcd": {
+                "failover": [
+                    {"unavailable_ms": 400.0},
+                    {"unavailable_ms": None},
+                    {"unavailable_ms": None},
+                ]
+            }
+        }
+        med = report.medians(runs)
+        self.assertEqual(med["etcd"]["failover"]["unavailable_ms"], 15000.0)
+
+    def test_lower_is_better_for_latency(self) -> None:
+        """The c=1 latency target is met when Graft's p50 is at most etcd's."""
+        med = {"graft": {"write_c1": {"p50_ms": 0.8}}, "etcd": {"write_c1": {"p50_ms": 1.0}}}
+        target = next(t for t in report.targets(med) if t.name.startswith("write p50"))
+        self.assertTrue(target.met)
+
+
+class PlotTests(SynchronousTestCase):
+    def test_the_chart_is_well_formed_svg_with_one_line_per_series(self) -> None:
+        """The SVG parses as XML and draws a polyline for each series."""
+        svg = line_chart("t", "x", "y", {"a": [(1, 10), (16, 20)], "b <&>": [(1, 5), (64, 7)]})
+        document = xml.dom.minidom.parseString(svg)
+        self.assertEqual(len(document.getElementsByTagName("polyline")), 2)
