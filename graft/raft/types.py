@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 NodeId = str
 
@@ -39,11 +40,26 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MemberAddress:
+    """Where a member listens; carried in the membership so every node can reach a newcomer."""
+
+    host: str
+    p2p_port: int
+    api_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Membership:
-    """The cluster configuration: who votes and who only receives the log."""
+    """The cluster configuration: who votes and who only receives the log.
+
+    ``addresses`` is for the driver (the core ignores it): members added at run time are in no
+    node's config file, so their addresses travel with the membership through the log and
+    snapshots. A member without an address here falls back to the config file's ``peers``.
+    """
 
     voters: frozenset[NodeId] = field(default_factory=frozenset)
     learners: frozenset[NodeId] = field(default_factory=frozenset)
+    addresses: tuple[tuple[NodeId, MemberAddress], ...] = ()
 
     @property
     def members(self) -> frozenset[NodeId]:
@@ -52,18 +68,64 @@ class Membership:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    def address_of(self, node: NodeId) -> MemberAddress | None:
+        for member, address in self.addresses:
+            if member == node:
+                return address
+        return None
+
+
+def membership_to_dict(membership: Membership) -> dict[str, Any]:
+    """A plain, canonical form (sorted ids) for JSON and msgpack."""
+    out: dict[str, Any] = {
+        "voters": sorted(membership.voters),
+        "learners": sorted(membership.learners),
+    }
+    if membership.addresses:
+        out["addresses"] = {
+            node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
+            for node, a in sorted(membership.addresses, key=lambda pair: pair[0])
+        }
+    return out
+
+
+def membership_from_dict(raw: object) -> Membership:
+    """The inverse of membership_to_dict; ValueError names what is malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError("a membership must be a mapping with voters and learners")
+    voters, learners = raw.get("voters"), raw.get("learners")
+    for name, ids in (("voters", voters), ("learners", learners)):
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"membership {name} must be a list of node ids")
+    addresses: list[tuple[NodeId, MemberAddress]] = []
+    raw_addresses = raw.get("addresses", {})
+    if not isinstance(raw_addresses, dict):
+        raise ValueError("membership addresses must map node ids to addresses")
+    for node, a in raw_addresses.items():
+        if not (
+            isinstance(node, str)
+            and isinstance(a, dict)
+            and isinstance(a.get("host"), str)
+            and all(type(a.get(k)) is int and 0 < a[k] < 65536 for k in ("p2p", "api"))
+        ):
+            raise ValueError(f"membership address of {node!r} must be {{host, p2p, api}}")
+        address = MemberAddress(host=a["host"], p2p_port=a["p2p"], api_port=a["api"])
+        addresses.append((node, address))
+    assert isinstance(voters, list) and isinstance(learners, list)
+    return Membership(
+        voters=frozenset(voters),
+        learners=frozenset(learners),
+        addresses=tuple(sorted(addresses, key=lambda pair: pair[0])),
+    )
+
 
 def encode_membership(membership: Membership) -> bytes:
-    """The bytes stored in a MEMBERSHIP entry and in snapshot manifests (stable, sorted JSON)."""
-    return json.dumps(
-        {"voters": sorted(membership.voters), "learners": sorted(membership.learners)},
-        separators=(",", ":"),
-    ).encode()
+    """The bytes stored in a MEMBERSHIP entry (stable, sorted JSON)."""
+    return json.dumps(membership_to_dict(membership), separators=(",", ":")).encode()
 
 
 def decode_membership(data: bytes) -> Membership:
-    raw = json.loads(data)
-    return Membership(voters=frozenset(raw["voters"]), learners=frozenset(raw["learners"]))
+    return membership_from_dict(json.loads(data))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

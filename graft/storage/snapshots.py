@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from graft.raft.types import Membership, SnapshotMeta
+from graft.raft.types import SnapshotMeta, membership_from_dict, membership_to_dict
 from graft.storage.errors import CorruptionError
 from graft.storage.files import FileSystem, WritableFile, write_atomic
 from graft.storage.state_files import decode_checked, encode_checked
@@ -108,14 +108,10 @@ class SnapshotStore:
         path = self._dir / (stem + _MANIFEST_SUFFIX)
         body = decode_checked(_MANIFEST_MAGIC, self._files.read_bytes(path), path)
         try:
-            membership = body["membership"]
             meta = SnapshotMeta(
                 index=int(body["index"]),
                 term=int(body["term"]),
-                membership=Membership(
-                    voters=frozenset(str(v) for v in membership["voters"]),
-                    learners=frozenset(str(v) for v in membership["learners"]),
-                ),
+                membership=membership_from_dict(body["membership"]),
             )
             info = SnapshotInfo(
                 meta=meta,
@@ -189,10 +185,7 @@ class SnapshotStore:
         body = {
             "index": meta.index,
             "term": meta.term,
-            "membership": {
-                "voters": sorted(meta.membership.voters),
-                "learners": sorted(meta.membership.learners),
-            },
+            "membership": membership_to_dict(meta.membership),
             "fsm": fsm_name,
             "size": size,
             "crc32": crc,

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 from graft.raft.messages import MESSAGE_TYPES, Message
-from graft.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from graft.raft.types import (
+    Entry,
+    EntryKind,
+    Membership,
+    SnapshotMeta,
+    membership_from_dict,
+    membership_to_dict,
+)
 from graft.wire.errors import ProtocolError
 
 Encoder = Callable[[Any], Any]
@@ -84,23 +91,15 @@ def _decode_entries(value: Any, where: str) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-def _encode_membership(membership: Membership) -> list[list[str]]:
-    return [sorted(membership.voters), sorted(membership.learners)]
-
-
-def _decode_node_set(value: Any, where: str) -> frozenset[str]:
-    if type(value) is not list or any(type(item) is not str for item in value):
-        _fail(where, "a list of node ids", value)
-    return frozenset(value)
+def _encode_membership(membership: Membership) -> dict[str, Any]:
+    return membership_to_dict(membership)
 
 
 def _decode_membership(value: Any, where: str) -> Membership:
-    if type(value) is not list or len(value) != 2:
-        _fail(where, "a membership as [voters, learners]", value)
-    return Membership(
-        voters=_decode_node_set(value[0], f"{where}.voters"),
-        learners=_decode_node_set(value[1], f"{where}.learners"),
-    )
+    try:
+        return membership_from_dict(value)
+    except ValueError as e:
+        raise ProtocolError(f"{where}: {e}") from None
 
 
 def _encode_snapshot_meta(meta: SnapshotMeta) -> list[Any]:

@@ -2,7 +2,13 @@
 
 from twisted.trial import unittest
 
-from graft.raft.types import Membership, decode_membership, encode_membership
+from graft.raft.types import (
+    MemberAddress,
+    Membership,
+    decode_membership,
+    encode_membership,
+    membership_from_dict,
+)
 
 
 class MembershipTests(unittest.TestCase):
@@ -16,3 +22,35 @@ class MembershipTests(unittest.TestCase):
         """A quorum is a strict majority of voters; learners do not count."""
         self.assertEqual(Membership(voters=frozenset("abc"), learners=frozenset("de")).quorum(), 2)
         self.assertEqual(Membership(voters=frozenset("abcd")).quorum(), 3)
+
+
+class MembershipAddressTests(unittest.TestCase):
+    def test_addresses_round_trip_and_are_optional(self) -> None:
+        """Addresses travel with the membership; an encoding without them (older entries)
+        decodes to a membership with none."""
+        m = Membership(
+            voters=frozenset({"a"}),
+            addresses=(("a", MemberAddress(host="10.0.0.1", p2p_port=1, api_port=2)),),
+        )
+        self.assertEqual(decode_membership(encode_membership(m)), m)
+        self.assertEqual(m.address_of("a"), MemberAddress(host="10.0.0.1", p2p_port=1, api_port=2))
+        self.assertIsNone(m.address_of("b"))
+        self.assertEqual(
+            decode_membership(b'{"voters":["a"],"learners":[]}'),
+            Membership(voters=frozenset({"a"})),
+        )
+
+    def test_malformed_membership_is_refused(self) -> None:
+        """A malformed membership raises ValueError naming the problem, never a partial object."""
+        bad: list[object] = [
+            [],
+            {"voters": "a", "learners": []},
+            {
+                "voters": ["a"],
+                "learners": [],
+                "addresses": {"a": {"host": "h", "p2p": 0, "api": 1}},
+            },
+        ]
+        for raw in bad:
+            with self.assertRaises(ValueError):
+                membership_from_dict(raw)

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from graft.raft.messages import MESSAGE_TYPES
-from graft.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from graft.raft.types import Entry, EntryKind, MemberAddress, Membership, SnapshotMeta
 from graft.wire import Answer, Ask, ErrorAnswer, Hello
 
 node_ids = st.text(min_size=1, max_size=12)
@@ -22,10 +22,15 @@ entries = st.builds(
     kind=st.sampled_from(EntryKind),
     data=st.binary(max_size=64),
 )
+ports = st.integers(min_value=1, max_value=65535)
+addresses = st.builds(MemberAddress, host=st.text(max_size=20), p2p_port=ports, api_port=ports)
 memberships = st.builds(
     Membership,
     voters=st.frozensets(node_ids, max_size=5),
     learners=st.frozensets(node_ids, max_size=3),
+    addresses=st.dictionaries(node_ids, addresses, max_size=3).map(
+        lambda d: tuple(sorted(d.items(), key=lambda pair: pair[0]))
+    ),
 )
 snapshot_metas = st.builds(SnapshotMeta, index=counters, term=counters, membership=memberships)
 
