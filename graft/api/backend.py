@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
@@ -85,3 +85,47 @@ class ClusterBackend(Protocol):
 
     @property
     def metrics(self) -> CollectorRegistry: ...
+
+
+class ClusterAdmin(Protocol):
+    """Cluster administration (DESIGN.md section 5). GraftNode implements it; on a follower each
+    operation is carried out by the leader (forwarded over the peer channel), except
+    ``shutdown`` and ``latest_snapshot``, which concern the node asked.
+
+    Failures are GraftErrors: BadRequest (e.g. already a member, a change in progress),
+    NotFound (no such member), NoLeader, Timeout.
+    """
+
+    def members(self) -> dict[str, Any]:
+        """``{"leader": id | None, "voters": [ids], "learners": [ids],
+        "addresses": {id: {"host", "p2p", "api"}}}`` as this node knows them."""
+        ...
+
+    def add_member(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[dict[str, Any]]:
+        """Add as a learner, wait until it has caught up, promote it to voter; answers
+        members() once the promotion is committed."""
+        ...
+
+    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+        """Remove a member (the leader hands over first if it is the one removed)."""
+        ...
+
+    def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
+        """Hand leadership to ``target`` (the most caught-up voter when None); answers
+        ``{"leader": new leader, "term": term}`` once it has moved."""
+        ...
+
+    def take_snapshot(self) -> Deferred[dict[str, Any]]:
+        """Snapshot this node's FSM now and compact its log; answers ``{"index", "term"}``."""
+        ...
+
+    def latest_snapshot(self) -> tuple[dict[str, Any], BinaryIO] | None:
+        """This node's latest snapshot: its manifest (index, term, membership, fsm, size) and
+        an open file positioned at the start of the data, or None when there is none."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop this node gracefully (as SIGTERM does: a leader hands over first)."""
+        ...
