@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,16 +40,26 @@ from graft.errors import (
     GraftError,
     Internal,
     NoLeader,
+    NotFound,
     Timeout,
 )
-from graft.fsm import CommandRejected, QueryRejected, StateMachine
+from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.messages import AppendEntries, Heartbeat, Message
-from graft.raft.node import RaftNode
+from graft.raft.node import MembershipChangeRefused, RaftNode
 from graft.raft.ready import Ready, Role
 from graft.raft.storage import LogStorage
-from graft.raft.types import Entry, EntryKind, HardState
+from graft.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    MemberAddress,
+    Membership,
+    SnapshotMeta,
+    decode_membership,
+    membership_to_dict,
+)
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -57,6 +68,14 @@ log = Logger(namespace="graft.node")
 
 class DurableStorage(LogStorage, Protocol):
     def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]: ...
+
+    def save_snapshot(
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
+    ) -> Any: ...
+
+    def snapshot_info(self) -> Any: ...
+
+    def compact(self, index: int, keep: int = 0) -> Deferred[None]: ...
 
     def close(self) -> Deferred[None]: ...
 
@@ -72,10 +91,12 @@ class PeerChannel(Protocol):
 
     def connected_peers(self) -> set[str]: ...
 
+    def update_peers(self, peers: Mapping[str, MemberAddress]) -> None: ...
+
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
-    cls.code: cls for cls in (BadRequest, NoLeader, Timeout, Internal)
+    cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal)
 }
 
 
@@ -95,6 +116,15 @@ class GraftNode(Service, ClusterBackend):
         api_urls: dict[str, str],
         metrics: NodeMetrics | None = None,
         route_wait: float = 2.0,
+        election_seconds: float | None = None,
+        static_addresses: Mapping[str, MemberAddress] | None = None,
+        bootstrap: Membership | None = None,
+        api_scheme: str = "http",
+        snapshot_entries: int = 0,
+        snapshot_trailing: int = 0,
+        fsm_name: str = "",
+        catch_up_timeout: float = 120.0,
+        run_in_thread: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -119,6 +149,23 @@ class GraftNode(Service, ClusterBackend):
         self._last_leader_contact = 0.0
         self._leader = raft.leader
         self._role = raft.role
+        self._election_seconds = election_seconds or 10 * tick_seconds
+        self._static_addresses = dict(static_addresses or {})
+        self._api_scheme = api_scheme
+        self._catch_up_timeout = catch_up_timeout
+        self._membership = raft.membership
+        # The membership as of the applied index: what a snapshot taken now must record.
+        snapshot = storage.snapshot_meta()
+        self._applied_membership = (
+            snapshot.membership if snapshot.index > 0 else (bootstrap or raft.membership)
+        )
+        self._snapshot_entries = snapshot_entries
+        self._snapshot_trailing = snapshot_trailing
+        self._snapshot_index = snapshot.index
+        self._snapshotting: Deferred[dict[str, Any]] | None = None
+        self._fsm_name = fsm_name
+        self._run_in_thread = run_in_thread or _defer_to_thread
+        self._stopped: Deferred[None] | None = None
 
     # -- service ---------------------------------------------------------------------------
 
@@ -226,6 +273,8 @@ class GraftNode(Service, ClusterBackend):
             else:
                 waiter.callback(read.index)
         self._raft.advance(ready)
+        if self._raft.membership != self._membership:
+            self._on_membership(self._raft.membership)
         self._update_gauges()
         self._schedule()
 
@@ -275,6 +324,8 @@ class GraftNode(Service, ClusterBackend):
                         output=output,
                     )
             else:
+                if entry.kind is EntryKind.MEMBERSHIP:
+                    self._applied_membership = decode_membership(entry.data)
                 result = CommandResult(
                     index=entry.index, term=entry.term, leader=self._raft.leader or ""
                 )
@@ -283,6 +334,7 @@ class GraftNode(Service, ClusterBackend):
                 self._metrics.commit_latency.observe(now - started)
             self._proposals.resolve(entry.index, entry.term, result, _overwritten)
         self._applied.advance(entries[-1].index)
+        self._maybe_snapshot()
 
     def _fatal(self, failure: Failure, doing: str) -> None:
         """A failure the node cannot survive without risking divergence: stop the process."""
@@ -439,6 +491,13 @@ class GraftNode(Service, ClusterBackend):
             )
             dq.addCallback(lambda r: {"output": r.output, "applied_index": r.applied_index})
             return dq
+        if command == "forward_admin":
+            if self._raft.role is not Role.LEADER:
+                return _fail(NoLeader(f"{self.node_id} is not the leader any more; retry"))
+            da: Deferred[Any] = Deferred.fromCoroutine(
+                self._admin_here(str(args["op"]), dict(args["args"]))
+            )
+            return da.addCallback(lambda result: {"result": result})
         return _fail(BadRequest(f"unknown peer request {command!r}"))
 
     # -- ClusterBackend: queries -----------------------------------------------------------
@@ -550,6 +609,307 @@ class GraftNode(Service, ClusterBackend):
         routed: Deferred[Any] = self._route_to_leader()
         return routed.addCallback(route)
 
+    # -- membership ------------------------------------------------------------------------
+
+    def address_of(self, node_id: str) -> MemberAddress | None:
+        return self._membership.address_of(node_id) or self._static_addresses.get(node_id)
+
+    def _on_membership(self, membership: Membership) -> None:
+        """The core adopted a new membership (on append, as the thesis says): dial new members,
+        drop removed ones, and learn their API addresses for redirects."""
+        self._membership = membership
+        addresses = {m: a for m in membership.members if (a := self.address_of(m)) is not None}
+        self._api_urls = {m: _api_url(self._api_scheme, a) for m, a in addresses.items()}
+        log.info(
+            "membership is now voters {voters}, learners {learners}",
+            voters=",".join(sorted(membership.voters)),
+            learners=",".join(sorted(membership.learners)) or "-",
+        )
+        if self.peers is not None:
+            self.peers.update_peers(addresses)
+
+    def members(self) -> dict[str, Any]:
+        m = self._membership
+        return {
+            "leader": self._raft.leader,
+            "voters": sorted(m.voters),
+            "learners": sorted(m.learners),
+            "addresses": {
+                node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
+                for node in sorted(m.members)
+                if (a := self.address_of(node)) is not None
+            },
+        }
+
+    def add_member(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[dict[str, Any]]:
+        args = {"id": node_id, "host": host, "p2p": p2p_port, "api": api_port}
+        return self._admin("add_member", args)
+
+    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+        return self._admin("remove_member", {"id": node_id})
+
+    def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
+        return self._admin("transfer_leadership", {"id": target})
+
+    def _admin(self, op: str, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Run an administrative operation on the leader (forwarding it from a follower)."""
+        if self._stopping:
+            return _fail(NoLeader("this node is shutting down; retry on another node"))
+
+        def route(leader: str) -> Deferred[dict[str, Any]]:
+            if leader == self.node_id:
+                return Deferred.fromCoroutine(self._admin_here(op, args))
+            assert self.peers is not None
+            d: Deferred[Any] = self.peers.call(
+                leader,
+                "forward_admin",
+                {"op": op, "args": args},
+                timeout=self._catch_up_timeout + 10.0,
+            )
+            d.addCallback(lambda answer: answer["result"])
+            d.addErrback(
+                _remote_failure,
+                leader,
+                lost=lambda: Timeout(
+                    f"the leader {leader} did not answer the {op} request; check "
+                    "`graft members list` before retrying"
+                ),
+            )
+            return d
+
+        routed: Deferred[Any] = self._route_to_leader()
+        return routed.addCallback(route)
+
+    async def _admin_here(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "add_member":
+            return await self._add_member_here(
+                str(args["id"]), str(args["host"]), int(args["p2p"]), int(args["api"])
+            )
+        if op == "remove_member":
+            return await self._remove_member_here(str(args["id"]))
+        if op == "transfer_leadership":
+            target = args.get("id")
+            return await self._transfer_here(None if target is None else str(target))
+        raise BadRequest(f"unknown administrative operation {op!r}")
+
+    async def _add_member_here(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> dict[str, Any]:
+        m = self._membership
+        if node_id in m.voters:
+            raise BadRequest(f"{node_id} is already a voting member; nothing to do")
+        address = MemberAddress(host=host, p2p_port=p2p_port, api_port=api_port)
+        for other in m.members:
+            a = self.address_of(other)
+            if other != node_id and a is not None and (a.host, a.p2p_port) == (host, p2p_port):
+                raise BadRequest(
+                    f"{host}:{p2p_port} is already the peer address of {other}; "
+                    "give the new member its own address"
+                )
+        if node_id not in m.learners:
+            log.info(
+                "adding {id} at {host}:{port} as a learner", id=node_id, host=host, port=p2p_port
+            )
+            await self._change_membership(
+                Membership(
+                    voters=m.voters,
+                    learners=m.learners | {node_id},
+                    addresses=_with_address(m.addresses, node_id, address),
+                )
+            )
+        target = self._raft.status().commit
+        log.info("waiting for {id} to catch up to index {target}", id=node_id, target=target)
+        deadline = self._clock.seconds() + self._catch_up_timeout
+        while True:
+            st = self._raft.status()
+            if st.role is not Role.LEADER:
+                raise NoLeader(
+                    f"leadership moved while {node_id} was catching up; it stays a learner: "
+                    "retry the add to promote it"
+                )
+            progress = st.progress.get(node_id)
+            if progress is not None and progress.match >= target:
+                break
+            if self._clock.seconds() > deadline:
+                match = progress.match if progress is not None else 0
+                raise Timeout(
+                    f"{node_id} did not catch up within {self._catch_up_timeout:.0f} s (it has "
+                    f"{match} of {target}); check it runs and reaches {host}:{p2p_port}. It "
+                    "stays a learner: retry the add to promote it, or remove it"
+                )
+            await _sleep(self._clock, self._tick_seconds)
+        m = self._membership
+        log.info("{id} caught up; promoting it to voter", id=node_id)
+        await self._change_membership(
+            Membership(
+                voters=m.voters | {node_id},
+                learners=m.learners - {node_id},
+                addresses=_with_address(m.addresses, node_id, address),
+            )
+        )
+        return self.members()
+
+    async def _remove_member_here(self, node_id: str) -> dict[str, Any]:
+        m = self._membership
+        if node_id not in m.members:
+            raise NotFound(f"{node_id} is not a member (members: {', '.join(sorted(m.members))})")
+        if node_id == self.node_id:
+            # The leader removes itself by handing over first; the new leader removes it.
+            await self._transfer_here(None)
+            result: dict[str, Any] = await self._admin("remove_member", {"id": node_id})
+            return result
+        if m.voters == {node_id}:
+            raise BadRequest("cannot remove the last voter; add another member first")
+        address = self.address_of(node_id)
+        kept = tuple((n, a) for n, a in m.addresses if n != node_id)
+        await self._change_membership(
+            Membership(voters=m.voters - {node_id}, learners=m.learners - {node_id}, addresses=kept)
+        )
+        log.info("removed {id} ({address})", id=node_id, address=address)
+        return self.members()
+
+    async def _change_membership(self, membership: Membership) -> None:
+        """Propose a membership and wait until it is committed and applied here."""
+        deadline = self._clock.seconds() + self._command_timeout
+        while True:
+            if self._raft.role is not Role.LEADER:
+                raise NoLeader("leadership moved during the membership change; retry it")
+            try:
+                index = self._raft.propose_membership(membership)
+                break
+            except MembershipChangeRefused as e:
+                # The previous change or the term's first commit is still on its way.
+                if self._clock.seconds() > deadline:
+                    raise BadRequest(f"the membership change was refused: {e}") from None
+            except ProposalDropped:
+                if self._clock.seconds() > deadline:
+                    raise NoLeader("leadership is being transferred; retry shortly") from None
+            await _sleep(self._clock, self._tick_seconds)
+        waiter = self._proposals.add(index, self._raft.term, self._command_timeout, _timed_out)
+        self._schedule()
+        await waiter
+
+    async def _transfer_here(self, target: str | None) -> dict[str, Any]:
+        st = self._raft.status()
+        voters = sorted(v for v in self._membership.voters if v != self.node_id)
+        if target is None:
+            if not voters:
+                raise BadRequest("there is no other voter to hand leadership to; add one first")
+            # The most caught-up voter needs the least catching up before TimeoutNow.
+            target = max(voters, key=lambda v: st.progress[v].match if v in st.progress else -1)
+        if target == self.node_id:
+            return {"leader": self.node_id, "term": self._raft.term}
+        if target not in voters:
+            raise BadRequest(f"{target} is not a voting member; choose one of {', '.join(voters)}")
+        log.info("transferring leadership to {target}", target=target)
+        try:
+            self._raft.transfer_leadership(target)
+        except NotLeader:
+            raise NoLeader("this node is no longer the leader; retry") from None
+        self._schedule()
+        deadline = self._clock.seconds() + 2 * self._election_seconds
+        while self._clock.seconds() <= deadline:
+            await _sleep(self._clock, self._tick_seconds)
+            if self._raft.role is not Role.LEADER and self._raft.leader is not None:
+                if self._raft.leader != target:
+                    log.info(
+                        "leadership went to {leader}, not {target}",
+                        leader=self._raft.leader,
+                        target=target,
+                    )
+                return {"leader": self._raft.leader, "term": self._raft.term}
+        raise Timeout(
+            f"leadership did not move to {target} within {2 * self._election_seconds:.1f} s; "
+            f"{self._raft.leader or 'no node'} leads. Check {target} is healthy and retry"
+        )
+
+    def hand_over(self) -> Deferred[None]:
+        """Before stopping: a leader hands leadership to the most caught-up voter, so stopping
+        it costs the cluster no election timeout. Best effort; never fails."""
+        if self._raft.role is not Role.LEADER or len(self._membership.voters) < 2:
+            return succeed(None)
+        d: Deferred[Any] = Deferred.fromCoroutine(self._transfer_here(None))
+
+        def done(result: object) -> None:
+            if isinstance(result, Failure):
+                log.warn("could not hand over leadership before stopping: {e}", e=result.value)
+
+        d.addBoth(done)
+        return d
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        if (
+            self._snapshot_entries > 0
+            and self._snapshotting is None
+            and self._applied.applied - self._snapshot_index >= self._snapshot_entries
+        ):
+            self.take_snapshot().addErrback(
+                lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
+            )
+
+    def take_snapshot(self) -> Deferred[dict[str, Any]]:
+        """Snapshot the FSM at the applied index (the copy is written off the reactor thread
+        while commands keep applying), then drop log segments below it."""
+        if self._snapshotting is not None:
+            return _fail(BadRequest("a snapshot is being taken already; retry when it is done"))
+        applied = self._applied.applied
+        if applied <= self._snapshot_index:
+            current = self._storage.snapshot_meta()
+            return succeed({"index": current.index, "term": current.term})
+        meta = SnapshotMeta(
+            index=applied, term=self._storage.term(applied), membership=self._applied_membership
+        )
+        write = begin_snapshot(self._fsm)
+        started = self._clock.seconds()
+        d: Deferred[Any] = self._run_in_thread(
+            self._storage.save_snapshot, meta, self._fsm_name, write
+        )
+
+        def compact(_: object) -> Deferred[None]:
+            self._snapshot_index = meta.index
+            log.info(
+                "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
+                index=meta.index,
+                term=meta.term,
+                seconds=self._clock.seconds() - started,
+            )
+            return self._storage.compact(meta.index, keep=self._snapshot_trailing)
+
+        def finished(result: object) -> object:
+            self._snapshotting = None
+            return result
+
+        d.addCallback(compact)
+        d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
+        d.addBoth(finished)
+        self._snapshotting = d
+        out: Deferred[dict[str, Any]] = Deferred()
+        d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
+        return out
+
+    def latest_snapshot(self) -> tuple[dict[str, Any], BinaryIO] | None:
+        info = self._storage.snapshot_info()
+        if info is None:
+            return None
+        manifest = {
+            "index": info.meta.index,
+            "term": info.meta.term,
+            "fsm": info.fsm_name,
+            "size": info.size,
+            "membership": membership_to_dict(info.meta.membership),
+        }
+        return manifest, open(info.data_path, "rb")
+
+    def shutdown(self) -> None:
+        log.info("shutdown requested through the API")
+        stop = getattr(self._clock, "stop", None)
+        if stop is not None:
+            self._clock.callLater(0, stop)
+
     # -- ClusterBackend: status ------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -659,6 +1019,26 @@ def _remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftEr
     return Failure(
         Internal(f"forwarding to the leader {leader} failed: {failure.getErrorMessage()}")
     )
+
+
+def _sleep(clock: Any, seconds: float) -> Deferred[None]:
+    return deferLater(clock, seconds, lambda: None)
+
+
+def _defer_to_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    return deferToThread(f, *args)
+
+
+def _api_url(scheme: str, address: MemberAddress) -> str:
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{scheme}://{host}:{address.api_port}"
+
+
+def _with_address(
+    addresses: tuple[tuple[str, MemberAddress], ...], node: str, address: MemberAddress
+) -> tuple[tuple[str, MemberAddress], ...]:
+    kept = [(n, a) for n, a in addresses if n != node]
+    return tuple(sorted([*kept, (node, address)], key=lambda pair: pair[0]))
 
 
 __all__ = ["DurableStorage", "FSMRejected", "GraftNode", "PeerChannel"]

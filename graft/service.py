@@ -19,17 +19,21 @@ from typing import Any, cast
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints, ssl
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from graft.api import make_api_site
-from graft.config import ClusterConfig
-from graft.fsm import create_state_machine
+from graft.config import ClusterConfig, ConfigError
+from graft.fsm import StateMachine, create_state_machine
 from graft.metrics import NodeMetrics
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
-from graft.raft.types import Membership
+from graft.raft.types import MemberAddress, Membership
 from graft.storage import DurableLog
 from graft.transport import PeerTransport
+
+log = Logger(namespace="graft.service")
 
 
 def raft_config_for(cfg: ClusterConfig, node_id: str) -> RaftConfig:
@@ -62,9 +66,17 @@ def make_service(cfg: ClusterConfig, node_id: str, *, reactor: Any = None) -> IS
         reactor=reactor,
         on_fsync=metrics.fsync_latency.observe,
     )
+    for note in storage.notes:
+        log.warn("storage repaired at open: {note}", note=note)
     fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
+    restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
     rng = random.Random()
-    raft = RaftNode(raft_config_for(cfg, node_id), storage, rng)
+    raft_config = raft_config_for(cfg, node_id)
+    raft = RaftNode(raft_config, storage, rng)
+    static_addresses = {
+        peer.id: MemberAddress(host=peer.host, p2p_port=peer.p2p_port, api_port=peer.api_port)
+        for peer in cfg.peers.values()
+    }
     node = GraftNode(
         raft=raft,
         storage=storage,
@@ -75,12 +87,22 @@ def make_service(cfg: ClusterConfig, node_id: str, *, reactor: Any = None) -> IS
         query_timeout=cfg.api.query_timeout_ms / 1000,
         api_urls={peer: cfg.api_url(peer) for peer in cfg.peers},
         metrics=metrics,
+        election_seconds=cfg.election_ms / 1000,
+        static_addresses=static_addresses,
+        bootstrap=raft_config.bootstrap,
+        api_scheme="https" if cfg.api.tls is not None else "http",
+        snapshot_entries=cfg.snapshot.entries,
+        snapshot_trailing=cfg.snapshot.trailing,
+        fsm_name=cfg.fsm.factory,
     )
+    # A restarted node dials the members its log or snapshot names, not only the file's peers.
+    peers = {m: a for m in raft.membership.members if (a := node.address_of(m)) is not None}
+    peers.setdefault(node_id, static_addresses[node_id])
     transport = PeerTransport(
         reactor=reactor,
         node_id=node_id,
         cluster=cfg.cluster,
-        peers=cfg.peers,
+        peers=peers,
         tls=cfg.tls_for(node_id),
         on_message=node.receive,
         on_request=node.handle_request,
@@ -101,11 +123,46 @@ def make_service(cfg: ClusterConfig, node_id: str, *, reactor: Any = None) -> IS
     api = StreamServerEndpointService(endpoint, site)
     api._raiseSynchronously = True  # a port already in use stops the node at start, loudly
 
-    top = MultiService()
+    top = GraftService(node)
     transport.setServiceParent(top)
     node.setServiceParent(top)
     api.setServiceParent(top)
     return cast(IService, top)
+
+
+class GraftService(MultiService):
+    """The node's service tree; on stop, a leader first hands leadership over, so a rolling
+    restart costs no election timeout, then children stop in reverse order."""
+
+    def __init__(self, node: GraftNode) -> None:
+        super().__init__()
+        self.node = node
+
+    def stopService(self) -> Deferred[None]:
+        def stop_children(_: object) -> Deferred[None]:
+            return cast(Deferred[None], MultiService.stopService(self))
+
+        d: Deferred[Any] = self.node.hand_over()
+        d.addCallback(stop_children)
+        return d
+
+
+def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: str) -> None:
+    """A node starts from its latest snapshot, then replays the log after it."""
+    snapshot = storage.open_snapshot()
+    if snapshot is None:
+        return
+    meta, data = snapshot
+    info = storage.snapshot_info()
+    if info is not None and info.fsm_name and info.fsm_name != fsm_name:
+        data.close()
+        raise ConfigError(
+            f"fsm.factory: the data dir's snapshot was taken by {info.fsm_name}, not {fsm_name}; "
+            "configure the FSM the cluster was created with"
+        )
+    with data:
+        log.info("restoring the FSM from the snapshot at index {index}", index=meta.index)
+        fsm.restore(data)
 
 
 def _api_tls_context(files: Any) -> Any:

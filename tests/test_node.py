@@ -100,6 +100,9 @@ class Channel:
             return d
         return self.network.nodes[peer].handle_request(self.me, command, args)
 
+    def update_peers(self, peers: Any) -> None:
+        pass
+
     def connected_peers(self) -> set[str]:
         return {
             n for n in self.network.nodes if n != self.me and not self.network.blocked(self.me, n)

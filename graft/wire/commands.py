@@ -101,6 +101,14 @@ FORWARD_QUERY = Command(
     errors=frozenset({"no_leader", "timeout", "bad_request"}),
 )
 
+FORWARD_ADMIN = Command(
+    name="forward_admin",
+    # A follower forwards cluster administration (add/remove member, transfer) to the leader.
+    arguments={"op": str, "args": dict[str, Any]},
+    response={"result": dict[str, Any]},
+    errors=frozenset({"no_leader", "timeout", "bad_request", "not_found"}),
+)
+
 INSTALL_SNAPSHOT_CHUNK = Command(
     name="install_snapshot_chunk",
     # Placeholder for snapshot streaming (issue 6): the schema may still change.
@@ -115,4 +123,4 @@ INSTALL_SNAPSHOT_CHUNK = Command(
     response={"term": int, "next_offset": int},
 )
 
-COMMANDS = CommandRegistry((FORWARD_SUBMIT, FORWARD_QUERY, INSTALL_SNAPSHOT_CHUNK))
+COMMANDS = CommandRegistry((FORWARD_SUBMIT, FORWARD_QUERY, FORWARD_ADMIN, INSTALL_SNAPSHOT_CHUNK))
