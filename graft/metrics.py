@@ -54,6 +54,12 @@ class NodeMetrics:
         self.elections = Counter(
             "graft_elections", "Elections this node started as a candidate.", registry=r
         )
+        self.election_timeouts = Counter(
+            "graft_election_timeouts",
+            "Times this node's election timer fired and it started a pre-vote (a leadership "
+            "transfer does not count).",
+            registry=r,
+        )
         self.leader_changes = Counter(
             "graft_leader_changes", "Times this node saw the leader change.", registry=r
         )

@@ -283,6 +283,8 @@ class GraftNode(Service, ClusterBackend):
         assert soft is not None
         if soft.role is Role.CANDIDATE and self._role is not Role.CANDIDATE:
             self._metrics.elections.inc()
+        if soft.role is Role.PRE_CANDIDATE and self._role is not Role.PRE_CANDIDATE:
+            self._metrics.election_timeouts.inc()
         if soft.leader != self._leader:
             self._metrics.leader_changes.inc()
             log.info(

@@ -36,12 +36,17 @@ from graft.transport import PeerTransport
 log = Logger(namespace="graft.service")
 
 
-def raft_config_for(cfg: ClusterConfig, node_id: str) -> RaftConfig:
-    """Millisecond timeouts to ticks: one tick per heartbeat interval."""
+def raft_config_for(cfg: ClusterConfig, node_id: str, *, join: bool = False) -> RaftConfig:
+    """Millisecond timeouts to ticks: one tick per heartbeat interval.
+
+    A fresh node's membership is the file's peers, except for a node joining a running
+    cluster: it starts with none and learns the real one from the leader's log, so it can
+    neither campaign nor form a cluster of its own with other newcomers.
+    """
     election_ticks = max(2, round(cfg.election_ms / cfg.heartbeat_ms))
     return RaftConfig(
         id=node_id,
-        bootstrap=Membership(voters=frozenset(cfg.peers)),
+        bootstrap=Membership() if join else Membership(voters=frozenset(cfg.peers)),
         election_ticks=election_ticks,
         heartbeat_ticks=1,
         max_msg_entries=cfg.raft.max_msg_entries,
@@ -50,7 +55,9 @@ def raft_config_for(cfg: ClusterConfig, node_id: str) -> RaftConfig:
     )
 
 
-def make_service(cfg: ClusterConfig, node_id: str, *, reactor: Any = None) -> IService:
+def make_service(
+    cfg: ClusterConfig, node_id: str, *, reactor: Any = None, join: bool = False
+) -> IService:
     """Build one node's service tree. Raises ConfigError or StorageError before anything starts."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -71,7 +78,7 @@ def make_service(cfg: ClusterConfig, node_id: str, *, reactor: Any = None) -> IS
     fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
     restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
     rng = random.Random()
-    raft_config = raft_config_for(cfg, node_id)
+    raft_config = raft_config_for(cfg, node_id, join=join)
     raft = RaftNode(raft_config, storage, rng)
     static_addresses = {
         peer.id: MemberAddress(host=peer.host, p2p_port=peer.p2p_port, api_port=peer.api_port)

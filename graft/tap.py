@@ -13,6 +13,14 @@ from graft.config import ConfigError, load_config
 class Options(usage.Options):
     synopsis = "--config conf/cluster.yaml --node turing"
     longdesc = "Run one Graft node: Raft over mutual TLS to its peers and the HTTP API."
+    optFlags = [
+        [
+            "join",
+            "j",
+            "A new member: start with no membership of its own and wait for the leader to add it "
+            "(graft members add); never campaigns before that.",
+        ],
+    ]
     optParameters = [
         ["config", "c", "conf/cluster.yaml", "The cluster configuration file (YAML)."],
         ["node", "n", None, "This node's id among the config's peers (or `node:` in the file)."],
@@ -35,7 +43,7 @@ def makeService(options: Options) -> IService:
 
     cfg = options["cluster"]
     try:
-        return make_service(cfg, cfg.node)
+        return make_service(cfg, cfg.node, join=bool(options["join"]))
     except (ConfigError, StorageError) as e:
         # One line, no traceback: these are the operator's to fix, and the message says how.
         print(f"graft: {e}", file=sys.stderr)

@@ -100,6 +100,18 @@ class PeerDialer:
     def authenticated(self) -> None:
         self.attempt = 0
 
+    def peer_is_back(self) -> None:
+        """The peer just reached us: if we are waiting out a backoff, dial now instead.
+
+        A restarted node would otherwise wait up to the maximum backoff to hear from the
+        leader, longer than its election timeout.
+        """
+        if self._retry is not None and self._retry.active() and not self._stopped:
+            self._retry.cancel()
+            self._retry = None
+            self.attempt = 0
+            self._dial()
+
     def dial_failed(self, reason: Failure) -> None:
         self._connector = None
         if not self._stopped:

@@ -208,6 +208,10 @@ class PeerTransport(Service):
             self._outbound[peer] = connection
             if previous is not None and previous is not connection:
                 previous.drop("replaced by a newer connection")
+        else:
+            dialer = self._dialers.get(peer)
+            if dialer is not None and peer not in self._outbound:
+                dialer.peer_is_back()
 
     def connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
         self._connections.discard(connection)
