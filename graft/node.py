@@ -196,7 +196,13 @@ class GraftNode(Service, ClusterBackend):
             self._scheduled.cancel()
         self._scheduled = None
         shutting_down = lambda: NoLeader("this node is shutting down; retry on another node")  # noqa: E731
-        self._proposals.fail_all(shutting_down)
+        # A proposal already in the log may still commit (under another leader): unknown.
+        self._proposals.fail_all(
+            lambda: Timeout(
+                "the node stopped before the command was applied; its outcome is unknown: it "
+                "may still commit. Check with a query before retrying a non-idempotent command"
+            )
+        )
         self._applied.fail_all(shutting_down)
         for d in list(self._reads.values()):
             if not d.called:
