@@ -9,6 +9,15 @@ Routes (every one but /health needs a token of at least the given role when toke
     GET /health                   open    the process answers
     GET /ready                    read    200 when a leader is known and this node caught up
     GET /metrics                  read    Prometheus text format
+    GET /cluster/members          read    the membership: leader, voters, learners, addresses
+    POST /cluster/members         admin   {"id", "host", "ports": {"p2p", "api"}}: add (learner,
+                                          catch up, promote); answers the new membership
+    DELETE /cluster/members/{id}  admin   remove a member; answers the new membership
+    POST /cluster/leader          admin   optional {"id": target}: transfer; {"leader", "term"}
+    POST /cluster/snapshot        admin   snapshot now and compact; {"index", "term"}
+    GET /cluster/snapshot         admin   the latest snapshot as application/octet-stream, with
+                                          Graft-Snapshot-Index/-Term/-Fsm; 404 when none
+    POST /shutdown                admin   202 {"stopping": id}, then the node stops gracefully
 
 Decisions beyond DESIGN.md:
 - A wrong method on a known path is 405 with code ``method_not_allowed`` and an ``Allow``
@@ -29,8 +38,18 @@ Decisions beyond DESIGN.md:
 - Bodies over api.max_body_bytes: 413 before they are read whole (graft.api.limits).
 - Every answer declares its Content-Length; the HTTP metrics label requests by route name
   (``unmatched`` for 404/405), never by raw path.
-- Cluster administration routes (/cluster/...) are not exposed until ClusterBackend offers the
-  operations: a route that cannot do its job is worse than a 404.
+- Administration (/cluster/..., /shutdown) needs the admin role, except reading the membership
+  (read). The backend implements graft.api.backend.ClusterAdmin as well (graft.api.admin).
+- Administration does not use api.command_timeout_ms: adding a member waits for the learner to
+  catch up, which may take minutes. Every administrative operation gets ADMIN_TIMEOUT_S
+  (120 s) and then a 504; like commands, the operation itself is not cancelled.
+- Bodies of administrative requests are parsed strictly: unknown keys, node ids that the config
+  would refuse, ports outside 1..65535 (or p2p == api) are 400s. The snapshot is the whole
+  database, so downloading it needs admin, not read.
+- GET /cluster/snapshot streams the file from the node asked (never read whole into memory)
+  and closes it at the end or when the client leaves.
+- POST /shutdown answers 202 first; the backend's shutdown() runs on the next reactor turn
+  after the answer is written (or the client left), so the answer is not lost to the stop.
 """
 
 # twisted.web is untyped; its calls are checked by the tests.
@@ -56,14 +75,22 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from graft.api.admin import (
+    ADMIN_TIMEOUT_S,
+    AdminBackend,
+    node_id,
+    parse_new_member,
+    parse_transfer_target,
+)
 from graft.api.auth import Role, TokenAuthority
-from graft.api.backend import ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.deadline import TimeSource, within
 from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
 from graft.api.params import QueryParams, decode_base64, parse_batch
 from graft.api.responses import MethodNotAllowed, retry_after_seconds, write_error, write_json
 from graft.api.settings import ApiSettings
+from graft.api.snapshot_download import SnapshotResource
 from graft.errors import (
     BadRequest,
     FSMRejected,
@@ -77,10 +104,13 @@ from graft.errors import (
 _log = Logger()
 
 P = ParamSpec("P")
-_ROUTE_LIST = "/command, /commands, /query, /status, /health, /ready and /metrics"
+_ROUTE_LIST = (
+    "/command, /commands, /query, /status, /health, /ready, /metrics, /cluster/members, "
+    "/cluster/leader, /cluster/snapshot and /shutdown"
+)
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
-Handler = Callable[Concatenate["GraftApi", Request, P], Awaitable[bytes]]
+Handler = Callable[Concatenate["GraftApi", Request, P], Awaitable[bytes | IResource]]
 
 
 def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..., Deferred[Any]]]:
@@ -92,7 +122,7 @@ def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..
         def serve(self: GraftApi, request: Request, *args: P.args, **kwargs: P.kwargs) -> Any:
             self._instrument(request, route)
 
-            async def run() -> bytes:
+            async def run() -> bytes | IResource:
                 if role is not None:
                     self._auth.authorize(_header(request, b"authorization"), role)
                 return await handler(self, request, *args, **kwargs)
@@ -107,12 +137,12 @@ def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..
 
 
 class GraftApi:
-    """The HTTP API of one node, over its ClusterBackend."""
+    """The HTTP API of one node, over its ClusterBackend and ClusterAdmin."""
 
     app = Klein()
 
     def __init__(
-        self, backend: ClusterBackend, settings: ApiSettings, *, reactor: TimeSource
+        self, backend: AdminBackend, settings: ApiSettings, *, reactor: TimeSource
     ) -> None:
         self._backend = backend
         self._settings = settings
@@ -256,6 +286,97 @@ class GraftApi:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._backend.metrics)
 
+    # -- cluster administration ------------------------------------------------------------
+
+    @app.route("/cluster/members", methods=["GET"], endpoint="members")
+    @_served("members", Role.READ)
+    async def members(self, request: Request) -> bytes:
+        return write_json(request, 200, self._backend.members())
+
+    @app.route("/cluster/members", methods=["POST"], endpoint="add_member")
+    @_served("add_member", Role.ADMIN)
+    async def add_member(self, request: Request) -> bytes:
+        member = parse_new_member(self._body(request))
+        document = await self._administer(
+            lambda: self._backend.add_member(
+                member.node_id, member.host, member.p2p_port, member.api_port
+            ),
+            f"adding {member.node_id}",
+            "it may still be catching up and be promoted later: check `graft members list` "
+            "before retrying",
+        )
+        return write_json(request, 200, document)
+
+    @app.route("/cluster/members/<string:member>", methods=["DELETE"], endpoint="remove_member")
+    @_served("remove_member", Role.ADMIN)
+    async def remove_member(self, request: Request, member: str) -> bytes:
+        target = node_id(member, "the member")
+        document = await self._administer(
+            lambda: self._backend.remove_member(target),
+            f"removing {target}",
+            "it may still be removed: check `graft members list` before retrying",
+        )
+        return write_json(request, 200, document)
+
+    @app.route("/cluster/leader", methods=["POST"], endpoint="transfer_leadership")
+    @_served("transfer_leadership", Role.ADMIN)
+    async def transfer_leadership(self, request: Request) -> bytes:
+        target = parse_transfer_target(self._body(request))
+        document = await self._administer(
+            lambda: self._backend.transfer_leadership(target),
+            "the leadership transfer",
+            "check `graft status` to see who leads now",
+        )
+        return write_json(request, 200, document)
+
+    @app.route("/cluster/snapshot", methods=["POST"], endpoint="take_snapshot")
+    @_served("take_snapshot", Role.ADMIN)
+    async def take_snapshot(self, request: Request) -> bytes:
+        document = await self._administer(
+            self._backend.take_snapshot,
+            "the snapshot",
+            "it may still be written: GET /cluster/snapshot shows the latest",
+        )
+        return write_json(request, 200, document)
+
+    @app.route("/cluster/snapshot", methods=["GET"], endpoint="download_snapshot")
+    @_served("download_snapshot", Role.ADMIN)
+    async def download_snapshot(self, request: Request) -> IResource:
+        latest = self._backend.latest_snapshot()
+        if latest is None:
+            raise NotFound(
+                f"node {self._backend.node_id} has no snapshot yet: take one with "
+                "POST /cluster/snapshot (`graft snapshot take`) and retry"
+            )
+        manifest, data = latest
+        try:
+            return cast(IResource, SnapshotResource(manifest, data))
+        except BaseException:
+            data.close()
+            raise
+
+    @app.route("/shutdown", methods=["POST"], endpoint="shutdown")
+    @_served("shutdown", Role.ADMIN)
+    async def shutdown(self, request: Request) -> bytes:
+        def stop(_: object) -> None:
+            # On the next turn, so the 202 reaches the transport before the node stops.
+            self._reactor.callLater(0, self._backend.shutdown)
+
+        request.notifyFinish().addBoth(stop)
+        return write_json(request, 202, {"stopping": self._backend.node_id})
+
+    async def _administer(
+        self, operation: Callable[[], Deferred[Any]], what: str, then: str
+    ) -> Any:
+        """Run an administrative operation under ADMIN_TIMEOUT_S instead of the command timeout."""
+        seconds = ADMIN_TIMEOUT_S
+        return await within(
+            maybeDeferred(operation),
+            seconds,
+            self._reactor,
+            lambda: Timeout(f"{what} did not finish within {seconds:g} s: {then}"),
+        )
+
     # -- shared machinery ------------------------------------------------------------------
 
     @app.handle_errors(HTTPException)
@@ -342,8 +463,11 @@ class GraftApi:
         request.notifyFinish().addBoth(record)
 
 
-def _sized(body: bytes, request: Request) -> bytes:
-    """Declare the length: a plain body instead of a chunked one, for simple clients."""
+def _sized(body: bytes | IResource, request: Request) -> bytes | IResource:
+    """Declare the length: a plain body instead of a chunked one, for simple clients. A
+    resource (a streamed snapshot) declares its own."""
+    if not isinstance(body, bytes):
+        return body
     request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
     return body
 

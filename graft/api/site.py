@@ -5,25 +5,23 @@ from __future__ import annotations
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from graft.api.admin import AdminBackend
 from graft.api.app import GraftApi
-from graft.api.backend import ClusterBackend
 from graft.api.deadline import TimeSource
 from graft.api.limits import ApiSite
 from graft.api.settings import ApiSettings
 
 
-def make_api_app(backend: ClusterBackend, api: ApiSettings, *, reactor: TimeSource) -> GraftApi:
+def make_api_app(backend: AdminBackend, api: ApiSettings, *, reactor: TimeSource) -> GraftApi:
     return GraftApi(backend, api, reactor=reactor)
 
 
-def make_api_resource(
-    backend: ClusterBackend, api: ApiSettings, *, reactor: TimeSource
-) -> IResource:
+def make_api_resource(backend: AdminBackend, api: ApiSettings, *, reactor: TimeSource) -> IResource:
     """The API as a resource, for in-memory tests (treq.testing.StubTreq) or embedding."""
     return make_api_app(backend, api, reactor=reactor).resource()
 
 
-def make_api_site(backend: ClusterBackend, api: ApiSettings, *, reactor: TimeSource) -> Site:
+def make_api_site(backend: AdminBackend, api: ApiSettings, *, reactor: TimeSource) -> Site:
     """The Site to listen with on the node's API port (plain TCP or TLS: the caller's choice of
     endpoint). It refuses bodies over ``api.max_body_bytes`` while they arrive."""
     site = ApiSite(

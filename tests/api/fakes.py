@@ -1,7 +1,9 @@
-"""A ClusterBackend whose answers the tests control, and helpers to talk to the API in memory."""
+"""A ClusterBackend and ClusterAdmin whose answers the tests control, and helpers to talk to the
+API in memory."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +83,20 @@ class FakeBackend:
         self.query_output = b'{"columns":["name"],"rows":[["turing"]]}'
         self.failure: Exception | None = None  # raised by submit, query and status
         self._metrics = CollectorRegistry()
+        # Administration: the membership, what was asked, and how to answer.
+        self.voters = ["turing", "ritchie", "lovelace"]
+        self.learners: list[str] = []
+        self.addresses: dict[str, dict[str, Any]] = {
+            "turing": {"host": "127.0.0.1", "p2p": 9080, "api": 8080},
+            "ritchie": {"host": "127.0.0.1", "p2p": 9081, "api": 8081},
+            "lovelace": {"host": "10.0.0.3", "p2p": 9082, "api": 8082},
+        }
+        self.admin_calls: list[tuple[Any, ...]] = []
+        self.admin_failure: Exception | None = None  # raised by the admin operations
+        self.hold_admin = False
+        self.pending_admin: list[Deferred[dict[str, Any]]] = []
+        self.snapshot: tuple[dict[str, Any], ClosingFile] | None = None
+        self.shutdowns = 0
 
     @property
     def node_id(self) -> str:
@@ -166,6 +182,86 @@ class FakeBackend:
 
     def is_ready(self) -> bool:
         return self.ready
+
+    # -- ClusterAdmin ----------------------------------------------------------------------
+
+    def members(self) -> dict[str, Any]:
+        if self.admin_failure is not None:
+            raise self.admin_failure
+        return {
+            "leader": self.leader,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
+            "addresses": {k: dict(v) for k, v in self.addresses.items()},
+        }
+
+    def _admin(self, call: tuple[Any, ...], change: Callable[[], dict[str, Any]]) -> Any:
+        self.admin_calls.append(call)
+        if self.admin_failure is not None:
+            raise self.admin_failure
+        if self.hold_admin:
+            pending: Deferred[dict[str, Any]] = Deferred()
+            self.pending_admin.append(pending)
+            return pending
+        return succeed(change())
+
+    def add_member(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[dict[str, Any]]:
+        def change() -> dict[str, Any]:
+            self.voters.append(node_id)
+            self.addresses[node_id] = {"host": host, "p2p": p2p_port, "api": api_port}
+            return self.members()
+
+        result: Deferred[dict[str, Any]] = self._admin(
+            ("add", node_id, host, p2p_port, api_port), change
+        )
+        return result
+
+    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+        def change() -> dict[str, Any]:
+            self.voters.remove(node_id)
+            del self.addresses[node_id]
+            return self.members()
+
+        result: Deferred[dict[str, Any]] = self._admin(("remove", node_id), change)
+        return result
+
+    def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
+        def change() -> dict[str, Any]:
+            self.leader = target or "ritchie"
+            self.term += 1
+            return {"leader": self.leader, "term": self.term}
+
+        result: Deferred[dict[str, Any]] = self._admin(("transfer", target), change)
+        return result
+
+    def take_snapshot(self) -> Deferred[dict[str, Any]]:
+        result: Deferred[dict[str, Any]] = self._admin(
+            ("snapshot",), lambda: {"index": self.next_index - 1, "term": self.term}
+        )
+        return result
+
+    def latest_snapshot(self) -> tuple[dict[str, Any], ClosingFile] | None:
+        if self.admin_failure is not None:
+            raise self.admin_failure
+        return self.snapshot
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+class ClosingFile(io.BytesIO):
+    """A snapshot file that remembers being closed and how much was read from it at most."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.largest_read = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        self.largest_read = max(self.largest_read, len(chunk))
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,7 @@ class NodeStateTests(ApiTestCase):
 class RoutingTests(ApiTestCase):
     def test_unknown_route(self) -> None:
         """An unknown path is 404 not_found in the JSON error model."""
-        for path in ("/nowhere", "/cluster/members", "/commands/", "/status/x"):
+        for path in ("/nowhere", "/cluster/nodes", "/commands/", "/status/x"):
             answer = self.call("GET", path)
             self.assertError(answer, 404, "not_found")
             self.assertEqual(answer.length, len(answer.body))
