@@ -11,18 +11,22 @@ Only the standard library is used, so the CLI starts fast and needs no reactor.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import socket
 import ssl
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 # How often a 307 may be followed before we suspect a loop between two nodes.
 MAX_REDIRECTS = 5
@@ -98,6 +102,18 @@ class MemberStatus:
         return self.status is not None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SavedSnapshot:
+    """A snapshot downloaded to ``path``: where it came from and what it is."""
+
+    node: str
+    path: Path
+    size: int
+    index: int | None
+    term: int | None
+    fsm: str | None
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Turn every redirect into an HTTPError so that we re-send method and body ourselves."""
 
@@ -147,6 +163,29 @@ class GraftClient:
     ) -> Response:
         """Send one request, following up to MAX_REDIRECTS 307/308 answers with the same method
         and body. Raises ClientError for every non-2xx answer and every transport failure."""
+        with self._open(method, url, body=body, headers=headers, timeout=timeout) as (raw, final):
+            try:
+                data = raw.read()
+            except (OSError, http.client.HTTPException) as failure:
+                raise self._transport_error(final, failure) from None
+            return Response(
+                status=raw.status,
+                headers={k.lower(): v for k, v in raw.headers.items()},
+                body=data,
+                url=final,
+            )
+
+    @contextlib.contextmanager
+    def _open(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[Any, str]]:
+        """The open 2xx answer (body not read yet) and the URL it finally came from."""
         per_try = self.timeout if timeout is None else timeout
         all_headers = {"Accept": "application/json"}
         if self.token:
@@ -157,13 +196,7 @@ class GraftClient:
         for _ in range(MAX_REDIRECTS + 1):
             req = urllib.request.Request(url, data=body, headers=all_headers, method=method)
             try:
-                with self._opener.open(req, timeout=max(per_try, 0.01)) as raw:
-                    return Response(
-                        status=raw.status,
-                        headers={k.lower(): v for k, v in raw.headers.items()},
-                        body=raw.read(),
-                        url=url,
-                    )
+                raw = self._opener.open(req, timeout=max(per_try, 0.01))
             except urllib.error.HTTPError as answer:
                 with answer:
                     location = answer.headers.get("Location")
@@ -177,6 +210,9 @@ class GraftClient:
                 raise self._transport_error(url, failure.reason) from None
             except (OSError, http.client.HTTPException) as failure:
                 raise self._transport_error(url, failure) from None
+            with raw:
+                yield raw, url
+            return
         raise ClientError(
             "redirect_loop",
             None,
@@ -257,6 +293,124 @@ class GraftClient:
         with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
             return list(pool.map(one, self.urls))
 
+    # -- cluster administration ----------------------------------------------------------------
+    # Any member may be asked: a follower has the leader carry the operation out. Like commands,
+    # they are retried only while nobody answers or there is no leader (nothing was accepted).
+
+    def members(self) -> dict[str, Any]:
+        """GET /cluster/members: ``{"leader", "voters", "learners", "addresses"}``."""
+        return self._admin("GET", "/cluster/members", None, retry_codes=("no_leader", "timeout"))
+
+    def add_member(self, node_id: str, host: str, p2p_port: int, api_port: int) -> dict[str, Any]:
+        """POST /cluster/members; answers once the new member caught up and is a voter, so give
+        the client a timeout that allows for the catch-up."""
+        member = {"id": node_id, "host": host, "ports": {"p2p": p2p_port, "api": api_port}}
+        return self._admin("POST", "/cluster/members", member)
+
+    def remove_member(self, node_id: str) -> dict[str, Any]:
+        """DELETE /cluster/members/{id}; answers the membership without it."""
+        return self._admin("DELETE", "/cluster/members/" + urllib.parse.quote(node_id, safe=""))
+
+    def transfer_leadership(self, target: str | None = None) -> dict[str, Any]:
+        """POST /cluster/leader; answers ``{"leader", "term"}`` once leadership moved."""
+        return self._admin("POST", "/cluster/leader", {"id": target})
+
+    def take_snapshot(self) -> dict[str, Any]:
+        """POST /cluster/snapshot; answers ``{"index", "term"}``."""
+        return self._admin("POST", "/cluster/snapshot", None)
+
+    def shutdown(self, url: str) -> dict[str, Any]:
+        """POST /shutdown to the node at ``url`` (not retried elsewhere: it concerns that node)."""
+        return _json_object(self.request("POST", url.rstrip("/") + "/shutdown", body=b""))
+
+    def wait_until_down(self, url: str, *, poll_s: float = 0.1) -> bool:
+        """Poll GET /health at ``url`` until nothing answers there (True) or the client's
+        timeout passes (False)."""
+        deadline = self.clock() + self.timeout
+        while True:
+            remaining = deadline - self.clock()
+            try:
+                self.request("GET", url.rstrip("/") + "/health", timeout=min(1.0, remaining))
+            except ClientError as err:
+                # Refused, reset or closed mid-answer: the process has let go of its port.
+                if err.code in ("unreachable", "connection"):
+                    return True
+            if self.clock() + poll_s >= deadline:
+                return False
+            self.sleep(poll_s)
+
+    def save_snapshot(self, destination: Path, *, url: str | None = None) -> SavedSnapshot:
+        """GET /cluster/snapshot from ``url`` (else the first member that answers), streamed to
+        ``destination`` atomically: a temp file in the same directory, fsynced, renamed over it.
+        The client's timeout bounds each wait for data, not the whole download."""
+        candidates = [url.rstrip("/")] if url else list(self.urls)
+        last: ClientError | None = None
+        for base in candidates:
+            try:
+                return self._download(base, destination)
+            except Unreachable as err:
+                last = err
+        assert last is not None
+        if len(candidates) > 1:
+            raise Unreachable(f"no member answered ({len(candidates)} tried, last: {last.message})")
+        raise last
+
+    def _download(self, base: str, destination: Path) -> SavedSnapshot:
+        headers = {"Accept": "application/octet-stream"}
+        with self._open("GET", base + "/cluster/snapshot", headers=headers) as (raw, final):
+            node = self.name_of(final)
+            expected = _int_header(raw.headers.get("Content-Length"))
+            temp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed or removed below)
+                dir=destination.parent, prefix=f".{destination.name}.", suffix=".part", delete=False
+            )
+            try:
+                with temp:
+                    size = _copy(raw, temp, lambda e: self._transport_error(final, e))
+                    temp.flush()
+                    os.fsync(temp.fileno())
+                if expected is not None and size != expected:
+                    raise ClientError(
+                        "connection",
+                        None,
+                        f"the snapshot from node {node} was cut off after {size} of {expected} "
+                        "bytes: retry the download",
+                    )
+                os.replace(temp.name, destination)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp.name)
+                raise
+            _fsync_directory(destination.parent)
+            return SavedSnapshot(
+                node=node,
+                path=destination,
+                size=size,
+                index=_int_header(raw.headers.get("Graft-Snapshot-Index")),
+                term=_int_header(raw.headers.get("Graft-Snapshot-Term")),
+                fsm=raw.headers.get("Graft-Snapshot-Fsm"),
+            )
+
+    def _admin(
+        self,
+        method: str,
+        path: str,
+        document: Any = None,
+        *,
+        retry_codes: Sequence[str] = ("no_leader",),
+    ) -> dict[str, Any]:
+        body = None if document is None else json.dumps(document).encode("utf-8")
+        # A POST without a body still sends an empty one, with a length, for strict proxies.
+        if body is None and method == "POST":
+            body = b""
+        response = self._retrying(
+            method,
+            path,
+            body=body,
+            retry_codes=retry_codes,
+            headers={"Content-Type": "application/json"},
+        )
+        return _json_object(response)
+
     def _retrying(
         self,
         method: str,
@@ -264,6 +418,7 @@ class GraftClient:
         *,
         body: bytes | None,
         retry_codes: Sequence[str] = ("no_leader",),
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         deadline = self.clock() + self.timeout
         backoff = FIRST_BACKOFF_S
@@ -273,7 +428,9 @@ class GraftClient:
             url = self.urls[turn % len(self.urls)]
             remaining = deadline - self.clock()
             try:
-                return self.request(method, url + path, body=body, timeout=remaining)
+                return self.request(
+                    method, url + path, body=body, headers=headers, timeout=remaining
+                )
             except Unreachable as err:
                 last = err
                 turn += 1
@@ -332,3 +489,61 @@ def _error_from_answer(status: int, body: bytes, node: str) -> ClientError:
     err = ClientError(code, status, f"{node}: {code} ({status}): {message}")
     err.index = index
     return err
+
+
+def _json_object(response: Response) -> dict[str, Any]:
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise ClientError(
+            "bad_answer",
+            response.status,
+            f"{response.url} answered with something other than a JSON object: is it a Graft "
+            "node's API?",
+        )
+    return document
+
+
+def _int_header(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+COPY_CHUNK_BYTES = 1024 * 1024
+
+
+def _copy(source: Any, sink: IO[bytes], failed: Callable[[BaseException], ClientError]) -> int:
+    """Copy an HTTP body to a file chunk by chunk; a broken connection becomes ``failed(e)``."""
+    size = 0
+    while True:
+        try:
+            chunk = source.read(COPY_CHUNK_BYTES)
+        except http.client.IncompleteRead as e:
+            sink.write(e.partial)
+            return size + len(e.partial)  # the Content-Length check reports it
+        except (OSError, http.client.HTTPException) as e:
+            raise failed(e) from None
+        if not chunk:
+            return size
+        sink.write(chunk)
+        size += len(chunk)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (not every filesystem allows opening a directory: best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

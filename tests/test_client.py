@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -280,3 +281,161 @@ class StatusTests(SynchronousTestCase):
         [member] = make_client([node.url]).status_all()
         self.assertFalse(member.reachable)
         self.assertEqual(member.error, "answered /status with non-JSON")
+
+
+MEMBERS = {
+    "leader": "alpha",
+    "voters": ["alpha", "beta"],
+    "learners": ["gamma"],
+    "addresses": {
+        "alpha": {"host": "127.0.0.1", "p2p": 19080, "api": 18080},
+        "beta": {"host": "127.0.0.1", "p2p": 19081, "api": 18081},
+        "gamma": {"host": "127.0.0.1", "p2p": 19082, "api": 18082},
+    },
+}
+
+
+class RawNode:
+    """A one-shot server on 127.0.0.1 that answers any request with ``raw`` bytes and closes:
+    for answers FakeNode cannot give (a body shorter than its Content-Length)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, args=(raw,), daemon=True)
+        self._thread.start()
+
+    def _serve(self, raw: bytes) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            conn.sendall(raw)
+
+    def stop(self) -> None:
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+
+class AdminTests(SynchronousTestCase):
+    def test_members(self) -> None:
+        """members() GETs /cluster/members and returns the document."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        self.assertEqual(make_client([node.url]).members(), MEMBERS)
+        self.assertEqual([(s.method, s.path) for s in node.seen], [("GET", "/cluster/members")])
+
+    def test_add_member_sends_json(self) -> None:
+        """add_member POSTs the member as JSON with id, host and ports."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        make_client([node.url]).add_member("delta", "10.0.0.4", 9083, 8083)
+        seen = node.seen[0]
+        self.assertEqual((seen.method, seen.path), ("POST", "/cluster/members"))
+        self.assertEqual(seen.headers["content-type"], "application/json")
+        self.assertEqual(
+            json.loads(seen.body),
+            {"id": "delta", "host": "10.0.0.4", "ports": {"p2p": 9083, "api": 8083}},
+        )
+
+    def test_admin_retries_no_leader_but_not_refusals(self) -> None:
+        """A no_leader answer is retried (nothing was accepted); a refusal is raised at once."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        node.script.append(error_reply(503, "no_leader", "election"))
+        make_client([node.url]).remove_member("gamma")
+        self.assertEqual([s.path for s in node.seen], ["/cluster/members/gamma"] * 2)
+        self.assertEqual(node.seen[0].method, "DELETE")
+        node.script.append(error_reply(400, "bad_request", "a change is in progress"))
+        with self.assertRaises(ClientError) as caught:
+            make_client([node.url]).remove_member("gamma")
+        self.assertEqual(caught.exception.code, "bad_request")
+        self.assertEqual(len(node.seen), 3)
+
+    def test_transfer_and_snapshot(self) -> None:
+        """transfer_leadership POSTs {"id": target} (null for any); take_snapshot POSTs an empty
+        body; both return the JSON answer."""
+        node = start_fake_node(self, json_reply(200, {"leader": "beta", "term": 4}))
+        client = make_client([node.url])
+        self.assertEqual(client.transfer_leadership("beta"), {"leader": "beta", "term": 4})
+        client.transfer_leadership()
+        client.take_snapshot()
+        self.assertEqual(
+            [json.loads(s.body or b"null") for s in node.seen], [{"id": "beta"}, {"id": None}, None]
+        )
+        self.assertEqual(
+            [s.path for s in node.seen], ["/cluster/leader"] * 2 + ["/cluster/snapshot"]
+        )
+
+    def test_non_json_answer(self) -> None:
+        """A 200 that is not a JSON object is a bad_answer error, not a crash."""
+        node = start_fake_node(self, Reply(body=b"<html>"))
+        with self.assertRaises(ClientError) as caught:
+            make_client([node.url]).members()
+        self.assertEqual(caught.exception.code, "bad_answer")
+
+    def test_shutdown_and_wait(self) -> None:
+        """shutdown POSTs /shutdown to that node; wait_until_down is False while /health still
+        answers and True once nothing listens."""
+        node = start_fake_node(self, json_reply(202, {"stopping": "alpha"}))
+        client = make_client([node.url], timeout=0.5)
+        self.assertEqual(client.shutdown(node.url), {"stopping": "alpha"})
+        self.assertEqual((node.seen[0].method, node.seen[0].path), ("POST", "/shutdown"))
+        self.assertFalse(client.wait_until_down(node.url))
+        self.assertEqual({s.path for s in node.seen[1:]}, {"/health"})
+        self.assertTrue(make_client([dead_url()]).wait_until_down(dead_url()))
+
+
+class SaveSnapshotTests(SynchronousTestCase):
+    def target(self) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        return directory / "backup.snap"
+
+    def test_saved_with_metadata(self) -> None:
+        """The body lands in the file; index, term, fsm and size come from the headers; no
+        temporary file is left behind; a dead member is skipped."""
+        data = bytes(range(256)) * 8192  # 2 MiB, several copy chunks
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Graft-Snapshot-Index": "41",
+            "Graft-Snapshot-Term": "5",
+            "Graft-Snapshot-Fsm": "sqlite",
+        }
+        node = start_fake_node(self, Reply(body=data, headers=headers))
+        path = self.target()
+        path.write_bytes(b"older backup")
+        saved = make_client([dead_url(), node.url]).save_snapshot(path)
+        self.assertEqual(path.read_bytes(), data)
+        self.assertEqual(
+            (saved.index, saved.term, saved.fsm, saved.size), (41, 5, "sqlite", len(data))
+        )
+        self.assertEqual(list(path.parent.iterdir()), [path])
+        self.assertEqual(node.seen[0].path, "/cluster/snapshot")
+
+    def test_cut_off_download_leaves_nothing(self) -> None:
+        """A body shorter than its Content-Length is an error; the old file stays and the
+        temporary file is removed."""
+        raw = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 1000\r\nConnection: close\r\n\r\n" + b"x" * 10
+        )
+        node = RawNode(raw)
+        self.addCleanup(node.stop)
+        path = self.target()
+        path.write_bytes(b"older backup")
+        with self.assertRaises(ClientError) as caught:
+            make_client([node.url]).save_snapshot(path)
+        self.assertIn("cut off after 10 of 1000 bytes", caught.exception.message)
+        self.assertEqual(path.read_bytes(), b"older backup")
+        self.assertEqual(list(path.parent.iterdir()), [path])
+
+    def test_no_snapshot(self) -> None:
+        """A 404 is the node's not_found error and no file is created."""
+        node = start_fake_node(self, error_reply(404, "not_found", "no snapshot yet"))
+        path = self.target()
+        with self.assertRaises(ClientError) as caught:
+            make_client([node.url]).save_snapshot(path)
+        self.assertEqual(caught.exception.code, "not_found")
+        self.assertEqual(list(path.parent.iterdir()), [])
