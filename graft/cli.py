@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
 
@@ -171,8 +172,25 @@ def _load(config_path: Path | None, node: str | None = None) -> ClusterConfig:
     return load_config(_resolve_config_path(config_path), node)
 
 
+def _client_options_with(
+    timeout: float = 10.0, timeout_help: str = "Seconds for the whole operation, retries included."
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """-c/--url/--timeout/--token/--cacert/--cert/--key/--json, shared by the client commands;
+    ``timeout`` is the command's default --timeout."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return _add_client_options(func, timeout, timeout_help)
+
+    return decorate
+
+
 def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """-c/--url/--timeout/--token/--cacert/--cert/--key/--json, shared by the client commands."""
+    return _add_client_options(func, 10.0, "Seconds for the whole operation, retries included.")
+
+
+def _add_client_options(
+    func: Callable[..., Any], timeout: float, timeout_help: str
+) -> Callable[..., Any]:
     options = [
         _config_option(" Its peers are the members to talk to."),
         click.option(
@@ -185,9 +203,9 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
-            default=10.0,
+            default=timeout,
             show_default=True,
-            help="Seconds for the whole operation, retries included.",
+            help=timeout_help,
         ),
         click.option(
             "--token",
@@ -311,11 +329,62 @@ def main() -> None:
     default="info",
     show_default=True,
 )
-def start(node: str | None, config_path: Path | None, log_format: str, log_level: str) -> None:
+@click.option(
+    "--join",
+    "join_url",
+    metavar="URL",
+    default=None,
+    help="Before starting, ask the cluster at URL (any member's API) to add this node.",
+)
+@click.option(
+    "--token",
+    envvar="GRAFT_TOKEN",
+    default=None,
+    help="With --join: an admin token when the API requires one (env GRAFT_TOKEN).",
+)
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --join to an https:// URL: the API's CA (default: the cluster CA).",
+)
+@click.option(
+    "--join-timeout",
+    type=click.FloatRange(min=1.0),
+    default=600.0,
+    show_default=True,
+    help="With --join: how long to wait for the promotion to voter before reporting failure.",
+)
+def start(
+    node: str | None,
+    config_path: Path | None,
+    log_format: str,
+    log_level: str,
+    join_url: str | None,
+    token: str | None,
+    cacert: Path | None,
+    join_timeout: float,
+) -> None:
     """Start a cluster node: NODE of the config, logging to stdout.
 
     The same as `twist graft --config FILE --node NODE`. NODE may be omitted when the file
     names it with `node:`.
+
+    \b
+    Adding a node to a running cluster (--join):
+      1. Give the new node its own config file: the cluster's `cluster:` name and `tls:` (and
+         `api:`) settings, and at least its own entry under `peers:` (host, ports p2p/api).
+         The other members need not be listed: the node learns the membership from the log.
+      2. Copy the cluster CA (ca.pem and ca.key) to its tls paths and run
+         `graft certs -c new.yaml --if-missing`: the existing CA signs the new certificate,
+         so the other members accept it.
+      3. graft start NEW -c new.yaml --join http://LEADER-OR-ANY-MEMBER:PORT
+         This first asks the cluster to add NEW (POST /cluster/members with its id, host and
+         ports from new.yaml). A refusal (already a member, a change in progress, bad token,
+         nobody answering) stops here, before the node starts. Otherwise the node starts and
+         joins as a learner; the leader promotes it to voter once it has caught up, and the
+         outcome is printed when the cluster reports it.
+      4. Later restarts: `graft start NEW -c new.yaml`, without --join.
     """
     cfg = _load(config_path, node)
     node_id = node or cfg.node
@@ -325,6 +394,8 @@ def start(node: str | None, config_path: Path | None, log_format: str, log_level
         )
     cfg.peer(node_id)  # ConfigError listing the peers if unknown
     cfg.check_files(node_id)
+    if join_url is not None:
+        _join_cluster(cfg, node_id, join_url, token=token, cacert=cacert, timeout=join_timeout)
     from twisted.application.twist._twist import Twist
 
     # Twist parses argv like the `twist` script; its default log file is stdout. The log
@@ -868,6 +939,422 @@ def status(as_json: bool, **options: Any) -> None:
             "no member answered: is the cluster running? (start it with `graft dev -c FILE` "
             "or check --url/-c)"
         )
+
+
+# --- cluster administration ---------------------------------------------------------------------
+
+# How long `graft start --join` waits for the cluster to refuse the new member before starting
+# the node anyway: the leader answers only after the node has caught up, which it cannot do
+# before it runs, so a pending answer after this long means "accepted, now catch up".
+JOIN_REFUSAL_WINDOW_S = 3.0
+
+
+def _join_cluster(
+    cfg: ClusterConfig,
+    node_id: str,
+    url: str,
+    *,
+    token: str | None,
+    cacert: Path | None,
+    timeout: float,
+) -> None:
+    """Ask the cluster at ``url`` to add ``node_id``; raise if it refuses within the window, else
+    return (the answer is printed when it comes)."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise GraftCLIError(
+            f"--join {url}: expected a member's API base URL such as http://127.0.0.1:8080"
+        )
+    peer = cfg.peer(node_id)
+    context = None
+    if url.startswith("https://"):
+        import ssl
+
+        cluster_ca = cfg.tls_for(node_id).ca
+        ca = cacert or (cluster_ca if cluster_ca.is_file() else None)
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    client = GraftClient(urls=[url], timeout=timeout, token=token, ssl_context=context)
+    lock = threading.Lock()
+    finished = threading.Event()
+    outcome: list[dict[str, Any] | ClientError] = []
+    node_started = False
+
+    def ask() -> None:
+        try:
+            result: dict[str, Any] | ClientError = client.add_member(
+                node_id, peer.host, peer.p2p_port, peer.api_port
+            )
+        except ClientError as error:
+            result = error
+        with lock:
+            outcome.append(result)
+            finished.set()
+            report = node_started
+        if report:
+            _report_join(node_id, url, result)
+
+    click.echo(
+        f"asking {url} to add {node_id} ({peer.host}, p2p port {peer.p2p_port}, api port "
+        f"{peer.api_port}) as a learner...",
+        err=True,
+    )
+    threading.Thread(target=ask, name="join", daemon=True).start()
+    finished.wait(JOIN_REFUSAL_WINDOW_S)
+    with lock:
+        if not finished.is_set():
+            node_started = True
+    if not node_started:
+        result = outcome[0]
+        if isinstance(result, ClientError):
+            raise GraftCLIError(
+                f"joining through {url} failed, so {node_id} was not started: {result.message}"
+            )
+        _report_join(node_id, url, result)
+        return
+    click.echo(
+        f"no refusal from {url}: starting {node_id} to catch up as a learner; it is promoted "
+        "to voter once it has (this is printed; `graft members list` shows it too)",
+        err=True,
+    )
+
+
+def _report_join(node_id: str, url: str, result: dict[str, Any] | ClientError) -> None:
+    if isinstance(result, ClientError):
+        click.echo(
+            f"graft: warning: joining through {url} failed: {result.message} ({node_id} may "
+            "still be a learner: check `graft members list`)",
+            err=True,
+        )
+    else:
+        click.echo(f"{node_id} joined: {_membership_line(result)}", err=True)
+
+
+def _membership_line(document: Mapping[str, Any]) -> str:
+    def names(key: str) -> str:
+        value = document.get(key)
+        return ", ".join(map(str, value)) if isinstance(value, list) and value else "none"
+
+    return (
+        f"voters {names('voters')}; learners {names('learners')}; "
+        f"leader {document.get('leader') or 'unknown'}"
+    )
+
+
+def member_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per member (voters, then learners) with its role and addresses."""
+    leader = document.get("leader")
+    addresses = document.get("addresses")
+    addresses = addresses if isinstance(addresses, Mapping) else {}
+    rows = []
+    for key, role in (("voters", "voter"), ("learners", "learner")):
+        ids = document.get(key)
+        for member in ids if isinstance(ids, list) else []:
+            address = addresses.get(member)
+            address = address if isinstance(address, Mapping) else {}
+            rows.append(
+                {
+                    "id": member,
+                    "role": "leader" if member == leader else role,
+                    "host": address.get("host"),
+                    "p2p": address.get("p2p"),
+                    "api": address.get("api"),
+                }
+            )
+    return rows
+
+
+def _print_members(document: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(document))
+        return
+    rows = [
+        ["-" if row[key] is None else str(row[key]) for key in ("id", "role", "host", "p2p", "api")]
+        for row in member_rows(document)
+    ]
+    click.echo(_table(["id", "role", "host", "p2p", "api"], rows))
+
+
+@main.group()
+def members() -> None:
+    """List, add and remove cluster members (any member may be asked)."""
+
+
+@members.command("list")
+@_client_options
+def members_list(as_json: bool, **options: Any) -> None:
+    """Show the members, their role (leader, voter, learner) and addresses."""
+    client = _make_client(_settings(**options))
+    _print_members(client.members(), as_json)
+
+
+@members.command("add")
+@click.argument("node_id", metavar="ID")
+@click.option("--host", required=True, help="The new node's host name or IP address.")
+@click.option(
+    "--p2p", "p2p_port", type=click.IntRange(1, 65535), required=True, help="Its peer port."
+)
+@click.option(
+    "--api", "api_port", type=click.IntRange(1, 65535), required=True, help="Its API port."
+)
+@_client_options_with(
+    timeout=600.0,
+    timeout_help="Seconds to wait for the node to catch up and be promoted (the server gives up "
+    "after 120 s; the change may still complete).",
+)
+def members_add(
+    node_id: str, host: str, p2p_port: int, api_port: int, as_json: bool, **options: Any
+) -> None:
+    """Add node ID: it joins as a learner, catches up, then becomes a voter.
+
+    Start the new node (with its own config) so it can catch up: `graft start ID -c
+    its.yaml --join URL` does both steps; this command only asks the cluster.
+    """
+    client = _make_client(_settings(**options))
+    click.echo(
+        f"adding {node_id} as a learner; it is promoted to voter once caught up...", err=True
+    )
+    document = client.add_member(node_id, host, p2p_port, api_port)
+    learners = document.get("learners")
+    state = "still a learner" if isinstance(learners, list) and node_id in learners else "a voter"
+    click.echo(f"{node_id} caught up and is {state}: {_membership_line(document)}", err=True)
+    _print_members(document, as_json)
+
+
+@members.command("remove")
+@click.argument("node_id", metavar="ID")
+@_client_options_with(timeout=130.0)
+def members_remove(node_id: str, as_json: bool, **options: Any) -> None:
+    """Remove member ID (a leader that is removed hands over first). Stop its process after."""
+    client = _make_client(_settings(**options))
+    document = client.remove_member(node_id)
+    click.echo(f"removed {node_id}: {_membership_line(document)}", err=True)
+    _print_members(document, as_json)
+
+
+@main.group()
+def leader() -> None:
+    """Move leadership between voters (e.g. before maintenance on the leader's machine)."""
+
+
+@leader.command("transfer")
+@click.argument("node_id", metavar="[ID]", required=False)
+@_client_options_with(timeout=30.0)
+def leader_transfer(node_id: str | None, as_json: bool, **options: Any) -> None:
+    """Hand leadership to voter ID, or to the most caught-up voter when ID is omitted."""
+    client = _make_client(_settings(**options))
+    document = client.transfer_leadership(node_id)
+    if as_json:
+        click.echo(json.dumps(document))
+    else:
+        click.echo(f"leader is now {document.get('leader')} (term {document.get('term')})")
+
+
+@main.group()
+def snapshot() -> None:
+    """Take snapshots and download them for backup."""
+
+
+@snapshot.command("take")
+@_client_options_with(timeout=130.0)
+def snapshot_take(as_json: bool, **options: Any) -> None:
+    """Snapshot the state machine now and compact the log (on the member asked)."""
+    client = _make_client(_settings(**options))
+    document = client.take_snapshot()
+    if as_json:
+        click.echo(json.dumps(document))
+    else:
+        click.echo(f"snapshot taken at index {document.get('index')} (term {document.get('term')})")
+
+
+@snapshot.command("save")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option(
+    "--node",
+    "node_id",
+    default=None,
+    help="Download from this member of the config (default: the first that answers).",
+)
+@_client_options_with(
+    timeout=30.0, timeout_help="Seconds to wait for each piece of data (not the whole download)."
+)
+def snapshot_save(file: Path, node_id: str | None, as_json: bool, **options: Any) -> None:
+    """Download the latest snapshot to FILE, for backup (atomically: FILE is complete or
+    untouched). `graft restore FILE` seeds a node from it."""
+    settings = _settings(**options)
+    client = _make_client(settings)
+    url = _node_url(settings, node_id) if node_id is not None else None
+    saved = client.save_snapshot(file, url=url)
+    if as_json:
+        document = {
+            "node": saved.node,
+            "file": str(saved.path),
+            "index": saved.index,
+            "term": saved.term,
+            "fsm": saved.fsm,
+            "size": saved.size,
+        }
+        click.echo(json.dumps(document))
+        return
+    click.echo(
+        f"saved the snapshot of {saved.node} at index {saved.index} (term {saved.term}) to "
+        f"{_shown_path(saved.path)}: {saved.size} bytes"
+    )
+
+
+def _node_url(settings: ClientSettings, node_id: str) -> str:
+    """The API URL of one node: from the config's peers, or the single --url."""
+    if settings.urls:
+        if len(settings.urls) != 1:
+            raise GraftCLIError(
+                f"{len(settings.urls)} --url given: give exactly one, the API of {node_id}"
+            )
+        return settings.urls[0].rstrip("/")
+    return _load(settings.config_path).api_url(node_id)
+
+
+@main.command()
+@click.argument("node_id", metavar="NODE")
+@_client_options_with(timeout=60.0, timeout_help="Seconds to wait for the node to stop answering.")
+def shutdown(node_id: str, as_json: bool, **options: Any) -> None:
+    """Stop NODE gracefully (a leader hands over first) and wait until it has stopped.
+
+    NODE is looked up in the config's peers; with --url, that URL is NODE's API.
+    """
+    settings = _settings(**options)
+    client = _make_client(settings)
+    url = _node_url(settings, node_id)
+    answer = client.shutdown(url)
+    stopping = answer.get("stopping", node_id)
+    if not as_json:
+        click.echo(f"{stopping} is stopping...", err=True)
+    stopped = client.wait_until_down(url)
+    if as_json:
+        click.echo(json.dumps({"node": stopping, "stopped": stopped}))
+    if not stopped:
+        raise GraftCLIError(
+            f"{stopping} still answers at {url} after {settings.timeout:g}s: it may be handing "
+            "over leadership; wait, or retry with a larger --timeout"
+        )
+    if not as_json:
+        click.echo(f"{stopping} stopped")
+
+
+def _ops_function(name: str, doing: str) -> Callable[..., Any]:
+    """graft.ops.<name>, imported only when needed; a one-line error if it is not there."""
+    import importlib
+
+    try:
+        module = importlib.import_module("graft.ops")
+    except ImportError as error:
+        raise GraftCLIError(
+            f"cannot {doing}: graft.ops does not import ({_one_line(error)}); this installation "
+            "lacks the offline data-dir tools"
+        ) from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise GraftCLIError(
+            f"cannot {doing}: graft.ops has no {name}(); this installation lacks it"
+        )
+    return cast(Callable[..., Any], function)
+
+
+def _stopped_node(config_path: Path | None, node: str | None) -> tuple[ClusterConfig, str]:
+    cfg = _load(config_path, node)
+    node_id = node or cfg.node
+    if node_id is None:
+        raise GraftCLIError(
+            f"which node? pass --node ID (one of: {', '.join(cfg.peers)}) or set `node:` in "
+            f"{cfg.path}"
+        )
+    cfg.peer(node_id)
+    return cfg, node_id
+
+
+def _print_ops_result(result: Any) -> None:
+    if isinstance(result, Mapping):
+        for key, value in result.items():
+            click.echo(f"  {key}: {value}")
+    elif isinstance(result, str | Path):
+        click.echo(f"  {result}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_config_option()
+@click.option("--node", "node", default=None, help="The node whose data dir is written.")
+def restore(file: Path, config_path: Path | None, node: str | None) -> None:
+    """Seed a STOPPED node's data dir from snapshot FILE (from `graft snapshot save`).
+
+    To rebuild a cluster from a backup: restore the same FILE on every node of the new
+    cluster's config, then start them.
+    """
+    cfg, node_id = _stopped_node(config_path, node)
+    restore_data_dir = _ops_function("restore_data_dir", "restore")
+    result = restore_data_dir(cfg, node_id, file)
+    click.echo(f"restored {node_id}'s data dir {_shown_path(cfg.data_dir(node_id))} from {file}")
+    _print_ops_result(result)
+
+
+_MEMBER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _member_list(value: str) -> list[str]:
+    ids = [part.strip() for part in value.split(",")]
+    if not value.strip() or any(not part for part in ids):
+        raise GraftCLIError(f"--members {value!r}: expected node ids separated by commas, e.g. a,b")
+    for part in ids:
+        if not _MEMBER_ID.match(part):
+            raise GraftCLIError(f"--members: {part!r} is not a node id (lowercase a-z, 0-9, '-')")
+    if len(set(ids)) != len(ids):
+        raise GraftCLIError(f"--members {value!r} names a node twice: list each once")
+    return ids
+
+
+@main.command()
+@click.option(
+    "--members",
+    "members_text",
+    required=True,
+    metavar="A,B,...",
+    help="The voters the node is to believe in (the survivors).",
+)
+@_config_option()
+@click.option("--node", "node", default=None, help="The STOPPED node whose data dir is rewritten.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def recover(members_text: str, config_path: Path | None, node: str | None, yes: bool) -> None:
+    """UNSAFE: rewrite a STOPPED node's membership after a quorum was lost for good.
+
+    Use it only when a majority of the voters is gone and will not come back: run it on each
+    survivor with the same --members, then start them. Entries that were committed only on
+    the lost nodes are lost, and if a lost node comes back it can cause two leaders; wipe it.
+    """
+    member_ids = _member_list(members_text)
+    cfg, node_id = _stopped_node(config_path, node)
+    recover_membership = _ops_function("recover_membership", "recover")
+    click.secho(
+        "WARNING: graft recover is UNSAFE. It forces the membership of "
+        f"{node_id}'s data dir to {', '.join(member_ids)}.\n"
+        "  - Writes committed only on the lost members are lost.\n"
+        "  - A lost member that comes back must be wiped, or two leaders may be elected.\n"
+        f"  - {node_id} must be stopped, and every survivor must get the same --members.",
+        fg="red",
+        bold=True,
+        err=True,
+    )
+    if not yes:
+        try:
+            confirmed = click.confirm("Rewrite the membership?", default=False, err=True)
+        except click.exceptions.Abort:
+            confirmed = False
+        if not confirmed:
+            raise GraftCLIError(
+                "not confirmed: nothing was changed (pass --yes to skip the question)"
+            )
+    result = recover_membership(cfg, node_id, member_ids)
+    click.echo(
+        f"rewrote {node_id}'s membership to {', '.join(member_ids)}: start the survivors now"
+    )
+    _print_ops_result(result)
 
 
 # --- shell completion ---------------------------------------------------------------------------
