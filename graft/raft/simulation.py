@@ -323,10 +323,12 @@ class Cluster:
             self.note(f"deliver {msg}")
         sim.node.step(msg)
         self.process(msg.to)
-        if self.lease_probe and sim.node is not None and sim.node.role is Role.LEADER:
-            # A lease read after every event a leader sees: the moments just before it
-            # learns it was deposed are where a broken lease would show.
-            self.lease_read(msg.to, note=False)
+        if self.lease_probe:
+            # A lease read on every leader after every delivery: a deposed leader that does
+            # not know it yet is where a broken lease would show.
+            for other in self.nodes.values():
+                if other.node is not None and other.node.role is Role.LEADER:
+                    self.lease_read(other.id, note=False)
 
     def take_due(self) -> list[InFlight]:
         due = [m for m in self.in_flight if m.due <= self.now]
@@ -592,6 +594,7 @@ def simulate_seed(
 
     cluster.on_new_leader = on_new_leader
     cluster.lease_probe = True
+    writing = True
     try:
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
@@ -635,7 +638,11 @@ def simulate_seed(
                     down.discard(nid)
             if rng.random() < p.reconfigure:
                 reconfigure(cluster, ids, rng)
-            if rng.random() < p.propose:
+            if rng.random() < 0.05:
+                # Clients write in bursts: lulls let a lagging node be up to date enough to
+                # win an election, which a lease must survive.
+                writing = not writing
+            if writing and rng.random() < p.propose:
                 # Clients mostly find a leader (any node that believes it leads).
                 leaders = cluster.leaders()
                 if leaders and rng.random() < 0.8:
