@@ -394,8 +394,11 @@ def start(
         )
     cfg.peer(node_id)  # ConfigError listing the peers if unknown
     cfg.check_files(node_id)
+    join: JoinRequest | None = None
     if join_url is not None:
-        _join_cluster(cfg, node_id, join_url, token=token, cacert=cacert, timeout=join_timeout)
+        join = _join_cluster(
+            cfg, node_id, join_url, token=token, cacert=cacert, timeout=join_timeout
+        )
     from twisted.application.twist._twist import Twist
 
     # Twist parses argv like the `twist` script; its default log file is stdout. The log
@@ -412,6 +415,8 @@ def start(
             node_id,
         ]
     )
+    if join is not None:
+        join.forget()  # the node has stopped: a late answer about joining is moot
 
 
 @main.command()
@@ -949,6 +954,51 @@ def status(as_json: bool, **options: Any) -> None:
 JOIN_REFUSAL_WINDOW_S = 3.0
 
 
+class JoinRequest:
+    """The POST /cluster/members of `graft start --join`, answered in a thread: the leader
+    answers only once the new node has caught up, which needs the node running."""
+
+    def __init__(self, client: GraftClient, node_id: str, peer: Any, url: str) -> None:
+        self._client = client
+        self._node_id = node_id
+        self._peer = peer
+        self._url = url
+        self._lock = threading.Lock()
+        self._answered = threading.Event()
+        self._outcome: dict[str, Any] | ClientError | None = None
+        self._report_later = False
+
+    def send(self) -> None:
+        threading.Thread(target=self._ask, name="join", daemon=True).start()
+
+    def _ask(self) -> None:
+        try:
+            outcome: dict[str, Any] | ClientError = self._client.add_member(
+                self._node_id, self._peer.host, self._peer.p2p_port, self._peer.api_port
+            )
+        except ClientError as error:
+            outcome = error
+        with self._lock:
+            self._outcome = outcome
+            self._answered.set()
+            report = self._report_later
+        if report:
+            _report_join(self._node_id, self._url, outcome)
+
+    def early_outcome(self, seconds: float) -> dict[str, Any] | ClientError | None:
+        """The answer if it comes within ``seconds``; else None, and it is printed when it
+        comes (until forget())."""
+        self._answered.wait(seconds)
+        with self._lock:
+            if self._outcome is None:
+                self._report_later = True
+            return self._outcome
+
+    def forget(self) -> None:
+        with self._lock:
+            self._report_later = False
+
+
 def _join_cluster(
     cfg: ClusterConfig,
     node_id: str,
@@ -957,9 +1007,9 @@ def _join_cluster(
     token: str | None,
     cacert: Path | None,
     timeout: float,
-) -> None:
+) -> JoinRequest:
     """Ask the cluster at ``url`` to add ``node_id``; raise if it refuses within the window, else
-    return (the answer is printed when it comes)."""
+    return the request (its answer is printed when it comes)."""
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise GraftCLIError(
@@ -973,49 +1023,30 @@ def _join_cluster(
         cluster_ca = cfg.tls_for(node_id).ca
         ca = cacert or (cluster_ca if cluster_ca.is_file() else None)
         context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    client = GraftClient(urls=[url], timeout=timeout, token=token, ssl_context=context)
-    lock = threading.Lock()
-    finished = threading.Event()
-    outcome: list[dict[str, Any] | ClientError] = []
-    node_started = False
-
-    def ask() -> None:
-        try:
-            result: dict[str, Any] | ClientError = client.add_member(
-                node_id, peer.host, peer.p2p_port, peer.api_port
-            )
-        except ClientError as error:
-            result = error
-        with lock:
-            outcome.append(result)
-            finished.set()
-            report = node_started
-        if report:
-            _report_join(node_id, url, result)
-
+    client = GraftClient(
+        urls=[url], timeout=timeout, token=token, ssl_context=context, retry_unreachable=False
+    )
     click.echo(
         f"asking {url} to add {node_id} ({peer.host}, p2p port {peer.p2p_port}, api port "
         f"{peer.api_port}) as a learner...",
         err=True,
     )
-    threading.Thread(target=ask, name="join", daemon=True).start()
-    finished.wait(JOIN_REFUSAL_WINDOW_S)
-    with lock:
-        if not finished.is_set():
-            node_started = True
-    if not node_started:
-        result = outcome[0]
-        if isinstance(result, ClientError):
-            raise GraftCLIError(
-                f"joining through {url} failed, so {node_id} was not started: {result.message}"
-            )
-        _report_join(node_id, url, result)
-        return
+    request = JoinRequest(client, node_id, peer, url)
+    request.send()
+    outcome = request.early_outcome(JOIN_REFUSAL_WINDOW_S)
+    if isinstance(outcome, ClientError):
+        raise GraftCLIError(
+            f"joining through {url} failed, so {node_id} was not started: {outcome.message}"
+        )
+    if outcome is not None:
+        _report_join(node_id, url, outcome)
+        return request
     click.echo(
         f"no refusal from {url}: starting {node_id} to catch up as a learner; it is promoted "
         "to voter once it has (this is printed; `graft members list` shows it too)",
         err=True,
     )
+    return request
 
 
 def _report_join(node_id: str, url: str, result: dict[str, Any] | ClientError) -> None:

@@ -136,6 +136,9 @@ class GraftClient:
     ssl_context: ssl.SSLContext | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    # False: an unreachable member fails at once instead of being retried until the deadline
+    # (for a caller that must know quickly, like `graft start --join`).
+    retry_unreachable: bool = True
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -437,6 +440,8 @@ class GraftClient:
                 # Walk the whole list before pausing: another member may be up.
                 if turn % len(self.urls) != 0:
                     continue
+                if not self.retry_unreachable:
+                    break
             except ClientError as err:
                 if err.code not in retry_codes:
                     raise

@@ -63,6 +63,18 @@ class CLITestCase(SynchronousTestCase):
             self.assertIn(fragment, lines[0])
         return lines[0]
 
+    def assertErrorAfterProgress(self, result: Result, *fragments: str) -> str:
+        """Progress lines may come first; the failure itself is the last stderr line, the only
+        one that is an error, and holds ``fragments``."""
+        self.assertNotEqual(result.exit_code, 0, result.output)
+        self.assertNotIn("Traceback", result.output)
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        self.assertEqual(errors, result.stderr.splitlines()[-1:], result.stderr)
+        self.assertTrue(errors[0].startswith("graft: error: "), errors[0])
+        for fragment in fragments:
+            self.assertIn(fragment, errors[0])
+        return errors[0]
+
 
 class GroupTests(CLITestCase):
     def test_version(self) -> None:
@@ -648,3 +660,362 @@ class DevProcessTests(CLITestCase):
         self.assertIn("graft dev: stopping all nodes", output)
         self.assertNotIn("killing", output)
         self.assertNotIn("exited with", output)
+
+
+MEMBERS = {
+    "leader": "alpha",
+    "voters": ["alpha", "beta"],
+    "learners": ["delta"],
+    "addresses": {
+        "alpha": {"host": "127.0.0.1", "p2p": 19080, "api": 18080},
+        "beta": {"host": "127.0.0.1", "p2p": 19081, "api": 18081},
+        "delta": {"host": "10.0.0.4", "p2p": 19083, "api": 18083},
+    },
+}
+
+
+class MembersTests(CLITestCase):
+    def test_list_table_and_json(self) -> None:
+        """`members list` shows one row per member with its role and addresses; --json prints
+        the API's document."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        result = run(["members", "list", "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["id", "role", "host", "p2p", "api"])
+        self.assertEqual(lines[2].split(), ["alpha", "leader", "127.0.0.1", "19080", "18080"])
+        self.assertEqual(lines[3].split()[:2], ["beta", "voter"])
+        self.assertEqual(lines[4].split()[:2], ["delta", "learner"])
+        result = run(["members", "list", "--url", node.url, "--json"])
+        self.assertEqual(json.loads(result.stdout), MEMBERS)
+        self.assertEqual(node.seen[0].path, "/cluster/members")
+
+    def test_add(self) -> None:
+        """`members add` posts id, host and ports, says what it is doing before and after, and
+        prints the new membership."""
+        promoted = dict(MEMBERS, voters=["alpha", "beta", "delta"], learners=[])
+        node = start_fake_node(self, json_reply(200, promoted))
+        result = run(
+            [
+                *("members", "add", "delta", "--host", "10.0.0.4"),
+                *("--p2p", "19083", "--api", "18083", "--url", node.url),
+            ]
+        )
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            json.loads(node.seen[0].body),
+            {"id": "delta", "host": "10.0.0.4", "ports": {"p2p": 19083, "api": 18083}},
+        )
+        progress = result.stderr.splitlines()
+        self.assertIn("adding delta as a learner", progress[0])
+        self.assertIn("delta caught up and is a voter", progress[1])
+        self.assertIn("delta", result.stdout)
+
+    def test_add_bad_port_and_refusal(self) -> None:
+        """A port out of range is a usage error before anything is sent; a refusal by the
+        cluster is one line with its message."""
+        node = start_fake_node(self, error_reply(400, "bad_request", "delta is already a member"))
+        result = run(
+            [
+                "members",
+                "add",
+                "delta",
+                "--host",
+                "h",
+                "--p2p",
+                "0",
+                "--api",
+                "1",
+                "--url",
+                node.url,
+            ]
+        )
+        self.assertOneLineError(result, "--p2p")
+        self.assertEqual(node.seen, [])
+        result = run(
+            [
+                "members",
+                "add",
+                "delta",
+                "--host",
+                "h",
+                "--p2p",
+                "1",
+                "--api",
+                "2",
+                "--url",
+                node.url,
+            ]
+        )
+        self.assertErrorAfterProgress(result, "delta is already a member")
+
+    def test_remove(self) -> None:
+        """`members remove ID` sends DELETE /cluster/members/ID and prints the membership."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        result = run(["members", "remove", "gamma", "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            (node.seen[0].method, node.seen[0].path), ("DELETE", "/cluster/members/gamma")
+        )
+        self.assertIn("removed gamma", result.stderr)
+
+    def test_members_from_config(self) -> None:
+        """With -c the members are the config's peers: an unreachable one is skipped."""
+        node = start_fake_node(self, json_reply(200, MEMBERS))
+        path = write_config(self.tmpdir(), api_ports=(port_of(dead_url()), port_of(node.url), 1))
+        result = run(["members", "list", "-c", str(path)])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(len(node.seen), 1)
+
+
+class LeaderAndSnapshotTests(CLITestCase):
+    def test_transfer(self) -> None:
+        """`leader transfer [ID]` posts the target (null when omitted) and prints the new
+        leader."""
+        node = start_fake_node(self, json_reply(200, {"leader": "beta", "term": 7}))
+        result = run(["leader", "transfer", "beta", "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.stdout, "leader is now beta (term 7)\n")
+        run(["leader", "transfer", "--url", node.url, "--json"])
+        self.assertEqual([json.loads(s.body) for s in node.seen], [{"id": "beta"}, {"id": None}])
+
+    def test_snapshot_take(self) -> None:
+        """`snapshot take` posts /cluster/snapshot and prints index and term."""
+        node = start_fake_node(self, json_reply(200, {"index": 1200, "term": 3}))
+        result = run(["snapshot", "take", "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.stdout, "snapshot taken at index 1200 (term 3)\n")
+        self.assertEqual((node.seen[0].method, node.seen[0].path), ("POST", "/cluster/snapshot"))
+
+    def test_snapshot_save(self) -> None:
+        """`snapshot save FILE` writes the download to FILE and prints index, term and size."""
+        data = b"SQLite format 3\x00" + bytes(5000)
+        headers = {"Graft-Snapshot-Index": "99", "Graft-Snapshot-Term": "4"}
+        node = start_fake_node(self, Reply(body=data, headers=headers))
+        target = self.tmpdir() / "backup.snap"
+        result = run(["snapshot", "save", str(target), "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(target.read_bytes(), data)
+        self.assertIn("at index 99 (term 4) to ", result.stdout)
+        self.assertIn(f"backup.snap: {len(data)} bytes", result.stdout)
+        result = run(["snapshot", "save", str(target), "--url", node.url, "--json"])
+        self.assertEqual(json.loads(result.stdout)["size"], len(data))
+
+    def test_snapshot_save_from_a_named_node(self) -> None:
+        """--node picks that member of the config; a missing snapshot is one line."""
+        node = start_fake_node(self, error_reply(404, "not_found", "no snapshot yet: take one"))
+        path = write_config(self.tmpdir(), api_ports=(1, port_of(node.url), 2))
+        target = path.parent / "backup.snap"
+        result = run(["snapshot", "save", str(target), "-c", str(path), "--node", "beta"])
+        self.assertOneLineError(result, "not_found (404): no snapshot yet")
+        self.assertFalse(target.exists())
+        self.assertEqual(len(node.seen), 1)
+
+
+class ShutdownTests(CLITestCase):
+    def test_shutdown_waits_until_down(self) -> None:
+        """`shutdown NODE` posts /shutdown to NODE's API and returns once nothing answers."""
+        stopper: list[threading.Thread] = []
+
+        def stop_soon() -> None:
+            time.sleep(0.2)
+            node.stop()
+
+        def answer(seen: Any) -> Reply:
+            if seen.path == "/shutdown":
+                # Stop listening a moment after answering, as a node does.
+                stopper.append(threading.Thread(target=stop_soon))
+                stopper[0].start()
+                return json_reply(202, {"stopping": "beta"})
+            return json_reply(200, {"status": "ok"})
+
+        def join_stopper() -> None:
+            for thread in stopper:
+                thread.join(5)
+
+        node = start_fake_node(self, answer)
+        self.addCleanup(join_stopper)
+        path = write_config(self.tmpdir(), api_ports=(1, port_of(node.url), 2))
+        result = run(["shutdown", "beta", "-c", str(path), "--timeout", "5"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.stdout, "beta stopped\n")
+        self.assertEqual(node.seen[0].path, "/shutdown")
+        self.assertIn("/health", [s.path for s in node.seen])
+
+    def test_still_running_after_timeout(self) -> None:
+        """A node that keeps answering /health past --timeout is one line saying so."""
+        node = start_fake_node(self, json_reply(202, {"stopping": "beta"}))
+        result = run(["shutdown", "beta", "--url", node.url, "--timeout", "0.3"])
+        self.assertErrorAfterProgress(result, "beta still answers", "--timeout")
+
+    def test_unknown_node_and_many_urls(self) -> None:
+        """NODE must be a peer of the config, and --url names one node only."""
+        path = write_config(self.tmpdir())
+        self.assertOneLineError(run(["shutdown", "zeta", "-c", str(path)]), "zeta")
+        result = run(
+            ["shutdown", "beta", "--url", "http://127.0.0.1:1", "--url", "http://127.0.0.1:2"]
+        )
+        self.assertOneLineError(result, "exactly one")
+
+
+def write_join_config(directory: Path) -> Path:
+    """A new node's own config: the cluster's name and just its own peer entry."""
+    path = directory / "delta.yaml"
+    path.write_text(
+        "cluster: test\npeers:\n"
+        "  delta:\n    host: 127.0.0.1\n    ports: {p2p: 19083, api: 18083}\n"
+    )
+    return path
+
+
+class JoinTests(CLITestCase):
+    def setUp(self) -> None:
+        try:
+            from graft.certs import generate_certificates
+        except ImportError as e:
+            raise SkipTest(f"graft.certs is not available: {e}") from None
+        from twisted.application.twist._twist import Twist
+
+        from graft.config import load_config
+
+        self.path = write_join_config(self.tmpdir())
+        generate_certificates(load_config(self.path))
+        self.started: list[list[str]] = []
+        self.patch(Twist, "main", self.started.append)
+        self.patch(cli, "JOIN_REFUSAL_WINDOW_S", 5.0)
+
+    def test_join_then_start(self) -> None:
+        """--join posts the node's id, host and ports from its own config, then starts it."""
+        promoted = dict(MEMBERS, voters=["alpha", "beta", "delta"], learners=[])
+        node = start_fake_node(self, json_reply(200, promoted))
+        result = run(["start", "delta", "-c", str(self.path), "--join", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(node.seen[0].path, "/cluster/members")
+        self.assertEqual(
+            json.loads(node.seen[0].body),
+            {"id": "delta", "host": "127.0.0.1", "ports": {"p2p": 19083, "api": 18083}},
+        )
+        self.assertEqual(self.started[0][-4:], ["--config", str(self.path), "--node", "delta"])
+        self.assertIn("delta joined: voters alpha, beta, delta", result.stderr)
+
+    def test_refusal_does_not_start(self) -> None:
+        """A refusal is one line and the node is not started."""
+        node = start_fake_node(self, error_reply(403, "forbidden", "needs an admin token"))
+        result = run(["start", "delta", "-c", str(self.path), "--join", node.url])
+        self.assertErrorAfterProgress(result, "was not started", "needs an admin token")
+        self.assertEqual(self.started, [])
+        result = run(["start", "delta", "-c", str(self.path), "--join", dead_url()])
+        self.assertErrorAfterProgress(result, "was not started", "unreachable")
+        self.assertEqual(self.started, [])
+
+    def test_pending_answer_starts_the_node(self) -> None:
+        """While the leader waits for the new node to catch up (no answer yet), the node is
+        started; the answer is reported when it comes."""
+        self.patch(cli, "JOIN_REFUSAL_WINDOW_S", 0.1)
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def slow(seen: Any) -> Reply:
+            release.wait(5)
+            return json_reply(200, dict(MEMBERS, voters=["alpha", "delta"], learners=[]))
+
+        node = start_fake_node(self, slow)
+        result = run(["start", "delta", "-c", str(self.path), "--join", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(len(self.started), 1)
+        self.assertIn("no refusal", result.stderr)
+
+    def test_node_must_be_in_its_config(self) -> None:
+        """A node missing from its own config is one line, before any request."""
+        node = start_fake_node(self)
+        result = run(["start", "epsilon", "-c", str(self.path), "--join", node.url])
+        self.assertOneLineError(result, "epsilon")
+        self.assertEqual((node.seen, self.started), ([], []))
+
+
+class FakeOps:
+    """Stands in for graft.ops; records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def restore_data_dir(self, cfg: Any, node_id: str, snapshot_file: Path) -> dict[str, Any]:
+        self.calls.append(("restore", cfg.path, node_id, snapshot_file))
+        return {"index": 42, "term": 3}
+
+    def recover_membership(self, cfg: Any, node_id: str, members: list[str]) -> None:
+        self.calls.append(("recover", cfg.path, node_id, members))
+
+
+class OfflineToolTests(CLITestCase):
+    def use_ops(self, module: Any) -> None:
+        """Install ``module`` as graft.ops (None: importing it fails) for this test."""
+        had = "graft.ops" in sys.modules
+        previous = sys.modules.get("graft.ops")
+        sys.modules["graft.ops"] = module
+
+        def restore() -> None:
+            if had:
+                sys.modules["graft.ops"] = previous  # type: ignore[assignment]
+            else:
+                sys.modules.pop("graft.ops", None)
+
+        self.addCleanup(restore)
+
+    def setUp(self) -> None:
+        self.path = write_config(self.tmpdir())
+        self.snapshot = self.path.parent / "backup.snap"
+        self.snapshot.write_bytes(b"snapshot")
+        self.ops = FakeOps()
+
+    def test_restore(self) -> None:
+        """`restore FILE -c CONFIG --node ID` calls graft.ops.restore_data_dir with them."""
+        self.use_ops(self.ops)
+        result = run(["restore", str(self.snapshot), "-c", str(self.path), "--node", "beta"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(self.ops.calls, [("restore", self.path, "beta", self.snapshot)])
+        self.assertIn("restored beta's data dir", result.stdout)
+        self.assertIn("index: 42", result.stdout)
+
+    def test_ops_missing(self) -> None:
+        """Without graft.ops (or without the function) the command is one clear line."""
+        self.use_ops(None)
+        result = run(["restore", str(self.snapshot), "-c", str(self.path), "--node", "beta"])
+        self.assertOneLineError(result, "cannot restore", "graft.ops")
+        self.use_ops(object())
+        result = run(
+            ["recover", "--members", "alpha", "-c", str(self.path), "--node", "alpha", "--yes"]
+        )
+        self.assertOneLineError(result, "cannot recover", "recover_membership")
+
+    def test_recover_asks_first(self) -> None:
+        """`recover` prints a loud warning and changes nothing unless confirmed."""
+        self.use_ops(self.ops)
+        args = ["recover", "--members", "alpha,beta", "-c", str(self.path), "--node", "alpha"]
+        result = run(args, stdin="n\n")
+        self.assertIn("UNSAFE", result.stderr)
+        self.assertErrorAfterProgress(result, "nothing was changed", "--yes")
+        self.assertEqual(self.ops.calls, [])
+        result = run(args, stdin="y\n")
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(self.ops.calls, [("recover", self.path, "alpha", ["alpha", "beta"])])
+
+    def test_recover_yes(self) -> None:
+        """--yes skips the question but not the warning."""
+        self.use_ops(self.ops)
+        result = run(
+            ["recover", "--members", "alpha", "-c", str(self.path), "--node", "alpha", "--yes"]
+        )
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertIn("UNSAFE", result.stderr)
+        self.assertEqual(len(self.ops.calls), 1)
+
+    def test_recover_bad_members(self) -> None:
+        """Malformed --members are one line and nothing is called."""
+        self.use_ops(self.ops)
+        for members in ("", "a,,b", "Alpha", "a,a"):
+            result = run(
+                ["recover", "--members", members, "-c", str(self.path), "--node", "alpha", "--yes"]
+            )
+            self.assertOneLineError(result, "--members")
+        self.assertEqual(self.ops.calls, [])

@@ -439,3 +439,20 @@ class SaveSnapshotTests(SynchronousTestCase):
             make_client([node.url]).save_snapshot(path)
         self.assertEqual(caught.exception.code, "not_found")
         self.assertEqual(list(path.parent.iterdir()), [])
+
+
+class RetryUnreachableTests(SynchronousTestCase):
+    def test_unreachable_fails_at_once_when_asked(self) -> None:
+        """With retry_unreachable=False a dead member is an Unreachable error without any
+        sleep, instead of being retried until the deadline."""
+        fake = FakeTime()
+        client = GraftClient(
+            urls=[dead_url()],
+            timeout=60.0,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            retry_unreachable=False,
+        )
+        with self.assertRaises(Unreachable):
+            client.add_member("delta", "127.0.0.1", 1, 2)
+        self.assertEqual(fake.sleeps, [])
