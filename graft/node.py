@@ -165,7 +165,7 @@ class GraftNode(Service, ClusterBackend):
         self._snapshotting: Deferred[dict[str, Any]] | None = None
         self._fsm_name = fsm_name
         self._run_in_thread = run_in_thread or _defer_to_thread
-        self._stopped: Deferred[None] | None = None
+        self._forget_timer: Any = None
 
     # -- service ---------------------------------------------------------------------------
 
@@ -194,6 +194,8 @@ class GraftNode(Service, ClusterBackend):
             self._ticker.stop()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
+        if self._forget_timer is not None and self._forget_timer.active():
+            self._forget_timer.cancel()
         self._scheduled = None
         shutting_down = lambda: NoLeader("this node is shutting down; retry on another node")  # noqa: E731
         # A proposal already in the log may still commit (under another leader): unknown.
@@ -625,16 +627,37 @@ class GraftNode(Service, ClusterBackend):
     def _on_membership(self, membership: Membership) -> None:
         """The core adopted a new membership (on append, as the thesis says): dial new members,
         drop removed ones, and learn their API addresses for redirects."""
+        old = self._membership
+        departed = {
+            m: a
+            for m in old.members - membership.members
+            if (a := old.address_of(m) or self._static_addresses.get(m)) is not None
+        }
         self._membership = membership
         addresses = {m: a for m in membership.members if (a := self.address_of(m)) is not None}
         self._api_urls = {m: _api_url(self._api_scheme, a) for m, a in addresses.items()}
+        if (me := self.address_of(self.node_id)) is not None:
+            addresses[self.node_id] = me
         log.info(
             "membership is now voters {voters}, learners {learners}",
             voters=",".join(sorted(membership.voters)),
             learners=",".join(sorted(membership.learners)) or "-",
         )
-        if self.peers is not None:
-            self.peers.update_peers(addresses)
+        if self.peers is None:
+            return
+        # Keep talking to departed members for a while: the answer to the request that removed
+        # one may still have to travel over its connection.
+        self.peers.update_peers({**departed, **addresses})
+        if departed:
+            self._forget_timer = self._clock.callLater(
+                2 * self._election_seconds, self._forget_departed
+            )
+
+    def _forget_departed(self) -> None:
+        if self._stopping or self.peers is None:
+            return
+        members = self._membership.members | {self.node_id}
+        self.peers.update_peers({m: a for m in members if (a := self.address_of(m)) is not None})
 
     def members(self) -> dict[str, Any]:
         m = self._membership
@@ -863,7 +886,16 @@ class GraftNode(Service, ClusterBackend):
         """Snapshot the FSM at the applied index (the copy is written off the reactor thread
         while commands keep applying), then drop log segments below it."""
         if self._snapshotting is not None:
-            return _fail(BadRequest("a snapshot is being taken already; retry when it is done"))
+            # One at a time: wait for the one under way, then take one at the new applied index.
+            after: Deferred[Any] = Deferred()
+
+            def chain(result: object) -> object:
+                after.callback(None)
+                return result
+
+            running: Deferred[Any] = self._snapshotting
+            running.addBoth(chain)
+            return after.addCallback(lambda _: self.take_snapshot())
         applied = self._applied.applied
         if applied <= self._snapshot_index:
             current = self._storage.snapshot_meta()

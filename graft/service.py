@@ -103,8 +103,9 @@ def make_service(
         fsm_name=cfg.fsm.factory,
     )
     # A restarted node dials the members its log or snapshot names, not only the file's peers.
-    peers = {m: a for m in raft.membership.members if (a := node.address_of(m)) is not None}
-    peers.setdefault(node_id, static_addresses[node_id])
+    # A joining node knows the cluster only from its file until the leader's log reaches it.
+    peers = dict(static_addresses)
+    peers.update({m: a for m in raft.membership.members if (a := node.address_of(m)) is not None})
     transport = PeerTransport(
         reactor=reactor,
         node_id=node_id,

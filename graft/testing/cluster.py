@@ -80,9 +80,11 @@ class LocalCluster:
             "fsm": {"factory": fsm},
         }
         config.update(extra or {})
+        self.config = config
         self.config_path = self.base / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._joining: set[str] = set()
         self._logs: dict[str, Any] = {}
         self._make_certs()
 
@@ -90,7 +92,20 @@ class LocalCluster:
         from graft.certs import generate_certificates
         from graft.config import load_config
 
-        generate_certificates(load_config(self.config_path))
+        generate_certificates(load_config(self.config_path), if_missing=True)
+
+    def add_node(self, node: str) -> dict[str, Any]:
+        """Give a new node ports, a certificate from the same CA and a place in the config file
+        (the running nodes never read it again); start it with ``start(node)``, which passes
+        ``--join``. Returns the body for POST /cluster/members."""
+        p2p, api = free_ports(2)
+        self.peers[node] = {"host": HOST, "ports": {"p2p": p2p, "api": api}}
+        self.node_ids.append(node)
+        self.config["peers"] = self.peers
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self._make_certs()
+        self._joining.add(node)
+        return {"id": node, "host": HOST, "ports": {"p2p": p2p, "api": api}}
 
     def api_url(self, node: str) -> str:
         return f"http://{HOST}:{self.peers[node]['ports']['api']}"
@@ -111,6 +126,8 @@ class LocalCluster:
             self._logs[node] = logfile
             cmd = [sys.executable, "-m", "twisted", "--log-format", "text", "graft"]
             cmd += ["--config", str(self.config_path), "--node", node]
+            if node in self._joining:
+                cmd.append("--join")
             self.processes[node] = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=self.base
             )
