@@ -413,6 +413,9 @@ def start(
             str(cfg.path),
             "--node",
             node_id,
+            # A joining node starts with no membership and waits for the leader's log, rather
+            # than electing itself leader of the peers its own file lists.
+            *(["--join"] if join is not None else []),
         ]
     )
     if join is not None:
@@ -1128,9 +1131,9 @@ def members_list(as_json: bool, **options: Any) -> None:
     "--api", "api_port", type=click.IntRange(1, 65535), required=True, help="Its API port."
 )
 @_client_options_with(
-    timeout=600.0,
-    timeout_help="Seconds to wait for the node to catch up and be promoted (the server gives up "
-    "after 120 s; the change may still complete).",
+    timeout=180.0,
+    timeout_help="Seconds to wait for the node to catch up and be promoted (a node gives up "
+    "after 150 s at most; the change may still complete).",
 )
 def members_add(
     node_id: str, host: str, p2p_port: int, api_port: int, as_json: bool, **options: Any
@@ -1153,7 +1156,7 @@ def members_add(
 
 @members.command("remove")
 @click.argument("node_id", metavar="ID")
-@_client_options_with(timeout=130.0)
+@_client_options_with(timeout=180.0)
 def members_remove(node_id: str, as_json: bool, **options: Any) -> None:
     """Remove member ID (a leader that is removed hands over first). Stop its process after."""
     client = _make_client(_settings(**options))
@@ -1186,7 +1189,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("take")
-@_client_options_with(timeout=130.0)
+@_client_options_with(timeout=180.0)
 def snapshot_take(as_json: bool, **options: Any) -> None:
     """Snapshot the state machine now and compact the log (on the member asked)."""
     client = _make_client(_settings(**options))

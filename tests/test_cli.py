@@ -895,7 +895,9 @@ class JoinTests(CLITestCase):
             json.loads(node.seen[0].body),
             {"id": "delta", "host": "127.0.0.1", "ports": {"p2p": 19083, "api": 18083}},
         )
-        self.assertEqual(self.started[0][-4:], ["--config", str(self.path), "--node", "delta"])
+        self.assertEqual(
+            self.started[0][-5:], ["--config", str(self.path), "--node", "delta", "--join"]
+        )
         self.assertIn("delta joined: voters alpha, beta, delta", result.stderr)
 
     def test_refusal_does_not_start(self) -> None:

@@ -14,8 +14,10 @@ from graft.errors import BadRequest
 
 # Adding a member waits for the learner to catch up (possibly a large snapshot), so the API's
 # command timeout would cut it short. Administration gets this deadline instead; the operation
-# is not cancelled when it passes, the client only stops waiting.
-ADMIN_TIMEOUT_S = 120.0
+# is not cancelled when it passes, the client only stops waiting. It is longer than the node's
+# own catch-up limit (120 s, plus forwarding from a follower), so that the node's more precise
+# error ("did not catch up ...") reaches the client rather than a bare 504.
+ADMIN_TIMEOUT_S = 150.0
 
 # The same rule as peer ids in the config file: a lowercase DNS label.
 _NODE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

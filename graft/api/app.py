@@ -42,7 +42,8 @@ Decisions beyond DESIGN.md:
   (read). The backend implements graft.api.backend.ClusterAdmin as well (graft.api.admin).
 - Administration does not use api.command_timeout_ms: adding a member waits for the learner to
   catch up, which may take minutes. Every administrative operation gets ADMIN_TIMEOUT_S
-  (120 s) and then a 504; like commands, the operation itself is not cancelled.
+  (150 s, above the node's own 120 s catch-up limit) and then a 504; like commands, the
+  operation itself is not cancelled.
 - Bodies of administrative requests are parsed strictly: unknown keys, node ids that the config
   would refuse, ports outside 1..65535 (or p2p == api) are 400s. The snapshot is the whole
   database, so downloading it needs admin, not read.
