@@ -166,6 +166,8 @@ class GraftNode(Service, ClusterBackend):
         self._fsm_name = fsm_name
         self._run_in_thread = run_in_thread or _defer_to_thread
         self._forget_timer: Any = None
+        self._last_tick = clock.seconds()
+        self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
 
     # -- service ---------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class GraftNode(Service, ClusterBackend):
             commit=st.commit,
             members=",".join(sorted(st.membership.voters)),
         )
-        self._ticker = LoopingCall(self._tick)
+        self._ticker = LoopingCall.withCount(self._tick)
         self._ticker.clock = self._clock
         self._ticker.start(self._tick_seconds, now=False)
         self._schedule()
@@ -221,8 +223,14 @@ class GraftNode(Service, ClusterBackend):
 
     # -- the Raft loop ---------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        self._raft.tick()
+    def _tick(self, intervals: int) -> None:
+        # LoopingCall skips the calls it missed (a stalled reactor, SIGSTOP) and reports how
+        # many intervals passed: tick for each, so the core's clock (its lease, its election
+        # timer) does not run slow after a stall. Bounded: past two election timeouts, more
+        # ticks change nothing.
+        self._last_tick = self._clock.seconds()
+        for _ in range(min(intervals, self._max_catch_up_ticks)):
+            self._raft.tick()
         self._schedule()
 
     def receive(self, message: Message) -> None:
@@ -529,7 +537,10 @@ class GraftNode(Service, ClusterBackend):
         if consistency is Consistency.DEFAULT:
             if self._raft.role is not Role.LEADER and not forwarded:
                 return self._forward_query(query, consistency, min_index)
-            lease_index = self._raft.lease_read_index()
+            # A late tick means the core's clock is behind the wall clock (the reactor stalled):
+            # its lease may have expired without it knowing, so confirm with a quorum instead.
+            late = self._clock.seconds() - self._last_tick > 2 * self._tick_seconds
+            lease_index = None if late else self._raft.lease_read_index()
             if lease_index is not None:
                 return self._read_at(query, max(lease_index, min_index or 0))
         return self._linearizable_read(query, min_index)

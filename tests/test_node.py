@@ -315,3 +315,24 @@ class DriverTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         for node in self.network.nodes.values():
             self.assertTrue(node._stopping)
+
+    def test_stalled_leader_does_not_trust_its_lease(self) -> None:
+        """A leader whose reactor stalls (one big clock jump, as after SIGSTOP) ticks for every
+        interval it missed, so its lease has expired when it wakes: a default read then needs a
+        quorum, which an isolated leader cannot get, instead of answering from a stale lease."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        self.result(leader.submit([put("l", "1")]))
+        self.advance(10 * TICK)
+        fresh = leader.query(get("l"), Consistency.DEFAULT)
+        self.clock.advance(0)
+        self.assertTrue(fresh.called, "a fresh lease should answer at once")
+        self.network.isolate(leader_id)
+        self.clock.advance(2.0)
+        box: list[Any] = []
+        leader.query(get("l"), Consistency.DEFAULT).addBoth(box.append)
+        self.clock.advance(0)
+        self.assertEqual(box, [], "answered from a lease that expired during the stall")
+        self.advance(3.0)
+        self.assertEqual(len(box), 1)
+        self.assertIsInstance(box[0], Failure)
