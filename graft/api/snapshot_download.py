@@ -44,7 +44,7 @@ class SnapshotResource(Resource):
         self._data = data
         self._size = snapshot_size(manifest, data)
 
-    def render_GET(self, request: Request) -> int:
+    def render_GET(self, request: Request) -> int | bytes:
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", str(self._size).encode("ascii"))
@@ -56,6 +56,10 @@ class SnapshotResource(Resource):
             value = self._manifest.get(key)
             if value is not None:
                 request.setHeader(header, str(value).encode("utf-8"))
+        if request.method == b"HEAD":
+            # twisted.web drops a HEAD body, but producing it would still read the whole file.
+            self._data.close()
+            return b""
         FileSender(request, self._data, self._size).start()
         return NOT_DONE_YET
 

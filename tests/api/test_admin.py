@@ -190,6 +190,15 @@ class SnapshotTests(ApiTestCase):
         self.assertTrue(snapshot.closed)
         self.assertLessEqual(snapshot.largest_read, 64 * 1024)
 
+    def test_head_reads_nothing(self) -> None:
+        """HEAD /cluster/snapshot answers the headers, reads nothing and closes the file."""
+        snapshot = ClosingFile(b"z" * 100_000)
+        self.backend.snapshot = ({"index": 3, "term": 1, "fsm": "kv", "size": 100_000}, snapshot)
+        answer = self.call("HEAD", "/cluster/snapshot")
+        self.assertEqual((answer.status, answer.body), (200, b""))
+        self.assertEqual(answer.header("Graft-Snapshot-Index"), "3")
+        self.assertEqual((snapshot.largest_read, snapshot.closed), (0, True))
+
     def test_download_empty_snapshot(self) -> None:
         """A zero-byte snapshot is a 200 with an empty body, and the file is closed."""
         snapshot = ClosingFile(b"")
