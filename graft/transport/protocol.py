@@ -13,7 +13,9 @@ authenticated node, drops the connection.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -122,6 +124,7 @@ class PeerConnection(TwistedProtocol):
         peer = self._tls.getPeer()
         self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._hello_timer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._hello_timed_out)
+        _limit_unacknowledged_time(self._tls)
         self.owner.connection_made(self)
 
     def handshakeCompleted(self) -> None:
@@ -350,3 +353,20 @@ class PeerConnection(TwistedProtocol):
 
 def _reason_text(reason: Failure) -> str:
     return f"{type(reason.value).__name__}: {reason.value}"
+
+
+# How long sent data may stay unacknowledged before the kernel drops the connection. Without a
+# bound, a connection that carried traffic into a partition sits in TCP's retransmission backoff
+# for seconds after the partition heals; with it, the connection fails and the dialer redials.
+UNACKNOWLEDGED_TIMEOUT_MS = 2000
+
+
+def _limit_unacknowledged_time(tls_transport: Any) -> None:
+    tcp = getattr(tls_transport, "transport", None)
+    get_handle = getattr(tcp, "getHandle", None)
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+    if get_handle is None or option is None:
+        return
+    # Not a real socket (tests in memory), or an option this kernel lacks: keep the default.
+    with contextlib.suppress(OSError, AttributeError):
+        get_handle().setsockopt(socket.IPPROTO_TCP, option, UNACKNOWLEDGED_TIMEOUT_MS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from graft.raft.messages import AppendEntries, HeartbeatResponse
 from graft.raft.types import Entry
+from graft.transport.protocol import UNACKNOWLEDGED_TIMEOUT_MS
 from tests.transport.support import Inbox, Peer, make_transport, shared_cluster
 
 
@@ -84,6 +86,14 @@ class LoopbackTests(TestCase):
         )
         self.assertEqual(ritchie_inbox.messages, [message])
         self.assertEqual(turing_inbox.messages, [reply])
+        # Peer sockets bound how long sent data may go unacknowledged (fast redial after a
+        # partition heals).
+        outbound = turing._outbound["ritchie"]
+        sock = outbound.transport.transport.getHandle()  # type: ignore[union-attr]
+        self.assertEqual(
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            UNACKNOWLEDGED_TIMEOUT_MS,
+        )
 
         yield defer.gatherResults([turing.stopService(), ritchie.stopService()])
         self.assertEqual(turing.connected_peers(), set())
