@@ -1,0 +1,138 @@
+"""Offline operations on a stopped node's data dir: seeding from a backup, recovering quorum.
+
+Both run without a reactor (the storage's unthreaded mode) and refuse to touch a data dir that
+a running node might be using only in so far as the operator tells them it is stopped: the
+commands that call them say so loudly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from graft.config import ClusterConfig
+from graft.fsm import create_state_machine
+from graft.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    MemberAddress,
+    Membership,
+    SnapshotMeta,
+    encode_membership,
+)
+from graft.storage import DurableLog
+
+# A restored cluster starts from its backup as the snapshot at this index and term; every node
+# restored from the same file holds the same snapshot, so their logs agree from the start.
+RESTORED_INDEX = 1
+RESTORED_TERM = 1
+
+
+class OperationError(Exception):
+    """An offline operation refused to run; the message says why and what to do."""
+
+
+def _addresses(cfg: ClusterConfig) -> tuple[tuple[str, MemberAddress], ...]:
+    return tuple(
+        (p.id, MemberAddress(host=p.host, p2p_port=p.p2p_port, api_port=p.api_port))
+        for p in sorted(cfg.peers.values(), key=lambda p: p.id)
+    )
+
+
+def restore_data_dir(cfg: ClusterConfig, node_id: str, snapshot_file: Path) -> SnapshotMeta:
+    """Seed a new node's empty data dir from a backup (``graft snapshot save``).
+
+    Run it for every node of the new cluster with the same file, then start them all: each
+    starts from the backup's state, with the config file's peers as the membership.
+    """
+    cfg.peer(node_id)
+    data_dir = cfg.data_dir(node_id)
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise OperationError(
+            f"{data_dir} is not empty; restore only seeds a new node: move the old data dir "
+            "away first"
+        )
+    snapshot_file = Path(snapshot_file)
+    if not snapshot_file.is_file():
+        raise OperationError(
+            f"{snapshot_file}: no such backup file; pass the file that `graft snapshot save` wrote"
+        )
+    _check_loads(cfg, snapshot_file)
+    meta = SnapshotMeta(
+        index=RESTORED_INDEX,
+        term=RESTORED_TERM,
+        membership=Membership(voters=frozenset(cfg.peers), addresses=_addresses(cfg)),
+    )
+    log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
+    try:
+
+        def copy(sink: BinaryIO) -> None:
+            with snapshot_file.open("rb") as source:
+                shutil.copyfileobj(source, sink)
+
+        log.save_snapshot(meta, cfg.fsm.factory, copy)
+        log.set_hard_state_sync(HardState(term=RESTORED_TERM, vote=None, commit=RESTORED_INDEX))
+    finally:
+        log.close()
+    return meta
+
+
+def _check_loads(cfg: ClusterConfig, snapshot_file: Path) -> None:
+    """Refuse a file the configured FSM cannot restore, before writing anything."""
+    with tempfile.TemporaryDirectory(prefix="graft-restore-check-") as scratch:
+        fsm = create_state_machine(cfg.fsm, data_dir=Path(scratch), base_dir=cfg.base_dir)
+        try:
+            with snapshot_file.open("rb") as source:
+                fsm.restore(source)
+        except Exception as e:
+            raise OperationError(
+                f"{snapshot_file} is not a snapshot that {cfg.fsm.factory} can restore ({e}); "
+                "pass a backup taken from a cluster with the same fsm.factory"
+            ) from None
+        finally:
+            fsm.close()
+
+
+def recover_membership(cfg: ClusterConfig, node_id: str, members: Sequence[str]) -> Membership:
+    """UNSAFE: make ``members`` the voters of a stopped node's log, to recover from a lost
+    quorum. Writes a membership entry after the node's last entry; the node adopts it when it
+    starts. Entries the lost majority committed but this node never received are lost for
+    good, and if the "lost" nodes come back they must be wiped first.
+    """
+    if not members:
+        raise OperationError("name at least one surviving member with --members")
+    data_dir = cfg.data_dir(node_id)
+    if not data_dir.exists():
+        raise OperationError(f"{data_dir} does not exist; run recover on a survivor's data dir")
+    if node_id not in members:
+        raise OperationError(
+            f"{node_id} is not among --members {','.join(members)}; "
+            "run recover only on the nodes that will form the cluster"
+        )
+    log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
+    try:
+        _, current = log.initial_state()
+        known = dict(current.addresses) if current is not None else {}
+        known.update(dict(_addresses(cfg)))
+        unknown = [m for m in members if m not in known]
+        if unknown:
+            raise OperationError(
+                f"no address known for {', '.join(unknown)}: list them under peers in {cfg.path}"
+            )
+        membership = Membership(
+            voters=frozenset(members),
+            addresses=tuple(sorted(((m, known[m]) for m in members), key=lambda p: p[0])),
+        )
+        last = log.last_index()
+        term = max(log.hard_state.term, log.term(last) if last > 0 else 0)
+        entry = Entry(
+            index=last + 1, term=term, kind=EntryKind.MEMBERSHIP, data=encode_membership(membership)
+        )
+        log.append_sync([entry])
+    finally:
+        log.close()
+    return membership
