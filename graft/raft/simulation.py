@@ -456,6 +456,8 @@ class SimParams:
     # strands its NOOP: the conflicting suffixes of Figure 8.
     strand_new_leader: float = 0.0
     restart: float = 0.15
+    # Writes come in bursts with lulls between them (else a steady stream).
+    bursty_writes: bool = True
     # Probability per tick that the leader proposes removing a voter or adding it back.
     reconfigure: float = 0.0
     propose: float = 0.5
@@ -487,6 +489,7 @@ def draw_params(seed: int, rng: Rng) -> SimParams:
             crash=between(0.0, 0.03),
             crash_leader=between(0.02, 0.1),
             strand_new_leader=between(0.2, 0.7),
+            bursty_writes=False,
             restart=between(0.1, 0.8),
             propose=between(0.5, 1.0),
             read=between(0.1, 0.5),
@@ -638,7 +641,7 @@ def simulate_seed(
                     down.discard(nid)
             if rng.random() < p.reconfigure:
                 reconfigure(cluster, ids, rng)
-            if rng.random() < 0.05:
+            if p.bursty_writes and rng.random() < 0.05:
                 # Clients write in bursts: lulls let a lagging node be up to date enough to
                 # win an election, which a lease must survive.
                 writing = not writing
