@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from prometheus_client import CollectorRegistry
@@ -46,7 +47,7 @@ from graft.errors import (
 from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
-from graft.raft.messages import AppendEntries, Heartbeat, Message
+from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
 from graft.raft.node import MembershipChangeRefused, RaftNode
 from graft.raft.ready import Ready, Role
 from graft.raft.storage import LogStorage
@@ -60,6 +61,7 @@ from graft.raft.types import (
     decode_membership,
     membership_to_dict,
 )
+from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -76,6 +78,8 @@ class DurableStorage(LogStorage, Protocol):
     def snapshot_info(self) -> Any: ...
 
     def compact(self, index: int, keep: int = 0) -> Deferred[None]: ...
+
+    def install_snapshot(self, meta: SnapshotMeta, path: Path, fsm_name: str = "") -> Any: ...
 
     def close(self) -> Deferred[None]: ...
 
@@ -125,6 +129,7 @@ class GraftNode(Service, ClusterBackend):
         fsm_name: str = "",
         catch_up_timeout: float = 120.0,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        incoming_dir: Path | None = None,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -167,6 +172,22 @@ class GraftNode(Service, ClusterBackend):
         self._run_in_thread = run_in_thread or _defer_to_thread
         self._forget_timer: Any = None
         self._last_tick = clock.seconds()
+        self._sender = SnapshotSender(
+            peers=lambda: self.peers,
+            latest=self._latest_local_snapshot,
+            report=self._report_snapshot,
+            call_timeout=max(10.0, command_timeout),
+        )
+        self._receiver = (
+            SnapshotReceiver(
+                incoming_dir=incoming_dir,
+                current_term=lambda: self._raft.term,
+                deliver=self.receive,
+                node_id=raft.id,
+            )
+            if incoming_dir is not None
+            else None
+        )
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
 
     # -- service ---------------------------------------------------------------------------
@@ -254,20 +275,46 @@ class GraftNode(Service, ClusterBackend):
         if self._stopping or self._in_flight is not None or not self._raft.has_ready():
             return
         ready = self._raft.ready()
+        d: Deferred[Any] = succeed(None)
+        if ready.snapshot is not None:
+            d = self._install_snapshot(ready.snapshot)
         if ready.hard_state is not None or ready.entries:
             started = time.perf_counter()
-            d = self._storage.persist(ready.hard_state, ready.entries)
+
+            def persist(_: object) -> Deferred[None]:
+                return self._storage.persist(ready.hard_state, ready.entries)
 
             def observe(result: None) -> None:
                 self._metrics.fsync_latency.observe(time.perf_counter() - started)
                 return result
 
+            d.addCallback(persist)
             d.addCallback(observe)
-        else:
-            d = succeed(None)
         self._in_flight = d
         d.addCallback(lambda _: self._after_persist(ready))
         d.addErrback(self._fatal, "writing the Raft log")
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> Deferred[None]:
+        """The core restored from a snapshot the leader sent: make it this node's log and state
+        before anything that depends on it (the acknowledgement) leaves."""
+        path = self._receiver.take(meta) if self._receiver is not None else None
+        if path is None:
+            return _fail_with(
+                RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
+            )
+        d: Deferred[None] = self._storage.install_snapshot(meta, path, self._fsm_name)
+
+        def restore(_: object) -> None:
+            with path.open("rb") as source:
+                self._fsm.restore(source)
+            path.unlink(missing_ok=True)
+            self._snapshot_index = meta.index
+            self._applied_membership = meta.membership
+            self._applied.advance(meta.index)
+            log.info("installed snapshot {index} from the leader", index=meta.index)
+
+        d.addCallback(restore)
+        return d
 
     def _after_persist(self, ready: Ready) -> None:
         self._in_flight = None
@@ -275,7 +322,10 @@ class GraftNode(Service, ClusterBackend):
             return
         if self.peers is not None:
             for message in ready.messages:
-                self.peers.send(message)
+                if isinstance(message, InstallSnapshot):
+                    self._sender.send(message)  # a file to stream, not a message to send
+                else:
+                    self.peers.send(message)
         if ready.soft_state is not None:
             self._on_soft_state(ready)
         if ready.committed_entries:
@@ -509,6 +559,13 @@ class GraftNode(Service, ClusterBackend):
             )
             dq.addCallback(lambda r: {"output": r.output, "applied_index": r.applied_index})
             return dq
+        if command == "install_snapshot_chunk":
+            if self._receiver is None:
+                return _fail(BadRequest(f"{self.node_id} cannot receive snapshots"))
+            try:
+                return succeed(self._receiver.chunk(peer, args))
+            except GraftError as e:
+                return _fail(e)
         if command == "forward_admin":
             if self._raft.role is not Role.LEADER:
                 return _fail(NoLeader(f"{self.node_id} is not the leader any more; retry"))
@@ -942,6 +999,20 @@ class GraftNode(Service, ClusterBackend):
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
         return out
 
+    def _latest_local_snapshot(self) -> LocalSnapshot | None:
+        info = self._storage.snapshot_info()
+        if info is None:
+            return None
+        return LocalSnapshot(
+            meta=info.meta, fsm_name=info.fsm_name, size=info.size, path=info.data_path
+        )
+
+    def _report_snapshot(self, peer: str, ok: bool) -> None:
+        report = getattr(self._raft, "report_snapshot", None)
+        if report is not None and self._raft.role is Role.LEADER:
+            report(peer, ok)
+            self._schedule()
+
     def latest_snapshot(self) -> tuple[dict[str, Any], BinaryIO] | None:
         info = self._storage.snapshot_info()
         if info is None:
@@ -1002,6 +1073,12 @@ class GraftNode(Service, ClusterBackend):
 
 
 def _fail(error: GraftError) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d
+
+
+def _fail_with(error: Exception) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(error)
     return d

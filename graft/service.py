@@ -101,6 +101,7 @@ def make_service(
         snapshot_entries=cfg.snapshot.entries,
         snapshot_trailing=cfg.snapshot.trailing,
         fsm_name=cfg.fsm.factory,
+        incoming_dir=data_dir,
     )
     # A restarted node dials the members its log or snapshot names, not only the file's peers.
     # A joining node knows the cluster only from its file until the leader's log reaches it.

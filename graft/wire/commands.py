@@ -111,16 +111,22 @@ FORWARD_ADMIN = Command(
 
 INSTALL_SNAPSHOT_CHUNK = Command(
     name="install_snapshot_chunk",
-    # Placeholder for snapshot streaming (issue 6): the schema may still change.
+    # The leader streams its snapshot file to a follower, one chunk per call. A call at offset 0
+    # with no data asks where to resume; the answer's next_offset is where the receiver wants
+    # the next chunk (its partial file's size), so a broken transfer resumes, not restarts.
     arguments={
         "term": int,
         "snapshot_index": int,
         "snapshot_term": int,
+        "membership": dict[str, Any],
+        "fsm": str,
+        "size": int,
         "offset": int,
         "data": bytes,
         "done": bool,
     },
     response={"term": int, "next_offset": int},
+    errors=frozenset({"bad_request"}),
 )
 
 COMMANDS = CommandRegistry((FORWARD_SUBMIT, FORWARD_QUERY, FORWARD_ADMIN, INSTALL_SNAPSHOT_CHUNK))
