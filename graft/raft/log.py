@@ -10,13 +10,18 @@ Entries the core creates (proposals on a leader, AppendEntries on a follower) go
 ``advance``) drops them once storage holds them. A conflicting append may replace a suffix that
 is already in storage: the tail then starts below storage's last index and shadows it, and the
 next Ready carries the replacement (storage replaces the suffix on append).
+
+A snapshot received from the leader (``restore``) empties the log after its index at once, but
+storage only adopts it when the driver installs ``Ready.snapshot``. Until ``snapshot_installed``
+(from ``advance``) the pending snapshot overrides storage for every read: its index is the
+log's floor and storage's older entries are invisible.
 """
 
 from __future__ import annotations
 
 from graft.raft.errors import LogCompacted, LogUnavailable
 from graft.raft.storage import LogStorage
-from graft.raft.types import Entry
+from graft.raft.types import Entry, SnapshotMeta
 
 
 class LogInvariantError(AssertionError):
@@ -36,26 +41,44 @@ class RaftLog:
         self.applying = self.applied
         # First index written by the last maybe_append (0: it wrote nothing).
         self.appended_from = 0
+        # A snapshot restored from the leader that storage does not hold yet, and whether a
+        # Ready has handed it to the driver.
+        self.pending_snapshot: SnapshotMeta | None = None
+        self.snapshot_handed = False
 
     # -- reading ----------------------------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The snapshot the log starts after: a pending restore, else storage's."""
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot
+        return self.storage.snapshot_meta()
 
     def last_index(self) -> int:
         if self._unstable:
             return self._offset + len(self._unstable) - 1
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return self.storage.last_index()
 
     def persisted_index(self) -> int:
         """The last index known durable and still part of this log."""
         if self._unstable:
             return self._offset - 1
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return self.storage.last_index()
 
     def last_term(self) -> int:
         if self._unstable:
             return self._unstable[-1].term
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.term
         return self.storage.term(self.storage.last_index())
 
     def term(self, index: int) -> int:
@@ -64,6 +87,13 @@ class RaftLog:
         if k >= 0:
             if k < len(self._unstable):
                 return self._unstable[k].term
+            raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+        snap = self.pending_snapshot
+        if snap is not None:
+            if index == snap.index:
+                return snap.term
+            if index < snap.index:
+                raise LogCompacted(f"index {index} is inside the snapshot at {snap.index}")
             raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
         return self.storage.term(index)
 
@@ -82,6 +112,9 @@ class RaftLog:
         """Entries [lo, hi), stopping once max_bytes is exceeded (at least one entry)."""
         if lo >= hi:
             return []
+        snap = self.pending_snapshot
+        if snap is not None and lo <= snap.index:
+            raise LogCompacted(f"index {lo} is inside the snapshot at {snap.index}")
         offset = self._offset
         if lo >= offset:
             out = self._unstable[lo - offset : hi - offset]
@@ -116,7 +149,7 @@ class RaftLog:
         match a log whose entry at ``index`` has ``term``: a leader may skip them in one step.
         """
         index = min(index, self.last_index())
-        floor = self.storage.snapshot_meta().index
+        floor = self.snapshot_meta().index
         while index > floor:
             t = self.term_or_none(index)
             if t is None or t <= term:
@@ -191,6 +224,9 @@ class RaftLog:
 
     def stable_to(self, index: int, term: int) -> None:
         """Storage now holds everything up to ``index`` (if the log still has that entry)."""
+        if index > self.handed:
+            # Written before a restore emptied the log: what follows was never handed out.
+            return
         k = index - self._offset
         if 0 <= k < len(self._unstable) and self._unstable[k].term == term:
             del self._unstable[: k + 1]
@@ -210,3 +246,36 @@ class RaftLog:
     def applied_to(self, index: int) -> None:
         if index > self.applied:
             self.applied = index
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        """Adopt a snapshot from the leader: the log becomes empty after ``meta.index``."""
+        if meta.index <= self.committed:
+            raise LogInvariantError(
+                f"refusing to restore snapshot {meta.index} at or below commit {self.committed}"
+            )
+        self._unstable = []
+        self._offset = meta.index + 1
+        self.handed = meta.index
+        self.committed = self.applied = self.applying = meta.index
+        self.appended_from = 0
+        self.pending_snapshot = meta
+        self.snapshot_handed = False
+
+    def has_unhanded_snapshot(self) -> bool:
+        return self.pending_snapshot is not None and not self.snapshot_handed
+
+    def take_snapshot(self) -> SnapshotMeta | None:
+        """The restored snapshot the driver must install next (once)."""
+        if not self.has_unhanded_snapshot():
+            return None
+        self.snapshot_handed = True
+        return self.pending_snapshot
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        """Storage now holds ``meta`` (unless a newer restore happened meanwhile)."""
+        pending = self.pending_snapshot
+        if pending is not None and self.snapshot_handed and pending.index <= meta.index:
+            self.pending_snapshot = None
+            self.snapshot_handed = False

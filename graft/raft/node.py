@@ -176,6 +176,13 @@ class RaftNode:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self._cfg.election_ticks:
                 self._transfer_target = None  # the target did not take over in time
+        for pr in self._progress.values():
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= self._cfg.election_ticks:
+                    # Neither a report nor an answer: the InstallSnapshot (or the transfer)
+                    # may be lost. Probe again; the next heartbeat answer re-sends it.
+                    pr.snapshot_failed()
         if self._heartbeat_elapsed >= self._cfg.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -414,7 +421,7 @@ class RaftNode:
                 break
             index = chunk_lo - 1
         if found is None:
-            snap = self._log.storage.snapshot_meta()
+            snap = self._log.snapshot_meta()
             found = snap.membership if snap.index > 0 else self._cfg.bootstrap
             self._membership_index = 0
         self._set_membership(found)
@@ -437,6 +444,26 @@ class RaftNode:
             self._send(TimeoutNow(term=self._term, sender=self._id, to=to))
         else:
             self._send_append(to, allow_empty=True)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def report_snapshot(self, peer: NodeId, ok: bool) -> None:
+        """The driver's verdict on streaming a snapshot to ``peer`` (etcd's ReportSnapshot).
+
+        On failure the leader probes the follower again: the next heartbeat answer re-sends
+        InstallSnapshot if the follower still needs it. On success it waits for the follower's
+        answer (or the next heartbeat answer) and then replicates after the snapshot.
+        """
+        if self._role is not Role.LEADER:
+            return
+        pr = self._progress.get(peer)
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        if ok:
+            pr.become_probe()
+            pr.probe_sent = True  # wait for the follower to answer before probing
+        else:
+            pr.snapshot_failed()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -688,9 +715,28 @@ class RaftNode:
             self._campaign(pre_vote=False, transfer=True)
 
     def _on_install_snapshot(self, msg: InstallSnapshot) -> None:
-        # Seam for issue 6: installing snapshots is not implemented yet; acknowledge nothing
-        # so the leader keeps the follower in SNAPSHOT state.
+        """The driver has the whole snapshot file on disk; adopt it (paper Figure 13)."""
         self._follow(msg.sender)
+        log = self._log
+        meta = msg.snapshot
+        if meta.index <= log.committed:
+            # Stale or duplicate: we already have (and committed) everything it covers.
+            match = log.committed
+        elif log.match_term(meta.index, meta.term):
+            # Our log already holds the snapshot's last entry: keep the log, learn the commit.
+            log.commit_to(meta.index)
+            match = meta.index
+        else:
+            log.restore(meta)
+            self._membership_index = 0
+            self._set_membership(meta.membership)
+            match = meta.index
+        # Sent with the Ready that carries the snapshot, so only once the driver installed it.
+        self._send(
+            AppendEntriesResponse(
+                term=self._term, sender=self._id, to=msg.sender, success=True, match_index=match
+            )
+        )
 
     # Leader side.
 
@@ -703,11 +749,15 @@ class RaftNode:
         pr.recent_active = True
         if msg.success:
             was_probe = pr.state is ProgressState.PROBE
-            if pr.maybe_update(msg.match_index):
+            updated = pr.maybe_update(msg.match_index)
+            if pr.state is ProgressState.SNAPSHOT and self._log.term_or_none(pr.match) is not None:
+                # The follower installed a snapshot (or caught up otherwise): the log can
+                # serve it from match + 1 on, and match is known, so stream at once.
+                pr.become_replicate()
+                updated = True
+            if updated:
                 if was_probe:
                     pr.become_replicate()
-                elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snapshot_index:
-                    pr.become_probe()
                 if self._maybe_commit():
                     self._broadcast_append(allow_empty=True)
                 elif self._role is not Role.LEADER:
@@ -847,7 +897,7 @@ class RaftNode:
         return bool(entries)
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> bool:
-        meta = self._log.storage.snapshot_meta()
+        meta = self._log.snapshot_meta()
         pr.become_snapshot(meta.index)
         self._msgs.append(InstallSnapshot(term=self._term, sender=self._id, to=peer, snapshot=meta))
         return False
@@ -899,6 +949,7 @@ class RaftNode:
             or self._read_states
             or (self._role is Role.LEADER and (self._append_needed or self._read_round_needed))
             or log.has_unhanded()
+            or log.has_unhanded_snapshot()
             or log.has_next_committed()
             or self._prev_hard_state.term != self._term
             or self._prev_hard_state.vote != self._vote
@@ -909,6 +960,7 @@ class RaftNode:
     def ready(self) -> Ready:
         self._flush()
         log = self._log
+        snapshot = log.take_snapshot()
         entries = log.take_unstable()
         committed = log.take_committed()
         hard_state: HardState | None = None
@@ -924,6 +976,7 @@ class RaftNode:
         return Ready(
             hard_state=hard_state,
             entries=entries,
+            snapshot=snapshot,
             messages=msgs,
             committed_entries=committed,
             read_states=reads,
@@ -931,6 +984,8 @@ class RaftNode:
         )
 
     def advance(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self._log.snapshot_installed(ready.snapshot)
         if ready.entries:
             last = ready.entries[-1]
             self._log.stable_to(last.index, last.term)
@@ -972,7 +1027,7 @@ class RaftNode:
             applied=log.applied,
             first_index=log.first_index(),
             last_index=log.last_index(),
-            snapshot=log.storage.snapshot_meta(),
+            snapshot=log.snapshot_meta(),
             membership=self._membership,
             lease_valid=self.lease_read_index() is not None,
             progress=progress,

@@ -33,6 +33,7 @@ class Progress:
         "next",
         "probe_sent",
         "recent_active",
+        "snapshot_elapsed",
         "snapshot_index",
         "state",
     )
@@ -51,6 +52,8 @@ class Progress:
         # Highest heartbeat round the follower answered (ReadIndex and lease).
         self.acked_seq = 0
         self.snapshot_index = 0
+        # Leader ticks since the snapshot was sent (a lost one is retried).
+        self.snapshot_elapsed = 0
         # Highest commit index told to the follower (it must learn each commit promptly).
         self.commit_sent = 0
 
@@ -72,7 +75,15 @@ class Progress:
     def become_snapshot(self, index: int) -> None:
         self.state = ProgressState.SNAPSHOT
         self.snapshot_index = index
+        self.snapshot_elapsed = 0
         self.inflights.clear()
+
+    def snapshot_failed(self) -> None:
+        """The snapshot did not arrive: probe from match again, once the follower answers a
+        heartbeat (so an unreachable follower is not sent snapshot after snapshot)."""
+        self.snapshot_index = 0
+        self.become_probe()
+        self.probe_sent = True
 
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:
