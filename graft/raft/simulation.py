@@ -26,12 +26,13 @@ from dataclasses import dataclass, field, replace
 
 from graft.raft.config import RaftConfig
 from graft.raft.errors import NotLeader, ProposalDropped, RaftError
+from graft.raft.log import RaftLog
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import Message, TimeoutNow
+from graft.raft.messages import InstallSnapshot, Message, TimeoutNow
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.rng import Rng
-from graft.raft.types import Entry, Membership, NodeId
+from graft.raft.types import Entry, EntryKind, Membership, NodeId, SnapshotMeta, decode_membership
 
 RngFactory = Callable[[int], Rng]
 
@@ -49,6 +50,11 @@ class SafetyChecker:
         # (index, term) -> hash of the whole log prefix ending there (Log Matching).
         self._chain_at: dict[tuple[int, int], int] = {}
         self._chains: dict[NodeId, list[int]] = {}
+        # node -> (index, chain hash) of the snapshot its durable log starts after.
+        self._chain_base: dict[NodeId, tuple[int, int]] = {}
+        # The snapshot "files": index -> (term, hash of the state machine there).
+        self.snapshots: dict[int, tuple[int, int]] = {}
+        self.snapshots_installed = 0
         # index -> (term, hash of data) of what the state machines applied there.
         self.applied_at: dict[int, tuple[int, int]] = {}
         # index -> a term by which that index was certainly committed (the lowest term of a
@@ -66,11 +72,14 @@ class SafetyChecker:
 
     def persisted(self, node: NodeId, entries: tuple[Entry, ...]) -> None:
         chain = self._chains.setdefault(node, [])
+        base, base_hash = self._chain_base.get(node, (0, 0))
         first = entries[0].index
-        del chain[first - 1 :]
-        if len(chain) != first - 1:
+        if first <= base:
+            raise Violation(f"log matching: {node} wrote {first}, inside its snapshot at {base}")
+        del chain[first - 1 - base :]
+        if len(chain) != first - 1 - base:
             raise Violation(f"log matching: {node} appended at {first} past a gap")
-        prev = chain[-1] if chain else 0
+        prev = chain[-1] if chain else base_hash
         for entry in entries:
             prev = hash((prev, entry.term, entry.kind, entry.data))
             chain.append(prev)
@@ -82,10 +91,57 @@ class SafetyChecker:
                     "different prefix than another node"
                 )
 
-    def restarted(self, node: NodeId) -> None:
-        # The state machine is in memory: it starts again from index 0.
-        self._applied_index[node] = 0
+    def restarted(self, node: NodeId, applied: int = 0) -> None:
+        # The state machine is in memory: it starts again from its snapshot (or index 0).
+        self._applied_index[node] = applied
         self._leader_log.pop(node, None)
+
+    def snapshot_taken(self, node: NodeId, index: int, term: int, state: int) -> None:
+        """``node`` wrote a snapshot of its state machine at ``index`` (which it applied)."""
+        if self._applied_index.get(node, 0) != index:
+            applied = self._applied_index.get(node, 0)
+            raise Violation(f"snapshot: {node} snapshotted {index} but applied {applied}")
+        seen = self.snapshots.setdefault(index, (term, state))
+        if seen != (term, state):
+            raise Violation(
+                f"state machine safety: {node}'s snapshot at {index} differs from another's"
+            )
+
+    def given_snapshot(self, node: NodeId, meta: SnapshotMeta) -> None:
+        """A test started ``node`` from a storage holding a snapshot nobody took here."""
+        self._chain_at.setdefault((meta.index, meta.term), hash(("given", meta.index)))
+        self.snapshots.setdefault(meta.index, (meta.term, hash(("state", meta.index))))
+        self._chain_base[node] = (meta.index, self._chain_at[(meta.index, meta.term)])
+        self._chains[node] = []
+
+    def snapshot_installed(self, node: NodeId, meta: SnapshotMeta) -> int:
+        """``node`` replaced its log and state machine by a received snapshot; returns the
+        state machine's hash (the "file" contents)."""
+        if meta.index <= self._applied_index.get(node, 0):
+            raise Violation(
+                f"snapshot: {node} installed {meta.index} after applying "
+                f"{self._applied_index.get(node, 0)}"
+            )
+        chain_hash = self._chain_at.get((meta.index, meta.term))
+        state = self.snapshots.get(meta.index)
+        if chain_hash is None or state is None or state[0] != meta.term:
+            raise Violation(
+                f"snapshot: {node} installed index {meta.index} term {meta.term}, which no "
+                "node ever snapshotted"
+            )
+        self._chain_base[node] = (meta.index, chain_hash)
+        self._chains[node] = []
+        self._applied_index[node] = meta.index
+        self.snapshots_installed += 1
+        return state[1]
+
+    @staticmethod
+    def _holds(log: RaftLog, index: int, term: int) -> bool:
+        """Whether ``log`` holds (index, term), counting entries its snapshot covers."""
+        found = log.term_or_none(index)
+        if found is None and index < log.snapshot_meta().index:
+            return True  # compacted: part of a snapshot checked against the state machines
+        return found == term
 
     def applied(
         self, node: NodeId, term: int, entries: tuple[Entry, ...], leaders: list[RaftNode]
@@ -105,7 +161,7 @@ class SafetyChecker:
             by = min(term, self.committed_by.get(entry.index, term))
             self.committed_by[entry.index] = by
             for leader in leaders:
-                if leader.term > by and leader.log.term_or_none(entry.index) != entry.term:
+                if leader.term > by and not self._holds(leader.log, entry.index, entry.term):
                     raise Violation(
                         f"leader completeness: leader {leader.id} of term {leader.term} lacks "
                         f"committed index {entry.index} of term {entry.term}"
@@ -128,7 +184,7 @@ class SafetyChecker:
         if prev is None or prev[0] != term:
             # A new leader: it must hold every entry known to be committed.
             for index, (entry_term, _) in self.applied_at.items():
-                if term > self.committed_by[index] and log.term_or_none(index) != entry_term:
+                if term > self.committed_by[index] and not self._holds(log, index, entry_term):
                     raise Violation(
                         f"leader completeness: new leader {node.id} of term {term} lacks "
                         f"committed index {index} of term {entry_term}"
@@ -168,6 +224,11 @@ class SimNode:
     node: RaftNode | None
     applied: list[Entry] = field(default_factory=list)
     read_answers: dict[bytes, int | None] = field(default_factory=dict)
+    # The state machine model: a hash chain over what it applied, its index, and the
+    # membership as of that index (None: the cluster's initial one).
+    state: int = 0
+    state_index: int = 0
+    state_membership: Membership | None = None
 
 
 @dataclass(slots=True)
@@ -216,9 +277,15 @@ class Cluster:
             storage = storages.get(nid) if storages is not None else None
             if storage is None:
                 storage = MemoryStorage()
-            elif storage.last_index() > 0:
-                # A log given by a test: the checker must know it to compare later appends.
-                self.checker.persisted(nid, tuple(storage.entries(1, storage.last_index() + 1)))
+            else:
+                snap = storage.snapshot_meta()
+                if snap.index > 0:
+                    self.checker.given_snapshot(nid, snap)
+                if storage.last_index() > snap.index:
+                    # A log given by a test: the checker must know it to compare later appends.
+                    self.checker.persisted(
+                        nid, tuple(storage.entries(snap.index + 1, storage.last_index() + 1))
+                    )
             self.nodes[nid] = SimNode(id=nid, storage=storage, node=None)
             self.start(nid)
 
@@ -243,7 +310,12 @@ class Cluster:
         rng = self._rng_factory(self._seed * 1_000_003 + self._restarts)
         sim.node = RaftNode(self.config_for(nid), sim.storage, rng)
         sim.applied = []
-        self.checker.restarted(nid)
+        # The state machine comes back from the snapshot file on disk, if any.
+        snap = sim.storage.snapshot_meta()
+        sim.state_index = snap.index
+        sim.state = self.checker.snapshots[snap.index][1] if snap.index > 0 else 0
+        sim.state_membership = snap.membership if snap.index > 0 else None
+        self.checker.restarted(nid, snap.index)
         self.note(f"start {nid}")
         return sim.node
 
@@ -284,6 +356,14 @@ class Cluster:
         checker = self.checker
         while node.has_ready():
             ready = node.ready()
+            if ready.snapshot is not None:
+                # As the driver does: adopt the received file, then the Ready's other writes.
+                meta = ready.snapshot
+                sim.state = checker.snapshot_installed(nid, meta)
+                sim.state_index = meta.index
+                sim.state_membership = meta.membership
+                sim.storage.apply_snapshot(meta)
+                self.note(f"{nid} installed snapshot {meta.index} term {meta.term}")
             if ready.hard_state is not None:
                 sim.storage.set_hard_state(ready.hard_state)
             if ready.entries:
@@ -296,6 +376,11 @@ class Cluster:
             if ready.committed_entries:
                 sim.applied.extend(ready.committed_entries)
                 checker.applied(nid, node.term, ready.committed_entries, self.leaders())
+                for entry in ready.committed_entries:
+                    sim.state = hash((sim.state, entry.index, entry.term, entry.kind, entry.data))
+                    if entry.kind is EntryKind.MEMBERSHIP:
+                        sim.state_membership = decode_membership(entry.data)
+                sim.state_index = ready.committed_entries[-1].index
             for rs in ready.read_states:
                 sim.read_answers[rs.context] = rs.index
                 checker.read_answered(nid, rs.context, rs.index, "ReadIndex")
@@ -310,9 +395,29 @@ class Cluster:
             self.process(nid)
 
     def send(self, msg: Message) -> None:
-        for delay in self.delays(msg):
+        delays = self.delays(msg)
+        if not delays and isinstance(msg, InstallSnapshot) and msg.snapshot.index % 2:
+            # The driver noticed the transfer failed (otherwise the leader's timeout retries).
+            self.node(msg.sender).report_snapshot(msg.to, False)
+        for delay in delays:
             self._order += 1
             self.in_flight.append(InFlight(due=self.now + delay, order=self._order, msg=msg))
+
+    def compact(self, nid: NodeId) -> bool:
+        """Snapshot ``nid``'s state machine at its applied index and compact its log there."""
+        sim = self.nodes[nid]
+        index = sim.state_index
+        storage = sim.storage
+        if sim.node is None or index <= storage.snapshot_meta().index:
+            return False
+        if index > storage.last_index():
+            return False
+        term = storage.term(index)
+        self.checker.snapshot_taken(nid, index, term, sim.state)
+        membership = sim.state_membership or self._base_config.bootstrap
+        storage.compact(index, membership)
+        self.note(f"{nid} compacted to {index}")
+        return True
 
     def deliver(self, item: InFlight) -> None:
         msg = item.msg
@@ -323,6 +428,12 @@ class Cluster:
             self.note(f"deliver {msg}")
         sim.node.step(msg)
         self.process(msg.to)
+        if isinstance(msg, InstallSnapshot):
+            # The whole file arrived: the leader's driver reports success.
+            sender = self.nodes[msg.sender].node
+            if sender is not None:
+                sender.report_snapshot(msg.to, True)
+                self.process(msg.sender)
         if self.lease_probe:
             # A lease read on every leader after every delivery: a deposed leader that does
             # not know it yet is where a broken lease would show.
@@ -460,6 +571,8 @@ class SimParams:
     bursty_writes: bool = True
     # Probability per tick that the leader proposes removing a voter or adding it back.
     reconfigure: float = 0.0
+    # Probability per tick and node that it snapshots its state machine and compacts its log.
+    compact: float = 0.0
     propose: float = 0.5
     read: float = 0.3
 
@@ -523,6 +636,7 @@ class SimResult:
     commit: int
     reads: int
     trace: tuple[str, ...] = ()
+    snapshots_installed: int = 0
 
 
 def reconfigure(cluster: Cluster, ids: list[NodeId], rng: Rng) -> None:
@@ -555,6 +669,10 @@ def simulate_seed(
     """Run one seeded schedule; a violation is reported, never raised."""
     rng = rng_factory(seed)
     p = params if params is not None else draw_params(seed, rng)
+    # Snapshots draw from their own source, so the rest of a seed's schedule stays as it was.
+    snap_rng = rng_factory(seed * 7_919 + 17)
+    if params is None and snap_rng.random() < 0.6:
+        p = replace(p, compact=0.01 + 0.15 * snap_rng.random())
     ids = [f"n{k}" for k in range(1, p.nodes + 1)]
     membership = Membership(voters=frozenset(ids))
     config = RaftConfig(
@@ -641,6 +759,10 @@ def simulate_seed(
                     down.discard(nid)
             if rng.random() < p.reconfigure:
                 reconfigure(cluster, ids, rng)
+            if p.compact:
+                for nid in ids:
+                    if snap_rng.random() < p.compact:
+                        cluster.compact(nid)
             if p.bursty_writes and rng.random() < 0.05:
                 # Clients write in bursts: lulls let a lagging node be up to date enough to
                 # win an election, which a lease must survive.
@@ -716,6 +838,7 @@ def simulate_seed(
         ticks=cluster.now,
         commit=cluster.checker.known_commit,
         reads=cluster.checker.reads_checked,
+        snapshots_installed=cluster.checker.snapshots_installed,
     )
 
 
