@@ -270,6 +270,8 @@ class Cluster:
         self.delays: Callable[[Message], list[int]] = lambda _msg: [0]
         self.trace: deque[str] = deque(maxlen=80)
         self.lease_probe = False
+        # Whether the leader hears report_snapshot(ok=True) once an InstallSnapshot arrived.
+        self.report_snapshots = True
         # Called when a node has just become leader, before its first messages leave.
         self.on_new_leader: Callable[[RaftNode], None] = lambda _node: None
         self.tracing = False
@@ -395,11 +397,7 @@ class Cluster:
             self.process(nid)
 
     def send(self, msg: Message) -> None:
-        delays = self.delays(msg)
-        if not delays and isinstance(msg, InstallSnapshot) and msg.snapshot.index % 2:
-            # The driver noticed the transfer failed (otherwise the leader's timeout retries).
-            self.node(msg.sender).report_snapshot(msg.to, False)
-        for delay in delays:
+        for delay in self.delays(msg):
             self._order += 1
             self.in_flight.append(InFlight(due=self.now + delay, order=self._order, msg=msg))
 
@@ -428,7 +426,7 @@ class Cluster:
             self.note(f"deliver {msg}")
         sim.node.step(msg)
         self.process(msg.to)
-        if isinstance(msg, InstallSnapshot):
+        if isinstance(msg, InstallSnapshot) and self.report_snapshots:
             # The whole file arrived: the leader's driver reports success.
             sender = self.nodes[msg.sender].node
             if sender is not None:
@@ -688,10 +686,13 @@ def simulate_seed(
     cluster.tracing = trace
     chaos = True
 
-    def delays(_msg: Message) -> list[int]:
+    def delays(msg: Message) -> list[int]:
         if not chaos:
             return [0]
         if rng.random() < p.drop:
+            if isinstance(msg, InstallSnapshot) and snap_rng.random() < 0.5:
+                # The leader's driver noticed the transfer failed (else its timeout retries).
+                cluster.node(msg.sender).report_snapshot(msg.to, False)
             return []
         out = [rng.randrange(1, p.max_delay + 1) if rng.random() < p.delay else 0]
         if rng.random() < p.duplicate:
