@@ -279,3 +279,9 @@ class RaftLog:
         if pending is not None and self.snapshot_handed and pending.index <= meta.index:
             self.pending_snapshot = None
             self.snapshot_handed = False
+            if not self._unstable:
+                # Storage may have kept entries after the snapshot (Figure 13 keeps a log that
+                # holds the snapshot's last entry): they are durable, so count them handed.
+                last = self.storage.last_index()
+                self._offset = last + 1
+                self.handed = max(self.handed, last)

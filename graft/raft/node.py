@@ -985,7 +985,16 @@ class RaftNode:
 
     def advance(self, ready: Ready) -> None:
         if ready.snapshot is not None:
-            self._log.snapshot_installed(ready.snapshot)
+            log = self._log
+            log.snapshot_installed(ready.snapshot)
+            index = ready.snapshot.index
+            if log.pending_snapshot is None and log.last_index() > index:
+                # Entries after the snapshot (kept by storage, or appended since the restore)
+                # define the membership if any of them is a MEMBERSHIP entry.
+                for entry in log.entries(index + 1, log.last_index() + 1):
+                    if entry.kind is EntryKind.MEMBERSHIP:
+                        self._membership_index = entry.index
+                        self._set_membership(decode_membership(entry.data))
         if ready.entries:
             last = ready.entries[-1]
             self._log.stable_to(last.index, last.term)

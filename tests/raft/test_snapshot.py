@@ -10,12 +10,19 @@ from twisted.trial import unittest
 from graft.raft.config import RaftConfig
 from graft.raft.errors import LogCompacted
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot
+from graft.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat, InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.progress import ProgressState
 from graft.raft.ready import Ready, Role
 from graft.raft.simulation import Cluster
-from graft.raft.types import Entry, Membership, SnapshotMeta
+from graft.raft.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    SnapshotMeta,
+    encode_membership,
+)
 from tests.raft.helpers import Recorder, make_cluster, storage_with
 
 THREE = Membership(voters=frozenset({"n1", "n2", "n3"}))
@@ -171,6 +178,60 @@ class FollowerInstallTests(unittest.SynchronousTestCase):
         restarted = follower(storage)
         self.assertEqual(restarted.membership, new)
         self.assertEqual(restarted.status().applied, 9)
+
+
+class KeepingStorage(MemoryStorage):
+    """A storage that, like DurableLog.install_snapshot, keeps its log when it holds the
+    snapshot's last entry."""
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        holds = self.first_index() <= meta.index <= self.last_index()
+        if holds and self.term(meta.index) == meta.term:
+            self.compact(meta.index, meta.membership)
+            return
+        super().apply_snapshot(meta)
+
+
+class KeptSuffixTests(unittest.SynchronousTestCase):
+    def test_entries_storage_keeps_after_the_snapshot_are_applied(self) -> None:
+        """If storage keeps durable entries after the snapshot (the core had shadowed them
+        with a conflicting append it then dropped), the core counts them as written: they
+        are applied once committed, and a MEMBERSHIP entry among them is the membership."""
+        storage = KeepingStorage()
+        five = Membership(voters=frozenset({"n1", "n2", "n3", "n4"}))
+        storage.append(
+            [
+                Entry(index=1, term=1),
+                Entry(index=2, term=2),
+                Entry(index=3, term=2),
+                Entry(index=4, term=2, kind=EntryKind.MEMBERSHIP, data=encode_membership(five)),
+            ]
+        )
+        storage.set_hard_state(HardState(term=2, commit=1))
+        node = follower(storage)
+        # A term-3 leader that lacks index 2 overwrites it (not yet handed to the driver) ...
+        node.step(
+            AppendEntries(
+                term=3,
+                sender="n3",
+                to="n2",
+                prev_index=1,
+                prev_term=1,
+                entries=(Entry(index=2, term=3),),
+                commit=1,
+            )
+        )
+        # ... then the term-4 leader's snapshot, which holds the term-2 entries, arrives.
+        meta = SnapshotMeta(index=3, term=2, membership=THREE)
+        node.step(install(meta, term=4))
+        self.assertEqual(node.membership, THREE)
+        drive(node, storage)
+        self.assertEqual(storage.last_index(), 4)
+        self.assertEqual(node.log.last_index(), 4)
+        self.assertEqual(node.membership, five)
+        node.step(Heartbeat(term=4, sender="n1", to="n2", commit=4, seq=1))
+        ready = drive(node, storage)
+        self.assertEqual([e.index for e in ready.committed_entries], [4])
 
 
 class LeaderSnapshotTests(unittest.SynchronousTestCase):
