@@ -20,6 +20,12 @@ Theory of operation, briefly:
 - Replication follows progress.py: probe one message at a time until the follower's match is
   found (fast back-tracking skips a whole conflicting term per round trip), then stream.
 - The leader counts itself towards a commit only once its own entries are durable (advance).
+- Snapshots. A follower whose next entry the leader has compacted is sent InstallSnapshot
+  (metadata; the driver streams the file and steps the message on the follower once the file
+  is on disk). The follower restores (Ready.snapshot, answered in the same Ready) unless its
+  log already holds the snapshot's last entry. The driver reports the transfer's outcome with
+  ``report_snapshot``; without a report or an answer the leader retries after an election
+  timeout.
 - Reads. ReadIndex batches reads under the next heartbeat round; a quorum answer to that round
   confirms them. The lease is valid for election_ticks - lease_drift_ticks after the *sending*
   of a round a quorum answered.
