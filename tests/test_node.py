@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -21,7 +22,7 @@ from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
 from graft.raft.messages import Message
 from graft.raft.node import RaftNode
-from graft.raft.types import Entry, HardState, Membership
+from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
 from graft.transport import PeerUnavailable
 
 TICK = 0.035
@@ -58,6 +59,21 @@ class MemoryDurable(MemoryStorage):
 
     def close(self) -> Deferred[None]:
         return succeed(None)
+
+    # Snapshots are off in these tests (snapshot_entries=0); the driver never calls these.
+    def save_snapshot(
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
+    ) -> None:
+        raise NotImplementedError
+
+    def snapshot_info(self) -> None:
+        return None
+
+    def compact(self, index: int, keep: int = 0) -> Deferred[None]:  # type: ignore[override]
+        raise NotImplementedError
+
+    def install_snapshot(self, meta: SnapshotMeta, path: Path, fsm_name: str = "") -> None:
+        raise NotImplementedError
 
 
 class Network:
