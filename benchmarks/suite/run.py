@@ -93,22 +93,12 @@ def _load_average() -> list[float]:
     return [round(load1, 2), round(load5, 2)]
 
 
-def _ceilings(recorder: Recorder, workdir: Path, with_etcd: bool) -> None:
+def _ceilings(recorder: Recorder, klein: KleinCeiling, workdir: Path, with_etcd: bool) -> None:
     shape = RequestShape(method="POST", path="", bodies=('{"op":"put","key":"k","value":"v"}',))
-    with open(workdir / "klein.log", "ab") as log:
-        klein = KleinCeiling(log)
-        try:
-            klein.start()
-            recorder.load(
-                "klein", "warm-up", [Target(url=klein.url, connections=16)], shape, repetitions=1
-            )
-            recorder.runs["klein"].pop("warm-up")
-            for c in WRITE_CONCURRENCY:
-                recorder.load(
-                    "klein", f"ceiling_c{c}", [Target(url=klein.url, connections=c)], shape
-                )
-        finally:
-            klein.close()
+    recorder.load("klein", "warm-up", [Target(url=klein.url, connections=16)], shape, repetitions=1)
+    recorder.runs["klein"].pop("warm-up")
+    for c in WRITE_CONCURRENCY:
+        recorder.load("klein", f"ceiling_c{c}", [Target(url=klein.url, connections=c)], shape)
     if with_etcd:
         # The load generator's own ceiling: wrk against a trivial handler in Go (etcd's
         # /version), which answers faster than any Python server here.
@@ -153,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, Any] = {}
     phase_load: dict[str, dict[str, list[float]]] = {}
     clock = time.monotonic()
+    klein_log = open(workdir / "klein.log", "ab")  # noqa: SIM115 (closed below)
+    klein = KleinCeiling(klein_log)
     try:
         if not args.no_ceiling:
             print("ceilings")
-            _ceilings(recorder, workdir, with_etcd=True)
+            klein.start()  # and it stays up: Graft's loads are paired with it rep by rep
+            recorder.ceiling_url = klein.url
+            _ceilings(recorder, klein, workdir, with_etcd=True)
         for name in wanted:
             system = makers[name](workdir / name)
             print(f"{name}: starting")
@@ -170,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 system.close()
                 phase_load[name]["end"] = _load_average()
     finally:
+        klein.close()
+        klein_log.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     machine["load_average_at_end"] = _load_average()
@@ -188,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             "notes": [
                 "wrk -t1 (one load-generator thread); latency is per request, wrk's own clock",
                 "strong reads spread the connections over all three nodes (6/5/5)",
+                "Graft's write (c=16, 64) and default-read loads are each followed by the same "
+                "load on the Klein endpoint (klein/paired_graft_*); the targets use those pairs",
                 "default/serializable reads and writes go to the leader",
                 "PySyncObj's journal is never fsynced: its writes are not durable",
                 "etcd members talk plain HTTP to each other; Graft peers use mutual TLS",

@@ -28,6 +28,9 @@ class Recorder:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)
     progress: Callable[[str], None] = print
+    # The Klein endpoint's URL while it runs: a load with `paired=True` is followed, rep by rep,
+    # by the same load against it, so each ratio to the ceiling compares like with like.
+    ceiling_url: str | None = None
 
     def load(
         self,
@@ -38,8 +41,12 @@ class Recorder:
         *,
         per_request: int = 1,
         repetitions: int | None = None,
+        paired: bool = False,
     ) -> None:
         bodies = write_bodies(shape.bodies, self.workdir)
+        pair = None
+        if paired and self.ceiling_url is not None:
+            pair = [Target(url=self.ceiling_url, connections=t.connections) for t in targets]
         self.commands[f"{system}/{scenario}"] = [
             shlex.join(
                 wrk_command(t, seconds=self.seconds, method=shape.method, bodies_file=bodies)
@@ -58,6 +65,15 @@ class Recorder:
                     f"{summary['ok_per_s']:>9.1f} req/s  p50 {summary['p50_ms']:7.2f} ms  "
                     f"p99 {summary['p99_ms']:7.2f} ms  failures {summary['failures']}"
                 )
+                if pair is not None:
+                    ceiling = _summary(
+                        run_load(pair, seconds=self.seconds, method="POST", bodies_file=bodies), 1
+                    )
+                    self.record("klein", f"paired_{system}_{scenario}", ceiling)
+                    self.progress(
+                        f"  {'klein':10} {'paired with ' + scenario:22} run {rep + 1}: "
+                        f"{ceiling['ok_per_s']:>9.1f} req/s"
+                    )
         finally:
             bodies.unlink(missing_ok=True)
 
@@ -96,7 +112,7 @@ def run_system(system: ReplicatedSystem, recorder: Recorder, scenarios: set[str]
     if "writes" in scenarios:
         for c in WRITE_CONCURRENCY:
             target = Target(url=system.base_url(leader) + put.path, connections=c)
-            recorder.load(name, f"write_c{c}", [target], put)
+            recorder.load(name, f"write_c{c}", [target], put, paired=name == "graft" and c > 1)
     if "reads" in scenarios:
         strong = system.read_shape(strong=True)
         if strong is not None:
@@ -109,7 +125,13 @@ def run_system(system: ReplicatedSystem, recorder: Recorder, scenarios: set[str]
             target = Target(
                 url=system.base_url(leader) + default.path, connections=READ_CONCURRENCY
             )
-            recorder.load(name, f"read_default_c{READ_CONCURRENCY}", [target], default)
+            recorder.load(
+                name,
+                f"read_default_c{READ_CONCURRENCY}",
+                [target],
+                default,
+                paired=name == "graft",
+            )
     if "batch" in scenarios:
         batch = system.batch_shape()
         if batch is not None:

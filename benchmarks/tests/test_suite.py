@@ -133,3 +133,17 @@ class PlotTests(SynchronousTestCase):
         svg = line_chart("t", "x", "y", {"a": [(1, 10), (16, 20)], "b <&>": [(1, 5), (64, 7)]})
         document = xml.dom.minidom.parseString(svg)
         self.assertEqual(len(document.getElementsByTagName("polyline")), 2)
+
+
+class PairedCeilingTests(SynchronousTestCase):
+    def test_the_paired_ceiling_is_preferred(self) -> None:
+        """When the Klein load paired with Graft's was measured, the target uses it."""
+        med = {
+            "graft": {"write_c16": {"ok_per_s": 800.0}},
+            "klein": {
+                "ceiling_c16": {"ok_per_s": 4000.0},
+                "paired_graft_write_c16": {"ok_per_s": 1000.0},
+            },
+        }
+        target = next(t for t in report.targets(med) if t.name == "writes c=16 vs Klein ceiling")
+        self.assertEqual((target.reference, target.met), (1000.0, True))
