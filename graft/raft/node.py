@@ -573,14 +573,17 @@ class RaftNode:
                         term=self._term, sender=self._id, to=msg.sender, success=False
                     )
                 )
-            elif isinstance(msg, RequestVote) and msg.pre_vote:
+            elif isinstance(msg, RequestVote):
+                # Answer with our term (Figure 2) so a candidate that fell behind catches up;
+                # otherwise one we never send to (it is not in our, possibly stale,
+                # membership) would keep campaigning a term behind us forever.
                 self._send(
                     RequestVoteResponse(
                         term=self._term,
                         sender=self._id,
                         to=msg.sender,
                         granted=False,
-                        pre_vote=True,
+                        pre_vote=msg.pre_vote,
                     )
                 )
             return
