@@ -17,7 +17,7 @@ Keys (all optional except ``peers``)::
     api: {tls: {cert, key, client_ca}, tokens: {read|write|admin: [sha256 hex, ...]},
           max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000}
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
-    snapshot: {entries: 10000, trailing: 1000}
+    snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216}
     raft: {max_msg_entries: 1024, max_msg_bytes: 1048576, max_inflight: 64}
 """
@@ -149,6 +149,9 @@ class SnapshotConfig:
     entries: int = 10000
     # Entries kept in the log below the snapshot index, so slow followers catch up from the log.
     trailing: int = 1000
+    # The log's segment files roll at this size; compaction deletes whole segments, so this is
+    # also the granularity at which snapshots free disk space.
+    segment_bytes: int = 64 * _MIB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -749,7 +752,10 @@ class _Reader:
 
     def snapshot(self, value: Any) -> SnapshotConfig:
         section = self.mapping(
-            "snapshot", value, ("entries", "trailing"), "a mapping {entries, trailing}"
+            "snapshot",
+            value,
+            ("entries", "trailing", "segment_bytes"),
+            "a mapping {entries, trailing, segment_bytes}",
         )
         default = SnapshotConfig()
         return SnapshotConfig(
@@ -758,6 +764,11 @@ class _Reader:
             ),
             trailing=self.integer(
                 "snapshot.trailing", section.get("trailing", default.trailing), minimum=0
+            ),
+            segment_bytes=self.integer(
+                "snapshot.segment_bytes",
+                section.get("segment_bytes", default.segment_bytes),
+                minimum=4096,
             ),
         )
 

@@ -71,6 +71,7 @@ def make_service(
         node_id=node_id,
         cluster=cfg.cluster,
         reactor=reactor,
+        segment_bytes=cfg.snapshot.segment_bytes,
         on_fsync=metrics.fsync_latency.observe,
     )
     for note in storage.notes:

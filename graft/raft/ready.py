@@ -42,7 +42,9 @@ class ReadState:
 class Ready:
     """Work for the driver, to be done in this order (see DESIGN.md section 2):
 
-    1. persist ``hard_state`` (if not None), ``entries`` (may replace a suffix) and ``snapshot``;
+    1. install ``snapshot`` (if not None: it replaces the log, and the FSM is restored from it),
+       then persist ``hard_state`` and ``entries`` (which may replace a suffix, and after a
+       snapshot start right after its index);
     2. send ``messages`` (only after step 1 is durable);
     3. apply ``committed_entries`` to the FSM in order, answer ``read_states``;
     4. call ``advance(ready)``.

@@ -191,6 +191,20 @@ class LocalCluster:
             return None
         return resp.json() if resp.status == 200 else None
 
+    def wait_until_serving(self, node: str, timeout: float = 15) -> None:
+        """Poll until the node's API answers (a started process takes a moment to bind)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.request(node, "GET", "/health", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{node} did not start serving within {timeout}s:\n{self.logs(node)[-2000:]}"
+        )
+
     def wait_for_leader(
         self, timeout: float = 10, among: Iterable[str] | None = None, exclude_term: int = -1
     ) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -224,3 +225,38 @@ class SnapshotTests(OperationsTestCase):
         self.assertEqual(read.status, 200, read.body)
         self.assertEqual(read.json(), {"value": "99"})
         self.assertIn("restoring the FSM from the snapshot", cluster.logs(follower))
+
+    def test_wiped_node_rejoins_through_a_snapshot(self) -> None:
+        """A follower whose data dir is wiped comes back empty after the leader compacted its
+        log: the leader streams it the snapshot, it installs it, and it then serves the data
+        and follows new writes."""
+        cluster = self.make_cluster(
+            extra={"snapshot": {"entries": 200, "trailing": 50, "segment_bytes": 16384}}
+        )
+        leader, _ = cluster.wait_for_leader(timeout=15)
+        batch = json.dumps([put(f"k{i}", str(i)).decode() for i in range(100)]).encode()
+        for _ in range(6):
+            resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
+            self.assertEqual(resp.status, 200, resp.body)
+        follower = next(n for n in cluster.node_ids if n != leader)
+        cluster.stop(follower)
+        shutil.rmtree(cluster.data_dir(follower))
+        for _ in range(6):
+            resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
+            self.assertEqual(resp.status, 200, resp.body)
+        lead = cluster.status(leader)
+        assert lead is not None
+        self.assertGreater(lead["first_index"], 1, "the leader's log was not compacted")
+        cluster.start(follower)
+        cluster.wait_until_serving(follower)
+        last = cluster.request(leader, "POST", "/command", put("after", "wipe"))
+        self.assertEqual(last.status, 200, last.body)
+        index = last.headers["Graft-Index"]
+        read = cluster.request(
+            follower, "POST", f"/query?consistency=weak&min_index={index}", get("after"), timeout=30
+        )
+        self.assertEqual(read.status, 200, read.body)
+        self.assertEqual(read.json(), {"value": "wipe"})
+        old = cluster.request(follower, "POST", "/query?consistency=weak", get("k42"))
+        self.assertEqual(old.json(), {"value": "42"})
+        self.assertIn("installed snapshot", cluster.logs(follower))
