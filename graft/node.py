@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -400,7 +400,7 @@ class GraftNode(Service, ClusterBackend):
             started = self._proposed_at.pop(entry.index, None)
             if started is not None:
                 self._metrics.commit_latency.observe(now - started)
-            self._proposals.resolve(entry.index, entry.term, result, _overwritten)
+            self._proposals.resolve(entry.index, entry.term, result, _overwritten, _partly_applied)
         self._applied.advance(entries[-1].index)
         self._maybe_snapshot()
 
@@ -480,14 +480,14 @@ class GraftNode(Service, ClusterBackend):
             self._metrics.proposals_failed.labels(reason="transfer").inc()
             return _fail(NoLeader("leadership is being transferred; retry shortly"))
         term = self._raft.term
-        now = self._clock.seconds()
         self._metrics.proposals.inc(len(indexes))
-        waits: list[Deferred[object]] = []
-        for index in indexes:
-            self._proposed_at[index] = now
-            waits.append(self._proposals.add(index, term, self._command_timeout, _timed_out))
+        # One latency observation per batch, timed on its first entry.
+        self._proposed_at[indexes[0]] = self._clock.seconds()
+        d: Deferred[Any] = self._proposals.add_batch(
+            indexes[0], len(indexes), term, self._command_timeout, _timed_out
+        )
         self._schedule()
-        return _gather(waits)
+        return d
 
     def _route_to_leader(self) -> Deferred[str]:
         """The leader to send a request to: this node, or a leader whose peer connection is up.
@@ -1084,6 +1084,13 @@ def _fail_with(error: Exception) -> Deferred[Any]:
     return d
 
 
+def _partly_applied() -> GraftError:
+    return Timeout(
+        "leadership changed while the batch was committing: its first commands were applied and "
+        "the rest were not; check with a query which ones took effect before retrying"
+    )
+
+
 def _timed_out() -> GraftError:
     return Timeout(
         "the command was not applied in time; its outcome is unknown: it may still commit. "
@@ -1096,22 +1103,6 @@ def _overwritten() -> GraftError:
         "leadership changed and the command was dropped before it committed; it was not applied, "
         "retry it"
     )
-
-
-def _gather(waits: list[Deferred[object]]) -> Deferred[list[CommandResult]]:
-    if len(waits) == 1:
-        single: Deferred[Any] = waits[0]
-        return single.addCallback(lambda r: [r])
-    dl = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
-
-    def unwrap(results: list[tuple[bool, Any]]) -> list[CommandResult]:
-        return [r for _, r in results]
-
-    def first_error(f: Failure) -> Failure:
-        return cast(Failure, f.value.subFailure)  # type: ignore[union-attr]
-
-    out: Deferred[Any] = dl
-    return out.addCallbacks(unwrap, first_error)
 
 
 def _result_to_wire(r: CommandResult) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""ProposalWaiters: how a batch of proposals is answered as its entries are applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from graft.errors import GraftError, NoLeader, Timeout
+from graft.waiters import ProposalWaiters
+
+
+def overwritten() -> GraftError:
+    return NoLeader("not applied")
+
+
+def partly() -> GraftError:
+    return Timeout("partly applied")
+
+
+class ProposalWaitersTests(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.waiters = ProposalWaiters(self.clock)
+        self.outcome: list[Any] = []
+        d = self.waiters.add_batch(10, 3, 2, 5.0, lambda: Timeout("timed out"))
+        d.addBoth(self.outcome.append)
+
+    def resolve(self, index: int, term: int) -> None:
+        self.waiters.resolve(index, term, f"r{index}", overwritten, partly)
+
+    def test_batch_answers_in_order_once_all_applied(self) -> None:
+        """A batch fires once, with every result in index order, after its last entry."""
+        self.resolve(10, 2)
+        self.resolve(11, 2)
+        self.assertEqual(self.outcome, [])
+        self.resolve(12, 2)
+        self.assertEqual(self.outcome, [["r10", "r11", "r12"]])
+        self.assertEqual(len(self.waiters), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_entry_overwritten_means_nothing_applied(self) -> None:
+        """Another term at the batch's first index: none of it was applied (NoLeader)."""
+        self.resolve(10, 3)
+        [failure] = self.outcome
+        self.assertIsInstance(failure, Failure)
+        self.assertIsInstance(failure.value, NoLeader)
+        self.assertEqual(len(self.waiters), 0)
+
+    def test_later_entry_overwritten_means_partly_applied(self) -> None:
+        """Another term in the middle: the first commands were applied and the rest were not,
+        which the client must learn as an unknown outcome, never as 'not applied'."""
+        self.resolve(10, 2)
+        self.resolve(11, 3)
+        [failure] = self.outcome
+        self.assertIsInstance(failure.value, Timeout)
+        self.assertEqual(str(failure.value), "partly applied")
+        self.resolve(12, 3)
+        self.assertEqual(len(self.outcome), 1)
+
+    def test_timeout_fires_once_and_forgets_the_batch(self) -> None:
+        """Past its deadline the batch fails with the timeout error; later applies are ignored."""
+        self.clock.advance(5.0)
+        [failure] = self.outcome
+        self.assertIsInstance(failure.value, Timeout)
+        self.resolve(10, 2)
+        self.assertEqual(len(self.outcome), 1)
+        self.assertEqual(len(self.waiters), 0)
