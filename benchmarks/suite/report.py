@@ -241,12 +241,19 @@ def markdown(result: dict[str, Any]) -> str:
 def _series(med: dict[str, dict[str, Any]], key: str) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for system, scenarios in med.items():
-        prefix = "ceiling_c" if system == "klein" else "write_c"
-        points = [
-            (float(c), float(scenarios[f"{prefix}{c}"][key]))
-            for c in WRITE_CONCURRENCY
-            if scenarios.get(f"{prefix}{c}", {}).get(key) is not None
-        ]
+        points = []
+        for c in WRITE_CONCURRENCY:
+            if system == "klein":
+                # the ceiling paired with Graft's load when there is one (same background)
+                names = [f"paired_graft_write_c{c}", f"ceiling_c{c}"]
+            else:
+                names = [f"write_c{c}"]
+            value = next(
+                (scenarios[n][key] for n in names if scenarios.get(n, {}).get(key) is not None),
+                None,
+            )
+            if value is not None:
+                points.append((float(c), float(value)))
         if points:
             label = "Klein ceiling (no Raft)" if system == "klein" else system
             out[label] = points
