@@ -154,6 +154,7 @@ class GraftNode(Service, ClusterBackend):
         self._last_leader_contact = 0.0
         self._leader = raft.leader
         self._role = raft.role
+        self._durable_term = raft.term  # the term in storage's hard state
         self._election_seconds = election_seconds or 10 * tick_seconds
         self._static_addresses = dict(static_addresses or {})
         self._api_scheme = api_scheme
@@ -275,6 +276,20 @@ class GraftNode(Service, ClusterBackend):
         if self._stopping or self._in_flight is not None or not self._raft.has_ready():
             return
         ready = self._raft.ready()
+        # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
+        # which is already durable: send them now, so the leader's fsync and the followers'
+        # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
+        # commit only once advance() says they are durable.
+        later: list[Message] = []
+        for message in ready.messages:
+            if (
+                isinstance(message, AppendEntries | Heartbeat)
+                and message.term == self._durable_term
+            ):
+                if self.peers is not None:
+                    self.peers.send(message)
+            else:
+                later.append(message)
         d: Deferred[Any] = succeed(None)
         if ready.snapshot is not None:
             d = self._install_snapshot(ready.snapshot)
@@ -291,7 +306,7 @@ class GraftNode(Service, ClusterBackend):
             d.addCallback(persist)
             d.addCallback(observe)
         self._in_flight = d
-        d.addCallback(lambda _: self._after_persist(ready))
+        d.addCallback(lambda _: self._after_persist(ready, later))
         d.addErrback(self._fatal, "writing the Raft log")
 
     def _install_snapshot(self, meta: SnapshotMeta) -> Deferred[None]:
@@ -316,12 +331,14 @@ class GraftNode(Service, ClusterBackend):
         d.addCallback(restore)
         return d
 
-    def _after_persist(self, ready: Ready) -> None:
+    def _after_persist(self, ready: Ready, messages: list[Message]) -> None:
         self._in_flight = None
         if self._stopping:
             return
+        if ready.hard_state is not None:
+            self._durable_term = ready.hard_state.term
         if self.peers is not None:
-            for message in ready.messages:
+            for message in messages:
                 if isinstance(message, InstallSnapshot):
                     self._sender.send(message)  # a file to stream, not a message to send
                 else:
@@ -335,7 +352,10 @@ class GraftNode(Service, ClusterBackend):
             if waiter is None or waiter.called:
                 continue
             if read.index is None:
-                waiter.errback(NoLeader("the leader could not confirm the read; retry shortly"))
+                # Refused for now (no leader yet, or a new leader that has not committed in its
+                # term): ask again next tick; the read's own deadline bounds the retries.
+                self._reads[read.context] = waiter
+                self._clock.callLater(self._tick_seconds, self._retry_read, read.context)
             else:
                 waiter.callback(read.index)
         self._raft.advance(ready)
@@ -641,6 +661,13 @@ class GraftNode(Service, ClusterBackend):
         self._raft.read_index(context)
         self._schedule()
         return d
+
+    def _retry_read(self, context: bytes) -> None:
+        waiter = self._reads.get(context)
+        if waiter is None or waiter.called or self._stopping:
+            return
+        self._raft.read_index(context)
+        self._schedule()
 
     def _read_at(self, query: bytes, index: int) -> Deferred[QueryResult]:
         d: Deferred[Any] = self._applied.wait(
