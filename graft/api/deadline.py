@@ -39,6 +39,9 @@ def within(
     is not logged as unhandled. Cancelling the returned Deferred (the client went away) only
     stops the timer.
     """
+    if work.called:
+        # Already settled (a lease read, an error raised at once): no race, no timer to arm.
+        return work
     done = False
 
     def cancelled(_: Deferred[T]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -15,9 +16,18 @@ class HttpMetrics:
     requests: Counter  # labels: route, method, status
     latency: Histogram  # labels: route
 
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+
     def observe(self, *, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
-        self.latency.labels(route=route).observe(max(0.0, seconds))
+        key = (route, method, status)
+        found = self.children.get(key)
+        if found is None:  # labels() is a locked dict lookup: do it once per label set
+            found = self.children[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route),
+            )
+        found[0].inc()
+        found[1].observe(max(0.0, seconds))
 
 
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = (

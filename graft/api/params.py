@@ -26,12 +26,15 @@ class QueryParams:
     """The decoded query string of a request URI; each parameter may appear once."""
 
     def __init__(self, uri: bytes) -> None:
+        if b"?" not in uri:  # most requests carry no query string: skip the parsers
+            self._values: Mapping[str, str] = {}
+            return
         raw = urlsplit(uri).query.decode("utf-8", errors="replace")
         parsed = parse_qs(raw, keep_blank_values=True)
         for name, values in parsed.items():
             if len(values) > 1:
                 raise BadRequest(f"parameter {name!r} is given {len(values)} times: give it once")
-        self._values: Mapping[str, str] = {name: values[0] for name, values in parsed.items()}
+        self._values = {name: values[0] for name, values in parsed.items()}
 
     def get(self, name: str) -> str | None:
         return self._values.get(name)

@@ -66,15 +66,15 @@ def _reject_constant(name: str) -> Any:
     raise _Malformed(f"{name} is not valid JSON")
 
 
+# One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def _parse(data: bytes, ops: dict[str, frozenset[str]], kind: str) -> tuple[str, dict[str, Any]]:
     """The op and the fields of a request, or _Malformed saying what is wrong."""
     examples = " or ".join(repr(op) for op in ops)
     try:
-        request = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
+        request = _DECODER.decode(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise _Malformed(f"the {kind} is not UTF-8; expected a JSON object") from None
     except json.JSONDecodeError as e:
