@@ -20,7 +20,7 @@ log's floor and storage's older entries are invisible.
 from __future__ import annotations
 
 from graft.raft.errors import LogCompacted, LogUnavailable
-from graft.raft.storage import LogStorage
+from graft.raft.storage import LogStorage, limit_bytes
 from graft.raft.types import Entry, SnapshotMeta
 
 
@@ -128,14 +128,7 @@ class RaftLog:
             if len(out) < offset - lo:
                 return out
             out = out + self._unstable[: hi - offset]
-        if max_bytes is None:
-            return out
-        size = 0
-        for k, entry in enumerate(out):
-            size += len(entry.data)
-            if size > max_bytes and k > 0:
-                return out[:k]
-        return out
+        return limit_bytes(out, max_bytes)
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Would a candidate with this last entry have a log at least as up to date as ours?"""

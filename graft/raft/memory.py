@@ -8,6 +8,7 @@ MemoryStorage object (the "disk") and throws the RaftNode away.
 from __future__ import annotations
 
 from graft.raft.errors import LogCompacted, LogUnavailable
+from graft.raft.storage import limit_bytes
 from graft.raft.types import (
     Entry,
     EntryKind,
@@ -57,15 +58,7 @@ class MemoryStorage:
             raise LogCompacted(f"index {lo} is inside the snapshot at {offset}")
         if hi > offset + len(self._entries) + 1:
             raise LogUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
-        out = self._entries[lo - offset - 1 : hi - offset - 1]
-        if max_bytes is None or len(out) <= 1:
-            return out
-        size = 0
-        for k, entry in enumerate(out):
-            size += len(entry.data)
-            if size > max_bytes and k > 0:
-                return out[:k]
-        return out
+        return limit_bytes(self._entries[lo - offset - 1 : hi - offset - 1], max_bytes)
 
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot

@@ -52,3 +52,16 @@ class WritableLogStorage(LogStorage, Protocol):
         ...
 
     def set_hard_state(self, hard_state: HardState) -> None: ...
+
+
+def limit_bytes(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
+    """The longest prefix of ``entries`` whose data fits in ``max_bytes`` (at least one entry),
+    as LogStorage.entries promises."""
+    if max_bytes is None:
+        return entries
+    size = 0
+    for count, entry in enumerate(entries):
+        size += len(entry.data)
+        if size > max_bytes and count > 0:
+            return entries[:count]
+    return entries

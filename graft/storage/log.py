@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred, fail
 
 from graft.raft.errors import LogCompacted, LogUnavailable
+from graft.raft.storage import limit_bytes
 from graft.raft.types import (
     Entry,
     EntryKind,
@@ -211,15 +212,7 @@ class DurableLog:
             raise LogUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
         if lo >= hi:
             return []
-        selected = self._entries[lo - self._first : hi - self._first]
-        if max_bytes is None:
-            return selected
-        total = 0
-        for count, entry in enumerate(selected):
-            total += len(entry.data)
-            if total > max_bytes and count > 0:
-                return selected[:count]
-        return selected
+        return limit_bytes(self._entries[lo - self._first : hi - self._first], max_bytes)
 
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot_meta
