@@ -390,37 +390,33 @@ class GraftNode(Service, ClusterBackend):
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         now = self._clock.seconds()
+        leader = self._raft.leader or ""
+        apply = self._fsm.apply
+        proposals = self._proposals
+        proposed_at = self._proposed_at
         for entry in entries:
+            index = entry.index
+            output, error = b"", None
             if entry.kind is EntryKind.NORMAL:
                 try:
-                    output = self._fsm.apply(entry.data, entry.index)
+                    output = apply(entry.data, index)
                 except CommandRejected as e:
-                    result = CommandResult(
-                        index=entry.index,
-                        term=entry.term,
-                        leader=self._raft.leader or "",
-                        error=str(e),
-                    )
+                    error = str(e)
                 except Exception:
-                    self._fatal(Failure(), f"applying entry {entry.index} to the FSM")
+                    self._fatal(Failure(), f"applying entry {index} to the FSM")
                     return
-                else:
-                    result = CommandResult(
-                        index=entry.index,
-                        term=entry.term,
-                        leader=self._raft.leader or "",
-                        output=output,
-                    )
-            else:
-                if entry.kind is EntryKind.MEMBERSHIP:
-                    self._applied_membership = decode_membership(entry.data)
+            elif entry.kind is EntryKind.MEMBERSHIP:
+                self._applied_membership = decode_membership(entry.data)
+            # Only the node that proposed an entry waits on it: followers skip the result.
+            if index in proposals:
                 result = CommandResult(
-                    index=entry.index, term=entry.term, leader=self._raft.leader or ""
+                    index=index, term=entry.term, leader=leader, output=output, error=error
                 )
-            started = self._proposed_at.pop(entry.index, None)
-            if started is not None:
-                self._metrics.commit_latency.observe(now - started)
-            self._proposals.resolve(entry.index, entry.term, result, _overwritten, _partly_applied)
+                proposals.resolve(index, entry.term, result, _overwritten, _partly_applied)
+            if proposed_at:  # also once its waiter timed out, or the entry is not ours
+                started = proposed_at.pop(index, None)
+                if started is not None:
+                    self._metrics.commit_latency.observe(now - started)
         self._applied.advance(entries[-1].index)
         self._maybe_snapshot()
 

@@ -123,6 +123,9 @@ class ProposalWaiters:
     def __len__(self) -> int:
         return len(self._by_index)
 
+    def __contains__(self, index: int) -> bool:
+        return index in self._by_index
+
 
 @dataclass(slots=True)
 class IndexWaiters:

@@ -54,11 +54,13 @@ class _Malformed(ValueError):
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Malformed(f"field {key!r} appears twice")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # rare: find the field to name
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Malformed(f"field {key!r} appears twice")
+            seen.add(key)
     return result
 
 
@@ -68,42 +70,77 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> Any:
+    """``_DECODER.decode(text)``, minus its two whitespace regex passes when the text is one
+    JSON value with nothing around it (what clients send); anything else takes the full path,
+    which raises the precise error."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    if end != len(text):
+        return _DECODER.decode(text)
+    return value
+
+
+# op -> its fields in a fixed order, for the checks on the hot path.
+_FIELD_ORDER = {op: tuple(sorted(fields)) for op, fields in (_COMMANDS | _QUERIES).items()}
 
 
 def _parse(data: bytes, ops: dict[str, frozenset[str]], kind: str) -> tuple[str, dict[str, Any]]:
     """The op and the fields of a request, or _Malformed saying what is wrong."""
-    examples = " or ".join(repr(op) for op in ops)
     try:
-        request = _DECODER.decode(data.decode("utf-8"))
+        request = _decode(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise _Malformed(f"the {kind} is not UTF-8; expected a JSON object") from None
     except json.JSONDecodeError as e:
         raise _Malformed(f"the {kind} is not valid JSON ({e}); expected a JSON object") from None
-    if not isinstance(request, dict):
+    if type(request) is not dict:
         raise _Malformed(f"the {kind} is a JSON {type(request).__name__}; expected an object")
     op = request.get("op")
-    if not isinstance(op, str) or op not in ops:
+    if type(op) is not str or op not in ops:
+        examples = " or ".join(repr(op) for op in ops)
         raise _Malformed(f'"op" is {json.dumps(op)}; expected {examples}')
-    fields = set(request) - {"op"}
-    missing = ops[op] - fields
-    if missing:
-        raise _Malformed(f"{op}: missing field(s) {', '.join(sorted(missing))}")
-    extra = fields - ops[op]
-    if extra:
-        raise _Malformed(
-            f"{op}: unknown field(s) {', '.join(sorted(extra))}; "
-            f"expected only op, {', '.join(sorted(ops[op]))}"
-        )
-    for name in sorted(ops[op]):
+    names = _FIELD_ORDER[op]
+    if len(request) != len(names) + 1 or not all(name in request for name in names):
+        _explain_fields(op, set(request) - {"op"}, ops[op])
+    for name in names:
         value = request[name]
-        if not isinstance(value, str) and not (name == "expect" and value is None):
+        if type(value) is not str and not (name == "expect" and value is None):
             allowed = "a string or null" if name == "expect" else "a string"
             raise _Malformed(f"{op}: {name} is {json.dumps(value)}; expected {allowed}")
     return op, request
 
 
+def _explain_fields(op: str, fields: set[str], expected: frozenset[str]) -> None:
+    missing = expected - fields
+    if missing:
+        raise _Malformed(f"{op}: missing field(s) {', '.join(sorted(missing))}")
+    extra = fields - expected
+    raise _Malformed(
+        f"{op}: unknown field(s) {', '.join(sorted(extra))}; "
+        f"expected only op, {', '.join(sorted(expected))}"
+    )
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_encode_string = json.encoder.encode_basestring  # the encoder's own, for ensure_ascii=False
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def _string_or_null(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
+
+
+def _prev(value: str | None) -> bytes:
+    """``_dumps({"prev": value})``, without the encoder's per-call setup (the hot path)."""
+    return f'{{"prev":{_string_or_null(value)}}}'.encode()
 
 
 class KeyValueStateMachine:
@@ -131,10 +168,10 @@ class KeyValueStateMachine:
         current = self._get(key)
         if op == "put":
             self._set(key, request["value"])
-            return _dumps({"prev": current})
+            return _prev(current)
         if op == "delete":
             self._set(key, None)
-            return _dumps({"prev": current})
+            return _prev(current)
         # cas
         if current != request["expect"]:
             return _dumps({"ok": False, "value": current})
