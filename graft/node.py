@@ -9,9 +9,12 @@ One loop does everything the core asks, in the order of the Ready contract:
       -> apply committed entries to the FSM, resolve proposals, answer reads
       -> raft.advance(ready)
 
-Only one Ready is in flight at a time. Proposals, ticks and peer messages that arrive while a
-write is in flight go into the core and come out together in the next Ready, so the busier the
-node, the bigger each fsync's batch (group commit without a timer).
+Up to two Readies are in flight: the next Ready's writes queue behind the current fsync (the
+storage writer keeps them in order) rather than waiting for it, and every Ready finishes, in
+the order taken, only once its own writes and all earlier ones are durable. Proposals, ticks and
+peer messages that arrive while both are in flight go into the core and come out together in
+the next Ready, so the busier the node, the bigger each fsync's batch (group commit without a
+timer). A Ready that installs a received snapshot is taken alone.
 
 Clients reach the node through the ClusterBackend methods (graft.api.backend). A follower
 forwards commands and default reads to the leader over the peer channel, so a client may talk
@@ -21,7 +24,6 @@ to any node.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -130,6 +132,7 @@ class GraftNode(Service, ClusterBackend):
         catch_up_timeout: float = 120.0,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         incoming_dir: Path | None = None,
+        readies_in_flight: int = 2,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -144,7 +147,15 @@ class GraftNode(Service, ClusterBackend):
         self.peers: PeerChannel | None = None
         self._ticker: LoopingCall | None = None
         self._scheduled: Any = None
-        self._in_flight: Deferred[None] | None = None
+        # Readies taken from the core whose writes are not all done, at most this many: the next
+        # Ready's writes queue behind the current fsync instead of waiting for it (the writer
+        # thread keeps them in order), and every Ready still finishes in the order it was taken.
+        self._in_flight = 0
+        self._max_in_flight = max(1, readies_in_flight)
+        self._finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
+        # A Ready that installs a received snapshot is taken alone: storage adopts the
+        # snapshot only when its turn comes, so nothing after it may be queued early.
+        self._installing = False
         self._stopping = False
         self._proposals = ProposalWaiters(clock)
         self._applied = IndexWaiters(clock, applied=raft.status().applied)
@@ -234,7 +245,8 @@ class GraftNode(Service, ClusterBackend):
             if not d.called:
                 d.errback(shutting_down())
         self._reads.clear()
-        pending: Deferred[None] = self._in_flight or succeed(None)
+        pending: Deferred[None] = Deferred()
+        self._finished.addBoth(pending.callback)
 
         def close(_: object) -> Deferred[None]:
             self._fsm.close()
@@ -266,14 +278,14 @@ class GraftNode(Service, ClusterBackend):
 
     def _schedule(self) -> None:
         """Process the core's output on the next reactor turn, so a turn's work is batched."""
-        if self._stopping or self._in_flight is not None or self._scheduled is not None:
+        if self._scheduled is not None or not self._may_take_ready():
             return
         if self._raft.has_ready():
             self._scheduled = self._clock.callLater(0, self._process_ready)
 
     def _process_ready(self) -> None:
         self._scheduled = None
-        if self._stopping or self._in_flight is not None or not self._raft.has_ready():
+        if not self._may_take_ready() or not self._raft.has_ready():
             return
         ready = self._raft.ready()
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
@@ -290,24 +302,38 @@ class GraftNode(Service, ClusterBackend):
                     self.peers.send(message)
             else:
                 later.append(message)
-        d: Deferred[Any] = succeed(None)
-        if ready.snapshot is not None:
+        self._in_flight += 1
+        self._installing = ready.snapshot is not None
+        write: Deferred[None] | None = None
+        if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
+            # Queued now, behind the writes of the Readies still in flight.
+            write = self._storage.persist(ready.hard_state, ready.entries)
+
+        def writes(_: object) -> Deferred[None] | None:
+            if self._stopping:  # after a fatal error: nothing more is acknowledged
+                if write is not None:
+                    write.addErrback(lambda _: None)
+                return None
+            if ready.snapshot is None:
+                return write
+            # A received snapshot replaces the log: install it only after every earlier write,
+            # and write this Ready's state after it.
             d = self._install_snapshot(ready.snapshot)
-        if ready.hard_state is not None or ready.entries:
-            started = time.perf_counter()
+            if ready.hard_state is not None or ready.entries:
+                d.addCallback(lambda _: self._storage.persist(ready.hard_state, ready.entries))
+            return d
 
-            def persist(_: object) -> Deferred[None]:
-                return self._storage.persist(ready.hard_state, ready.entries)
+        def finish(_: object) -> Deferred[None]:
+            d: Deferred[None] = succeed(None)
+            d.addCallback(writes)
+            d.addCallback(lambda _: self._after_persist(ready, later))
+            d.addErrback(self._fatal, "writing the Raft log")
+            return d
 
-            def observe(result: None) -> None:
-                self._metrics.fsync_latency.observe(time.perf_counter() - started)
-                return result
+        self._finished.addCallback(finish)
 
-            d.addCallback(persist)
-            d.addCallback(observe)
-        self._in_flight = d
-        d.addCallback(lambda _: self._after_persist(ready, later))
-        d.addErrback(self._fatal, "writing the Raft log")
+    def _may_take_ready(self) -> bool:
+        return not self._stopping and not self._installing and self._in_flight < self._max_in_flight
 
     def _install_snapshot(self, meta: SnapshotMeta) -> Deferred[None]:
         """The core restored from a snapshot the leader sent: make it this node's log and state
@@ -332,7 +358,9 @@ class GraftNode(Service, ClusterBackend):
         return d
 
     def _after_persist(self, ready: Ready, messages: list[Message]) -> None:
-        self._in_flight = None
+        self._in_flight -= 1
+        if ready.snapshot is not None:
+            self._installing = False
         if self._stopping:
             return
         if ready.hard_state is not None:

@@ -300,26 +300,58 @@ class DriverTests(unittest.TestCase):
         self.assertIsInstance(refused.value, NoLeader)
 
     def test_slow_disk_batches_proposals_into_one_write(self) -> None:
-        """While one write is in flight, further proposals wait in the core and reach storage
-        together in the next write (group commit)."""
+        """At most two writes are in flight (the next queues behind the current fsync); while
+        both are, further proposals wait in the core and reach storage together in the next
+        write (group commit). Every proposal is answered once its write is durable."""
         leader_id = self.leader()
         leader = self.network.nodes[leader_id]
         storage = self.storages[leader_id]
         storage.hold = True
         first = leader.submit([put("g", "0")])
         self.clock.advance(0)
-        self.assertEqual(len(storage.pending), 1)
+        # The entry, then (the followers acknowledged it at once) the new commit index.
+        self.assertEqual(len(storage.pending), 2, "the second write did not queue behind the first")
         rest = [leader.submit([put("g", str(i))]) for i in range(1, 20)]
         self.clock.advance(0)
-        self.assertEqual(len(storage.pending), 1, "a second write started while one was in flight")
+        self.assertEqual(len(storage.pending), 2, "a third write started while two were in flight")
         storage.release()
         self.clock.advance(0)
-        batch_sizes = [len(entries) for _, _, entries in storage.pending]
+        batch_sizes = [len(entries) for _, _, entries in storage.pending if entries]
         self.assertEqual(batch_sizes, [19])
         storage.hold = False
         storage.release()
         for d in [first, *rest]:
             self.assertIsInstance(self.result(d), list)
+
+    def test_readies_finish_in_the_order_they_were_taken(self) -> None:
+        """With two writes in flight, a later write that becomes durable first does not let its
+        Ready overtake: nothing is applied or acknowledged until the earlier write is durable."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        storage = self.storages[leader_id]
+        storage.hold = True
+        first = leader.submit([put("o", "0")])
+        self.clock.advance(0)
+        second = leader.submit([put("o", "1")])
+        self.clock.advance(0)
+        self.assertEqual(len(storage.pending), 2)
+        (d1, hs1, e1), (d2, hs2, e2) = storage.pending
+        storage.pending = []
+        storage.hold = False
+        # The second write completes first (as a storage that reorders would): held back.
+        self.advance(5 * TICK)
+        self.assertFalse(first.called)
+        self.assertFalse(second.called)
+        storage._write(hs1, e1)
+        storage._write(hs2, e2)
+        d2.callback(None)
+        self.advance(5 * TICK)
+        self.assertFalse(first.called, "a Ready finished before the one taken before it")
+        self.assertFalse(second.called, "a Ready finished before the one taken before it")
+        d1.callback(None)
+        self.advance(5 * TICK)
+        self.assertIsInstance(self.result(first), list)
+        self.assertIsInstance(self.result(second), list)
 
     def test_fsm_bug_stops_the_node(self) -> None:
         """An FSM exception other than CommandRejected stops the node (replicas would diverge

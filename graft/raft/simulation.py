@@ -28,9 +28,9 @@ from graft.raft.config import RaftConfig
 from graft.raft.errors import NotLeader, ProposalDropped, RaftError
 from graft.raft.log import RaftLog
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import InstallSnapshot, Message, TimeoutNow
+from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message, TimeoutNow
 from graft.raft.node import RaftNode
-from graft.raft.ready import Role
+from graft.raft.ready import Ready, Role
 from graft.raft.rng import Rng
 from graft.raft.types import Entry, EntryKind, Membership, NodeId, SnapshotMeta, decode_membership
 
@@ -229,6 +229,8 @@ class SimNode:
     state: int = 0
     state_index: int = 0
     state_membership: Membership | None = None
+    # Readies taken from the core whose writes have not reached the disk yet, oldest first.
+    pending: deque[Ready] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -275,6 +277,11 @@ class Cluster:
         # Called when a node has just become leader, before its first messages leave.
         self.on_new_leader: Callable[[RaftNode], None] = lambda _node: None
         self.tracing = False
+        # The driver model: how many Readies a node may have taken whose writes are not done
+        # (graft.node keeps up to two), and the source deciding when a write completes. With
+        # one, every Ready is carried out at once, as a synchronous driver would.
+        self.pipeline = 1
+        self.disk: Rng | None = None
         for nid in sorted({*self.ids, *learners}):
             storage = storages.get(nid) if storages is not None else None
             if storage is None:
@@ -308,6 +315,8 @@ class Cluster:
 
     def start(self, nid: NodeId) -> RaftNode:
         sim = self.nodes[nid]
+        if sim.pending:  # restarted while writes were queued: they are a crash's to settle
+            self.crash(nid)
         self._restarts += 1
         rng = self._rng_factory(self._seed * 1_000_003 + self._restarts)
         sim.node = RaftNode(self.config_for(nid), sim.storage, rng)
@@ -322,8 +331,17 @@ class Cluster:
         return sim.node
 
     def crash(self, nid: NodeId) -> None:
-        self.nodes[nid].node = None
-        self.note(f"crash {nid}")
+        sim = self.nodes[nid]
+        # Writes queued behind an fsync reach the disk in order: a crash keeps some prefix of
+        # them (never past a snapshot install, which the driver does alone) and sends nothing.
+        keep = self.disk.randrange(0, len(sim.pending) + 1) if self.disk and sim.pending else 0
+        for ready in list(sim.pending)[:keep]:
+            if ready.snapshot is not None:
+                break
+            self._write(sim, ready)
+        sim.pending.clear()
+        sim.node = None
+        self.note(f"crash {nid}" + (f" ({keep} queued writes reached the disk)" if keep else ""))
 
     def node(self, nid: NodeId) -> RaftNode:
         node = self.nodes[nid].node
@@ -350,47 +368,95 @@ class Cluster:
     # -- the driver -------------------------------------------------------------------------
 
     def process(self, nid: NodeId) -> None:
-        """Carry out every Ready the node has, as a driver would, checking as we go."""
+        """Carry out every Ready the node has, as a driver would, checking as we go.
+
+        With ``pipeline`` > 1 a node takes the next Ready while earlier ones still wait for
+        their writes, as graft.node does: a leader's appends and heartbeats of its durable term
+        leave at once; everything else of a Ready (acknowledgements, votes, applying, reads,
+        advance) waits until its writes and those of every Ready before it are done.
+        """
         sim = self.nodes[nid]
         node = sim.node
         if node is None:
             return
-        checker = self.checker
-        while node.has_ready():
-            ready = node.ready()
-            if ready.snapshot is not None:
-                # As the driver does: adopt the received file, then the Ready's other writes.
-                meta = ready.snapshot
-                sim.state = checker.snapshot_installed(nid, meta)
-                sim.state_index = meta.index
-                sim.state_membership = meta.membership
-                sim.storage.apply_snapshot(meta)
-                self.note(f"{nid} installed snapshot {meta.index} term {meta.term}")
-            if ready.hard_state is not None:
-                sim.storage.set_hard_state(ready.hard_state)
-            if ready.entries:
-                sim.storage.append(ready.entries)
-                checker.persisted(nid, ready.entries)
-            if ready.soft_state is not None and ready.soft_state.role is Role.LEADER:
-                self.on_new_leader(node)
-            for msg in ready.messages:
+        while True:
+            progressed = False
+            while (
+                node.has_ready()
+                and len(sim.pending) < self.pipeline
+                and not (sim.pending and sim.pending[-1].snapshot is not None)
+            ):
+                ready = node.ready()
+                if self.pipeline > 1:
+                    ready = self._send_early(sim, ready)
+                sim.pending.append(ready)
+                progressed = True
+            if sim.pending and (self.disk is None or self.disk.random() < 0.3):
+                self._complete(sim, node, sim.pending.popleft())
+                progressed = True
+            if not progressed:
+                return
+
+    def flush_writes(self) -> None:
+        """Every node's queued writes complete (the disk catches up)."""
+        for nid, sim in self.nodes.items():
+            while sim.node is not None and sim.pending:
+                self._complete(sim, sim.node, sim.pending.popleft())
+                self.process(nid)
+
+    def _send_early(self, sim: SimNode, ready: Ready) -> Ready:
+        """Send what does not wait for the Ready's writes; the rest stays in the Ready."""
+        durable_term = sim.storage.hard_state().term
+        later = []
+        for msg in ready.messages:
+            if isinstance(msg, AppendEntries | Heartbeat) and msg.term == durable_term:
                 self.send(msg)
-            if ready.committed_entries:
-                sim.applied.extend(ready.committed_entries)
-                checker.applied(nid, node.term, ready.committed_entries, self.leaders())
-                for entry in ready.committed_entries:
-                    sim.state = hash((sim.state, entry.index, entry.term, entry.kind, entry.data))
-                    if entry.kind is EntryKind.MEMBERSHIP:
-                        sim.state_membership = decode_membership(entry.data)
-                sim.state_index = ready.committed_entries[-1].index
-            for rs in ready.read_states:
-                sim.read_answers[rs.context] = rs.index
-                checker.read_answered(nid, rs.context, rs.index, "ReadIndex")
-            if ready.soft_state is not None:
-                s = ready.soft_state
-                self.note(f"{nid} is {s.role.value} term {s.term} leader {s.leader}")
-            node.advance(ready)
-            checker.observe(node)
+            else:
+                later.append(msg)
+        return replace(ready, messages=tuple(later))
+
+    def _write(self, sim: SimNode, ready: Ready) -> None:
+        """A Ready's writes reach the disk (storage)."""
+        nid = sim.id
+        if ready.snapshot is not None:
+            # As the driver does: adopt the received file, then the Ready's other writes.
+            meta = ready.snapshot
+            sim.state = self.checker.snapshot_installed(nid, meta)
+            sim.state_index = meta.index
+            sim.state_membership = meta.membership
+            sim.storage.apply_snapshot(meta)
+            self.note(f"{nid} installed snapshot {meta.index} term {meta.term}")
+        if ready.hard_state is not None:
+            sim.storage.set_hard_state(ready.hard_state)
+        if ready.entries:
+            sim.storage.append(ready.entries)
+            self.checker.persisted(nid, ready.entries)
+
+    def _complete(self, sim: SimNode, node: RaftNode, ready: Ready) -> None:
+        """The oldest pending Ready's writes are done: carry out the rest of it."""
+        nid = sim.id
+        checker = self.checker
+        self._write(sim, ready)
+        if ready.soft_state is not None and ready.soft_state.role is Role.LEADER:
+            self.on_new_leader(node)
+        for msg in ready.messages:
+            self.send(msg)
+        if ready.committed_entries:
+            sim.applied.extend(ready.committed_entries)
+            checker.applied(nid, node.term, ready.committed_entries, self.leaders())
+            for entry in ready.committed_entries:
+                sim.state = hash((sim.state, entry.index, entry.term, entry.kind, entry.data))
+                if entry.kind is EntryKind.MEMBERSHIP:
+                    sim.state_membership = decode_membership(entry.data)
+            sim.state_index = ready.committed_entries[-1].index
+        for rs in ready.read_states:
+            sim.read_answers[rs.context] = rs.index
+            checker.read_answered(nid, rs.context, rs.index, "ReadIndex")
+        if ready.soft_state is not None:
+            s = ready.soft_state
+            self.note(f"{nid} is {s.role.value} term {s.term} leader {s.leader}")
+        node.advance(ready)
+        checker.observe(node)
 
     def process_all(self) -> None:
         for nid in self.nodes:
@@ -682,7 +748,14 @@ def simulate_seed(
         max_inflight=p.max_inflight,
     )
     cluster = Cluster(ids, rng_factory, config=config, seed=seed)
-    cluster.note(f"params {p}")
+    if params is None:
+        # The driver model draws from its own source too: most schedules let each node queue
+        # a second Ready behind an unfinished write, as graft.node does.
+        disk_rng = rng_factory(seed * 104_729 + 5)
+        cluster.pipeline = 2 if disk_rng.random() < 0.7 else 1
+        if cluster.pipeline > 1:
+            cluster.disk = disk_rng
+    cluster.note(f"params {p}, pipeline {cluster.pipeline}")
     cluster.tracing = trace
     chaos = True
 
@@ -799,6 +872,7 @@ def simulate_seed(
             cluster.deliver_due(shuffle)
         # Calm: everyone up, network whole and reliable. A leader must emerge and commit.
         chaos = False
+        cluster.disk = None  # and the disk keeps up: queued writes complete at once
         cluster.heal()
         for nid in sorted(down):
             cluster.start(nid)
