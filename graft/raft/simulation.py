@@ -1058,35 +1058,26 @@ def simulate_seed(
             )
     except Violation as exc:
         cluster.note(f"VIOLATION {exc}")
-        return SimResult(
-            seed=seed,
-            violation=str(exc),
-            ticks=cluster.now,
-            commit=cluster.checker.known_commit,
-            reads=cluster.checker.reads_checked,
-            trace=tuple(cluster.trace),
-            **counts(cluster),
-        )
+        return sim_result(seed, cluster, str(exc))
+    return sim_result(seed, cluster, None)
+
+
+def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
+    """What a run checked and exercised (the trace only with a violation, to replay it)."""
+    checker = cluster.checker
     return SimResult(
         seed=seed,
-        violation=None,
+        violation=violation,
         ticks=cluster.now,
-        commit=cluster.checker.known_commit,
-        reads=cluster.checker.reads_checked,
-        **counts(cluster),
+        commit=checker.known_commit,
+        reads=checker.reads_checked,
+        trace=tuple(cluster.trace) if violation is not None else (),
+        snapshots_installed=checker.snapshots_installed,
+        transfers_asked=cluster.transfers_asked,
+        transfers_done=cluster.transfers_done,
+        memberships_committed=checker.memberships_committed,
+        stale_leaders_checked=checker.stale_leaders_checked,
     )
-
-
-def counts(cluster: Cluster) -> dict[str, int]:
-    """The operations a run exercised, for SimResult."""
-    checker = cluster.checker
-    return {
-        "snapshots_installed": checker.snapshots_installed,
-        "transfers_asked": cluster.transfers_asked,
-        "transfers_done": cluster.transfers_done,
-        "memberships_committed": checker.memberships_committed,
-        "stale_leaders_checked": checker.stale_leaders_checked,
-    }
 
 
 def main() -> None:
