@@ -49,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"ran {len(results)} seeds in {elapsed:.1f}s, "
             f"{sum(r.commit for r in results)} entries committed, "
-            f"{sum(r.reads for r in results)} reads checked"
+            f"{sum(r.reads for r in results)} reads checked, "
+            f"{sum(r.snapshots_installed for r in results)} snapshots installed, "
+            f"{sum(r.transfers_done for r in results)} of "
+            f"{sum(r.transfers_asked for r in results)} transfers done, "
+            f"{sum(r.memberships_committed for r in results)} membership changes committed, "
+            f"{sum(r.stale_leaders_checked for r in results)} stale-leader checks"
         )
     failed = [r for r in results if r.violation is not None]
     for r in failed:

@@ -28,7 +28,9 @@ Theory of operation, briefly:
   timeout.
 - Reads. ReadIndex batches reads under the next heartbeat round; a quorum answer to that round
   confirms them. The lease is valid for election_ticks - lease_drift_ticks after the *sending*
-  of a round a quorum answered.
+  of a round a quorum answered. A leader that has sent TimeoutNow holds no lease for the rest
+  of its term, even once the transfer timed out: the target's election ignores stickiness,
+  and the TimeoutNow (or a duplicate of it) may still be on its way.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class RaftNode:
         self._append_needed = False
         self._transfer_target: NodeId | None = None
         self._transfer_elapsed = 0
+        self._timeout_now_sent = False
         self._pending_membership_index = 0
         # Follower: contexts of reads forwarded to the leader and not yet answered.
         self._forwarded: list[bytes] = []
@@ -291,6 +294,7 @@ class RaftNode:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._transfer_target = None
+        self._timeout_now_sent = False
         last = self._log.last_index()
         self._progress = {
             peer: Progress(
@@ -447,9 +451,15 @@ class RaftNode:
         self._transfer_elapsed = 0
         pr = self._progress[to]
         if pr.match == self._log.last_index():
-            self._send(TimeoutNow(term=self._term, sender=self._id, to=to))
+            self._send_timeout_now(to)
         else:
             self._send_append(to, allow_empty=True)
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        # From here on the target may win an election that voters grant despite our lease
+        # (stickiness yields to TimeoutNow), whenever this message arrives: no lease this term.
+        self._timeout_now_sent = True
+        self._send(TimeoutNow(term=self._term, sender=self._id, to=to))
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -493,6 +503,7 @@ class RaftNode:
             self._role is not Role.LEADER
             or not self._cfg.check_quorum
             or self._transfer_target is not None
+            or self._timeout_now_sent
             or not self._committed_in_term()
         ):
             return None
@@ -776,7 +787,7 @@ class RaftNode:
                     if pr.commit_sent < self._log.committed:
                         self._send_append(msg.sender, allow_empty=True)
                 if msg.sender == self._transfer_target and pr.match == self._log.last_index():
-                    self._send(TimeoutNow(term=self._term, sender=self._id, to=msg.sender))
+                    self._send_timeout_now(msg.sender)
             elif was_probe:
                 # A duplicate answer to an old probe: no news, but the probe is answered.
                 pr.probe_sent = False

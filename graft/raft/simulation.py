@@ -7,12 +7,15 @@ A crash throws the RaftNode away and keeps only its storage.
 
 ``SafetyChecker`` watches every Ready and checks, incrementally: Election Safety, Leader
 Append-Only, Log Matching (via a hash chain over each durable log), Leader Completeness,
-State Machine Safety, and that each read answered through ReadIndex or the lease covers
-every write committed before the read was issued.
+State Machine Safety, that each read answered through ReadIndex or the lease covers
+every write committed before the read was issued, and that no leader is still able to commit
+once a leader of a later term has been elected (``stale_leaders``).
 
 ``simulate_seed`` drives a Cluster with a schedule drawn from a seeded random source: message
 drops, delays, duplicates and reordering, partitions that heal, crashes and restarts, random
-proposals and reads, then a calm phase that must elect a leader and commit (liveness).
+proposals and reads, snapshots, leadership transfers to any voter (lagging, crashed or cut
+off), and membership changes (learners that catch up and are promoted, voter removal, removal
+of the leader itself), then a calm phase that must elect a leader and commit (liveness).
 
 This module never builds a random source (the core may not import one); its caller passes a
 factory, and ``python -m graft.simulate`` is the command line.
@@ -21,7 +24,8 @@ factory, and ``python -m graft.simulate`` is the command line.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 from graft.raft.config import RaftConfig
@@ -69,6 +73,11 @@ class SafetyChecker:
         self._leader_log: dict[NodeId, tuple[int, int, int]] = {}
         self.read_issued: dict[bytes, int] = {}
         self.reads_checked = 0
+        # The highest term in which any node has become leader, and how often a leader of an
+        # older term was seen alive beside it (each such sighting is checked by stale_leaders).
+        self.max_leader_term = 0
+        self.stale_leaders_checked = 0
+        self.memberships_committed = 0
 
     def persisted(self, node: NodeId, entries: tuple[Entry, ...]) -> None:
         chain = self._chains.setdefault(node, [])
@@ -152,7 +161,11 @@ class SafetyChecker:
                 raise Violation(f"state machine safety: {node} applied {entry.index} after {at}")
             at = entry.index
             fingerprint = (entry.term, hash((entry.kind, entry.data)))
-            seen = self.applied_at.setdefault(entry.index, fingerprint)
+            seen = self.applied_at.get(entry.index)
+            if seen is None:
+                seen = self.applied_at[entry.index] = fingerprint
+                if entry.kind is EntryKind.MEMBERSHIP:
+                    self.memberships_committed += 1
             if seen != fingerprint:
                 raise Violation(
                     f"state machine safety: {node} applied term {entry.term} at {entry.index}, "
@@ -179,6 +192,8 @@ class SafetyChecker:
         holder = self.leaders_by_term.setdefault(term, node.id)
         if holder != node.id:
             raise Violation(f"election safety: {holder} and {node.id} both lead term {term}")
+        if term > self.max_leader_term:
+            self.max_leader_term = term
         log = node.log
         prev = self._leader_log.get(node.id)
         if prev is None or prev[0] != term:
@@ -198,6 +213,46 @@ class SafetyChecker:
                 )
         last = log.last_index()
         self._leader_log[node.id] = (term, last, log.term(last))
+
+    def stale_leaders(
+        self,
+        leaders: Iterable[tuple[NodeId, int, Collection[NodeId]]],
+        term_of: Callable[[NodeId], int],
+    ) -> None:
+        """No two leaders can both commit: given live ``leaders`` as (id, term, voters of its
+        membership) and every node's current (durable) term, fail if a leader of a term older
+        than the newest elected one could still gather a commit quorum.
+
+        Why this check. Two leaders of different terms may coexist (a deposed one that has
+        not heard of the newer term yet); what Raft forbids is that both can commit. A leader
+        of term t commits an entry once a quorum of the voters of its own membership
+        acknowledges it in term t, and a node acknowledges term t exactly while its current
+        term is at most t (a lower term is raised to t by the AppendEntries itself; a higher
+        term rejects it, and terms never go down). So "a quorum of the leader's voters has
+        term <= t" is precisely "this leader can still commit", whatever the network does
+        next. If a leader of a later term T > t has been elected, such a commit would put an
+        entry of term t in the log that the term-T leader lacks, which Leader Completeness
+        forbids: correct Raft has, at every instant, a quorum of the stale leader's voters
+        already in a term above t (those that voted in T or learnt of it). So the check raises
+        no false alarm on correct Raft, and it fires on the very step that makes two commit
+        quorums possible, before anything is committed through the second one (a quorum size
+        that lets two disjoint halves elect, a vote counted from a non-voter, a membership
+        whose majorities do not overlap the previous one's, a term lost on restart). The
+        newest leader itself is not checked: it is the one entitled to commit. Same-term
+        pairs are Election Safety's, checked in observe.
+        """
+        top = self.max_leader_term
+        for nid, term, voters in leaders:
+            if term >= top:
+                continue
+            self.stale_leaders_checked += 1
+            able = sorted(v for v in voters if term_of(v) <= term)
+            if len(able) >= len(voters) // 2 + 1:
+                raise Violation(
+                    f"two commit quorums: {nid} leads term {term} and its voters {able} (of "
+                    f"{sorted(voters)}) are all still at or below term {term}, though "
+                    f"{self.leaders_by_term[top]} was elected in term {top}"
+                )
 
     def read_issued_now(self, context: bytes) -> None:
         self.read_issued[context] = self.known_commit
@@ -282,6 +337,10 @@ class Cluster:
         # one, every Ready is carried out at once, as a synchronous driver would.
         self.pipeline = 1
         self.disk: Rng | None = None
+        # Leadership transfers asked for: target -> (the old leader's term, tick asked).
+        self._transfers: dict[NodeId, tuple[int, int]] = {}
+        self.transfers_asked = 0
+        self.transfers_done = 0
         for nid in sorted({*self.ids, *learners}):
             storage = storages.get(nid) if storages is not None else None
             if storage is None:
@@ -359,6 +418,39 @@ class Cluster:
         """The leader of the highest term among live nodes, if any."""
         leaders = self.leaders()
         return max(leaders, key=lambda n: n.term) if leaders else None
+
+    def term_of(self, nid: NodeId) -> int:
+        """A node's current term: in memory if it runs, else on its disk (0: never started)."""
+        sim = self.nodes.get(nid)
+        if sim is None:
+            return 0
+        if sim.node is not None:
+            return sim.node.term
+        return sim.storage.hard_state().term
+
+    def check_leaders(self) -> None:
+        """The two-commit-quorums check over every live leader (SafetyChecker.stale_leaders)."""
+        top = self.checker.max_leader_term
+        stale = [
+            (n.id, n.term, n.membership.voters)
+            for s in self.nodes.values()
+            if (n := s.node) is not None and n.role is Role.LEADER and n.term < top
+        ]
+        if stale:
+            self.checker.stale_leaders(stale, self.term_of)
+
+    def transfer(self, nid: NodeId, target: NodeId) -> bool:
+        """Ask leader ``nid`` to hand leadership to ``target``; False if it refused."""
+        node = self.node(nid)
+        try:
+            node.transfer_leadership(target)
+        except RaftError:
+            return False
+        self.transfers_asked += 1
+        self._transfers[target] = (node.term, self.now)
+        self.note(f"{nid} transfers leadership to {target}")
+        self.process(nid)
+        return True
 
     def note(self, text: str) -> None:
         if self.tracing:
@@ -438,6 +530,13 @@ class Cluster:
         checker = self.checker
         self._write(sim, ready)
         if ready.soft_state is not None and ready.soft_state.role is Role.LEADER:
+            asked = self._transfers.pop(nid, None)
+            if (
+                asked is not None
+                and node.term > asked[0]
+                and self.now - asked[1] <= 2 * self._base_config.election_ticks
+            ):
+                self.transfers_done += 1
             self.on_new_leader(node)
         for msg in ready.messages:
             self.send(msg)
@@ -457,6 +556,7 @@ class Cluster:
             self.note(f"{nid} is {s.role.value} term {s.term} leader {s.leader}")
         node.advance(ready)
         checker.observe(node)
+        self.check_leaders()
 
     def process_all(self) -> None:
         for nid in self.nodes:
@@ -637,6 +737,10 @@ class SimParams:
     reconfigure: float = 0.0
     # Probability per tick and node that it snapshots its state machine and compacts its log.
     compact: float = 0.0
+    # Probability per tick that the leader is asked to hand leadership to a random voter.
+    transfer: float = 0.0
+    # Probability per tick of a step of MembershipOps (learners, promotion, removals).
+    membership: float = 0.0
     propose: float = 0.5
     read: float = 0.3
 
@@ -701,6 +805,10 @@ class SimResult:
     reads: int
     trace: tuple[str, ...] = ()
     snapshots_installed: int = 0
+    transfers_asked: int = 0
+    transfers_done: int = 0
+    memberships_committed: int = 0
+    stale_leaders_checked: int = 0
 
 
 def reconfigure(cluster: Cluster, ids: list[NodeId], rng: Rng) -> None:
@@ -723,6 +831,109 @@ def reconfigure(cluster: Cluster, ids: list[NodeId], rng: Rng) -> None:
     cluster.process(leader.id)
 
 
+class MembershipOps:
+    """Membership changes as an operator and the driver make them, through the core's API.
+
+    Each ``step`` looks at the current leader's membership and does one thing: promote a
+    learner once the leader sees it caught up; add a learner (a brand-new node from
+    ``spares`` or a removed one coming back); remove a voter; or replace the leader, either
+    as the driver does (transfer leadership first, then the new leader removes the old one)
+    or by the leader proposing its own removal (the core keeps leading until that commits,
+    then steps down). Voters stay between 2 and 5.
+    """
+
+    def __init__(self, cluster: Cluster, ids: list[NodeId], spares: list[NodeId], rng: Rng):
+        self.cluster = cluster
+        self.ids = ids  # the schedule's node list: joiners are appended, so faults reach them
+        self.spares = spares
+        self.rng = rng
+        self.retiring: NodeId | None = None
+
+    def _propose(self, leader: RaftNode, new: Membership, why: str) -> bool:
+        try:
+            leader.propose_membership(new)
+        except RaftError:
+            return False
+        self.cluster.note(
+            f"{leader.id} proposes {why}: voters {sorted(new.voters)} learners "
+            f"{sorted(new.learners)}"
+        )
+        self.cluster.process(leader.id)
+        return True
+
+    def _most_caught_up(self, leader: RaftNode) -> NodeId | None:
+        progress = leader.status().progress
+        others = sorted(v for v in leader.membership.voters if v != leader.id)
+        if not others:
+            return None
+        return max(others, key=lambda v: progress[v].match if v in progress else -1)
+
+    def step(self) -> None:
+        leader = self.cluster.leader()
+        if leader is None:
+            return
+        m = leader.membership
+        rng = self.rng
+        if self.retiring is not None:
+            old = self.retiring
+            if old not in m.voters:
+                self.retiring = None
+            elif leader.id != old:
+                self._propose(
+                    leader, Membership(voters=m.voters - {old}, learners=m.learners), "removal"
+                )
+            else:
+                target = self._most_caught_up(leader)
+                if target is not None:
+                    self.cluster.transfer(leader.id, target)  # the handover timed out: again
+            return
+        if m.learners:
+            learner = sorted(m.learners)[rng.randrange(0, len(m.learners))]
+            pr = leader.status().progress.get(learner)
+            if pr is not None and pr.match >= leader.log.committed:
+                new = Membership(voters=m.voters | {learner}, learners=m.learners - {learner})
+                self._propose(leader, new, f"promotion of {learner}")
+            elif rng.random() < 0.05:
+                new = Membership(voters=m.voters, learners=m.learners - {learner})
+                self._propose(leader, new, f"dropping learner {learner}")
+            return
+        choice = rng.random()
+        outside = [n for n in self.ids if n not in m.members] + self.spares[:1]
+        if choice < 0.4 and len(m.voters) < 5 and outside:
+            joiner = outside[rng.randrange(0, len(outside))]
+            new = Membership(voters=m.voters, learners=m.learners | {joiner})
+            if joiner not in self.cluster.nodes:
+                self.cluster.add_node(joiner)
+                self.spares.remove(joiner)
+                self.ids.append(joiner)
+            self._propose(leader, new, f"learner {joiner}")
+        elif len(m.voters) < 3:
+            return
+        elif choice < 0.7:
+            others = sorted(m.voters - {leader.id})
+            victim = others[rng.randrange(0, len(others))]
+            new = Membership(voters=m.voters - {victim}, learners=m.learners)
+            self._propose(leader, new, f"removal of {victim}")
+        elif choice < 0.85:
+            target = self._most_caught_up(leader)
+            if target is not None and self.cluster.transfer(leader.id, target):
+                self.retiring = leader.id
+                self.cluster.note(f"replacing leader {leader.id}: hand over to {target} first")
+        else:
+            new = Membership(voters=m.voters - {leader.id}, learners=m.learners)
+            self._propose(leader, new, f"removal of itself ({leader.id})")
+
+
+def transfer_at_random(cluster: Cluster, rng: Rng) -> None:
+    """Ask the leader to hand over to any other voter: caught up, lagging, crashed or cut off."""
+    leader = cluster.leader()
+    if leader is None:
+        return
+    others = sorted(leader.membership.voters - {leader.id})
+    if others:
+        cluster.transfer(leader.id, others[rng.randrange(0, len(others))])
+
+
 def simulate_seed(
     seed: int,
     rng_factory: RngFactory,
@@ -737,6 +948,15 @@ def simulate_seed(
     snap_rng = rng_factory(seed * 7_919 + 17)
     if params is None and snap_rng.random() < 0.6:
         p = replace(p, compact=0.01 + 0.15 * snap_rng.random())
+    # Transfers and membership changes draw from a third source; a seed that gets neither
+    # replays its earlier schedule exactly.
+    ops_rng = rng_factory(seed * 104_729 + 29)
+    if params is None:
+        if ops_rng.random() < 0.6:
+            p = replace(p, transfer=0.005 + 0.04 * ops_rng.random())
+        if ops_rng.random() < 0.6:
+            # These changes replace the older remove-and-re-add schedule.
+            p = replace(p, membership=0.01 + 0.08 * ops_rng.random(), reconfigure=0.0)
     ids = [f"n{k}" for k in range(1, p.nodes + 1)]
     membership = Membership(voters=frozenset(ids))
     config = RaftConfig(
@@ -790,6 +1010,8 @@ def simulate_seed(
     cluster.on_new_leader = on_new_leader
     cluster.lease_probe = True
     writing = True
+    spares = [f"n{k}" for k in range(p.nodes + 1, p.nodes + 3)]
+    members = MembershipOps(cluster, ids, spares, ops_rng)
     try:
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
@@ -833,6 +1055,10 @@ def simulate_seed(
                     down.discard(nid)
             if rng.random() < p.reconfigure:
                 reconfigure(cluster, ids, rng)
+            if p.transfer and ops_rng.random() < p.transfer:
+                transfer_at_random(cluster, ops_rng)
+            if p.membership and ops_rng.random() < p.membership:
+                members.step()
             if p.compact:
                 for nid in ids:
                     if snap_rng.random() < p.compact:
@@ -891,7 +1117,9 @@ def simulate_seed(
                 and target == 0
                 and leader.log.committed >= leader.log.last_index()
             ):
-                target = cluster.propose(leader.id, [f"{seed}:calm".encode()])[0]
+                # During a transfer the proposal is dropped: the next leader gets it.
+                with suppress(ProposalDropped):
+                    target = cluster.propose(leader.id, [f"{seed}:calm".encode()])[0]
             cluster.tick()
             cluster.deliver_due()
             if target and cluster.checker.known_commit >= target:
@@ -904,21 +1132,25 @@ def simulate_seed(
             )
     except Violation as exc:
         cluster.note(f"VIOLATION {exc}")
-        return SimResult(
-            seed=seed,
-            violation=str(exc),
-            ticks=cluster.now,
-            commit=cluster.checker.known_commit,
-            reads=cluster.checker.reads_checked,
-            trace=tuple(cluster.trace),
-        )
+        return sim_result(seed, cluster, str(exc))
+    return sim_result(seed, cluster, None)
+
+
+def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
+    """What a run checked and exercised (the trace only with a violation, to replay it)."""
+    checker = cluster.checker
     return SimResult(
         seed=seed,
-        violation=None,
+        violation=violation,
         ticks=cluster.now,
-        commit=cluster.checker.known_commit,
-        reads=cluster.checker.reads_checked,
-        snapshots_installed=cluster.checker.snapshots_installed,
+        commit=checker.known_commit,
+        reads=checker.reads_checked,
+        trace=tuple(cluster.trace) if violation is not None else (),
+        snapshots_installed=checker.snapshots_installed,
+        transfers_asked=cluster.transfers_asked,
+        transfers_done=cluster.transfers_done,
+        memberships_committed=checker.memberships_committed,
+        stale_leaders_checked=checker.stale_leaders_checked,
     )
 
 

@@ -59,6 +59,28 @@ class TransferTests(unittest.SynchronousTestCase):
         self.assertIs(old.role, Role.LEADER)
         old.propose(b"x")
 
+    def test_no_lease_after_a_timed_out_transfer(self) -> None:
+        """A leader whose transfer timed out after it sent TimeoutNow serves no lease reads
+        for the rest of its term: the late TimeoutNow still makes the target win, bypassing
+        the stickiness the lease relies on (simulation seeds 807 and 1857)."""
+        c = make_cluster(election_ticks=10)
+        old = c.elect("n1")
+        c.run(3)
+        self.assertIsNotNone(old.lease_read_index())
+        c.delays = lambda msg: [25] if isinstance(msg, TimeoutNow) else [0]
+        term = old.term
+        old.transfer_leadership("n2")
+        c.process("n1")
+        c.run(12)
+        self.assertIs(old.role, Role.LEADER)
+        old.propose(b"after the timeout")  # the transfer is over
+        c.run(3)
+        self.assertIsNone(old.lease_read_index())
+        c.run(15)
+        self.assertIs(c.node("n2").role, Role.LEADER)
+        self.assertGreater(c.node("n2").term, term)
+        self.assertEqual(old.leader, "n2")
+
     def test_transfer_on_follower_raises_not_leader(self) -> None:
         """Only the leader transfers leadership; a follower names the leader."""
         c = make_cluster()
