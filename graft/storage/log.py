@@ -38,7 +38,7 @@ from graft.raft.types import (
 )
 from graft.storage.errors import StorageError
 from graft.storage.files import FileSystem, OSFileSystem
-from graft.storage.records import parse_segment_name
+from graft.storage.records import encode_records, parse_segment_name
 from graft.storage.recovery import recover
 from graft.storage.segments import SegmentSet, repair
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
@@ -233,7 +233,11 @@ class DurableLog:
         entries = tuple(entries)
         self._apply(hard_state, entries)
         deferred: Deferred[None] = Deferred()
-        self._submit(WriteOp(hard_state=hard_state, entries=entries, deferred=deferred))
+        # Encoded here, so that under load it overlaps the writer thread's current fsync.
+        records = encode_records(entries) if entries else None
+        self._submit(
+            WriteOp(hard_state=hard_state, entries=entries, records=records, deferred=deferred)
+        )
         return deferred
 
     def append_sync(self, entries: Sequence[Entry]) -> None:

@@ -18,6 +18,8 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, islice, repeat
+from operator import add, attrgetter
 from pathlib import Path
 
 from graft.raft.types import Entry
@@ -27,12 +29,14 @@ from graft.storage.records import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentScan,
+    encode_records,
     encode_segment_header,
     parse_segment_name,
-    record_header,
     scan_segment,
     segment_name,
 )
+
+_DATA = attrgetter("data")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -183,7 +187,7 @@ class SegmentSet:
         self.next_index = next_index
         self._on_fsync = on_fsync
         self._handle: WritableFile | None = None  # open on the last segment
-        self._buffer = bytearray()  # records of the last segment not yet written
+        self._pending: list[bytes] = []  # bytes for the last segment, not yet written
         self._unsynced = False
         self._dir_dirty = False
 
@@ -206,12 +210,15 @@ class SegmentSet:
         path = self._dir / segment_name(first_index)
         self._handle = self._files.create(path)
         self.segments.append(Segment(first_index=first_index, path=path, size=0))
-        self._buffer += encode_segment_header(first_index)
+        self._pending.append(encode_segment_header(first_index))
         self.segments[-1].size = SEGMENT_HEADER_SIZE
         self._unsynced = True
         self._dir_dirty = True
 
-    def append(self, entries: Sequence[Entry]) -> None:
+    def append(self, entries: Sequence[Entry], encoded: bytes | None = None) -> None:
+        """Queue ``entries`` for the next ``sync``; ``encoded`` is ``encode_records(entries)``
+        if the caller already has it (the log encodes on the reactor thread, while this
+        thread waits on the previous fsync)."""
         if not entries:
             return
         first = entries[0].index
@@ -219,37 +226,51 @@ class SegmentSet:
             self.truncate_from(first)
         elif first > self.next_index:
             raise ValueError(f"entry {first} does not follow the last index {self.last_index}")
+        if encoded is None:
+            encoded = encode_records(entries)
         if not self.segments:
             self._new_segment(first)
         segment = self.segments[-1]
-        buffer = self._buffer
-        limit = self._segment_bytes
-        header = record_header
-        size = segment.size
-        offsets_append = segment.offsets.append
         self._unsynced = True
-        # The hot loop of group commit: locals only, one header pack per record.
+        if segment.size + len(encoded) <= self._segment_bytes:
+            # The common case, without a Python loop per record: offsets are the running sum
+            # of the record sizes.
+            sizes = map(add, map(len, map(_DATA, entries)), repeat(RECORD_HEADER_SIZE))
+            segment.offsets.extend(islice(accumulate(sizes, initial=segment.size), len(entries)))
+            segment.size += len(encoded)
+            self._pending.append(encoded)
+        else:
+            self._append_rolling(entries, encoded)
+        self.next_index = entries[-1].index + 1
+
+    def _append_rolling(self, entries: Sequence[Entry], encoded: bytes) -> None:
+        """Append records one by one, starting a new segment where the current one is full."""
+        segment = self.segments[-1]
+        limit = self._segment_bytes
+        view = memoryview(encoded)
+        size = segment.size
+        start = 0  # of the records not yet queued for the current segment, in ``encoded``
+        end = 0
         for entry in entries:
-            data = entry.data
-            record_size = RECORD_HEADER_SIZE + len(data)
+            record_size = RECORD_HEADER_SIZE + len(entry.data)
             if size + record_size > limit and segment.offsets:
+                self._pending.append(bytes(view[start:end]))
+                start = end
                 segment.size = size
                 self._new_segment(entry.index)
                 segment = self.segments[-1]
                 size = segment.size
-                offsets_append = segment.offsets.append
-                self._unsynced = True
-            offsets_append(size)
-            buffer += header(entry.index, entry.term, entry.kind, data)
-            buffer += data
+            segment.offsets.append(size)
             size += record_size
+            end += record_size
+        self._pending.append(bytes(view[start:end]))
         segment.size = size
-        self.next_index = entries[-1].index + 1
 
     def _flush(self) -> None:
-        if self._buffer:
-            self._active().write(bytes(self._buffer))
-            self._buffer.clear()
+        pending = self._pending
+        if pending:
+            self._active().write(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
 
     def _sync_file(self) -> None:
         if self._unsynced:
@@ -318,5 +339,5 @@ class SegmentSet:
 
     def abandon(self) -> None:
         """Close without writing (after a write failed)."""
-        self._buffer.clear()
+        self._pending.clear()
         self._close_handle()

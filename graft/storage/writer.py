@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -37,6 +38,7 @@ class WriteOp:
 
     hard_state: HardState | None = None
     entries: Sequence[Entry] = ()
+    records: bytes | None = None  # encode_records(entries), if the caller encoded them
     force_hard_state: bool = False
     action: Callable[[SegmentSet], Any] | None = None
     deferred: Deferred[Any] | None = None
@@ -72,7 +74,7 @@ class BatchWriter:
         force = False
         for op in batch:
             if op.entries:
-                self.disk.append(op.entries)
+                self.disk.append(op.entries, op.records)
             if op.hard_state is not None:
                 self._latest_hs = op.hard_state
             force = force or op.force_hard_state
@@ -101,6 +103,9 @@ class BatchWriter:
         self.disk.close()
 
 
+_STOP = WriteOp()  # queued by ``stop``: write what came before it, then exit
+
+
 class WriterThread:
     """Runs a BatchWriter on one dedicated thread, strictly in queue order."""
 
@@ -113,34 +118,33 @@ class WriterThread:
         self._writer = writer
         self._on_done = on_done
         self._on_stopped = on_stopped
-        self._queue: list[WriteOp] = []
-        self._wake = threading.Condition(threading.Lock())
-        self._stopping = False
+        # A SimpleQueue (C, lock-free put) rather than a Condition: submitting and waking the
+        # writer is one call, which matters when the disk syncs in ~150 us.
+        self._queue: SimpleQueue[WriteOp] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="graft-storage-writer", daemon=True)
         self._thread.start()
 
     def submit(self, op: WriteOp) -> None:
-        with self._wake:
-            self._queue.append(op)
-            self._wake.notify()
+        self._queue.put(op)
 
     def stop(self) -> None:
         """Finish what is queued, close the files, then call ``on_stopped`` and exit."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
+        self._queue.put(_STOP)
 
     def join(self) -> None:
         self._thread.join()
 
     def _run(self) -> None:
         failure: BaseException | None = None
-        while True:
-            with self._wake:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                batch, self._queue = self._queue, []
-                stopping = self._stopping
+        queue = self._queue
+        stopping = False
+        while not (stopping and queue.empty()):
+            batch = [queue.get()]  # sleeps only while nothing is queued
+            while not queue.empty():  # then takes everything queued so far
+                batch.append(queue.get())
+            if _STOP in batch:
+                stopping = True
+                batch = [op for op in batch if op is not _STOP]
             if batch:
                 if failure is None:
                     try:
@@ -148,8 +152,6 @@ class WriterThread:
                     except Exception as error:  # disk full, I/O error: every later op fails
                         failure = error
                 self._on_done(batch, failure, self._writer.disk.last_index)
-            if stopping and not batch:
-                break
         close_error: BaseException | None = None
         try:
             if failure is None:
