@@ -10,7 +10,8 @@ Two measurements, each over real sockets on 127.0.0.1 between separate processes
   processes (a window of messages in flight per follower); an entry counts once both followers
   have acknowledged it, and "quorum" once the first one has.
 
-Followers do no storage and no Raft: this measures codec + TLS + Twisted only. The Entry
+Followers do no storage and no Raft: this measures codec + TLS + Twisted only
+(``benchmarks.driver_bench`` measures the whole runtime, with storage). The Entry
 objects of a batch are built once and reused, since building them is the core's cost, not the
 transport's.
 
