@@ -489,13 +489,6 @@ class Cluster:
             if not progressed:
                 return
 
-    def flush_writes(self) -> None:
-        """Every node's queued writes complete (the disk catches up)."""
-        for nid, sim in self.nodes.items():
-            while sim.node is not None and sim.pending:
-                self._complete(sim, sim.node, sim.pending.popleft())
-                self.process(nid)
-
     def _send_early(self, sim: SimNode, ready: Ready) -> Ready:
         """Send what does not wait for the Ready's writes; the rest stays in the Ready."""
         durable_term = sim.storage.hard_state().term
