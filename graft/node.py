@@ -24,6 +24,7 @@ to any node.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -72,6 +73,11 @@ log = Logger(namespace="graft.node")
 
 class DurableStorage(LogStorage, Protocol):
     def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]: ...
+
+    @property
+    def durable_index(self) -> int:
+        """The last index whose entry is durable (``persist`` has fired for it)."""
+        ...
 
     def save_snapshot(
         self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
@@ -156,6 +162,12 @@ class GraftNode(Service, ClusterBackend):
         # A Ready that installs a received snapshot is taken alone: storage adopts the
         # snapshot only when its turn comes, so nothing after it may be queued early.
         self._installing = False
+        # Readies in flight whose committed entries wait for their write: while there are
+        # any, later Readies apply after theirs too, so entries are applied in order.
+        self._applies_waiting = 0
+        # The first index of each queued write's entries, oldest first: a committed entry at
+        # or above one of them may still be replaced on disk.
+        self._writes_from: deque[int] = deque()
         self._stopping = False
         self._proposals = ProposalWaiters(clock)
         self._applied = IndexWaiters(clock, applied=raft.status().applied)
@@ -304,6 +316,7 @@ class GraftNode(Service, ClusterBackend):
                 later.append(message)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
+        applied = self._apply_before_write(ready)
         write: Deferred[None] | None = None
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
@@ -326,11 +339,36 @@ class GraftNode(Service, ClusterBackend):
         def finish(_: object) -> Deferred[None]:
             d: Deferred[None] = succeed(None)
             d.addCallback(writes)
-            d.addCallback(lambda _: self._after_persist(ready, later))
+            d.addCallback(lambda _: self._after_persist(ready, later, applied=applied))
             d.addErrback(self._fatal, "writing the Raft log")
             return d
 
         self._finished.addCallback(finish)
+
+    def _apply_before_write(self, ready: Ready) -> bool:
+        """Apply the Ready's committed entries now if this node's disk already holds them.
+
+        They are committed (durable on a quorum) and durable here, and no write still queued
+        (this Ready's included) replaces them, so the write concerns them in nothing; the
+        client's answer then does not wait for the next fsync. The FSM is rebuilt from the
+        snapshot and the log at start, so it never holds what the log lacks. True if applied.
+        """
+        entries = ready.committed_entries
+        if ready.entries:
+            self._writes_from.append(ready.entries[0].index)
+        if not entries:
+            return False
+        last = entries[-1].index
+        if (
+            ready.snapshot is None
+            and self._applies_waiting == 0
+            and last <= self._storage.durable_index
+            and (not self._writes_from or last < min(self._writes_from))
+        ):
+            self._apply(entries)
+            return True
+        self._applies_waiting += 1
+        return False
 
     def _may_take_ready(self) -> bool:
         return not self._stopping and not self._installing and self._in_flight < self._max_in_flight
@@ -357,8 +395,10 @@ class GraftNode(Service, ClusterBackend):
         d.addCallback(restore)
         return d
 
-    def _after_persist(self, ready: Ready, messages: list[Message]) -> None:
+    def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1
+        if ready.entries:
+            self._writes_from.popleft()
         if ready.snapshot is not None:
             self._installing = False
         if self._stopping:
@@ -373,7 +413,8 @@ class GraftNode(Service, ClusterBackend):
                     self.peers.send(message)
         if ready.soft_state is not None:
             self._on_soft_state(ready)
-        if ready.committed_entries:
+        if ready.committed_entries and not applied:
+            self._applies_waiting -= 1
             self._apply(ready.committed_entries)
         for read in ready.read_states:
             waiter = self._reads.pop(read.context, None)

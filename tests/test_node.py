@@ -45,6 +45,10 @@ class MemoryDurable(MemoryStorage):
         self._write(hard_state, entries)
         return succeed(None)
 
+    @property
+    def durable_index(self) -> int:
+        return self.last_index()  # held writes reach the log only when released
+
     def release(self) -> None:
         """Make the held writes durable (later writes are held while ``hold`` stays set)."""
         pending, self.pending = self.pending, []
@@ -352,6 +356,34 @@ class DriverTests(unittest.TestCase):
         self.advance(5 * TICK)
         self.assertIsInstance(self.result(first), list)
         self.assertIsInstance(self.result(second), list)
+
+    def test_durable_committed_entries_are_answered_before_the_next_write(self) -> None:
+        """A proposal whose entry is durable on the leader is applied and answered as soon as
+        it commits: the Ready that carries the commit does not make it wait for its own write
+        (which may be a long fsync of later proposals). An entry not yet durable here waits."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        storage = self.storages[leader_id]
+        storage.hold = True
+        self.network.isolate(leader_id)  # no acknowledgement until the entry is durable here
+        answer = leader.submit([put("e", "1")])
+        self.clock.advance(0)
+        self.assertEqual(len(storage.pending), 1)
+        storage.release()  # the entry is durable on the leader; later writes are held
+        self.clock.advance(0)
+        self.assertFalse(answer.called, "answered before a quorum had the entry")
+        self.network.heal()
+        self.advance(3 * TICK)
+        self.assertTrue(storage.pending, "the Ready with the new commit index was not held")
+        self.assertIsInstance(self.result(answer), list)
+
+        late = leader.submit([put("e", "2")])
+        self.advance(3 * TICK)  # committed by the followers, but not durable on the leader
+        self.assertFalse(late.called, "applied an entry this node's disk does not hold yet")
+        storage.hold = False
+        storage.release()
+        self.advance(TICK)
+        self.assertIsInstance(self.result(late), list)
 
     def test_fsm_bug_stops_the_node(self) -> None:
         """An FSM exception other than CommandRejected stops the node (replicas would diverge

@@ -124,7 +124,7 @@ class PeerConnection(TwistedProtocol):
         peer = self._tls.getPeer()
         self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._hello_timer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._hello_timed_out)
-        _limit_unacknowledged_time(self._tls)
+        _tune_socket(self._tls)
         self.owner.connection_made(self)
 
     def handshakeCompleted(self) -> None:
@@ -361,8 +361,18 @@ def _reason_text(reason: Failure) -> str:
 UNACKNOWLEDGED_TIMEOUT_MS = 2000
 
 
-def _limit_unacknowledged_time(tls_transport: Any) -> None:
+def _tune_socket(tls_transport: Any) -> None:
+    """Send each flush at once, and bound how long sent data may stay unacknowledged.
+
+    TLS already coalesces a reactor turn's writes into one flush, so Nagle's algorithm only
+    adds delay: an AppendEntries written while an earlier segment awaits the peer's (delayed)
+    ACK would wait for it, on every commit round.
+    """
     tcp = getattr(tls_transport, "transport", None)
+    set_no_delay = getattr(tcp, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
     get_handle = getattr(tcp, "getHandle", None)
     option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
     if get_handle is None or option is None:
