@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, cast
@@ -67,7 +68,7 @@ from urllib.parse import urlsplit
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -90,6 +91,7 @@ from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
 from graft.api.params import QueryParams, decode_base64, parse_batch
 from graft.api.responses import MethodNotAllowed, retry_after_seconds, write_error, write_json
+from graft.api.root import ApiRoot, DirectHandler
 from graft.api.settings import ApiSettings
 from graft.api.snapshot_download import SnapshotResource
 from graft.errors import (
@@ -111,24 +113,35 @@ _ROUTE_LIST = (
 )
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
-Handler = Callable[Concatenate["GraftApi", Request, P], Awaitable[bytes | IResource]]
+Handler = Callable[
+    Concatenate["GraftApi", Request, P],
+    Awaitable[bytes | IResource] | Deferred[bytes] | bytes,
+]
 
 
 def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..., Deferred[Any]]]:
     """Wrap a handler: count it in the HTTP metrics, check the token, and turn any failure into
-    the JSON error model."""
+    the JSON error model. A handler may be a coroutine function or a plain function returning
+    a Deferred (the hot routes: no coroutine to drive per request)."""
 
     def decorate(handler: Handler[P]) -> Callable[..., Deferred[Any]]:
         @functools.wraps(handler)
         def serve(self: GraftApi, request: Request, *args: P.args, **kwargs: P.kwargs) -> Any:
             self._instrument(request, route)
-
-            async def run() -> bytes | IResource:
+            answer: Deferred[Any]
+            try:
                 if role is not None:
                     self._auth.authorize(_header(request, b"authorization"), role)
-                return await handler(self, request, *args, **kwargs)
-
-            answer: Deferred[Any] = Deferred.fromCoroutine(run())
+                outcome = handler(self, request, *args, **kwargs)
+            except Exception:
+                answer = fail()
+            else:
+                if isinstance(outcome, Deferred):
+                    answer = outcome
+                elif inspect.iscoroutine(outcome):
+                    answer = Deferred.fromCoroutine(outcome)
+                else:
+                    answer = succeed(outcome)
             answer.addErrback(self._failed, request)
             return answer.addCallback(_sized, request)
 
@@ -152,15 +165,23 @@ class GraftApi:
         self._metrics = http_metrics(backend.metrics)
 
     def resource(self) -> IResource:
-        resource: Any = self.app.resource()  # a KleinResource, which mypy cannot see is one
-        return cast(IResource, resource)
+        routed: Any = self.app.resource()  # a KleinResource, which mypy cannot see is one
+        # The hot routes skip Klein's per-request routing (graft.api.root).
+        direct: dict[tuple[bytes, bytes], DirectHandler] = {}
+        for path in (b"/command", b"/command/"):
+            direct[(b"POST", path)] = self.command
+        direct[(b"POST", b"/commands")] = self.commands
+        for path in (b"/query", b"/query/"):
+            for method in (b"GET", b"POST"):
+                direct[(method, path)] = self.query
+        return cast(IResource, ApiRoot(direct, cast(IResource, routed)))
 
     # -- commands --------------------------------------------------------------------------
 
     @app.route("/command", methods=["POST"], endpoint="command")
     @app.route("/command/", methods=["POST"], endpoint="command_slash")
     @_served("command", Role.WRITE)
-    async def command(self, request: Request) -> bytes:
+    def command(self, request: Request) -> Deferred[bytes] | bytes:
         params = QueryParams(request.uri)
         body = self._body(request)
         if params.command_encoding_is_base64():
@@ -168,7 +189,10 @@ class GraftApi:
         _require_nonempty([body])
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        (result,) = await self._submit([body])
+        return self._submit([body]).addCallback(self._command_answered, request)
+
+    def _command_answered(self, results: list[CommandResult], request: Request) -> bytes:
+        (result,) = results
         self._command_headers(request, result)
         if result.error is not None:
             raise FSMRejected(result.error, index=result.index, term=result.term)
@@ -177,34 +201,40 @@ class GraftApi:
 
     @app.route("/commands", methods=["POST"], endpoint="commands")
     @_served("commands", Role.WRITE)
-    async def commands(self, request: Request) -> bytes:
+    def commands(self, request: Request) -> Deferred[bytes] | bytes:
         params = QueryParams(request.uri)
         batch = parse_batch(self._body(request))
         _require_nonempty(batch)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        results = await self._submit(batch)
+        return self._submit(batch).addCallback(self._batch_answered, request)
+
+    def _batch_answered(self, results: list[CommandResult], request: Request) -> bytes:
         self._command_headers(request, results[-1])
         as_json = _is_json(self._backend.content_type)
         return write_json(request, 200, [_batch_entry(r, as_json) for r in results])
 
-    async def _submit(self, commands: Sequence[bytes]) -> list[CommandResult]:
+    def _submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         ms = self._settings.command_timeout_ms
-        work = maybeDeferred(self._backend.submit, commands)
-        try:
-            results = await within(
-                work,
-                ms / 1000,
-                self._reactor,
-                lambda: _command_timeout(f"the command was not applied within {ms} ms"),
-            )
-        except Timeout as e:
-            raise _command_timeout(e.message) from None
-        if len(results) != len(commands):
-            raise RuntimeError(
-                f"backend answered {len(results)} results for {len(commands)} commands"
-            )
-        return results
+        answer = within(
+            maybeDeferred(self._backend.submit, commands),
+            ms / 1000,
+            self._reactor,
+            lambda: Timeout(f"the command was not applied within {ms} ms"),
+        )
+
+        def counted(results: list[CommandResult]) -> list[CommandResult]:
+            if len(results) != len(commands):
+                raise RuntimeError(
+                    f"backend answered {len(results)} results for {len(commands)} commands"
+                )
+            return results
+
+        def timed_out(failure: Failure) -> Failure:
+            failure.trap(Timeout)
+            raise _command_timeout(cast(Timeout, failure.value).message)
+
+        return answer.addCallbacks(counted, timed_out)
 
     def _command_headers(self, request: Request, result: CommandResult) -> None:
         request.setHeader(b"Graft-Index", str(result.index).encode("ascii"))
@@ -216,7 +246,7 @@ class GraftApi:
     @app.route("/query", methods=["GET", "POST"], endpoint="query")
     @app.route("/query/", methods=["GET", "POST"], endpoint="query_slash")
     @_served("query", Role.READ)
-    async def query(self, request: Request) -> bytes:
+    def query(self, request: Request) -> Deferred[bytes] | bytes:
         params = QueryParams(request.uri)
         consistency = params.consistency()
         min_index = params.non_negative_int("min_index")
@@ -235,7 +265,7 @@ class GraftApi:
         ):
             return self._redirect(request)
         ms = self._settings.query_timeout_ms
-        result: QueryResult = await within(
+        answer: Deferred[QueryResult] = within(
             maybeDeferred(
                 self._backend.query,
                 query,
@@ -250,6 +280,9 @@ class GraftApi:
                 "use consistency=weak if a possibly stale answer will do"
             ),
         )
+        return answer.addCallback(self._query_answered, request)
+
+    def _query_answered(self, result: QueryResult, request: Request) -> bytes:
         request.setHeader(b"Graft-Index", str(result.applied_index).encode("ascii"))
         if result.leader is not None:
             request.setHeader(b"Graft-Leader", result.leader.encode("utf-8"))
