@@ -38,13 +38,16 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     from graft.config import ConfigError
+    from graft.gc_policy import apply_node_policy
     from graft.service import make_service
     from graft.storage import StorageError
 
     cfg = options["cluster"]
     try:
-        return make_service(cfg, cfg.node, join=bool(options["join"]))
+        service = make_service(cfg, cfg.node, join=bool(options["join"]))
     except (ConfigError, StorageError) as e:
         # One line, no traceback: these are the operator's to fix, and the message says how.
         print(f"graft: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    apply_node_policy()  # the log is replayed and the FSM restored by now
+    return service
