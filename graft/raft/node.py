@@ -120,8 +120,10 @@ class RaftNode:
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
         self._pending_membership_index = 0
-        # Follower: contexts of reads forwarded to the leader and not yet answered.
-        self._forwarded: list[bytes] = []
+        # A follower's reads for the leader: queued this turn, then sent as one
+        # ReadIndexRequest whose context is the first read's, answering all of them.
+        self._forward_queue: list[bytes] = []
+        self._forwarded: dict[bytes, list[bytes]] = {}
 
         self._prev_hard_state = hard_state
         self._prev_soft_state = self._soft_state()
@@ -222,7 +224,9 @@ class RaftNode:
     def _become_follower(self, term: int, leader: NodeId | None) -> None:
         if self._role is Role.LEADER:
             self._fail_pending_reads()
-        if self._forwarded and (leader is None or leader != self._leader or term != self._term):
+        if self._has_forwarded() and (
+            leader is None or leader != self._leader or term != self._term
+        ):
             self._fail_forwarded_reads()
         if term != self._term:
             self._term = term
@@ -490,10 +494,7 @@ class RaftNode:
                 return
             self._register_read(context, None)
         elif self._leader is not None:
-            self._forwarded.append(context)
-            self._send(
-                ReadIndexRequest(term=self._term, sender=self._id, to=self._leader, context=context)
-            )
+            self._forward_queue.append(context)
         else:
             self._read_states.append(ReadState(context=context, index=None))
 
@@ -553,10 +554,27 @@ class RaftNode:
                     )
                 )
 
+    def _has_forwarded(self) -> bool:
+        return bool(self._forward_queue or self._forwarded)
+
+    def _forward_reads(self) -> None:
+        """One ReadIndexRequest for every read queued since the last Ready. The leader's
+        answer is a commit index taken after each of them arrived here, so it serves them all
+        (thesis 6.4: the index only has to be fixed after the read began)."""
+        queued, self._forward_queue = self._forward_queue, []
+        if self._leader is None:  # lost the leader since: the driver retries
+            self._read_states.extend(ReadState(context=c, index=None) for c in queued)
+            return
+        self._forwarded[queued[0]] = queued
+        self._send(
+            ReadIndexRequest(term=self._term, sender=self._id, to=self._leader, context=queued[0])
+        )
+
     def _fail_forwarded_reads(self) -> None:
-        for context in self._forwarded:
-            self._read_states.append(ReadState(context=context, index=None))
-        self._forwarded = []
+        for reads in [self._forward_queue, *self._forwarded.values()]:
+            self._read_states.extend(ReadState(context=c, index=None) for c in reads)
+        self._forward_queue = []
+        self._forwarded = {}
 
     # -- messages in ------------------------------------------------------------------------
 
@@ -625,7 +643,7 @@ class RaftNode:
         if self._role is not Role.FOLLOWER and self._role is not Role.LEARNER:
             self._become_follower(self._term, leader)
         elif self._leader != leader:
-            if self._forwarded:
+            if self._has_forwarded():
                 self._fail_forwarded_reads()
             self._leader = leader
         self._election_elapsed = 0
@@ -726,9 +744,9 @@ class RaftNode:
             self._become_follower(self._term, None)
 
     def _on_read_index_response(self, msg: ReadIndexResponse) -> None:
-        if msg.context in self._forwarded:
-            self._forwarded.remove(msg.context)
-            self._read_states.append(ReadState(context=msg.context, index=msg.index))
+        reads = self._forwarded.pop(msg.context, None)
+        if reads is not None:
+            self._read_states.extend(ReadState(context=c, index=msg.index) for c in reads)
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
         if self._id in self._membership.voters and self._role is not Role.LEADER:
@@ -956,6 +974,8 @@ class RaftNode:
         return HardState(term=self._term, vote=self._vote, commit=self._log.committed)
 
     def _flush(self) -> None:
+        if self._forward_queue:
+            self._forward_reads()
         if self._role is Role.LEADER:
             if self._append_needed:
                 self._broadcast_append(allow_empty=False)
@@ -967,6 +987,7 @@ class RaftNode:
         return bool(
             self._msgs
             or self._read_states
+            or self._forward_queue
             or (self._role is Role.LEADER and (self._append_needed or self._read_round_needed))
             or log.has_unhanded()
             or log.has_unhanded_snapshot()

@@ -679,12 +679,14 @@ class Cluster:
         self.process(nid)
         return indexes
 
-    def read(self, nid: NodeId, context: bytes) -> None:
-        """A ReadIndex read, checked for linearizability when answered."""
+    def read(self, nid: NodeId, context: bytes, *, process: bool = True) -> None:
+        """A ReadIndex read, checked for linearizability when answered. ``process=False``
+        leaves the Ready for a later read of the same turn (a follower batches them)."""
         self.checker.read_issued_now(context)
         self.note(f"{nid} read_index {context!r}")
         self.node(nid).read_index(context)
-        self.process(nid)
+        if process:
+            self.process(nid)
 
     def lease_read(self, nid: NodeId, *, note: bool = True) -> int | None:
         node = self.node(nid)
@@ -1086,7 +1088,13 @@ def simulate_seed(
                     if rng.random() < 0.5:
                         cluster.lease_read(nid)
                     else:
-                        cluster.read(nid, f"r{reads}".encode())
+                        # Sometimes a burst in one turn, which a follower forwards as one.
+                        burst = 1 if rng.random() < 0.7 else rng.randrange(2, 4)
+                        for k in range(burst):
+                            if k:
+                                reads += 1
+                            last = k == burst - 1
+                            cluster.read(nid, f"r{reads}".encode(), process=last)
             cluster.tick()
             cluster.deliver_due(shuffle)
         # Calm: everyone up, network whole and reliable. A leader must emerge and commit.

@@ -56,6 +56,29 @@ class ReadIndexTests(unittest.SynchronousTestCase):
         self.assertEqual(len(rec.of(ReadIndexRequest, sender="n2", to="n1")), 1)
         self.assertEqual(c.nodes["n2"].read_answers, {b"f": 2})
 
+    def test_follower_reads_of_one_turn_share_one_request(self) -> None:
+        """Reads a follower takes before its next Ready go to the leader as one
+        ReadIndexRequest, whose answer serves them all; a read taken after that request was
+        sent needs a request of its own (the index must be fixed after the read began)."""
+        c = make_cluster()
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        for context in (b"a", b"b"):  # taken in one turn: no Ready in between
+            c.checker.read_issued_now(context)
+            c.node("n2").read_index(context)
+        c.read("n2", b"c")
+        c.stabilize()
+        self.assertEqual(len(rec.of(ReadIndexRequest, sender="n2", to="n1")), 1)
+        self.assertEqual(c.nodes["n2"].read_answers, {b"a": 2, b"b": 2, b"c": 2})
+        c.propose("n1", [b"w2"])
+        c.stabilize()
+        c.read("n2", b"d")
+        c.stabilize()
+        self.assertEqual(len(rec.of(ReadIndexRequest, sender="n2", to="n1")), 2)
+        self.assertEqual(c.nodes["n2"].read_answers[b"d"], 3)
+
     def test_read_without_leader_refused(self) -> None:
         """With no known leader, read_index answers at once with a refused ReadState."""
         c = make_cluster()
