@@ -1,6 +1,7 @@
 """Storage benchmark: group commit against a raw write+fsync loop, and reopen time.
 
     python -m benchmarks.storage_bench [--dir DIR] [--batches N] [--rounds R] [--records M]
+                                       [--cpu C]
 
 For 100-byte entries it reports records per second, in the same run and on the same disk:
 
@@ -8,7 +9,10 @@ For 100-byte entries it reports records per second, in the same run and on the s
   number of records, of the same on-disk size (129 bytes), per fsync as the log writes;
 - group commit, sequential: one ``persist(hard_state, batch entries)`` at a time on the real
   reactor, the next one issued when the previous fired: exactly ``batch`` records per fsync,
-  and every cost of the log (encoding, thread hand-offs, Deferreds) is on the critical path;
+  and every cost of the log (encoding, thread hand-offs, Deferreds) is on the critical path.
+  Raw and sequential alternate in blocks of ``--batches / 10`` batches within a round (the
+  log stays open), so that both see the same disk: its fsync latency drifts by tens of
+  percent within seconds on a shared virtual disk;
 - group commit under load, two ways: *stream*, one persist of ``batch`` entries per reactor
   turn while fewer than 8 are outstanding (a leader turning proposals into Readys while the
   disk syncs; ``persist`` encodes on the reactor, overlapping the writer's fsync), and *4 in
@@ -22,6 +26,10 @@ then a per-batch breakdown of the sequential case in microseconds (raw write and
 log's fsync, encoding a batch, and the rest: hand-offs between threads, the write call,
 Deferreds), and the time to reopen (replay) a log of ``--records`` (default 1,000,000)
 records. Each figure is the median of ``--rounds`` rounds. Temp files are removed at the end.
+
+``--cpu C`` runs everything on CPU ``C`` (raw loop, reactor and writer thread alike): the two
+thread hand-offs of each batch then cost a context switch instead of waking an idle CPU, which
+on this virtual machine takes about 20 us each way (see docs/benchmarks.md).
 
 The target (issue #3): group commit at >= 60% of raw at the same batch size. Figures are in
 docs/benchmarks.md.
@@ -160,6 +168,60 @@ def group_commit_rate(
     )
 
 
+@defer.inlineCallbacks
+def sequential_pair(reactor: Any, path: Path, batch: int, batches: int, blocks: int = 10) -> Any:
+    """Raw loop and sequential group commit, alternating in ``blocks`` blocks: raw rec/s, raw
+    mean write and fsync seconds, group commit rec/s and its mean fsync seconds."""
+    fsyncs: list[float] = []
+    log = open_log(path / "log", reactor, fsyncs.append)
+    chunks = [make_entries(1 + k * batch, batch) for k in range(batches)]
+    per_block = max(batches // blocks, 1)
+    raw_seconds = log_seconds = 0.0
+    raw_records = log_records = 0
+    writes: list[float] = []
+    raw_fsyncs: list[float] = []
+    clock = time.perf_counter
+    k = 0
+    while k < batches:
+        count = min(per_block, batches - k)
+        rate, write_s, fsync_s = raw_rate(path / "raw", batch, count)
+        raw_seconds += batch * count / rate
+        raw_records += batch * count
+        writes.append(write_s)
+        raw_fsyncs.append(fsync_s)
+        started = clock()
+        yield _one_at_a_time(log, chunks, batch, k, k + count)
+        log_seconds += clock() - started
+        log_records += batch * count
+        k += count
+    yield log.close()
+    shutil.rmtree(path)
+    return (
+        raw_records / raw_seconds,
+        statistics.mean(writes),
+        statistics.mean(raw_fsyncs),
+        log_records / log_seconds,
+        statistics.mean(fsyncs) if fsyncs else 0.0,
+    )
+
+
+def _one_at_a_time(
+    log: DurableLog, chunks: list[list[Entry]], batch: int, start: int, stop: int
+) -> defer.Deferred[None]:
+    """Persist chunks[start:stop], each issued from the callback of the previous one."""
+    finished: defer.Deferred[None] = defer.Deferred()
+
+    def issue(_: object, j: int) -> None:
+        if j == stop:
+            finished.callback(None)
+            return
+        hard_state = HardState(term=1, vote="bench", commit=j * batch)
+        log.persist(hard_state, chunks[j]).addCallback(issue, j + 1)
+
+    issue(None, start)
+    return finished
+
+
 def sync_per_record_rate(reactor: Any, path: Path, count: int) -> float:
     log = DurableLog.open(path, node_id="bench", cluster="bench", reactor=Clock(), threaded=False)
     entries = make_entries(1, count)
@@ -196,10 +258,13 @@ def reopen_time(path: Path, records: int) -> tuple[float, float, int]:
 def main(reactor: Any, args: argparse.Namespace) -> Any:
     base = Path(tempfile.mkdtemp(prefix="graft-storage-bench-", dir=args.dir))
     try:
+        if args.cpu is not None:
+            os.sched_setaffinity(0, {args.cpu})  # this thread; the log's writer inherits it
+        pinned = f", all on CPU {args.cpu}" if args.cpu is not None else ""
         print(
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{platform.python_implementation()} {platform.python_version()}, "
-            f"dir {base} ({_fs_type(base)})"
+            f"dir {base} ({_fs_type(base)}){pinned}; load average {_load()}"
         )
         print(
             f"records of {RECORD_DATA} data bytes ({len(encode_record(make_entries(1, 1)[0]))}"
@@ -219,17 +284,16 @@ def main(reactor: Any, args: argparse.Namespace) -> Any:
             coalesced: list[float] = []
             coalesced_rpf: list[float] = []
             for round_ in range(args.rounds):
-                rate, write_s, fsync_s = raw_rate(
-                    base / f"raw-{batch}-{round_}", batch, args.batches
+                pair_dir = base / f"seq-{batch}-{round_}"
+                pair_dir.mkdir()
+                rate, write_s, fsync_s, seq_rate, seq_fsync_s = yield sequential_pair(
+                    reactor, pair_dir, batch, args.batches
                 )
                 raw.append(rate)
                 raw_write.append(write_s)
                 raw_fsync.append(fsync_s)
-                rate, _, fsync_s = yield group_commit_rate(
-                    reactor, base / f"seq-{batch}-{round_}", batch, args.batches, 1
-                )
-                seq.append(rate)
-                seq_fsync.append(fsync_s)
+                seq.append(seq_rate)
+                seq_fsync.append(seq_fsync_s)
                 for inflight, stream, rates, rpfs in (
                     (8, True, loaded, loaded_rpf),
                     (4, False, coalesced, coalesced_rpf),
@@ -313,8 +377,13 @@ def main(reactor: Any, args: argparse.Namespace) -> Any:
                 f"\nreopen of a {args.records:,}-record log ({segments} segments of 64 MiB): "
                 f"{open_s:.2f} s (written in {write_s:.1f} s; page cache warm)"
             )
+        print(f"\nload average at the end: {_load()}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _fs_type(path: Path) -> str:
@@ -336,6 +405,7 @@ def run() -> None:
     parser.add_argument("--batches", type=int, default=1000, help="batches per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--records", type=int, default=1_000_000, help="0 skips the reopen test")
+    parser.add_argument("--cpu", type=int, default=None, help="run everything on this CPU")
     args = parser.parse_args()
     task.react(main, [args])
 

@@ -2,7 +2,7 @@
 
 A data dir holds::
 
-    identity                        node id, cluster name, format version (written once)
+    identity                        node id, cluster name, data dir format (written once)
     hardstate                       term, vote, commit (replaced atomically)
     log-<first index>.seg           the log, in segments of ``segment_bytes``
     snap-<index>-<term>.data        the newest snapshot's bytes

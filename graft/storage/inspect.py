@@ -62,10 +62,12 @@ def check_data_dir(path: Path | str, *, files: FileSystem | None = None) -> Chec
         for segment in found.replay.segments:
             span = (
                 f"entries {segment.first_index}..{segment.last_index}"
-                if segment.offsets
+                if segment.count
                 else "no entries"
             )
-            report.lines.append(f"{segment.path.name}: {span}, {segment.size} bytes")
+            report.lines.append(
+                f"{segment.path.name}: {span}, {segment.size} bytes, format {segment.version}"
+            )
         report.lines.extend(f"repair at next start: {note}" for note in found.notes)
         if found.entries:
             span = f"entries {found.first_index}..{found.first_index + len(found.entries) - 1}"

@@ -45,7 +45,7 @@ def recover(
     segments = found.segments
     entries = found.entries
     first = found.first_index
-    next_index = segments[-1].first_index + len(segments[-1].offsets) if segments else floor + 1
+    next_index = segments[-1].last_index + 1 if segments else floor + 1
     discard = False
     if snapshot is not None:
         meta = snapshot.meta

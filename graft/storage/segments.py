@@ -4,6 +4,8 @@ Only one thread touches a ``SegmentSet`` after open (the writer thread, or the c
 synchronous mode). The ordering rules that make a crash at any point recoverable:
 
 - appends of a batch go out in one write per segment and one fsync;
+- appends go to the last segment only if it has the current format (``FORMAT_VERSION``); a
+  last segment of an older format is left whole and a new segment starts;
 - before a new segment is created the full one is fsynced, so every segment but the last is
   always whole on disk, and only the last may end in a torn record;
 - truncating a suffix first deletes the later segments (newest first, each deletion made
@@ -18,14 +20,13 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, islice, repeat
-from operator import add, attrgetter
 from pathlib import Path
 
 from graft.raft.types import Entry
 from graft.storage.errors import CorruptionError
 from graft.storage.files import FileSystem, WritableFile
 from graft.storage.records import (
+    FORMAT_VERSION,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentScan,
@@ -36,19 +37,64 @@ from graft.storage.records import (
     segment_name,
 )
 
-_DATA = attrgetter("data")
-
 
 @dataclass(slots=True, kw_only=True)
 class Segment:
+    """One segment file and where its records start.
+
+    Where each record starts is only needed to truncate, which is rare, so appends do not
+    compute it per record: the records found at open have their offsets, those appended since
+    are kept as entries (the log holds them in memory anyway) after ``appended_at``, and
+    ``offset_of`` adds up their sizes when asked.
+    """
+
     first_index: int
     path: Path
     size: int
-    offsets: array[int] = field(default_factory=lambda: array("Q"))
+    version: int = FORMAT_VERSION
+    offsets: array[int] = field(default_factory=lambda: array("Q"))  # records found at open
+    appended: list[Entry] = field(default_factory=list)  # records appended since, in order
+    appended_at: int = 0  # the offset of appended[0]
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets) + len(self.appended)
 
     @property
     def last_index(self) -> int:
-        return self.first_index + len(self.offsets) - 1
+        return self.first_index + self.count - 1
+
+    def add(self, entries: Sequence[Entry], size: int) -> None:
+        """Note ``entries``, ``size`` bytes of records, as written at the end."""
+        if not self.appended:
+            self.appended_at = self.size
+        self.appended.extend(entries)
+        self.size += size
+
+    def offset_of(self, index: int) -> int:
+        """Where the record of ``index`` starts (or the end of the file, after the last)."""
+        position = index - self.first_index
+        found = len(self.offsets)
+        if position < found:
+            return self.offsets[position]
+        if not self.appended:
+            return self.size
+        before = self.appended[: position - found]
+        return (
+            self.appended_at + sum(len(e.data) for e in before) + RECORD_HEADER_SIZE * len(before)
+        )
+
+    def cut(self, index: int) -> None:
+        """Forget the records from ``index`` on (the caller cuts the file at ``size``)."""
+        size = self.offset_of(index)
+        position = index - self.first_index
+        found = len(self.offsets)
+        if position < found:
+            del self.offsets[position:]
+            self.appended.clear()
+        else:
+            del self.appended[position - found :]
+        self.size = size
 
 
 @dataclass(slots=True, kw_only=True)
@@ -135,7 +181,13 @@ def replay(files: FileSystem, data_dir: Path, *, floor_index: int) -> Replay:
             )
             cut = (path, scan.end)
         segments.append(
-            Segment(first_index=scan.first_index, path=path, size=scan.end, offsets=scan.offsets)
+            Segment(
+                first_index=scan.first_index,
+                path=path,
+                size=scan.end,
+                version=scan.version,
+                offsets=scan.offsets,
+            )
         )
         entries.extend(scan.entries)
     first = segments[0].first_index if segments else floor_index + 1
@@ -228,16 +280,12 @@ class SegmentSet:
             raise ValueError(f"entry {first} does not follow the last index {self.last_index}")
         if encoded is None:
             encoded = encode_records(entries)
-        if not self.segments:
+        if not self.segments or self.segments[-1].version != FORMAT_VERSION:
             self._new_segment(first)
         segment = self.segments[-1]
         self._unsynced = True
         if segment.size + len(encoded) <= self._segment_bytes:
-            # The common case, without a Python loop per record: offsets are the running sum
-            # of the record sizes.
-            sizes = map(add, map(len, map(_DATA, entries)), repeat(RECORD_HEADER_SIZE))
-            segment.offsets.extend(islice(accumulate(sizes, initial=segment.size), len(entries)))
-            segment.size += len(encoded)
+            segment.add(entries, len(encoded))
             self._pending.append(encoded)
         else:
             self._append_rolling(entries, encoded)
@@ -248,23 +296,22 @@ class SegmentSet:
         segment = self.segments[-1]
         limit = self._segment_bytes
         view = memoryview(encoded)
-        size = segment.size
         start = 0  # of the records not yet queued for the current segment, in ``encoded``
         end = 0
-        for entry in entries:
+        run = 0  # of the entries in that part
+        for position, entry in enumerate(entries):
             record_size = RECORD_HEADER_SIZE + len(entry.data)
-            if size + record_size > limit and segment.offsets:
+            if segment.size + end - start + record_size > limit and (segment.count or run):
                 self._pending.append(bytes(view[start:end]))
+                segment.add(entries[position - run : position], end - start)
                 start = end
-                segment.size = size
+                run = 0
                 self._new_segment(entry.index)
                 segment = self.segments[-1]
-                size = segment.size
-            segment.offsets.append(size)
-            size += record_size
             end += record_size
+            run += 1
         self._pending.append(bytes(view[start:end]))
-        segment.size = size
+        segment.add(entries[len(entries) - run :], end - start)
 
     def _flush(self) -> None:
         pending = self._pending
@@ -303,9 +350,7 @@ class SegmentSet:
             self._files.sync_dir(self._dir)
         if self.segments and self.segments[-1].last_index >= index:
             segment = self.segments[-1]
-            keep = index - segment.first_index
-            segment.size = segment.offsets[keep]
-            del segment.offsets[keep:]
+            segment.cut(index)
             handle = self._active()
             handle.truncate(segment.size)
             self._unsynced = True

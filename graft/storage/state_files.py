@@ -21,12 +21,14 @@ from typing import Any
 from graft.raft.types import HardState
 from graft.storage.errors import CorruptionError, IdentityMismatch, StorageError
 from graft.storage.files import FileSystem, write_atomic
-from graft.storage.records import FORMAT_VERSION
 
 IDENTITY_FILE = "identity"
 HARD_STATE_FILE = "hardstate"
 _IDENTITY_MAGIC = b"graft-identity"
 _HARD_STATE_MAGIC = b"graft-hardstate"
+# The layout of the data dir (which files, what they hold). Not the segment format: each
+# segment names its own version, so a new segment format needs no new data dir format.
+DATA_DIR_FORMAT = 1
 
 
 def encode_checked(magic: bytes, body: dict[str, Any]) -> bytes:
@@ -61,7 +63,7 @@ def decode_checked(magic: bytes, raw: bytes, path: Path) -> dict[str, Any]:
 class Identity:
     node_id: str
     cluster: str
-    format: int = FORMAT_VERSION
+    format: int = DATA_DIR_FORMAT
 
 
 def write_identity(files: FileSystem, data_dir: Path, identity: Identity) -> None:
@@ -83,10 +85,10 @@ def read_identity(files: FileSystem, data_dir: Path) -> Identity | None:
 
 
 def check_identity(path: Path, found: Identity, *, node_id: str, cluster: str) -> None:
-    if found.format != FORMAT_VERSION:
+    if found.format != DATA_DIR_FORMAT:
         raise StorageError(
             f"{path}: data dir has storage format {found.format}, this build reads "
-            f"{FORMAT_VERSION}; run a graft version that matches it"
+            f"{DATA_DIR_FORMAT}; run a graft version that matches it"
         )
     if found.node_id != node_id or found.cluster != cluster:
         raise IdentityMismatch(

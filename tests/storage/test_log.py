@@ -192,6 +192,37 @@ class PersistTests(LogTestCase):
         log = self.reopen(log)
         self.assertEqual((log.last_index(), log.term(39), log.term(40)), (45, 1, 2))
 
+    def test_truncation_cuts_at_every_record_boundary(self) -> None:
+        """Record offsets are worked out only when truncating: cutting at any index, whether
+        the record was found at open or appended since (in batches of several sizes, across
+        segment rolls), leaves exactly the records before it, byte for byte."""
+        log = self.open()
+        log.append_sync(entries(1, 30, size=50))
+        log = self.reopen(log)  # 1..30 are now records found at open
+        first = 31
+        for count, size in ((1, 7), (5, 200), (17, 33), (40, 90), (3, 1)):
+            log.persist(None, entries(first, first + count - 1, size=size))
+            first += count
+        self.clock.advance(0)
+        full = log.entries(1, first)
+        expected = {}
+        for cut in (1, 2, 17, 30, 31, 32, 36, 37, 52, 53, 80, first - 2, first - 1):
+            twin = self.files.copy()
+            cut_log = self.open(files=twin)
+            cut_log.append_sync([Entry(index=cut, term=2, data=b"new")])
+            self.successResultOf(cut_log.close())
+            expected[cut] = [*full[: cut - 1], Entry(index=cut, term=2, data=b"new")]
+            reopened = self.open(files=twin.copy())
+            self.assertEqual(reopened.entries(1, cut + 1), expected[cut], f"cut at {cut}")
+        for cut in (36, 53, first - 1):  # and with the cut made by the log that appended them
+            twin = self.files.copy()
+            same = self.open(files=twin)
+            same.append_sync(full[29:45])  # re-appends 30.. as records appended since open
+            same.append_sync(full[45:])
+            same.append_sync([Entry(index=cut, term=2, data=b"new")])
+            self.successResultOf(same.close())
+            self.assertEqual(self.open(files=twin.copy()).entries(1, cut + 1), expected[cut])
+
     def test_gap_is_rejected(self) -> None:
         """Entries that would leave a hole after the last index are a programming error."""
         log = self.open()
