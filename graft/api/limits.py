@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -82,10 +83,24 @@ class BoundedRequest(Request):
         channel.loseConnection()
 
 
+class ApiChannel(HTTPChannel):
+    """HTTP/1.1 only (the API never negotiates HTTP/2, so twisted.web's protocol-choosing
+    wrapper would only add a call per read), with the local address asked of the kernel once
+    per connection instead of once per request."""
+
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+
 class ApiSite(Site):
     """A Site whose requests enforce ``max_body_bytes`` and whose bodies stay raw bytes."""
 
     requestFactory = BoundedRequest
+    protocol = ApiChannel
 
     def __init__(self, resource: IResource, *, max_body_bytes: int, reactor: Any) -> None:
         # Bodies are commands and queries, never forms: a "multipart/form-data" or URL-encoded
