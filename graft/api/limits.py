@@ -100,7 +100,7 @@ class ApiSite(Site):
     """A Site whose requests enforce ``max_body_bytes`` and whose bodies stay raw bytes."""
 
     requestFactory = BoundedRequest
-    protocol = ApiChannel
+    protocol = ApiChannel  # type: ignore[assignment]  # any IProtocol factory will do
 
     def __init__(self, resource: IResource, *, max_body_bytes: int, reactor: Any) -> None:
         # Bodies are commands and queries, never forms: a "multipart/form-data" or URL-encoded
