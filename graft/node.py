@@ -24,6 +24,7 @@ to any node.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -172,6 +173,9 @@ class GraftNode(Service, ClusterBackend):
         self._proposals = ProposalWaiters(clock)
         self._applied = IndexWaiters(clock, applied=raft.status().applied)
         self._reads: dict[bytes, Deferred[int]] = {}
+        # Read contexts differ between runs of this node, so that a leader's answer to a read
+        # of an earlier run can never be taken for one of this run.
+        self._read_prefix = os.urandom(6).hex().encode()
         self._read_ids = itertools.count(1)
         self._proposed_at: dict[int, float] = {}
         self._last_leader_contact = 0.0
@@ -702,7 +706,7 @@ class GraftNode(Service, ClusterBackend):
         return self._read_at(query, min_index or 0)
 
     def _linearizable_read(self, query: bytes, min_index: int | None) -> Deferred[QueryResult]:
-        context = b"r%d" % next(self._read_ids)
+        context = b"%s.%d" % (self._read_prefix, next(self._read_ids))
         d: Deferred[Any] = Deferred()
         self._reads[context] = d
 
