@@ -27,9 +27,12 @@ Theory of operation, briefly:
   ``report_snapshot``; without a report or an answer the leader retries after an election
   timeout.
 - Reads. ReadIndex batches reads under the next heartbeat round; a quorum answer to that round
-  confirms them. The lease is valid for election_ticks - lease_drift_ticks after the *sending*
-  of a round a quorum answered. A leader that has sent TimeoutNow holds no lease for the rest
-  of its term, even once the transfer timed out: the target's election ignores stickiness,
+  confirms them. A follower's read needs no round when the follower and the leader are a
+  quorum (two or three voters): the follower accepts the answer only while still in the
+  leader's term, which is the acknowledgement the round would have collected from it. The
+  lease is valid for election_ticks - lease_drift_ticks after the *sending* of a round a
+  quorum answered. A leader that has sent TimeoutNow holds no lease for the rest of its term,
+  even once the transfer timed out: the target's election ignores stickiness,
   and the TimeoutNow (or a duplicate of it) may still be on its way.
 """
 
@@ -517,13 +520,29 @@ class RaftNode:
 
     def _register_read(self, context: bytes, requester: NodeId | None) -> None:
         index = self._log.committed
-        if self._membership.voters == {self._id}:
+        if self._membership.voters == {self._id} or self._requester_completes_quorum(requester):
             self._answer_read(PendingRead(context=context, index=index, seq=0, requester=requester))
             return
         self._reads.add(
             PendingRead(context=context, index=index, seq=self._hb_seq + 1, requester=requester)
         )
         self._read_round_needed = True
+
+    def _requester_completes_quorum(self, requester: NodeId | None) -> bool:
+        """Whether a follower's read needs no heartbeat round: the follower and this leader
+        are a quorum.
+
+        A round confirms a read when a quorum was still in this term after the read arrived
+        here. The requester drops an answer from an older term than its own, so if it accepts
+        ours it was still in this term after the read arrived (we answer after that): its
+        acceptance is the acknowledgement a round would collect from it. With two or three
+        voters, that and this leader are a quorum, and the answer can leave at once.
+        """
+        return (
+            requester is not None
+            and requester in self._membership.voters
+            and self._membership.quorum() <= 2
+        )
 
     def _answer_read(self, read: PendingRead) -> None:
         if read.requester is None:
@@ -744,6 +763,8 @@ class RaftNode:
             self._become_follower(self._term, None)
 
     def _on_read_index_response(self, msg: ReadIndexResponse) -> None:
+        # Only an answer of our current term gets here (step drops older ones, and a newer
+        # term has already failed what we forwarded): _requester_completes_quorum relies on it.
         reads = self._forwarded.pop(msg.context, None)
         if reads is not None:
             self._read_states.extend(ReadState(context=c, index=msg.index) for c in reads)

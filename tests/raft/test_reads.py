@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from graft.raft.messages import AppendEntriesResponse, Heartbeat, ReadIndexRequest
+from graft.raft.messages import (
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+)
+from graft.raft.types import Membership
 from tests.raft.helpers import Recorder, make_cluster
 
 
@@ -78,6 +85,96 @@ class ReadIndexTests(unittest.SynchronousTestCase):
         c.stabilize()
         self.assertEqual(len(rec.of(ReadIndexRequest, sender="n2", to="n1")), 2)
         self.assertEqual(c.nodes["n2"].read_answers[b"d"], 3)
+
+    def test_follower_read_with_three_voters_needs_no_round(self) -> None:
+        """With three voters the requester and the leader are a quorum: the leader answers a
+        follower's ReadIndexRequest at once, with no heartbeat round in between."""
+        c = make_cluster()
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        rec.drop = [Heartbeat]  # no round can confirm anything
+        c.read("n2", b"f")
+        c.stabilize()
+        self.assertEqual(rec.of(Heartbeat, sender="n1"), [])
+        self.assertEqual(len(rec.of(ReadIndexResponse, sender="n1", to="n2")), 1)
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": 2})
+
+    def test_follower_read_with_five_voters_waits_for_a_round(self) -> None:
+        """With five voters the requester and the leader are no quorum: the answer waits for
+        a heartbeat round that a quorum acknowledged."""
+        c = make_cluster(("n1", "n2", "n3", "n4", "n5"))
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        rec.drop = [HeartbeatResponse]
+        c.read("n2", b"f")
+        c.stabilize()
+        self.assertTrue(rec.of(Heartbeat, sender="n1"))
+        self.assertEqual(rec.of(ReadIndexResponse, sender="n1"), [])
+        self.assertEqual(c.nodes["n2"].read_answers, {})
+        rec.drop = []
+        c.run(1)  # the next round is answered
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": 2})
+
+    def test_follower_read_in_a_deposed_minority_is_never_stale(self) -> None:
+        """Why five voters wait for a round: a leader cut off with one follower may already
+        have been replaced, and the majority may have committed more. The follower's read is
+        refused, never answered with the old leader's stale commit index."""
+        c = make_cluster(("n1", "n2", "n3", "n4", "n5"), election_ticks=10)
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        c.partition({"n1", "n2"}, {"n3", "n4", "n5"})
+        c.elect("n3")
+        c.propose("n3", [b"newer"])
+        c.stabilize()
+        newer = c.node("n3").log.committed
+        self.assertGreater(newer, c.node("n1").log.committed)
+        c.read("n2", b"f")  # the checker raises if it is answered below `newer`
+        c.run(30)  # n1 hears no quorum and steps down
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": None})
+
+    def test_learner_read_waits_for_a_round(self) -> None:
+        """A learner's acceptance counts toward no quorum: its read waits for a round."""
+        c = make_cluster()
+        leader = c.elect("n1")
+        c.add_node("n4")
+        leader.propose_membership(
+            Membership(voters=frozenset({"n1", "n2", "n3"}), learners=frozenset({"n4"}))
+        )
+        c.stabilize()
+        rec = Recorder(c)
+        rec.drop = [HeartbeatResponse]
+        c.read("n4", b"f")
+        c.stabilize()
+        self.assertEqual(rec.of(ReadIndexResponse, sender="n1"), [])
+        self.assertEqual(c.nodes["n4"].read_answers, {})
+        rec.drop = []
+        c.run(1)
+        self.assertEqual(c.nodes["n4"].read_answers, {b"f": leader.log.committed})
+
+    def test_answer_from_an_older_term_is_not_taken(self) -> None:
+        """A follower that has moved to a newer term when the leader's answer arrives refuses
+        its read instead of answering it at the old leader's index: only in the leader's term
+        does its acceptance stand for the acknowledgement of a round."""
+        c = make_cluster()
+        c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        rec.drop = [ReadIndexResponse]
+        c.read("n2", b"f")
+        c.stabilize()
+        (answer,) = rec.of(ReadIndexResponse, sender="n1", to="n2")
+        rec.drop = []
+        c.elect("n3")  # n2 votes in a newer term
+        self.assertGreater(c.node("n2").term, answer.term)
+        c.node("n2").step(answer)
+        c.process("n2")
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": None})
 
     def test_read_without_leader_refused(self) -> None:
         """With no known leader, read_index answers at once with a refused ReadState."""
