@@ -97,6 +97,10 @@ class PeerChannel(Protocol):
 
     def send(self, message: Message) -> None: ...
 
+    def send_all(self, messages: Sequence[Message]) -> None:
+        """Send now, before returning: a Ready's messages to one peer as one write."""
+        ...
+
     def call(
         self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
     ) -> Deferred[dict[str, Any]]: ...
@@ -303,17 +307,20 @@ class GraftNode(Service, ClusterBackend):
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
-        # commit only once advance() says they are durable.
+        # commit only once advance() says they are durable. They leave before the write below
+        # wakes the storage thread, which would contend for the GIL with the sends.
+        now: list[Message] = []
         later: list[Message] = []
         for message in ready.messages:
             if (
                 isinstance(message, AppendEntries | Heartbeat)
                 and message.term == self._durable_term
             ):
-                if self.peers is not None:
-                    self.peers.send(message)
+                now.append(message)
             else:
                 later.append(message)
+        if now and self.peers is not None:
+            self.peers.send_all(now)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         applied = self._apply_before_write(ready)
@@ -405,12 +412,15 @@ class GraftNode(Service, ClusterBackend):
             return
         if ready.hard_state is not None:
             self._durable_term = ready.hard_state.term
-        if self.peers is not None:
+        if self.peers is not None and messages:
+            plain: list[Message] = []
             for message in messages:
                 if isinstance(message, InstallSnapshot):
                     self._sender.send(message)  # a file to stream, not a message to send
                 else:
-                    self.peers.send(message)
+                    plain.append(message)
+            if plain:
+                self.peers.send_all(plain)
         if ready.soft_state is not None:
             self._on_soft_state(ready)
         if ready.committed_entries and not applied:

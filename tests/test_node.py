@@ -111,6 +111,10 @@ class Channel:
         target = self.network.nodes[message.to]
         self.network.clock.callLater(0, target.receive, message)
 
+    def send_all(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self.send(message)
+
     def call(
         self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
     ) -> Deferred[dict[str, Any]]:
