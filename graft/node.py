@@ -307,23 +307,34 @@ class GraftNode(Service, ClusterBackend):
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
-        # commit only once advance() says they are durable. They leave before the write below
-        # wakes the storage thread, which would contend for the GIL with the sends.
-        now: list[Message] = []
+        # commit only once advance() says they are durable.
+        #
+        # Entries go first, then the committed entries are applied (clients answered), then the
+        # messages that only carry the commit index: at low load a commit's Ready carries no new
+        # entries, and its client need not wait for those sends. All leave before the write
+        # below wakes the storage thread, which would contend for the GIL with them.
+        entries: list[Message] = []
+        commit_only: list[Message] = []
         later: list[Message] = []
         for message in ready.messages:
             if (
                 isinstance(message, AppendEntries | Heartbeat)
                 and message.term == self._durable_term
             ):
-                now.append(message)
+                if isinstance(message, AppendEntries) and message.entries:
+                    entries.append(message)
+                else:
+                    commit_only.append(message)
             else:
                 later.append(message)
-        if now and self.peers is not None:
-            self.peers.send_all(now)
+        peers = self.peers
+        if entries and peers is not None:
+            peers.send_all(entries)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         applied = self._apply_before_write(ready)
+        if commit_only and peers is not None:
+            peers.send_all(commit_only)
         write: Deferred[None] | None = None
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
