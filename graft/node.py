@@ -98,6 +98,10 @@ class PeerChannel(Protocol):
 
     def send(self, message: Message) -> None: ...
 
+    def send_all(self, messages: Sequence[Message]) -> None:
+        """Send now, before returning: a Ready's messages to one peer as one write."""
+        ...
+
     def call(
         self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
     ) -> Deferred[dict[str, Any]]: ...
@@ -308,19 +312,33 @@ class GraftNode(Service, ClusterBackend):
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
         # commit only once advance() says they are durable.
+        #
+        # Entries go first, then the committed entries are applied (clients answered), then the
+        # messages that only carry the commit index: at low load a commit's Ready carries no new
+        # entries, and its client need not wait for those sends. All leave before the write
+        # below wakes the storage thread, which would contend for the GIL with them.
+        entries: list[Message] = []
+        commit_only: list[Message] = []
         later: list[Message] = []
         for message in ready.messages:
             if (
                 isinstance(message, AppendEntries | Heartbeat)
                 and message.term == self._durable_term
             ):
-                if self.peers is not None:
-                    self.peers.send(message)
+                if isinstance(message, AppendEntries) and message.entries:
+                    entries.append(message)
+                else:
+                    commit_only.append(message)
             else:
                 later.append(message)
+        peers = self.peers
+        if entries and peers is not None:
+            peers.send_all(entries)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         applied = self._apply_before_write(ready)
+        if commit_only and peers is not None:
+            peers.send_all(commit_only)
         write: Deferred[None] | None = None
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
@@ -409,12 +427,15 @@ class GraftNode(Service, ClusterBackend):
             return
         if ready.hard_state is not None:
             self._durable_term = ready.hard_state.term
-        if self.peers is not None:
+        if self.peers is not None and messages:
+            plain: list[Message] = []
             for message in messages:
                 if isinstance(message, InstallSnapshot):
                     self._sender.send(message)  # a file to stream, not a message to send
                 else:
-                    self.peers.send(message)
+                    plain.append(message)
+            if plain:
+                self.peers.send_all(plain)
         if ready.soft_state is not None:
             self._on_soft_state(ready)
         if ready.committed_entries and not applied:

@@ -20,7 +20,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import Message
+from graft.raft.messages import AppendEntries, Heartbeat, Message
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
 from graft.transport import PeerUnavailable
@@ -110,6 +110,10 @@ class Channel:
             return
         target = self.network.nodes[message.to]
         self.network.clock.callLater(0, target.receive, message)
+
+    def send_all(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self.send(message)
 
     def call(
         self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
@@ -384,6 +388,31 @@ class DriverTests(unittest.TestCase):
         storage.release()
         self.advance(TICK)
         self.assertIsInstance(self.result(late), list)
+
+    def test_commit_is_answered_before_the_commit_index_is_sent(self) -> None:
+        """When a leader's Ready carries a commit but no new entries, the client is answered
+        before the followers are sent the new commit index: that answer waits for no send."""
+        leader = self.network.nodes[self.leader()]
+        channel = leader.peers
+        assert isinstance(channel, Channel)
+        answer = leader.submit([put("o", "1")])
+        # (commit index carried, whether the client had its answer when it was sent)
+        sent: list[tuple[int, bool]] = []
+
+        def send_all(messages: Sequence[Message]) -> None:
+            for message in messages:
+                if isinstance(message, AppendEntries | Heartbeat) and not getattr(
+                    message, "entries", ()
+                ):
+                    sent.append((message.commit, answer.called))
+            Channel.send_all(channel, messages)
+
+        channel.send_all = send_all  # type: ignore[method-assign]
+        results = self.result(answer)
+        index = results[0].index
+        carrying = [answered for commit, answered in sent if commit >= index]
+        self.assertTrue(carrying, "the new commit index was never sent")
+        self.assertTrue(all(carrying), "the commit index left before the client's answer")
 
     def test_fsm_bug_stops_the_node(self) -> None:
         """An FSM exception other than CommandRejected stops the node (replicas would diverge

@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from graft.socket_flush import flush_now
+
 _log = Logger()
 
 # A direct route: the request in, a Deferred of the whole body out (errors already turned
@@ -67,8 +69,11 @@ class ApiRoot(Resource):
 
 
 def _write(body: bytes, request: Request) -> None:
+    channel = request.channel
     request.write(body)
     request.finish()
+    if channel is not None:  # the answer leaves now, not after the reactor's next poll
+        flush_now(channel.transport)
 
 
 def _dropped(failure: Failure) -> None:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.protocol import ClientFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from graft.transport.protocol import ConnectionOwner, PeerConnection
+from graft.transport.tls import PeerTLSFactory
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +127,7 @@ class PeerDialer:
         if self._stopped:
             return
         dial: Any = _DialFactory(self)  # zope interfaces are invisible to mypy
-        factory = TLSMemoryBIOFactory(self._client_tls, True, dial, clock=self.owner.reactor)
+        factory = PeerTLSFactory(self._client_tls, True, dial, clock=self.owner.reactor)
         self._connector = self.owner.reactor.connectTCP(
             self.host, self.port, factory, timeout=self._connect_timeout
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from graft.raft.messages import MESSAGE_TYPES, Message
+from graft.socket_flush import flush_now
 from graft.transport.errors import CallTimeout, PeerUnavailable, RemoteError
 from graft.transport.tls import certificate_names
 from graft.wire import (
@@ -103,6 +104,9 @@ class PeerConnection(TwistedProtocol):
         self._pending: dict[int, _PendingCall] = {}
         self._address = "?"
         self._tls: Any = None
+        # Frames not yet handed to TLS: flush() writes them as one TLS record and one send().
+        self._out: list[bytes] = []
+        self._flush_call: Any = None  # the end-of-turn flush of frames written one by one
 
     @property
     def closing(self) -> bool:
@@ -131,7 +135,7 @@ class PeerConnection(TwistedProtocol):
         hello = Hello(
             version=PROTOCOL_VERSION, cluster=self.owner.cluster, node_id=self.owner.node_id
         )
-        self._tls.write(encode_frame(hello))
+        self._write(encode_frame(hello))
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -163,6 +167,10 @@ class PeerConnection(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = _CLOSED) -> None:
         self._closing = True
+        self._out.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self._hello_timer = None
@@ -186,14 +194,34 @@ class PeerConnection(TwistedProtocol):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send_message(self, message: Message) -> bool:
-        """Write one Raft message; False (and nothing written) if it is over the frame limit."""
-        frame = encode_message_frame(message)
-        if len(frame) - 4 > self.owner.max_frame_bytes:
-            self.owner.frame_too_large(self, len(frame) - 4)
-            return False
-        self._tls.write(frame)
-        return True
+    def send_messages(self, messages: Sequence[Message]) -> int:
+        """Send Raft messages now: encrypted as one TLS record and handed to the kernel before
+        this returns, with any frames still queued ahead of them. A message over the frame
+        limit is left out; returns how many were sent."""
+        out = self._out
+        limit = self.owner.max_frame_bytes
+        sent = 0
+        for message in messages:
+            frame = encode_message_frame(message)
+            if len(frame) - 4 > limit:
+                self.owner.frame_too_large(self, len(frame) - 4)
+            else:
+                out.append(frame)
+                sent += 1
+        self.flush()
+        return sent
+
+    def flush(self) -> None:
+        """Write the queued frames now, as one TLS record, and send it without waiting for the
+        reactor's next iteration."""
+        out = self._out
+        if not out or self._closing:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        tls = self._tls
+        tls.write(data)
+        flush_now(tls.transport)
 
     def ask(
         self, command: str, args: dict[str, Any], timeout: float
@@ -222,8 +250,20 @@ class PeerConnection(TwistedProtocol):
         deferred: defer.Deferred[dict[str, Any]] = defer.Deferred(cancel)
         timer = self.owner.reactor.callLater(timeout, self._call_timed_out, call_id, timeout)
         self._pending[call_id] = _PendingCall(command=command, deferred=deferred, timer=timer)
-        self._tls.write(frame)
+        self._write(frame)
         return deferred
+
+    def _write(self, frame: bytes) -> None:
+        """Queue a frame written on its own (the hello, a request, an answer): it leaves with
+        the next flush, at the latest at the end of this reactor turn, so that the answers of
+        one turn share a TLS record and a send()."""
+        self._out.append(frame)
+        if self._flush_call is None:
+            self._flush_call = self.owner.reactor.callLater(0, self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        self._flush_call = None
+        self.flush()
 
     def drop(self, reason: str) -> None:
         """Log why and close the connection; nothing more is read from it."""
@@ -237,6 +277,9 @@ class PeerConnection(TwistedProtocol):
             peer=self.peer,
             reason=reason,
         )
+        if self._out:  # what was written before the drop still leaves, as it always did
+            self._tls.write(b"".join(self._out))
+            self._out.clear()
         self._tls.loseConnection()
 
     def abort(self) -> None:
@@ -306,7 +349,7 @@ class PeerConnection(TwistedProtocol):
         if len(frame) - 4 > self.owner.max_frame_bytes:
             self._write_error(ask.id, "internal", "the answer exceeds the peer frame limit")
             return
-        self._tls.write(frame)
+        self._write(frame)
 
     def _write_failure(self, failure: Failure, ask: Ask) -> None:
         # A handler answers with an error code by failing with RemoteError(code, message) or any
@@ -322,7 +365,7 @@ class PeerConnection(TwistedProtocol):
     def _write_error(self, call_id: int, code: str, message: str) -> None:
         if not self._closing:
             frame = encode_frame(ErrorAnswer(id=call_id, code=code, message=message))
-            self._tls.write(frame)
+            self._write(frame)
 
     def _answer_received(self, frame: Answer | ErrorAnswer) -> None:
         call = self._pending.pop(frame.id, None)
@@ -364,9 +407,10 @@ UNACKNOWLEDGED_TIMEOUT_MS = 2000
 def _tune_socket(tls_transport: Any) -> None:
     """Send each flush at once, and bound how long sent data may stay unacknowledged.
 
-    TLS already coalesces a reactor turn's writes into one flush, so Nagle's algorithm only
-    adds delay: an AppendEntries written while an earlier segment awaits the peer's (delayed)
-    ACK would wait for it, on every commit round.
+    A connection's writes already leave batched (a Ready's messages as one write, the answers
+    of a reactor turn as one), so Nagle's algorithm only adds delay: an AppendEntries written
+    while an earlier segment awaits the peer's (delayed) ACK would wait for it, on every commit
+    round.
     """
     tcp = getattr(tls_transport, "transport", None)
     set_no_delay = getattr(tcp, "setTcpNoDelay", None)

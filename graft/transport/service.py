@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,14 +17,13 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from graft.raft.messages import Message
 from graft.transport.dialer import Backoff, PeerDialer
 from graft.transport.errors import PeerUnavailable
 from graft.transport.protocol import PeerConnection
-from graft.transport.tls import TLSContexts, TLSPaths
+from graft.transport.tls import PeerTLSFactory, TLSContexts, TLSPaths
 from graft.wire import COMMANDS, DEFAULT_MAX_FRAME_BYTES, CommandRegistry
 
 log = Logger(namespace="graft.transport")
@@ -111,7 +110,7 @@ class PeerTransport(Service):
         super().startService()  # type: ignore[no-untyped-call]
         me = self._peers[self.node_id]
         accept: Any = _AcceptFactory(self)  # zope interfaces are invisible to mypy
-        factory = TLSMemoryBIOFactory(self._contexts.server, False, accept, clock=self.reactor)
+        factory = PeerTLSFactory(self._contexts.server, False, accept, clock=self.reactor)
         self._port = self.reactor.listenTCP(
             me.p2p_port, factory, interface=self._interface(me.host)
         )
@@ -141,12 +140,25 @@ class PeerTransport(Service):
     # -- the API the node uses ---------------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        connection = self._outbound.get(message.to)
-        if connection is None or connection.closing:
-            self.stats.dropped_not_connected += 1
-            return
-        if connection.send_message(message):
-            self.stats.messages_sent += 1
+        self.send_all((message,))
+
+    def send_all(self, messages: Sequence[Message]) -> None:
+        """Send messages now (a Ready's, in order): the ones to the same peer leave together,
+        as one write on its outbound connection."""
+        by_peer: dict[str, list[Message]] = {}
+        for message in messages:
+            batch = by_peer.get(message.to)
+            if batch is None:
+                by_peer[message.to] = [message]
+            else:
+                batch.append(message)
+        stats = self.stats
+        for peer, batch in by_peer.items():
+            connection = self._outbound.get(peer)
+            if connection is None or connection.closing:
+                stats.dropped_not_connected += len(batch)
+                continue
+            stats.messages_sent += connection.send_messages(batch)
 
     def call(
         self,

@@ -15,6 +15,7 @@ from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 
 class TLSPaths(Protocol):
@@ -76,6 +77,18 @@ class TLSContexts:
             )
             self._clients[host] = options
         return options
+
+
+class PeerTLSFactory(TLSMemoryBIOFactory):
+    """TLS for peer connections, without Twisted's aggregation of small writes.
+
+    The default protocol (BufferingTLSTransport) holds every write for a ``callLater(0)``, one
+    more reactor iteration before the bytes even reach the TCP transport; on a commit's path
+    that wait happens at every hop. PeerConnection does its own batching (a Ready's messages to
+    a peer leave as one write) and flushes at once, so the plain protocol is what it needs.
+    """
+
+    protocol = TLSMemoryBIOProtocol
 
 
 def certificate_names(certificate: Any) -> frozenset[str]:

@@ -167,6 +167,19 @@ class MemoryTLSTests(SynchronousTestCase):
         self.assertEqual(self.ritchie_inbox.messages, [message])
         self.assertEqual(self.turing.stats.messages_sent, 1)
 
+    def test_messages_leave_within_the_reactor_turn_that_sent_them(self) -> None:
+        """send_all() hands a Ready's messages to TLS and TCP before it returns, one TLS record
+        per peer: the peer has them without the sender's reactor running again (Twisted's
+        default TLS transport held every write for a callLater(0))."""
+        self.connect_turing_to_ritchie()
+        messages = [_append(count=3), _append(count=5)]
+        self.turing.send_all(messages)
+        for pump in self.pair.pumps:  # moves bytes; neither clock advances
+            pump.pump(advanceClock=False)
+        self.assertEqual(self.ritchie_inbox.messages, messages)
+        self.assertEqual(self.turing.stats.messages_sent, 2)
+        self.assertEqual(self.turing_reactor.getDelayedCalls(), [])
+
     def test_messages_both_directions(self) -> None:
         """Each side sends over its own outbound connection and receives on the inbound one."""
         self.connect_turing_to_ritchie()
