@@ -530,17 +530,38 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+# json.loads(text) is this scanner's scan_once(text, 0), plus two whitespace regex passes and
+# an end check; an FSM's output rarely has whitespace around it, so a batch's results are
+# parsed with scan_once first (see _output_json).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_NOT_JSON = object()
+
+
+def _output_json(output: bytes) -> Any:
+    """``json.loads(output.decode("utf-8"))``, or _NOT_JSON where that raises."""
+    try:
+        text = output.decode("utf-8")
+        value, end = _scan_json(text, 0)
+        if end == len(text):
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError is a ValueError too
+        pass
+    try:
+        return json.loads(output.decode("utf-8"))  # whitespace around, or the error
+    except ValueError:
+        return _NOT_JSON
+
+
 def _batch_entry(result: CommandResult, as_json: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"index": result.index, "term": result.term}
     if result.error is not None:
         entry["error"] = {"code": FSMRejected.code, "message": result.error}
         return entry
     if as_json:
-        try:
-            entry["result"] = json.loads(result.output.decode("utf-8"))
+        value = _output_json(result.output)
+        if value is not _NOT_JSON:
+            entry["result"] = value
             return entry
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            pass
     entry["result"] = base64.b64encode(result.output).decode("ascii")
     entry["encoding"] = "base64"
     return entry

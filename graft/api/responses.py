@@ -29,9 +29,13 @@ class MethodNotAllowed(GraftError):
         self.allowed = allowed
 
 
+# json.dumps(value, separators=...) builds an encoder per call; one serves every response.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_bytes(value: Any) -> bytes:
     """Compact JSON with a trailing newline, so a curl answer ends the terminal line."""
-    return json.dumps(value, separators=(",", ":")).encode("ascii") + b"\n"
+    return _ENCODER.encode(value).encode("ascii") + b"\n"
 
 
 # Reason phrases twisted.web does not know (it would say "Unknown Status").

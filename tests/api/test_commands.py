@@ -235,6 +235,38 @@ class BatchTests(ApiTestCase):
             entry, {"index": 10, "term": 3, "result": "bm90IGpzb24=", "encoding": "base64"}
         )
 
+    def test_json_outputs_parsed_as_json_loads_would(self) -> None:
+        """Each result is the output as json.loads reads it (whitespace around allowed, NaN
+        too), or base64 when json.loads refuses it (trailing data, bad UTF-8, a BOM, nothing);
+        the body is the compact, ASCII-escaped JSON of those entries."""
+        outputs = [
+            b'{"prev":"x"}',
+            b' {"a": [1, 2.5, null]}\n',
+            b'"\xc3\xa9\\u2603"',
+            b"NaN",
+            b"1 2",
+            b'{"a":1}x',
+            b"\xff",
+            b"\xef\xbb\xbf{}",
+            b"[1,",
+            b"",
+            b" ",
+        ]
+        self.backend.output_for = lambda command: outputs[int(command)]
+        body = json.dumps([str(i) for i in range(len(outputs))]).encode()
+        answer = self.call("POST", "/commands", data=body)
+        expected: list[dict[str, object]] = []
+        for index, output in enumerate(outputs, start=10):
+            entry: dict[str, object] = {"index": index, "term": 3}
+            try:
+                entry["result"] = json.loads(output.decode("utf-8"))
+            except ValueError:
+                entry["result"] = base64.b64encode(output).decode("ascii")
+                entry["encoding"] = "base64"
+            expected.append(entry)
+        self.assertEqual(answer.body, json.dumps(expected, separators=(",", ":")).encode() + b"\n")
+        self.assertEqual([("encoding" in e) for e in answer.json()], [False] * 4 + [True] * 7)
+
     def test_malformed_batches(self) -> None:
         """Malformed JSON, a non-array, an empty array, a wrong element, bad base64 and an
         empty command are each 400 and nothing is submitted."""
