@@ -37,7 +37,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from graft.api.backend import ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.api.backend import (
+    ClusterBackend,
+    CommandResult,
+    Consistency,
+    QueryResult,
+    make_command_result,
+)
 from graft.errors import (
     BadRequest,
     FSMRejected,
@@ -478,9 +484,7 @@ class GraftNode(Service, ClusterBackend):
                 self._applied_membership = decode_membership(entry.data)
             # Only the node that proposed an entry waits on it: followers skip the result.
             if index in proposals:
-                result = CommandResult(
-                    index=index, term=entry.term, leader=leader, output=output, error=error
-                )
+                result = make_command_result(index, entry.term, leader, output, error)
                 proposals.resolve(index, entry.term, result, _overwritten, _partly_applied)
             if proposed_at:  # also once its waiter timed out, or the entry is not ours
                 started = proposed_at.pop(index, None)

@@ -66,6 +66,7 @@ from graft.raft.types import (
     NodeId,
     decode_membership,
     encode_membership,
+    make_entry,
 )
 
 
@@ -385,10 +386,7 @@ class RaftNode:
     def _append_entries(self, items: list[tuple[EntryKind, bytes]]) -> None:
         term = self._term
         first = self._log.last_index() + 1
-        entries = [
-            Entry(index=first + k, term=term, kind=kind, data=data)
-            for k, (kind, data) in enumerate(items)
-        ]
+        entries = [make_entry(first + k, term, kind, data) for k, (kind, data) in enumerate(items)]
         self._log.append(entries)
         for entry in entries:
             if entry.kind is EntryKind.MEMBERSHIP:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
-from graft.api.backend import CommandResult
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.api.backend import CommandResult, make_command_result
 from graft.errors import NoLeader, Timeout
 from tests.api.fakes import ApiTestCase, Settings
 
@@ -306,6 +309,20 @@ class BatchTests(ApiTestCase):
         answer = self.call("POST", "/commands", data=b'["a", "b"]')
         self.assertEqual(answer.status, 200)
         self.assertEqual([sorted(e) for e in answer.json()], [["error", "index", "term"]] * 2)
+
+
+class MakeCommandResultTests(SynchronousTestCase):
+    def test_same_as_the_constructor(self) -> None:
+        """make_command_result builds what CommandResult(...) builds, frozen, for every field
+        CommandResult has (a field added without make_command_result fails here)."""
+        names = [f.name for f in dataclasses.fields(CommandResult)]
+        self.assertEqual(names, ["index", "term", "leader", "output", "error"])
+        for error in (None, "refused"):
+            made = make_command_result(4, 2, "turing", b"{}", error)
+            self.assertIs(type(made), CommandResult)
+            expected = CommandResult(index=4, term=2, leader="turing", output=b"{}", error=error)
+            self.assertEqual(made, expected)
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, made, "index", 5)
 
 
 class ResultTypeTests(ApiTestCase):
