@@ -182,7 +182,9 @@ def _string_or_null(value: str | None) -> str:
 
 def _prev(value: str | None) -> bytes:
     """``_dumps({"prev": value})``, without the encoder's per-call setup (the hot path)."""
-    return f'{{"prev":{_string_or_null(value)}}}'.encode()
+    if value is None:
+        return b'{"prev":null}'
+    return f'{{"prev":{_encode_string(value)}}}'.encode()
 
 
 class KeyValueStateMachine:
@@ -202,6 +204,11 @@ class KeyValueStateMachine:
     def apply(self, command: bytes, index: int) -> bytes:
         del index
         op, key, expect, value = _command(command)
+        if self._overlay is None and op == "put":  # the common case, without the overlay's calls
+            data = self._data
+            current = data.get(key)
+            data[key] = value  # type: ignore[assignment]  # a put's value is a string
+            return _prev(current)
         if self._overlay is not None:
             self._merge(_MERGE_PER_COMMAND)
         current = self._get(key)
