@@ -512,6 +512,8 @@ def _header(request: Request, name: bytes) -> str | None:
 
 
 def _require_nonempty(commands: Sequence[bytes]) -> None:
+    if all(commands):
+        return
     for position, command in enumerate(commands):
         if not command:
             where = "the command" if len(commands) == 1 else f"batch element {position}"
