@@ -38,7 +38,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from graft.api.backend import ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.api.backend import (
+    ClusterBackend,
+    CommandResult,
+    Consistency,
+    QueryResult,
+    make_command_result,
+)
 from graft.errors import (
     BadRequest,
     FSMRejected,
@@ -488,31 +494,41 @@ class GraftNode(Service, ClusterBackend):
         apply = self._fsm.apply
         proposals = self._proposals
         proposed_at = self._proposed_at
+        normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        # Only the node that proposed entries waits on them: followers build no results. The
+        # results are handed over once, after the loop (or before a fatal error's stop).
+        results: list[tuple[int, int, CommandResult]] | None = [] if len(proposals) else None
         for entry in entries:
             index = entry.index
             output, error = b"", None
-            if entry.kind is EntryKind.NORMAL:
+            kind = entry.kind
+            if kind is normal:
                 try:
                     output = apply(entry.data, index)
                 except CommandRejected as e:
                     error = str(e)
                 except Exception:
-                    self._fatal(Failure(), f"applying entry {index} to the FSM")
+                    failure = Failure()
+                    self._resolve(results)
+                    self._fatal(failure, f"applying entry {index} to the FSM")
                     return
-            elif entry.kind is EntryKind.MEMBERSHIP:
+            elif kind is membership:
                 self._applied_membership = decode_membership(entry.data)
-            # Only the node that proposed an entry waits on it: followers skip the result.
-            if index in proposals:
-                result = CommandResult(
-                    index=index, term=entry.term, leader=leader, output=output, error=error
-                )
-                proposals.resolve(index, entry.term, result, _overwritten, _partly_applied)
+            if results is not None:
+                term = entry.term
+                result = make_command_result(index, term, leader, output, error)
+                results.append((index, term, result))
             if proposed_at:  # also once its waiter timed out, or the entry is not ours
                 started = proposed_at.pop(index, None)
                 if started is not None:
                     self._metrics.commit_latency.observe(now - started)
+        self._resolve(results)
         self._applied.advance(entries[-1].index)
         self._maybe_snapshot()
+
+    def _resolve(self, results: list[tuple[int, int, CommandResult]] | None) -> None:
+        if results:
+            self._proposals.resolve_applied(results, _overwritten, _partly_applied)
 
     def _fatal(self, failure: Failure, doing: str) -> None:
         """A failure the node cannot survive without risking divergence: stop the process."""

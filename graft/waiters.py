@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -87,22 +87,34 @@ class ProposalWaiters:
         overwritten: Callable[[], GraftError],
         partly_applied: Callable[[], GraftError],
     ) -> None:
-        batch = self._by_index.pop(index, None)
-        if batch is None or batch.deferred.called:
-            return
-        if batch.term != term:
-            # Entries commit in index order, so everything before this one in the batch was
-            # applied and everything after it was overwritten too.
-            self._forget(batch)
-            error = overwritten() if index == batch.first else partly_applied()
-            batch.deferred.errback(error)
-            return
-        batch.results[index - batch.first] = result
-        batch.remaining -= 1
-        if batch.remaining == 0:
-            if batch.timer is not None and batch.timer.active():
-                batch.timer.cancel()
-            batch.deferred.callback(batch.results)
+        self.resolve_applied([(index, term, result)], overwritten, partly_applied)
+
+    def resolve_applied(
+        self,
+        applied: Iterable[tuple[int, int, object]],
+        overwritten: Callable[[], GraftError],
+        partly_applied: Callable[[], GraftError],
+    ) -> None:
+        """``resolve`` for each (index, term, result) in order, in one call: the driver applies
+        entries by the hundred, and a call per entry was a good part of its cost."""
+        for index, term, result in applied:
+            # self._by_index each time: a callback fired below may replace it (fail_all).
+            batch = self._by_index.pop(index, None)
+            if batch is None or batch.deferred.called:
+                continue
+            if batch.term != term:
+                # Entries commit in index order, so everything before this one in the batch was
+                # applied and everything after it was overwritten too.
+                self._forget(batch)
+                error = overwritten() if index == batch.first else partly_applied()
+                batch.deferred.errback(error)
+                continue
+            batch.results[index - batch.first] = result
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                if batch.timer is not None and batch.timer.active():
+                    batch.timer.cancel()
+                batch.deferred.callback(batch.results)
 
     def _forget(self, batch: _Batch) -> None:
         if batch.timer is not None and batch.timer.active():

@@ -68,3 +68,42 @@ class ProposalWaitersTests(unittest.SynchronousTestCase):
         self.resolve(10, 2)
         self.assertEqual(len(self.outcome), 1)
         self.assertEqual(len(self.waiters), 0)
+
+    def test_resolve_applied_is_resolve_in_order(self) -> None:
+        """resolve_applied answers what resolving each entry in turn would: batches fire in
+        order with their results, an overwritten one fails, entries nobody waits on are
+        skipped, and a callback that fails every waiter stops the rest from firing."""
+        second: list[Any] = []
+        third: list[Any] = []
+        self.waiters.add_batch(13, 2, 2, 5.0, lambda: Timeout("timed out")).addBoth(second.append)
+        self.waiters.add_batch(15, 1, 2, 5.0, lambda: Timeout("timed out")).addBoth(third.append)
+        applied: list[tuple[int, int, object]] = [(9, 2, "r9")]
+        applied += [(i, 2, f"r{i}") for i in (10, 11, 12)]
+        applied += [(13, 3, "r13"), (14, 3, "r14"), (15, 2, "r15"), (16, 2, "r16")]
+        self.waiters.resolve_applied(applied, overwritten, partly)
+        self.assertEqual(self.outcome, [["r10", "r11", "r12"]])
+        [failure] = second
+        self.assertIsInstance(failure.value, NoLeader)
+        self.assertEqual(third, [["r15"]])
+        self.assertEqual(len(self.waiters), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_resolve_applied_after_fail_all_in_a_callback(self) -> None:
+        """A batch's callback that fails every waiter (the node stopping) fails the later
+        batches once; the later entries of the same call then find nobody to answer."""
+        waiters = ProposalWaiters(self.clock)
+        first: list[Any] = []
+        later: list[Any] = []
+
+        def stop(results: object) -> object:
+            waiters.fail_all(lambda: NoLeader("stopping"))
+            return results
+
+        d = waiters.add_batch(10, 2, 2, 5.0, lambda: Timeout("timed out"))
+        d.addCallback(stop).addBoth(first.append)
+        waiters.add_batch(12, 1, 2, 5.0, lambda: Timeout("timed out")).addBoth(later.append)
+        waiters.resolve_applied([(10, 2, "a"), (11, 2, "b"), (12, 2, "c")], overwritten, partly)
+        self.assertEqual(first, [["a", "b"]])
+        [failure] = later
+        self.assertEqual(str(failure.value), "stopping")
+        self.assertEqual(len(waiters), 0)

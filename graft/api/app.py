@@ -62,6 +62,7 @@ import base64
 import functools
 import inspect
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, cast
 from urllib.parse import urlsplit
@@ -90,7 +91,14 @@ from graft.api.deadline import TimeSource, within
 from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
 from graft.api.params import QueryParams, decode_base64, parse_batch
-from graft.api.responses import MethodNotAllowed, retry_after_seconds, write_error, write_json
+from graft.api.responses import (
+    JSON_TYPE,
+    MethodNotAllowed,
+    compact_json,
+    retry_after_seconds,
+    write_error,
+    write_json,
+)
 from graft.api.root import ApiRoot, DirectHandler
 from graft.api.settings import ApiSettings
 from graft.api.snapshot_download import SnapshotResource
@@ -212,7 +220,9 @@ class GraftApi:
     def _batch_answered(self, results: list[CommandResult], request: Request) -> bytes:
         self._command_headers(request, results[-1])
         as_json = _is_json(self._backend.content_type)
-        return write_json(request, 200, [_batch_entry(r, as_json) for r in results])
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return _batch_body(results, as_json)
 
     def _submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         ms = self._settings.command_timeout_ms
@@ -512,6 +522,8 @@ def _header(request: Request, name: bytes) -> str | None:
 
 
 def _require_nonempty(commands: Sequence[bytes]) -> None:
+    if all(commands):
+        return
     for position, command in enumerate(commands):
         if not command:
             where = "the command" if len(commands) == 1 else f"batch element {position}"
@@ -530,17 +542,74 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+# A JSON object of one or two members, keys different, each value null, true, false, an
+# integer or a string of printable ASCII needing no escape: json.dumps(json.loads(x),
+# separators=(",", ":")) is x itself, byte for byte, so such an output (what the kv FSM
+# answers) goes into a batch's answer as it is, without being parsed and encoded again.
+_PLAIN_STRING = rb'"[ !#-\[\]-~]*"'
+_PLAIN_VALUE = rb"(?:null|true|false|0|-?[1-9][0-9]{0,15}|" + _PLAIN_STRING + rb")"
+_VERBATIM = re.compile(
+    rb"\{("
+    + _PLAIN_STRING
+    + rb"):"
+    + _PLAIN_VALUE
+    + rb"(?:,("
+    + _PLAIN_STRING
+    + rb"):"
+    + _PLAIN_VALUE
+    + rb")?\}"
+)
+
+
+def _batch_body(results: Sequence[CommandResult], as_json: bool) -> bytes:
+    """``json_bytes([_batch_entry(r, as_json) for r in results])``, with the outputs that are
+    already in that form copied in (the encoder joins a list's items with "," the same way)."""
+    parts: list[bytes] = []
+    verbatim = _VERBATIM.fullmatch if as_json else None
+    for result in results:
+        if verbatim is not None and result.error is None:
+            match = verbatim(result.output)
+            if match is not None and match[1] != match[2]:
+                parts.append(
+                    b'{"index":%d,"term":%d,"result":%b}' % (result.index, result.term, match[0])
+                )
+                continue
+        parts.append(compact_json(_batch_entry(result, as_json)))
+    return b"[" + b",".join(parts) + b"]\n"
+
+
+# json.loads(text) is this scanner's scan_once(text, 0), plus two whitespace regex passes and
+# an end check; an FSM's output rarely has whitespace around it, so a batch's results are
+# parsed with scan_once first (see _output_json).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_NOT_JSON = object()
+
+
+def _output_json(output: bytes) -> Any:
+    """``json.loads(output.decode("utf-8"))``, or _NOT_JSON where that raises."""
+    try:
+        text = output.decode("utf-8")
+        value, end = _scan_json(text, 0)
+        if end == len(text):
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError is a ValueError too
+        pass
+    try:
+        return json.loads(output.decode("utf-8"))  # whitespace around, or the error
+    except ValueError:
+        return _NOT_JSON
+
+
 def _batch_entry(result: CommandResult, as_json: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"index": result.index, "term": result.term}
     if result.error is not None:
         entry["error"] = {"code": FSMRejected.code, "message": result.error}
         return entry
     if as_json:
-        try:
-            entry["result"] = json.loads(result.output.decode("utf-8"))
+        value = _output_json(result.output)
+        if value is not _NOT_JSON:
+            entry["result"] = value
             return entry
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            pass
     entry["result"] = base64.b64encode(result.output).decode("ascii")
     entry["encoding"] = "base64"
     return entry

@@ -33,6 +33,27 @@ class CommandResult:
     error: str | None = None
 
 
+_SET_RESULT_FIELDS = tuple(
+    CommandResult.__dict__[f].__set__ for f in ("index", "term", "leader", "output", "error")
+)
+
+
+def make_command_result(
+    index: int, term: int, leader: str, output: bytes, error: str | None
+) -> CommandResult:
+    """``CommandResult(index=..., term=..., leader=..., output=..., error=...)`` for the leader's
+    apply loop, which builds one per command: a frozen dataclass's __init__ sets each field
+    through object.__setattr__, most of its cost; this sets the slots."""
+    result: CommandResult = object.__new__(CommandResult)
+    set_index, set_term, set_leader, set_output, set_error = _SET_RESULT_FIELDS
+    set_index(result, index)
+    set_term(result, term)
+    set_leader(result, leader)
+    set_output(result, output)
+    set_error(result, error)
+    return result
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueryResult:
     output: bytes

@@ -112,6 +112,10 @@ def parse_batch(body: bytes) -> list[bytes]:
         )
     if not document:
         raise BadRequest("the batch is empty: send at least one command")
+    try:  # the common case, every element a string (nothing else JSON gives has .encode)
+        return [element.encode("utf-8") for element in document]
+    except (AttributeError, UnicodeEncodeError):
+        pass  # the loop below converts the {"b64"} ones and names a wrong element
     commands: list[bytes] = []
     for position, element in enumerate(document):
         if isinstance(element, str):

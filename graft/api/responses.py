@@ -29,9 +29,18 @@ class MethodNotAllowed(GraftError):
         self.allowed = allowed
 
 
+# json.dumps(value, separators=...) builds an encoder per call; one serves every response.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def compact_json(value: Any) -> bytes:
+    """``json.dumps(value, separators=(",", ":"))`` as bytes (ASCII: non-ASCII is escaped)."""
+    return _ENCODER.encode(value).encode("ascii")
+
+
 def json_bytes(value: Any) -> bytes:
     """Compact JSON with a trailing newline, so a curl answer ends the terminal line."""
-    return json.dumps(value, separators=(",", ":")).encode("ascii") + b"\n"
+    return compact_json(value) + b"\n"
 
 
 # Reason phrases twisted.web does not know (it would say "Unknown Status").

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,6 +127,47 @@ def _explain_fields(op: str, fields: set[str], expected: frozenset[str]) -> None
     )
 
 
+# The commands clients send, fields in the documented order and strings without escapes,
+# are matched by one regex each instead of the JSON decoder (a third of the cost, and the FSM
+# runs on every node for every entry). A match is exactly a command the decoder would accept,
+# as a JSON object of those fields and no other (so no field twice), with those string values.
+# Anything else, valid or not, takes the decoder's path, which gives the precise error.
+_WS = r"[ \t\n\r]*"
+_STRING = r'"([^"\\\x00-\x1f]*)"'  # a JSON string needing no unescaping: the characters
+
+
+def _shape(op: str, *fields: tuple[str, str]) -> re.Pattern[str]:
+    members = [f'"op"{_WS}:{_WS}"{op}"'] + [f'"{n}"{_WS}:{_WS}{v}' for n, v in fields]
+    return re.compile(_WS + r"\{" + _WS + f"{_WS},{_WS}".join(members) + _WS + r"\}" + _WS)
+
+
+_FAST_PUT = _shape("put", ("key", _STRING), ("value", _STRING))
+_FAST_DELETE = _shape("delete", ("key", _STRING))
+_FAST_CAS = _shape("cas", ("key", _STRING), ("expect", f"(?:null|{_STRING})"), ("value", _STRING))
+
+
+def _command(data: bytes) -> tuple[str, str, str | None, str | None]:
+    """(op, key, expect, value) of a command, or CommandRejected saying what is wrong."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""  # not a match: the full path names the problem
+    match = _FAST_PUT.fullmatch(text)
+    if match is not None:
+        return "put", match[1], None, match[2]
+    match = _FAST_DELETE.fullmatch(text)
+    if match is not None:
+        return "delete", match[1], None, None
+    match = _FAST_CAS.fullmatch(text)
+    if match is not None:
+        return "cas", match[1], match[2], match[3]
+    try:
+        op, request = _parse(data, _COMMANDS, "command")
+    except _Malformed as e:
+        raise CommandRejected(str(e)) from None
+    return op, request["key"], request.get("expect"), request.get("value")
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _encode_string = json.encoder.encode_basestring  # the encoder's own, for ensure_ascii=False
 
@@ -140,7 +182,9 @@ def _string_or_null(value: str | None) -> str:
 
 def _prev(value: str | None) -> bytes:
     """``_dumps({"prev": value})``, without the encoder's per-call setup (the hot path)."""
-    return f'{{"prev":{_string_or_null(value)}}}'.encode()
+    if value is None:
+        return b'{"prev":null}'
+    return f'{{"prev":{_encode_string(value)}}}'.encode()
 
 
 class KeyValueStateMachine:
@@ -159,24 +203,26 @@ class KeyValueStateMachine:
 
     def apply(self, command: bytes, index: int) -> bytes:
         del index
-        try:
-            op, request = _parse(command, _COMMANDS, "command")
-        except _Malformed as e:
-            raise CommandRejected(str(e)) from None
-        self._merge(_MERGE_PER_COMMAND)
-        key = request["key"]
+        op, key, expect, value = _command(command)
+        if self._overlay is None and op == "put":  # the common case, without the overlay's calls
+            data = self._data
+            current = data.get(key)
+            data[key] = value  # type: ignore[assignment]  # a put's value is a string
+            return _prev(current)
+        if self._overlay is not None:
+            self._merge(_MERGE_PER_COMMAND)
         current = self._get(key)
         if op == "put":
-            self._set(key, request["value"])
+            self._set(key, value)
             return _prev(current)
         if op == "delete":
             self._set(key, None)
             return _prev(current)
         # cas
-        if current != request["expect"]:
+        if current != expect:
             return _dumps({"ok": False, "value": current})
-        self._set(key, request["value"])
-        return _dumps({"ok": True, "value": request["value"]})
+        self._set(key, value)
+        return _dumps({"ok": True, "value": value})
 
     def query(self, query: bytes) -> bytes:
         try:

@@ -69,6 +69,7 @@ from graft.raft.types import (
     NodeId,
     decode_membership,
     encode_membership,
+    make_entry,
 )
 
 
@@ -343,7 +344,11 @@ class RaftNode:
     def propose_batch(self, datas: Sequence[bytes]) -> list[int]:
         self._check_can_propose()
         first = self._log.last_index() + 1
-        self._append_entries([(EntryKind.NORMAL, d) for d in datas])
+        term, normal = self._term, EntryKind.NORMAL
+        # Built here rather than by _append_entries: no membership to look for, and this runs
+        # once per command.
+        self._log.append([make_entry(first + k, term, normal, d) for k, d in enumerate(datas)])
+        self._append_needed = True
         return list(range(first, first + len(datas)))
 
     def propose_membership(self, membership: Membership) -> int:
@@ -388,10 +393,7 @@ class RaftNode:
     def _append_entries(self, items: list[tuple[EntryKind, bytes]]) -> None:
         term = self._term
         first = self._log.last_index() + 1
-        entries = [
-            Entry(index=first + k, term=term, kind=kind, data=data)
-            for k, (kind, data) in enumerate(items)
-        ]
+        entries = [make_entry(first + k, term, kind, data) for k, (kind, data) in enumerate(items)]
         self._log.append(entries)
         for entry in entries:
             if entry.kind is EntryKind.MEMBERSHIP:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
-from graft.api.backend import CommandResult
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.api.app import _batch_body
+from graft.api.backend import CommandResult, make_command_result
 from graft.errors import NoLeader, Timeout
 from tests.api.fakes import ApiTestCase, Settings
 
@@ -235,6 +241,38 @@ class BatchTests(ApiTestCase):
             entry, {"index": 10, "term": 3, "result": "bm90IGpzb24=", "encoding": "base64"}
         )
 
+    def test_json_outputs_parsed_as_json_loads_would(self) -> None:
+        """Each result is the output as json.loads reads it (whitespace around allowed, NaN
+        too), or base64 when json.loads refuses it (trailing data, bad UTF-8, a BOM, nothing);
+        the body is the compact, ASCII-escaped JSON of those entries."""
+        outputs = [
+            b'{"prev":"x"}',
+            b' {"a": [1, 2.5, null]}\n',
+            b'"\xc3\xa9\\u2603"',
+            b"NaN",
+            b"1 2",
+            b'{"a":1}x',
+            b"\xff",
+            b"\xef\xbb\xbf{}",
+            b"[1,",
+            b"",
+            b" ",
+        ]
+        self.backend.output_for = lambda command: outputs[int(command)]
+        body = json.dumps([str(i) for i in range(len(outputs))]).encode()
+        answer = self.call("POST", "/commands", data=body)
+        expected: list[dict[str, object]] = []
+        for index, output in enumerate(outputs, start=10):
+            entry: dict[str, object] = {"index": index, "term": 3}
+            try:
+                entry["result"] = json.loads(output.decode("utf-8"))
+            except ValueError:
+                entry["result"] = base64.b64encode(output).decode("ascii")
+                entry["encoding"] = "base64"
+            expected.append(entry)
+        self.assertEqual(answer.body, json.dumps(expected, separators=(",", ":")).encode() + b"\n")
+        self.assertEqual([("encoding" in e) for e in answer.json()], [False] * 4 + [True] * 7)
+
     def test_malformed_batches(self) -> None:
         """Malformed JSON, a non-array, an empty array, a wrong element, bad base64 and an
         empty command are each 400 and nothing is submitted."""
@@ -276,6 +314,20 @@ class BatchTests(ApiTestCase):
         self.assertEqual([sorted(e) for e in answer.json()], [["error", "index", "term"]] * 2)
 
 
+class MakeCommandResultTests(SynchronousTestCase):
+    def test_same_as_the_constructor(self) -> None:
+        """make_command_result builds what CommandResult(...) builds, frozen, for every field
+        CommandResult has (a field added without make_command_result fails here)."""
+        names = [f.name for f in dataclasses.fields(CommandResult)]
+        self.assertEqual(names, ["index", "term", "leader", "output", "error"])
+        for error in (None, "refused"):
+            made = make_command_result(4, 2, "turing", b"{}", error)
+            self.assertIs(type(made), CommandResult)
+            expected = CommandResult(index=4, term=2, leader="turing", output=b"{}", error=error)
+            self.assertEqual(made, expected)
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, made, "index", 5)
+
+
 class ResultTypeTests(ApiTestCase):
     def test_command_result_fields_reach_headers(self) -> None:
         """Graft-Leader comes from the CommandResult, not from this node's view."""
@@ -291,3 +343,99 @@ class ResultTypeTests(ApiTestCase):
             ),
             ("99", "7", "lovelace"),
         )
+
+
+def reference_body(results: list[CommandResult], as_json: bool) -> bytes:
+    """A batch's answer as json.loads and json.dumps make it: the contract _batch_body keeps."""
+    entries: list[dict[str, object]] = []
+    for r in results:
+        entry: dict[str, object] = {"index": r.index, "term": r.term}
+        if r.error is not None:
+            entry["error"] = {"code": "fsm_error", "message": r.error}
+        else:
+            try:
+                if not as_json:
+                    raise ValueError
+                entry["result"] = json.loads(r.output.decode("utf-8"))
+            except ValueError:
+                entry["result"] = base64.b64encode(r.output).decode("ascii")
+                entry["encoding"] = "base64"
+        entries.append(entry)
+    return json.dumps(entries, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+_TEXTS = st.text(st.sampled_from('ab "\\/\x00\n\x7f\u00e9\u2028~'), max_size=4)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**17), 10**17),
+    st.sampled_from([0.5, 1e20, -0.0, float("nan")]),
+    _TEXTS,
+)
+_MEMBER = st.tuples(st.sampled_from(["prev", "ok", "value", "a", "\u00e9", "x\\y"]), _SCALARS)
+
+
+@st.composite
+def _outputs(draw: st.DrawFn) -> bytes:
+    """FSM outputs: small objects (keys repeated now and then), written compactly or not,
+    escaped or not, valid or cut short, or any bytes at all."""
+    members = draw(st.lists(_MEMBER, max_size=3))
+    style = draw(st.sampled_from(["compact", "compact-unicode", "spaced", "raw"]))
+    if style == "raw":
+        return draw(st.binary(max_size=12))
+    ascii_only = style != "compact-unicode"
+    separators = (", ", ": ") if style == "spaced" else (",", ":")
+    pieces = [json.dumps(item, ensure_ascii=ascii_only) for member in members for item in member]
+    pairs = [separators[1].join(pieces[i : i + 2]) for i in range(0, len(pieces), 2)]
+    text = "{" + separators[0].join(pairs) + "}"
+    if draw(st.integers(0, 9)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+class BatchBodyTests(SynchronousTestCase):
+    @settings(max_examples=1500, deadline=None)
+    @given(
+        st.lists(st.tuples(_outputs(), st.one_of(st.none(), _TEXTS)), min_size=1, max_size=5),
+        st.booleans(),
+    )
+    def test_same_bytes_as_json_loads_and_dumps(
+        self, outputs: list[tuple[bytes, str | None]], as_json: bool
+    ) -> None:
+        """A batch's answer is byte for byte json.dumps of the entries json.loads makes of the
+        outputs, whether an output is copied as it is or parsed and encoded again."""
+        results = [
+            CommandResult(index=7 + i, term=2, leader="turing", output=o, error=e)
+            for i, (o, e) in enumerate(outputs)
+        ]
+        self.assertEqual(_batch_body(results, as_json), reference_body(results, as_json))
+
+    def test_edge_cases(self) -> None:
+        """Outputs on either side of what is copied as it is: the answer is the reference's."""
+        outputs = [
+            b'{"prev":null}',
+            b'{"prev":"x y~!#[]"}',
+            b'{"ok":true,"value":"1"}',
+            b'{"ok":false,"value":null}',
+            b'{"a":1,"a":2}',
+            b'{"a":-0}',
+            b'{"a":-12,"b":0}',
+            b'{"a":01}',
+            b'{"a":1.0}',
+            b'{"a":1e3}',
+            b'{"a":12345678901234567890}',
+            b'{"a":"\x7f"}',
+            b'{"a":"\\n"}',
+            b'{"a":"\\u00e9"}',
+            b'{"\xc3\xa9":"x"}',
+            b'{"a":"b","c":"d","e":"f"}',
+            b'{"a":"b"} ',
+            b"{}",
+            b'{"a":"b"',
+            b'"x"',
+        ]
+        results = [
+            CommandResult(index=i, term=1, leader="turing", output=o) for i, o in enumerate(outputs)
+        ]
+        for as_json in (True, False):
+            self.assertEqual(_batch_body(results, as_json), reference_body(results, as_json))

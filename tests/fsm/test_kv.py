@@ -6,10 +6,12 @@ import io
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import CommandRejected, CorruptSnapshot, QueryRejected
-from graft.fsm.kv import KeyValueStateMachine
+from graft.fsm.kv import _COMMANDS, KeyValueStateMachine, _command, _Malformed, _parse
 
 
 def cmd(**fields: Any) -> bytes:
@@ -163,3 +165,103 @@ class SnapshotTests(SynchronousTestCase):
             with self.subTest(data=data):
                 self.assertRaises(CorruptSnapshot, fsm.restore, io.BytesIO(data))
         self.assertEqual(fsm.query(cmd(op="get", key="a")), b'{"value":"1"}')
+
+
+def decoded(data: bytes) -> tuple[str, str, str | None, str | None] | str:
+    """What the JSON decoder's path makes of a command: its fields, or the refusal message."""
+    try:
+        op, request = _parse(data, _COMMANDS, "command")
+    except _Malformed as e:
+        return str(e)
+    return op, request["key"], request.get("expect"), request.get("value")
+
+
+def fast(data: bytes) -> tuple[str, str, str | None, str | None] | str:
+    try:
+        return _command(data)
+    except CommandRejected as e:
+        return str(e)
+
+
+_TEXT = st.text(
+    st.one_of(st.sampled_from('"\\/\x00\x1f\x7f \t\n\u00e9\u2603\U0001f600'), st.characters()),
+    max_size=6,
+)
+_SPACE = st.sampled_from(["", " ", "\t", "\r\n ", "\x0b", "\u00a0"])
+_FIELDS = st.one_of(
+    st.builds(lambda k, v: [("op", "put"), ("key", k), ("value", v)], _TEXT, _TEXT),
+    st.builds(lambda k: [("op", "delete"), ("key", k)], _TEXT),
+    st.builds(
+        lambda k, e, v: [("op", "cas"), ("key", k), ("expect", e), ("value", v)],
+        _TEXT,
+        st.one_of(st.none(), _TEXT),
+        _TEXT,
+    ),
+)
+
+
+@st.composite
+def _commands(draw: st.DrawFn) -> bytes:
+    """Commands as clients might write them: any whitespace, escapes or not, fields reordered,
+    duplicated, dropped or of the wrong type now and then."""
+    fields: list[tuple[str, Any]] = draw(_FIELDS)
+    mutation = draw(st.sampled_from(["none"] * 6 + ["swap", "twice", "drop", "extra", "type"]))
+    if mutation == "swap" and len(fields) > 2:
+        fields[1], fields[2] = fields[2], fields[1]
+    elif mutation == "twice":
+        fields.append(draw(st.sampled_from(fields)))
+    elif mutation == "drop":
+        fields.pop(draw(st.integers(0, len(fields) - 1)))
+    elif mutation == "extra":
+        fields.append(("ttl", "3"))
+    elif mutation == "type":
+        fields[-1] = (fields[-1][0], draw(st.sampled_from([1, None, ["x"], True])))
+    ascii_only = draw(st.booleans())
+    around = [draw(_SPACE) for _ in range(4)]
+    members = [
+        f"{json.dumps(name, ensure_ascii=ascii_only)}{around[0]}:{around[1]}"
+        f"{json.dumps(value, ensure_ascii=ascii_only)}"
+        for name, value in fields
+    ]
+    text = around[2] + "{" + f"{around[3]},{around[1]}".join(members) + "}" + around[0]
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+class FastPathTests(SynchronousTestCase):
+    """Commands matched by the kv FSM's regexes must mean exactly what the decoder says."""
+
+    @settings(max_examples=2000, deadline=None)
+    @given(_commands())
+    def test_same_as_decoder(self, data: bytes) -> None:
+        """For any command, the fast path gives the decoder's fields or the decoder's error."""
+        self.assertEqual(fast(data), decoded(data))
+
+    def test_edge_cases(self) -> None:
+        """Escapes, control characters, lone surrogates, bad UTF-8, NaN and trailing bytes
+        are taken the decoder's way (accepted with their decoded value, or refused alike)."""
+        cases = [
+            b'{"op":"put","key":"a","value":"b"}',
+            b' {"op" : "put" , "key":"a","value":"b"}\n',
+            b'{"op":"put","key":"a\\"b","value":"c"}',
+            b'{"op":"put","key":"\\u00e9","value":"\\ud83d\\ude00"}',
+            b'{"op":"put","key":"\\ud800","value":"x"}',
+            b'{"op":"put","key":"a\tb","value":"c"}',
+            b'{"op":"put","key":"a","value":"b\x7f"}',
+            b'{"op":"put","key":"\xc3\xa9","value":"b"}',
+            b'{"op":"put","key":"\xff","value":"b"}',
+            b'{"op":"put","key":"a","value":"b"}x',
+            b'{"op":"put","key":"a","value":"b"}{}',
+            b'{"op":"put","key":"a","value":"b","key":"c"}',
+            b'{"op":"put","key":"a","value":"b","value":"b"}',
+            b'{"op":"put","value":"b","key":"a"}',
+            b'{"op":"cas","key":"a","expect":null,"value":"b"}',
+            b'{"op":"cas","key":"a","expect":"null","value":"b"}',
+            b'{"op":"cas","key":"a","expect":NaN,"value":"b"}',
+            b'{"op":"delete","key":"a"}',
+            b'{"op":"delete","key":"a","value":"b"}',
+            b'{"op":"Put","key":"a","value":"b"}',
+            b'{"op":"put","key":"a","value":"b"\x0b}',
+        ]
+        for data in cases:
+            with self.subTest(data=data):
+                self.assertEqual(fast(data), decoded(data))
