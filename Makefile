@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/trial -j $(TRIAL_JOBS) tests
+	$(BIN)/trial -j $(TRIAL_JOBS) tests benchmarks.tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check graft tests benchmarks twisted

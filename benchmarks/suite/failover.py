@@ -29,6 +29,9 @@ class FailoverTrial:
     unavailable_ms: float | None  # None: no write succeeded within GIVE_UP_S
     new_leader: str | None
     load_ok_per_s: float
+    # The killed node was restarted and every node agreed on a leader again in time; when
+    # not, the trial's figures stand but the cluster is in no state for another trial.
+    settled: bool = True
 
 
 def _probe(
@@ -98,10 +101,15 @@ def run_trial(
     except TimeoutError:
         new_leader = None
     system.restart(leader)
-    system.leader(timeout=30)  # every node, the restarted one included, agrees again
+    try:
+        system.leader(timeout=30)  # every node, the restarted one included, agrees again
+        settled = True
+    except TimeoutError:
+        settled = False
     return FailoverTrial(
         killed=leader,
         unavailable_ms=None if unavailable is None else round(unavailable, 1),
         new_leader=new_leader,
         load_ok_per_s=round(result.ok_per_second, 1),
+        settled=settled,
     )

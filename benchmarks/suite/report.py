@@ -232,6 +232,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_fmt(f.get('entries_per_s'))} | {_fmt(f.get('p50_ms'))} | "
                 f"{_fmt(f.get('p99_ms'))} | {_fmt(f.get('unavailable_ms'))} | {f['runs']} |"
             )
+    for system, error in result.get("errors", {}).items():
+        lines += ["", f"**{system} stopped early**: {error}; its later figures are missing."]
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in result["versions"].items()]
     lines += ["", "PySyncObj's journal is never fsynced: its writes are not durable.", ""]

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     used: list[ReplicatedSystem] = []
     settings: dict[str, Any] = {}
     phase_load: dict[str, dict[str, list[float]]] = {}
+    errors: dict[str, str] = {}
     clock = time.monotonic()
     klein_log = open(workdir / "klein.log", "ab")  # noqa: SIM115 (closed below)
     klein = KleinCeiling(klein_log)
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 system.start()
                 settings[name] = system.settings()
                 run_system(system, recorder, scenarios)
+            except (BenchmarkError, TimeoutError) as error:
+                # One system failing (a peer that never settles) must not cost the figures
+                # already measured: the run is recorded with what it has and the error.
+                errors[name] = str(error)
+                print(f"{name}: stopped early: {error}")
             finally:
                 system.close()
                 phase_load[name]["end"] = _load_average()
@@ -197,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": recorder.runs,
         "medians": med,
         "targets": report.as_dicts(report.targets(med)),
+        "errors": errors,
     }
     stem = started.strftime("%Y-%m-%d")
     for path in report.write_files(result, args.out, stem):

@@ -150,12 +150,20 @@ def run_system(system: ReplicatedSystem, recorder: Recorder, scenarios: set[str]
                     "killed": trial.killed,
                     "new_leader": trial.new_leader,
                     "load_ok_per_s": trial.load_ok_per_s,
+                    "settled": trial.settled,
                 },
             )
             recorder.progress(
                 f"  {name:10} failover               run {rep + 1}: killed {trial.killed}, "
                 f"first write after {trial.unavailable_ms} ms, new leader {trial.new_leader}"
             )
+            if not trial.settled:
+                recorder.progress(
+                    f"  {name:10} failover: no leader agreed by every node within 30 s of "
+                    f"restarting {trial.killed}; no more failover trials for {name} (its logs "
+                    "are in the work dir with --keep)"
+                )
+                break
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:

@@ -1,4 +1,5 @@
-"""The benchmark suite's own arithmetic: percentiles, merging, spreading, targets, plots.
+"""The benchmark suite's own logic: percentiles, merging, spreading, targets, plots, and how
+a failed failover trial is recorded.
 
 .venv/bin/trial benchmarks.tests
 """
@@ -12,7 +13,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.suite import report
+from benchmarks.suite import report, scenarios
+from benchmarks.suite.failover import FailoverTrial
 from benchmarks.suite.loadgen import LoadResult, collect, spread, write_bodies
 from benchmarks.suite.svg import line_chart
 
@@ -147,3 +149,48 @@ class PairedCeilingTests(SynchronousTestCase):
         }
         target = next(t for t in report.targets(med) if t.name == "writes c=16 vs Klein ceiling")
         self.assertEqual((target.reference, target.met), (1000.0, True))
+
+
+class FailoverScenarioTests(SynchronousTestCase):
+    def test_a_cluster_that_does_not_settle_ends_the_trials_not_the_run(self) -> None:
+        """When the cluster agrees on no leader after a trial's restart, that trial's figures
+        are kept and no further trial is run against the broken cluster; nothing is raised,
+        so the other systems' figures still get written."""
+        trials = [
+            FailoverTrial(killed="p1", unavailable_ms=3598.1, new_leader="p3", load_ok_per_s=10.0),
+            FailoverTrial(
+                killed="p3",
+                unavailable_ms=1195.3,
+                new_leader="p1",
+                load_ok_per_s=10.0,
+                settled=False,
+            ),
+        ]
+        calls: list[object] = []
+
+        def fake_trial(system: object, workdir: Path) -> FailoverTrial:
+            calls.append(system)
+            return trials[len(calls) - 1]
+
+        self.patch(scenarios, "run_trial", fake_trial)
+        self.patch(scenarios, "warm_up", lambda system, workdir: None)
+        said: list[str] = []
+        recorder = scenarios.Recorder(
+            seconds=1, repetitions=3, workdir=Path(self.mktemp()), progress=said.append
+        )
+
+        class System:
+            name = "pysyncobj"
+
+            def leader(self) -> str:
+                return "p1"
+
+            def put_shape(self) -> None:
+                return None
+
+        scenarios.run_system(System(), recorder, {"failover"})  # type: ignore[arg-type]
+        runs = recorder.runs["pysyncobj"]["failover"]
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([r["unavailable_ms"] for r in runs], [3598.1, 1195.3])
+        self.assertEqual([r["settled"] for r in runs], [True, False])
+        self.assertIn("no more failover trials for pysyncobj", said[-1])
