@@ -11,8 +11,29 @@ from graft.raft.messages import (
     ReadIndexRequest,
     ReadIndexResponse,
 )
+from graft.raft.simulation import Cluster
 from graft.raft.types import Membership
 from tests.raft.helpers import Recorder, make_cluster
+
+
+def cluster_with_a_write(
+    ids: tuple[str, ...] = ("n1", "n2", "n3"), election_ticks: int = 10
+) -> Cluster:
+    """A cluster led by n1 whose first write (index 2, after the NOOP) is committed."""
+    c = make_cluster(ids, election_ticks=election_ticks)
+    c.elect("n1")
+    c.propose("n1", [b"w"])
+    c.stabilize()
+    return c
+
+
+def read_dropping(c: Cluster, reader: str, dropped: type) -> Recorder:
+    """Read b"f" on ``reader`` while every message of type ``dropped`` is lost."""
+    rec = Recorder(c)
+    rec.drop = [dropped]
+    c.read(reader, b"f")
+    c.stabilize()
+    return rec
 
 
 class ReadIndexTests(unittest.SynchronousTestCase):
@@ -89,14 +110,8 @@ class ReadIndexTests(unittest.SynchronousTestCase):
     def test_follower_read_with_three_voters_needs_no_round(self) -> None:
         """With three voters the requester and the leader are a quorum: the leader answers a
         follower's ReadIndexRequest at once, with no heartbeat round in between."""
-        c = make_cluster()
-        c.elect("n1")
-        c.propose("n1", [b"w"])
-        c.stabilize()
-        rec = Recorder(c)
-        rec.drop = [Heartbeat]  # no round can confirm anything
-        c.read("n2", b"f")
-        c.stabilize()
+        c = cluster_with_a_write()
+        rec = read_dropping(c, "n2", Heartbeat)  # no round can confirm anything
         self.assertEqual(rec.of(Heartbeat, sender="n1"), [])
         self.assertEqual(len(rec.of(ReadIndexResponse, sender="n1", to="n2")), 1)
         self.assertEqual(c.nodes["n2"].read_answers, {b"f": 2})
@@ -104,14 +119,8 @@ class ReadIndexTests(unittest.SynchronousTestCase):
     def test_follower_read_with_five_voters_waits_for_a_round(self) -> None:
         """With five voters the requester and the leader are no quorum: the answer waits for
         a heartbeat round that a quorum acknowledged."""
-        c = make_cluster(("n1", "n2", "n3", "n4", "n5"))
-        c.elect("n1")
-        c.propose("n1", [b"w"])
-        c.stabilize()
-        rec = Recorder(c)
-        rec.drop = [HeartbeatResponse]
-        c.read("n2", b"f")
-        c.stabilize()
+        c = cluster_with_a_write(("n1", "n2", "n3", "n4", "n5"))
+        rec = read_dropping(c, "n2", HeartbeatResponse)
         self.assertTrue(rec.of(Heartbeat, sender="n1"))
         self.assertEqual(rec.of(ReadIndexResponse, sender="n1"), [])
         self.assertEqual(c.nodes["n2"].read_answers, {})
@@ -123,10 +132,7 @@ class ReadIndexTests(unittest.SynchronousTestCase):
         """Why five voters wait for a round: a leader cut off with one follower may already
         have been replaced, and the majority may have committed more. The follower's read is
         refused, never answered with the old leader's stale commit index."""
-        c = make_cluster(("n1", "n2", "n3", "n4", "n5"), election_ticks=10)
-        c.elect("n1")
-        c.propose("n1", [b"w"])
-        c.stabilize()
+        c = cluster_with_a_write(("n1", "n2", "n3", "n4", "n5"))
         c.partition({"n1", "n2"}, {"n3", "n4", "n5"})
         c.elect("n3")
         c.propose("n3", [b"newer"])
@@ -146,10 +152,7 @@ class ReadIndexTests(unittest.SynchronousTestCase):
             Membership(voters=frozenset({"n1", "n2", "n3"}), learners=frozenset({"n4"}))
         )
         c.stabilize()
-        rec = Recorder(c)
-        rec.drop = [HeartbeatResponse]
-        c.read("n4", b"f")
-        c.stabilize()
+        rec = read_dropping(c, "n4", HeartbeatResponse)
         self.assertEqual(rec.of(ReadIndexResponse, sender="n1"), [])
         self.assertEqual(c.nodes["n4"].read_answers, {})
         rec.drop = []
@@ -160,14 +163,8 @@ class ReadIndexTests(unittest.SynchronousTestCase):
         """A follower that has moved to a newer term when the leader's answer arrives refuses
         its read instead of answering it at the old leader's index: only in the leader's term
         does its acceptance stand for the acknowledgement of a round."""
-        c = make_cluster()
-        c.elect("n1")
-        c.propose("n1", [b"w"])
-        c.stabilize()
-        rec = Recorder(c)
-        rec.drop = [ReadIndexResponse]
-        c.read("n2", b"f")
-        c.stabilize()
+        c = cluster_with_a_write()
+        rec = read_dropping(c, "n2", ReadIndexResponse)
         (answer,) = rec.of(ReadIndexResponse, sender="n1", to="n2")
         rec.drop = []
         c.elect("n3")  # n2 votes in a newer term
