@@ -27,7 +27,6 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred, fail
 
 from graft.raft.errors import LogCompacted, LogUnavailable
-from graft.raft.storage import limit_bytes
 from graft.raft.types import (
     Entry,
     EntryKind,
@@ -36,6 +35,7 @@ from graft.raft.types import (
     SnapshotMeta,
     decode_membership,
 )
+from graft.storage.columns import EntryColumns
 from graft.storage.errors import StorageError
 from graft.storage.files import FileSystem, OSFileSystem
 from graft.storage.records import encode_records, parse_segment_name
@@ -84,7 +84,7 @@ class DurableLog:
         self._files = files
         self._reactor = reactor
         self._writer = writer
-        self._entries = entries
+        self._entries = EntryColumns(entries)
         self._first = first_index
         self._hard_state = hard_state
         self._snapshots = snapshots
@@ -182,9 +182,10 @@ class DurableLog:
     # -- LogStorage: reads, from memory ------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, Membership | None]:
-        for entry in reversed(self._entries):
-            if entry.kind == EntryKind.MEMBERSHIP:
-                return self._hard_state, decode_membership(entry.data)
+        entries = self._entries
+        for offset in range(len(entries) - 1, -1, -1):
+            if entries.kind(offset) == EntryKind.MEMBERSHIP:
+                return self._hard_state, decode_membership(entries.data(offset))
         if self._snapshot_meta.index > 0:
             return self._hard_state, self._snapshot_meta.membership
         return self._hard_state, None
@@ -198,7 +199,7 @@ class DurableLog:
     def term(self, index: int) -> int:
         offset = index - self._first
         if 0 <= offset < len(self._entries):
-            return self._entries[offset].term
+            return self._entries.term(offset)
         if index == self._snapshot_meta.index:
             return self._snapshot_meta.term
         if offset < 0:
@@ -212,7 +213,8 @@ class DurableLog:
             raise LogUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
         if lo >= hi:
             return []
-        return limit_bytes(self._entries[lo - self._first : hi - self._first], max_bytes)
+        first = self._first
+        return self._entries.entries(lo - first, hi - first, first, max_bytes)
 
     def snapshot_meta(self) -> SnapshotMeta:
         return self._snapshot_meta
@@ -260,7 +262,7 @@ class DurableLog:
                 raise ValueError(f"entry {first} leaves a gap after {self.last_index()}")
             if first < self._first:
                 raise ValueError(f"entry {first} is below the first index {self._first}")
-            del self._entries[first - self._first :]
+            self._entries.truncate(first - self._first)
             self._entries.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
@@ -302,7 +304,7 @@ class DurableLog:
             raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
         keep = self._first <= meta.index <= self.last_index() and self.term(meta.index) == meta.term
         if not keep:
-            self._entries = []
+            self._entries = EntryColumns()
             self._first = meta.index + 1
         self._snapshot_meta = meta
 
@@ -332,7 +334,7 @@ class DurableLog:
 
         def dropped(first_on_disk: int) -> None:
             if first_on_disk > self._first:
-                del self._entries[: first_on_disk - self._first]
+                self._entries.drop_front(first_on_disk - self._first)
                 self._first = first_on_disk
 
         deferred: Deferred[None] = Deferred()

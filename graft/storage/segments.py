@@ -44,8 +44,8 @@ class Segment:
 
     Where each record starts is only needed to truncate, which is rare, so appends do not
     compute it per record: the records found at open have their offsets, those appended since
-    are kept as entries (the log holds them in memory anyway) after ``appended_at``, and
-    ``offset_of`` adds up their sizes when asked.
+    are kept as their data sizes after ``appended_at``, and ``offset_of`` adds those up when
+    asked.
     """
 
     first_index: int
@@ -53,7 +53,9 @@ class Segment:
     size: int
     version: int = FORMAT_VERSION
     offsets: array[int] = field(default_factory=lambda: array("Q"))  # records found at open
-    appended: list[Entry] = field(default_factory=list)  # records appended since, in order
+    # The data sizes of the records appended since, in order (sizes, not the entries: the
+    # collector would track those; see graft.storage.columns).
+    appended: array[int] = field(default_factory=lambda: array("I"))
     appended_at: int = 0  # the offset of appended[0]
 
     @property
@@ -68,7 +70,7 @@ class Segment:
         """Note ``entries``, ``size`` bytes of records, as written at the end."""
         if not self.appended:
             self.appended_at = self.size
-        self.appended.extend(entries)
+        self.appended.extend([len(e.data) for e in entries])
         self.size += size
 
     def offset_of(self, index: int) -> int:
@@ -80,9 +82,7 @@ class Segment:
         if not self.appended:
             return self.size
         before = self.appended[: position - found]
-        return (
-            self.appended_at + sum(len(e.data) for e in before) + RECORD_HEADER_SIZE * len(before)
-        )
+        return self.appended_at + sum(before) + RECORD_HEADER_SIZE * len(before)
 
     def cut(self, index: int) -> None:
         """Forget the records from ``index`` on (the caller cuts the file at ``size``)."""
@@ -91,7 +91,7 @@ class Segment:
         found = len(self.offsets)
         if position < found:
             del self.offsets[position:]
-            self.appended.clear()
+            del self.appended[:]
         else:
             del self.appended[position - found :]
         self.size = size
