@@ -102,8 +102,6 @@ class DurableStorage(LogStorage, Protocol):
 class PeerChannel(Protocol):
     """The part of graft.transport.PeerTransport the driver uses."""
 
-    def send(self, message: Message) -> None: ...
-
     def send_all(self, messages: Sequence[Message]) -> None:
         """Send now, before returning: a Ready's messages to one peer as one write."""
         ...
