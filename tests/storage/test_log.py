@@ -230,24 +230,56 @@ class PersistTests(LogTestCase):
         self.assertRaises(ValueError, log.persist, None, entries(5, 6))
 
     def test_commit_only_changes_are_throttled(self) -> None:
-        """A commit-only hard state change is written at most once per commit_interval, and the
-        latest one is written on close."""
+        """A commit-only hard state change rides with the next write, which writes it at most
+        once per commit_interval; the latest one is written on close."""
         now = [0.0]
         log = self.open(commit_interval=1.0, clock=lambda: now[0])
         log.append_sync(entries(1, 10))
         log.set_hard_state_sync(HardState(term=1))
         for commit in range(1, 6):
-            log.persist(HardState(term=1, commit=commit), [])
+            log.persist(HardState(term=1, commit=commit), entries(10 + commit, 10 + commit))
             self.clock.advance(0)
         self.assertIn(b'"commit":1,', self.files.read_bytes(DATA / "hardstate"))
         now[0] = 1.5
-        log.persist(HardState(term=1, commit=6), [])
+        log.persist(HardState(term=1, commit=6), entries(16, 16))
         self.clock.advance(0)
         self.assertIn(b'"commit":6,', self.files.read_bytes(DATA / "hardstate"))
         log.persist(HardState(term=1, commit=7), [])
         self.clock.advance(0)
         log = self.reopen(log)
         self.assertEqual(log.initial_state()[0].commit, 7)
+
+    def test_commit_only_change_fires_at_once_when_nothing_is_queued(self) -> None:
+        """With nothing queued, a change of only the commit index fires without a write (no
+        writer round trip at low load) and goes to disk with the next write; a change of term
+        or vote, or one behind a queued write, still waits for the disk, in call order."""
+        now = [0.0]
+        log = self.open(commit_interval=0.0, clock=lambda: now[0])
+        log.append_sync(entries(1, 3))
+        log.set_hard_state_sync(HardState(term=1))
+        writes = self.files.points
+        fired = log.persist(HardState(term=1, commit=2), [])
+        self.successResultOf(fired)
+        self.assertEqual(self.files.points, writes, "nothing was written")
+        self.assertEqual(log.hard_state.commit, 2)
+        # Behind a queued write it keeps its place.
+        order: list[str] = []
+        log.persist(None, entries(4, 4)).addCallback(lambda _: order.append("append"))
+        log.persist(HardState(term=1, commit=3), []).addCallback(lambda _: order.append("commit"))
+        self.assertEqual(order, [])
+        self.clock.advance(0)
+        self.assertEqual(order, ["append", "commit"])
+        self.assertIn(b'"commit":3,', self.files.read_bytes(DATA / "hardstate"))
+        # A new term is never fired early.
+        vote = log.persist(HardState(term=2, vote="n2", commit=3), [])
+        self.assertNoResult(vote)
+        self.clock.advance(0)
+        self.successResultOf(vote)
+        # The carried commit index reaches the disk with the next write, or on close.
+        self.successResultOf(log.persist(HardState(term=2, vote="n2", commit=4), []))
+        self.assertIn(b'"commit":3,', self.files.read_bytes(DATA / "hardstate"))
+        log = self.reopen(log)
+        self.assertEqual(log.initial_state()[0], HardState(term=2, vote="n2", commit=4))
 
     def test_term_change_is_durable_before_the_deferred_fires(self) -> None:
         """A new term or vote is on disk (renamed and directory-synced) when persist fires."""
