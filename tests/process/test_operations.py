@@ -204,9 +204,17 @@ class SnapshotTests(OperationsTestCase):
         for _ in range(12):
             resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
             self.assertEqual(resp.status, 200, resp.body)
+        # Snapshots are written off the reactor while writes go on: the last one may still be
+        # under way when the last batch is answered.
+        deadline = time.monotonic() + 20
         status = cluster.status(leader)
+        while (status is None or status["snapshot"]["index"] < 1000) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+            status = cluster.status(leader)
         assert status is not None
-        self.assertGreaterEqual(status["snapshot"]["index"], 1000)
+        self.assertGreaterEqual(status["snapshot"]["index"], 1000, "no snapshot within 20 s")
         taken = cluster.request(leader, "POST", "/cluster/snapshot", timeout=20)
         self.assertEqual(taken.status, 200, taken.body)
         download = cluster.request(leader, "GET", "/cluster/snapshot", timeout=20)
