@@ -300,6 +300,12 @@ class GraftNode(Service, ClusterBackend):
         self._raft.step(message)
         self._schedule()
 
+    def peer_lost(self, peer: str) -> None:
+        """An authenticated connection to ``peer`` closed (the transport's on_peer_lost): if
+        it is the leader, it may have died, and the core stops waiting longer than it must."""
+        if not self._stopping:
+            self._raft.report_unreachable(peer)
+
     def _schedule(self) -> None:
         """Process the core's output on the next reactor turn, so a turn's work is batched."""
         if self._scheduled is not None or not self._may_take_ready():

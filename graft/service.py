@@ -117,6 +117,7 @@ def make_service(
         on_message=node.receive,
         on_request=node.handle_request,
         rng=rng,
+        on_peer_lost=node.peer_lost,
         max_frame_bytes=cfg.max_frame_bytes,
     )
     node.peers = transport

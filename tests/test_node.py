@@ -222,6 +222,25 @@ class DriverTests(unittest.TestCase):
         self.assertGreater(second[0].index, first[0].index)
         self.assertEqual(second[0].leader, leader)
 
+    def test_lost_connection_to_the_leader_shortens_the_election(self) -> None:
+        """peer_lost (the transport's on_peer_lost) about the leader makes the followers
+        campaign at the bottom of their timeout range: within 1.25 election timeouts of the
+        last heartbeat, where their longest draws would have taken two. (They tick in lockstep
+        here, so they may split this first vote; real processes tick out of phase.)"""
+        leader = self.leader()
+        self.advance(TICK * 3)
+        followers = [n for n in NODES if n != leader]
+        election_ticks = self.network.nodes[leader]._raft._cfg.election_ticks
+        for n in followers:
+            self.network.nodes[n]._raft._randomized_timeout = 2 * election_ticks - 1
+        self.network.isolate(leader)
+        for n in followers:
+            self.network.nodes[n].peer_lost(leader)
+        term = self.network.nodes[leader]._raft.term
+        self.advance(TICK * (election_ticks + election_ticks // 4 + 1))
+        terms = [self.network.nodes[n]._raft.term for n in followers]
+        self.assertEqual(terms, [term + 1, term + 1], "both followers campaigned")
+
     def test_batch_preserves_order_and_reports_rejections(self) -> None:
         """A batch becomes one entry per command, answered in order; a command the FSM rejects
         carries its error without failing the others."""

@@ -13,7 +13,8 @@ Theory of operation, briefly:
   leader's lease sound), and pre-vote traffic, which never changes a term. A lower-term
   AppendEntries or Heartbeat is answered with our term so a deposed leader learns of it.
 - Elections. A follower that hears nothing for its randomized timeout (drawn from
-  [election_ticks, 2 * election_ticks)) first runs a pre-vote: it asks whether peers *would*
+  [election_ticks, 2 * election_ticks); from its bottom quarter once the driver reports the
+  leader unreachable) first runs a pre-vote: it asks whether peers *would*
   vote for it in term + 1, and only with a quorum of yes does it raise its term and campaign.
   A leader appends a NOOP entry at the start of its term; commit advances only by counting
   replicas of an entry of the current term (paper, Figure 8).
@@ -469,6 +470,26 @@ class RaftNode:
         # (stickiness yields to TimeoutNow), whenever this message arrives: no lease this term.
         self._timeout_now_sent = True
         self._send(TimeoutNow(term=self._term, sender=self._id, to=to))
+
+    # -- peers ------------------------------------------------------------------------------
+
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The driver lost its connection to ``peer`` (a closed socket: typically a process
+        that died).
+
+        If ``peer`` is this follower's leader, the follower redraws its election timer from the
+        bottom of the range, [election_ticks, election_ticks + a quarter of it): draws the
+        randomized timeout could have made anyway, so stickiness and the leader's lease, which
+        rest on election_ticks alone, are untouched. Only the random extra wait, up to another
+        election timeout, is skipped when the leader is likely gone; the small spread keeps the
+        followers, all told at once, from splitting the vote. Heartbeats that still arrive
+        reset the timer as always.
+        """
+        if self._role is Role.FOLLOWER and peer == self._leader:
+            t = self._cfg.election_ticks
+            self._randomized_timeout = min(
+                self._randomized_timeout, self._rng.randrange(t, t + max(2, t // 4))
+            )
 
     # -- snapshots --------------------------------------------------------------------------
 

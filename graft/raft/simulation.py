@@ -401,6 +401,9 @@ class Cluster:
         sim.pending.clear()
         sim.node = None
         self.note(f"crash {nid}" + (f" ({keep} queued writes reached the disk)" if keep else ""))
+        # A dead process's sockets close, and the peers' transports say so at once.
+        for other in self.alive():
+            other.report_unreachable(nid)
 
     def node(self, nid: NodeId) -> RaftNode:
         node = self.nodes[nid].node
@@ -952,6 +955,10 @@ def simulate_seed(
         if ops_rng.random() < 0.6:
             # These changes replace the older remove-and-re-add schedule.
             p = replace(p, membership=0.01 + 0.08 * ops_rng.random(), reconfigure=0.0)
+    # Connections that drop while both ends live (resets, restarts of a dialer) draw from a
+    # fourth source: a node is told a live peer, often its leader, is unreachable.
+    flap_rng = rng_factory(seed * 7_907 + 41)
+    flap = 0.02 * flap_rng.random() if params is None else 0.0
     ids = [f"n{k}" for k in range(1, p.nodes + 1)]
     membership = Membership(voters=frozenset(ids))
     config = RaftConfig(
@@ -1044,6 +1051,14 @@ def simulate_seed(
                 if leader is not None:
                     cluster.crash(leader.id)
                     down.add(leader.id)
+            if flap and flap_rng.random() < flap:
+                live = cluster.alive()
+                if live:
+                    node = live[flap_rng.randrange(0, len(live))]
+                    peer = node.leader if flap_rng.random() < 0.7 else None
+                    peer = peer or ids[flap_rng.randrange(0, len(ids))]
+                    node.report_unreachable(peer)
+                    cluster.note(f"{node.id} lost its connection to {peer}")
             for nid in sorted(down):
                 if rng.random() < p.restart:
                     cluster.start(nid)

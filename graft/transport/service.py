@@ -3,6 +3,8 @@
 It listens on the node's p2p port, keeps one outbound connection to every other member, sends
 Raft messages over the outbound connection to their recipient, delivers messages arriving on
 any authenticated connection to ``on_message``, and carries request/response calls both ways.
+When an authenticated connection closes it tells ``on_peer_lost`` the peer's id: a closed
+socket is the quickest sign that a peer's process died.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class _AcceptFactory(ServerFactory):
 
 
 class PeerTransport(Service):
-    """See the module docstring; the keyword arguments are the contract in RULES.md."""
+    """See the module docstring."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class PeerTransport(Service):
         on_message: Callable[[Message], None],
         on_request: RequestHandler,
         rng: random.Random,
+        on_peer_lost: Callable[[str], None] | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         commands: CommandRegistry = COMMANDS,
         call_timeout: float = 5.0,
@@ -95,6 +98,7 @@ class PeerTransport(Service):
         self._contexts = TLSContexts(tls)  # read and built once, here: bad files fail early
         self._on_message = on_message
         self._on_request = on_request
+        self._on_peer_lost = on_peer_lost
         self._rng = rng
         self._connect_timeout = connect_timeout
         self._backoff = backoff or Backoff()
@@ -230,6 +234,8 @@ class PeerTransport(Service):
         peer = connection.peer
         if peer is not None and self._outbound.get(peer) is connection:
             del self._outbound[peer]
+        if peer is not None and self.running and self._on_peer_lost is not None:
+            self._on_peer_lost(peer)
 
     def message_received(self, connection: PeerConnection, message: Message) -> None:
         self.stats.messages_received += 1

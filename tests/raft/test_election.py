@@ -41,6 +41,49 @@ class ElectionTests(unittest.SynchronousTestCase):
         self.assertTrue(all(10 <= t < 20 for t in timeouts))
         self.assertGreater(len(timeouts), 1)
 
+    def test_unreachable_leader_cuts_the_timer_to_the_minimum(self) -> None:
+        """When a follower's connection to its leader drops (the leader's process died), it
+        campaigns within the bottom quarter of the election timeout range after it last heard
+        from the leader, not after a longer random draw; a report about another peer changes
+        nothing."""
+        c = make_cluster(election_ticks=10)
+        leader = c.elect("n1")
+        c.run(3)
+        for nid in ("n2", "n3"):
+            c.node(nid)._randomized_timeout = 19  # the longest draw
+        c.node("n3").report_unreachable("n2")  # not its leader
+        c.crash(leader.id)  # the cluster reports n1 unreachable to n2 and n3
+        ticks = 0
+        while all(c.node(n).role is Role.FOLLOWER for n in ("n2", "n3")):
+            c.run(1)
+            ticks += 1
+        self.assertIn(ticks, (10, 11))
+        c.run(40)
+        self.assertEqual(len(c.leaders()), 1)
+
+    def test_unreachable_report_about_a_live_leader_keeps_stickiness(self) -> None:
+        """A follower told its leader is unreachable while the leader lives neither campaigns
+        nor grants votes to others within the election timeout: the leader's lease stands."""
+        c = make_cluster(election_ticks=10, check_quorum=True)
+        leader = c.elect("n1")
+        c.run(3)
+        c.node("n2").report_unreachable(leader.id)
+        c.node("n2").step(
+            RequestVote(
+                term=leader.term + 1,
+                sender="n3",
+                to="n2",
+                last_log_index=leader.log.last_index(),
+                last_log_term=leader.term,
+            )
+        )
+        c.process("n2")
+        self.assertEqual(c.node("n2").term, leader.term, "vote request inside the lease ignored")
+        c.node("n3").report_unreachable(leader.id)
+        c.run(60)
+        self.assertEqual([n.id for n in c.leaders()], ["n1"])
+        self.assertEqual([c.node(n).term for n in c.ids], [leader.term] * 3)
+
     def test_vote_refused_to_less_up_to_date_candidate(self) -> None:
         """A voter whose log has a higher last term refuses its vote (paper 5.4.1)."""
         c = make_cluster(

@@ -112,8 +112,22 @@ class MemoryTLSTests(SynchronousTestCase):
         self.ritchie_reactor = MemoryReactorClock()
         self.turing_inbox = Inbox()
         self.ritchie_inbox = Inbox()
-        self.turing = make_transport(self.cfg, "turing", self.turing_reactor, self.turing_inbox)
-        self.ritchie = make_transport(self.cfg, "ritchie", self.ritchie_reactor, self.ritchie_inbox)
+        self.turing_lost: list[str] = []
+        self.ritchie_lost: list[str] = []
+        self.turing = make_transport(
+            self.cfg,
+            "turing",
+            self.turing_reactor,
+            self.turing_inbox,
+            on_peer_lost=self.turing_lost.append,
+        )
+        self.ritchie = make_transport(
+            self.cfg,
+            "ritchie",
+            self.ritchie_reactor,
+            self.ritchie_inbox,
+            on_peer_lost=self.ritchie_lost.append,
+        )
         self.turing.startService()
         self.ritchie.startService()
         self.pair = _Pair([self.turing_reactor, self.ritchie_reactor])
@@ -285,6 +299,27 @@ class MemoryTLSTests(SynchronousTestCase):
         self.pair.flush()
         self.failureResultOf(d, PeerUnavailable)
         self.assertEqual(self.turing.connected_peers(), set())
+
+    def test_closed_connection_reports_the_peer_lost(self) -> None:
+        """Both ends of an authenticated connection that closes name the peer to on_peer_lost
+        (a node's hint that the peer may have died); nothing is reported while stopping."""
+        self.connect_turing_to_ritchie()
+        self.assertEqual(self.turing.connected_peers(), {"ritchie"})
+        self.turing._outbound["ritchie"].drop("test")
+        self.pair.flush()
+        self.assertEqual(self.turing_lost, ["ritchie"])
+        self.assertEqual(self.ritchie_lost, ["turing"])
+        self.connect_turing_to_ritchie()
+        self.ritchie.stopService()
+        self.pair.flush()
+        self.assertEqual(self.turing_lost, ["ritchie", "ritchie"])
+        self.assertEqual(self.ritchie_lost, ["turing"], "a stopping transport reports nothing")
+
+    def test_refused_connection_reports_no_peer(self) -> None:
+        """A connection that never authenticated names no peer, so it reports nothing."""
+        rogue = self.connect_rogue(self.client_options(self.stranger, "turing"), [])
+        self.assert_refused(rogue)
+        self.assertEqual(self.ritchie_lost, [])
 
     # -- refusals ----------------------------------------------------------------------------
 
