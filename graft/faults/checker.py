@@ -149,11 +149,14 @@ def check_linearizability(
 def check_weak_reads(records: Sequence[OpRecord], events: Sequence[NemesisEvent]) -> list[Anomaly]:
     """Monotonic applied index per node lifetime, and no value nobody wrote."""
     anomalies: list[Anomaly] = []
-    kills: dict[str, list[float]] = defaultdict(list)
+    # A kill event spans the SIGKILLs (one victim after another, each waited for) and the
+    # restart at its end: when in that span a node died is not known, so only a read that
+    # started after the span is known to come from the new process.
+    kills: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for e in events:
         if e.kind.startswith("kill"):
             for node in e.nodes:
-                kills[node].append(e.start)
+                kills[node].append((e.start, e.end if e.end is not None else float("inf")))
     written: dict[str, set[str]] = defaultdict(set)
     for r in records:
         if r.kind in ("put", "cas") and r.value is not None:
@@ -176,9 +179,9 @@ def check_weak_reads(records: Sequence[OpRecord], events: Sequence[NemesisEvent]
         if r.index is None:
             continue
         node_kills = kills[r.node]
-        if any(r.invoke <= k <= r.complete for k in node_kills):
-            continue  # the read straddles a restart: which lifetime answered is unclear
-        lifetime = sum(1 for k in node_kills if k < r.invoke)
+        if any(r.invoke <= end and start <= r.complete for start, end in node_kills):
+            continue  # the read overlaps a kill and restart: which lifetime answered is unclear
+        lifetime = sum(1 for start, _ in node_kills if start < r.invoke)
         lifetimes[(r.node, lifetime)].append(r)
     for (node, _), reads in sorted(lifetimes.items()):
         # Sweep by invocation; `done` holds finished reads, `best` the highest index among
