@@ -303,8 +303,15 @@ class GraftNode(Service, ClusterBackend):
     def peer_lost(self, peer: str) -> None:
         """An authenticated connection to ``peer`` closed (the transport's on_peer_lost): if
         it is the leader, it may have died, and the core stops waiting longer than it must."""
-        if not self._stopping:
-            self._raft.report_unreachable(peer)
+        if self._stopping:
+            return
+        if peer == self._raft.leader and not self.is_leader():
+            log.info(
+                "lost the connection to the leader {peer}: if it stays silent, this node "
+                "campaigns one election timeout after it last heard from it",
+                peer=peer,
+            )
+        self._raft.report_unreachable(peer)
 
     def _schedule(self) -> None:
         """Process the core's output on the next reactor turn, so a turn's work is batched."""

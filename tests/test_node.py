@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -234,8 +235,11 @@ class DriverTests(unittest.TestCase):
         for n in followers:
             self.network.nodes[n]._raft._randomized_timeout = 2 * election_ticks - 1
         self.network.isolate(leader)
-        for n in followers:
-            self.network.nodes[n].peer_lost(leader)
+        with capturedLogs() as events:
+            for n in followers:
+                self.network.nodes[n].peer_lost(leader)
+        said = [formatEvent(e) for e in events]
+        self.assertEqual(len([t for t in said if "lost the connection to the leader" in t]), 2)
         term = self.network.nodes[leader]._raft.term
         self.advance(TICK * (election_ticks + election_ticks // 4 + 1))
         terms = [self.network.nodes[n]._raft.term for n in followers]
