@@ -162,6 +162,7 @@ class GraftNode(Service, ClusterBackend):
         self.peers: PeerChannel | None = None
         self._ticker: LoopingCall | None = None
         self._scheduled: Any = None
+        self._leader_lost: tuple[int, str] | None = None  # last (term, leader) logged lost
         # Readies taken from the core whose writes are not all done, at most this many: the next
         # Ready's writes queue behind the current fsync instead of waiting for it (the writer
         # thread keeps them in order), and every Ready still finishes in the order it was taken.
@@ -305,7 +306,9 @@ class GraftNode(Service, ClusterBackend):
         it is the leader, it may have died, and the core stops waiting longer than it must."""
         if self._stopping:
             return
-        if peer == self._raft.leader and not self.is_leader():
+        lost = (self._raft.term, peer)
+        if peer == self._raft.leader and not self.is_leader() and lost != self._leader_lost:
+            self._leader_lost = lost  # both connections to it close: say it once
             log.info(
                 "lost the connection to the leader {peer}: if it stays silent, this node "
                 "campaigns one election timeout after it last heard from it",
