@@ -176,10 +176,6 @@ def _dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode("utf-8")
 
 
-def _string_or_null(value: str | None) -> str:
-    return "null" if value is None else _encode_string(value)
-
-
 def _prev(value: str | None) -> bytes:
     """``_dumps({"prev": value})``, without the encoder's per-call setup (the hot path)."""
     if value is None:

@@ -245,7 +245,8 @@ class DurableLog:
                 # disk for the commit index before anything is answered (the leader teaches it
                 # again), so it rides with the next write instead of waking the writer thread,
                 # a round trip that at low load costs each node more than the fsync.
-                self._hard_state = self._carried = hard_state
+                self._apply(hard_state, entries)
+                self._carried = hard_state
                 return succeed(None)
         self._apply(hard_state, entries)
         deferred: Deferred[None] = Deferred()
