@@ -934,7 +934,9 @@ def render_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def status(as_json: bool, **options: Any) -> None:
     """Show each member's role, term, leader, indexes and lag."""
     client = _make_client(_settings(**options))
-    rows = status_rows(client.status_all())
+    statuses = client.status_all()
+    rows = status_rows(statuses)
+    last_check = newest_check(statuses)
     if as_json:
         click.echo(json.dumps(rows))
     else:
@@ -942,10 +944,78 @@ def status(as_json: bool, **options: Any) -> None:
         for row in rows:
             if not row["reachable"]:
                 click.echo(f"  {row['error']}", err=True)
+        if last_check is not None:
+            click.echo(check_summary(last_check))
     if not any(row["reachable"] for row in rows):
         raise GraftCLIError(
             "no member answered: is the cluster running? (start it with `graft dev -c FILE` "
             "or check --url/-c)"
+        )
+
+
+# --- the replica consistency check -------------------------------------------------------------
+
+# `graft check` exit codes beyond 0 (all members gave the same digest) and 1 (an error, or a
+# member gave no digest: unreachable, behind, restarted).
+CHECK_MISMATCH_EXIT = 3
+
+
+def newest_check(members: Sequence[MemberStatus]) -> dict[str, Any] | None:
+    """The result of the most recent consistency check any member reports in its status."""
+    checks = [
+        m.status["last_check"]
+        for m in members
+        if m.status and isinstance(m.status.get("last_check"), dict)
+    ]
+    return max(checks, key=lambda c: int(c.get("index", 0)), default=None)
+
+
+def check_summary(result: Mapping[str, Any]) -> str:
+    """One line: the check's index and verdict."""
+    members = result.get("members") or {}
+    given = sum(1 for m in members.values() if m.get("digest"))
+    head = f"last replica check at index {result.get('index')}: "
+    if result.get("mismatch"):
+        return head + (
+            f"MISMATCH, the FSM state of {', '.join(result['mismatch'])} differs from the "
+            "others (the replicas diverged)"
+        )
+    if not result.get("ok"):
+        return head + "no member gave a digest"
+    verdict = f"{given} of {len(members)} members agree"
+    return head + ("ok, " if result.get("complete") else "incomplete, ") + verdict
+
+
+def check_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    odd = set(result.get("mismatch") or [])
+    rows = []
+    for node, answer in sorted((result.get("members") or {}).items()):
+        digest = answer.get("digest")
+        if digest is None:
+            rows.append([node, "-", f"no digest: {answer.get('error')}"])
+        else:
+            rows.append([node, str(digest)[:16], "DIFFERS" if node in odd else "ok"])
+    return rows
+
+
+@main.command()
+@_client_options_with(timeout=180.0)
+def check(as_json: bool, **options: Any) -> None:
+    """Check that every replica holds the same state: each member digests its state machine at
+    one log index and the digests are compared. Exits 0 when all agree, 1 when a member gave no
+    digest (unreachable, behind), 3 when the digests differ."""
+    client = _make_client(_settings(**options))
+    result = client.check_replicas()
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(_table(["node", "digest", "status"], check_rows(result)))
+        click.echo(check_summary(result).replace("last replica check", "replica check", 1))
+    if result.get("mismatch"):
+        raise SystemExit(CHECK_MISMATCH_EXIT)
+    if not result.get("ok") or not result.get("complete"):
+        raise GraftCLIError(
+            "not every member gave a digest; see the table, then run `graft check` again"
         )
 
 

@@ -322,6 +322,10 @@ class GraftClient:
         """POST /cluster/snapshot; answers ``{"index", "term"}``."""
         return self._admin("POST", "/cluster/snapshot", None)
 
+    def check_replicas(self) -> dict[str, Any]:
+        """GET /cluster/check: every member's FSM digest at one log index (graft.consistency)."""
+        return self._admin("GET", "/cluster/check", None)
+
     def shutdown(self, url: str) -> dict[str, Any]:
         """POST /shutdown to the node at ``url`` (not retried elsewhere: it concerns that node)."""
         return _json_object(self.request("POST", url.rstrip("/") + "/shutdown", body=b""))

@@ -72,3 +72,16 @@ class NodeMetrics:
             ["peer"],
             registry=r,
         )
+        # The replica consistency check (graft.consistency): the last one this node ran or was
+        # asked for.
+        self.replica_digest_mismatch = Gauge(
+            "graft_replica_digest_mismatch",
+            "1 if the last replica consistency check found members whose FSM digests differ "
+            "(the replicas diverged), 0 if it found none.",
+            registry=r,
+        )
+        self.replica_check_index = Gauge(
+            "graft_replica_check_index",
+            "The log index of the last replica consistency check (0: none ran).",
+            registry=r,
+        )

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -45,6 +45,7 @@ from graft.api.backend import (
     QueryResult,
     make_command_result,
 )
+from graft.consistency import MARKER_PREFIX, DigestBook, summarize
 from graft.errors import (
     BadRequest,
     FSMRejected,
@@ -54,7 +55,7 @@ from graft.errors import (
     NotFound,
     Timeout,
 )
-from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_snapshot
+from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_digest, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
@@ -148,6 +149,7 @@ class GraftNode(Service, ClusterBackend):
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         incoming_dir: Path | None = None,
         readies_in_flight: int = 2,
+        check_timeout: float = 60.0,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -226,6 +228,7 @@ class GraftNode(Service, ClusterBackend):
             else None
         )
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
+        self._init_checks(check_timeout)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -528,6 +531,8 @@ class GraftNode(Service, ClusterBackend):
                     return
             elif kind is membership:
                 self._applied_membership = decode_membership(entry.data)
+            elif entry.data:  # a NOOP with data: a marker (the consistency check's)
+                self._digests.marker_applied(index, entry.data)
             if results is not None:
                 term = entry.term
                 result = make_command_result(index, term, leader, output, error)
@@ -713,6 +718,8 @@ class GraftNode(Service, ClusterBackend):
                 self._admin_here(str(args["op"]), dict(args["args"]))
             )
             return da.addCallback(lambda result: {"result": result})
+        if command == "replica_digest":
+            return self._digest_here(str(args["check"]), int(args["index"]))
         return _fail(BadRequest(f"unknown peer request {command!r}"))
 
     # -- ClusterBackend: queries -----------------------------------------------------------
@@ -938,6 +945,8 @@ class GraftNode(Service, ClusterBackend):
         if op == "transfer_leadership":
             target = args.get("id")
             return await self._transfer_here(None if target is None else str(target))
+        if op == "check":
+            return await self._run_check()
         raise BadRequest(f"unknown administrative operation {op!r}")
 
     async def _add_member_here(
@@ -1201,6 +1210,8 @@ class GraftNode(Service, ClusterBackend):
             },
             "peers_connected": sorted(connected),
         }
+        if self._last_check is not None:
+            out["last_check"] = self._last_check
         if st.role is Role.LEADER:
             out["progress"] = {
                 peer: {
@@ -1217,6 +1228,129 @@ class GraftNode(Service, ClusterBackend):
     def is_ready(self) -> bool:
         st = self._raft.status()
         return st.leader is not None and st.applied >= st.commit
+
+    # -- the replica consistency check (graft.consistency) -------------------------------------
+
+    def _init_checks(self, check_timeout: float) -> None:
+        self._check_timeout = check_timeout
+        self._digests = DigestBook(
+            node_id=self._raft.id,
+            begin=lambda: begin_digest(self._fsm),
+            run_in_thread=self._run_in_thread,
+        )
+        # Callers waiting for the check under way on this leader (None: no check runs).
+        self._check_waiters: list[Deferred[dict[str, Any]]] | None = None
+        self._last_check: dict[str, Any] | None = None
+
+    def check_replicas(self) -> Deferred[dict[str, Any]]:
+        """Run a replica consistency check (on the leader, forwarded from a follower) and answer
+        its result (graft.consistency.summarize), which this node also keeps for its status."""
+        d = self._admin("check", {})
+        return d.addCallback(self._record_check)
+
+    def _record_check(self, result: dict[str, Any]) -> dict[str, Any]:
+        index = int(result.get("index", 0))
+        if self._last_check is None or index >= int(self._last_check.get("index", 0)):
+            self._last_check = result
+            self._metrics.replica_digest_mismatch.set(1 if result.get("mismatch") else 0)
+            self._metrics.replica_check_index.set(index)
+        return result
+
+    def _run_check(self) -> Deferred[dict[str, Any]]:
+        """One check at a time on a leader: a request that arrives while one runs gets its
+        result (each check digests the whole state on every member)."""
+        if self._check_waiters is not None:
+            joined: Deferred[dict[str, Any]] = Deferred()
+            self._check_waiters.append(joined)
+            return joined
+        self._check_waiters = []
+        d: Deferred[dict[str, Any]] = Deferred.fromCoroutine(self._check_here())
+
+        def share(result: object) -> object:
+            waiters, self._check_waiters = self._check_waiters or [], None
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(cast(dict[str, Any], result))
+            return result
+
+        d.addBoth(share)
+        return d.addCallback(self._record_check)
+
+    async def _check_here(self) -> dict[str, Any]:
+        check = os.urandom(8).hex()
+        try:
+            index = self._raft.propose_marker(MARKER_PREFIX + check.encode("ascii"))
+        except NotLeader:
+            raise NoLeader("this node lost leadership before the check started; retry") from None
+        except ProposalDropped:
+            raise NoLeader("leadership is being transferred; retry the check shortly") from None
+        waiter = self._proposals.add(index, self._raft.term, self._command_timeout, _timed_out)
+        self._schedule()
+        await waiter  # committed, and applied here: this node's digest has started
+        members = sorted(self._membership.members)
+        asks = [self._ask_digest(member, check, index) for member in members]
+        answers = await DeferredList(asks, consumeErrors=True)
+        by_member = {m: answer for m, (_, answer) in zip(members, answers, strict=True)}
+        result = summarize(check, index, by_member)
+        if result["mismatch"]:
+            log.error(
+                "replica consistency check at index {index}: the FSM digests of {odd} differ "
+                "from the others; the replicas have diverged",
+                index=index,
+                odd=", ".join(result["mismatch"]),
+            )
+        return result
+
+    def _ask_digest(self, member: str, check: str, index: int) -> Deferred[dict[str, Any]]:
+        if member == self.node_id:
+            d = self._digest_here(check, index)
+        elif self.peers is None:
+            d = _fail(NoLeader(f"{member} is unreachable: this node has no peer transport"))
+        else:
+            d = self.peers.call(
+                member,
+                "replica_digest",
+                {"check": check, "index": index},
+                timeout=self._check_timeout + 1.0,
+            )
+
+        def failed(failure: Failure) -> dict[str, Any]:
+            if failure.check(PeerUnavailable):
+                error = f"{member} is unreachable: {failure.getErrorMessage()}"
+            elif failure.check(RemoteError):
+                error = cast(RemoteError, failure.value).message
+            elif failure.check(GraftError):
+                error = cast(GraftError, failure.value).message
+            else:
+                error = f"{member} did not answer: {failure.getErrorMessage()}"
+            return {"digest": None, "error": error}
+
+        d.addCallback(lambda answer: {"digest": str(answer["digest"]), "error": None})
+        return d.addErrback(failed)
+
+    def _digest_here(self, check: str, index: int) -> Deferred[dict[str, Any]]:
+        """This node's digest for a check, once it has applied the marker and computed it."""
+        timeout = self._check_timeout
+        applied = self._applied.wait(
+            index,
+            timeout,
+            lambda: Timeout(
+                f"{self.node_id} did not apply up to the check's index {index} within "
+                f"{timeout:g} s; it is behind"
+            ),
+        )
+        d: Deferred[Any] = applied.addCallback(lambda _: self._digests.digest_of(check, index))
+
+        def too_slow(failure: Failure) -> Failure:
+            failure.trap(CancelledError, TimeoutError)
+            return Failure(
+                Timeout(f"{self.node_id} did not finish its digest within {timeout:g} s")
+            )
+
+        d.addTimeout(timeout, self._clock).addErrback(too_slow)
+        return d.addCallback(lambda digest: {"digest": digest})
 
 
 def _fail(error: GraftError) -> Deferred[Any]:

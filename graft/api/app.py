@@ -18,6 +18,9 @@ Routes (every one but /health needs a token of at least the given role when toke
     GET /cluster/snapshot         admin   the latest snapshot as application/octet-stream, with
                                           Graft-Snapshot-Index/-Term/-Fsm; 404 when none
     POST /shutdown                admin   202 {"stopping": id}, then the node stops gracefully
+    GET /cluster/check            admin   replica consistency check: every member's FSM digest
+                                          at one log index (graft.consistency); 200 with
+                                          {"ok", "complete", "mismatch", "members", ...}
 
 Decisions beyond DESIGN.md:
 - A wrong method on a known path is 405 with code ``method_not_allowed`` and an ``Allow``
@@ -117,7 +120,7 @@ _log = Logger()
 P = ParamSpec("P")
 _ROUTE_LIST = (
     "/command, /commands, /query, /status, /health, /ready, /metrics, /cluster/members, "
-    "/cluster/leader, /cluster/snapshot and /shutdown"
+    "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown"
 )
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
@@ -408,6 +411,20 @@ class GraftApi:
 
         request.notifyFinish().addBoth(stop)
         return write_json(request, 202, {"stopping": self._backend.node_id})
+
+    # -- the replica consistency check -----------------------------------------------------
+
+    # Admin, not read: each check appends an entry to the log and digests the whole state on
+    # every member, so it costs what a snapshot costs.
+    @app.route("/cluster/check", methods=["GET"], endpoint="check")
+    @_served("check", Role.ADMIN)
+    async def check(self, request: Request) -> bytes:
+        document = await self._administer(
+            self._backend.check_replicas,
+            "the replica consistency check",
+            "a member may be slow to digest a large state; run it again",
+        )
+        return write_json(request, 200, document)
 
     async def _administer(
         self, operation: Callable[[], Deferred[Any]], what: str, then: str

@@ -150,3 +150,9 @@ class ClusterAdmin(Protocol):
     def shutdown(self) -> None:
         """Stop this node gracefully (as SIGTERM does: a leader hands over first)."""
         ...
+
+    def check_replicas(self) -> Deferred[dict[str, Any]]:
+        """Run a replica consistency check (graft.consistency) on the leader: every member's
+        FSM digest at one log index. Answers ``{"check", "index", "ok", "complete",
+        "mismatch": [ids], "members": {id: {"digest", "error"}}}``."""
+        ...

@@ -153,9 +153,22 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
         f"longest leaderless {c.get('longest_leaderless_ms', '?')} ms, {seconds:.0f}s; "
         f"{v['dir']}/timeline.html"
     )
+    line += _replica_check_note(v.get("replica_check"))
     for a in v.get("anomalies", [])[:5]:
         line += f"\n  {a['kind']}: {a['message']}"
     return line
+
+
+def _replica_check_note(check: dict[str, Any] | None) -> str:
+    """How the replica consistency check after the heal went, for the summary line."""
+    if check is None:
+        return "; replica check: no answer"
+    if check.get("mismatch"):
+        return f"; replica check at {check.get('index')}: DIGESTS DIFFER"
+    if not check.get("complete"):
+        missing = sorted(n for n, m in check.get("members", {}).items() if not m.get("digest"))
+        return f"; replica check at {check.get('index')}: no digest from {', '.join(missing)}"
+    return f"; replicas equal at index {check.get('index')}"
 
 
 def _totals(verdicts: list[dict[str, Any]]) -> dict[str, int]:

@@ -5,7 +5,8 @@
 Order: start the nodes and wait for a leader; start the status poller and the clients; inject
 faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
 quiet period; stop them; then the final checks (every key read at `strong` through the leader
-and at `weak` with min_index on every node); write the run directory; exit 0 when the verdict
+and at `weak` with min_index on every node; then the replica consistency check, GET
+/cluster/check: digests that differ fail the run); write the run directory; exit 0 when the verdict
 is clean, 1 on an anomaly, 2 when the harness itself failed.
 """
 
@@ -36,6 +37,7 @@ from graft.faults.report import write_timeline
 from graft.faults.workload import Workload, WorkloadConfig, monotonic_clock
 
 QUIET_SECONDS = 5.0
+REPLICA_CHECK_SECONDS = 60.0
 FINAL_CLIENT = "final"
 
 
@@ -111,6 +113,39 @@ def final_checks(cluster: FaultCluster, workload: Workload) -> list[Anomaly]:
     return anomalies
 
 
+def replica_check(
+    cluster: FaultCluster, timeout: float = REPLICA_CHECK_SECONDS, pause: float = 1.0
+) -> tuple[dict[str, Any] | None, list[Anomaly]]:
+    """GET /cluster/check on the healed cluster (graft.consistency): every node's FSM digest at
+    one log index. Digests that differ are an anomaly (the replicas diverged). A check that
+    cannot complete (no leader yet, a member still catching up through a snapshot past the
+    check's index) is retried until ``timeout``; the last result is returned either way."""
+    deadline = time.monotonic() + timeout
+    result: dict[str, Any] | None = None
+    while True:
+        for node in cluster.node_ids:
+            try:
+                reply = cluster.request(node, "GET", "/cluster/check", timeout=max(1.0, timeout))
+            except OSError:
+                continue
+            if reply.status == 200:
+                result = reply.json()
+                break
+        if result is not None and result.get("mismatch"):
+            odd = ", ".join(result["mismatch"])
+            return result, [
+                Anomaly(
+                    kind="replica_digest_mismatch",
+                    message=f"the replica check at index {result.get('index')} found that the "
+                    f"FSM state of {odd} differs from the other nodes': the replicas diverged",
+                )
+            ]
+        if (result is not None and result.get("complete")) or time.monotonic() >= deadline:
+            return result, []
+        result = None
+        time.sleep(pause)
+
+
 def longest_leaderless(samples: list[StatusSample]) -> float:
     """The longest stretch (seconds) in which no node's /status said it was the leader."""
     longest = 0.0
@@ -132,6 +167,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
     workload = Workload(cluster, WorkloadConfig(clients=clients), seed, clock)
     nemesis = Nemesis(cluster, network, poller, rng, clock)
     anomalies: list[Anomaly] = []
+    check: dict[str, Any] | None = None
     started = time.time()
     try:
         network.setup()
@@ -145,6 +181,8 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         time.sleep(QUIET_SECONDS)
         workload.stop()
         anomalies += final_checks(cluster, workload)
+        check, check_anomalies = replica_check(cluster)
+        anomalies += check_anomalies
         for node, code in cluster.exit_codes().items():
             if code is not None:
                 anomalies.append(
@@ -189,6 +227,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         "faults": faults,
         "network_delay": "netem" if network.netem else "tbf (netem unavailable)",
         "wall_seconds": round(time.time() - started, 1),
+        "replica_check": check,
     }
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
     write_timeline(out / "timeline.html", history, nemesis.events, poller.samples, verdict)

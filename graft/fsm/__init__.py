@@ -20,7 +20,9 @@ from graft.fsm.base import (
     FSMFailure,
     QueryRejected,
     StateMachine,
+    begin_digest,
     begin_snapshot,
+    digest,
 )
 
 __all__ = [
@@ -29,8 +31,10 @@ __all__ = [
     "FSMFailure",
     "QueryRejected",
     "StateMachine",
+    "begin_digest",
     "begin_snapshot",
     "create_state_machine",
+    "digest",
 ]
 
 

@@ -7,9 +7,10 @@ so ``apply`` may not read clocks, random sources or anything else outside the co
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 
 class CommandRejected(Exception):
@@ -103,3 +104,48 @@ def begin_snapshot(fsm: StateMachine) -> Callable[[BinaryIO], None]:
         sink.write(image)
 
     return write
+
+
+# --- the replica consistency check -------------------------------------------------------------
+
+
+class _HashSink:
+    """A write-only binary file that only hashes what is written to it."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return len(data)
+
+
+def begin_digest(fsm: StateMachine) -> Callable[[], str]:
+    """Pin the FSM's current state and return the function that digests it (hex).
+
+    The optional FSM method ``begin_digest() -> Callable[[], str]`` has the contract of
+    ``begin_snapshot``: called on the reactor thread at the point of the log to digest, it must
+    return quickly; the returned function runs once, in a worker thread, while ``apply`` goes on,
+    and digests exactly the pinned state. Replicas in the same state must give the same digest
+    however they reached it (replay, restore from a snapshot), so it describes the state
+    logically, never a file's bytes that depend on history. Without the method, the digest is
+    the sha256 of the snapshot bytes (``begin_snapshot``): right for FSMs whose snapshot is
+    canonical (kv and script write sorted JSON).
+    """
+    begin: Callable[[], Callable[[], str]] | None = getattr(fsm, "begin_digest", None)
+    if begin is not None:
+        return begin()
+    write = begin_snapshot(fsm)
+
+    def compute() -> str:
+        sink = _HashSink()
+        write(cast(BinaryIO, sink))
+        return sink.hash.hexdigest()
+
+    return compute
+
+
+def digest(fsm: StateMachine) -> str:
+    """The digest of the FSM's current state, computed on the calling thread (for tests and
+    offline tools: two FSMs in the same state give the same digest)."""
+    return begin_digest(fsm)()

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from graft.fsm.base import CommandRejected, CorruptSnapshot, FSMFailure, QueryRejected
+from graft.fsm.sqlite_digest import begin_sqlite_digest
 
 __all__ = ["SQLiteStateMachine", "split_statements"]
 
@@ -448,6 +449,13 @@ class SQLiteStateMachine:
     def close(self) -> None:
         self._conn.close()
         self._dates.close()
+
+    # --- the replica consistency check ------------------------------------------------------
+
+    def begin_digest(self) -> Callable[[], str]:
+        """Pin the state and return the function that digests it logically, in a worker
+        thread (graft.fsm.sqlite_digest: the file's bytes differ between equal replicas)."""
+        return begin_sqlite_digest(self._path)
 
     # --- setup -------------------------------------------------------------------------------
 

@@ -382,6 +382,21 @@ class RaftNode:
         self._append_entries([(EntryKind.MEMBERSHIP, encode_membership(membership))])
         return index
 
+    def propose_marker(self, data: bytes) -> int:
+        """Append a NOOP entry carrying ``data`` (a marker for the driver, never an FSM
+        command) and return its index.
+
+        Every replica applies it at the same point of the log, so the driver can act on the
+        same state everywhere (the replica consistency check digests the FSM there). To the
+        core it is an entry like any other: replicated, persisted, committed by quorum.
+        """
+        if not data:
+            raise ValueError("a marker needs data; the empty NOOP is the term's first entry")
+        self._check_can_propose()
+        index = self._log.last_index() + 1
+        self._append_entries([(EntryKind.NOOP, data)])
+        return index
+
     def _check_can_propose(self) -> None:
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)

@@ -682,6 +682,12 @@ class Cluster:
         self.process(nid)
         return indexes
 
+    def propose_marker(self, nid: NodeId, data: bytes) -> int:
+        index = self.node(nid).propose_marker(data)
+        self.note(f"{nid} proposed a marker at {index}")
+        self.process(nid)
+        return index
+
     def read(self, nid: NodeId, context: bytes, *, process: bool = True) -> None:
         """A ReadIndex read, checked for linearizability when answered. ``process=False``
         leaves the Ready for a later read of the same turn (a follower batches them)."""
@@ -959,6 +965,9 @@ def simulate_seed(
     # fourth source: a node is told a live peer, often its leader, is unreachable.
     flap_rng = rng_factory(seed * 7_907 + 41)
     flap = 0.02 * flap_rng.random() if params is None else 0.0
+    # Markers (NOOP entries with data: the consistency check's) draw from a fifth source.
+    marker_rng = rng_factory(seed * 7_883 + 53)
+    markers = 0.04 * marker_rng.random() if params is None and marker_rng.random() < 0.6 else 0.0
     ids = [f"n{k}" for k in range(1, p.nodes + 1)]
     membership = Membership(voters=frozenset(ids))
     config = RaftConfig(
@@ -1092,6 +1101,12 @@ def simulate_seed(
                         proposals += count
                     except (NotLeader, ProposalDropped):
                         pass
+            if markers and marker_rng.random() < markers:
+                leaders = cluster.leaders()
+                if leaders:
+                    leader = leaders[marker_rng.randrange(0, len(leaders))]
+                    with suppress(NotLeader, ProposalDropped):
+                        cluster.propose_marker(leader.id, f"marker:{seed}:{cluster.now}".encode())
             if rng.random() < p.read:
                 leaders = cluster.leaders()
                 if leaders and rng.random() < 0.5:

@@ -129,4 +129,16 @@ INSTALL_SNAPSHOT_CHUNK = Command(
     errors=frozenset({"bad_request"}),
 )
 
-COMMANDS = CommandRegistry((FORWARD_SUBMIT, FORWARD_QUERY, FORWARD_ADMIN, INSTALL_SNAPSHOT_CHUNK))
+REPLICA_DIGEST = Command(
+    name="replica_digest",
+    # The leader running a consistency check asks a member for its digest of the FSM state at
+    # the check's marker (graft.consistency); the member answers once it has applied the marker
+    # and computed the digest.
+    arguments={"check": str, "index": int},
+    response={"digest": str},
+    errors=frozenset({"no_leader", "timeout", "not_found"}),
+)
+
+COMMANDS = CommandRegistry(
+    (FORWARD_SUBMIT, FORWARD_QUERY, FORWARD_ADMIN, INSTALL_SNAPSHOT_CHUNK, REPLICA_DIGEST)
+)

@@ -250,6 +250,21 @@ class FakeBackend:
     def shutdown(self) -> None:
         self.shutdowns += 1
 
+    def check_replicas(self) -> Deferred[dict[str, Any]]:
+        def check() -> dict[str, Any]:
+            digests = {m: {"digest": "ab" * 32, "error": None} for m in self.voters}
+            return {
+                "check": "0123456789abcdef",
+                "index": self.next_index - 1,
+                "ok": True,
+                "complete": True,
+                "mismatch": [],
+                "members": digests,
+            }
+
+        result: Deferred[dict[str, Any]] = self._admin(("check",), check)
+        return result
+
 
 class ClosingFile(io.BytesIO):
     """A snapshot file that remembers being closed and how much was read from it at most."""

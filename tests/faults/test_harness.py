@@ -3,6 +3,7 @@ nemesis schedule (against a fake cluster and network), the key roller and the re
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,66 @@ class RecordingTests(unittest.SynchronousTestCase):
         self.assertIn('stroke="red"', page)
         self.assertIn("bridge", page)
         self.assertNotIn("<script", page)
+
+
+class _CheckCluster:
+    """A FaultCluster stand-in whose /cluster/check answers come from a list, in turn."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.node_ids = ["n1", "n2", "n3"]
+        self.answers = answers
+        self.asked = 0
+
+    def request(self, node: str, method: str, path: str, timeout: float = 4.0) -> Any:
+        from graft.faults.cluster import Reply
+
+        assert (method, path) == ("GET", "/cluster/check")
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        if isinstance(answer, OSError):
+            raise answer
+        status, document = answer
+        return Reply(status=status, headers={}, body=json.dumps(document).encode())
+
+
+def _check_result(digests: dict[str, str | None]) -> dict[str, Any]:
+    from graft.consistency import summarize
+
+    return summarize(
+        "c", 42, {n: {"digest": d, "error": None if d else "behind"} for n, d in digests.items()}
+    )
+
+
+class ReplicaCheckTests(unittest.SynchronousTestCase):
+    def test_mismatch_is_an_anomaly(self) -> None:
+        from graft.faults.run import replica_check
+
+        cluster = _CheckCluster([(200, _check_result({"n1": "a", "n2": "a", "n3": "b"}))])
+        result, anomalies = replica_check(cluster, timeout=5, pause=0)  # type: ignore[arg-type]
+        self.assertEqual([a.kind for a in anomalies], ["replica_digest_mismatch"])
+        self.assertIn("n3", anomalies[0].message)
+        self.assertEqual(result and result["index"], 42)
+
+    def test_retries_until_complete(self) -> None:
+        """Unreachable nodes, a 503 and an incomplete check are retried; equal digests pass."""
+        from graft.faults.run import replica_check
+
+        cluster = _CheckCluster(
+            [
+                OSError("refused"),
+                (503, {"error": {"code": "no_leader", "message": "election"}}),
+                (200, _check_result({"n1": "a", "n2": "a", "n3": None})),
+                (200, _check_result({"n1": "a", "n2": "a", "n3": "a"})),
+            ]
+        )
+        result, anomalies = replica_check(cluster, timeout=5, pause=0)  # type: ignore[arg-type]
+        self.assertEqual(anomalies, [])
+        self.assertTrue(result and result["complete"])
+
+    def test_incomplete_at_the_deadline_is_no_anomaly(self) -> None:
+        from graft.faults.run import replica_check
+
+        cluster = _CheckCluster([(200, _check_result({"n1": "a", "n2": "a", "n3": None}))])
+        result, anomalies = replica_check(cluster, timeout=0, pause=0)  # type: ignore[arg-type]
+        self.assertEqual(anomalies, [])
+        self.assertFalse(result and result["complete"])

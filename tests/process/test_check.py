@@ -1,0 +1,129 @@
+"""The replica consistency check on real 3-node clusters (kv and SQLite): equal replicas pass
+GET /cluster/check and `graft check`; a replica made to diverge on purpose (a test-only FSM
+that stores another value on one node) is named, in /metrics, `graft status`, and the exit code
+of `graft check`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from graft.fsm.kv import KeyValueStateMachine
+from graft.fsm.sqlite import SQLiteStateMachine
+from graft.testing.cluster import LocalCluster
+
+# The FSMs below diverge on the node whose data dir is named ``diverge_on``, for commands that
+# contain this word; everywhere else they are the built-in FSMs.
+DIVERGE = b"diverge-here"
+
+
+class DivergingKV(KeyValueStateMachine):
+    def __init__(self, *, data_dir: Path, base_dir: Path | None = None, diverge_on: str) -> None:
+        super().__init__(data_dir=data_dir, base_dir=base_dir)
+        self._odd = Path(data_dir).name == diverge_on
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        if self._odd:
+            command = command.replace(DIVERGE, b"diverged")
+        return super().apply(command, index)
+
+
+class DivergingSQLite(SQLiteStateMachine):
+    def __init__(self, *, data_dir: Path, base_dir: Path | None = None, diverge_on: str) -> None:
+        super().__init__(data_dir=data_dir, base_dir=base_dir)
+        self._odd = Path(data_dir).name == diverge_on
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        if self._odd:
+            command = command.replace(DIVERGE, b"diverged")
+        return super().apply(command, index)
+
+
+def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from graft.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+class CheckProcessMixin:
+    fsm: str
+    good: list[bytes]
+    bad: bytes
+
+    def setUp(self) -> None:
+        test: Any = self
+        factory = f"tests.process.test_check:{self.fsm}"
+        self.cluster = LocalCluster(
+            Path(test.mktemp()),
+            extra={"fsm": {"factory": factory, "options": {"diverge_on": "n3"}}},
+        )
+        test.addCleanup(self.cluster.close)
+        self.cluster.start()
+        for node in self.cluster.node_ids:
+            self.cluster.wait_until_serving(node)
+        self.leader, _ = self.cluster.wait_for_leader()
+
+    def command(self, body: bytes) -> None:
+        test: Any = self
+        answer = self.cluster.request(self.leader, "POST", "/command", body)
+        test.assertEqual(answer.status, 200, answer.body)
+
+    def check(self, node: str) -> dict[str, Any]:
+        test: Any = self
+        answer = self.cluster.request(node, "GET", "/cluster/check", timeout=60)
+        test.assertEqual(answer.status, 200, answer.body)
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def test_equal_then_diverged(self) -> None:
+        test: Any = self
+        for body in self.good:
+            self.command(body)
+        follower = next(n for n in self.cluster.node_ids if n != self.leader)
+        result = self.check(follower)
+        test.assertTrue(result["ok"], result)
+        test.assertTrue(result["complete"], result)
+        test.assertEqual(len({m["digest"] for m in result["members"].values()}), 1)
+        ran = graft_cli("check", "-c", str(self.cluster.config_path))
+        test.assertEqual(ran.returncode, 0, ran.stdout + ran.stderr)
+        test.assertIn("ok", ran.stdout)
+
+        self.command(self.bad)  # n3 stores another value than n1 and n2
+        result = self.check(self.leader)
+        test.assertFalse(result["ok"], result)
+        test.assertEqual(result["mismatch"], ["n3"])
+        metrics = self.cluster.request(self.leader, "GET", "/metrics").body.decode()
+        test.assertIn("graft_replica_digest_mismatch 1.0", metrics)
+
+        ran = graft_cli("check", "-c", str(self.cluster.config_path))
+        test.assertEqual(ran.returncode, 3, ran.stdout + ran.stderr)
+        test.assertIn("DIFFERS", ran.stdout)
+        ran = graft_cli("check", "-c", str(self.cluster.config_path), "--json")
+        test.assertEqual(json.loads(ran.stdout)["mismatch"], ["n3"])
+        ran = graft_cli("status", "-c", str(self.cluster.config_path))
+        test.assertEqual(ran.returncode, 0, ran.stdout + ran.stderr)
+        test.assertIn("MISMATCH", ran.stdout)
+        test.assertIn("n3", ran.stdout.split("MISMATCH", 1)[1])
+
+
+class KeyValueCheckTests(CheckProcessMixin, unittest.TestCase):
+    fsm = "DivergingKV"
+    good = [json.dumps({"op": "put", "key": f"k{i}", "value": str(i)}).encode() for i in range(5)]
+    bad = json.dumps({"op": "put", "key": "k1", "value": "diverge-here"}).encode()
+
+
+class SQLiteCheckTests(CheckProcessMixin, unittest.TestCase):
+    fsm = "DivergingSQLite"
+    good = [
+        b"CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        *[f"INSERT INTO t(v) VALUES ('row {i}')".encode() for i in range(5)],
+    ]
+    bad = b"UPDATE t SET v = 'diverge-here' WHERE id = 2"

@@ -1,0 +1,241 @@
+"""The replica consistency check in the driver (graft.node + graft.consistency): three
+GraftNodes in memory (tests.test_node's network and storage), digests computed synchronously."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from prometheus_client import generate_latest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from graft.consistency import MARKER_PREFIX, DigestBook, summarize
+from graft.errors import NoLeader, NotFound
+from graft.fsm import digest
+from graft.fsm.kv import KeyValueStateMachine
+from graft.node import GraftNode
+from graft.raft.config import RaftConfig
+from graft.raft.node import RaftNode
+from graft.raft.types import EntryKind, Membership
+from tests.test_node import NODES, TICK, Channel, MemoryDurable, Network, put
+
+
+class RecordingFSM(KeyValueStateMachine):
+    """kv that remembers every command it was given, and on ``diverge`` stores other values."""
+
+    def __init__(self, *, diverge: bool = False) -> None:
+        super().__init__()
+        self.commands: list[bytes] = []
+        self.diverge = diverge
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        self.commands.append(command)
+        if self.diverge:
+            command = command.replace(b'"value": "', b'"value": "diverged-')
+        return super().apply(command, index)
+
+
+def run_now(f: Any, *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+class CheckTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.fsms: dict[str, RecordingFSM] = {}
+        for i, node_id in enumerate(NODES):
+            storage = MemoryDurable()
+            raft = RaftNode(
+                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
+                storage,
+                random.Random(i),
+            )
+            fsm = self.fsms[node_id] = RecordingFSM()
+            node = GraftNode(
+                raft=raft,
+                storage=storage,
+                fsm=fsm,
+                clock=self.clock,
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={n: f"http://{n}:8080" for n in NODES},
+                run_in_thread=run_now,
+                check_timeout=1.0,
+            )
+            node.peers = Channel(self.network, node_id)
+            self.network.nodes[node_id] = node
+            node.startService()
+        self.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        for node in self.network.nodes.values():
+            if node.running:
+                node.stopService()
+        self.flushLoggedErrors(NoLeader)
+
+    def advance(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.005)):
+            self.clock.advance(0.005)
+
+    def leader(self) -> str:
+        for _ in range(400):
+            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
+            if len(leaders) == 1:
+                return leaders[0]
+            self.advance(TICK)
+        self.fail("no leader elected")
+
+    def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
+        box: list[Any] = []
+        d.addBoth(box.append)
+        waited = 0.0
+        while not box and waited < seconds:
+            self.advance(TICK)
+            waited += TICK
+        self.assertTrue(box, "the operation did not finish")
+        if isinstance(box[0], Failure):
+            box[0].raiseException()
+        return box[0]
+
+    def write(self, leader: str, count: int = 3) -> None:
+        for k in range(count):
+            self.result(self.network.nodes[leader].submit([put(f"k{k}", str(k))]))
+
+    def test_equal_replicas_agree_and_markers_never_reach_the_fsm(self) -> None:
+        leader = self.leader()
+        self.write(leader)
+        result = self.result(self.network.nodes[leader].check_replicas())
+        self.assertTrue(result["ok"], result)
+        self.assertTrue(result["complete"], result)
+        self.assertEqual(result["mismatch"], [])
+        self.assertEqual(sorted(result["members"]), sorted(NODES))
+        expected = digest(self.fsms[leader])
+        for member in result["members"].values():
+            self.assertEqual(member, {"digest": expected, "error": None})
+        # The marker is a NOOP with data at the check's index, on every node; no FSM saw it.
+        for node_id in NODES:
+            storage = self.network.nodes[node_id]._storage
+            entry = storage.entries(result["index"], result["index"] + 1)[0]
+            self.assertEqual(entry.kind, EntryKind.NOOP)
+            self.assertTrue(entry.data.startswith(MARKER_PREFIX))
+            self.assertFalse(
+                any(c.startswith(MARKER_PREFIX) for c in self.fsms[node_id].commands), node_id
+            )
+        status = self.network.nodes[leader].status()
+        self.assertEqual(status["last_check"], result)
+        metrics = generate_latest(self.network.nodes[leader].metrics).decode()
+        self.assertIn("graft_replica_digest_mismatch 0.0", metrics)
+        self.assertIn(f"graft_replica_check_index {float(result['index'])}", metrics)
+
+    def test_diverged_replica_is_reported(self) -> None:
+        """A replica whose FSM stored other values is named in ``mismatch``; the gauge is 1 and
+        the status of the node asked (a follower, forwarding to the leader) shows it."""
+        leader = self.leader()
+        odd, asked = (n for n in NODES if n != leader)
+        self.fsms[odd].diverge = True
+        self.write(leader)
+        result = self.result(self.network.nodes[asked].check_replicas())
+        self.assertFalse(result["ok"])
+        self.assertTrue(result["complete"])
+        self.assertEqual(result["mismatch"], [odd])
+        for node_id in (leader, asked):
+            node = self.network.nodes[node_id]
+            self.assertEqual(node.status()["last_check"]["mismatch"], [odd])
+            self.assertIn(
+                "graft_replica_digest_mismatch 1.0", generate_latest(node.metrics).decode()
+            )
+
+    def test_unreachable_member_is_reported_not_a_mismatch(self) -> None:
+        leader = self.leader()
+        self.write(leader)
+        cut = next(n for n in NODES if n != leader)
+        self.network.isolate(cut)
+        self.network.cut.discard(frozenset((cut, next(n for n in NODES if n not in (leader, cut)))))
+        result = self.result(self.network.nodes[leader].check_replicas())
+        self.assertTrue(result["ok"], result)
+        self.assertFalse(result["complete"])
+        self.assertIsNone(result["members"][cut]["digest"])
+        self.assertIn("unreachable", result["members"][cut]["error"])
+
+    def test_concurrent_checks_share_one_marker(self) -> None:
+        """A check asked while one runs gets that one's result: one marker, one digest each."""
+        leader = self.leader()
+        node = self.network.nodes[leader]
+        first, second = node.check_replicas(), node.check_replicas()
+        a, b = self.result(first), self.result(second)
+        self.assertEqual(a, b)
+        markers = [
+            e
+            for e in node._storage.entries(1, node._storage.last_index() + 1)
+            if e.kind is EntryKind.NOOP and e.data
+        ]
+        self.assertEqual(len(markers), 1)
+
+    def test_unknown_check_is_not_found(self) -> None:
+        """A peer asking for a digest this node never computed gets not_found, not a hang."""
+        leader = self.leader()
+        node = self.network.nodes[leader]
+        applied = node.status()["applied"]
+        d = node.handle_request("x", "replica_digest", {"check": "nope", "index": applied})
+        box: list[Any] = []
+        d.addBoth(box.append)
+        self.assertIsInstance(box[0], Failure)
+        self.assertIsInstance(box[0].value, NotFound)
+
+
+class DigestBookTests(unittest.SynchronousTestCase):
+    def test_at_most_max_running_and_keep(self) -> None:
+        """Markers applied while MAX_RUNNING digests are still computing are skipped (a node
+        replaying many markers pins few states); only the last ``keep`` are kept."""
+        pending: list[Deferred[Any]] = []
+
+        def later(f: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d
+
+        book = DigestBook(
+            node_id="a", begin=lambda: lambda: "d", run_in_thread=later, keep=3, max_running=2
+        )
+        for index, check in enumerate(["c1", "c2", "c3", "c4"], start=1):
+            book.marker_applied(index, MARKER_PREFIX + check.encode())
+        self.assertEqual(len(pending), 2)
+        skipped: list[Any] = []
+        book.digest_of("c3", 3).addErrback(skipped.append)
+        self.assertIn("skipped", skipped[0].getErrorMessage())
+        gone: list[Any] = []
+        book.digest_of("c1", 1).addErrback(gone.append)
+        self.assertIsInstance(gone[0].value, NotFound)
+        got: list[Any] = []
+        book.digest_of("c2", 2).addCallback(got.append)
+        pending[1].callback("ff")
+        self.assertEqual(got, ["ff"])
+
+    def test_other_markers_are_ignored(self) -> None:
+        book = DigestBook(node_id="a", begin=lambda: lambda: "d", run_in_thread=maybeDeferred)
+        book.marker_applied(5, b"something-else")
+        failed: list[Any] = []
+        book.digest_of("something-else", 5).addErrback(failed.append)
+        self.assertEqual(len(failed), 1)
+
+    def test_summarize_names_the_minority(self) -> None:
+        result = summarize(
+            "c",
+            7,
+            {
+                "a": {"digest": "x", "error": None},
+                "b": {"digest": "y", "error": None},
+                "c": {"digest": "x", "error": None},
+                "d": {"digest": None, "error": "unreachable"},
+            },
+        )
+        self.assertEqual(
+            (result["ok"], result["complete"], result["mismatch"]), (False, False, ["b"])
+        )
+        self.assertEqual(json.loads(json.dumps(result)), result)
