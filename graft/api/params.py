@@ -53,11 +53,7 @@ class QueryParams:
         value = self._values.get(name)
         if value is None:
             return None
-        if not value.isascii() or not value.isdigit():
-            raise BadRequest(
-                f"parameter {name}={value!r} is not a non-negative integer: use e.g. {name}=42"
-            )
-        return int(value)
+        return bounded_int(name, value)
 
     def consistency(self) -> Consistency:
         value = self._values.get("consistency")
@@ -78,6 +74,32 @@ class QueryParams:
         if value.lower() == "base64":
             return True
         raise BadRequest(f"parameter encoding={value!r} is unknown: use base64 or leave it out")
+
+
+# Indexes and durations travel to the leader in msgpack (signed 64 bits at most) and are compared
+# with log indexes: anything larger is a client error, not a reason to wait forever.
+MAX_INT_PARAM = 2**63 - 1
+_MAX_INT_DIGITS = len(str(MAX_INT_PARAM))
+
+
+def bounded_int(name: str, value: str) -> int:
+    """A decimal in 0..MAX_INT_PARAM, checked on the text before int() sees it: int() of a few
+    thousand digits raises ValueError past Python's digit limit and costs time below it."""
+    if not value.isascii() or not value.isdigit():
+        raise BadRequest(
+            f"parameter {name}={_clip(value)!r} is not a non-negative integer: use e.g. {name}=42"
+        )
+    digits = value.lstrip("0")
+    if len(digits) > _MAX_INT_DIGITS or (digits and int(digits) > MAX_INT_PARAM):
+        raise BadRequest(
+            f"parameter {name}={_clip(value)} is out of range: expected 0 to {MAX_INT_PARAM}"
+        )
+    return int(digits or "0")
+
+
+def _clip(value: str) -> str:
+    """A parameter value short enough to quote in a message."""
+    return value if len(value) <= 40 else value[:37] + "..."
 
 
 def decode_base64(data: bytes | str, what: str) -> bytes:
