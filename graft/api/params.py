@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from graft.api.backend import Consistency
+from graft.api.jsonin import load_json
 from graft.errors import BadRequest
 
 _TRUE = frozenset({"true", "1", "yes"})
@@ -121,7 +121,7 @@ def parse_batch(body: bytes) -> list[bytes]:
     ``{"b64": "..."}`` objects (binary commands). All of it is checked before anything is
     submitted."""
     try:
-        document: Any = json.loads(body)
+        document: Any = load_json(body, "the batch")
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(
             f"the batch is not valid JSON ({e}): send a JSON array of strings or "

@@ -28,3 +28,58 @@ class IntegerParameterTests(ApiTestCase):
             answer = self.call("GET", f"/query?q=x&min_index={value}")
             self.assertError(answer, 400, "bad_request")
         self.assertEqual(len(self.backend.queries), 3)
+
+
+class JsonBodyTests(ApiTestCase):
+    """The API's own JSON bodies: the /commands batch and the administration bodies."""
+
+    BOMBS = (
+        b"[" * 5000,
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        b'[["x"' + b",[" * 4000 + b"]" * 4001 + b"]",
+    )
+    ADMIN = (("POST", "/cluster/members"), ("POST", "/cluster/leader"))
+
+    def test_deep_nesting_is_bad_request(self) -> None:
+        """`[` x 5000 (was a 500: RecursionError) and other deep bodies are 400s, checked before
+        parsing, on the batch and on every administrative body; nothing reaches the backend."""
+        for body in self.BOMBS:
+            for method, path in (("POST", "/commands"), *self.ADMIN):
+                answer = self.call(method, path, data=body)
+                detail = self.assertError(answer, 400, "bad_request")
+                self.assertTrue(
+                    "nests deeper" in detail["message"] or "do not balance" in detail["message"],
+                    detail["message"],
+                )
+        self.assertEqual(self.backend.submitted, [])
+        self.assertEqual(self.backend.admin_calls, [])
+
+    def test_brackets_inside_strings_do_not_count(self) -> None:
+        """Commands full of brackets and quotes (escaped) are strings: the batch passes."""
+        commands = ["[" * 100, "{" * 100 + '\\"', '"]]]}}}', "\\" * 3]
+        answer = self.call("POST", "/commands", json=commands)
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(self.backend.submitted, [[c.encode() for c in commands]])
+
+    def test_nesting_within_the_bound_passes(self) -> None:
+        """The depth check refuses only past 16 levels: a batch element nested 15 deep is
+        refused by the batch's own rules (not a string), not by the depth check."""
+        answer = self.call("POST", "/commands", data=b"[" * 16 + b"]" * 16)
+        detail = self.assertError(answer, 400, "bad_request")
+        self.assertIn("neither a string", detail["message"])
+
+    def test_huge_integers_are_bad_request(self) -> None:
+        """Integers of thousands of digits in a body are 400s naming the digit count."""
+        for digits in (5000, 4000, 25):
+            number = b"9" * digits
+            member = b'{"id": "n4", "host": "h", "ports": {"p2p": ' + number + b', "api": 1}}'
+            for method, path, body in (
+                ("POST", "/cluster/members", member),
+                ("POST", "/cluster/leader", b'{"id": ' + number + b"}"),
+                ("POST", "/commands", b'["a", ' + number + b"]"),
+            ):
+                detail = self.assertError(self.call(method, path, data=body), 400, "bad_request")
+                self.assertIn(f"of {digits} digits", detail["message"])
+        self.assertEqual(self.backend.submitted, [])
+        self.assertEqual(self.backend.admin_calls, [])
