@@ -109,6 +109,7 @@ from graft.errors import (
     Internal,
     NoLeader,
     NotFound,
+    PayloadTooLarge,
     Timeout,
 )
 
@@ -213,9 +214,20 @@ class GraftApi:
         params = QueryParams(request.uri)
         batch = parse_batch(self._body(request))
         _require_nonempty(batch)
+        self._check_batch_size(batch)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
         return self._submit(batch).addCallback(self._batch_answered, request)
+
+    def _check_batch_size(self, batch: Sequence[bytes]) -> None:
+        """Over api.limits.max_batch_commands is a 413: a 1 MiB body holds some 260,000 tiny
+        commands, each a log entry, a result and a share of the leader's memory until applied."""
+        cap = self._settings.limits.max_batch_commands
+        if len(batch) > cap:
+            raise PayloadTooLarge(
+                f"the batch holds {len(batch)} commands, over the limit of {cap}: split it "
+                "into several requests (or raise api.limits.max_batch_commands)"
+            )
 
     def _batch_answered(self, results: list[CommandResult], request: Request) -> bytes:
         self._command_headers(request, results[-1])

@@ -3,7 +3,7 @@ holding huge numbers, batches over the cap. Each is a 400 or 413 and reaches no 
 
 from __future__ import annotations
 
-from tests.api.fakes import ApiTestCase
+from tests.api.fakes import ApiTestCase, Limits, Settings
 
 
 class IntegerParameterTests(ApiTestCase):
@@ -83,3 +83,22 @@ class JsonBodyTests(ApiTestCase):
                 self.assertIn(f"of {digits} digits", detail["message"])
         self.assertEqual(self.backend.submitted, [])
         self.assertEqual(self.backend.admin_calls, [])
+
+
+class BatchCapTests(ApiTestCase):
+    def test_batch_over_the_cap_is_413(self) -> None:
+        """A batch of max_batch_commands passes; one more command is 413 payload_too_large,
+        and nothing is proposed (there was no cap: a 1 MiB body held ~260,000 commands)."""
+        self.serve(Settings(limits=Limits(max_batch_commands=3)))
+        self.assertEqual(self.call("POST", "/commands", json=["a", "b", "c"]).status, 200)
+        answer = self.call("POST", "/commands", json=["a", "b", "c", "d"])
+        detail = self.assertError(answer, 413, "payload_too_large")
+        self.assertIn("4 commands, over the limit of 3", detail["message"])
+        self.assertEqual(self.backend.submitted, [[b"a", b"b", b"c"]])
+
+    def test_default_cap(self) -> None:
+        """The default (1000) holds the benchmarks' batches (100 and 500) and refuses 1001."""
+        self.assertEqual(self.call("POST", "/commands", json=["x"] * 1000).status, 200)
+        answer = self.call("POST", "/commands", json=["x"] * 1001)
+        self.assertError(answer, 413, "payload_too_large")
+        self.assertEqual([len(b) for b in self.backend.submitted], [1000])
