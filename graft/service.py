@@ -121,6 +121,9 @@ def make_service(
         max_frame_bytes=cfg.max_frame_bytes,
     )
     node.peers = transport
+    node.limit_waiters(
+        commands=cfg.api.limits.max_pending_commands, reads=cfg.api.limits.max_read_waiters
+    )
 
     me = cfg.peers[node_id]
     site = make_api_site(node, cfg.api, reactor=reactor)

@@ -3,6 +3,7 @@ holding huge numbers, batches over the cap. Each is a 400 or 413 and reaches no 
 
 from __future__ import annotations
 
+from graft.errors import Overloaded
 from tests.api.fakes import ApiTestCase, Limits, Settings
 
 
@@ -102,3 +103,19 @@ class BatchCapTests(ApiTestCase):
         answer = self.call("POST", "/commands", json=["x"] * 1001)
         self.assertError(answer, 413, "payload_too_large")
         self.assertEqual([len(b) for b in self.backend.submitted], [1000])
+
+
+class OverloadedTests(ApiTestCase):
+    def test_overloaded_is_503_with_retry_after(self) -> None:
+        """The backend's Overloaded (too many waiting reads or proposals) is a 503 overloaded
+        with Retry-After, for commands, batches and queries alike."""
+        self.backend.failure = Overloaded("10000 reads are waiting: retry shortly")
+        for method, path, body in (
+            ("POST", "/command", b"x"),
+            ("POST", "/commands", b'["x"]'),
+            ("GET", "/query?consistency=weak&min_index=99", b"q"),
+        ):
+            answer = self.call(method, path, data=body)
+            detail = self.assertError(answer, 503, "overloaded")
+            self.assertEqual(detail["message"], "10000 reads are waiting: retry shortly")
+            self.assertEqual(answer.header("Retry-After"), "1")
