@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import defer, protocol, task
+from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from graft.api import make_api_site
 from tests.api.fakes import FakeBackend, Limits, Settings
@@ -136,3 +138,56 @@ class RequestDeadlineTests(_Connections):
             self.clock.advance(1.0)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "), transport.value())
         self.assertFalse(transport.disconnecting)
+
+
+class _Client(protocol.Protocol):
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(self.received)
+
+
+class SocketTests(TestCase):
+    """The same limits over real loopback sockets (the Site's wiring, not only its logic)."""
+
+    def listen(self, limits: Limits) -> tuple[Any, int]:
+        reactor: Any = global_reactor
+        site = make_api_site(FakeBackend(), Settings(limits=limits), reactor=reactor)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return site, port.getHost().port
+
+    def connect(self, port: int, request: bytes) -> defer.Deferred[_Client]:
+        client = _Client(request)
+        creator = protocol.ClientCreator(global_reactor, lambda: client)
+        connected: defer.Deferred[Any] = creator.connectTCP("127.0.0.1", port)
+        return connected.addCallback(lambda _: client)
+
+    @defer.inlineCallbacks
+    def test_partial_request_is_closed_with_408(self) -> Any:
+        _, port = self.listen(Limits(request_deadline_ms=50))
+        client = yield self.connect(port, b"POST /command HTTP/1.1\r\nHost: a\r\n")
+        raw = yield client.closed
+        self.assertTrue(raw.startswith(b"HTTP/1.1 408 "), raw)
+
+    @defer.inlineCallbacks
+    def test_connection_over_the_cap_gets_503(self) -> Any:
+        site, port = self.listen(Limits(max_connections=1))
+        holder = yield self.connect(port, b"")
+        while site.open_connections < 1:  # the server side has accepted it
+            yield task.deferLater(global_reactor, 0.01, lambda: None)
+        refused = yield self.connect(port, b"")
+        raw = yield refused.closed
+        self.assertTrue(raw.startswith(b"HTTP/1.1 503 "), raw)
+        holder.transport.loseConnection()
+        yield holder.closed
