@@ -61,6 +61,21 @@ class NodeWaiterLimitTests(unittest.TestCase):
         answer = self.result(node.query(get("k"), Consistency.WEAK))
         self.assertEqual(json.loads(answer.output), {"value": None})
 
+    def test_unconfirmed_strong_reads_bounded(self) -> None:
+        """Reads waiting for a quorum's confirmation (here: an isolated follower, which never
+        gets it) are bounded too; one more is Overloaded at once."""
+        leader = self.leader()
+        follower_id = next(n for n in NODES if n != leader)
+        node = self.network.nodes[follower_id]
+        node.limit_waiters(commands=1000, reads=2)
+        self.network.isolate(follower_id)
+        for _ in range(2):
+            node.query(get("k"), Consistency.STRONG).addErrback(lambda _: None)
+        refused = self.result(node.query(get("k"), Consistency.STRONG), seconds=0.1)
+        self.assertIsInstance(refused, Failure)
+        self.assertTrue(refused.check(Overloaded))
+        self.assertEqual(len(node._reads), 2)
+
     def test_pending_proposals_bounded(self) -> None:
         """A batch that would pass max_pending_commands is refused with Overloaded before
         anything is proposed; on a follower the leader's refusal comes back as Overloaded."""
