@@ -399,6 +399,7 @@ def start(
         join = _join_cluster(
             cfg, node_id, join_url, token=token, cacert=cacert, timeout=join_timeout
         )
+    warn_open_api(cfg, [node_id])
     from twisted.application.twist._twist import Twist
 
     # Twist parses argv like the `twist` script; its default log file is stdout. The log
@@ -436,6 +437,7 @@ def dev(config_path: Path | None) -> None:
     cluster = DevCluster(cfg)
     cluster.start()
     _print_dev_banner(cfg)
+    warn_open_api(cfg, list(cfg.peers))
     client = _make_client(
         ClientSettings(
             config_path=cfg.path,
@@ -603,6 +605,20 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"code {code}"
+
+
+def warn_open_api(
+    cfg: ClusterConfig, node_ids: Sequence[str], echo: Callable[[str], None] | None = None
+) -> None:
+    """On stderr, for each node whose API is open to the network without tokens (the node
+    logs it too, but a log on stdout is easy to miss)."""
+    from graft.exposure import open_api_warning
+
+    say = echo or (lambda line: click.secho(line, err=True, fg="yellow", bold=True))
+    for node_id in node_ids:
+        warning = open_api_warning(cfg, node_id)
+        if warning is not None:
+            say(warning)
 
 
 def _print_dev_banner(cfg: ClusterConfig) -> None:

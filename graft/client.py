@@ -204,7 +204,10 @@ class GraftClient:
                 with answer:
                     location = answer.headers.get("Location")
                     if answer.code in (307, 308) and location:
-                        url = urllib.parse.urljoin(url, location)
+                        target = urllib.parse.urljoin(url, location)
+                        if not self._may_carry_credentials(url, target):
+                            all_headers.pop("Authorization", None)
+                        url = target
                         continue
                     raise _error_from_answer(
                         answer.code, answer.read(), self.name_of(url)
@@ -222,6 +225,20 @@ class GraftClient:
             f"more than {MAX_REDIRECTS} redirects starting at {self.name_of(url)}: the nodes "
             "disagree about the leader; retry in a moment or check `graft status`",
         )
+
+    def _may_carry_credentials(self, current: str, target: str) -> bool:
+        """Whether a redirect from ``current`` to ``target`` may keep the Authorization header:
+        only to the same origin or to one of the members the client was given, and never from
+        https to http. Anything else (a node's Location pointing elsewhere, by mistake or by
+        an attacker) would hand the token to a stranger, or send it in clear text."""
+        if urllib.parse.urlsplit(current).scheme.lower() == "https" and (
+            urllib.parse.urlsplit(target).scheme.lower() != "https"
+        ):
+            return False
+        origin = _origin(target)
+        if origin is None:
+            return False
+        return origin == _origin(current) or origin in {_origin(u) for u in self.urls}
 
     def _transport_error(self, url: str, reason: object) -> ClientError:
         node = self.name_of(url)
@@ -471,6 +488,19 @@ class GraftClient:
 def _base_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL, default ports filled in; None if it has no host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not parts.hostname:
+        return None
+    return scheme, parts.hostname, port or {"http": 80, "https": 443}.get(scheme, 0)
 
 
 def _describe(reason: object) -> str:

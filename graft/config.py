@@ -15,7 +15,10 @@ Keys (all optional except ``peers``)::
     peers: {ID: {host: H, ports: {p2p: P, api: P}}, ...}
     tls: {ca: certs/ca.pem, cert: certs/{id}.pem, key: certs/{id}.key}
     api: {tls: {cert, key, client_ca}, tokens: {read|write|admin: [sha256 hex, ...]},
-          max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000}
+          max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000,
+          limits: {max_batch_commands: 1000, max_pending_commands: 100000,
+                   max_read_waiters: 10000, max_connections: 512, request_deadline_ms: 10000},
+          allowed_origins: ["https://console.example.com", ...]}
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
     snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216}
@@ -36,11 +39,14 @@ from typing import Any
 
 import yaml
 
+from graft.origin import normalize_origin
+
 __all__ = [
     "DEFAULT_FSM_FACTORY",
     "SCRIPT_FSM_FACTORY",
     "TOKEN_ROLES",
     "ApiConfig",
+    "ApiLimits",
     "ApiTLSConfig",
     "ApiTLSFiles",
     "ClusterConfig",
@@ -125,6 +131,22 @@ class ApiTLSConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiLimits:
+    """What one client may hold of a node's API (``api.limits``)."""
+
+    # Commands in one POST /commands; more is a 413.
+    max_batch_commands: int = 1000
+    # Commands proposed on this node as leader and not yet applied; more is a 503 overloaded.
+    max_pending_commands: int = 100_000
+    # Reads waiting for this node to apply an index (min_index, ReadIndex); more is a 503.
+    max_read_waiters: int = 10_000
+    # Open HTTP connections; a connection over it gets a 503 and is closed.
+    max_connections: int = 512
+    # From a request's first byte to its last: a slower client is answered 408 and dropped.
+    request_deadline_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiConfig:
     tls: ApiTLSConfig | None = None
     # role -> lowercase sha256 hex digests of the bearer tokens; empty means no authentication.
@@ -132,6 +154,9 @@ class ApiConfig:
     max_body_bytes: int = _MIB
     command_timeout_ms: int = 5000
     query_timeout_ms: int = 5000
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    # Origins (scheme://host[:port]) besides the node's own whose browsers may change state.
+    allowed_origins: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -622,8 +647,17 @@ class _Reader:
         section = self.mapping(
             "api",
             value,
-            ("tls", "tokens", "max_body_bytes", "command_timeout_ms", "query_timeout_ms"),
-            "a mapping {tls, tokens, max_body_bytes, command_timeout_ms, query_timeout_ms}",
+            (
+                "tls",
+                "tokens",
+                "max_body_bytes",
+                "command_timeout_ms",
+                "query_timeout_ms",
+                "limits",
+                "allowed_origins",
+            ),
+            "a mapping {tls, tokens, max_body_bytes, command_timeout_ms, query_timeout_ms, "
+            "limits, allowed_origins}",
         )
         default = ApiConfig()
         tls = None
@@ -650,7 +684,58 @@ class _Reader:
                 section.get("query_timeout_ms", default.query_timeout_ms),
                 minimum=1,
             ),
+            limits=self.api_limits(section.get("limits")),
+            allowed_origins=self.allowed_origins(section.get("allowed_origins")),
         )
+
+    # --- api.limits and api.allowed_origins (issue 14) ----------------------------------------
+
+    def api_limits(self, value: Any) -> ApiLimits:
+        default = ApiLimits()
+        if value is None:
+            return default
+        names = (
+            "max_batch_commands",
+            "max_pending_commands",
+            "max_read_waiters",
+            "max_connections",
+            "request_deadline_ms",
+        )
+        section = self.mapping("api.limits", value, names, "a mapping {" + ", ".join(names) + "}")
+        numbers = {
+            name: self.integer(
+                f"api.limits.{name}", section.get(name, getattr(default, name)), minimum=1
+            )
+            for name in names
+        }
+        limits = ApiLimits(**numbers)
+        if limits.max_pending_commands < limits.max_batch_commands:
+            raise self.fail(
+                "api.limits.max_pending_commands",
+                f"{limits.max_pending_commands} is less than api.limits.max_batch_commands "
+                f"({limits.max_batch_commands}); expected room for at least one whole batch",
+            )
+        return limits
+
+    def allowed_origins(self, value: Any) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        expected = 'a list of origins such as "https://console.example.com:8443"'
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.wrong_type("api.allowed_origins", value, expected)
+        origins = set()
+        for i, item in enumerate(value):
+            origin = normalize_origin(item) if isinstance(item, str) else None
+            if origin is None:
+                raise self.fail(
+                    f"api.allowed_origins[{i}]",
+                    f"{_show(item)} is not an origin; expected scheme://host[:port] with "
+                    "scheme http or https and no path",
+                )
+            origins.add(origin)
+        return frozenset(origins)
 
     def api_tls(self, value: Any) -> ApiTLSConfig:
         section = self.mapping(

@@ -72,3 +72,15 @@ class Timeout(GraftError):
 class Internal(GraftError):
     code = "internal"
     status = 500
+
+
+class Overloaded(GraftError):
+    """Too many requests are waiting on this node (reads for an index, proposals to commit):
+    nothing was done; the client should retry after ``retry_after`` seconds."""
+
+    code = "overloaded"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

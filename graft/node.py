@@ -53,6 +53,7 @@ from graft.errors import (
     Internal,
     NoLeader,
     NotFound,
+    Overloaded,
     Timeout,
 )
 from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_digest, begin_snapshot
@@ -118,7 +119,7 @@ class PeerChannel(Protocol):
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
-    cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal)
+    cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal, Overloaded)
 }
 
 
@@ -617,6 +618,11 @@ class GraftNode(Service, ClusterBackend):
 
     def _propose(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         try:
+            self._proposals.check_room(len(commands))
+        except Overloaded as e:
+            self._metrics.proposals_failed.labels(reason="overloaded").inc()
+            return _fail(e)
+        try:
             indexes = self._raft.propose_batch(list(commands))
         except NotLeader:
             self._metrics.proposals_failed.labels(reason="not_leader").inc()
@@ -764,6 +770,8 @@ class GraftNode(Service, ClusterBackend):
         return self._read_at(query, min_index or 0)
 
     def _linearizable_read(self, query: bytes, min_index: int | None) -> Deferred[QueryResult]:
+        if len(self._reads) >= self._applied.limit:
+            return _fail(self._too_many_reads())
         context = b"%s.%d" % (self._read_prefix, next(self._read_ids))
         d: Deferred[Any] = Deferred()
         self._reads[context] = d
@@ -788,6 +796,19 @@ class GraftNode(Service, ClusterBackend):
         self._raft.read_index(context)
         self._schedule()
         return d
+
+    def limit_waiters(self, *, commands: int, reads: int) -> None:
+        """api.limits: at most ``commands`` proposals waiting to be applied, and at most
+        ``reads`` reads waiting for a quorum's confirmation (and as many for an index); more
+        are refused with Overloaded (503) instead of held."""
+        self._proposals.limit = commands
+        self._applied.limit = reads
+
+    def _too_many_reads(self) -> Overloaded:
+        return Overloaded(
+            f"{len(self._reads)} reads are waiting for a quorum's confirmation on "
+            f"{self.node_id}, its limit (api.limits.max_read_waiters): retry shortly"
+        )
 
     def _retry_read(self, context: bytes) -> None:
         waiter = self._reads.get(context)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from graft.api import make_api_site
 from graft.config import ClusterConfig, ConfigError
+from graft.exposure import open_api_warning
 from graft.fsm import StateMachine, create_state_machine
 from graft.metrics import NodeMetrics
 from graft.node import GraftNode
@@ -121,8 +122,12 @@ def make_service(
         max_frame_bytes=cfg.max_frame_bytes,
     )
     node.peers = transport
+    node.limit_waiters(
+        commands=cfg.api.limits.max_pending_commands, reads=cfg.api.limits.max_read_waiters
+    )
 
     me = cfg.peers[node_id]
+    warn_if_open_api(cfg, node_id)
     site = make_api_site(node, cfg.api, reactor=reactor)
     api_tls = cfg.api_tls_for(node_id)
     if api_tls is None:
@@ -139,6 +144,13 @@ def make_service(
     node.setServiceParent(top)
     api.setServiceParent(top)
     return cast(IService, top)
+
+
+def warn_if_open_api(cfg: ClusterConfig, node_id: str) -> None:
+    """Log, loudly, that the API is open to anyone on the network (graft.exposure)."""
+    text = open_api_warning(cfg, node_id)
+    if text is not None:
+        log.warn("{text}", text=text)
 
 
 class GraftService(MultiService):

@@ -15,14 +15,19 @@ from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from graft.errors import GraftError
+from graft.errors import GraftError, Overloaded
 
 T = TypeVar("T")
 
 
+# Defaults of api.limits (graft.config.ApiLimits); the node sets the configured ones.
+DEFAULT_MAX_PENDING_COMMANDS = 100_000
+DEFAULT_MAX_READ_WAITERS = 10_000
+
+
 @dataclass(slots=True)
 class _Waiter(Generic[T]):
-    deferred: Deferred[T]
+    deferred: Deferred[T] | None  # None once answered or expired: nothing is kept for it
     timer: Any = None
     term: int = 0
 
@@ -50,6 +55,19 @@ class ProposalWaiters:
 
     clock: Any
     _by_index: dict[int, _Batch] = field(default_factory=dict)
+    # Commands waiting at most (api.limits.max_pending_commands): check_room before proposing.
+    limit: int = DEFAULT_MAX_PENDING_COMMANDS
+
+    def check_room(self, count: int) -> None:
+        """Raise Overloaded if ``count`` more proposals would pass the limit; called before
+        proposing, since a proposed entry must get its waiter."""
+        waiting = len(self._by_index)
+        if waiting + count > self.limit:
+            raise Overloaded(
+                f"{waiting} commands are waiting to be applied on this leader and {count} more "
+                f"would pass its limit of {self.limit} (api.limits.max_pending_commands): "
+                "nothing was proposed; retry shortly"
+            )
 
     def add_batch(
         self,
@@ -141,12 +159,22 @@ class ProposalWaiters:
 
 @dataclass(slots=True)
 class IndexWaiters:
-    """Deferreds that fire once the FSM has applied up to an index (reads, min_index)."""
+    """Deferreds that fire once the FSM has applied up to an index (reads, min_index).
+
+    At most ``limit`` wait at once (api.limits.max_read_waiters); one more is refused with
+    Overloaded. An expired waiter lets go of its Deferred and timer at once and stops counting;
+    its slot in the heap is reclaimed when expired slots make up half the heap, so the heap never
+    holds more than about twice the live waiters (a far ``min_index`` used to stay in it until
+    the log reached that index, that is forever).
+    """
 
     clock: Any
     applied: int = 0
+    limit: int = DEFAULT_MAX_READ_WAITERS
     _heap: list[tuple[int, int, _Waiter[int]]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _live: int = 0  # waiters in the heap still waiting
+    _expired: int = 0  # slots in the heap whose waiter expired
 
     def wait(
         self, index: int, timeout: float, on_timeout: Callable[[], GraftError]
@@ -155,29 +183,74 @@ class IndexWaiters:
         if index <= self.applied:
             d.callback(self.applied)
             return d
+        if self._live >= self.limit:
+            d.errback(
+                Overloaded(
+                    f"{self._live} reads are waiting for this node to apply their index, its "
+                    f"limit (api.limits.max_read_waiters): retry shortly"
+                )
+            )
+            return d
         waiter: _Waiter[int] = _Waiter(deferred=d)
 
         def expire() -> None:
-            if not d.called:
-                d.errback(on_timeout())
+            waiting = waiter.deferred
+            if waiting is None:
+                return
+            self._drop(waiter)
+            if not waiting.called:
+                waiting.errback(on_timeout())
 
         waiter.timer = self.clock.callLater(timeout, expire)
         heapq.heappush(self._heap, (index, next(self._seq), waiter))
+        self._live += 1
         return d
+
+    def _drop(self, waiter: _Waiter[int]) -> None:
+        waiter.deferred = None
+        waiter.timer = None
+        self._live -= 1
+        self._expired += 1
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the expired slots once they are half the heap (amortized O(log n) each)."""
+        if self._expired and self._expired * 2 >= len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].deferred is not None]
+            heapq.heapify(self._heap)
+            self._expired = 0
 
     def advance(self, applied: int) -> None:
         self.applied = applied
+        # self._heap each time: a callback fired below may wait again, expire or fail_all.
         while self._heap and self._heap[0][0] <= applied:
             _, _, waiter = heapq.heappop(self._heap)
+            d = waiter.deferred
+            if d is None:
+                self._expired -= 1
+                continue
+            waiter.deferred = None
+            self._live -= 1
             if waiter.timer is not None and waiter.timer.active():
                 waiter.timer.cancel()
-            if not waiter.deferred.called:
-                waiter.deferred.callback(applied)
+            waiter.timer = None
+            if not d.called:
+                d.callback(applied)
+        self._compact()  # the live waiters left may now be outnumbered by expired slots
 
     def fail_all(self, error: Callable[[], GraftError]) -> None:
         heap, self._heap = self._heap, []
+        self._live = self._expired = 0
         for _, _, waiter in heap:
+            d = waiter.deferred
+            if d is None:
+                continue
+            waiter.deferred = None
             if waiter.timer is not None and waiter.timer.active():
                 waiter.timer.cancel()
-            if not waiter.deferred.called:
-                waiter.deferred.errback(error())
+            if not d.called:
+                d.errback(error())
+
+    def __len__(self) -> int:
+        """Waiters still waiting (expired ones are not counted)."""
+        return self._live

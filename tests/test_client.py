@@ -456,3 +456,64 @@ class RetryUnreachableTests(SynchronousTestCase):
         with self.assertRaises(Unreachable):
             client.add_member("delta", "127.0.0.1", 1, 2)
         self.assertEqual(fake.sleeps, [])
+
+
+class RedirectCredentialTests(SynchronousTestCase):
+    """The token goes only where the client was told to talk (issue 14, item 5): it used to be
+    re-sent on any redirect, to another host or from https to http."""
+
+    def test_token_dropped_on_redirect_to_another_origin(self) -> None:
+        """A 307 to a host the client was not given gets the request without Authorization."""
+        stranger = start_fake_node(self, Reply(body=b"done"))
+        elsewhere = stranger.url.replace("127.0.0.1", "localhost")  # another origin
+        member = start_fake_node(
+            self, Reply(status=307, headers={"Location": elsewhere + "/command"})
+        )
+        response = make_client([member.url], token="s3cret").command(b"x")
+        self.assertEqual(response.body, b"done")
+        self.assertEqual(member.seen[0].headers.get("authorization"), "Bearer s3cret")
+        self.assertEqual([s.body for s in stranger.seen], [b"x"])
+        self.assertNotIn("authorization", stranger.seen[0].headers)
+
+    def test_token_kept_to_a_known_member_and_same_origin(self) -> None:
+        """A redirect to another member the client knows (a follower pointing at the leader)
+        or within the same origin keeps the token."""
+        leader = start_fake_node(self, Reply(body=b"done"))
+        follower = start_fake_node(
+            self, Reply(status=307, headers={"Location": leader.url + "/command"})
+        )
+        make_client([follower.url, leader.url], token="s3cret").command(b"x")
+        self.assertEqual(leader.seen[0].headers.get("authorization"), "Bearer s3cret")
+        leader.script.append(Reply(status=307, headers={"Location": "/command?again=1"}))
+        make_client([leader.url], token="s3cret").command(b"y")
+        self.assertEqual(
+            [s.headers.get("authorization") for s in leader.seen[1:]], ["Bearer s3cret"] * 2
+        )
+
+    def test_once_dropped_stays_dropped(self) -> None:
+        """A redirect chain that leaves for a stranger and comes back does not get it back."""
+        member = start_fake_node(self)
+        stranger = start_fake_node(
+            self, Reply(status=307, headers={"Location": member.url + "/command"})
+        )
+        member.script.append(
+            Reply(
+                status=307,
+                headers={"Location": stranger.url.replace("127.0.0.1", "localhost") + "/c"},
+            )
+        )
+        make_client([member.url], token="s3cret").command(b"x")
+        self.assertEqual(
+            [s.headers.get("authorization") for s in member.seen], ["Bearer s3cret", None]
+        )
+
+    def test_https_to_http_never_carries_it(self) -> None:
+        client = make_client(["https://a.example:8443", "http://b.example:8080"], token="t")
+        may = client._may_carry_credentials
+        self.assertFalse(may("https://a.example:8443/command", "http://a.example:8443/command"))
+        self.assertFalse(may("https://a.example:8443/command", "http://b.example:8080/command"))
+        self.assertTrue(may("https://a.example:8443/x", "https://a.example:8443/y"))
+        self.assertTrue(may("http://b.example:8080/x", "https://a.example:8443/y"))
+        self.assertTrue(may("https://a.example/x", "https://A.example:443/y"))
+        self.assertFalse(may("https://a.example:8443/x", "https://c.example:8443/y"))
+        self.assertFalse(may("http://b.example:8080/x", "http://b.example:8081/y"))

@@ -8,8 +8,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.errors import GraftError, NoLeader, Timeout
-from graft.waiters import ProposalWaiters
+from graft.errors import GraftError, NoLeader, Overloaded, Timeout
+from graft.waiters import IndexWaiters, ProposalWaiters
 
 
 def overwritten() -> GraftError:
@@ -107,3 +107,79 @@ class ProposalWaitersTests(unittest.SynchronousTestCase):
         [failure] = later
         self.assertEqual(str(failure.value), "stopping")
         self.assertEqual(len(waiters), 0)
+
+
+def _expired() -> GraftError:
+    return Timeout("not applied in time")
+
+
+class IndexWaitersLimitTests(unittest.SynchronousTestCase):
+    """A far min_index (consistency=weak&min_index=10**18) used to leave its waiter in the heap
+    until the log reached that index: forever. Issue 14, item 5."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.waiters = IndexWaiters(self.clock, applied=5)
+
+    def test_expired_waiters_are_freed(self) -> None:
+        """1,000 far waiters that expire leave nothing in the heap, and their Deferreds are
+        not held once they fired."""
+        outcomes: list[Any] = []
+        for _ in range(1000):
+            self.waiters.wait(10**18, 1.0, _expired).addBoth(outcomes.append)
+        self.clock.advance(1.0)
+        self.assertEqual(len(outcomes), 1000)
+        self.assertTrue(all(isinstance(o, Failure) and o.check(Timeout) for o in outcomes))
+        self.assertEqual(len(self.waiters._heap), 0)
+        self.assertEqual(len(self.waiters), 0)
+
+    def test_heap_stays_within_twice_the_live_waiters(self) -> None:
+        """Expiries among live waiters shrink the heap as they go: it never holds more than
+        about twice the waiters still waiting, and the live ones still fire in order."""
+        fired: list[Any] = []
+        for i in range(100):
+            self.waiters.wait(10 + i, 10_000.0, _expired).addBoth(fired.append)
+        for _ in range(1000):
+            self.waiters.wait(10**18, 1.0, _expired).addErrback(lambda _: None)
+            self.clock.advance(1.0)
+            self.assertLessEqual(len(self.waiters._heap), 2 * len(self.waiters) + 1)
+        self.waiters.advance(200)
+        self.assertEqual(fired, [200] * 100)
+        self.assertEqual(len(self.waiters._heap), 0)
+
+    def test_bounded_in_number(self) -> None:
+        """Beyond ``limit`` waiting, wait() fails at once with Overloaded (503 with
+        Retry-After); an index already applied is still answered; room returns as waiters
+        leave."""
+        self.waiters.limit = 3
+        for _ in range(3):
+            self.waiters.wait(100, 1.0, _expired).addErrback(lambda _: None)
+        refused = self.failureResultOf(self.waiters.wait(100, 1.0, _expired), Overloaded)
+        self.assertIn("api.limits.max_read_waiters", refused.value.message)
+        self.assertEqual(self.successResultOf(self.waiters.wait(5, 1.0, _expired)), 5)
+        self.assertEqual(len(self.waiters), 3)
+        self.clock.advance(1.0)
+        self.assertNoResult(self.waiters.wait(100, 1.0, _expired))
+
+    def test_fail_all_skips_expired(self) -> None:
+        outcomes: list[Any] = []
+        self.waiters.wait(10**18, 1.0, _expired).addBoth(outcomes.append)
+        self.waiters.wait(10**18, 5.0, _expired).addBoth(outcomes.append)
+        self.clock.advance(1.0)
+        self.waiters.fail_all(lambda: NoLeader("stopping"))
+        self.assertEqual([o.type for o in outcomes], [Timeout, NoLeader])
+        self.assertEqual(len(self.waiters), 0)
+
+
+class ProposalWaitersLimitTests(unittest.SynchronousTestCase):
+    def test_check_room(self) -> None:
+        """Proposals waiting are bounded: check_room refuses a batch that would pass the
+        limit, and the room returns when entries are applied or time out."""
+        waiters = ProposalWaiters(Clock(), limit=5)
+        waiters.check_room(5)
+        waiters.add_batch(1, 4, 1, 1.0, _expired)
+        waiters.check_room(1)
+        error = self.assertRaises(Overloaded, waiters.check_room, 2)
+        self.assertIn("api.limits.max_pending_commands", error.message)
+        waiters.resolve(1, 1, "r1", overwritten, partly)
+        waiters.check_room(2)

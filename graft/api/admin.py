@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from graft.api.backend import ClusterAdmin, ClusterBackend
+from graft.api.jsonin import load_json
 from graft.errors import BadRequest
 
 # Adding a member waits for the learner to catch up (possibly a large snapshot), so the API's
@@ -80,7 +81,7 @@ def parse_transfer_target(body: bytes) -> str | None:
 
 def _json_object(body: bytes, expected: str) -> dict[str, Any]:
     try:
-        document = json.loads(body)
+        document = load_json(body, "the body")
     except ValueError:  # includes UnicodeDecodeError
         raise BadRequest(f"the body is not JSON: send {expected}") from None
     if not isinstance(document, dict):

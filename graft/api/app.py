@@ -39,6 +39,11 @@ Decisions beyond DESIGN.md:
   ``"encoding": "base64"``.
 - Tokens (graft.api.auth): missing or unknown -> 401, valid but too low a role -> 403.
 - Bodies over api.max_body_bytes: 413 before they are read whole (graft.api.limits).
+- A POST/PUT/DELETE whose Origin (or Sec-Fetch-Site) says a browser sent it from another web
+  origin is 403 before the token is looked at (GraftApi._check_origin); requests without
+  those headers (curl, the CLI) and every content type are accepted as before.
+- A batch over api.limits.max_batch_commands is 413; integers in the query string outside
+  0..2**63-1 and JSON bodies nested over 16 levels are 400 (graft.api.params, .jsonin).
 - Every answer declares its Content-Length; the HTTP metrics label requests by route name
   (``unmatched`` for 404/405), never by raw path.
 - Administration (/cluster/..., /shutdown) needs the admin role, except reading the membership
@@ -107,13 +112,16 @@ from graft.api.settings import ApiSettings
 from graft.api.snapshot_download import SnapshotResource
 from graft.errors import (
     BadRequest,
+    Forbidden,
     FSMRejected,
     GraftError,
     Internal,
     NoLeader,
     NotFound,
+    PayloadTooLarge,
     Timeout,
 )
+from graft.origin import normalize_origin
 
 _log = Logger()
 
@@ -123,6 +131,9 @@ _ROUTE_LIST = (
     "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown"
 )
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# Methods that change nothing; any other one is checked against the browser's Origin.
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 Handler = Callable[
     Concatenate["GraftApi", Request, P],
@@ -141,6 +152,8 @@ def _served(route: str, role: Role | None) -> Callable[[Handler[P]], Callable[..
             self._instrument(request, route)
             answer: Deferred[Any]
             try:
+                if request.method not in _SAFE_METHODS:
+                    self._check_origin(request)
                 if role is not None:
                     self._auth.authorize(_header(request, b"authorization"), role)
                 outcome = handler(self, request, *args, **kwargs)
@@ -216,9 +229,20 @@ class GraftApi:
         params = QueryParams(request.uri)
         batch = parse_batch(self._body(request))
         _require_nonempty(batch)
+        self._check_batch_size(batch)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
         return self._submit(batch).addCallback(self._batch_answered, request)
+
+    def _check_batch_size(self, batch: Sequence[bytes]) -> None:
+        """Over api.limits.max_batch_commands is a 413: a 1 MiB body holds some 260,000 tiny
+        commands, each a log entry, a result and a share of the leader's memory until applied."""
+        cap = self._settings.limits.max_batch_commands
+        if len(batch) > cap:
+            raise PayloadTooLarge(
+                f"the batch holds {len(batch)} commands, over the limit of {cap}: split it "
+                "into several requests (or raise api.limits.max_batch_commands)"
+            )
 
     def _batch_answered(self, results: list[CommandResult], request: Request) -> bytes:
         self._command_headers(request, results[-1])
@@ -507,6 +531,52 @@ class GraftApi:
         if len(data) > limit:
             raise too_large(limit)
         return data
+
+    def _check_origin(self, request: Request) -> None:
+        """Refuse a state-changing request that a browser sends from another web origin.
+
+        A page open in an operator's browser can POST to the API (a form, or fetch in no-cors
+        mode: no preflight), and the browser then says where the page came from in ``Origin``
+        (and ``Sec-Fetch-Site``). Such a request is refused with 403 unless the origin is this
+        node's own API address (or, when that is a loopback address, localhost at the same
+        port) or is in api.allowed_origins. The own address is the configured one, not the
+        request's Host header, which a DNS-rebinding page controls. Clients that are not
+        browsers (curl, the graft CLI, libraries) send neither header and are not affected;
+        neither is any content type (curl --data sends a form type, the CLI text/plain).
+        """
+        origin_header = request.getHeader(b"origin")
+        if origin_header is None:
+            fetch_site = request.getHeader(b"sec-fetch-site")
+            if fetch_site is not None and fetch_site.lower() in (b"cross-site", b"same-site"):
+                raise Forbidden(
+                    "a browser sent this request from another site (Sec-Fetch-Site: "
+                    f"{fetch_site.decode('latin-1')}): state-changing requests from web pages "
+                    "are refused"
+                )
+            return
+        shown = origin_header.decode("latin-1")
+        origin = normalize_origin(shown)
+        allowed = self._own_origins()
+        if origin is not None and (origin in allowed or origin in self._settings.allowed_origins):
+            return
+        raise Forbidden(
+            f"a browser sent this request from the web origin {shown[:100]!r}, which is not "
+            f"this node's API ({', '.join(sorted(allowed)) or 'unknown'}) nor in "
+            "api.allowed_origins: state-changing requests from other web pages are refused "
+            "(clients that send no Origin header, like curl and the graft CLI, are not affected)"
+        )
+
+    def _own_origins(self) -> set[str]:
+        url = self._backend.api_url(self._backend.node_id)
+        own = normalize_origin(url) if url is not None else None
+        if own is None:
+            return set()
+        parts = urlsplit(own)
+        origins = {own}
+        if parts.hostname in ("localhost", "127.0.0.1", "::1"):
+            suffix = f":{parts.port}" if parts.port is not None else ""
+            origins.update(f"{parts.scheme}://{name}{suffix}" for name in _LOOPBACK_NAMES)
+        return origins
 
     def _instrument(self, request: Request, route: str) -> None:
         started = self._reactor.seconds()

@@ -1,10 +1,18 @@
-"""The request body limit, enforced while the body arrives.
+"""The request body limit, enforced while the body arrives; connection and slow-client limits.
 
 twisted.web buffers a whole body before the resource sees it, so the limit lives in the
 Request the Site builds: ``gotLength`` refuses a declared Content-Length over the limit before
 one body byte is read, and ``handleContentChunk`` counts the bytes of a chunked body and stops
 at the first one past the limit. Either way the client gets 413 ``payload_too_large`` and the
 connection is closed (the rest of the body is never read); the resource is never called.
+
+Connections (ApiSite, ApiChannel): at most ``max_connections`` are open at once; one more is
+answered 503 ``overloaded`` (Retry-After) and closed without reading it. And each request must
+arrive whole, request line to last body byte, within ``request_deadline_s`` of its first byte:
+twisted.web's own idle timeout restarts at every byte, so a client sending one header byte a
+minute (slowloris) held its connection forever. Past the deadline: 408 and the connection
+closed. The time a keep-alive connection waits between requests is not counted (the idle
+timeout governs it).
 """
 
 # twisted.web is untyped; its calls are checked by the tests.
@@ -14,12 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from graft.api.responses import error_document, json_bytes
-from graft.errors import PayloadTooLarge
+from graft.errors import GraftError, Overloaded, PayloadTooLarge
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -83,12 +92,95 @@ class BoundedRequest(Request):
         channel.loseConnection()
 
 
+class RequestTimeout(GraftError):
+    code = "request_timeout"
+    status = 408
+
+
+def _raw_answer(status_line: bytes, error: GraftError, extra: bytes = b"") -> bytes:
+    """A whole HTTP answer that closes the connection, for when no Request can write one."""
+    body = json_bytes(error_document(error))
+    return (
+        b"HTTP/1.1 " + status_line + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n" + extra + b""
+        b"Connection: close\r\n\r\n" + body
+    )
+
+
+class _Refusal(Protocol):
+    """A connection over max_connections: answered 503 at once and closed, nothing read."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    def connectionMade(self) -> None:
+        error = Overloaded(
+            f"this node already has {self._limit} open API connections, its limit "
+            "(api.limits.max_connections): retry shortly, or reuse a connection"
+        )
+        transport: Any = self.transport
+        transport.write(_raw_answer(b"503 Service Unavailable", error, b"Retry-After: 1\r\n"))
+        transport.loseConnection()
+
+
 class ApiChannel(HTTPChannel):
     """HTTP/1.1 only (the API never negotiates HTTP/2, so twisted.web's protocol-choosing
     wrapper would only add a call per read), with the local address asked of the kernel once
-    per connection instead of once per request."""
+    per connection instead of once per request. It counts itself in its Site's open
+    connections and holds each request to the Site's request deadline."""
 
     _host: Any = None
+    _deadline: Any = None  # the pending call that ends a request too slow to arrive
+    _counted = False
+
+    def connectionMade(self) -> None:
+        site = getattr(self, "site", None)
+        if isinstance(site, ApiSite):
+            site.open_connections += 1
+            self._counted = True
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        # A request starts with its first byte; bytes that arrive while one is being handled
+        # are buffered and fed here again once it is done, starting the next one's clock.
+        if self._deadline is None and data and not self._handlingRequest:
+            seconds = getattr(getattr(self, "site", None), "request_deadline_s", None)
+            if seconds:
+                call_later: Any = self.callLater
+                self._deadline = call_later(seconds, self._too_slow, seconds)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._stop_deadline()
+        if self._counted:
+            self._counted = False
+            site: Any = getattr(self, "site", None)
+            site.open_connections -= 1
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, seconds: float) -> None:
+        """The request did not arrive whole in time: 408 and close (no request of this
+        connection is being answered, so the transport is free to write on)."""
+        self._deadline = None
+        error = RequestTimeout(
+            f"the request did not arrive whole within {seconds:g} s of its first byte "
+            "(api.limits.request_deadline_ms): send it at once"
+        )
+        self.persistent = False
+        transport: Any = self.transport
+        transport.write(_raw_answer(b"408 Request Timeout", error))
+        self.timeoutConnection()  # closes, and aborts if the client does not let go
 
     def getHost(self) -> Any:
         if self._host is None:
@@ -102,11 +194,29 @@ class ApiSite(Site):
     requestFactory = BoundedRequest
     protocol = ApiChannel  # type: ignore[assignment]  # any IProtocol factory will do
 
-    def __init__(self, resource: IResource, *, max_body_bytes: int, reactor: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_body_bytes: int,
+        reactor: Any,
+        max_connections: int | None = None,
+        request_deadline_s: float | None = None,
+    ) -> None:
         # Bodies are commands and queries, never forms: a "multipart/form-data" or URL-encoded
         # Content-Type (curl -F, or --data without -H) must not make Twisted parse them.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.request_deadline_s = request_deadline_s
+        self.open_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.max_connections is not None and self.open_connections >= self.max_connections:
+            refusal = _Refusal(self.max_connections)
+            refusal.factory = self
+            return refusal
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         """No access log line per request: at command rates it costs more than it tells, and

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from graft.api.backend import Consistency
+from graft.api.jsonin import load_json
 from graft.errors import BadRequest
 
 _TRUE = frozenset({"true", "1", "yes"})
@@ -53,11 +53,7 @@ class QueryParams:
         value = self._values.get(name)
         if value is None:
             return None
-        if not value.isascii() or not value.isdigit():
-            raise BadRequest(
-                f"parameter {name}={value!r} is not a non-negative integer: use e.g. {name}=42"
-            )
-        return int(value)
+        return bounded_int(name, value)
 
     def consistency(self) -> Consistency:
         value = self._values.get("consistency")
@@ -80,6 +76,32 @@ class QueryParams:
         raise BadRequest(f"parameter encoding={value!r} is unknown: use base64 or leave it out")
 
 
+# Indexes and durations travel to the leader in msgpack (signed 64 bits at most) and are compared
+# with log indexes: anything larger is a client error, not a reason to wait forever.
+MAX_INT_PARAM = 2**63 - 1
+_MAX_INT_DIGITS = len(str(MAX_INT_PARAM))
+
+
+def bounded_int(name: str, value: str) -> int:
+    """A decimal in 0..MAX_INT_PARAM, checked on the text before int() sees it: int() of a few
+    thousand digits raises ValueError past Python's digit limit and costs time below it."""
+    if not value.isascii() or not value.isdigit():
+        raise BadRequest(
+            f"parameter {name}={_clip(value)!r} is not a non-negative integer: use e.g. {name}=42"
+        )
+    digits = value.lstrip("0")
+    if len(digits) > _MAX_INT_DIGITS or (digits and int(digits) > MAX_INT_PARAM):
+        raise BadRequest(
+            f"parameter {name}={_clip(value)} is out of range: expected 0 to {MAX_INT_PARAM}"
+        )
+    return int(digits or "0")
+
+
+def _clip(value: str) -> str:
+    """A parameter value short enough to quote in a message."""
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
 def decode_base64(data: bytes | str, what: str) -> bytes:
     """Standard base64, padding required; ASCII whitespace (line breaks of `base64` output kept
     by curl --data-binary) is ignored."""
@@ -99,7 +121,7 @@ def parse_batch(body: bytes) -> list[bytes]:
     ``{"b64": "..."}`` objects (binary commands). All of it is checked before anything is
     submitted."""
     try:
-        document: Any = json.loads(body)
+        document: Any = load_json(body, "the batch")
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(
             f"the batch is not valid JSON ({e}): send a JSON array of strings or "

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from graft.errors import FSMRejected, GraftError, NoLeader, Unauthorized
+from graft.errors import FSMRejected, GraftError, NoLeader, Overloaded, Unauthorized
 
 JSON_TYPE = b"application/json"
 
@@ -70,7 +70,7 @@ def retry_after_seconds(seconds: float) -> bytes:
 
 def write_error(request: Request, error: GraftError) -> bytes:
     """Status, the headers the error implies, and the JSON body."""
-    if isinstance(error, NoLeader):
+    if isinstance(error, NoLeader | Overloaded):
         request.setHeader(b"Retry-After", retry_after_seconds(error.retry_after))
     elif isinstance(error, Unauthorized):
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="graft"')

@@ -11,6 +11,35 @@ from collections.abc import Mapping
 from typing import Protocol
 
 
+class ApiLimitSettings(Protocol):
+    """``api.limits``: what one client may hold of the node (graft.config.ApiLimits)."""
+
+    @property
+    def max_batch_commands(self) -> int:
+        """Commands in one POST /commands; more is a 413."""
+        ...
+
+    @property
+    def max_pending_commands(self) -> int:
+        """Commands proposed and not yet applied on this node; more is a 503 overloaded."""
+        ...
+
+    @property
+    def max_read_waiters(self) -> int:
+        """Reads waiting for this node to apply an index; more is a 503 overloaded."""
+        ...
+
+    @property
+    def max_connections(self) -> int:
+        """Open HTTP connections; one more is answered 503 and closed."""
+        ...
+
+    @property
+    def request_deadline_ms(self) -> int:
+        """A request's line, headers and body must arrive within this; else 408 and closed."""
+        ...
+
+
 class ApiSettings(Protocol):
     @property
     def tokens(self) -> Mapping[str, frozenset[str]]:
@@ -31,4 +60,15 @@ class ApiSettings(Protocol):
     @property
     def query_timeout_ms(self) -> int:
         """How long a query may take before 504."""
+        ...
+
+    @property
+    def limits(self) -> ApiLimitSettings:
+        """Caps on batches, waiters, connections and slow requests."""
+        ...
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Normalized origins, besides the node's own, allowed to send state-changing requests
+        from a browser (graft.api.origin)."""
         ...

@@ -23,11 +23,14 @@ def make_api_resource(backend: AdminBackend, api: ApiSettings, *, reactor: TimeS
 
 def make_api_site(backend: AdminBackend, api: ApiSettings, *, reactor: TimeSource) -> Site:
     """The Site to listen with on the node's API port (plain TCP or TLS: the caller's choice of
-    endpoint). It refuses bodies over ``api.max_body_bytes`` while they arrive."""
+    endpoint). It refuses bodies over ``api.max_body_bytes`` while they arrive, connections over
+    ``api.limits.max_connections`` and requests slower than ``api.limits.request_deadline_ms``."""
     site = ApiSite(
         make_api_resource(backend, api, reactor=reactor),
         max_body_bytes=api.max_body_bytes,
         reactor=reactor,
+        max_connections=api.limits.max_connections,
+        request_deadline_s=api.limits.request_deadline_ms / 1000,
     )
     site.displayTracebacks = False
     return site

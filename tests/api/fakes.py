@@ -29,6 +29,17 @@ API_URLS = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Stands in for graft.config.ApiLimits."""
+
+    max_batch_commands: int = 1000
+    max_pending_commands: int = 100_000
+    max_read_waiters: int = 10_000
+    max_connections: int = 512
+    request_deadline_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Stands in for graft.config.ApiConfig."""
 
@@ -36,6 +47,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     command_timeout_ms: int = 5000
     query_timeout_ms: int = 5000
+    limits: Limits = field(default_factory=Limits)
+    allowed_origins: frozenset[str] = frozenset()
 
 
 def tokens(**by_role: str) -> dict[str, frozenset[str]]:
