@@ -14,6 +14,7 @@ peer connections close.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
@@ -31,6 +32,7 @@ from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
 from graft.storage import DurableLog
+from graft.storage.permissions import tighten_data_dir
 from graft.transport import PeerTransport
 
 log = Logger(namespace="graft.service")
@@ -78,6 +80,7 @@ def make_service(
         log.warn("storage repaired at open: {note}", note=note)
     fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
     restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
+    secure_data_dir(data_dir)
     rng = random.Random()
     raft_config = raft_config_for(cfg, node_id, join=join)
     raft = RaftNode(raft_config, storage, rng)
@@ -156,6 +159,13 @@ class GraftService(MultiService):
         d: Deferred[Any] = self.node.hand_over()
         d.addCallback(stop_children)
         return d
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Tighten a data dir left readable by others (an older version, a loose umask): 0700 for
+    the directory, 0600 for its files, the FSM's included (it exists by now)."""
+    for change in tighten_data_dir(data_dir):
+        log.warn("{change}", change=change)
 
 
 def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: str) -> None:
