@@ -72,6 +72,7 @@ from graft.raft.types import (
     membership_to_dict,
 )
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
+from graft.storage.rejected import RejectedEntry
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -226,6 +227,8 @@ class GraftNode(Service, ClusterBackend):
             else None
         )
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
+        # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected_entries).
+        self._rejected: dict[int, RejectedEntry] = {}
 
     # -- service ---------------------------------------------------------------------------
 
@@ -509,6 +512,7 @@ class GraftNode(Service, ClusterBackend):
         proposals = self._proposals
         proposed_at = self._proposed_at
         normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        rejected = self._rejected
         # Only the node that proposed entries waits on them: followers build no results. The
         # results are handed over once, after the loop (or before a fatal error's stop).
         results: list[tuple[int, int, CommandResult]] | None = [] if len(proposals) else None
@@ -518,13 +522,15 @@ class GraftNode(Service, ClusterBackend):
             kind = entry.kind
             if kind is normal:
                 try:
+                    if rejected and index in rejected:
+                        self._check_rejected(entry)  # raises CommandRejected if marked
                     output = apply(entry.data, index)
                 except CommandRejected as e:
                     error = str(e)
                 except Exception:
                     failure = Failure()
                     self._resolve(results)
-                    self._fatal(failure, f"applying entry {index} to the FSM")
+                    self._fatal_entry(failure, entry)
                     return
             elif kind is membership:
                 self._applied_membership = decode_membership(entry.data)
@@ -557,6 +563,48 @@ class GraftNode(Service, ClusterBackend):
         stop = getattr(reactor, "stop", None)
         if stop is not None and getattr(reactor, "running", False):
             stop()
+
+    # -- poison entries --------------------------------------------------------------------
+
+    def skip_rejected_entries(self, rejected: Mapping[int, RejectedEntry]) -> None:
+        """Treat these entries (``graft skip-entry``, read from the data dir) as commands the
+        FSM refused, if the log still holds them when they are applied. Call before start."""
+        self._rejected = dict(rejected)
+        for marked in sorted(self._rejected.values(), key=lambda r: r.index):
+            log.warn(
+                "entry {index} (term {term}) is marked rejected on this node (graft "
+                "skip-entry): it is not applied here; every replica must skip it too",
+                index=marked.index,
+                term=marked.term,
+            )
+
+    def _check_rejected(self, entry: Entry) -> None:
+        marked = self._rejected[entry.index]
+        if marked.matches(entry):
+            raise CommandRejected(
+                f"entry {entry.index} was marked rejected on {self.node_id} by an operator "
+                "(graft skip-entry) after it stopped the node; it was not applied"
+            )
+        log.warn(
+            "entry {index} is marked rejected (term {term}) but the log holds another entry "
+            "there (term {found}, other data): applying it",
+            index=entry.index,
+            term=marked.term,
+            found=entry.term,
+        )
+
+    def _fatal_entry(self, failure: Failure, entry: Entry) -> None:
+        """The FSM raised on a committed entry: stop, naming the entry and the way out."""
+        error = failure.value
+        self._fatal(
+            failure,
+            f"applying entry {entry.index} (term {entry.term}) to the FSM: it raised "
+            f"{type(error).__name__}: {error}. If this machine is the cause (disk full, I/O "
+            "error), fix it and restart; if the FSM has a bug, deploy a fixed FSM and "
+            "restart (the node replays the entry). As the UNSAFE last resort, run "
+            f"`graft skip-entry {entry.index} -c CONFIG --node {self.node_id}` on every node "
+            "that stops at this entry, then restart them (docs/operations.md, poison entries)",
+        )
 
     def _update_gauges(self) -> None:
         st = self._raft.status()

@@ -33,6 +33,7 @@ from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
 from graft.storage import DurableLog
 from graft.storage.permissions import tighten_data_dir
+from graft.storage.rejected import read_rejected
 from graft.transport import PeerTransport
 
 log = Logger(namespace="graft.service")
@@ -107,6 +108,7 @@ def make_service(
         fsm_name=cfg.fsm.factory,
         incoming_dir=data_dir,
     )
+    node.skip_rejected_entries(read_rejected(data_dir))
     # A restarted node dials the members its log or snapshot names, not only the file's peers.
     # A joining node knows the cluster only from its file until the leader's log reaches it.
     peers = dict(static_addresses)
