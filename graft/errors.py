@@ -72,3 +72,11 @@ class Timeout(GraftError):
 class Internal(GraftError):
     code = "internal"
     status = 500
+
+
+class NoSpace(GraftError):
+    """The data dir is over its space quota (``storage.quota_bytes``): writes are refused until
+    it is below again; reads, snapshots and membership changes go on."""
+
+    code = "no_space"
+    status = 507

@@ -51,6 +51,7 @@ from graft.errors import (
     GraftError,
     Internal,
     NoLeader,
+    NoSpace,
     NotFound,
     Timeout,
 )
@@ -72,6 +73,7 @@ from graft.raft.types import (
     membership_to_dict,
 )
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
+from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
 from graft.storage.rejected import RejectedEntry
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
@@ -120,6 +122,7 @@ class PeerChannel(Protocol):
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
     cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal)
 }
+_ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
 
 
 class GraftNode(Service, ClusterBackend):
@@ -229,6 +232,8 @@ class GraftNode(Service, ClusterBackend):
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
         # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected_entries).
         self._rejected: dict[int, RejectedEntry] = {}
+        self._space: SpaceMonitor | None = None  # the data dir's quota (see watch_space)
+        self._space_reported_over = False  # the alarm this node last reported to the leader
 
     # -- service ---------------------------------------------------------------------------
 
@@ -606,6 +611,49 @@ class GraftNode(Service, ClusterBackend):
             "that stops at this entry, then restart them (docs/operations.md, poison entries)",
         )
 
+    # -- the space quota -------------------------------------------------------------------
+
+    def watch_space(self, monitor: SpaceMonitor) -> None:
+        """Refuse writes while the data dir (or, on the leader, a follower's) is over its
+        quota (graft.space); this node reports its own alarm to the leader after each scan."""
+        self._space = monitor
+        monitor.report = self._report_space
+
+    def _space_refusal(self) -> GraftError | None:
+        assert self._space is not None
+        leader = self._raft.role is Role.LEADER
+        refused = self._space.quota.refusal(self._clock.seconds(), leader=leader)
+        if refused is not None:
+            self._metrics.proposals_failed.labels(reason="no_space").inc()
+        return refused
+
+    def _report_space(self, quota: SpaceQuota) -> None:
+        """After a scan: a follower over its quota tells the leader (again at every scan while
+        it lasts, since a leader forgets a report after a few seconds), and once more when it
+        is below again."""
+        leader = self._raft.leader
+        over = quota.alarm
+        if leader is None or leader == self.node_id or self.peers is None or self._stopping:
+            self._space_reported_over = over
+            return
+        if not over and not self._space_reported_over:
+            return
+        self._space_reported_over = over
+        args = {"usage": quota.usage, "quota": quota.quota, "over": over}
+        d = self.peers.call(leader, SPACE_REPORT.name, args, timeout=self._tick_seconds * 20)
+        d.addErrback(lambda _: None)  # the next scan reports again
+
+    def _space_reported(self, peer: str, args: dict[str, Any]) -> dict[str, Any]:
+        if self._space is not None:
+            self._space.quota.peer_report(
+                peer,
+                max(0, int(args["usage"])),
+                max(0, int(args["quota"])),
+                bool(args["over"]),
+                self._clock.seconds(),
+            )
+        return {}
+
     def _update_gauges(self) -> None:
         st = self._raft.status()
         m = self._metrics
@@ -646,6 +694,8 @@ class GraftNode(Service, ClusterBackend):
     def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         if self._stopping:
             return _fail(NoLeader("this node is shutting down; retry on another node"))
+        if self._space is not None and (refused := self._space_refusal()) is not None:
+            return _fail(refused)
         if self._raft.role is Role.LEADER:
             return self._propose(commands)
         d: Deferred[Any] = self._route_to_leader()
@@ -669,6 +719,8 @@ class GraftNode(Service, ClusterBackend):
             return _fail(NoLeader("leadership is being transferred; retry shortly"))
         term = self._raft.term
         self._metrics.proposals.inc(len(indexes))
+        if self._space is not None:
+            self._space.note_proposed(sum(map(len, commands)))
         # One latency observation per batch, timed on its first entry.
         self._proposed_at[indexes[0]] = self._clock.seconds()
         d: Deferred[Any] = self._proposals.add_batch(
@@ -754,6 +806,8 @@ class GraftNode(Service, ClusterBackend):
                 return succeed(self._receiver.chunk(peer, args))
             except GraftError as e:
                 return _fail(e)
+        if command == SPACE_REPORT.name:
+            return succeed(self._space_reported(peer, args))
         if command == "forward_admin":
             if self._raft.role is not Role.LEADER:
                 return _fail(NoLeader(f"{self.node_id} is not the leader any more; retry"))
@@ -1249,6 +1303,8 @@ class GraftNode(Service, ClusterBackend):
             },
             "peers_connected": sorted(connected),
         }
+        if self._space is not None:
+            out["space"] = self._space.quota.status(self._clock.seconds())
         if st.role is Role.LEADER:
             out["progress"] = {
                 peer: {

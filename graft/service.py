@@ -31,6 +31,7 @@ from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
+from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
 from graft.storage.permissions import tighten_data_dir
 from graft.storage.rejected import read_rejected
@@ -109,6 +110,7 @@ def make_service(
         incoming_dir=data_dir,
     )
     node.skip_rejected_entries(read_rejected(data_dir))
+    space = watch_space(cfg, node_id, node, metrics, reactor)
     # A restarted node dials the members its log or snapshot names, not only the file's peers.
     # A joining node knows the cluster only from its file until the leader's log reaches it.
     peers = dict(static_addresses)
@@ -143,6 +145,7 @@ def make_service(
     transport.setServiceParent(top)
     node.setServiceParent(top)
     api.setServiceParent(top)
+    space.setServiceParent(top)
     return cast(IService, top)
 
 
@@ -161,6 +164,20 @@ class GraftService(MultiService):
         d: Deferred[Any] = self.node.hand_over()
         d.addCallback(stop_children)
         return d
+
+
+def watch_space(
+    cfg: ClusterConfig, node_id: str, node: GraftNode, metrics: NodeMetrics, reactor: Any
+) -> SpaceMonitor:
+    """The data dir's space quota (storage.quota_bytes), measured once now so that a node that
+    starts over it refuses writes from the start."""
+    data_dir = cfg.data_dir(node_id)
+    quota = SpaceQuota(cfg.storage.quota_bytes, node_id=node_id, data_dir=data_dir)
+    monitor = SpaceMonitor(quota, data_dir, clock=reactor, registry=metrics.registry)
+    if quota.enabled:
+        monitor.measure_now()
+    node.watch_space(monitor)
+    return monitor
 
 
 def secure_data_dir(data_dir: Path) -> None:
