@@ -644,7 +644,9 @@ class GraftNode(Service, ClusterBackend):
         d.addErrback(lambda _: None)  # the next scan reports again
 
     def _space_reported(self, peer: str, args: dict[str, Any]) -> dict[str, Any]:
-        if self._space is not None:
+        # Only members count: a removed node still connected for a while must not hold up
+        # the cluster's writes.
+        if self._space is not None and peer in self._membership.members:
             self._space.quota.peer_report(
                 peer,
                 max(0, int(args["usage"])),

@@ -338,6 +338,19 @@ class DriverSpaceTests(unittest.TestCase):
         self.advance(1.0)
         self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
 
+    def test_reports_count_from_members_only(self) -> None:
+        """A report from a node that is not a member (removed, still connected for a while)
+        does not hold up the cluster's writes."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        report = {"usage": 20 * MIB, "quota": 10 * MIB, "over": True}
+        self.result(leader.handle_request("gone", "space_report", report))
+        self.assertEqual(leader.status()["space"]["peers_over_quota"], [])
+        self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
+        member = next(n for n in NODES if n != leader_id)
+        self.result(leader.handle_request(member, "space_report", report))
+        self.assertEqual(leader.status()["space"]["peers_over_quota"], [member])
+
     def test_leadership_transfer_works_over_quota(self) -> None:
         """Administration is not a write the quota refuses."""
         leader_id = self.leader()

@@ -89,7 +89,8 @@ class SpaceQuotaClusterTests(unittest.TestCase):
         self.assertEqual(read.json(), {"value": "after"})
         for node in cluster.node_ids:
             self.assertIsNone(cluster.processes[node].poll(), cluster.logs(node)[-2000:])
-            self.assertIn("space alarm: the data dir", cluster.logs(node))
+        self.assertIn("space alarm: the data dir", cluster.logs(leader))
+        self.assertIn("space alarm cleared", cluster.logs(leader))
 
         # What a real node writes is its own: data dir 0700, every file in it 0600.
         for node in cluster.node_ids:
@@ -98,3 +99,41 @@ class SpaceQuotaClusterTests(unittest.TestCase):
             modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()}
             self.assertTrue(any(name.endswith(".seg") for name in modes), modes)
             self.assertEqual({name: 0o600 for name in modes}, modes)
+
+    def test_a_follower_over_its_quota_stops_writes_through_the_leader(self) -> None:
+        """A follower whose data dir alone is over the quota (here: a large file put there)
+        tells the leader over the peer channel, and the leader refuses writes naming it; once
+        the file is gone the follower says so and writes go on."""
+        cluster = LocalCluster(Path(self.mktemp()), extra={"storage": {"quota_bytes": 2 * MIB}})
+        self.addCleanup(cluster.close)
+        cluster.start()
+        leader, _ = cluster.wait_for_leader(timeout=15)
+        follower = next(n for n in cluster.node_ids if n != leader)
+        resp = cluster.request(leader, "POST", "/command", put("k", "1"))
+        self.assertEqual(resp.status, 200, resp.body)
+        filler = cluster.data_dir(follower) / "filler"
+        filler.write_bytes(b"\0" * (3 * MIB))
+
+        deadline = time.monotonic() + 30
+        while True:
+            resp = cluster.request(leader, "POST", "/command", put("k", "2"))
+            if resp.status == 507:
+                break
+            self.assertEqual(resp.status, 200, resp.body)
+            self.assertLess(time.monotonic(), deadline, "the leader never refused a write")
+            time.sleep(0.2)
+        self.assertIn(f"node {follower}", resp.json()["error"]["message"])
+        status = cluster.status(leader)
+        assert status is not None
+        self.assertEqual(status["space"]["peers_over_quota"], [follower])
+        self.assertFalse(status["space"]["alarm"])
+
+        filler.unlink()
+        deadline = time.monotonic() + 30
+        while True:
+            resp = cluster.request(leader, "POST", "/command", put("k", "3"))
+            if resp.status == 200:
+                break
+            self.assertEqual(resp.status, 507, resp.body)
+            self.assertLess(time.monotonic(), deadline, "writes were not accepted again")
+            time.sleep(0.2)
