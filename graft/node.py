@@ -555,13 +555,19 @@ class GraftNode(Service, ClusterBackend):
         if results:
             self._proposals.resolve_applied(results, _overwritten, _partly_applied)
 
-    def _fatal(self, failure: Failure, doing: str) -> None:
+    def _fatal(
+        self,
+        failure: Failure,
+        doing: str,
+        advice: str = "Fix the cause (disk, FSM bug) and restart the node; it will replay its log.",
+    ) -> None:
         """A failure the node cannot survive without risking divergence: stop the process."""
         log.failure(
             "graft stopped: fatal error while {doing}; replicas would diverge if it went on. "
-            "Fix the cause (disk, FSM bug) and restart the node; it will replay its log.",
+            "{advice}",
             failure=failure,
             doing=doing,
+            advice=advice,
         )
         self._stopping = True
         reactor = self._clock
@@ -604,11 +610,12 @@ class GraftNode(Service, ClusterBackend):
         self._fatal(
             failure,
             f"applying entry {entry.index} (term {entry.term}) to the FSM: it raised "
-            f"{type(error).__name__}: {error}. If this machine is the cause (disk full, I/O "
-            "error), fix it and restart; if the FSM has a bug, deploy a fixed FSM and "
-            "restart (the node replays the entry). As the UNSAFE last resort, run "
-            f"`graft skip-entry {entry.index} -c CONFIG --node {self.node_id}` on every node "
-            "that stops at this entry, then restart them (docs/operations.md, poison entries)",
+            f"{type(error).__name__}: {error}",
+            "If this machine is the cause (disk full, I/O error), fix it and restart; if the "
+            "FSM has a bug, deploy a fixed FSM and restart (the node replays the entry). As the "
+            f"UNSAFE last resort, run `graft skip-entry {entry.index} -c CONFIG --node "
+            f"{self.node_id}` on every node that stops at this entry, then restart them "
+            "(docs/operations.md, poison entries).",
         )
 
     # -- the space quota -------------------------------------------------------------------
