@@ -64,6 +64,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("graft.certs", "CertificateError"),
         ("graft.storage", "StorageError"),
         ("graft.errors", "GraftError"),
+        ("graft.ops", "OperationError"),
     ):
         try:
             found.append(getattr(__import__(module, fromlist=[name]), name))
@@ -1474,6 +1475,46 @@ def recover(members_text: str, config_path: Path | None, node: str | None, yes: 
     click.echo(
         f"rewrote {node_id}'s membership to {', '.join(member_ids)}: start the survivors now"
     )
+    _print_ops_result(result)
+
+
+@main.command("skip-entry")
+@click.argument("index", type=click.IntRange(min=1))
+@_config_option()
+@click.option("--node", "node", default=None, help="The STOPPED node whose data dir is marked.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def skip_entry(index: int, config_path: Path | None, node: str | None, yes: bool) -> None:
+    """UNSAFE: mark the command at INDEX rejected on a STOPPED node (a poison entry).
+
+    For a committed command that makes the FSM raise every time the node replays it (an FSM
+    bug): the node then treats it as a command the FSM refused, and applies the entries after
+    it. Run it with the same INDEX on every node that stops at that entry, or the replicas
+    diverge. Fixing the FSM is better when it can be done.
+    """
+    cfg, node_id = _stopped_node(config_path, node)
+    reject_entry = _ops_function("reject_entry", "skip an entry")
+    click.secho(
+        f"WARNING: graft skip-entry is UNSAFE. It makes {node_id} skip the command at index "
+        f"{index} instead of applying it.\n"
+        "  - Every replica must skip the same entry: run it on every node that stops at "
+        f"index {index}, or their states diverge.\n"
+        "  - Whatever the command would have changed is not changed.\n"
+        f"  - {node_id} must be stopped.",
+        fg="red",
+        bold=True,
+        err=True,
+    )
+    if not yes:
+        try:
+            confirmed = click.confirm(f"Skip entry {index}?", default=False, err=True)
+        except click.exceptions.Abort:
+            confirmed = False
+        if not confirmed:
+            raise GraftCLIError(
+                "not confirmed: nothing was changed (pass --yes to skip the question)"
+            )
+    result = reject_entry(cfg, node_id, index)
+    click.echo(f"marked entry {index} rejected on {node_id}: start it now")
     _print_ops_result(result)
 
 

@@ -22,6 +22,7 @@ Keys (all optional except ``peers``)::
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
     snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216}
+    storage: {quota_bytes: 8589934592}                 # 0 turns the space quota off
     raft: {max_msg_entries: 1024, max_msg_bytes: 1048576, max_inflight: 64}
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "PeerConfig",
     "RaftTuning",
     "SnapshotConfig",
+    "StorageConfig",
     "TLSConfig",
     "TLSFiles",
     "TransportConfig",
@@ -180,6 +182,16 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    # The space quota of the data dir (etcd's NOSPACE alarm): at this size the node refuses new
+    # writes with 507 no_space until it is below again; 0 turns it off. 8 GiB: a data dir holds
+    # about twice the FSM's size (the database and its latest snapshot) plus a few log
+    # segments, so this fits an FSM of 3-4 GiB; size it to a fraction of the disk (e.g. 50-70%)
+    # so that the alarm, not a full disk, is what stops writes.
+    quota_bytes: int = 8 * 1024 * _MIB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransportConfig:
     # A peer frame larger than this drops the connection (snapshots travel in smaller chunks).
     max_frame_bytes: int = 16 * _MIB
@@ -210,6 +222,7 @@ class ClusterConfig:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     raft: RaftTuning = field(default_factory=RaftTuning)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def limits(self) -> TransportConfig:
@@ -483,6 +496,7 @@ class _Reader:
         "snapshot",
         "transport",
         "raft",
+        "storage",
     )
 
     def cluster(self, document: Any, node_arg: str | None) -> ClusterConfig:
@@ -539,6 +553,7 @@ class _Reader:
             snapshot=self.snapshot(top["snapshot"]) if "snapshot" in top else SnapshotConfig(),
             transport=transport,
             raft=self.raft(top["raft"]) if "raft" in top else RaftTuning(),
+            storage=self.storage(top["storage"]) if "storage" in top else StorageConfig(),
         )
 
     def distinct_data_dirs(self, data_dir: str, peers: Mapping[str, PeerConfig]) -> None:
@@ -889,4 +904,14 @@ class _Reader:
             max_inflight=self.integer(
                 "raft.max_inflight", section.get("max_inflight", default.max_inflight), minimum=1
             ),
+        )
+
+    def storage(self, value: Any) -> StorageConfig:
+        section = self.mapping("storage", value, ("quota_bytes",), "a mapping {quota_bytes}")
+        return StorageConfig(
+            quota_bytes=self.integer(
+                "storage.quota_bytes",
+                section.get("quota_bytes", StorageConfig().quota_bytes),
+                minimum=0,
+            )
         )

@@ -84,3 +84,11 @@ class Overloaded(GraftError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NoSpace(GraftError):
+    """The data dir is over its space quota (``storage.quota_bytes``): writes are refused until
+    it is below again; reads, snapshots and membership changes go on."""
+
+    code = "no_space"
+    status = 507

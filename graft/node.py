@@ -52,6 +52,7 @@ from graft.errors import (
     GraftError,
     Internal,
     NoLeader,
+    NoSpace,
     NotFound,
     Overloaded,
     Timeout,
@@ -74,6 +75,8 @@ from graft.raft.types import (
     membership_to_dict,
 )
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
+from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
+from graft.storage.rejected import RejectedEntry
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -121,6 +124,7 @@ class PeerChannel(Protocol):
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
     cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal, Overloaded)
 }
+_ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
 
 
 class GraftNode(Service, ClusterBackend):
@@ -230,6 +234,10 @@ class GraftNode(Service, ClusterBackend):
         )
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
         self._init_checks(check_timeout)
+        # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected_entries).
+        self._rejected: dict[int, RejectedEntry] = {}
+        self._space: SpaceMonitor | None = None  # the data dir's quota (see watch_space)
+        self._space_reported_over = False  # the alarm this node last reported to the leader
 
     # -- service ---------------------------------------------------------------------------
 
@@ -513,6 +521,7 @@ class GraftNode(Service, ClusterBackend):
         proposals = self._proposals
         proposed_at = self._proposed_at
         normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        rejected = self._rejected
         # Only the node that proposed entries waits on them: followers build no results. The
         # results are handed over once, after the loop (or before a fatal error's stop).
         results: list[tuple[int, int, CommandResult]] | None = [] if len(proposals) else None
@@ -522,13 +531,15 @@ class GraftNode(Service, ClusterBackend):
             kind = entry.kind
             if kind is normal:
                 try:
+                    if rejected and index in rejected:
+                        self._check_rejected(entry)  # raises CommandRejected if marked
                     output = apply(entry.data, index)
                 except CommandRejected as e:
                     error = str(e)
                 except Exception:
                     failure = Failure()
                     self._resolve(results)
-                    self._fatal(failure, f"applying entry {index} to the FSM")
+                    self._fatal_entry(failure, entry)
                     return
             elif kind is membership:
                 self._applied_membership = decode_membership(entry.data)
@@ -550,19 +561,113 @@ class GraftNode(Service, ClusterBackend):
         if results:
             self._proposals.resolve_applied(results, _overwritten, _partly_applied)
 
-    def _fatal(self, failure: Failure, doing: str) -> None:
+    def _fatal(
+        self,
+        failure: Failure,
+        doing: str,
+        advice: str = "Fix the cause (disk, FSM bug) and restart the node; it will replay its log.",
+    ) -> None:
         """A failure the node cannot survive without risking divergence: stop the process."""
         log.failure(
             "graft stopped: fatal error while {doing}; replicas would diverge if it went on. "
-            "Fix the cause (disk, FSM bug) and restart the node; it will replay its log.",
+            "{advice}",
             failure=failure,
             doing=doing,
+            advice=advice,
         )
         self._stopping = True
         reactor = self._clock
         stop = getattr(reactor, "stop", None)
         if stop is not None and getattr(reactor, "running", False):
             stop()
+
+    # -- poison entries --------------------------------------------------------------------
+
+    def skip_rejected_entries(self, rejected: Mapping[int, RejectedEntry]) -> None:
+        """Treat these entries (``graft skip-entry``, read from the data dir) as commands the
+        FSM refused, if the log still holds them when they are applied. Call before start."""
+        self._rejected = dict(rejected)
+        for marked in sorted(self._rejected.values(), key=lambda r: r.index):
+            log.warn(
+                "entry {index} (term {term}) is marked rejected on this node (graft "
+                "skip-entry): it is not applied here; every replica must skip it too",
+                index=marked.index,
+                term=marked.term,
+            )
+
+    def _check_rejected(self, entry: Entry) -> None:
+        marked = self._rejected[entry.index]
+        if marked.matches(entry):
+            raise CommandRejected(
+                f"entry {entry.index} was marked rejected on {self.node_id} by an operator "
+                "(graft skip-entry) after it stopped the node; it was not applied"
+            )
+        log.warn(
+            "entry {index} is marked rejected (term {term}) but the log holds another entry "
+            "there (term {found}, other data): applying it",
+            index=entry.index,
+            term=marked.term,
+            found=entry.term,
+        )
+
+    def _fatal_entry(self, failure: Failure, entry: Entry) -> None:
+        """The FSM raised on a committed entry: stop, naming the entry and the way out."""
+        error = failure.value
+        self._fatal(
+            failure,
+            f"applying entry {entry.index} (term {entry.term}) to the FSM: it raised "
+            f"{type(error).__name__}: {error}",
+            "If this machine is the cause (disk full, I/O error), fix it and restart; if the "
+            "FSM has a bug, deploy a fixed FSM and restart (the node replays the entry). As the "
+            f"UNSAFE last resort, run `graft skip-entry {entry.index} -c CONFIG --node "
+            f"{self.node_id}` on every node that stops at this entry, then restart them "
+            "(docs/operations.md, poison entries).",
+        )
+
+    # -- the space quota -------------------------------------------------------------------
+
+    def watch_space(self, monitor: SpaceMonitor) -> None:
+        """Refuse writes while the data dir (or, on the leader, a follower's) is over its
+        quota (graft.space); this node reports its own alarm to the leader after each scan."""
+        self._space = monitor
+        monitor.report = self._report_space
+
+    def _space_refusal(self) -> GraftError | None:
+        assert self._space is not None
+        leader = self._raft.role is Role.LEADER
+        refused = self._space.quota.refusal(self._clock.seconds(), leader=leader)
+        if refused is not None:
+            self._metrics.proposals_failed.labels(reason="no_space").inc()
+        return refused
+
+    def _report_space(self, quota: SpaceQuota) -> None:
+        """After a scan: a follower over its quota tells the leader (again at every scan while
+        it lasts, since a leader forgets a report after a few seconds), and once more when it
+        is below again."""
+        leader = self._raft.leader
+        over = quota.alarm
+        if leader is None or leader == self.node_id or self.peers is None or self._stopping:
+            self._space_reported_over = over
+            return
+        if not over and not self._space_reported_over:
+            return
+        self._space_reported_over = over
+        args = {"usage": quota.usage, "quota": quota.quota, "over": over}
+        d = self.peers.call(leader, SPACE_REPORT.name, args, timeout=self._tick_seconds * 20)
+        d.addErrback(lambda _: None)  # the next scan reports again
+
+    def _space_reported(self, peer: str, args: dict[str, Any]) -> dict[str, Any]:
+        # Only members count: a removed node still connected for a while must not hold up
+        # the cluster's writes.
+        if self._space is not None and peer in self._membership.members:
+            self._space.quota.peer_report(
+                peer,
+                max(0, int(args["usage"])),
+                max(0, int(args["quota"])),
+                bool(args["over"]),
+                self._clock.seconds(),
+            )
+        return {}
 
     def _update_gauges(self) -> None:
         st = self._raft.status()
@@ -604,6 +709,8 @@ class GraftNode(Service, ClusterBackend):
     def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         if self._stopping:
             return _fail(NoLeader("this node is shutting down; retry on another node"))
+        if self._space is not None and (refused := self._space_refusal()) is not None:
+            return _fail(refused)
         if self._raft.role is Role.LEADER:
             return self._propose(commands)
         d: Deferred[Any] = self._route_to_leader()
@@ -632,6 +739,8 @@ class GraftNode(Service, ClusterBackend):
             return _fail(NoLeader("leadership is being transferred; retry shortly"))
         term = self._raft.term
         self._metrics.proposals.inc(len(indexes))
+        if self._space is not None:
+            self._space.note_proposed(sum(map(len, commands)))
         # One latency observation per batch, timed on its first entry.
         self._proposed_at[indexes[0]] = self._clock.seconds()
         d: Deferred[Any] = self._proposals.add_batch(
@@ -717,6 +826,8 @@ class GraftNode(Service, ClusterBackend):
                 return succeed(self._receiver.chunk(peer, args))
             except GraftError as e:
                 return _fail(e)
+        if command == SPACE_REPORT.name:
+            return succeed(self._space_reported(peer, args))
         if command == "forward_admin":
             if self._raft.role is not Role.LEADER:
                 return _fail(NoLeader(f"{self.node_id} is not the leader any more; retry"))
@@ -1233,6 +1344,8 @@ class GraftNode(Service, ClusterBackend):
         }
         if self._last_check is not None:
             out["last_check"] = self._last_check
+        if self._space is not None:
+            out["space"] = self._space.quota.status(self._clock.seconds())
         if st.role is Role.LEADER:
             out["progress"] = {
                 peer: {

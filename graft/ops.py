@@ -1,6 +1,7 @@
-"""Offline operations on a stopped node's data dir: seeding from a backup, recovering quorum.
+"""Offline operations on a stopped node's data dir: seeding from a backup, recovering quorum,
+skipping a poison entry.
 
-Both run without a reactor (the storage's unthreaded mode) and refuse to touch a data dir that
+All run without a reactor (the storage's unthreaded mode) and refuse to touch a data dir that
 a running node might be using only in so far as the operator tells them it is stopped: the
 commands that call them say so loudly.
 """
@@ -11,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from graft.config import ClusterConfig
 from graft.fsm import create_state_machine
@@ -25,6 +26,7 @@ from graft.raft.types import (
     encode_membership,
 )
 from graft.storage import DurableLog
+from graft.storage.rejected import REJECTED_FILE, RejectedEntry, read_rejected, write_rejected
 
 # A restored cluster starts from its backup as the snapshot at this index and term; every node
 # restored from the same file holds the same snapshot, so their logs agree from the start.
@@ -136,3 +138,52 @@ def recover_membership(cfg: ClusterConfig, node_id: str, members: Sequence[str])
     finally:
         log.close()
     return membership
+
+
+def reject_entry(cfg: ClusterConfig, node_id: str, index: int) -> dict[str, Any]:
+    """UNSAFE: mark the command at ``index`` in a stopped node's log as rejected, so that the
+    node, when it replays it, treats it as a command its FSM refused (state unchanged) instead
+    of applying it. For a poison entry: a committed command on which the FSM raises (a bug), so
+    that the node stops at it on every start.
+
+    The mark names the entry's term and the SHA-256 of its data, so it never skips another
+    entry that later takes the index. Replicas stay identical only if every one of them skips
+    the same entry: run it on every node that stops at this index.
+    """
+    data_dir = cfg.data_dir(node_id)
+    if not data_dir.is_dir():
+        raise OperationError(f"{data_dir} does not exist; pass the node that stopped (--node)")
+    log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
+    try:
+        snapshot = log.snapshot_meta().index
+        if index <= snapshot:
+            raise OperationError(
+                f"entry {index} is covered by {node_id}'s snapshot at index {snapshot}: the node "
+                "no longer applies it at start, so it is not the entry it stops on; check the "
+                "index in the node's log"
+            )
+        first, last = log.first_index(), log.last_index()
+        if not first <= index <= last:
+            raise OperationError(
+                f"{node_id}'s log holds entries {first}..{last}, not {index}; check the index "
+                "in the node's log (`graft storage dump`)"
+            )
+        (entry,) = log.entries(index, index + 1)
+        if entry.kind is not EntryKind.NORMAL:
+            raise OperationError(
+                f"entry {index} is a {entry.kind.name.lower()} entry, not a command: only "
+                "commands reach the FSM, so only a command can be skipped"
+            )
+        marked = RejectedEntry.of(entry)
+        rejected = read_rejected(data_dir)
+        rejected[index] = marked
+        write_rejected(data_dir, rejected)
+    finally:
+        log.close()
+    return {
+        "index": marked.index,
+        "term": marked.term,
+        "sha256": marked.sha256,
+        "bytes": len(entry.data),
+        "file": data_dir / REJECTED_FILE,
+    }

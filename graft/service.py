@@ -14,6 +14,7 @@ peer connections close.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
@@ -31,7 +32,10 @@ from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
+from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
+from graft.storage.permissions import tighten_data_dir
+from graft.storage.rejected import read_rejected
 from graft.transport import PeerTransport
 
 log = Logger(namespace="graft.service")
@@ -79,6 +83,7 @@ def make_service(
         log.warn("storage repaired at open: {note}", note=note)
     fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
     restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
+    secure_data_dir(data_dir)
     rng = random.Random()
     raft_config = raft_config_for(cfg, node_id, join=join)
     raft = RaftNode(raft_config, storage, rng)
@@ -105,6 +110,8 @@ def make_service(
         fsm_name=cfg.fsm.factory,
         incoming_dir=data_dir,
     )
+    node.skip_rejected_entries(read_rejected(data_dir))
+    space = watch_space(cfg, node_id, node, metrics, reactor)
     # A restarted node dials the members its log or snapshot names, not only the file's peers.
     # A joining node knows the cluster only from its file until the leader's log reaches it.
     peers = dict(static_addresses)
@@ -143,6 +150,7 @@ def make_service(
     transport.setServiceParent(top)
     node.setServiceParent(top)
     api.setServiceParent(top)
+    space.setServiceParent(top)
     return cast(IService, top)
 
 
@@ -168,6 +176,27 @@ class GraftService(MultiService):
         d: Deferred[Any] = self.node.hand_over()
         d.addCallback(stop_children)
         return d
+
+
+def watch_space(
+    cfg: ClusterConfig, node_id: str, node: GraftNode, metrics: NodeMetrics, reactor: Any
+) -> SpaceMonitor:
+    """The data dir's space quota (storage.quota_bytes), measured once now so that a node that
+    starts over it refuses writes from the start."""
+    data_dir = cfg.data_dir(node_id)
+    quota = SpaceQuota(cfg.storage.quota_bytes, node_id=node_id, data_dir=data_dir)
+    monitor = SpaceMonitor(quota, data_dir, clock=reactor, registry=metrics.registry)
+    if quota.enabled:
+        monitor.measure_now()
+    node.watch_space(monitor)
+    return monitor
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Tighten a data dir left readable by others (an older version, a loose umask): 0700 for
+    the directory, 0600 for its files, the FSM's included (it exists by now)."""
+    for change in tighten_data_dir(data_dir):
+        log.warn("{change}", change=change)
 
 
 def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: str) -> None:

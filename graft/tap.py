@@ -41,7 +41,10 @@ def makeService(options: Options) -> IService:
     from graft.gc_policy import apply_node_policy
     from graft.service import make_service
     from graft.storage import StorageError
+    from graft.storage.permissions import set_private_umask
 
+    # Everything the node writes (its database, the log, received snapshots) is its own.
+    set_private_umask()
     cfg = options["cluster"]
     try:
         service = make_service(cfg, cfg.node, join=bool(options["join"]))

@@ -80,7 +80,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "unknown key with no close match",
         "zzz: 1\n" + PEERS,
         "{file}: zzz: unknown key; expected one of: cluster, node, data_dir, timeouts, peers, "
-        "tls, api, fsm, snapshot, transport, raft",
+        "tls, api, fsm, snapshot, transport, raft, storage",
     ),
     (
         "missing peers",

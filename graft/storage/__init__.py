@@ -7,12 +7,16 @@ A data dir holds::
     log-<first index>.seg           the log, in segments of ``segment_bytes``
     snap-<index>-<term>.data        the newest snapshot's bytes
     snap-<index>-<term>.manifest    its index, term, membership, FSM name, size, CRC32
+    rejected-entries                entries an operator marked rejected (graft skip-entry)
+
+The directory is 0700 and every file in it 0600 (``permissions``).
 
 Modules: ``records`` (the segment format), ``segments`` (segment files: replay, append,
 truncate, delete), ``state_files`` (identity, hard state), ``snapshots``, ``recovery`` (what
 a data dir holds, checked), ``writer`` (group commit on the writer thread), ``log``
 (``DurableLog``, the core's ``LogStorage``), ``inspect`` (``check_data_dir``, ``dump_log``),
-``files`` (the file layer, swappable for crash tests).
+``files`` (the file layer, swappable for crash tests), ``permissions`` (who may read a data
+dir), ``rejected`` (the poison entries an operator marked rejected).
 """
 
 from graft.storage.errors import CorruptionError, IdentityMismatch, StorageError

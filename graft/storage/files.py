@@ -12,6 +12,11 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+# A data dir holds the whole replicated state (the database, the log): only the node's own
+# user may read it. The modes are given explicitly, so they hold whatever the umask is.
+DATA_DIR_MODE = 0o700
+FILE_MODE = 0o600
+
 
 class WritableFile(Protocol):
     def write(self, data: bytes) -> None:
@@ -87,7 +92,7 @@ class OSFileSystem:
     """The real file system."""
 
     def makedirs(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
 
     def listdir(self, path: Path) -> list[str]:
         return os.listdir(path)
@@ -106,10 +111,11 @@ class OSFileSystem:
 
     def open_append(self, path: Path) -> WritableFile:
         # O_APPEND: after a truncate the next write lands at the new end.
-        return _OSFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        return _OSFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
 
     def create(self, path: Path) -> WritableFile:
-        return _OSFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        return _OSFile(os.open(path, flags, FILE_MODE))
 
     def rename(self, src: Path, dst: Path) -> None:
         os.replace(src, dst)
