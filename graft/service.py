@@ -22,6 +22,7 @@ from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from graft.agreement import cluster_settings
 from graft.api import make_api_site
 from graft.config import ClusterConfig, ConfigError
 from graft.fsm import StateMachine, create_state_machine
@@ -31,7 +32,7 @@ from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
 from graft.storage import DurableLog
-from graft.transport import PeerTransport
+from graft.transport import ConnectionLimits, PeerTransport
 
 log = Logger(namespace="graft.service")
 
@@ -119,6 +120,8 @@ def make_service(
         rng=rng,
         on_peer_lost=node.peer_lost,
         max_frame_bytes=cfg.max_frame_bytes,
+        settings=cluster_settings(cfg),
+        limits=connection_limits(cfg),
     )
     node.peers = transport
 
@@ -156,6 +159,15 @@ class GraftService(MultiService):
         d: Deferred[Any] = self.node.hand_over()
         d.addCallback(stop_children)
         return d
+
+
+def connection_limits(cfg: ClusterConfig) -> ConnectionLimits:
+    """The caps on inbound peer connections, from the file's `transport` section."""
+    return ConnectionLimits(
+        max_connections=cfg.transport.max_connections,
+        max_connections_per_address=cfg.transport.max_connections_per_address,
+        max_unauthenticated=cfg.transport.max_unauthenticated,
+    )
 
 
 def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: str) -> None:
