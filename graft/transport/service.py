@@ -112,6 +112,10 @@ class _AdmitFactory(ServerFactory):
     def doStop(self) -> None:
         self.inner.doStop()  # type: ignore[no-untyped-call]
 
+    def logPrefix(self) -> str:  # the port's "... starting on PORT" names the TLS factory
+        prefix = getattr(self.inner, "logPrefix", None)
+        return str(prefix()) if prefix is not None else type(self.inner).__name__
+
     def buildProtocol(self, addr: Any) -> Any:
         if not self.transport.admit(str(getattr(addr, "host", addr))):
             return None
