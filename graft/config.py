@@ -21,7 +21,8 @@ Keys (all optional except ``peers``)::
           allowed_origins: ["https://console.example.com", ...]}
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
     snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
-    transport: {max_frame_bytes: 16777216}
+    transport: {max_frame_bytes: 16777216, max_connections: 256,
+                max_connections_per_address: 16, max_unauthenticated: 32}
     storage: {quota_bytes: 8589934592}                 # 0 turns the space quota off
     raft: {max_msg_entries: 1024, max_msg_bytes: 1048576, max_inflight: 64}
 """
@@ -195,6 +196,11 @@ class StorageConfig:
 class TransportConfig:
     # A peer frame larger than this drops the connection (snapshots travel in smaller chunks).
     max_frame_bytes: int = 16 * _MIB
+    # Inbound peer connections beyond these are closed as soon as they are accepted
+    # (graft.transport.ConnectionLimits): in total, from one address, and before their hello.
+    max_connections: int = 256
+    max_connections_per_address: int = 16
+    max_unauthenticated: int = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -873,15 +879,26 @@ class _Reader:
         )
 
     def transport(self, value: Any) -> TransportConfig:
-        section = self.mapping(
-            "transport", value, ("max_frame_bytes",), "a mapping {max_frame_bytes}"
+        keys = (
+            "max_frame_bytes",
+            "max_connections",
+            "max_connections_per_address",
+            "max_unauthenticated",
         )
+        section = self.mapping("transport", value, keys, "a mapping {" + ", ".join(keys) + "}")
+        default = TransportConfig()
         return TransportConfig(
             max_frame_bytes=self.integer(
                 "transport.max_frame_bytes",
-                section.get("max_frame_bytes", TransportConfig().max_frame_bytes),
+                section.get("max_frame_bytes", default.max_frame_bytes),
                 minimum=64 * 1024,
-            )
+            ),
+            **{
+                key: self.integer(
+                    f"transport.{key}", section.get(key, getattr(default, key)), minimum=1
+                )
+                for key in keys[1:]
+            },
         )
 
     def raft(self, value: Any) -> RaftTuning:

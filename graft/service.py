@@ -23,6 +23,7 @@ from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from graft.agreement import cluster_settings
 from graft.api import make_api_site
 from graft.config import ClusterConfig, ConfigError
 from graft.exposure import open_api_warning
@@ -36,7 +37,7 @@ from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
 from graft.storage.permissions import tighten_data_dir
 from graft.storage.rejected import read_rejected
-from graft.transport import PeerTransport
+from graft.transport import ConnectionLimits, PeerTransport
 
 log = Logger(namespace="graft.service")
 
@@ -127,6 +128,8 @@ def make_service(
         rng=rng,
         on_peer_lost=node.peer_lost,
         max_frame_bytes=cfg.max_frame_bytes,
+        settings=cluster_settings(cfg),
+        limits=connection_limits(cfg),
     )
     node.peers = transport
     node.limit_waiters(
@@ -197,6 +200,15 @@ def secure_data_dir(data_dir: Path) -> None:
     the directory, 0600 for its files, the FSM's included (it exists by now)."""
     for change in tighten_data_dir(data_dir):
         log.warn("{change}", change=change)
+
+
+def connection_limits(cfg: ClusterConfig) -> ConnectionLimits:
+    """The caps on inbound peer connections, from the file's `transport` section."""
+    return ConnectionLimits(
+        max_connections=cfg.transport.max_connections,
+        max_connections_per_address=cfg.transport.max_connections_per_address,
+        max_unauthenticated=cfg.transport.max_unauthenticated,
+    )
 
 
 def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: str) -> None:

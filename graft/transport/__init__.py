@@ -3,12 +3,18 @@
 from graft.transport.dialer import Backoff
 from graft.transport.errors import CallTimeout, PeerUnavailable, RemoteError, TransportError
 from graft.transport.protocol import PeerConnection
-from graft.transport.service import PeerAddress, PeerTransport, TransportStats
+from graft.transport.service import (
+    ConnectionLimits,
+    PeerAddress,
+    PeerTransport,
+    TransportStats,
+)
 from graft.transport.tls import TLSContexts, TLSFilesError, TLSPaths, certificate_names
 
 __all__ = [
     "Backoff",
     "CallTimeout",
+    "ConnectionLimits",
     "PeerAddress",
     "PeerConnection",
     "PeerTransport",

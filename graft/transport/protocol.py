@@ -4,8 +4,10 @@ Life of a connection: TCP connects, TLS handshakes (both certificates checked ag
 CA by OpenSSL; the client also checks the server names the dialled host), then each side sends a
 hello. The receiver of a hello accepts the connection only if the protocol version is its own,
 the cluster name is its own, the node is a current member (and, on an outbound connection, is
-the node that was dialled), and the peer's certificate names that node id among its DNS
-subjectAltNames. Anything else is logged with the reason and the connection is dropped. After
+the node that was dialled), the peer's certificate names that node id among its DNS
+subjectAltNames, and the settings the cluster must agree on (graft.agreement) are the same on
+both nodes. Anything else is logged with the reason and the connection is dropped; a settings
+mismatch is logged once per peer and value, not at every redial. After
 that, Raft messages are delivered to the owner and ``_ask`` requests dispatched to it; answers
 are paired with pending calls by id. A malformed frame, or a message whose sender is not the
 authenticated node, drops the connection.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from graft.agreement import compare_settings
 from graft.raft.messages import MESSAGE_TYPES, Message
 from graft.socket_flush import flush_now
 from graft.transport.errors import CallTimeout, PeerUnavailable, RemoteError
@@ -61,6 +64,9 @@ class ConnectionOwner(Protocol):
     commands: CommandRegistry
     max_frame_bytes: int
     reactor: Any  # IReactorTime
+    settings: Mapping[str, str]  # sent in the hello, compared with the peer's
+
+    def first_time(self, key: Hashable) -> bool: ...
 
     def is_member(self, node_id: str) -> bool: ...
     def connection_made(self, connection: PeerConnection) -> None: ...
@@ -103,6 +109,7 @@ class PeerConnection(TwistedProtocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, _PendingCall] = {}
         self._address = "?"
+        self.host = "?"  # the remote address, without the port
         self._tls: Any = None
         # Frames not yet handed to TLS: flush() writes them as one TLS record and one send().
         self._out: list[bytes] = []
@@ -126,14 +133,18 @@ class PeerConnection(TwistedProtocol):
     def connectionMade(self) -> None:
         self._tls = self.transport  # TLSMemoryBIOProtocol (ISSLTransport)
         peer = self._tls.getPeer()
-        self._address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.host = str(getattr(peer, "host", peer))
+        self._address = f"{self.host}:{getattr(peer, 'port', '')}"
         self._hello_timer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._hello_timed_out)
         _tune_socket(self._tls)
         self.owner.connection_made(self)
 
     def handshakeCompleted(self) -> None:
         hello = Hello(
-            version=PROTOCOL_VERSION, cluster=self.owner.cluster, node_id=self.owner.node_id
+            version=PROTOCOL_VERSION,
+            cluster=self.owner.cluster,
+            node_id=self.owner.node_id,
+            settings=dict(self.owner.settings),
         )
         self._write(encode_frame(hello))
 
@@ -265,18 +276,20 @@ class PeerConnection(TwistedProtocol):
         self._flush_call = None
         self.flush()
 
-    def drop(self, reason: str) -> None:
-        """Log why and close the connection; nothing more is read from it."""
+    def drop(self, reason: str, *, quiet: bool = False) -> None:
+        """Log why (unless ``quiet``: the caller logged it) and close the connection; nothing
+        more is read from it."""
         if self._closing:
             return
         self._closing = True
         self._refused = True
-        log.warn(
-            "dropping peer connection {connection} (node {peer}): {reason}",
-            connection=self.describe(),
-            peer=self.peer,
-            reason=reason,
-        )
+        if not quiet:
+            log.warn(
+                "dropping peer connection {connection} (node {peer}): {reason}",
+                connection=self.describe(),
+                peer=self.peer,
+                reason=reason,
+            )
         if self._out:  # what was written before the drop still leaves, as it always did
             self._tls.write(b"".join(self._out))
             self._out.clear()
@@ -294,6 +307,8 @@ class PeerConnection(TwistedProtocol):
         reason = self._refusal(hello)
         if reason is not None:
             self.drop(f"refused hello from node {hello.node_id!r}: {reason}")
+            return
+        if not self._settings_agree(hello):
             return
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
@@ -317,6 +332,44 @@ class PeerConnection(TwistedProtocol):
         if hello.node_id not in names:
             return f"its certificate names {sorted(names)}, not {hello.node_id!r}"
         return None
+
+    def _settings_agree(self, hello: Hello) -> bool:
+        """Compare the peer's settings with ours: a difference that could split replicas drops
+        the connection, a difference in timings is a warning. Either is logged once per peer and
+        value (the dialler retries every few seconds; the log should not)."""
+        peer = hello.node_id
+        owner = self.owner
+        if hello.settings is None:
+            if owner.first_time(("no settings", peer)):
+                log.warn(
+                    "peer {peer} sent no settings in its hello (an older version): the FSM,"
+                    " SQLite build and timeouts cannot be compared with it",
+                    peer=peer,
+                )
+            return True
+        differences = compare_settings(owner.settings, hello.settings)
+        for difference in differences:
+            if not difference.fatal and owner.first_time(("differs", peer, difference)):
+                log.warn(
+                    "settings differ: {difference}; every node should use the same",
+                    difference=difference.describe(peer),
+                )
+        fatal = tuple(d for d in differences if d.fatal)
+        if not fatal:
+            return True
+        reason = "; ".join(d.describe(peer) for d in fatal)
+        if owner.first_time(("refused", peer, fatal)):
+            log.error(
+                "refusing peer connection {connection} of node {peer}: {reason}. Nodes that"
+                " disagree on these could apply the same command differently, so they do not"
+                " talk; run every node with the same settings (docs/operations.md, 'Settings"
+                " every node must share')",
+                connection=self.describe(),
+                peer=peer,
+                reason=reason,
+            )
+        self.drop(f"settings differ from node {peer}: {reason}", quiet=True)
+        return False
 
     def _hello_timed_out(self) -> None:
         self._hello_timer = None

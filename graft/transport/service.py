@@ -5,19 +5,23 @@ Raft messages over the outbound connection to their recipient, delivers messages
 any authenticated connection to ``on_message``, and carries request/response calls both ways.
 When an authenticated connection closes it tells ``on_peer_lost`` the peer's id: a closed
 socket is the quickest sign that a peer's process died.
+
+Inbound connections are capped (ConnectionLimits): in total, per remote address, and those that
+have not yet completed their hello. A connection over a cap is closed as soon as it is accepted,
+before TLS, and the first refusal of a run is logged.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,7 +30,15 @@ from graft.transport.dialer import Backoff, PeerDialer
 from graft.transport.errors import PeerUnavailable
 from graft.transport.protocol import PeerConnection
 from graft.transport.tls import PeerTLSFactory, TLSContexts, TLSPaths
-from graft.wire import COMMANDS, DEFAULT_MAX_FRAME_BYTES, CommandRegistry
+from graft.wire import (
+    COMMANDS,
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_HELLO_BYTES,
+    PROTOCOL_VERSION,
+    CommandRegistry,
+    Hello,
+    encode_frame,
+)
 
 log = Logger(namespace="graft.transport")
 
@@ -51,6 +63,29 @@ class TransportStats:
     dropped_not_connected: int = 0
     dropped_too_large: int = 0
     dial_failures: int = 0
+    connections_refused: int = 0  # inbound connections closed at once, over a ConnectionLimits cap
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLimits:
+    """Caps on inbound peer connections; graft.config.TransportConfig carries them from the file.
+
+    A cluster needs one inbound connection per other member (two for a moment while one
+    replaces another); the caps leave room for that many times over and bound what a stranger
+    holding no certificate (unauthenticated) or a flood from one address can take.
+    """
+
+    max_connections: int = 256
+    max_connections_per_address: int = 16
+    max_unauthenticated: int = 32
+
+
+@dataclass(slots=True)
+class _InboundCounts:
+    total: int = 0
+    unauthenticated: int = 0
+    by_host: dict[str, int] = field(default_factory=dict)
+    refusing: set[str] = field(default_factory=set)  # why refusals were logged, until one admit
 
 
 class _AcceptFactory(ServerFactory):
@@ -59,6 +94,32 @@ class _AcceptFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> PeerConnection:
         return PeerConnection(self.transport, expected_peer=None)
+
+
+class _AdmitFactory(ServerFactory):
+    """The listening port's factory: returns no protocol for a connection over a cap (the port
+    then closes the socket at once, before any TLS work), else the TLS factory's."""
+
+    noisy = False
+
+    def __init__(self, transport: PeerTransport, inner: Factory) -> None:
+        self.transport = transport
+        self.inner = inner
+
+    def doStart(self) -> None:
+        self.inner.doStart()  # type: ignore[no-untyped-call]
+
+    def doStop(self) -> None:
+        self.inner.doStop()  # type: ignore[no-untyped-call]
+
+    def logPrefix(self) -> str:  # the port's "... starting on PORT" names the TLS factory
+        prefix = getattr(self.inner, "logPrefix", None)
+        return str(prefix()) if prefix is not None else type(self.inner).__name__
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.transport.admit(str(getattr(addr, "host", addr))):
+            return None
+        return self.inner.buildProtocol(addr)
 
 
 class PeerTransport(Service):
@@ -82,6 +143,8 @@ class PeerTransport(Service):
         connect_timeout: float = 5.0,
         backoff: Backoff | None = None,
         listen_interface: str | None = None,
+        settings: Mapping[str, str] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         if node_id not in peers:
             raise ValueError(
@@ -107,6 +170,7 @@ class PeerTransport(Service):
         self._dialers: dict[str, PeerDialer] = {}
         self._outbound: dict[str, PeerConnection] = {}
         self._connections: set[PeerConnection] = set()
+        self._init_limits(settings, limits)
 
     # -- service -----------------------------------------------------------------------------
 
@@ -114,9 +178,9 @@ class PeerTransport(Service):
         super().startService()  # type: ignore[no-untyped-call]
         me = self._peers[self.node_id]
         accept: Any = _AcceptFactory(self)  # zope interfaces are invisible to mypy
-        factory = PeerTLSFactory(self._contexts.server, False, accept, clock=self.reactor)
+        factory: Any = PeerTLSFactory(self._contexts.server, False, accept, clock=self.reactor)
         self._port = self.reactor.listenTCP(
-            me.p2p_port, factory, interface=self._interface(me.host)
+            me.p2p_port, _AdmitFactory(self, factory), interface=self._interface(me.host)
         )
         for peer_id in self._peers:
             if peer_id != self.node_id:
@@ -209,10 +273,17 @@ class PeerTransport(Service):
 
     def connection_made(self, connection: PeerConnection) -> None:
         self._connections.add(connection)
+        if not connection.outbound:
+            counts = self._inbound
+            counts.total += 1
+            counts.unauthenticated += 1
+            counts.by_host[connection.host] = counts.by_host.get(connection.host, 0) + 1
 
     def connection_authenticated(self, connection: PeerConnection) -> None:
         peer = connection.peer
         assert peer is not None
+        if not connection.outbound:
+            self._inbound.unauthenticated -= 1
         log.info("peer connection {connection} authenticated", connection=connection.describe())
         if connection.outbound:
             dialer = self._dialers.get(peer)
@@ -230,6 +301,8 @@ class PeerTransport(Service):
                 dialer.peer_is_back()
 
     def connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        if connection in self._connections and not connection.outbound:
+            self._count_inbound_lost(connection)
         self._connections.discard(connection)
         peer = connection.peer
         if peer is not None and self._outbound.get(peer) is connection:
@@ -254,6 +327,88 @@ class PeerTransport(Service):
             peer=connection.peer,
             limit=self.max_frame_bytes,
         )
+
+    # -- limits and settings -----------------------------------------------------------------
+
+    def _init_limits(
+        self, settings: Mapping[str, str] | None, limits: ConnectionLimits | None
+    ) -> None:
+        self.settings: Mapping[str, str] = dict(settings or {})
+        self.limits = limits or ConnectionLimits()
+        self._inbound = _InboundCounts()
+        self._said: set[Hashable] = set()
+        hello = Hello(
+            version=PROTOCOL_VERSION,
+            cluster=self.cluster,
+            node_id=self.node_id,
+            settings=dict(self.settings),
+        )
+        size = len(encode_frame(hello)) - 4
+        if size > MAX_HELLO_BYTES:  # peers would refuse it: fail at start, not at every dial
+            raise ValueError(
+                f"this node's hello takes {size} bytes, over the {MAX_HELLO_BYTES} a peer accepts"
+                " (cluster name, node id or settings too long)"
+            )
+
+    def first_time(self, key: Hashable) -> bool:
+        """True the first time ``key`` is seen: for log lines that are said once per peer and
+        value. Bounded: a peer that changes its values endlessly only makes lines repeat."""
+        if key in self._said:
+            return False
+        if len(self._said) >= 1024:
+            self._said.clear()
+        self._said.add(key)
+        return True
+
+    def admit(self, host: str) -> bool:
+        """Whether to accept a new inbound connection from ``host`` (see ConnectionLimits)."""
+        counts = self._inbound
+        limits = self.limits
+        if counts.unauthenticated >= limits.max_unauthenticated:
+            why = (
+                f"{counts.unauthenticated} connections have not completed their hello"
+                f" (transport.max_unauthenticated is {limits.max_unauthenticated})"
+            )
+            key = "unauthenticated"
+        elif counts.total >= limits.max_connections:
+            why = (
+                f"{counts.total} inbound connections are open"
+                f" (transport.max_connections is {limits.max_connections})"
+            )
+            key = "total"
+        elif counts.by_host.get(host, 0) >= limits.max_connections_per_address:
+            why = (
+                f"{counts.by_host[host]} connections from that address are open"
+                f" (transport.max_connections_per_address is"
+                f" {limits.max_connections_per_address})"
+            )
+            key = f"host {host}"
+        else:
+            counts.refusing.discard("unauthenticated")
+            counts.refusing.discard("total")
+            counts.refusing.discard(f"host {host}")
+            return True
+        self.stats.connections_refused += 1
+        if key not in counts.refusing and len(counts.refusing) < 1024:
+            counts.refusing.add(key)
+            log.warn(
+                "closing new peer connections from {host} at once: {why}; said once until one"
+                " is accepted again",
+                host=host,
+                why=why,
+            )
+        return False
+
+    def _count_inbound_lost(self, connection: PeerConnection) -> None:
+        counts = self._inbound
+        counts.total -= 1
+        if connection.peer is None:
+            counts.unauthenticated -= 1
+        left = counts.by_host.get(connection.host, 0) - 1
+        if left > 0:
+            counts.by_host[connection.host] = left
+        else:
+            counts.by_host.pop(connection.host, None)
 
     # -- internals ---------------------------------------------------------------------------
 

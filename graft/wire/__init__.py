@@ -12,6 +12,7 @@ from graft.wire.commands import (
 from graft.wire.errors import ProtocolError, SchemaError
 from graft.wire.frames import (
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_HELLO_BYTES,
     PROTOCOL_VERSION,
     Answer,
     Ask,
@@ -30,6 +31,7 @@ __all__ = [
     "FORWARD_QUERY",
     "FORWARD_SUBMIT",
     "INSTALL_SNAPSHOT_CHUNK",
+    "MAX_HELLO_BYTES",
     "PROTOCOL_VERSION",
     "STANDARD_ERRORS",
     "Answer",

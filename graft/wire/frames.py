@@ -2,15 +2,27 @@
 
 A body is a list whose first element says what it is:
 
-    ["_hello", version, cluster, node_id]     first frame on every connection, both directions
+    ["_hello", version, cluster, node_id, settings]
+                                              first frame on every connection, both directions
     [tag, field, ...]                         a Raft message (graft.wire.messages), one-way
     ["_ask", id, command, arguments]          an RPC request
     ["_answer", id, result]                   its answer
     ["_error", id, code, message]             or its failure
 
+``settings`` (optional: nodes before it was added send four elements) maps names to strings:
+the settings that must agree across the cluster (graft.agreement), compared by the receiver.
+
 FrameDecoder turns received bytes into these frames and is the only place that does: anything
 malformed, oversized or unknown raises ProtocolError, after which the decoder refuses more input
-(the connection is to be dropped).
+(the connection is to be dropped). Limits, all checked before a body is decoded:
+
+- the first frame is a hello: its length may not exceed MAX_HELLO_BYTES and its first bytes
+  must say ``["_hello", ...`` (an unauthenticated peer gets no further than that);
+- every other frame at most ``max_frame_bytes``, nested at most MAX_FRAME_DEPTH deep, and its
+  decoded objects at most DECODE_FACTOR times its size plus DECODE_ALLOWANCE (graft.wire.scan);
+- msgpack's own limits (string, binary, array and map lengths) are set to the frame's size.
+
+Buffered bytes are at most one frame's length plus the last chunk received.
 """
 
 from __future__ import annotations
@@ -25,10 +37,24 @@ from graft.raft.messages import Message
 from graft.wire.commands import COMMANDS, CommandRegistry
 from graft.wire.errors import ProtocolError
 from graft.wire.messages import decode_message, encode_message
-from graft.wire.schema import check_any
+from graft.wire.scan import check_structure
+from graft.wire.schema import MAX_DEPTH, check_any, describe
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+# A hello is a version, two names and a few settings (SQLite's compile options are the longest,
+# ~1.2 KiB): far below this.
+MAX_HELLO_BYTES = 8 * 1024
+MAX_SETTINGS = 64
+# The envelope (body list, ask arguments map, their fields) adds a few levels to MAX_DEPTH.
+MAX_FRAME_DEPTH = MAX_DEPTH + 4
+# Decoded objects may take this many times the frame's size (plus the allowance): a batch of
+# entries with tiny commands takes about 12 times, a frame of empty arrays 64 times.
+DECODE_FACTOR = 24
+DECODE_ALLOWANCE = 256 * 1024
+# How a hello body starts: a 4- or 5-element array, then the 6-character string "_hello".
+_HELLO_ARRAYS = (0x94, 0x95)
+_HELLO_KIND = b"\xa6_hello"
 _LENGTH = struct.Struct(">I")
 MAX_ID = 2**63 - 1
 
@@ -38,6 +64,8 @@ class Hello:
     version: int
     cluster: str
     node_id: str
+    # None: the peer predates the settings comparison (a four-element hello).
+    settings: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +95,9 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def _body(frame: Frame) -> list[Any]:
     if isinstance(frame, Hello):
-        return ["_hello", frame.version, frame.cluster, frame.node_id]
+        if frame.settings is None:
+            return ["_hello", frame.version, frame.cluster, frame.node_id]
+        return ["_hello", frame.version, frame.cluster, frame.node_id, frame.settings]
     if isinstance(frame, Ask):
         return ["_ask", frame.id, frame.command, frame.args]
     if isinstance(frame, Answer):
@@ -91,7 +121,7 @@ def encode_message_frame(message: Message) -> bytes:
 
 def _id(value: Any, where: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_ID:
-        raise ProtocolError(f"{where}: expected a request id, got {value!r:.40}")
+        raise ProtocolError(f"{where}: expected a request id, got {describe(value)}")
     return value
 
 
@@ -108,6 +138,36 @@ def _check_length(body: list[Any], n: int, what: str) -> None:
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not used by this protocol")
+
+
+def _settings(value: Any) -> dict[str, str]:
+    if type(value) is not dict or len(value) > MAX_SETTINGS:
+        raise ProtocolError(f"hello settings: expected a map of at most {MAX_SETTINGS} strings")
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            raise ProtocolError("hello settings: keys and values must be strings")
+    return value
+
+
+def _unpack(data: memoryview) -> Any:
+    """msgpack-decode one body whose structure check_structure has passed."""
+    size = len(data)
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            ext_hook=_reject_ext,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise ProtocolError(f"undecodable msgpack body ({type(e).__name__})") from None
 
 
 class FrameDecoder:
@@ -140,10 +200,17 @@ class FrameDecoder:
         try:
             return self._feed(data)
         except ProtocolError as e:
-            self._failure = e
-            # A new buffer rather than clear(): the traceback may still hold a view of the old.
-            self._buffer = bytearray()
+            self._fail(e)
             raise
+        except Exception as e:  # a decoder bug must cost the connection, never the node
+            error = ProtocolError(f"malformed frame ({type(e).__name__}: {e!s:.200})")
+            self._fail(error)
+            raise error from None
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._failure = error
+        # A new buffer rather than clear(): the traceback may still hold a view of the old.
+        self._buffer = bytearray()
 
     def _feed(self, data: bytes) -> list[Frame]:
         buffer = self._buffer
@@ -151,28 +218,43 @@ class FrameDecoder:
         frames: list[Frame] = []
         available = len(buffer)
         position = 0
-        limit = self.max_frame_bytes
         unpack_length = _LENGTH.unpack_from
         with memoryview(buffer) as view:
             while available - position >= 4:
                 (length,) = unpack_length(buffer, position)
-                if length > limit:
-                    raise ProtocolError(f"frame of {length} bytes exceeds the limit of {limit}")
+                if self._awaiting_hello:
+                    if length > MAX_HELLO_BYTES:
+                        raise ProtocolError(
+                            f"a first frame of {length} bytes: a hello takes at most"
+                            f" {MAX_HELLO_BYTES}"
+                        )
+                    # Its kind from its first bytes, before a byte of it is buffered further.
+                    head = bytes(view[position + 4 : position + 12])
+                    if not _could_be_hello(head, length):
+                        raise ProtocolError("the first frame must be a hello")
+                elif length > self.max_frame_bytes:
+                    raise ProtocolError(
+                        f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}"
+                    )
                 end = position + 4 + length
                 if end > available:
                     break
                 frames.append(self._decode_body(view[position + 4 : end]))
                 position = end
-        del buffer[:position]
+        if position:
+            # Keep only the unparsed tail, in a buffer of its own size: the capacity a large
+            # frame needed is given back once that frame has been decoded.
+            rest = available - position
+            self._buffer = bytearray(buffer[position:]) if rest else bytearray()
         return frames
 
     def _decode_body(self, data: memoryview) -> Frame:
-        try:
-            body = msgpack.unpackb(data, raw=False, use_list=True, ext_hook=_reject_ext)
-        except ProtocolError:
-            raise
-        except (ValueError, TypeError, msgpack.UnpackException) as e:
-            raise ProtocolError(f"undecodable msgpack body ({type(e).__name__})") from None
+        check_structure(
+            data,
+            max_depth=MAX_FRAME_DEPTH,
+            max_decoded_bytes=DECODE_FACTOR * len(data) + DECODE_ALLOWANCE,
+        )
+        body = _unpack(data)
         if type(body) is not list or not body:
             raise ProtocolError("frame body is not a non-empty list")
         kind = body[0]
@@ -180,7 +262,8 @@ class FrameDecoder:
             if kind != "_hello":
                 raise ProtocolError("the first frame must be a hello")
             self._awaiting_hello = False
-            _check_length(body, 4, "hello")
+            if len(body) not in (4, 5):
+                raise ProtocolError(f"hello frame: expected 3 or 4 fields, got {len(body) - 1}")
             version = body[1]
             if type(version) is not int:
                 raise ProtocolError("hello: the protocol version must be an integer")
@@ -188,6 +271,7 @@ class FrameDecoder:
                 version=version,
                 cluster=_text(body[2], "hello cluster"),
                 node_id=_text(body[3], "hello node id"),
+                settings=_settings(body[4]) if len(body) == 5 else None,
             )
         if type(kind) is int:
             return decode_message(body)
@@ -217,4 +301,15 @@ class FrameDecoder:
             )
         if kind == "_hello":
             raise ProtocolError("a second hello on the same connection")
-        raise ProtocolError(f"unknown frame kind {kind!r:.40}")
+        raise ProtocolError(f"unknown frame kind {describe(kind)}")
+
+
+def _could_be_hello(head: bytes, length: int) -> bool:
+    """Whether a body of ``length`` bytes starting with ``head`` (its first bytes received, up
+    to 8) can be a hello: checked as soon as they arrive, so nothing else is buffered or decoded
+    from a peer that has not said hello."""
+    if length < 1 + len(_HELLO_KIND):
+        return False
+    if not head:
+        return True
+    return head[0] in _HELLO_ARRAYS and _HELLO_KIND.startswith(head[1:])

@@ -30,6 +30,7 @@ from graft.raft.types import (
     membership_to_dict,
 )
 from graft.wire.errors import ProtocolError
+from graft.wire.schema import describe
 
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any, str], Any]
@@ -88,7 +89,7 @@ def _decode_entries(value: Any, where: str) -> tuple[Entry, ...]:
             or kind not in kinds
             or type(data) is not bytes
         ):
-            raise ProtocolError(f"{where}: malformed entry {item!r:.80}")
+            raise ProtocolError(f"{where}: malformed entry {describe(item)}")
         out.append(make_entry(index, term, kinds[kind], data))
     return tuple(out)
 
@@ -233,5 +234,5 @@ def decode_message(body: list[Any]) -> Message:
     tag = body[0]
     codec = CODECS_BY_TAG.get(tag) if type(tag) is int else None
     if codec is None:
-        raise ProtocolError(f"unknown message tag {tag!r:.40}")
+        raise ProtocolError(f"unknown message tag {describe(tag)}")
     return codec.decode(body)

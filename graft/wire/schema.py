@@ -3,7 +3,9 @@
 A checker takes a decoded value and the name of the place it came from, and returns the value
 in its Python form or raises ProtocolError naming that place. Supported annotations: int, bool,
 str, bytes, float, None, ``X | None``, ``list[X]``, ``dict[str, X]`` and ``Any`` (any value
-msgpack can carry). bool is never accepted for int: msgpack keeps them apart and so do we.
+msgpack can carry, nested at most MAX_DEPTH deep). bool is never accepted for int: msgpack keeps
+them apart and so do we. ``int`` is a count, index, term, offset or size, so it is never
+negative: a command that needs a signed integer declares it as ``Any`` and checks it itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from typing import Any
 from graft.wire.errors import ProtocolError
 
 Checker = Callable[[Any, str], Any]
+
+# How deep lists and maps may nest in a value of type Any (a forwarded command's results, an
+# admin request's arguments). Frames are checked against it before decoding
+# (graft.wire.scan); values this side sends are checked against it too, so that it never sends
+# what its peer would refuse.
+MAX_DEPTH = 32
 
 _SCALARS: dict[Any, str] = {
     int: "an integer",
@@ -33,6 +41,14 @@ def _scalar(tp: type, what: str) -> Checker:
         return value
 
     return check
+
+
+def _count(value: Any, where: str) -> Any:
+    if type(value) is not int:
+        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ProtocolError(f"{where}: expected a non-negative integer, got {value}")
+    return value
 
 
 def _none(value: Any, where: str) -> Any:
@@ -72,21 +88,42 @@ def _dict_of(inner: Checker) -> Checker:
 
 
 def check_any(value: Any, where: str) -> Any:
-    """Accept only the plain types msgpack decodes to (no extension types, no timestamps)."""
-    tp = type(value)
-    if value is None or tp in (int, bool, str, bytes, float):
-        return value
-    if tp is list:
-        for i, item in enumerate(value):
-            check_any(item, f"{where}[{i}]")
-        return value
-    if tp is dict:
-        for key, item in value.items():
+    """Accept only the plain types msgpack decodes to (no extension types, no timestamps),
+    nested at most MAX_DEPTH deep. Iterative: the depth limit is checked, not a RecursionError
+    caught."""
+    scalars = (int, bool, str, bytes, float)
+    pending: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while pending:
+        item, place, depth = pending.pop()
+        tp = type(item)
+        if item is None or tp in scalars:
+            continue
+        if tp is not list and tp is not dict:
+            raise ProtocolError(f"{place}: unsupported value of type {tp.__name__}")
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"{place}: nested deeper than {MAX_DEPTH} levels")
+        if tp is list:
+            pending.extend((x, f"{place}[{i}]", depth + 1) for i, x in enumerate(item))
+            continue
+        for key, x in item.items():
             if type(key) is not str:
-                raise ProtocolError(f"{where}: map keys must be strings")
-            check_any(item, f"{where}.{key}")
-        return value
-    raise ProtocolError(f"{where}: unsupported value of type {tp.__name__}")
+                raise ProtocolError(f"{place}: map keys must be strings")
+            pending.append((x, f"{place}.{key}", depth + 1))
+    return value
+
+
+def describe(value: Any) -> str:
+    """A short account of a received value for an error message: small scalars as they are,
+    anything else by type and size (repr of a large or deeply nested value is costly)."""
+    tp = type(value)
+    if value is None or tp in (int, bool, float):
+        text = repr(value)
+        return text if len(text) <= 40 else f"an integer of {len(text)} digits"
+    if tp in (str, bytes) and len(value) <= 40:
+        return repr(value)
+    if tp in (str, bytes, list, dict):
+        return f"{tp.__name__} of length {len(value)}"
+    return tp.__name__
 
 
 def compile_checker(annotation: Any) -> Checker:
@@ -95,6 +132,8 @@ def compile_checker(annotation: Any) -> Checker:
         return check_any
     if annotation is None or annotation is type(None):
         return _none
+    if annotation is int:
+        return _count
     if annotation in _SCALARS:
         return _scalar(annotation, _SCALARS[annotation])
     origin = typing.get_origin(annotation)

@@ -72,7 +72,13 @@ plain_values = st.recursive(
 )
 request_ids = st.integers(min_value=0, max_value=2**63 - 1)
 
-hellos = st.builds(Hello, version=st.integers(0, 5), cluster=st.text(max_size=10), node_id=node_ids)
+hellos = st.builds(
+    Hello,
+    version=st.integers(0, 5),
+    cluster=st.text(max_size=10),
+    node_id=node_ids,
+    settings=st.none() | st.dictionaries(st.text(max_size=12), st.text(max_size=20), max_size=5),
+)
 forward_queries = st.builds(
     Ask,
     id=request_ids,

@@ -11,6 +11,8 @@ from graft.raft.messages import AppendEntries, Heartbeat, ReadIndexResponse
 from graft.raft.types import Entry, EntryKind
 from graft.wire import (
     COMMANDS,
+    MAX_HELLO_BYTES,
+    Answer,
     Ask,
     Command,
     CommandRegistry,
@@ -22,8 +24,10 @@ from graft.wire import (
     encode_frame,
     encode_message,
     encode_message_frame,
+    frames,
 )
 from graft.wire.messages import CODECS_BY_CLASS
+from graft.wire.schema import MAX_DEPTH
 from tests.wire.strategies import after_hello_frames, hellos, messages
 
 
@@ -234,3 +238,153 @@ class CommandTests(SynchronousTestCase):
         )
         self.assertRaises(ProtocolError, decoder.feed, _frame(["_ask", 2, "ping", {"n": "2"}]))
         self.assertNotIn("ping", COMMANDS)
+
+
+def _nested(depth: int) -> bytes:
+    """msgpack for a list nested ``depth`` deep: [[[...[]...]]]."""
+    return b"\x91" * (depth - 1) + b"\x90"
+
+
+def _raw_frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+def _array(items: bytes, count: int) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big") + items
+
+
+# A body of one array of 1 MiB empty arrays: 1 MiB on the wire, 64 MiB once decoded.
+EMPTY_ARRAYS_MIB = _array(b"\x90" * (1 << 20), 1 << 20)
+
+
+class LimitTests(SynchronousTestCase):
+    """Bodies are checked before msgpack decodes them; every failure is a ProtocolError."""
+
+    def refuse_unpacking(self) -> None:
+        def unpackb(*args: object, **kwargs: object) -> object:
+            raise AssertionError("msgpack decoded a body that should have been refused first")
+
+        self.patch(msgpack, "unpackb", unpackb)
+
+    def test_pre_hello_bomb_refused_from_its_first_bytes(self) -> None:
+        """Before the hello, a frame that does not start like a hello is refused as soon as its
+        header and first bytes arrive: not buffered to its end, not decoded."""
+        self.refuse_unpacking()
+        frame = _raw_frame(EMPTY_ARRAYS_MIB)
+        with self.assertRaises(ProtocolError) as raised:
+            FrameDecoder().feed(frame[:64])
+        self.assertIn("a first frame of 1048581 bytes", raised.exception.reason)
+        small = _raw_frame(_array(b"\x90" * 4000, 4000))
+        with self.assertRaises(ProtocolError) as raised:
+            FrameDecoder().feed(small[:12])
+        self.assertIn("the first frame must be a hello", raised.exception.reason)
+
+    def test_hello_size_is_capped(self) -> None:
+        """A hello longer than MAX_HELLO_BYTES is refused from its header."""
+        hello = Hello(version=1, cluster="c", node_id="a", settings={"x": "y" * MAX_HELLO_BYTES})
+        frame = encode_frame(hello)
+        with self.assertRaises(ProtocolError) as raised:
+            FrameDecoder().feed(frame[:4])
+        self.assertIn(f"a hello takes at most {MAX_HELLO_BYTES}", raised.exception.reason)
+
+    def test_hello_carries_settings_and_older_hello_still_accepted(self) -> None:
+        """The hello's settings map round-trips; a four-element hello (an older node) decodes
+        with settings None."""
+        hello = Hello(version=1, cluster="c", node_id="a", settings={"fsm.factory": "m:F"})
+        self.assertEqual(FrameDecoder().feed(encode_frame(hello)), [hello])
+        old = _frame(["_hello", 1, "c", "a"])
+        self.assertEqual(
+            FrameDecoder().feed(old), [Hello(version=1, cluster="c", node_id="a", settings=None)]
+        )
+        with self.assertRaises(ProtocolError):
+            FrameDecoder().feed(_frame(["_hello", 1, "c", "a", {"k": 1}]))
+
+    def test_nesting_bomb_after_hello_is_a_protocol_error(self) -> None:
+        """Lists nested 1000 deep in an answer, an ask's arguments or a Raft message are a
+        ProtocolError (checked before decoding), never a RecursionError."""
+        deep = _nested(1000)
+        bodies = [
+            b"\x93\xa7_answer\x01\x81\xa1a" + deep,
+            b"\x94\xa4_ask\x01\xadforward_admin\x82\xa2op\xa1x\xa4args\x81\xa1a" + deep,
+            b"\x94\xa4_ask\x01\xa4nope" + b"\x81\xa1a" + deep,
+            b"\x93\x00\x01" + deep,
+        ]
+        for body in bodies:
+            with self.assertRaises(ProtocolError) as raised:
+                _decoder().feed(_raw_frame(body))
+            self.assertIn("nesting deeper than", raised.exception.reason)
+
+    def test_nesting_within_the_limit_is_accepted(self) -> None:
+        """An answer nested as deep as Any allows (the result map and MAX_DEPTH - 1 lists in it)
+        still decodes."""
+        value: object = []
+        for _ in range(MAX_DEPTH - 2):
+            value = [value]
+        frames = _decoder().feed(_frame(["_answer", 1, {"a": value}]))
+        self.assertEqual(frames, [Answer(id=1, result={"a": value})])
+        with self.assertRaises(ProtocolError):
+            _decoder().feed(_frame(["_answer", 1, {"a": [value]}]))
+
+    def test_empty_array_bomb_after_hello_refused_before_decoding(self) -> None:
+        """A frame whose objects would take far more memory than its size is refused from its
+        headers: 1 MiB of empty arrays (64 MiB once decoded) inside an AppendEntries."""
+        self.refuse_unpacking()
+        body = b"\x98\x00\x01\xa1a\xa1b\x00\x00" + EMPTY_ARRAYS_MIB + b"\x00"
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_raw_frame(body))
+        self.assertIn("would take more than", raised.exception.reason)
+
+    def test_container_count_beyond_the_body_refused(self) -> None:
+        """An array header announcing more items than bytes left is refused from the header."""
+        self.refuse_unpacking()
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_raw_frame(b"\xdd\xff\xff\xff\xff\x00"))
+        self.assertIn("a container of 4294967295 items", raised.exception.reason)
+
+    def test_negative_ints_refused_by_command_schemas(self) -> None:
+        """Offsets, sizes, terms and indexes in command arguments and answers are never
+        negative."""
+        chunk = {
+            "term": 1,
+            "snapshot_index": 5,
+            "snapshot_term": 1,
+            "membership": {},
+            "fsm": "f",
+            "size": 10,
+            "offset": -1,
+            "data": b"",
+            "done": False,
+        }
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_frame(["_ask", 1, "install_snapshot_chunk", chunk]))
+        self.assertIn("install_snapshot_chunk arguments.offset", raised.exception.reason)
+        query = {"query": b"q", "consistency": "weak", "min_index": -5}
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_frame(["_ask", 1, "forward_query", query]))
+        self.assertIn("min_index: expected a non-negative integer", raised.exception.reason)
+        self.assertRaises(
+            ProtocolError,
+            COMMANDS.get("forward_query").check_response,  # type: ignore[union-attr]
+            {"output": b"", "applied_index": -1},
+            "answer",
+        )
+
+    def test_any_decoder_failure_is_a_protocol_error(self) -> None:
+        """An unexpected exception while decoding (a bug) fails the connection, not the node."""
+
+        def broken(body: list[object]) -> object:
+            raise KeyError("bug")
+
+        self.patch(frames, "decode_message", broken)
+        decoder = _decoder()
+        with self.assertRaises(ProtocolError) as raised:
+            decoder.feed(encode_message_frame(HEARTBEAT))
+        self.assertIn("KeyError", raised.exception.reason)
+        self.assertRaises(ProtocolError, decoder.feed, b"")
+
+    def test_errors_do_not_repr_large_values(self) -> None:
+        """A refused value is described by type and size, not repr'd in full."""
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_frame(["_answer", b"x" * 100_000, {}]))
+        self.assertIn("bytes of length 100000", raised.exception.reason)
+        self.assertLess(len(raised.exception.reason), 200)
