@@ -219,6 +219,7 @@ class GraftNode(Service, ClusterBackend):
             SnapshotReceiver(
                 incoming_dir=incoming_dir,
                 current_term=lambda: self._raft.term,
+                current_leader=lambda: self._raft.leader,
                 deliver=self.receive,
                 node_id=raft.id,
             )
@@ -356,6 +357,8 @@ class GraftNode(Service, ClusterBackend):
             peers.send_all(entries)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
+        # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
+        received = self._claim_received_snapshot(ready.snapshot)
         applied = self._apply_before_write(ready)
         if commit_only and peers is not None:
             peers.send_all(commit_only)
@@ -373,7 +376,7 @@ class GraftNode(Service, ClusterBackend):
                 return write
             # A received snapshot replaces the log: install it only after every earlier write,
             # and write this Ready's state after it.
-            d = self._install_snapshot(ready.snapshot)
+            d = self._install_snapshot(ready.snapshot, received)
             if ready.hard_state is not None or ready.entries:
                 d.addCallback(lambda _: self._storage.persist(ready.hard_state, ready.entries))
             return d
@@ -415,10 +418,14 @@ class GraftNode(Service, ClusterBackend):
     def _may_take_ready(self) -> bool:
         return not self._stopping and not self._installing and self._in_flight < self._max_in_flight
 
-    def _install_snapshot(self, meta: SnapshotMeta) -> Deferred[None]:
+    def _claim_received_snapshot(self, meta: SnapshotMeta | None) -> Path | None:
+        if meta is None or self._receiver is None:
+            return None
+        return self._receiver.take(meta)
+
+    def _install_snapshot(self, meta: SnapshotMeta, path: Path | None) -> Deferred[None]:
         """The core restored from a snapshot the leader sent: make it this node's log and state
         before anything that depends on it (the acknowledgement) leaves."""
-        path = self._receiver.take(meta) if self._receiver is not None else None
         if path is None:
             return _fail_with(
                 RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
@@ -429,6 +436,8 @@ class GraftNode(Service, ClusterBackend):
             with path.open("rb") as source:
                 self._fsm.restore(source)
             path.unlink(missing_ok=True)
+            if self._receiver is not None:
+                self._receiver.installed(meta)
             self._snapshot_index = meta.index
             self._applied_membership = meta.membership
             self._applied.advance(meta.index)
@@ -1151,7 +1160,11 @@ class GraftNode(Service, ClusterBackend):
         if info is None:
             return None
         return LocalSnapshot(
-            meta=info.meta, fsm_name=info.fsm_name, size=info.size, path=info.data_path
+            meta=info.meta,
+            fsm_name=info.fsm_name,
+            size=info.size,
+            path=info.data_path,
+            crc32=info.crc32,
         )
 
     def _report_snapshot(self, peer: str, ok: bool) -> None:
