@@ -114,6 +114,8 @@ class PeerChannel(Protocol):
 
     def update_peers(self, peers: Mapping[str, MemberAddress]) -> None: ...
 
+    def admit_unlisted(self, admit: bool) -> None: ...
+
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
@@ -508,6 +510,8 @@ class GraftNode(Service, ClusterBackend):
                 if not d.called:
                     d.errback(NoLeader("leadership was lost; retry the read"))
                 del self._reads[context]
+        if soft.role is Role.LEADER and self._role is not Role.LEADER:
+            self._record_addresses()
         self._role = soft.role
         self._leader = soft.leader
 
@@ -872,10 +876,26 @@ class GraftNode(Service, ClusterBackend):
         # Keep talking to departed members for a while: the answer to the request that removed
         # one may still have to travel over its connection.
         self.peers.update_peers({**departed, **addresses})
+        self.admit_while_joining()
         if departed:
             self._forget_timer = self._clock.callLater(
                 2 * self._election_seconds, self._forget_departed
             )
+
+    def peer_addresses(self) -> dict[str, MemberAddress]:
+        """The peer address book: this node and the members of the membership the core
+        recovered from the log and snapshot (or, in a fresh data dir, the bootstrap one), never
+        the config file's other peers. An address comes from the membership, else from the
+        file for a member the cluster was created with (those are in the file by definition)."""
+        members = self._membership.members | {self.node_id}
+        return {m: a for m in members if (a := self.address_of(m)) is not None}
+
+    def admit_while_joining(self) -> None:
+        """A node that knows no membership yet (joining with a fresh data dir) lets the
+        cluster's members connect, so the leader can send it the log that names them; once the
+        core has a membership, only its members may connect."""
+        if self.peers is not None:
+            self.peers.admit_unlisted(not self._membership.members)
 
     def _forget_departed(self) -> None:
         if self._stopping or self.peers is None:
@@ -1027,6 +1047,7 @@ class GraftNode(Service, ClusterBackend):
 
     async def _change_membership(self, membership: Membership) -> None:
         """Propose a membership and wait until it is committed and applied here."""
+        membership = self._with_known_addresses(membership)
         deadline = self._clock.seconds() + self._command_timeout
         while True:
             if self._raft.role is not Role.LEADER:
@@ -1045,6 +1066,51 @@ class GraftNode(Service, ClusterBackend):
         waiter = self._proposals.add(index, self._raft.term, self._command_timeout, _timed_out)
         self._schedule()
         await waiter
+
+    def _record_addresses(self) -> None:
+        """A new leader whose membership lacks a member's address (a cluster's first leader:
+        the membership it was created with comes from the config file) writes it into the log
+        with every address it knows, so no node needs its file's peers again."""
+        if self._with_known_addresses(self._raft.membership) == self._raft.membership:
+            return
+        d: Deferred[None] = Deferred.fromCoroutine(self._propose_addresses())
+        d.addErrback(lambda f: log.info("membership addresses not recorded: {e}", e=f.value))
+
+    async def _propose_addresses(self) -> None:
+        deadline = self._clock.seconds() + self._command_timeout
+        while self._raft.role is Role.LEADER and not self._stopping:
+            # Built from the core's membership in the turn it is proposed, so that it can never
+            # undo a change committed meanwhile.
+            current = self._raft.membership
+            target = self._with_known_addresses(current)
+            if target == current:
+                return
+            try:
+                self._raft.propose_membership(target)
+            except NotLeader:
+                return
+            except (MembershipChangeRefused, ProposalDropped):
+                if self._clock.seconds() > deadline:
+                    raise
+                await _sleep(self._clock, self._tick_seconds)
+                continue
+            log.info("recording the members' addresses in the log")
+            self._schedule()
+            return
+
+    def _with_known_addresses(self, membership: Membership) -> Membership:
+        """The membership with every member's address this node knows, so that the log alone
+        tells each node where its peers are (a joining node's file lists only itself, and a
+        restarted node never takes members from its file)."""
+        addresses = dict(membership.addresses)
+        for member in membership.members - addresses.keys():
+            if (a := self.address_of(member)) is not None:
+                addresses[member] = a
+        return Membership(
+            voters=membership.voters,
+            learners=membership.learners,
+            addresses=tuple(sorted(addresses.items(), key=lambda pair: pair[0])),
+        )
 
     async def _transfer_here(self, target: str | None) -> dict[str, Any]:
         st = self._raft.status()

@@ -104,15 +104,13 @@ def make_service(
         fsm_name=cfg.fsm.factory,
         incoming_dir=data_dir,
     )
-    # A restarted node dials the members its log or snapshot names, not only the file's peers.
-    # A joining node knows the cluster only from its file until the leader's log reaches it.
-    peers = dict(static_addresses)
-    peers.update({m: a for m in raft.membership.members if (a := node.address_of(m)) is not None})
+    # The members the core recovered from the log and snapshot, never the file's other peers:
+    # a member removed at run time stays refused after any restart.
     transport = PeerTransport(
         reactor=reactor,
         node_id=node_id,
         cluster=cfg.cluster,
-        peers=peers,
+        peers=node.peer_addresses(),
         tls=cfg.tls_for(node_id),
         on_message=node.receive,
         on_request=node.handle_request,
@@ -121,6 +119,7 @@ def make_service(
         max_frame_bytes=cfg.max_frame_bytes,
     )
     node.peers = transport
+    node.admit_while_joining()
 
     me = cfg.peers[node_id]
     site = make_api_site(node, cfg.api, reactor=reactor)
