@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -114,7 +114,7 @@ class PeerChannel(Protocol):
 
     def update_peers(self, peers: Mapping[str, MemberAddress]) -> None: ...
 
-    def admit_unlisted(self, admit: bool) -> None: ...
+    def admit_unlisted(self, admit: bool, members: Collection[str] = ()) -> None: ...
 
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
@@ -893,9 +893,12 @@ class GraftNode(Service, ClusterBackend):
     def admit_while_joining(self) -> None:
         """A node that knows no membership yet (joining with a fresh data dir) lets the
         cluster's members connect, so the leader can send it the log that names them; once the
-        core has a membership, only its members may connect."""
+        core has a membership, only its members may connect (those whose address it does not
+        know, from a log written before addresses were recorded, on their own connections)."""
         if self.peers is not None:
-            self.peers.admit_unlisted(not self._membership.members)
+            members = self._membership.members
+            unknown = members - self.peer_addresses().keys()
+            self.peers.admit_unlisted(not members, unknown)
 
     def _forget_departed(self) -> None:
         if self._stopping or self.peers is None:

@@ -50,8 +50,9 @@ class RecordingChannel:
     def update_peers(self, peers: Mapping[str, MemberAddress]) -> None:
         self.books.append(dict(peers))
 
-    def admit_unlisted(self, admit: bool) -> None:
+    def admit_unlisted(self, admit: bool, members: Any = ()) -> None:
         self.admit.append(admit)
+        self.unlisted_members = set(members)
 
 
 def make_node(node_id: str, storage: MemoryDurable, bootstrap: Membership) -> GraftNode:
@@ -104,6 +105,13 @@ class AddressBookTests(unittest.TestCase):
         node._on_membership(learned)
         self.assertEqual(channel.admit, [True, False])
         self.assertEqual(channel.books[-1], {"a": elsewhere, "b": FILE["b"], "d": NEWCOMER})
+        self.assertEqual(channel.unlisted_members, set())
+        # A member whose address neither the log (written before addresses were recorded)
+        # nor the file gives may still connect, and is answered on its own connection.
+        node._on_membership(Membership(voters=frozenset({"a", "e"}), learners=frozenset({"d"})))
+        self.assertEqual(channel.admit[-1], False)
+        self.assertEqual(channel.unlisted_members, {"e"})
+        self.assertNotIn("e", channel.books[-1])
 
     def test_membership_change_records_every_members_address(self) -> None:
         """The leader writes each member's address into a membership it proposes, including

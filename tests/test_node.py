@@ -128,7 +128,7 @@ class Channel:
     def update_peers(self, peers: Any) -> None:
         pass
 
-    def admit_unlisted(self, admit: bool) -> None:
+    def admit_unlisted(self, admit: bool, members: Any = ()) -> None:
         pass
 
     def connected_peers(self) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,6 +110,7 @@ class PeerTransport(Service):
         # See admit_unlisted: whether a node not in the address book may connect, and the
         # connections of peers whose address is unknown, the only way to reach them.
         self._admit_unlisted = False
+        self._unlisted_members: frozenset[str] = frozenset()
         self._unlisted: dict[str, PeerConnection] = {}
 
     # -- service -----------------------------------------------------------------------------
@@ -207,26 +208,31 @@ class PeerTransport(Service):
                 if peer_id != self.node_id and peer_id not in self._dialers:
                     self._start_dialer(peer_id)
 
-    def admit_unlisted(self, admit: bool) -> None:
+    def admit_unlisted(self, admit: bool, members: Collection[str] = ()) -> None:
         """Whether nodes missing from the address book may connect (their certificate, signed
-        by the cluster CA for that node id, and the cluster name are still checked).
+        by the cluster CA for that node id, and the cluster name are still checked): any node
+        of the cluster (``admit``), else only ``members``, the members whose address is
+        unknown.
 
         Only for a node that has not learned the membership yet (joining with a fresh data
         dir): it knows no member, so it must let the leader in to receive the log that names
         them. Until the log gives their addresses it answers them on the connections they
-        opened. Turning it off drops the connections of nodes not in the address book."""
+        opened. Turning it off drops the connections of everyone else not in the book."""
         self._admit_unlisted = admit
+        self._unlisted_members = frozenset(members)
         if admit:
             return
-        self._unlisted.clear()
+        keep = self._unlisted_members
+        self._unlisted = {p: c for p, c in self._unlisted.items() if p in keep}
         for connection in list(self._connections):
-            if connection.peer is not None and connection.peer not in self._peers:
+            peer = connection.peer
+            if peer is not None and peer not in self._peers and peer not in keep:
                 connection.drop("the peer is not in the membership this node learned")
 
     # -- ConnectionOwner ---------------------------------------------------------------------
 
     def is_member(self, node_id: str) -> bool:
-        return node_id in self._peers or self._admit_unlisted
+        return node_id in self._peers or self._admit_unlisted or node_id in self._unlisted_members
 
     def connection_made(self, connection: PeerConnection) -> None:
         self._connections.add(connection)

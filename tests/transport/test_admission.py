@@ -66,4 +66,10 @@ class AdmissionTests(TestCase):
             _until(lambda: logs.text().count(refused) > before, "a refusal after admission ends")
         )
         self.assertEqual(newbie.connected_peers(), set())
+
+        # A member of the learned membership whose address is unknown is admitted by name.
+        newbie.admit_unlisted(False, ["turing"])
+        yield defer.Deferred.fromCoroutine(
+            _until(lambda: newbie.connected_peers() == {"turing"}, "turing admitted by name")
+        )
         yield defer.gatherResults([turing.stopService(), newbie.stopService()])
