@@ -887,8 +887,11 @@ class GraftNode(Service, ClusterBackend):
         recovered from the log and snapshot (or, in a fresh data dir, the bootstrap one), never
         the config file's other peers. An address comes from the membership, else from the
         file for a member the cluster was created with (those are in the file by definition)."""
-        members = self._membership.members | {self.node_id}
-        return {m: a for m in members if (a := self.address_of(m)) is not None}
+        book = {m: a for m in self._membership.members if (a := self.address_of(m)) is not None}
+        me = self._static_addresses.get(self.node_id) or self.address_of(self.node_id)
+        if me is not None:  # where this node listens: its own file says
+            book[self.node_id] = me
+        return book
 
     def admit_while_joining(self) -> None:
         """A node that knows no membership yet (joining with a fresh data dir) lets the
