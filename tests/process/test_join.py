@@ -29,8 +29,8 @@ def get(key: str) -> bytes:
 
 
 class MembershipProcessTests(unittest.TestCase):
-    def make_cluster(self) -> LocalCluster:
-        cluster = LocalCluster(Path(self.mktemp()))
+    def make_cluster(self, **kwargs: Any) -> LocalCluster:
+        cluster = LocalCluster(Path(self.mktemp()), **kwargs)
         self.addCleanup(cluster.close)
         cluster.start()
         return cluster
@@ -58,7 +58,30 @@ class MembershipProcessTests(unittest.TestCase):
         cluster = self.make_cluster()
         leader, _ = cluster.wait_for_leader(timeout=15)
         self.write(cluster, leader, "before", "join")
+        self.join_as_the_help_says(cluster, leader)
 
+    def test_join_through_a_snapshot_with_only_its_own_peer_entry(self) -> None:
+        """The same join after the leader compacted its log: the new node gets the leader's
+        snapshot (crc32 checked), learns the members from it and the log after it, and is
+        promoted."""
+        cluster = self.make_cluster(
+            extra={"snapshot": {"entries": 100, "trailing": 0, "segment_bytes": 4096}}
+        )
+        leader, _ = cluster.wait_for_leader(timeout=15)
+        self.write(cluster, leader, "before", "join")
+        batch = json.dumps([put(f"k{i}", str(i)).decode() for i in range(150)]).encode()
+        resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
+        self.assertEqual(resp.status, 200, resp.body)
+        self.wait_for(
+            "the leader did not compact its log",
+            lambda: ((cluster.status(leader) or {}).get("first_index") or 0) > 100,
+            20,
+        )
+        logs = self.join_as_the_help_says(cluster, leader)
+        self.assertIn("installed snapshot", logs())
+
+    def join_as_the_help_says(self, cluster: LocalCluster, leader: str) -> Any:
+        """Steps 1-4 of `graft start --help` for a new node n4; returns its log reader."""
         # 1. Its own config file: cluster name, tls (the default paths) and its own entry.
         new = cluster.base.parent / "new-machine"
         new.mkdir()
@@ -107,6 +130,7 @@ class MembershipProcessTests(unittest.TestCase):
         self.start_process(start, log_path, cwd=new)
         self.wait_for("n4 did not catch up after its restart", lambda: self.read(url, "while"), 30)
         self.assertEqual(self.read(url, "while"), {"value": "down"}, logs())
+        return logs
 
     def test_removed_member_stays_refused_after_the_others_restart(self) -> None:
         """A member removed at run time and still listed in every node's YAML is refused by the
