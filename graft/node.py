@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -118,6 +118,8 @@ class PeerChannel(Protocol):
     def connected_peers(self) -> set[str]: ...
 
     def update_peers(self, peers: Mapping[str, MemberAddress]) -> None: ...
+
+    def admit_unlisted(self, admit: bool, members: Collection[str] = ()) -> None: ...
 
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
@@ -226,6 +228,7 @@ class GraftNode(Service, ClusterBackend):
             SnapshotReceiver(
                 incoming_dir=incoming_dir,
                 current_term=lambda: self._raft.term,
+                current_leader=lambda: self._raft.leader,
                 deliver=self.receive,
                 node_id=raft.id,
             )
@@ -368,6 +371,8 @@ class GraftNode(Service, ClusterBackend):
             peers.send_all(entries)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
+        # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
+        received = self._claim_received_snapshot(ready.snapshot)
         applied = self._apply_before_write(ready)
         if commit_only and peers is not None:
             peers.send_all(commit_only)
@@ -385,7 +390,7 @@ class GraftNode(Service, ClusterBackend):
                 return write
             # A received snapshot replaces the log: install it only after every earlier write,
             # and write this Ready's state after it.
-            d = self._install_snapshot(ready.snapshot)
+            d = self._install_snapshot(ready.snapshot, received)
             if ready.hard_state is not None or ready.entries:
                 d.addCallback(lambda _: self._storage.persist(ready.hard_state, ready.entries))
             return d
@@ -427,10 +432,14 @@ class GraftNode(Service, ClusterBackend):
     def _may_take_ready(self) -> bool:
         return not self._stopping and not self._installing and self._in_flight < self._max_in_flight
 
-    def _install_snapshot(self, meta: SnapshotMeta) -> Deferred[None]:
+    def _claim_received_snapshot(self, meta: SnapshotMeta | None) -> Path | None:
+        if meta is None or self._receiver is None:
+            return None
+        return self._receiver.take(meta)
+
+    def _install_snapshot(self, meta: SnapshotMeta, path: Path | None) -> Deferred[None]:
         """The core restored from a snapshot the leader sent: make it this node's log and state
         before anything that depends on it (the acknowledgement) leaves."""
-        path = self._receiver.take(meta) if self._receiver is not None else None
         if path is None:
             return _fail_with(
                 RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
@@ -441,6 +450,8 @@ class GraftNode(Service, ClusterBackend):
             with path.open("rb") as source:
                 self._fsm.restore(source)
             path.unlink(missing_ok=True)
+            if self._receiver is not None:
+                self._receiver.installed(meta)
             self._snapshot_index = meta.index
             self._applied_membership = meta.membership
             self._applied.advance(meta.index)
@@ -511,6 +522,8 @@ class GraftNode(Service, ClusterBackend):
                 if not d.called:
                     d.errback(NoLeader("leadership was lost; retry the read"))
                 del self._reads[context]
+        if soft.role is Role.LEADER and self._role is not Role.LEADER:
+            self._record_addresses()
         self._role = soft.role
         self._leader = soft.leader
 
@@ -1002,10 +1015,32 @@ class GraftNode(Service, ClusterBackend):
         # Keep talking to departed members for a while: the answer to the request that removed
         # one may still have to travel over its connection.
         self.peers.update_peers({**departed, **addresses})
+        self.admit_while_joining()
         if departed:
             self._forget_timer = self._clock.callLater(
                 2 * self._election_seconds, self._forget_departed
             )
+
+    def peer_addresses(self) -> dict[str, MemberAddress]:
+        """The peer address book: this node and the members of the membership the core
+        recovered from the log and snapshot (or, in a fresh data dir, the bootstrap one), never
+        the config file's other peers. An address comes from the membership, else from the
+        file for a member the cluster was created with (those are in the file by definition)."""
+        book = {m: a for m in self._membership.members if (a := self.address_of(m)) is not None}
+        me = self._static_addresses.get(self.node_id) or self.address_of(self.node_id)
+        if me is not None:  # where this node listens: its own file says
+            book[self.node_id] = me
+        return book
+
+    def admit_while_joining(self) -> None:
+        """A node that knows no membership yet (joining with a fresh data dir) lets the
+        cluster's members connect, so the leader can send it the log that names them; once the
+        core has a membership, only its members may connect (those whose address it does not
+        know, from a log written before addresses were recorded, on their own connections)."""
+        if self.peers is not None:
+            members = self._membership.members
+            unknown = members - self.peer_addresses().keys()
+            self.peers.admit_unlisted(not members, unknown)
 
     def _forget_departed(self) -> None:
         if self._stopping or self.peers is None:
@@ -1159,6 +1194,7 @@ class GraftNode(Service, ClusterBackend):
 
     async def _change_membership(self, membership: Membership) -> None:
         """Propose a membership and wait until it is committed and applied here."""
+        membership = self._with_known_addresses(membership)
         deadline = self._clock.seconds() + self._command_timeout
         while True:
             if self._raft.role is not Role.LEADER:
@@ -1177,6 +1213,51 @@ class GraftNode(Service, ClusterBackend):
         waiter = self._proposals.add(index, self._raft.term, self._command_timeout, _timed_out)
         self._schedule()
         await waiter
+
+    def _record_addresses(self) -> None:
+        """A new leader whose membership lacks a member's address (a cluster's first leader:
+        the membership it was created with comes from the config file) writes it into the log
+        with every address it knows, so no node needs its file's peers again."""
+        if self._with_known_addresses(self._raft.membership) == self._raft.membership:
+            return
+        d: Deferred[None] = Deferred.fromCoroutine(self._propose_addresses())
+        d.addErrback(lambda f: log.info("membership addresses not recorded: {e}", e=f.value))
+
+    async def _propose_addresses(self) -> None:
+        deadline = self._clock.seconds() + self._command_timeout
+        while self._raft.role is Role.LEADER and not self._stopping:
+            # Built from the core's membership in the turn it is proposed, so that it can never
+            # undo a change committed meanwhile.
+            current = self._raft.membership
+            target = self._with_known_addresses(current)
+            if target == current:
+                return
+            try:
+                self._raft.propose_membership(target)
+            except NotLeader:
+                return
+            except (MembershipChangeRefused, ProposalDropped):
+                if self._clock.seconds() > deadline:
+                    raise
+                await _sleep(self._clock, self._tick_seconds)
+                continue
+            log.info("recording the members' addresses in the log")
+            self._schedule()
+            return
+
+    def _with_known_addresses(self, membership: Membership) -> Membership:
+        """The membership with every member's address this node knows, so that the log alone
+        tells each node where its peers are (a joining node's file lists only itself, and a
+        restarted node never takes members from its file)."""
+        addresses = dict(membership.addresses)
+        for member in membership.members - addresses.keys():
+            if (a := self.address_of(member)) is not None:
+                addresses[member] = a
+        return Membership(
+            voters=membership.voters,
+            learners=membership.learners,
+            addresses=tuple(sorted(addresses.items(), key=lambda pair: pair[0])),
+        )
 
     async def _transfer_here(self, target: str | None) -> dict[str, Any]:
         st = self._raft.status()
@@ -1292,7 +1373,11 @@ class GraftNode(Service, ClusterBackend):
         if info is None:
             return None
         return LocalSnapshot(
-            meta=info.meta, fsm_name=info.fsm_name, size=info.size, path=info.data_path
+            meta=info.meta,
+            fsm_name=info.fsm_name,
+            size=info.size,
+            path=info.data_path,
+            crc32=info.crc32,
         )
 
     def _report_snapshot(self, peer: str, ok: bool) -> None:

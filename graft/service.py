@@ -113,15 +113,13 @@ def make_service(
     )
     node.skip_rejected_entries(read_rejected(data_dir))
     space = watch_space(cfg, node_id, node, metrics, reactor)
-    # A restarted node dials the members its log or snapshot names, not only the file's peers.
-    # A joining node knows the cluster only from its file until the leader's log reaches it.
-    peers = dict(static_addresses)
-    peers.update({m: a for m in raft.membership.members if (a := node.address_of(m)) is not None})
+    # The members the core recovered from the log and snapshot, never the file's other peers:
+    # a member removed at run time stays refused after any restart.
     transport = PeerTransport(
         reactor=reactor,
         node_id=node_id,
         cluster=cfg.cluster,
-        peers=peers,
+        peers=node.peer_addresses(),
         tls=cfg.tls_for(node_id),
         on_message=node.receive,
         on_request=node.handle_request,
@@ -135,6 +133,7 @@ def make_service(
     node.limit_waiters(
         commands=cfg.api.limits.max_pending_commands, reads=cfg.api.limits.max_read_waiters
     )
+    node.admit_while_joining()
 
     me = cfg.peers[node_id]
     warn_if_open_api(cfg, node_id)

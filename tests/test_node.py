@@ -128,6 +128,9 @@ class Channel:
     def update_peers(self, peers: Any) -> None:
         pass
 
+    def admit_unlisted(self, admit: bool, members: Any = ()) -> None:
+        pass
+
     def connected_peers(self) -> set[str]:
         return {
             n for n in self.network.nodes if n != self.me and not self.network.blocked(self.me, n)

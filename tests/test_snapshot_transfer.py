@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial import unittest
 
+from graft.errors import BadRequest
 from graft.raft.messages import InstallSnapshot
 from graft.raft.types import Membership, SnapshotMeta
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
@@ -42,22 +44,36 @@ class TransferTests(unittest.TestCase):
         self.source = base / "leader" / "snap.data"
         self.source.write_bytes(self.data)
         self.delivered: list[InstallSnapshot] = []
-        self.receiver = SnapshotReceiver(
-            incoming_dir=base / "follower",
-            current_term=lambda: 3,
-            deliver=self.delivered.append,
-            node_id="b",
-        )
+        self.incoming = base / "follower"
+        self.leader: str | None = "a"
+        self.receiver = self.make_receiver()
         self.link = Link(self.receiver)
         self.reports: list[tuple[str, bool]] = []
+        self.crc = zlib.crc32(self.data)
         self.sender = SnapshotSender(
             peers=lambda: self.link,
             latest=lambda: LocalSnapshot(
-                meta=META, fsm_name="kv", size=len(self.data), path=self.source
+                meta=META, fsm_name="kv", size=len(self.data), path=self.source, crc32=self.crc
             ),
             report=lambda peer, ok: self.reports.append((peer, ok)),
         )
         self.message = InstallSnapshot(term=3, sender="a", to="b", snapshot=META)
+
+    def make_receiver(self) -> SnapshotReceiver:
+        return SnapshotReceiver(
+            incoming_dir=self.incoming,
+            current_term=lambda: 3,
+            current_leader=lambda: self.leader,
+            deliver=self.delivered.append,
+            node_id="b",
+        )
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.incoming.iterdir())
+
+    def complete(self, index: int, data: bytes) -> None:
+        """Send a whole snapshot at ``index`` in one done chunk, from the leader a."""
+        self.receiver.chunk("a", chunk(index=index, data=data, size=len(data), done=True))
 
     def test_whole_file_arrives_and_is_delivered_once(self) -> None:
         """The receiver gets the file byte for byte, steps exactly one InstallSnapshot with the
@@ -85,21 +101,138 @@ class TransferTests(unittest.TestCase):
         assert path is not None
         self.assertEqual(path.read_bytes(), self.data)
 
-    def test_stale_leader_is_told_the_newer_term(self) -> None:
-        """A chunk from an older term is not written; the answer carries the current term."""
-        answer = self.receiver.chunk(
-            "a",
-            {
-                "term": 2,
-                "snapshot_index": 500,
-                "snapshot_term": 2,
-                "membership": {"voters": ["a"], "learners": []},
-                "fsm": "kv",
-                "size": 3,
-                "offset": 0,
-                "data": b"abc",
-                "done": True,
-            },
-        )
-        self.assertEqual(answer, {"term": 3, "next_offset": 0})
+    def test_stale_leader_is_refused_and_nothing_is_written(self) -> None:
+        """A chunk from an older term is refused (an error the sender reports as a failure,
+        not an answer it would keep resending from offset 0), and nothing is written."""
+        args = chunk(term=2, data=b"abc", size=3, done=True)
+        self.assertRaises(BadRequest, self.receiver.chunk, "a", args)
         self.assertEqual(self.delivered, [])
+        self.assertEqual(self.files(), [])
+
+    def test_member_that_is_not_the_leader_is_refused(self) -> None:
+        """Only the leader of the current term, as this node knows it, may send a snapshot: a
+        chunk from another member (even of the current term) writes nothing, delivers nothing."""
+        for sender, leader in (("c", "a"), ("a", None)):
+            self.leader = leader
+            args = chunk(data=b"abc", size=3, done=True)
+            with self.assertRaises(BadRequest) as caught:
+                self.receiver.chunk(sender, args)
+            self.assertIn(f"its leader is {leader or 'unknown'}", caught.exception.message)
+        self.assertEqual(self.delivered, [])
+        self.assertEqual(self.files(), [])
+
+    def test_more_bytes_than_announced_are_refused_and_the_partial_removed(self) -> None:
+        """A chunk that would make the file larger than the announced size is refused and the
+        partial file removed, before the file grows past it."""
+        self.receiver.chunk("a", chunk(data=b"abc", size=5))
+        self.assertEqual(len(self.files()), 1)
+        with self.assertRaises(BadRequest) as caught:
+            self.receiver.chunk("a", chunk(offset=3, data=b"x" * 4096, size=5))
+        self.assertIn("announced size of 5 bytes", caught.exception.message)
+        self.assertEqual(self.files(), [])
+        self.assertEqual(self.delivered, [])
+
+    def test_offset_beyond_the_announced_size_is_refused(self) -> None:
+        """An offset past the announced size is refused and the partial file removed (not
+        answered with a resync)."""
+        self.receiver.chunk("a", chunk(data=b"abc", size=5))
+        self.assertRaises(BadRequest, self.receiver.chunk, "a", chunk(offset=9, size=5))
+        self.assertEqual(self.files(), [])
+
+    def test_checksum_mismatch_is_refused_removed_and_the_retry_succeeds(self) -> None:
+        """A file whose crc32 differs from the leader's is never delivered to the core: the
+        receiver removes it and refuses, the sender reports a failure, and the next transfer
+        (with the right file) starts from offset 0 and succeeds."""
+        self.crc ^= 1  # as if a byte had changed on the way or on the follower's disk
+        self.sender.send(self.message)
+        self.assertEqual(self.reports, [("b", False)])
+        self.assertEqual(self.delivered, [])
+        self.assertEqual(self.files(), [])
+        self.crc ^= 1
+        self.link.calls = 0
+        self.sender.send(self.message)
+        self.assertEqual(self.reports[-1], ("b", True))
+        self.assertEqual(self.delivered, [self.message])
+        path = self.receiver.take(META)
+        assert path is not None
+        self.assertEqual(path.read_bytes(), self.data)
+
+    def test_chunk_without_a_checksum_is_refused_by_the_schema(self) -> None:
+        """The wire schema requires the crc32, so a sender cannot skip the check."""
+        from graft.wire import COMMANDS
+        from graft.wire.errors import ProtocolError
+
+        command = COMMANDS.get("install_snapshot_chunk")
+        assert command is not None
+        args = chunk(data=b"abc", size=3)
+        command.check_arguments(args, "install_snapshot_chunk")
+        del args["crc32"]
+        self.assertRaises(ProtocolError, command.check_arguments, args, "install_snapshot_chunk")
+
+    def test_newer_complete_snapshot_removes_unclaimed_older_ones_only(self) -> None:
+        """When a newer snapshot completes, an older complete one nobody claimed is removed; one
+        an install has claimed (take) stays until that install removes it."""
+        self.complete(100, b"first")
+        claimed = self.receiver.take(SnapshotMeta(index=100, term=3))
+        assert claimed is not None
+        self.complete(200, b"second")  # unclaimed
+        self.complete(300, b"third")
+        self.assertTrue(claimed.exists(), "a claimed file was removed under its install")
+        self.assertIsNone(self.receiver.take(SnapshotMeta(index=200, term=3)))
+        self.assertEqual(len(self.files()), 2)  # the claimed 100 and the newest 300
+        newest = self.receiver.take(SnapshotMeta(index=300, term=3))
+        assert newest is not None
+        self.assertEqual(newest.read_bytes(), b"third")
+
+    def test_complete_files_left_by_an_earlier_run_are_removed_at_start(self) -> None:
+        """A complete file never installed is moot after a restart (the core forgot it); a
+        partial one stays, so the transfer can resume."""
+        self.complete(100, b"first")
+        crc = zlib.crc32(b"second")
+        self.receiver.chunk("a", chunk(index=200, data=b"sec", size=6, crc=crc))
+        self.assertEqual(len(self.files()), 2)
+        self.receiver = self.make_receiver()
+        self.assertEqual(len(self.files()), 1)
+        answer = self.receiver.chunk("a", chunk(index=200, size=6, crc=crc))
+        self.assertEqual(answer["next_offset"], 3)
+        self.receiver.chunk(
+            "a", chunk(index=200, offset=3, data=b"ond", size=6, done=True, crc=crc)
+        )
+        self.assertEqual(self.delivered[-1].snapshot.index, 200)
+
+    def test_install_removes_files_up_to_its_index(self) -> None:
+        """Once a snapshot is installed, complete and partial files at or below its index go."""
+        self.complete(100, b"first")
+        self.complete(200, b"second")
+        taken = self.receiver.take(SnapshotMeta(index=200, term=3))
+        assert taken is not None
+        self.receiver.chunk("a", chunk(index=150, data=b"pa", size=5))
+        taken.unlink()  # what the driver does once the FSM is restored from it
+        self.receiver.installed(SnapshotMeta(index=200, term=3))
+        self.assertEqual(self.files(), [])
+
+
+def chunk(
+    *,
+    term: int = 3,
+    index: int = 500,
+    offset: int = 0,
+    data: bytes = b"",
+    size: int,
+    done: bool = False,
+    crc: int | None = None,
+) -> dict[str, Any]:
+    """install_snapshot_chunk arguments; the crc32 defaults to that of ``data`` alone in a done
+    chunk (the whole file sent at once), else to 0 (the same for every chunk of a transfer)."""
+    return {
+        "term": term,
+        "snapshot_index": index,
+        "snapshot_term": 3,
+        "membership": {"voters": ["a", "b"], "learners": []},
+        "fsm": "kv",
+        "size": size,
+        "offset": offset,
+        "data": data,
+        "done": done,
+        "crc32": crc if crc is not None else zlib.crc32(data) if done else 0,
+    }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,6 +171,11 @@ class PeerTransport(Service):
         self._outbound: dict[str, PeerConnection] = {}
         self._connections: set[PeerConnection] = set()
         self._init_limits(settings, limits)
+        # See admit_unlisted: whether a node not in the address book may connect, and the
+        # connections of peers whose address is unknown, the only way to reach them.
+        self._admit_unlisted = False
+        self._unlisted_members: frozenset[str] = frozenset()
+        self._unlisted: dict[str, PeerConnection] = {}
 
     # -- service -----------------------------------------------------------------------------
 
@@ -222,7 +227,7 @@ class PeerTransport(Service):
                 batch.append(message)
         stats = self.stats
         for peer, batch in by_peer.items():
-            connection = self._outbound.get(peer)
+            connection = self._outbound.get(peer) or self._unlisted.get(peer)
             if connection is None or connection.closing:
                 stats.dropped_not_connected += len(batch)
                 continue
@@ -236,14 +241,15 @@ class PeerTransport(Service):
         *,
         timeout: float | None = None,
     ) -> defer.Deferred[dict[str, Any]]:
-        connection = self._outbound.get(peer)
+        connection = self._outbound.get(peer) or self._unlisted.get(peer)
         if connection is None or connection.closing:
             return defer.fail(PeerUnavailable(peer, "not connected; retry shortly"))
         return connection.ask(command, args, self.call_timeout if timeout is None else timeout)
 
     def connected_peers(self) -> set[str]:
         """Peers that send() and call() can reach now (an authenticated outbound connection)."""
-        return {peer for peer, connection in self._outbound.items() if not connection.closing}
+        reachable = {peer for peer, c in self._outbound.items() if not c.closing}
+        return reachable | {peer for peer, c in self._unlisted.items() if not c.closing}
 
     def update_peers(self, peers: Mapping[str, PeerAddress]) -> None:
         """Adopt a new membership: dial new peers, forget removed ones, re-dial moved ones."""
@@ -266,10 +272,31 @@ class PeerTransport(Service):
                 if peer_id != self.node_id and peer_id not in self._dialers:
                     self._start_dialer(peer_id)
 
+    def admit_unlisted(self, admit: bool, members: Collection[str] = ()) -> None:
+        """Whether nodes missing from the address book may connect (their certificate, signed
+        by the cluster CA for that node id, and the cluster name are still checked): any node
+        of the cluster (``admit``), else only ``members``, the members whose address is
+        unknown.
+
+        Only for a node that has not learned the membership yet (joining with a fresh data
+        dir): it knows no member, so it must let the leader in to receive the log that names
+        them. Until the log gives their addresses it answers them on the connections they
+        opened. Turning it off drops the connections of everyone else not in the book."""
+        self._admit_unlisted = admit
+        self._unlisted_members = frozenset(members)
+        if admit:
+            return
+        keep = self._unlisted_members
+        self._unlisted = {p: c for p, c in self._unlisted.items() if p in keep}
+        for connection in list(self._connections):
+            peer = connection.peer
+            if peer is not None and peer not in self._peers and peer not in keep:
+                connection.drop("the peer is not in the membership this node learned")
+
     # -- ConnectionOwner ---------------------------------------------------------------------
 
     def is_member(self, node_id: str) -> bool:
-        return node_id in self._peers
+        return node_id in self._peers or self._admit_unlisted or node_id in self._unlisted_members
 
     def connection_made(self, connection: PeerConnection) -> None:
         self._connections.add(connection)
@@ -299,6 +326,8 @@ class PeerTransport(Service):
             dialer = self._dialers.get(peer)
             if dialer is not None and peer not in self._outbound:
                 dialer.peer_is_back()
+            if peer not in self._peers:  # admitted unlisted: reachable only this way
+                self._unlisted[peer] = connection
 
     def connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
         if connection in self._connections and not connection.outbound:
@@ -307,6 +336,8 @@ class PeerTransport(Service):
         peer = connection.peer
         if peer is not None and self._outbound.get(peer) is connection:
             del self._outbound[peer]
+        if peer is not None and self._unlisted.get(peer) is connection:
+            del self._unlisted[peer]
         if peer is not None and self.running and self._on_peer_lost is not None:
             self._on_peer_lost(peer)
 

@@ -114,6 +114,7 @@ INSTALL_SNAPSHOT_CHUNK = Command(
     # The leader streams its snapshot file to a follower, one chunk per call. A call at offset 0
     # with no data asks where to resume; the answer's next_offset is where the receiver wants
     # the next chunk (its partial file's size), so a broken transfer resumes, not restarts.
+    # crc32 covers the whole file; the receiver checks it before the core may install it.
     arguments={
         "term": int,
         "snapshot_index": int,
@@ -124,6 +125,7 @@ INSTALL_SNAPSHOT_CHUNK = Command(
         "offset": int,
         "data": bytes,
         "done": bool,
+        "crc32": int,
     },
     response={"term": int, "next_offset": int},
     errors=frozenset({"bad_request"}),
