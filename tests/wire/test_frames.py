@@ -354,6 +354,7 @@ class LimitTests(SynchronousTestCase):
             "offset": -1,
             "data": b"",
             "done": False,
+            "crc32": 0,
         }
         with self.assertRaises(ProtocolError) as raised:
             _decoder().feed(_frame(["_ask", 1, "install_snapshot_chunk", chunk]))
