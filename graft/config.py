@@ -77,6 +77,8 @@ _HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _FRAME_OVERHEAD = 64 * 1024
+# What one log entry adds to an AppendEntries frame besides its data (msgpack headers).
+_ENTRY_OVERHEAD = 32
 _PEER_ID_RULE = (
     "lowercase letters, digits and hyphens, 1-63 characters, not starting or ending with a hyphen"
 )
@@ -535,6 +537,8 @@ class _Reader:
                 f"transport.max_frame_bytes - {_FRAME_OVERHEAD} "
                 f"= {transport.max_frame_bytes - _FRAME_OVERHEAD}",
             )
+        raft = self.raft(top["raft"]) if "raft" in top else RaftTuning()
+        self.append_fits_in_a_frame(raft, api, transport)
         if "{id}" not in data_dir:
             self.distinct_data_dirs(data_dir, peers)
         node = None
@@ -558,9 +562,31 @@ class _Reader:
             fsm=self.fsm(top["fsm"]) if "fsm" in top else FSMConfig(),
             snapshot=self.snapshot(top["snapshot"]) if "snapshot" in top else SnapshotConfig(),
             transport=transport,
-            raft=self.raft(top["raft"]) if "raft" in top else RaftTuning(),
+            raft=raft,
             storage=self.storage(top["storage"]) if "storage" in top else StorageConfig(),
         )
+
+    def append_fits_in_a_frame(
+        self, raft: RaftTuning, api: ApiConfig, transport: TransportConfig
+    ) -> None:
+        """An AppendEntries holds up to raft.max_msg_bytes of entries plus the one entry that
+        crosses it (a command of up to api.max_body_bytes) and a few bytes per entry; a leader
+        whose messages the peers' frame limit refuses would never replicate."""
+        largest = (
+            raft.max_msg_bytes
+            + api.max_body_bytes
+            + _FRAME_OVERHEAD
+            + _ENTRY_OVERHEAD * raft.max_msg_entries
+        )
+        if largest > transport.max_frame_bytes:
+            raise self.fail(
+                "raft.max_msg_bytes",
+                f"an AppendEntries may take {largest} bytes (raft.max_msg_bytes "
+                f"{raft.max_msg_bytes} + api.max_body_bytes {api.max_body_bytes} + "
+                f"{_FRAME_OVERHEAD} + {_ENTRY_OVERHEAD} per entry x raft.max_msg_entries "
+                f"{raft.max_msg_entries}), more than transport.max_frame_bytes "
+                f"{transport.max_frame_bytes}; lower them or raise the frame limit",
+            )
 
     def distinct_data_dirs(self, data_dir: str, peers: Mapping[str, PeerConfig]) -> None:
         """Peers on one host (e.g. `graft dev`) need a data_dir each: they would share it."""

@@ -269,6 +269,13 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "expected at most transport.max_frame_bytes - 65536 = 16711680",
     ),
     (
+        "AppendEntries larger than a peer frame",
+        "raft: {max_msg_bytes: 16000000}\n" + PEERS,
+        "{file}: raft.max_msg_bytes: an AppendEntries may take 17146880 bytes (raft.max_msg_bytes "
+        "16000000 + api.max_body_bytes 1048576 + 65536 + 32 per entry x raft.max_msg_entries "
+        "1024), more than transport.max_frame_bytes 16777216; lower them or raise the frame limit",
+    ),
+    (
         "raft.max_inflight zero",
         "raft: {max_inflight: 0}\n" + PEERS,
         "{file}: raft.max_inflight: 0 is not positive; expected a positive integer",
