@@ -19,8 +19,11 @@ from graft.fsm.base import (
     CorruptSnapshot,
     FSMFailure,
     QueryRejected,
+    QueryTimedOut,
     StateMachine,
+    ThreadedQueries,
     begin_snapshot,
+    threaded_query,
 )
 
 __all__ = [
@@ -28,9 +31,12 @@ __all__ = [
     "CorruptSnapshot",
     "FSMFailure",
     "QueryRejected",
+    "QueryTimedOut",
     "StateMachine",
+    "ThreadedQueries",
     "begin_snapshot",
     "create_state_machine",
+    "threaded_query",
 ]
 
 
