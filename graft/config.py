@@ -15,7 +15,8 @@ Keys (all optional except ``peers``)::
     peers: {ID: {host: H, ports: {p2p: P, api: P}}, ...}
     tls: {ca: certs/ca.pem, cert: certs/{id}.pem, key: certs/{id}.key}
     api: {tls: {cert, key, client_ca}, tokens: {read|write|admin: [sha256 hex, ...]},
-          max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000}
+          max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000,
+          max_query_timeout_ms: 60000}
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
     snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216}
@@ -132,6 +133,8 @@ class ApiConfig:
     max_body_bytes: int = _MIB
     command_timeout_ms: int = 5000
     query_timeout_ms: int = 5000
+    # The largest time limit a query may ask for with ?timeout= (query_timeout_ms is the default).
+    max_query_timeout_ms: int = 60000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -622,8 +625,16 @@ class _Reader:
         section = self.mapping(
             "api",
             value,
-            ("tls", "tokens", "max_body_bytes", "command_timeout_ms", "query_timeout_ms"),
-            "a mapping {tls, tokens, max_body_bytes, command_timeout_ms, query_timeout_ms}",
+            (
+                "tls",
+                "tokens",
+                "max_body_bytes",
+                "command_timeout_ms",
+                "query_timeout_ms",
+                "max_query_timeout_ms",
+            ),
+            "a mapping {tls, tokens, max_body_bytes, command_timeout_ms, query_timeout_ms, "
+            "max_query_timeout_ms}",
         )
         default = ApiConfig()
         tls = None
@@ -650,7 +661,20 @@ class _Reader:
                 section.get("query_timeout_ms", default.query_timeout_ms),
                 minimum=1,
             ),
+            max_query_timeout_ms=self.max_query_timeout(section, default),
         )
+
+    def max_query_timeout(self, section: Mapping[str, Any], default: ApiConfig) -> int:
+        query_ms = section.get("query_timeout_ms", default.query_timeout_ms)
+        value = section.get("max_query_timeout_ms", max(default.max_query_timeout_ms, query_ms))
+        maximum = self.integer("api.max_query_timeout_ms", value, minimum=1)
+        if maximum < query_ms:
+            raise self.fail(
+                "api.max_query_timeout_ms",
+                f"{maximum} is less than api.query_timeout_ms ({query_ms}); expected the largest "
+                "time limit a query may ask for, at least the default one",
+            )
+        return maximum
 
     def api_tls(self, value: Any) -> ApiTLSConfig:
         section = self.mapping(
