@@ -706,7 +706,7 @@ class GraftNode(Service, ClusterBackend):
             d: Deferred[Any] = self.submit([bytes(c) for c in args["commands"]])
             d.addCallback(lambda results: {"results": [_result_to_wire(r) for r in results]})
             return d
-        if command == "forward_query":
+        if command in ("forward_query", "forward_query_within"):
             consistency = Consistency(args["consistency"])
             dq: Deferred[Any] = self.query(
                 bytes(args["query"]),
@@ -756,7 +756,7 @@ class GraftNode(Service, ClusterBackend):
             return self._weak_read(query, min_index, max_lag_ms, limit)
         if consistency is Consistency.DEFAULT:
             if self._raft.role is not Role.LEADER and not forwarded:
-                return self._forward_query(query, consistency, min_index, seconds)
+                return self._forward_query(query, consistency, min_index, timeout)
             # A late tick means the core's clock is behind the wall clock (the reactor stalled):
             # its lease may have expired without it knowing, so confirm with a quorum instead.
             late = self._clock.seconds() - self._last_tick > 2 * self._tick_seconds
@@ -835,24 +835,33 @@ class GraftNode(Service, ClusterBackend):
         return d
 
     def _forward_query(
-        self, query: bytes, consistency: Consistency, min_index: int | None, limit: float
+        self,
+        query: bytes,
+        consistency: Consistency,
+        min_index: int | None,
+        timeout: float | None = None,
     ) -> Deferred[QueryResult]:
         def route(leader: str) -> Deferred[QueryResult]:
             if leader == self.node_id:
                 return self.query(
-                    query, consistency, min_index=min_index, forwarded=True, timeout=limit
+                    query, consistency, min_index=min_index, forwarded=True, timeout=timeout
                 )
             assert self.peers is not None
+            args: dict[str, Any] = {
+                "query": query,
+                "consistency": consistency.value,
+                "min_index": min_index,
+            }
+            # Only a client's own ?timeout= needs the newer command: without it, the leader's
+            # default applies, and a leader that predates the command still answers.
+            command = "forward_query" if timeout is None else "forward_query_within"
+            if timeout is not None:
+                args["timeout"] = float(timeout)
             d: Deferred[Any] = self.peers.call(
                 leader,
-                "forward_query",
-                {
-                    "query": query,
-                    "consistency": consistency.value,
-                    "min_index": min_index,
-                    "timeout": limit,
-                },
-                timeout=limit + 1.0,
+                command,
+                args,
+                timeout=(self._query_timeout if timeout is None else timeout) + 1.0,
             )
             d.addCallback(
                 lambda a: QueryResult(

@@ -555,11 +555,11 @@ class ThreadedQueryDriverTests(DriverTests):
         leader's default applies)."""
         leader = self.leader()
         node = self.network.nodes[leader]
-        for bad in (None, "30", True, -1, 0, 10**30, float("nan"), [1]):
+        for bad in (None, "30", True, -1, 0, 10**30, float("nan"), float("inf"), [1]):
             answer = self.result(
                 node.handle_request(
                     "b",
-                    "forward_query",
+                    "forward_query_within",
                     {"query": get("x"), "consistency": "default", "timeout": bad},
                 )
             )
