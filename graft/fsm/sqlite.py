@@ -20,6 +20,10 @@ Queries
     ``{"columns": [...], "rows": [[...], ...]}``; a BLOB is returned as a base64 string, and a
     non-finite REAL (inf, -inf) as null.
 
+    The driver runs queries through ``query_in_thread``: in a worker thread, on a read-only
+    connection of its own (the same rules), stopped at a deadline (QueryTimedOut), and refused
+    when the answer would exceed ``query_max_bytes`` (an option, 8 MiB by default).
+
 Determinism
     Every replica must reach the same state from the same commands, so inside commands these are
     refused (CommandRejected): ``random()``, ``randomblob()``, ``total_changes()``,
@@ -57,7 +61,8 @@ Failures
     out of memory, a corrupt or unwritable file) raises FSMFailure, never CommandRejected:
     another replica would not fail the same way, so the node must stop instead of answering.
 
-Calls must not overlap (the driver calls from one thread at a time).
+Calls must not overlap (the driver calls from one thread at a time), except
+``query_in_thread``, which runs in worker threads at the same time as the others.
 """
 
 from __future__ import annotations
