@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.config import ConfigError
 from graft.fsm import QueryRejected, QueryTimedOut, ThreadedQueries, threaded_query
+from graft.fsm import sqlite as sqlite_fsm
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from tests.fsm import test_sqlite
@@ -93,6 +94,20 @@ class DeadlineTests(ReaderTestCase):
         fsm.apply(b"INSERT INTO users (name) VALUES ('hopper');", 2)
         self.assertEqual(len(self.read(fsm, USERS)["rows"]), 5)
 
+    def test_watchdog_interrupts_without_the_progress_handler(self) -> None:
+        """The watchdog thread interrupts a query at its deadline by itself (the progress
+        handler, which takes the GIL, is only the backstop), and runs no longer than needed."""
+        self.patch(sqlite_fsm, "_DEADLINE_CHECK_STEPS", 2**31 - 1)
+        fsm = self.make()
+        for _ in range(2):
+            self.assertRaises(QueryTimedOut, fsm.query_in_thread, ENDLESS, later(0.1))
+        self.assertEqual(fsm._busy_readers, {})
+        fsm.close()
+        watchdog = fsm._watchdog
+        assert watchdog is not None
+        watchdog.join(30)
+        self.assertFalse(watchdog.is_alive(), "the watchdog outlived close()")
+
     def test_deadline_already_passed(self) -> None:
         """A query whose deadline passed while it waited for a thread does not start."""
         fsm = self.make()
@@ -152,7 +167,7 @@ class VisibilityTests(ReaderTestCase):
         """The reader connection itself is read-only, below the authorizer's rules."""
         fsm = self.make()
         fsm.apply(DEMO_SQL, 1)
-        reader = fsm._take_reader()
+        reader = fsm._take_reader(later())
         try:
             reader.conn.set_authorizer(None)
             with self.assertRaises(Exception) as raised:
@@ -190,7 +205,7 @@ class RestoreTests(ReaderTestCase):
         every later query reads the restored state."""
         fsm = self.make()
         fsm.apply(DEMO_SQL, 1)
-        busy = fsm._take_reader()  # what query_in_thread does first: the read is pinned
+        busy = fsm._take_reader(later())  # what query_in_thread does first: the read is pinned
         fsm.restore(io.BytesIO(self.image(b"CREATE TABLE users (id, name);")))
         old = json.loads(busy.run(USERS.decode(), later(), 1 << 20, lambda: False))
         self.assertEqual(len(old["rows"]), 4)
