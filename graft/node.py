@@ -162,6 +162,7 @@ class GraftNode(Service, ClusterBackend):
         readies_in_flight: int = 2,
         query_threads: int = 2,
         run_query: Callable[..., Deferred[Any]] | None = None,
+        max_query_timeout: float = 60.0,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -241,6 +242,7 @@ class GraftNode(Service, ClusterBackend):
         )
         self._max_catch_up_ticks = 2 * max(1, round(self._election_seconds / tick_seconds)) + 2
         self._init_query_threads(query_threads, run_query)
+        self._max_query_timeout = max(max_query_timeout, query_timeout)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -713,7 +715,7 @@ class GraftNode(Service, ClusterBackend):
                 consistency,
                 min_index=args.get("min_index"),
                 forwarded=True,
-                timeout=_forwarded_time_limit(args.get("timeout")),
+                timeout=_forwarded_time_limit(args.get("timeout"), self._max_query_timeout),
             )
             dq.addCallback(lambda r: {"output": r.output, "applied_index": r.applied_index})
             return dq
@@ -1398,17 +1400,17 @@ def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
     return threading.Thread(*args, daemon=True, **kwargs)
 
 
-def _forwarded_time_limit(value: object) -> float | None:
-    """The time limit a follower forwarded with a read, if it is a sensible number of seconds
-    (a node that does not send one leaves the default)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86400:
-        return float(value)
+def _forwarded_time_limit(value: object, most: float) -> float | None:
+    """The time limit a follower forwarded with a read, at most this node's own maximum; None
+    (this node's default) when there is none or it is not a positive number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return min(float(value), most)  # NaN fails `> 0`; inf becomes `most`
     return None
 
 
 def _query_timeout_message(limit: float) -> str:
     return (
-        f"the query was stopped at its time limit of {limit:.3g} s and changed nothing; give "
+        f"the query was stopped at its time limit of {limit:g} s and changed nothing; give "
         "it more time with ?timeout= (e.g. ?timeout=30s, up to the node's "
         "api.max_query_timeout_ms) or make it cheaper (a WHERE on an indexed column, a LIMIT)"
     )

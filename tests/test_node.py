@@ -551,11 +551,20 @@ class ThreadedQueryDriverTests(DriverTests):
         self.assertIn("time limit of 30 s", outcome.value.message)
 
     def test_forwarded_time_limit_is_checked(self) -> None:
-        """A forwarded time limit that is not a sensible number of seconds is ignored (the
-        leader's default applies)."""
+        """A forwarded time limit that is not a positive number of seconds is ignored (the
+        leader's default applies), and one above the leader's maximum is cut to it."""
         leader = self.leader()
         node = self.network.nodes[leader]
-        for bad in (None, "30", True, -1, 0, 10**30, float("nan"), float("inf"), [1]):
+        for too_long in (10**30, float("inf"), 61.0):
+            self.result(
+                node.handle_request(
+                    "b",
+                    "forward_query_within",
+                    {"query": get("x"), "consistency": "default", "timeout": too_long},
+                )
+            )
+            self.assertTrue(2.0 < self.fsms[leader].time_left[-1] <= 60.0)
+        for bad in (None, "30", True, -1, 0, float("nan"), [1]):
             answer = self.result(
                 node.handle_request(
                     "b",
