@@ -16,6 +16,7 @@ Keys (all optional except ``peers``)::
     tls: {ca: certs/ca.pem, cert: certs/{id}.pem, key: certs/{id}.key}
     api: {tls: {cert, key, client_ca}, tokens: {read|write|admin: [sha256 hex, ...]},
           max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000,
+          max_query_timeout_ms: 60000,
           limits: {max_batch_commands: 1000, max_pending_commands: 100000,
                    max_read_waiters: 10000, max_connections: 512, request_deadline_ms: 10000},
           allowed_origins: ["https://console.example.com", ...]}
@@ -159,6 +160,8 @@ class ApiConfig:
     max_body_bytes: int = _MIB
     command_timeout_ms: int = 5000
     query_timeout_ms: int = 5000
+    # The largest time limit a query may ask for with ?timeout= (query_timeout_ms is the default).
+    max_query_timeout_ms: int = 60000
     limits: ApiLimits = field(default_factory=ApiLimits)
     # Origins (scheme://host[:port]) besides the node's own whose browsers may change state.
     allowed_origins: frozenset[str] = frozenset()
@@ -700,11 +703,12 @@ class _Reader:
                 "max_body_bytes",
                 "command_timeout_ms",
                 "query_timeout_ms",
+                "max_query_timeout_ms",
                 "limits",
                 "allowed_origins",
             ),
             "a mapping {tls, tokens, max_body_bytes, command_timeout_ms, query_timeout_ms, "
-            "limits, allowed_origins}",
+            "max_query_timeout_ms, limits, allowed_origins}",
         )
         default = ApiConfig()
         tls = None
@@ -731,9 +735,22 @@ class _Reader:
                 section.get("query_timeout_ms", default.query_timeout_ms),
                 minimum=1,
             ),
+            max_query_timeout_ms=self.max_query_timeout(section, default),
             limits=self.api_limits(section.get("limits")),
             allowed_origins=self.allowed_origins(section.get("allowed_origins")),
         )
+
+    def max_query_timeout(self, section: Mapping[str, Any], default: ApiConfig) -> int:
+        query_ms = section.get("query_timeout_ms", default.query_timeout_ms)
+        value = section.get("max_query_timeout_ms", max(default.max_query_timeout_ms, query_ms))
+        maximum = self.integer("api.max_query_timeout_ms", value, minimum=1)
+        if maximum < query_ms:
+            raise self.fail(
+                "api.max_query_timeout_ms",
+                f"{maximum} is less than api.query_timeout_ms ({query_ms}); expected the largest "
+                "time limit a query may ask for, at least the default one",
+            )
+        return maximum
 
     # --- api.limits and api.allowed_origins (issue 14) ----------------------------------------
 

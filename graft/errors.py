@@ -69,6 +69,13 @@ class Timeout(GraftError):
     status = 504
 
 
+class QueryTimeout(GraftError):
+    """A query ran into its time limit and was stopped; it changed nothing."""
+
+    code = "query_timeout"
+    status = 504
+
+
 class Internal(GraftError):
     code = "internal"
     status = 500

@@ -66,6 +66,14 @@ class NodeMetrics:
         self.reads = Counter(
             "graft_reads", "Queries served, by consistency.", ["consistency"], registry=r
         )
+        self.queries_in_threads = Gauge(
+            "graft_queries_in_threads",
+            "Queries handed to the query threads and not finished (running or waiting).",
+            registry=r,
+        )
+        self.query_timeouts = Counter(
+            "graft_query_timeouts", "Queries stopped at their time limit.", registry=r
+        )
         self.peer_connected = Gauge(
             "graft_peer_connected",
             "1 if the outbound connection to a peer is up.",

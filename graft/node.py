@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -34,9 +37,10 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from graft.api.backend import (
     ClusterBackend,
@@ -55,9 +59,18 @@ from graft.errors import (
     NoSpace,
     NotFound,
     Overloaded,
+    QueryTimeout,
     Timeout,
 )
-from graft.fsm import CommandRejected, QueryRejected, StateMachine, begin_digest, begin_snapshot
+from graft.fsm import (
+    CommandRejected,
+    QueryRejected,
+    QueryTimedOut,
+    StateMachine,
+    begin_digest,
+    begin_snapshot,
+    threaded_query,
+)
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
@@ -124,7 +137,8 @@ class PeerChannel(Protocol):
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
-    cls.code: cls for cls in (BadRequest, NotFound, NoLeader, Timeout, Internal, Overloaded)
+    cls.code: cls
+    for cls in (BadRequest, NotFound, NoLeader, Timeout, QueryTimeout, Internal, Overloaded)
 }
 _ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
 
@@ -157,6 +171,9 @@ class GraftNode(Service, ClusterBackend):
         incoming_dir: Path | None = None,
         readies_in_flight: int = 2,
         check_timeout: float = 60.0,
+        query_threads: int = 2,
+        run_query: Callable[..., Deferred[Any]] | None = None,
+        max_query_timeout: float = 60.0,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -241,6 +258,8 @@ class GraftNode(Service, ClusterBackend):
         self._rejected: dict[int, RejectedEntry] = {}
         self._space: SpaceMonitor | None = None  # the data dir's quota (see watch_space)
         self._space_reported_over = False  # the alarm this node last reported to the leader
+        self._init_query_threads(query_threads, run_query)
+        self._max_query_timeout = max(max_query_timeout, query_timeout)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -260,6 +279,7 @@ class GraftNode(Service, ClusterBackend):
         self._ticker = LoopingCall.withCount(self._tick)
         self._ticker.clock = self._clock
         self._ticker.start(self._tick_seconds, now=False)
+        self._query_pool.start()
         self._schedule()
 
     def stopService(self) -> Deferred[None]:
@@ -289,7 +309,8 @@ class GraftNode(Service, ClusterBackend):
         self._finished.addBoth(pending.callback)
 
         def close(_: object) -> Deferred[None]:
-            self._fsm.close()
+            self._fsm.close()  # also stops the queries running in the query threads
+            self._query_pool.stop()
             return self._storage.close()
 
         pending.addBoth(close)
@@ -822,13 +843,14 @@ class GraftNode(Service, ClusterBackend):
             d: Deferred[Any] = self.submit([bytes(c) for c in args["commands"]])
             d.addCallback(lambda results: {"results": [_result_to_wire(r) for r in results]})
             return d
-        if command == "forward_query":
+        if command in ("forward_query", "forward_query_within"):
             consistency = Consistency(args["consistency"])
             dq: Deferred[Any] = self.query(
                 bytes(args["query"]),
                 consistency,
                 min_index=args.get("min_index"),
                 forwarded=True,
+                timeout=_forwarded_time_limit(args.get("timeout"), self._max_query_timeout),
             )
             dq.addCallback(lambda r: {"output": r.output, "applied_index": r.applied_index})
             return dq
@@ -862,25 +884,30 @@ class GraftNode(Service, ClusterBackend):
         min_index: int | None = None,
         max_lag_ms: int | None = None,
         forwarded: bool = False,
+        timeout: float | None = None,
     ) -> Deferred[QueryResult]:
         if self._stopping:
             return _fail(NoLeader("this node is shutting down; retry on another node"))
         self._metrics.reads.labels(consistency=consistency.value).inc()
+        # The read's time limit, from now: waiting for a quorum, for the apply, for a query
+        # thread, and running the query all count.
+        seconds = self._query_timeout if timeout is None else timeout
+        limit = _TimeLimit(seconds=seconds, deadline=self._clock.seconds() + seconds)
         if consistency is Consistency.WEAK:
-            return self._weak_read(query, min_index, max_lag_ms)
+            return self._weak_read(query, min_index, max_lag_ms, limit)
         if consistency is Consistency.DEFAULT:
             if self._raft.role is not Role.LEADER and not forwarded:
-                return self._forward_query(query, consistency, min_index)
+                return self._forward_query(query, consistency, min_index, timeout)
             # A late tick means the core's clock is behind the wall clock (the reactor stalled):
             # its lease may have expired without it knowing, so confirm with a quorum instead.
             late = self._clock.seconds() - self._last_tick > 2 * self._tick_seconds
             lease_index = None if late else self._raft.lease_read_index()
             if lease_index is not None:
-                return self._read_at(query, max(lease_index, min_index or 0))
-        return self._linearizable_read(query, min_index)
+                return self._read_at(query, max(lease_index, min_index or 0), limit)
+        return self._linearizable_read(query, min_index, limit)
 
     def _weak_read(
-        self, query: bytes, min_index: int | None, max_lag_ms: int | None
+        self, query: bytes, min_index: int | None, max_lag_ms: int | None, limit: _TimeLimit
     ) -> Deferred[QueryResult]:
         if max_lag_ms is not None and self._raft.role is not Role.LEADER:
             since = (self._clock.seconds() - self._last_leader_contact) * 1000
@@ -891,9 +918,11 @@ class GraftNode(Service, ClusterBackend):
                         f"more than max_lag_ms={max_lag_ms}; ask another node or drop max_lag_ms"
                     )
                 )
-        return self._read_at(query, min_index or 0)
+        return self._read_at(query, min_index or 0, limit)
 
-    def _linearizable_read(self, query: bytes, min_index: int | None) -> Deferred[QueryResult]:
+    def _linearizable_read(
+        self, query: bytes, min_index: int | None, limit: _TimeLimit
+    ) -> Deferred[QueryResult]:
         if len(self._reads) >= self._applied.limit:
             return _fail(self._too_many_reads())
         context = b"%s.%d" % (self._read_prefix, next(self._read_ids))
@@ -904,12 +933,12 @@ class GraftNode(Service, ClusterBackend):
             if self._reads.pop(context, None) is d and not d.called:
                 d.errback(Timeout("the read could not be confirmed by a quorum in time; retry"))
 
-        timer = self._clock.callLater(self._query_timeout, expire)
+        timer = self._clock.callLater(self._time_left(limit), expire)
 
         def confirmed(index: int) -> Any:
             if timer.active():
                 timer.cancel()
-            return self._read_at(query, max(index, min_index or 0))
+            return self._read_at(query, max(index, min_index or 0), limit)
 
         def failed(f: Failure) -> Failure:
             if timer.active():
@@ -941,14 +970,17 @@ class GraftNode(Service, ClusterBackend):
         self._raft.read_index(context)
         self._schedule()
 
-    def _read_at(self, query: bytes, index: int) -> Deferred[QueryResult]:
+    def _read_at(self, query: bytes, index: int, limit: _TimeLimit) -> Deferred[QueryResult]:
         d: Deferred[Any] = self._applied.wait(
             index,
-            self._query_timeout,
+            self._time_left(limit),
             lambda: Timeout(f"{self.node_id} did not apply up to index {index} in time; retry"),
         )
 
-        def run(applied: int) -> QueryResult:
+        def run(applied: int) -> QueryResult | Deferred[QueryResult]:
+            in_thread = threaded_query(self._fsm)
+            if in_thread is not None:
+                return self._query_in_thread(in_thread, query, applied, limit)
             try:
                 output = self._fsm.query(query)
             except QueryRejected as e:
@@ -959,17 +991,33 @@ class GraftNode(Service, ClusterBackend):
         return d
 
     def _forward_query(
-        self, query: bytes, consistency: Consistency, min_index: int | None
+        self,
+        query: bytes,
+        consistency: Consistency,
+        min_index: int | None,
+        timeout: float | None = None,
     ) -> Deferred[QueryResult]:
         def route(leader: str) -> Deferred[QueryResult]:
             if leader == self.node_id:
-                return self.query(query, consistency, min_index=min_index, forwarded=True)
+                return self.query(
+                    query, consistency, min_index=min_index, forwarded=True, timeout=timeout
+                )
             assert self.peers is not None
+            args: dict[str, Any] = {
+                "query": query,
+                "consistency": consistency.value,
+                "min_index": min_index,
+            }
+            # Only a client's own ?timeout= needs the newer command: without it, the leader's
+            # default applies, and a leader that predates the command still answers.
+            command = "forward_query" if timeout is None else "forward_query_within"
+            if timeout is not None:
+                args["timeout"] = float(timeout)
             d: Deferred[Any] = self.peers.call(
                 leader,
-                "forward_query",
-                {"query": query, "consistency": consistency.value, "min_index": min_index},
-                timeout=self._query_timeout + 1.0,
+                command,
+                args,
+                timeout=(self._query_timeout if timeout is None else timeout) + 1.0,
             )
             d.addCallback(
                 lambda a: QueryResult(
@@ -985,6 +1033,57 @@ class GraftNode(Service, ClusterBackend):
 
         routed: Deferred[Any] = self._route_to_leader()
         return routed.addCallback(route)
+
+    # -- queries in threads ----------------------------------------------------------------
+
+    def _init_query_threads(
+        self, threads: int, run_query: Callable[..., Deferred[Any]] | None
+    ) -> None:
+        # FSMs with query_in_thread (SQLite) answer in these threads, so a heavy query never
+        # holds the reactor thread; a dedicated pool, so queries cannot starve snapshots.
+        self._query_pool = ThreadPool(minthreads=0, maxthreads=max(1, threads), name="graft-query")
+        # Daemon threads: a query stuck in SQLite must not keep a stopping process alive.
+        self._query_pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._run_query = run_query or self._defer_to_query_pool
+
+    def _defer_to_query_pool(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._clock, self._query_pool, f, *args)
+
+    def _time_left(self, limit: _TimeLimit) -> float:
+        left: float = limit.deadline - self._clock.seconds()
+        return max(0.0, left)
+
+    def _query_in_thread(
+        self,
+        in_thread: Callable[[bytes, float], bytes],
+        query: bytes,
+        applied: int,
+        limit: _TimeLimit,
+    ) -> Deferred[QueryResult]:
+        """Run the query in a query thread; its read starts there, after everything applied up
+        to now (``applied``), so the answer is at least that fresh."""
+        in_flight = self._metrics.queries_in_threads
+        in_flight.inc()
+        # The FSM measures its deadline on time.monotonic(), not on the reactor's clock.
+        deadline = time.monotonic() + self._time_left(limit)
+        d: Deferred[Any] = self._run_query(in_thread, query, deadline)
+
+        def answered(output: bytes) -> QueryResult:
+            in_flight.dec()
+            return QueryResult(output=output, applied_index=applied, leader=self._raft.leader)
+
+        def failed(failure: Failure) -> Failure:
+            in_flight.dec()
+            if self._stopping:
+                return Failure(NoLeader("this node is shutting down; retry on another node"))
+            if failure.check(QueryRejected):
+                return Failure(BadRequest(str(failure.value)))
+            if failure.check(QueryTimedOut):
+                self._metrics.query_timeouts.inc()
+                return Failure(QueryTimeout(_query_timeout_message(limit.seconds)))
+            return failure
+
+        return d.addCallbacks(answered, failed)
 
     # -- membership ------------------------------------------------------------------------
 
@@ -1642,6 +1741,34 @@ def _remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftEr
 
 def _sleep(clock: Any, seconds: float) -> Deferred[None]:
     return deferLater(clock, seconds, lambda: None)
+
+
+@dataclass(frozen=True, slots=True)
+class _TimeLimit:
+    """A read's time limit: its length, and when it ends on the reactor's clock."""
+
+    seconds: float
+    deadline: float
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+def _forwarded_time_limit(value: object, most: float) -> float | None:
+    """The time limit a follower forwarded with a read, at most this node's own maximum; None
+    (this node's default) when there is none or it is not a positive number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return min(float(value), most)  # NaN fails `> 0`; inf becomes `most`
+    return None
+
+
+def _query_timeout_message(limit: float) -> str:
+    return (
+        f"the query was stopped at its time limit of {limit:g} s and changed nothing; give "
+        "it more time with ?timeout= (e.g. ?timeout=30s, up to the node's "
+        "api.max_query_timeout_ms) or make it cheaper (a WHERE on an indexed column, a LIMIT)"
+    )
 
 
 def _defer_to_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:

@@ -100,6 +100,7 @@ def make_service(
         tick_seconds=cfg.heartbeat_ms / 1000,
         command_timeout=cfg.api.command_timeout_ms / 1000,
         query_timeout=cfg.api.query_timeout_ms / 1000,
+        max_query_timeout=cfg.api.max_query_timeout_ms / 1000,
         api_urls={peer: cfg.api_url(peer) for peer in cfg.peers},
         metrics=metrics,
         election_seconds=cfg.election_ms / 1000,

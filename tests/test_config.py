@@ -12,6 +12,7 @@ from graft.config import (
     DEFAULT_FSM_FACTORY,
     SCRIPT_FSM_FACTORY,
     ApiTLSFiles,
+    ClusterConfig,
     ConfigError,
     PeerConfig,
     TLSFiles,
@@ -506,3 +507,28 @@ class CheckFilesTests(SynchronousTestCase):
         cfg = load_config(self.write("api: {tls: {cert: api.pem, key: api.key}}\n" + PEERS))
         error = self.assertRaises(ConfigError, cfg.check_files, "turing")
         self.assertIn("api.tls.cert: file ", str(error))
+
+
+class QueryTimeLimitConfigTests(SynchronousTestCase):
+    def load(self, api: str) -> ClusterConfig:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "cluster.yaml"
+        path.write_text(f"api: {api}\n" + PEERS, encoding="utf-8")
+        return load_config(path)
+
+    def test_max_query_timeout(self) -> None:
+        """api.max_query_timeout_ms caps ?timeout=; by default 60 s, or query_timeout_ms when
+        that is larger; it may not be below query_timeout_ms."""
+        self.assertEqual(self.load("{}").api.max_query_timeout_ms, 60000)
+        self.assertEqual(self.load("{query_timeout_ms: 90000}").api.max_query_timeout_ms, 90000)
+        cfg = self.load("{query_timeout_ms: 1000, max_query_timeout_ms: 2000}")
+        self.assertEqual((cfg.api.query_timeout_ms, cfg.api.max_query_timeout_ms), (1000, 2000))
+        for bad, problem in (
+            ("{query_timeout_ms: 3000, max_query_timeout_ms: 2000}", "less than"),
+            ("{max_query_timeout_ms: 0}", "not positive"),
+            ("{max_query_timeout_ms: 1m}", "expected a positive integer"),
+        ):
+            error = self.assertRaises(ConfigError, self.load, bad)
+            self.assertIn("api.max_query_timeout_ms", str(error))
+            self.assertIn(problem, str(error))

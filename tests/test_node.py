@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.api.backend import CommandResult, Consistency, QueryResult
-from graft.errors import GraftError, NoLeader, Timeout
+from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Timeout
+from graft.fsm import QueryRejected, QueryTimedOut
 from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
@@ -472,3 +474,106 @@ class DriverTests(unittest.TestCase):
         self.advance(3.0)
         self.assertEqual(len(box), 1)
         self.assertIsInstance(box[0], Failure)
+
+
+class ThreadedFSM(FailingFSM):
+    """kv with query_in_thread, as the SQLite FSM has it: the driver must answer queries
+    through it (here called at once, in place of a thread), with the read's deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time_left: list[float] = []  # the deadline of each call, as seconds left
+
+    def query_in_thread(self, query: bytes, deadline: float) -> bytes:
+        self.time_left.append(deadline - time.monotonic())
+        if query == b"endless":
+            raise QueryTimedOut("the query ran past its deadline and was stopped")
+        if query == b"write":
+            raise QueryRejected("a query must be read-only")
+        return self.query(query)
+
+
+def _at_once(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+class ThreadedQueryDriverTests(DriverTests):
+    """Every driver test again, with an FSM that offers query_in_thread; and its time limit."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fsms: dict[str, ThreadedFSM] = {}
+        for node_id, node in self.network.nodes.items():
+            node._fsm = self.fsms[node_id] = ThreadedFSM()  # nothing applied yet
+            node._run_query = _at_once
+
+    def test_reads_go_through_query_in_thread(self) -> None:
+        """Reads at every consistency are answered by query_in_thread, with the default limit
+        (query_timeout, 2 s here) as their deadline."""
+        leader = self.leader()
+        self.result(self.network.nodes[leader].submit([put("q", "1")]))
+        for consistency in Consistency:
+            read = self.result(self.network.nodes[leader].query(get("q"), consistency))
+            self.assertEqual(json.loads(read.output), {"value": "1"})
+        left = self.fsms[leader].time_left
+        self.assertEqual(len(left), 3)
+        for seconds in left:
+            self.assertTrue(0 < seconds <= 2.0, seconds)
+
+    def test_query_stopped_at_its_limit_is_query_timeout(self) -> None:
+        """A query the FSM stops at its deadline fails with QueryTimeout (504 query_timeout),
+        whose message names the read's limit and how to raise it; the node goes on."""
+        leader = self.leader()
+        node = self.network.nodes[leader]
+        outcome = self.result(node.query(b"endless", Consistency.STRONG, timeout=0.25))
+        self.assertIsInstance(outcome, Failure)
+        error = outcome.value
+        self.assertIsInstance(error, QueryTimeout)
+        self.assertEqual((error.code, error.status), ("query_timeout", 504))
+        self.assertIn("time limit of 0.25 s", error.message)
+        self.assertIn("?timeout=", error.message)
+        self.assertIn("api.max_query_timeout_ms", error.message)
+        refused = self.result(node.query(b"write", Consistency.WEAK))
+        self.assertIsInstance(refused.value, BadRequest)
+        self.result(node.submit([put("after", "1")]))
+        self.assertEqual(node._metrics.query_timeouts._value.get(), 1)
+        self.assertEqual(node._metrics.queries_in_threads._value.get(), 0)
+
+    def test_timeout_travels_with_a_forwarded_read(self) -> None:
+        """A default read on a follower runs on the leader with the time limit the client asked
+        for, and a QueryTimeout there comes back as QueryTimeout."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        node = self.network.nodes[follower]
+        self.result(node.query(get("x"), Consistency.DEFAULT, timeout=30.0))
+        (left,) = self.fsms[leader].time_left
+        self.assertTrue(2.0 < left <= 30.0, left)
+        self.assertEqual(self.fsms[follower].time_left, [])
+        outcome = self.result(node.query(b"endless", Consistency.DEFAULT, timeout=30.0))
+        self.assertIsInstance(outcome.value, QueryTimeout)
+        self.assertIn("time limit of 30 s", outcome.value.message)
+
+    def test_forwarded_time_limit_is_checked(self) -> None:
+        """A forwarded time limit that is not a positive number of seconds is ignored (the
+        leader's default applies), and one above the leader's maximum is cut to it."""
+        leader = self.leader()
+        node = self.network.nodes[leader]
+        for too_long in (10**30, float("inf"), 61.0):
+            self.result(
+                node.handle_request(
+                    "b",
+                    "forward_query_within",
+                    {"query": get("x"), "consistency": "default", "timeout": too_long},
+                )
+            )
+            self.assertTrue(2.0 < self.fsms[leader].time_left[-1] <= 60.0)
+        for bad in (None, "30", True, -1, 0, float("nan"), [1]):
+            answer = self.result(
+                node.handle_request(
+                    "b",
+                    "forward_query_within",
+                    {"query": get("x"), "consistency": "default", "timeout": bad},
+                )
+            )
+            self.assertEqual(answer["output"], b'{"value":null}')
+            self.assertTrue(0 < self.fsms[leader].time_left[-1] <= 2.0)

@@ -32,6 +32,9 @@ Decisions beyond DESIGN.md:
 - An empty command (or empty batch element) is a 400: nothing is proposed.
 - The API's own deadlines (api.command_timeout_ms / query_timeout_ms) race the backend's
   Deferred without cancelling it: a proposed command may still commit after the 504.
+- A query's time limit is ``?timeout=`` (500ms, 10s, 2m; at most api.max_query_timeout_ms) or
+  api.query_timeout_ms. The node stops a query at its limit (504 ``query_timeout``); the
+  API's own deadline for queries is the limit plus QUERY_GRACE_S, so the node's answer wins.
 - /ready answers ``{"ready": bool, "node", "leader"}``, 503 with Retry-After when not ready:
   it is a probe, not an error.
 - Batch results: ``result`` is the FSM's output parsed as JSON when its content type is JSON;
@@ -134,6 +137,8 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OP
 # Methods that change nothing; any other one is checked against the browser's Origin.
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+# How long after a query's time limit the API stops waiting for the node's own answer.
+QUERY_GRACE_S = 1.0
 
 Handler = Callable[
     Concatenate["GraftApi", Request, P],
@@ -288,6 +293,7 @@ class GraftApi:
         consistency = params.consistency()
         min_index = params.non_negative_int("min_index")
         max_lag_ms = params.non_negative_int("max_lag_ms")
+        time_limit = _query_time_limit(params, self._settings)
         body = self._body(request)
         text = params.get("q")
         if text is not None and body.strip():
@@ -301,7 +307,7 @@ class GraftApi:
             and not self._backend.is_leader()
         ):
             return self._redirect(request)
-        ms = self._settings.query_timeout_ms
+        ms = self._settings.query_timeout_ms if time_limit is None else round(time_limit * 1000)
         answer: Deferred[QueryResult] = within(
             maybeDeferred(
                 self._backend.query,
@@ -309,8 +315,11 @@ class GraftApi:
                 consistency,
                 min_index=min_index,
                 max_lag_ms=max_lag_ms,
+                timeout=time_limit,
             ),
-            ms / 1000,
+            # The node stops the query at its limit and says so (504 query_timeout); this is
+            # the backstop for an answer that does not come back at all.
+            ms / 1000 + QUERY_GRACE_S,
             self._reactor,
             lambda: Timeout(
                 f"the query did not finish within {ms} ms (it changed nothing): retry, or "
@@ -615,6 +624,20 @@ def _require_nonempty(commands: Sequence[bytes]) -> None:
         if not command:
             where = "the command" if len(commands) == 1 else f"batch element {position}"
             raise BadRequest(f"{where} is empty: send the command's bytes")
+
+
+def _query_time_limit(params: QueryParams, settings: ApiSettings) -> float | None:
+    """``?timeout=`` in seconds, within api.max_query_timeout_ms; None: the node's default."""
+    seconds = params.duration("timeout")
+    if seconds is None:
+        return None
+    most = settings.max_query_timeout_ms
+    if seconds * 1000 > most:
+        raise BadRequest(
+            f"parameter timeout={params.get('timeout')} is more than the {most} ms a query may "
+            "run on this node (api.max_query_timeout_ms): ask for less, or make the query cheaper"
+        )
+    return seconds
 
 
 def _command_timeout(reason: str) -> Timeout:

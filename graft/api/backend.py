@@ -91,9 +91,12 @@ class ClusterBackend(Protocol):
         *,
         min_index: int | None = None,
         max_lag_ms: int | None = None,
+        timeout: float | None = None,
     ) -> Deferred[QueryResult]:
-        """Run a read at the asked consistency. Fails with BadRequest when the FSM refuses the
-        query (e.g. a write statement), NoLeader, or Timeout."""
+        """Run a read at the asked consistency, within ``timeout`` seconds (None: the node's
+        default). Fails with BadRequest when the FSM refuses the query (e.g. a write
+        statement), NoLeader, Timeout, or QueryTimeout when the FSM stopped the query at the
+        time limit."""
         ...
 
     def status(self) -> dict[str, Any]:

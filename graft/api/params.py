@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +21,9 @@ from graft.errors import BadRequest
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
+# A duration: a number (at most 9 digits, 3 decimals) and a unit.
+_DURATION = re.compile(r"^(\d{1,9}(?:\.\d{1,3})?)(ms|s|m)$", re.ASCII)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
 class QueryParams:
@@ -66,6 +70,19 @@ class QueryParams:
             raise BadRequest(
                 f"parameter consistency={value!r} is unknown: use one of {choices}"
             ) from None
+
+    def duration(self, name: str) -> float | None:
+        """A parameter such as ``timeout=500ms``, ``10s`` or ``2m``, in seconds (more than 0)."""
+        value = self._values.get(name)
+        if value is None:
+            return None
+        match = _DURATION.match(value.strip().lower())
+        if match is None or float(match.group(1)) == 0:
+            raise BadRequest(
+                f"parameter {name}={value[:40]!r} is not a duration: use a positive number and "
+                f"a unit, e.g. {name}=500ms, {name}=10s or {name}=2m"
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
     def command_encoding_is_base64(self) -> bool:
         value = self._values.get("encoding")

@@ -59,7 +59,12 @@ class ApiSettings(Protocol):
 
     @property
     def query_timeout_ms(self) -> int:
-        """How long a query may take before 504."""
+        """How long a query may take before 504, unless it asks for another ``?timeout=``."""
+        ...
+
+    @property
+    def max_query_timeout_ms(self) -> int:
+        """The largest time limit a query may ask for with ``?timeout=``."""
         ...
 
     @property

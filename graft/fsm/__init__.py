@@ -19,10 +19,13 @@ from graft.fsm.base import (
     CorruptSnapshot,
     FSMFailure,
     QueryRejected,
+    QueryTimedOut,
     StateMachine,
+    ThreadedQueries,
     begin_digest,
     begin_snapshot,
     digest,
+    threaded_query,
 )
 
 __all__ = [
@@ -30,11 +33,14 @@ __all__ = [
     "CorruptSnapshot",
     "FSMFailure",
     "QueryRejected",
+    "QueryTimedOut",
     "StateMachine",
+    "ThreadedQueries",
     "begin_digest",
     "begin_snapshot",
     "create_state_machine",
     "digest",
+    "threaded_query",
 ]
 
 

@@ -31,6 +31,10 @@ class QueryRejected(Exception):
         self.message = message
 
 
+class QueryTimedOut(Exception):
+    """A query ran into its deadline and was stopped (see ThreadedQueries); nothing changed."""
+
+
 class FSMFailure(Exception):
     """The FSM failed for a reason local to this machine (disk full, I/O error): replicas
     could diverge if the node went on, so the node must stop with this message."""
@@ -149,3 +153,33 @@ def digest(fsm: StateMachine) -> str:
     """The digest of the FSM's current state, computed on the calling thread (for tests and
     offline tools: two FSMs in the same state give the same digest)."""
     return begin_digest(fsm)()
+
+
+@runtime_checkable
+class ThreadedQueries(Protocol):
+    """Optional: an FSM whose queries run in worker threads, with a deadline.
+
+    The driver uses it when the FSM has it (see ``threaded_query``), so that a heavy query never
+    holds the reactor thread (heartbeats, ``/health``, commands); FSMs without it (kv, whose
+    queries are O(1)) keep answering ``query`` on the reactor thread.
+    """
+
+    def query_in_thread(self, query: bytes, deadline: float) -> bytes:
+        """Answer ``query`` as ``query`` would, from a worker thread.
+
+        Several calls may run at once, and at the same time as ``apply``, ``begin_snapshot``,
+        ``restore`` and ``close`` on the reactor thread. The answer must come from a state that
+        includes every command applied before the driver handed the call to its thread pool,
+        and never from a state that ``restore`` replaced before the call started reading.
+
+        ``deadline`` is a ``time.monotonic()`` value: past it (also before the query starts,
+        after waiting for a thread), stop the query and raise QueryTimedOut. A refused query
+        raises QueryRejected, as in ``query``. After ``close`` any exception may be raised.
+        """
+        ...
+
+
+def threaded_query(fsm: StateMachine) -> Callable[[bytes, float], bytes] | None:
+    """``fsm.query_in_thread`` when the FSM offers it, else None (query on the reactor)."""
+    method: Callable[[bytes, float], bytes] | None = getattr(fsm, "query_in_thread", None)
+    return method

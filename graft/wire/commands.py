@@ -98,7 +98,16 @@ FORWARD_QUERY = Command(
     name="forward_query",
     arguments={"query": bytes, "consistency": str, "min_index": int | None},
     response={"output": bytes, "applied_index": int},
-    errors=frozenset({"no_leader", "timeout", "bad_request"}),
+    errors=frozenset({"no_leader", "timeout", "query_timeout", "bad_request"}),
+)
+
+FORWARD_QUERY_WITHIN = Command(
+    name="forward_query_within",
+    # forward_query with the client's own time limit (?timeout=), in seconds. A separate
+    # command, so that forward_query keeps its schema for nodes that do not know this one.
+    arguments={"query": bytes, "consistency": str, "min_index": int | None, "timeout": float},
+    response={"output": bytes, "applied_index": int},
+    errors=frozenset({"no_leader", "timeout", "query_timeout", "bad_request"}),
 )
 
 FORWARD_ADMIN = Command(
@@ -142,5 +151,12 @@ REPLICA_DIGEST = Command(
 )
 
 COMMANDS = CommandRegistry(
-    (FORWARD_SUBMIT, FORWARD_QUERY, FORWARD_ADMIN, INSTALL_SNAPSHOT_CHUNK, REPLICA_DIGEST)
+    (
+        FORWARD_SUBMIT,
+        FORWARD_QUERY,
+        FORWARD_ADMIN,
+        INSTALL_SNAPSHOT_CHUNK,
+        REPLICA_DIGEST,
+        FORWARD_QUERY_WITHIN,
+    )
 )

@@ -49,6 +49,7 @@ class Settings:
     query_timeout_ms: int = 5000
     limits: Limits = field(default_factory=Limits)
     allowed_origins: frozenset[str] = frozenset()
+    max_query_timeout_ms: int = 60000
 
 
 def tokens(**by_role: str) -> dict[str, frozenset[str]]:
@@ -62,6 +63,7 @@ class QueryCall:
     consistency: Consistency
     min_index: int | None
     max_lag_ms: int | None
+    timeout: float | None = None
 
 
 class FakeBackend:
@@ -170,10 +172,15 @@ class FakeBackend:
         *,
         min_index: int | None = None,
         max_lag_ms: int | None = None,
+        timeout: float | None = None,
     ) -> Deferred[QueryResult]:
         self.queries.append(
             QueryCall(
-                query=query, consistency=consistency, min_index=min_index, max_lag_ms=max_lag_ms
+                query=query,
+                consistency=consistency,
+                min_index=min_index,
+                max_lag_ms=max_lag_ms,
+                timeout=timeout,
             )
         )
         if self.failure is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from graft.api.app import QUERY_GRACE_S
 from graft.api.backend import Consistency, QueryResult
-from graft.errors import BadRequest, NoLeader, Timeout
+from graft.errors import BadRequest, NoLeader, QueryTimeout, Timeout
 from tests.api.fakes import ApiTestCase, FakeBackend, QueryCall, Settings
 
 
@@ -109,14 +110,79 @@ class QueryTests(ApiTestCase):
         self.assertError(self.call("GET", "/query?q=1"), 504, "timeout")
 
     def test_api_deadline(self) -> None:
-        """A query not answered within query_timeout_ms is 504 timeout."""
+        """A query not answered within query_timeout_ms (plus the grace that lets the node
+        report its own query_timeout first) is 504 timeout."""
         self.serve(Settings(query_timeout_ms=300))
         self.backend.hold_queries = True
         pending = self.start("GET", "/query?q=1&min_index=1000")
-        self.clock.advance(0.29)
+        self.clock.advance(0.29 + QUERY_GRACE_S)
         self.assertNoResult(pending)
         self.clock.advance(0.02)
         self.assertError(self.finish(pending), 504, "timeout")
+
+    def test_api_deadline_follows_the_timeout_parameter(self) -> None:
+        """With ?timeout=, the API waits that long (plus the grace) instead of the default."""
+        self.serve(Settings(query_timeout_ms=300))
+        self.backend.hold_queries = True
+        pending = self.start("GET", "/query?q=1&timeout=2s")
+        self.clock.advance(1.99 + QUERY_GRACE_S)
+        self.assertNoResult(pending)
+        self.clock.advance(0.02)
+        detail = self.assertError(self.finish(pending), 504, "timeout")
+        self.assertIn("2000 ms", detail["message"])
+
+    def test_query_stopped_at_its_limit(self) -> None:
+        """QueryTimeout from the backend (the FSM stopped the query) is 504 query_timeout with
+        the node's message."""
+        self.backend.failure = QueryTimeout("the query was stopped at its time limit of 5 s")
+        detail = self.assertError(self.call("GET", "/query?q=1"), 504, "query_timeout")
+        self.assertEqual(detail["message"], "the query was stopped at its time limit of 5 s")
+
+    def test_timeout_parameter_reaches_backend(self) -> None:
+        """?timeout= is a duration with a unit, passed to the backend in seconds; without it
+        the backend is left to its default."""
+        self.serve(Settings(max_query_timeout_ms=180_000))
+        for value, seconds in (
+            ("500ms", 0.5),
+            ("10s", 10.0),
+            ("1.5s", 1.5),
+            ("2m", 120.0),
+            ("180000ms", 180.0),
+            ("3M", 180.0),
+        ):
+            answer = self.call("GET", f"/query?q=1&timeout={value}")
+            self.assertEqual(answer.status, 200, answer.body)
+            self.assertEqual(self.backend.queries[-1].timeout, seconds, value)
+        self.call("GET", "/query?q=1")
+        self.assertIsNone(self.backend.queries[-1].timeout)
+
+    def test_invalid_timeout_parameter(self) -> None:
+        """A timeout that is not a positive duration with a unit, or is above
+        api.max_query_timeout_ms, is 400 and the backend is not asked."""
+        for value in (
+            "",
+            "5",
+            "abc",
+            "0s",
+            "0.000s",
+            "-1s",
+            "1h",
+            "1e3s",
+            "inf",
+            "nan",
+            "%D9%A3s",  # an Arabic-Indic digit
+            "1" * 5000 + "s",
+            "1.5.5s",
+        ):
+            detail = self.assertError(
+                self.call("GET", f"/query?q=1&timeout={value}"), 400, "bad_request"
+            )
+            self.assertIn("timeout", detail["message"])
+            self.assertLess(len(detail["message"]), 300)
+        detail = self.assertError(self.call("GET", "/query?q=1&timeout=61s"), 400, "bad_request")
+        self.assertIn("api.max_query_timeout_ms", detail["message"])
+        self.assertIn("60000 ms", detail["message"])
+        self.assertEqual(self.backend.queries, [])
 
     def test_held_query_answers(self) -> None:
         """A query answered later is relayed with the applied index and no leader header when
