@@ -310,7 +310,8 @@ class GraftNode(Service, ClusterBackend):
 
         def close(_: object) -> Deferred[None]:
             self._fsm.close()  # also stops the queries running in the query threads
-            self._query_pool.stop()
+            if not self._query_pool.joined:  # stopService may run twice (a fatal error, then stop)
+                self._query_pool.stop()
             return self._storage.close()
 
         pending.addBoth(close)
