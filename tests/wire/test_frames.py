@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -307,12 +309,24 @@ class LimitTests(SynchronousTestCase):
             b"\x93\xa7_answer\x01\x81\xa1a" + deep,
             b"\x94\xa4_ask\x01\xadforward_admin\x82\xa2op\xa1x\xa4args\x81\xa1a" + deep,
             b"\x94\xa4_ask\x01\xa4nope" + b"\x81\xa1a" + deep,
-            b"\x93\x00\x01" + deep,
         ]
         for body in bodies:
             with self.assertRaises(ProtocolError) as raised:
                 _decoder().feed(_raw_frame(body))
             self.assertIn("nesting deeper than", raised.exception.reason)
+
+    def test_nesting_bomb_in_a_raft_message_is_a_protocol_error(self) -> None:
+        """Raft messages are decoded with a budget instead of a header walk: lists nested 1000
+        deep are refused by the budget, or, padded so that the budget allows them, by the
+        message's field checks; never a RecursionError."""
+        deep = _nested(1000)
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_raw_frame(b"\x93\x00\x01" + deep))
+        self.assertIn("more lists than", raised.exception.reason)
+        padded = b"\x94\x00\x01" + deep + b"\xc6" + (8192).to_bytes(4, "big") + bytes(8192)
+        with self.assertRaises(ProtocolError) as raised:
+            _decoder().feed(_raw_frame(padded))
+        self.assertIn("expected", raised.exception.reason)
 
     def test_nesting_within_the_limit_is_accepted(self) -> None:
         """An answer nested as deep as Any allows (the result map and MAX_DEPTH - 1 lists in it)
@@ -325,13 +339,27 @@ class LimitTests(SynchronousTestCase):
         with self.assertRaises(ProtocolError):
             _decoder().feed(_frame(["_answer", 1, {"a": [value]}]))
 
-    def test_empty_array_bomb_after_hello_refused_before_decoding(self) -> None:
-        """A frame whose objects would take far more memory than its size is refused from its
-        headers: 1 MiB of empty arrays (64 MiB once decoded) inside an AppendEntries."""
+    def test_empty_array_bomb_after_hello_is_refused_within_its_budget(self) -> None:
+        """A frame whose objects would take far more memory than its size is refused, having
+        built at most about 40 times its size: 1 MiB of empty arrays (64 MiB once decoded) or
+        of one-pair maps (over 200 MiB) inside an AppendEntries, or in an answer (refused from
+        its headers, before decoding)."""
+        pair_maps = _array(b"\x81\xa0\x00" * (1 << 18), 1 << 18)
+        for bomb, refusal in ((EMPTY_ARRAYS_MIB, "more lists than"), (pair_maps, "more maps than")):
+            body = b"\x98\x00\x01\xa1a\xa1b\x00\x00" + bomb + b"\x00"
+            frame = _raw_frame(body)
+            tracemalloc.start()
+            try:
+                with self.assertRaises(ProtocolError) as raised:
+                    _decoder().feed(frame)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            self.assertIn(refusal, raised.exception.reason)
+            self.assertLess(peak, 40 * len(frame))
         self.refuse_unpacking()
-        body = b"\x98\x00\x01\xa1a\xa1b\x00\x00" + EMPTY_ARRAYS_MIB + b"\x00"
         with self.assertRaises(ProtocolError) as raised:
-            _decoder().feed(_raw_frame(body))
+            _decoder().feed(_raw_frame(b"\x93\xa7_answer\x01" + EMPTY_ARRAYS_MIB))
         self.assertIn("would take more than", raised.exception.reason)
 
     def test_container_count_beyond_the_body_refused(self) -> None:
