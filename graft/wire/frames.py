@@ -14,7 +14,7 @@ the settings that must agree across the cluster (graft.agreement), compared by t
 
 FrameDecoder turns received bytes into these frames and is the only place that does: anything
 malformed, oversized or unknown raises ProtocolError, after which the decoder refuses more input
-(the connection is to be dropped). Limits, all checked before a body is decoded:
+(the connection is to be dropped). Limits:
 
 - the first frame is a hello: its length may not exceed MAX_HELLO_BYTES and its first bytes
   must say ``["_hello", ...`` (an unauthenticated peer gets no further than that);
