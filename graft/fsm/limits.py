@@ -14,6 +14,7 @@ import sqlite3
 __all__ = [
     "KV_MAX_CONTAINERS",
     "SQLITE_CONNECTION_LIMITS",
+    "SQLITE_FUNCTION_CALL_STEPS",
     "SQLITE_MAX_RESULT_BYTES",
     "SQLITE_MAX_RESULT_ROWS",
     "SQLITE_PROGRESS_INTERVAL",
@@ -33,6 +34,9 @@ SQLITE_PROGRESS_INTERVAL = 1000
 # The VM steps one command may run, over all its statements. A 10,000-row INSERT takes about
 # 130,000; this budget runs for about 0.1 s of plain VM work on a 2020s x86 core.
 SQLITE_VM_STEP_BUDGET = 10_000_000
+# Each call of an SQL function the SQLite FSM implements in Python (printf, format, the date
+# functions) counts as this many VM steps: a call takes about as long as 100-200 steps.
+SQLITE_FUNCTION_CALL_STEPS = 200
 # What a command's final statement (SELECT, or ... RETURNING) may return: rows, and bytes
 # counted as the length of each TEXT (characters) and BLOB (bytes) cell plus 8 per cell.
 SQLITE_MAX_RESULT_ROWS = 100_000
@@ -42,7 +46,7 @@ SQLITE_MAX_RESULT_BYTES = 8 * 1024 * 1024
 SQLITE_CONNECTION_LIMITS: dict[str, tuple[int, int]] = {
     # The largest string, BLOB or row: bounds the memory one value can take (zeroblob, printf,
     # replace, || blowups).
-    "SQLITE_LIMIT_LENGTH": (sqlite3.SQLITE_LIMIT_LENGTH, 4 * 1024 * 1024),
+    "SQLITE_LIMIT_LENGTH": (sqlite3.SQLITE_LIMIT_LENGTH, 1024 * 1024),
     # The longest statement text (a request body is 1 MiB by default).
     "SQLITE_LIMIT_SQL_LENGTH": (sqlite3.SQLITE_LIMIT_SQL_LENGTH, 4 * 1024 * 1024),
     "SQLITE_LIMIT_COLUMN": (sqlite3.SQLITE_LIMIT_COLUMN, 2000),
@@ -74,6 +78,7 @@ def determinism_settings() -> dict[str, object]:
         "kv_max_containers": KV_MAX_CONTAINERS,
         "sqlite_progress_interval": SQLITE_PROGRESS_INTERVAL,
         "sqlite_vm_step_budget": SQLITE_VM_STEP_BUDGET,
+        "sqlite_function_call_steps": SQLITE_FUNCTION_CALL_STEPS,
         "sqlite_max_result_rows": SQLITE_MAX_RESULT_ROWS,
         "sqlite_max_result_bytes": SQLITE_MAX_RESULT_BYTES,
         "sqlite_connection_limits": {
