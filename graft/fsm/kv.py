@@ -10,8 +10,9 @@ Keys and values are strings; commands, queries and answers are JSON objects:
 
 ``cas`` stores V only if the key's current value equals E (null: the key is absent); the answer's
 ``value`` is the key's value after the command. Input is validated strictly: malformed JSON, a
-field missing or extra, a key written twice or a value that is not a string is refused with
-CommandRejected/QueryRejected and changes nothing.
+field missing or extra, a key written twice, a value that is not a string, text holding a lone
+UTF-16 surrogate escape ("\\ud800"), or more than KV_MAX_CONTAINERS JSON arrays and objects
+(counted before decoding) is refused with CommandRejected/QueryRejected and changes nothing.
 
 The snapshot is the whole map as one JSON object, keys sorted so that equal states give equal
 bytes. ``begin_snapshot`` takes no copy: it hands the dict to the writer and, until the writer

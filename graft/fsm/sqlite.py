@@ -29,7 +29,26 @@ Determinism
     (they depend on the machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
     (the FSM owns the transaction), ``ATTACH``/``DETACH``, TEMP tables, views, triggers and
     indexes (they are not part of snapshots), and PRAGMAs other than ``user_version``,
-    ``application_id`` and the read-only introspection ones. Queries may use all the functions.
+    ``application_id`` and the read-only introspection ones. Refused too, as they depend on
+    the SQLite build, the machine or the node's files: ``sqlite_version()``,
+    ``sqlite_source_id()``, ``sqlite_compileoption_get/used()``, ``fts3_tokenizer()``,
+    ``fts5_source_id()``, ``load_extension()``, ``sqlite_offset()``, ``timediff()`` with
+    ``'now'``, the C math library's transcendental functions (``sin``, ``ln``, ``exp``,
+    ``pow``, ...), the ``dbstat``, ``sqlite_dbpage`` and ``sqlite_stmt`` tables, and PRAGMA
+    ``database_list``, ``function_list``, ``module_list``, ``pragma_list``,
+    ``collation_list``, ``integrity_check`` and ``quick_check`` (also as ``pragma_*``
+    table-valued functions). A command may not leave rowid 2**63-1 in a table it wrote (SQLite
+    then picks the next rowid at random), nor an AUTOINCREMENT sequence at 2**63-1. Queries
+    may use all the functions.
+
+Limits
+    Each command runs within limits that are the same on every replica (``graft.fsm.limits``):
+    a budget of SQLITE_VM_STEP_BUDGET VM steps (each call of a function this module runs in
+    Python counts SQLITE_FUNCTION_CALL_STEPS), the connection limits SQLITE_CONNECTION_LIMITS
+    (the longest value or row, statement, LIKE pattern, ...), and at most
+    SQLITE_MAX_RESULT_ROWS rows and SQLITE_MAX_RESULT_BYTES bytes returned by its final
+    statement. Over any of them, CommandRejected names the limit. SQLITE_FULL raised because
+    an AUTOINCREMENT table has used its largest rowid is a CommandRejected too.
 
 Storage
     The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
