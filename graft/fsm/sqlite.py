@@ -516,6 +516,8 @@ class SQLiteStateMachine:
             self._mode = "internal"
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            # The rollback may undo schema changes the rowid cache saw.
+            self._rowid_names = {}
             raise
         self._mode = "internal"
         try:

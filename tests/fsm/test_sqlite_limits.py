@@ -342,3 +342,17 @@ class FunctionCallBudgetTests(LimitsTestCase):
             4,
         )
         self.assertEqual(json.loads(result)["rows"], [[30000]])
+
+
+class RowidCacheTests(LimitsTestCase):
+    def test_rejected_schema_change_does_not_hide_a_table(self) -> None:
+        """A refused command that recreated a table WITHOUT ROWID is rolled back; the table
+        has its rowid again and is checked as before (a replica that restarted would)."""
+        self.assertRejected(
+            f"DROP TABLE w; CREATE TABLE w (k PRIMARY KEY) WITHOUT ROWID;"
+            f"INSERT INTO w VALUES (1); INSERT INTO a VALUES ({MAX_ROWID}, 1);".encode(),
+            "leaves a row with rowid",
+        )
+        self.assertRejected(
+            f"INSERT INTO w (rowid, x) VALUES ({MAX_ROWID}, 1);".encode(), "leaves a row with rowid"
+        )
