@@ -504,7 +504,7 @@ class SQLiteStateMachine:
                 except sqlite3.Error as e:
                     failure = _environment_failure(e)
                     if failure is not None:
-                        self._explain_full(e, statements[: number - 1])
+                        self._explain_full(e, statements[:number])
                         raise failure from e
                     raise CommandRejected(
                         f"statement {number} failed: {self._explain(e)}; "
@@ -921,19 +921,19 @@ class SQLiteStateMachine:
             return None
         return None if row is None else str(row[0])
 
-    def _explain_full(self, error: sqlite3.Error, earlier: Sequence[str]) -> None:
-        """On SQLITE_FULL, CommandRejected if the failing statement inserts into an
-        AUTOINCREMENT table whose sequence was at the largest rowid (every replica fails
-        alike), rather than the disk filling up (this machine only, a failure).
+    def _explain_full(self, error: sqlite3.Error, statements: Sequence[str]) -> None:
+        """On SQLITE_FULL from the last of ``statements``, CommandRejected if that statement
+        inserts into an AUTOINCREMENT table that is at, or reaches, the largest rowid (every
+        replica fails alike), rather than the disk filling up (this machine only, a failure).
 
-        SQLite has rolled the whole transaction back, so the statements before the failing one
-        run again (they succeeded once, so they do again unless the disk is full, which then
-        stays a failure) and the sequence of the tables the failing statement writes is looked
-        up. Not caught: one statement that sets the sequence to the largest rowid and then
-        needs another (INSERT ... VALUES (9223372036854775807, 1), (NULL, 2)); it stays a
-        failure. Commands cannot leave a sequence there (see _check_rowids)."""
+        SQLite has rolled the whole transaction back, so the statements run again, after those
+        before the failing one (they succeeded once, so they do again unless the disk is full,
+        which then stays a failure): the sequences of the tables the failing statement writes
+        are looked up, then the failing statement runs with a temporary trigger that stops it
+        as soon as it gives an AUTOINCREMENT table the largest rowid, before SQLite needs the
+        next one. Commands cannot leave a sequence there (see _check_rowids)."""
         code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-        if code != sqlite3.SQLITE_FULL or not self._statement_written:
+        if code != sqlite3.SQLITE_FULL or not self._statement_written or not statements:
             return
         tables = sorted(self._statement_written)
         conn = self._conn
@@ -944,12 +944,14 @@ class SQLiteStateMachine:
         conn.execute("BEGIN")
         try:
             self._start_command()
-            for statement in earlier:
+            for statement in statements[:-1]:
                 cursor = conn.execute(statement)
                 while cursor.fetchmany(_ROWS_PER_FETCH):
                     pass
             self._mode = "internal"
             table = self._max_sequence_table(tables)
+            if table is None:
+                table = self._reaches_max_rowid(statements[-1], tables)
         except sqlite3.Error:
             table = None
         finally:
@@ -962,6 +964,40 @@ class SQLiteStateMachine:
                 "SQLite cannot insert into it any more (SQLITE_FULL); the whole command was "
                 "rolled back: delete the table's sqlite_sequence entry or recreate the table"
             )
+
+    def _reaches_max_rowid(self, statement: str, tables: Sequence[str]) -> str | None:
+        """Runs ``statement`` (in the open transaction, which the caller rolls back) with
+        temporary triggers on the AUTOINCREMENT tables among ``tables``: the table that gets
+        the largest rowid, or None if none does (the statement succeeds or fails otherwise)."""
+        conn = self._conn
+        marks = ", ".join("?" * len(tables))
+        rows = conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name IN "
+            f"({marks}) AND sql LIKE '%AUTOINCREMENT%' ORDER BY name",
+            list(tables),
+        ).fetchall()
+        if not rows:
+            return None
+        names = [str(row[0]) for row in rows]
+        for number, name in enumerate(names):
+            conn.execute(
+                f"CREATE TEMP TRIGGER _graft_probe_{number} AFTER INSERT ON main.{_quote(name)} "
+                f"WHEN new.rowid = {_MAX_ROWID} BEGIN "
+                f"SELECT RAISE(ABORT, '_graft_probe_{number}'); END"
+            )
+        self._mode = "command"
+        try:
+            cursor = conn.execute(statement)
+            while cursor.fetchmany(_ROWS_PER_FETCH):
+                pass
+        except sqlite3.Error as e:
+            text = str(e)
+            for number, name in enumerate(names):
+                if text == f"_graft_probe_{number}":
+                    return name
+        finally:
+            self._mode = "internal"
+        return None
 
     # --- the authorizer ------------------------------------------------------------------------
 

@@ -184,6 +184,19 @@ class AutoincrementTests(LimitsTestCase):
             "table a has used its largest AUTOINCREMENT rowid",
         )
 
+    def test_exhausted_in_the_same_statement(self) -> None:
+        """... or within one statement (this stopped every node: CREATE TABLE and one INSERT
+        are all it takes)."""
+        self.assertRejected(
+            f"INSERT INTO a VALUES ({MAX_ROWID}, 1), (NULL, 2);".encode(),
+            "table a has used its largest AUTOINCREMENT rowid",
+        )
+        self.assertRejected(
+            f"INSERT INTO w VALUES (5); INSERT INTO a VALUES ({MAX_ROWID - 1}, 1), (NULL, 2), "
+            f"(NULL, 3);".encode(),
+            "table a has used its largest AUTOINCREMENT rowid",
+        )
+
     def test_command_may_not_leave_the_sequence_at_its_end(self) -> None:
         """Nor may a command leave the sequence there (deleting the row keeps the sequence)."""
         self.assertRejected(
