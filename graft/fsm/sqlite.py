@@ -457,6 +457,9 @@ class SQLiteStateMachine:
         # The running command's work, in units of SQLITE_PROGRESS_INTERVAL VM steps.
         self._steps = 0
         self._calls = 0
+        # Set while a failing statement runs again to find why (outside the budget: the
+        # triggers it runs with add steps).
+        self._probing = False
         # The main-database tables the running command (and its current statement) inserts
         # into or updates.
         self._written: set[str] = set()
@@ -668,16 +671,13 @@ class SQLiteStateMachine:
         conn.set_authorizer(self._authorize)
         return conn
 
-    def _builtin_unless_command(
-        self, name: str, count: int = -1, why: str = "deterministic"
-    ) -> Callable[..., Any]:
+    def _builtin_unless_command(self, name: str, why: str = "deterministic") -> Callable[..., Any]:
         def function(*args: Any) -> Any:
             if self._mode == "command":
                 self._refusal = _function_refusal(name, why)
                 raise ValueError(self._refusal)
             return self._builtin(name, args)
 
-        del count
         return function
 
     def _date_function(self, name: str, time_arg: int) -> Callable[..., Any]:
@@ -717,9 +717,11 @@ class SQLiteStateMachine:
         _set_limits(conn)
         conn.set_progress_handler(self._progress, SQLITE_PROGRESS_INTERVAL)
         for name, counts in (_BUILD_DEPENDENT | _LIBM_DEPENDENT).items():
-            deterministic = name in _LIBM_DEPENDENT  # still usable in indexes in queries
+            # The math functions stay deterministic for SQLite, so that schemas using them in
+            # indexes or generated columns still load (writes to those tables are refused).
+            deterministic = name in _LIBM_DEPENDENT
+            function = self._builtin_unless_command(name, "machine")
             for count in counts:
-                function = self._builtin_unless_command(name, count, "machine")
                 conn.create_function(name, count, function, deterministic=deterministic)
         for name in ("printf", "format"):
             conn.create_function(name, -1, self._printf(name), deterministic=True)
@@ -774,7 +776,7 @@ class SQLiteStateMachine:
     def _progress(self) -> int:
         """SQLite's progress handler: every SQLITE_PROGRESS_INTERVAL VM steps of a statement.
         Stops a command at its work budget; the count is the same on every replica."""
-        if self._mode != "command":
+        if self._mode != "command" or self._probing:
             return 0
         self._steps += 1
         if self._within_budget():
@@ -796,14 +798,14 @@ class SQLiteStateMachine:
     def _charge_call(self) -> None:
         """A call of a function we replaced by Python costs a hundred VM steps' time: it counts
         SQLITE_FUNCTION_CALL_STEPS steps against a command's budget."""
-        if self._mode == "command":
+        if self._mode == "command" and not self._probing:
             self._calls += 1
             if not self._within_budget():
                 raise ValueError(self._refusal)
 
     def _final_rows(self, cursor: sqlite3.Cursor) -> list[list[Any]]:
-        """The rows of a command's final statement, as JSON cells, fetched a few at a time and
-        refused (CommandRejected via sqlite3.Error's path) past the row and byte caps."""
+        """The rows of a command's final statement, as JSON cells, fetched a few at a time;
+        CommandRejected past the row or byte cap."""
         rows: list[list[Any]] = []
         size = 0
         while True:
@@ -986,6 +988,7 @@ class SQLiteStateMachine:
                 f"SELECT RAISE(ABORT, '_graft_probe_{number}'); END"
             )
         self._mode = "command"
+        self._probing = True
         try:
             cursor = conn.execute(statement)
             while cursor.fetchmany(_ROWS_PER_FETCH):
@@ -997,6 +1000,7 @@ class SQLiteStateMachine:
                     return name
         finally:
             self._mode = "internal"
+            self._probing = False
         return None
 
     # --- the authorizer ------------------------------------------------------------------------
