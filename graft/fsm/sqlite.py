@@ -239,8 +239,10 @@ _LIBM_DEPENDENT = {
 }
 # Refused in commands by name when the statement is prepared (the authorizer): those above,
 # plus sqlite_offset() (a byte offset in the file: a replica restored from a snapshot and one
-# that replayed the log need not agree) which cannot be replaced by a Python function.
-_REFUSED_IN_COMMANDS = frozenset({*_BUILD_DEPENDENT, *_LIBM_DEPENDENT, "sqlite_offset"})
+# that replayed the log need not agree) and FTS5's bm25() (computed with libm's log()), which
+# cannot be replaced by Python functions. (FTS5's hidden "rank" column, bm25 by default, is
+# not caught.)
+_REFUSED_IN_COMMANDS = frozenset({*_BUILD_DEPENDENT, *_LIBM_DEPENDENT, "sqlite_offset", "bm25"})
 # Tables whose rows describe this connection or the file layout rather than the data.
 _LAYOUT_TABLES = frozenset({"dbstat", "sqlite_dbpage", "sqlite_stmt"})
 # Introspection PRAGMAs a command may not use: database_list holds this node's file path; the

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.fsm import CommandRejected, FSMFailure
+from graft.fsm import CommandRejected, FSMFailure, QueryRejected
 from graft.fsm.limits import (
     SQLITE_MAX_RESULT_BYTES,
     SQLITE_MAX_RESULT_ROWS,
@@ -126,6 +126,13 @@ class SizeLimitTests(LimitsTestCase):
                 self.assertRejected(sql, "SQLITE_LIMIT_LENGTH")
         result = json.loads(self.fsm.apply(b"SELECT printf('%.*c|%5d', 3, 'x', 7);", 4))
         self.assertEqual(result["rows"], [["xxx|    7"]])
+
+    def test_printf_repeat_refused_in_queries_too(self) -> None:
+        """A query cannot be interrupted inside one VM step either: the same check."""
+        error = self.assertRaises(
+            QueryRejected, self.fsm.query, b"SELECT printf('%.*c', 1000000000, 'x')"
+        )
+        self.assertIn("SQLITE_LIMIT_LENGTH", str(error))
 
     def test_final_rows_capped(self) -> None:
         """A command's final SELECT may return at most SQLITE_MAX_RESULT_ROWS rows."""
