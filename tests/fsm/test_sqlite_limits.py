@@ -211,6 +211,17 @@ class AutoincrementTests(LimitsTestCase):
             "leaves the AUTOINCREMENT sequence of table a at",
         )
 
+    def test_command_may_not_set_the_sequence_to_its_end(self) -> None:
+        """Writing sqlite_sequence directly counts too; other tables' inserts are not blocked
+        by an older exhausted sequence."""
+        self.fsm.apply(b"INSERT INTO a (x) VALUES (1);", 2)
+        self.assertRejected(
+            f"UPDATE sqlite_sequence SET seq = {MAX_ROWID} WHERE name = 'a';".encode(),
+            "leaves the AUTOINCREMENT sequence of table a at",
+        )
+        self.fsm._conn.execute(f"UPDATE sqlite_sequence SET seq = {MAX_ROWID}")  # an old state
+        self.fsm.apply(b"INSERT INTO w VALUES (7); DELETE FROM w WHERE x = 7;", 3)
+
     def test_disk_full_still_a_failure(self) -> None:
         """SQLITE_FULL with no exhausted sequence stays a machine failure."""
         self.fsm._conn.execute("PRAGMA max_page_count = 3")  # stand-in for a full disk
