@@ -728,8 +728,9 @@ class SQLiteStateMachine:
             function = self._builtin_unless_command(name, "machine")
             for count in counts:
                 conn.create_function(name, count, function, deterministic=deterministic)
-        for name in ("printf", "format"):
-            conn.create_function(name, -1, self._printf(name), deterministic=True)
+        for name in ("printf", "format"):  # format() is SQLite 3.38 and later
+            if self._has_builtin(name, 1):
+                conn.create_function(name, -1, self._printf(name), deterministic=True)
         if self._has_builtin("timediff", 2):  # SQLite 3.43 and later
             conn.create_function("timediff", 2, self._timediff, deterministic=True)
         self._rowid_names = {}
