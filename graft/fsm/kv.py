@@ -10,8 +10,9 @@ Keys and values are strings; commands, queries and answers are JSON objects:
 
 ``cas`` stores V only if the key's current value equals E (null: the key is absent); the answer's
 ``value`` is the key's value after the command. Input is validated strictly: malformed JSON, a
-field missing or extra, a key written twice or a value that is not a string is refused with
-CommandRejected/QueryRejected and changes nothing.
+field missing or extra, a key written twice, a value that is not a string, text holding a lone
+UTF-16 surrogate escape ("\\ud800"), or more than KV_MAX_CONTAINERS JSON arrays and objects
+(counted before decoding) is refused with CommandRejected/QueryRejected and changes nothing.
 
 The snapshot is the whole map as one JSON object, keys sorted so that equal states give equal
 bytes. ``begin_snapshot`` takes no copy: it hands the dict to the writer and, until the writer
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected
+from graft.fsm.limits import KV_MAX_CONTAINERS
 
 __all__ = ["KeyValueStateMachine"]
 
@@ -91,12 +93,48 @@ def _decode(text: str) -> Any:
 _FIELD_ORDER = {op: tuple(sorted(fields)) for op, fields in (_COMMANDS | _QUERIES).items()}
 
 
+def _check_containers(text: str, kind: str) -> None:
+    """_Malformed if the text holds more than KV_MAX_CONTAINERS JSON arrays and objects outside
+    strings. Checked before decoding: the decoder recurses once per nesting level, and running
+    out of stack (RecursionError) depends on the node, not on the input."""
+    if text.count("[") + text.count("{") <= KV_MAX_CONTAINERS:  # the usual case: no scan
+        return
+    # Drop escaped backslashes, then escaped quotes: every quote left opens or closes a string,
+    # so the pieces at even positions are what lies outside strings. All in C, linear.
+    pieces = text.replace("\\\\", "").replace('\\"', "").split('"')
+    outside = "".join(pieces[0::2])
+    if outside.count("[") + outside.count("{") > KV_MAX_CONTAINERS:
+        raise _Malformed(
+            f"the {kind} holds more than {KV_MAX_CONTAINERS} JSON arrays and objects; "
+            "expected one flat JSON object of strings"
+        )
+
+
+def _check_text(request: dict[str, Any], kind: str) -> None:
+    """_Malformed if a field name or string value is not valid Unicode text: JSON escapes can
+    spell a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 encoder accepts, so it could never
+    be answered, snapshotted or sent to another node."""
+    for name, value in request.items():
+        for text in (name, value):
+            if type(text) is str and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Malformed(
+                        f"the {kind} holds a lone UTF-16 surrogate escape in {json.dumps(name)} "
+                        "(such as \\ud800 without its pair); expected valid Unicode text"
+                    ) from None
+
+
 def _parse(data: bytes, ops: dict[str, frozenset[str]], kind: str) -> tuple[str, dict[str, Any]]:
     """The op and the fields of a request, or _Malformed saying what is wrong."""
     try:
-        request = _decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _Malformed(f"the {kind} is not UTF-8; expected a JSON object") from None
+    _check_containers(text, kind)
+    try:
+        request = _decode(text)
     except json.JSONDecodeError as e:
         raise _Malformed(f"the {kind} is not valid JSON ({e}); expected a JSON object") from None
     if type(request) is not dict:
@@ -105,6 +143,8 @@ def _parse(data: bytes, ops: dict[str, frozenset[str]], kind: str) -> tuple[str,
     if type(op) is not str or op not in ops:
         examples = " or ".join(repr(op) for op in ops)
         raise _Malformed(f'"op" is {json.dumps(op)}; expected {examples}')
+    if "\\ud" in text or "\\uD" in text:  # only a \uD800-\uDFFF escape makes a surrogate
+        _check_text(request, kind)
     names = _FIELD_ORDER[op]
     if len(request) != len(names) + 1 or not all(name in request for name in names):
         _explain_fields(op, set(request) - {"op"}, ops[op])

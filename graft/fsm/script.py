@@ -27,6 +27,12 @@ deterministically, raise ``graft.fsm.CommandRejected(message)``; to refuse a que
 ``graft.fsm.QueryRejected(message)``. Any other exception is a bug in the script and stops the
 node. Without ``query`` every query is refused.
 
+The scripts are trusted code: they run in the node's process, with no bound on their time or
+memory. They must be total: check each command (encoding, size, nesting depth, the range of
+numbers) before using it, and refuse a bad one with CommandRejected, the same way on every
+node; never rely on catching RecursionError or on settings that may differ between nodes
+(such as the int() digit limit). ``conf/fsm_eval.py`` is an example.
+
 The state must be JSON data (dicts with string keys, lists, strings, numbers, booleans, None):
 snapshots store it as JSON, and a restored replica must behave like one that replayed the log.
 """

@@ -33,7 +33,26 @@ Determinism
     (they depend on the machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
     (the FSM owns the transaction), ``ATTACH``/``DETACH``, TEMP tables, views, triggers and
     indexes (they are not part of snapshots), and PRAGMAs other than ``user_version``,
-    ``application_id`` and the read-only introspection ones. Queries may use all the functions.
+    ``application_id`` and the read-only introspection ones. Refused too, as they depend on
+    the SQLite build, the machine or the node's files: ``sqlite_version()``,
+    ``sqlite_source_id()``, ``sqlite_compileoption_get/used()``, ``fts3_tokenizer()``,
+    ``fts5_source_id()``, ``load_extension()``, ``sqlite_offset()``, ``timediff()`` with
+    ``'now'``, the C math library's transcendental functions (``sin``, ``ln``, ``exp``,
+    ``pow``, ...), the ``dbstat``, ``sqlite_dbpage`` and ``sqlite_stmt`` tables, and PRAGMA
+    ``database_list``, ``function_list``, ``module_list``, ``pragma_list``,
+    ``collation_list``, ``integrity_check`` and ``quick_check`` (also as ``pragma_*``
+    table-valued functions). A command may not leave rowid 2**63-1 in a table it wrote (SQLite
+    then picks the next rowid at random), nor an AUTOINCREMENT sequence at 2**63-1. Queries
+    may use all the functions.
+
+Limits
+    Each command runs within limits that are the same on every replica (``graft.fsm.limits``):
+    a budget of SQLITE_VM_STEP_BUDGET VM steps (each call of a function this module runs in
+    Python counts SQLITE_FUNCTION_CALL_STEPS), the connection limits SQLITE_CONNECTION_LIMITS
+    (the longest value or row, statement, LIKE pattern, ...), and at most
+    SQLITE_MAX_RESULT_ROWS rows and SQLITE_MAX_RESULT_BYTES bytes returned by its final
+    statement. Over any of them, CommandRejected names the limit. SQLITE_FULL raised because
+    an AUTOINCREMENT table has used its largest rowid is a CommandRejected too.
 
 Storage
     The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
@@ -71,6 +90,7 @@ import base64
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -89,6 +109,14 @@ from graft.fsm.base import (
     FSMFailure,
     QueryRejected,
     QueryTimedOut,
+)
+from graft.fsm.limits import (
+    SQLITE_CONNECTION_LIMITS,
+    SQLITE_FUNCTION_CALL_STEPS,
+    SQLITE_MAX_RESULT_BYTES,
+    SQLITE_MAX_RESULT_ROWS,
+    SQLITE_PROGRESS_INTERVAL,
+    SQLITE_VM_STEP_BUDGET,
 )
 from graft.fsm.sqlite_digest import begin_sqlite_digest
 
@@ -210,6 +238,77 @@ DEFAULT_QUERY_MAX_BYTES = 8 * 1024 * 1024
 _DEADLINE_CHECK_STEPS = 1_000_000
 # Read-only connections kept open between queries (more are opened when more threads query).
 _MAX_IDLE_READERS = 4
+# Functions whose result depends on the SQLite build (version, compile options, pointers) or on
+# the machine's C math library (transcendental functions are not correctly rounded, and libm
+# versions differ in the last bit): name -> the argument counts SQLite defines. Refused in
+# commands; queries get SQLite's own result.
+_BUILD_DEPENDENT = {
+    "sqlite_version": (0,),
+    "sqlite_source_id": (0,),
+    "sqlite_compileoption_get": (1,),
+    "sqlite_compileoption_used": (1,),
+    "fts3_tokenizer": (1, 2),
+    "fts5_source_id": (0,),
+    "load_extension": (1, 2),
+}
+_LIBM_DEPENDENT = {
+    **dict.fromkeys(
+        [
+            *("acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh"),
+            *("sin", "sinh", "tan", "tanh", "exp", "ln", "log10", "log2"),
+        ],
+        (1,),
+    ),
+    "log": (1, 2),
+    "pow": (2,),
+    "power": (2,),
+    "atan2": (2,),
+}
+# Refused in commands by name when the statement is prepared (the authorizer): those above,
+# plus sqlite_offset() (a byte offset in the file: a replica restored from a snapshot and one
+# that replayed the log need not agree) and FTS5's bm25() (computed with libm's log()), which
+# cannot be replaced by Python functions. (FTS5's hidden "rank" column, bm25 by default, is
+# not caught.)
+_REFUSED_IN_COMMANDS = frozenset({*_BUILD_DEPENDENT, *_LIBM_DEPENDENT, "sqlite_offset", "bm25"})
+# Tables whose rows describe this connection or the file layout rather than the data.
+_LAYOUT_TABLES = frozenset({"dbstat", "sqlite_dbpage", "sqlite_stmt"})
+# Introspection PRAGMAs a command may not use: database_list holds this node's file path; the
+# function, module, pragma and collation lists describe the build; the checks do O(database)
+# work in one VM step, outside the work budget (run them as queries).
+_NOT_IN_COMMANDS_PRAGMAS = frozenset(
+    {
+        "database_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "collation_list",
+        "integrity_check",
+        "quick_check",
+    }
+)
+# The largest rowid: once a table holds it, SQLite picks the next rowid at random (plain
+# tables) or fails with SQLITE_FULL (AUTOINCREMENT).
+_MAX_ROWID = (1 << 63) - 1
+# Actions of the authorizer that write rows, and those that may change which tables have a
+# rowid (the cache of rowid aliases is dropped on them).
+_WRITE_ACTIONS = frozenset({sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE})
+_SCHEMA_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_CREATE_TABLE,
+        sqlite3.SQLITE_DROP_TABLE,
+        sqlite3.SQLITE_ALTER_TABLE,
+        sqlite3.SQLITE_CREATE_VTABLE,
+        sqlite3.SQLITE_DROP_VTABLE,
+    }
+)
+_BUDGET_UNITS = SQLITE_VM_STEP_BUDGET // SQLITE_PROGRESS_INTERVAL
+_CALLS_PER_UNIT = SQLITE_PROGRESS_INTERVAL // SQLITE_FUNCTION_CALL_STEPS
+# A printf conversion: flags, width, precision, length, type. SQLite's %c repeats its character
+# "precision" times one append at a time, even past SQLITE_LIMIT_LENGTH (then it returns NULL):
+# printf('%.*c', 2000000000, 'x') holds the thread for seconds in one VM step.
+_PRINTF_SPEC = re.compile(r"%([-+ #!0,]*)(\*|\d+)?(?:\.(\*|\d+))?(l{0,2})([a-zA-Z%])")
+_MAX_LENGTH = SQLITE_CONNECTION_LIMITS["SQLITE_LIMIT_LENGTH"][1]
+_ROWS_PER_FETCH = 256
 
 
 def split_statements(script: str) -> list[str]:
@@ -286,6 +385,68 @@ def _environment_failure(error: sqlite3.Error) -> FSMFailure | None:
     )
 
 
+def _printf_repeat(template: str, args: Sequence[Any]) -> int:
+    """The largest precision of a %c conversion of ``template`` given its arguments."""
+    largest = 0
+    position = 0
+    for match in _PRINTF_SPEC.finditer(template):
+        width, precision, kind = match[2], match[3], match[5]
+        if kind == "%":
+            continue
+        if width == "*":
+            position += 1
+        count = 0
+        if precision == "*":
+            count = _as_int(args[position] if position < len(args) else None)
+            position += 1
+        elif precision is not None:
+            count = int(precision) if len(precision) < 20 else 1 << 62
+        if kind == "c":
+            largest = max(largest, count)
+        position += 1
+    return largest
+
+
+def _as_int(value: Any) -> int:
+    """About what sqlite3_value_int64 makes of a printf argument (enough to compare with a
+    limit)."""
+    if isinstance(value, bool | int):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else 0
+    if isinstance(value, str):
+        match = re.match(r"\s*[-+]?\d{1,19}", value)
+        return int(match[0]) if match else 0
+    return 0
+
+
+def _set_limits(conn: sqlite3.Connection) -> None:
+    for category, value in SQLITE_CONNECTION_LIMITS.values():
+        conn.setlimit(category, value)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _function_refusal(name: str, why: str) -> str:
+    shown = name if name.startswith("current_") else f"{name}()"
+    if why == "machine":
+        return (
+            f"{shown} depends on the SQLite build or the machine's math library and is not "
+            "allowed in a command; compute the value in the client and put it in the SQL"
+        )
+    if why == "layout":
+        return (
+            f"{shown} depends on where the data lies in this node's file and is not allowed "
+            "in a command"
+        )
+    return (
+        f"{shown} is not deterministic and not allowed in a command; "
+        "compute the value in the client and put it in the SQL"
+    )
+
+
 def _json_cell(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
@@ -322,6 +483,22 @@ class SQLiteStateMachine:
         self._refusal: str | None = None
         # Evaluates the built-in date functions we replace, with the arguments we allow.
         self._dates = sqlite3.connect(":memory:", check_same_thread=False)
+        _set_limits(self._dates)
+        # The running command's work, in units of SQLITE_PROGRESS_INTERVAL VM steps.
+        self._steps = 0
+        self._calls = 0
+        # Set while a failing statement runs again to find why (outside the budget: the
+        # triggers it runs with add steps).
+        self._probing = False
+        # The main-database tables the running command (and its current statement) inserts
+        # into or updates.
+        self._written: set[str] = set()
+        self._statement_written: set[str] = set()
+        # Whether it deletes or updates rows (so may have removed a row with the largest rowid
+        # while the AUTOINCREMENT sequence keeps it).
+        self._removed = False
+        # table -> the name that reads its rowid (None: it has none), until the schema changes.
+        self._rowid_names: dict[str, str | None] = {}
         # How snapshot writers run the backup: all pages in one step unless a test asks for
         # small steps with a callback between them.
         self._backup_pages = -1
@@ -344,27 +521,40 @@ class SQLiteStateMachine:
         conn.execute(_RESET_ROWID)
         before = conn.total_changes
         conn.execute("BEGIN")
-        self._mode = "command"
+        self._start_command()
         try:
-            cursor: sqlite3.Cursor | None = None
+            columns: list[str] | None = None
             rows: list[Any] = []
+            last = len(statements)
             for number, statement in enumerate(statements, start=1):
                 self._refusal = None
+                self._statement_written = set()
                 try:
                     cursor = conn.execute(statement)
-                    rows = cursor.fetchall()
+                    if number == last:
+                        rows = self._final_rows(cursor)
+                        if cursor.description is not None:
+                            columns = [column[0] for column in cursor.description]
+                    else:
+                        while cursor.fetchmany(_ROWS_PER_FETCH):
+                            pass
                 except sqlite3.Error as e:
                     failure = _environment_failure(e)
                     if failure is not None:
+                        self._explain_full(e, statements[:number])
                         raise failure from e
                     raise CommandRejected(
                         f"statement {number} failed: {self._explain(e)}; "
                         "the whole command was rolled back"
                     ) from None
+            self._mode = "internal"
+            rowid = self._check_rowids()
         except BaseException:
             self._mode = "internal"
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            # The rollback may undo schema changes the rowid cache saw.
+            self._rowid_names = {}
             raise
         self._mode = "internal"
         try:
@@ -374,11 +564,10 @@ class SQLiteStateMachine:
                 conn.execute("ROLLBACK")
             raise _environment_failure(e) or FSMFailure(f"SQLite could not commit: {e}") from e
         result: dict[str, Any] = {"changes": conn.total_changes - before}
-        rowid = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         result["last_insert_rowid"] = None if rowid == _ROWID_SENTINEL else rowid
-        if cursor is not None and cursor.description is not None:
-            result["columns"] = [column[0] for column in cursor.description]
-            result["rows"] = [[_json_cell(v) for v in row] for row in rows]
+        if columns is not None:
+            result["columns"] = columns
+            result["rows"] = rows
         return _dumps(result)
 
     def query(self, query: bytes) -> bytes:
@@ -517,17 +706,14 @@ class SQLiteStateMachine:
             conn.create_function(name, nargs, self._builtin_unless_command(name))
         for name, time_arg in _DATE_FUNCTIONS.items():
             conn.create_function(name, -1, self._date_function(name, time_arg), deterministic=True)
+        self._guard_command(conn)
         conn.set_authorizer(self._authorize)
         return conn
 
-    def _builtin_unless_command(self, name: str) -> Callable[..., Any]:
+    def _builtin_unless_command(self, name: str, why: str = "deterministic") -> Callable[..., Any]:
         def function(*args: Any) -> Any:
             if self._mode == "command":
-                shown = name if name.startswith("current_") else f"{name}()"
-                self._refusal = (
-                    f"{shown} is not deterministic and not allowed in a command; "
-                    "compute the value in the client and put it in the SQL"
-                )
+                self._refusal = _function_refusal(name, why)
                 raise ValueError(self._refusal)
             return self._builtin(name, args)
 
@@ -550,6 +736,7 @@ class SQLiteStateMachine:
                             "the machine's time zone and is not allowed in a command"
                         )
                         raise ValueError(self._refusal)
+            self._charge_call()
             return self._builtin(name, args)
 
         return function
@@ -560,6 +747,305 @@ class SQLiteStateMachine:
         call = name if name.startswith("current_") else f"{name}({', '.join('?' * len(args))})"
         sql = f"SELECT {call}"
         return self._dates.execute(sql, tuple(args)).fetchone()[0]
+
+    # --- the limits of a command --------------------------------------------------------------
+
+    def _guard_command(self, conn: sqlite3.Connection) -> None:
+        """Set up on a new connection what bounds and checks commands: the size limits, the work
+        budget and the replaced build- and machine-dependent functions."""
+        _set_limits(conn)
+        conn.set_progress_handler(self._progress, SQLITE_PROGRESS_INTERVAL)
+        for name, counts in (_BUILD_DEPENDENT | _LIBM_DEPENDENT).items():
+            # The math functions stay deterministic for SQLite, so that schemas using them in
+            # indexes or generated columns still load (writes to those tables are refused).
+            deterministic = name in _LIBM_DEPENDENT
+            function = self._builtin_unless_command(name, "machine")
+            for count in counts:
+                conn.create_function(name, count, function, deterministic=deterministic)
+        for name in ("printf", "format"):  # format() is SQLite 3.38 and later
+            if self._has_builtin(name, 1):
+                conn.create_function(name, -1, self._printf(name), deterministic=True)
+        if self._has_builtin("timediff", 2):  # SQLite 3.43 and later
+            conn.create_function("timediff", 2, self._timediff, deterministic=True)
+        self._rowid_names = {}
+
+    def _printf(self, name: str) -> Callable[..., Any]:
+        """SQLite's printf()/format(), refusing a %c repeat count over SQLITE_LIMIT_LENGTH
+        (SQLite would loop that many times before giving up)."""
+
+        def function(*args: Any) -> Any:
+            if args and isinstance(args[0], str) and "c" in args[0]:
+                count = _printf_repeat(args[0], args[1:])
+                if count > _MAX_LENGTH:
+                    self._refusal = (
+                        f"{name}() asked to repeat a character {count} times, more than the "
+                        f"longest string ({_MAX_LENGTH} bytes, SQLITE_LIMIT_LENGTH)"
+                    )
+                    raise ValueError(self._refusal)
+            self._charge_call()
+            return self._builtin(name, args)
+
+        return function
+
+    def _has_builtin(self, name: str, count: int) -> bool:
+        try:
+            self._dates.execute(f"SELECT {name}({', '.join(['NULL'] * count)})").fetchone()
+        except sqlite3.OperationalError:
+            return False
+        return True
+
+    def _timediff(self, *args: Any) -> Any:
+        """timediff(A, B): either time may be 'now', which a command may not use."""
+        if self._mode == "command" and any(
+            isinstance(value, str) and value.strip().lower() == "now" for value in args
+        ):
+            self._refusal = (
+                "timediff() with 'now' is not deterministic and not allowed in a command; "
+                "put the time in the SQL as a literal"
+            )
+            raise ValueError(self._refusal)
+        self._charge_call()
+        return self._builtin("timediff", args)
+
+    def _start_command(self) -> None:
+        self._steps = 0
+        self._calls = 0
+        self._written = set()
+        self._removed = False
+        self._mode = "command"
+
+    def _progress(self) -> int:
+        """SQLite's progress handler: every SQLITE_PROGRESS_INTERVAL VM steps of a statement.
+        Stops a command at its work budget; the count is the same on every replica."""
+        if self._mode != "command" or self._probing:
+            return 0
+        self._steps += 1
+        if self._within_budget():
+            return 0
+        return 1
+
+    def _within_budget(self) -> bool:
+        """False (with the refusal set) once the command's VM steps, plus what its calls of
+        our Python functions count for, pass the budget."""
+        if self._steps + self._calls // _CALLS_PER_UNIT <= _BUDGET_UNITS:
+            return True
+        self._refusal = (
+            f"the command ran more than {SQLITE_VM_STEP_BUDGET} SQLite VM steps (the work "
+            "budget of one command, SQLITE_VM_STEP_BUDGET); split the work into smaller "
+            "commands, or bound its loops (e.g. a WITH RECURSIVE without LIMIT)"
+        )
+        return False
+
+    def _charge_call(self) -> None:
+        """A call of a function we replaced by Python costs a hundred VM steps' time: it counts
+        SQLITE_FUNCTION_CALL_STEPS steps against a command's budget."""
+        if self._mode == "command" and not self._probing:
+            self._calls += 1
+            if not self._within_budget():
+                raise ValueError(self._refusal)
+
+    def _final_rows(self, cursor: sqlite3.Cursor) -> list[list[Any]]:
+        """The rows of a command's final statement, as JSON cells, fetched a few at a time;
+        CommandRejected past the row or byte cap."""
+        rows: list[list[Any]] = []
+        size = 0
+        while True:
+            batch = cursor.fetchmany(_ROWS_PER_FETCH)
+            if not batch:
+                return rows
+            for row in batch:
+                size += 8 * len(row) + sum(len(v) for v in row if isinstance(v, str | bytes))
+                rows.append([_json_cell(v) for v in row])
+            if len(rows) > SQLITE_MAX_RESULT_ROWS:
+                raise CommandRejected(
+                    f"the command's final statement returns more than {SQLITE_MAX_RESULT_ROWS} "
+                    "rows (SQLITE_MAX_RESULT_ROWS); the whole command was rolled back: "
+                    "add a LIMIT, or read the rows with queries"
+                )
+            if size > SQLITE_MAX_RESULT_BYTES:
+                raise CommandRejected(
+                    f"the command's final statement returns more than {SQLITE_MAX_RESULT_BYTES} "
+                    "bytes (SQLITE_MAX_RESULT_BYTES); the whole command was rolled back: "
+                    "return less, or read the rows with queries"
+                )
+
+    def _check_rowids(self) -> int:
+        """The command's last_insert_rowid(); CommandRejected if the command leaves the largest
+        rowid in a table it wrote, or the largest AUTOINCREMENT sequence value: SQLite would
+        then choose the next rowid at random (a different one on each replica), or fail every
+        later insert with SQLITE_FULL.
+
+        One query answers both (it runs after every command); only when something is wrong do
+        others find what, for the message."""
+        tables = sorted(self._written)
+        tops = ["0"]
+        for table in tables:
+            column = self._rowid_name(table) if not table.startswith("sqlite_") else None
+            if column is not None:
+                tops.append(f"(SELECT max({column}) FROM main.{_quote(table)}) = {_MAX_ROWID}")
+        # A sequence reaches the largest rowid only with a row that gets it, which the check
+        # above sees unless the command removed it again (or wrote sqlite_sequence itself).
+        # Then the sequences of the tables written (all of them if sqlite_sequence was): an
+        # older state may hold an exhausted one, which must not block other tables. (One
+        # missed here still gives a rejection, not a failure: see _explain_full.)
+        sequences = None if "sqlite_sequence" in self._written else tables
+        parameters: Sequence[str] = ()
+        if (self._removed or sequences is None) and tables and self._has_sequence():
+            where = ""
+            if sequences is not None:
+                where = f" AND name IN ({', '.join('?' * len(sequences))})"
+                parameters = sequences
+            tops.append(
+                f"EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE seq >= {_MAX_ROWID}{where})"
+            )
+        sql = f"SELECT last_insert_rowid(), {' OR '.join(tops)}"
+        rowid, wrong = self._conn.execute(sql, parameters).fetchone()
+        if not wrong:
+            return int(rowid)
+        for table in tables:
+            column = self._rowid_name(table) if not table.startswith("sqlite_") else None
+            if column is None:
+                continue
+            top = self._conn.execute(f"SELECT max({column}) FROM main.{_quote(table)}").fetchone()
+            if top[0] == _MAX_ROWID:
+                raise CommandRejected(
+                    f"the command leaves a row with rowid {_MAX_ROWID} (the largest) in table "
+                    f"{table}: SQLite would give the next row a random rowid, different on "
+                    "each replica; the whole command was rolled back: use smaller rowids"
+                )
+        exhausted = self._max_sequence_table(sequences)
+        raise CommandRejected(
+            f"the command leaves the AUTOINCREMENT sequence of table {exhausted} at {_MAX_ROWID} "
+            "(the largest rowid): every later insert into it would fail; the whole command "
+            "was rolled back"
+        )
+
+    def _has_sequence(self) -> bool:
+        """Whether the database has sqlite_sequence (made by the first AUTOINCREMENT table)."""
+        known = self._rowid_names.get("sqlite_sequence", "?")
+        if known == "?":
+            row = self._conn.execute(
+                "SELECT 1 FROM main.sqlite_master WHERE name = 'sqlite_sequence'"
+            ).fetchone()
+            known = "seq" if row is not None else None
+            self._rowid_names["sqlite_sequence"] = known  # dropped with the cache
+        return known is not None
+
+    def _rowid_name(self, table: str) -> str | None:
+        """The name that reads the rowid of ``table`` (a column may hide one of rowid, _rowid_
+        and oid), or None for a table without one (WITHOUT ROWID, or all three hidden)."""
+        if table in self._rowid_names:
+            return self._rowid_names[table]
+        conn = self._conn
+        found: str | None = None
+        try:
+            columns = {
+                row[0].lower()
+                for row in conn.execute("SELECT name FROM pragma_table_xinfo(?, 'main')", (table,))
+            }
+            for candidate in ("rowid", "_rowid_", "oid"):
+                if candidate not in columns:
+                    conn.execute(f"SELECT {candidate} FROM main.{_quote(table)} LIMIT 0")
+                    found = candidate
+                    break
+        except sqlite3.OperationalError:  # no such column: WITHOUT ROWID; or the table is gone
+            found = None
+        self._rowid_names[table] = found
+        return found
+
+    def _max_sequence_table(self, tables: Sequence[str] | None = None) -> str | None:
+        """The first table (by name; among ``tables`` if given) whose AUTOINCREMENT sequence
+        is at the largest rowid."""
+        sql = "SELECT name FROM main.sqlite_sequence WHERE seq >= ?"
+        parameters: list[Any] = [_MAX_ROWID]
+        if tables is not None:
+            sql += f" AND name IN ({', '.join('?' * len(tables))})"
+            parameters.extend(tables)
+        try:
+            row = self._conn.execute(sql + " ORDER BY name LIMIT 1", parameters).fetchone()
+        except sqlite3.OperationalError:  # no AUTOINCREMENT table yet: no sqlite_sequence
+            return None
+        return None if row is None else str(row[0])
+
+    def _explain_full(self, error: sqlite3.Error, statements: Sequence[str]) -> None:
+        """On SQLITE_FULL from the last of ``statements``, CommandRejected if that statement
+        inserts into an AUTOINCREMENT table that is at, or reaches, the largest rowid (every
+        replica fails alike), rather than the disk filling up (this machine only, a failure).
+
+        SQLite has rolled the whole transaction back, so the statements run again, after those
+        before the failing one (they succeeded once, so they do again unless the disk is full,
+        which then stays a failure): the sequences of the tables the failing statement writes
+        are looked up, then the failing statement runs with a temporary trigger that stops it
+        as soon as it gives an AUTOINCREMENT table the largest rowid, before SQLite needs the
+        next one. Commands cannot leave a sequence there (see _check_rowids)."""
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        if code != sqlite3.SQLITE_FULL or not self._statement_written or not statements:
+            return
+        tables = sorted(self._statement_written)
+        conn = self._conn
+        self._mode = "internal"
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        table: str | None = None
+        conn.execute("BEGIN")
+        try:
+            self._start_command()
+            for statement in statements[:-1]:
+                cursor = conn.execute(statement)
+                while cursor.fetchmany(_ROWS_PER_FETCH):
+                    pass
+            self._mode = "internal"
+            table = self._max_sequence_table(tables)
+            if table is None:
+                table = self._reaches_max_rowid(statements[-1], tables)
+        except sqlite3.Error:
+            table = None
+        finally:
+            self._mode = "internal"
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        if table is not None:
+            raise CommandRejected(
+                f"table {table} has used its largest AUTOINCREMENT rowid ({_MAX_ROWID}), so "
+                "SQLite cannot insert into it any more (SQLITE_FULL); the whole command was "
+                "rolled back: delete the table's sqlite_sequence entry or recreate the table"
+            )
+
+    def _reaches_max_rowid(self, statement: str, tables: Sequence[str]) -> str | None:
+        """Runs ``statement`` (in the open transaction, which the caller rolls back) with
+        temporary triggers on the AUTOINCREMENT tables among ``tables``: the table that gets
+        the largest rowid, or None if none does (the statement succeeds or fails otherwise)."""
+        conn = self._conn
+        marks = ", ".join("?" * len(tables))
+        rows = conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name IN "
+            f"({marks}) AND sql LIKE '%AUTOINCREMENT%' ORDER BY name",
+            list(tables),
+        ).fetchall()
+        if not rows:
+            return None
+        names = [str(row[0]) for row in rows]
+        for number, name in enumerate(names):
+            conn.execute(
+                f"CREATE TEMP TRIGGER _graft_probe_{number} AFTER INSERT ON main.{_quote(name)} "
+                f"WHEN new.rowid = {_MAX_ROWID} BEGIN "
+                f"SELECT RAISE(ABORT, '_graft_probe_{number}'); END"
+            )
+        self._mode = "command"
+        self._probing = True
+        try:
+            cursor = conn.execute(statement)
+            while cursor.fetchmany(_ROWS_PER_FETCH):
+                pass
+        except sqlite3.Error as e:
+            text = str(e)
+            for number, name in enumerate(names):
+                if text == f"_graft_probe_{number}":
+                    return name
+        finally:
+            self._mode = "internal"
+            self._probing = False
+        return None
 
     # --- the authorizer ------------------------------------------------------------------------
 
@@ -603,6 +1089,52 @@ class SQLiteStateMachine:
         )
 
     def _refuse_in_command(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None
+    ) -> str | None:
+        refusal = self._limit_in_command(action, arg1, arg2, db)
+        if refusal is not None:
+            return refusal
+        return self._refuse_in_command_as_before(action, arg1, arg2, db)
+
+    def _limit_in_command(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None
+    ) -> str | None:
+        """Notes the tables a command writes, and refuses what reads the build, the file
+        layout or this node's paths."""
+        if action in _WRITE_ACTIONS:
+            if db == "main" and arg1 is not None:
+                self._written.add(arg1)
+                self._statement_written.add(arg1)
+                if action == sqlite3.SQLITE_UPDATE:
+                    self._removed = True
+            return None
+        if action == sqlite3.SQLITE_DELETE:
+            self._removed = True
+            return None
+        if action in _SCHEMA_ACTIONS:
+            self._rowid_names = {}
+            if action == sqlite3.SQLITE_CREATE_VTABLE and (arg2 or "").lower() in _LAYOUT_TABLES:
+                return f"virtual tables of module {arg2} are not allowed in a command"
+            return None
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = (arg2 or "").lower()
+            if name in _REFUSED_IN_COMMANDS:
+                return _function_refusal(name, "machine" if name != "sqlite_offset" else "layout")
+            return None
+        if action == sqlite3.SQLITE_READ and (arg1 or "").lower() in _LAYOUT_TABLES:
+            return (
+                f"{arg1} describes this node's file or connection, not the data, and is not "
+                "allowed in a command; read it with a query"
+            )
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _NOT_IN_COMMANDS_PRAGMAS:
+            return (
+                f"PRAGMA {(arg1 or '').lower()} (also as pragma_{(arg1 or '').lower()}) is not "
+                "allowed in a command: its answer depends on the node or the SQLite build, or "
+                "it runs outside the work budget; use it in a query"
+            )
+        return None
+
+    def _refuse_in_command_as_before(
         self, action: int, arg1: str | None, arg2: str | None, db: str | None
     ) -> str | None:
         if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):

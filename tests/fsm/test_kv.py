@@ -265,3 +265,65 @@ class FastPathTests(SynchronousTestCase):
         for data in cases:
             with self.subTest(data=data):
                 self.assertEqual(fast(data), decoded(data))
+
+
+class TotalityTests(SynchronousTestCase):
+    """Inputs that used to stop every replica (issue #14) are refused deterministically, with
+    the state unchanged."""
+
+    def setUp(self) -> None:
+        self.fsm = KeyValueStateMachine()
+        self.fsm.apply(cmd(op="put", key="a", value="1"), 1)
+
+    def test_lone_surrogate_refused(self) -> None:
+        """A lone surrogate escape in a key, value or expect is refused: stored, it made the
+        next command on that key raise UnicodeEncodeError on every replica."""
+        before = image(self.fsm)
+        for command in [
+            b'{"op":"put","key":"a","value":"\\ud800"}',
+            b'{"op":"put","key":"\\udfff","value":"x"}',
+            b'{"op":"cas","key":"a","expect":"\\ud800","value":"x"}',
+            b'{"op":"delete","key":"x\\udc00y"}',
+            b'{"op":"put","key":"a","value":"x","\\ud800":"y"}',
+        ]:
+            with self.subTest(command=command):
+                error = self.assertRaises(CommandRejected, self.fsm.apply, command, 2)
+                self.assertIn("lone UTF-16 surrogate", str(error))
+                str(error).encode("utf-8")  # the message itself can be sent
+                self.assertEqual(image(self.fsm), before)
+        # The next command on the key works on every replica.
+        self.assertEqual(self.fsm.apply(cmd(op="put", key="a", value="x"), 3), b'{"prev":"1"}')
+        error = self.assertRaises(QueryRejected, self.fsm.query, b'{"op":"get","key":"\\ud800"}')
+        self.assertIn("lone UTF-16 surrogate", str(error))
+
+    def test_surrogate_pair_accepted(self) -> None:
+        """A proper pair of escapes is one character and is stored."""
+        self.fsm.apply(b'{"op":"put","key":"e","value":"\\ud83d\\ude00"}', 2)
+        self.assertEqual(
+            json.loads(self.fsm.query(cmd(op="get", key="e"))), {"value": "\U0001f600"}
+        )
+
+    def test_deep_nesting_refused_before_decoding(self) -> None:
+        """`[` x 5000 (and other deep nesting) is refused by a count before the JSON decoder
+        runs, so the outcome does not depend on the stack depth left (RecursionError)."""
+        before = image(self.fsm)
+        for data in [
+            b"[" * 5000,
+            b"{" * 5000,
+            b'{"op":"put","key":"a","value":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            b"[" * 17 + b'"' + b'\\"' * 1000,  # an unclosed string full of escaped quotes
+        ]:
+            with self.subTest(data=data[:40]):
+                error = self.assertRaises(CommandRejected, self.fsm.apply, data, 2)
+                self.assertIn("more than 16 JSON arrays and objects", str(error))
+                error = self.assertRaises(QueryRejected, self.fsm.query, data)
+                self.assertIn("more than 16 JSON arrays and objects", str(error))
+                self.assertEqual(image(self.fsm), before)
+
+    def test_brackets_inside_strings_do_not_count(self) -> None:
+        """Only containers outside strings count: values full of brackets, with escapes (the
+        decoder's path), are stored as any other text."""
+        value = '[{"x": [' * 50 + '\\" \\\\'
+        command = json.dumps({"op": "put", "key": "b", "value": value}).encode()
+        self.assertEqual(self.fsm.apply(command, 2), b'{"prev":null}')
+        self.assertEqual(json.loads(self.fsm.query(cmd(op="get", key="b"))), {"value": value})

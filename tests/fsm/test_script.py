@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -139,3 +140,57 @@ class LoadingTests(SynchronousTestCase):
         fsm = self.load()
         error = self.assertRaises(TypeError, fsm.apply, b"x", 1)
         self.assertIn("expected a tuple (new_state, result)", str(error))
+
+
+class ExampleTotalityTests(SynchronousTestCase):
+    """conf/fsm_eval.py checks its input explicitly, so no command stops a node and the
+    outcome does not depend on the node's settings (issue #14)."""
+
+    def setUp(self) -> None:
+        self.fsm = example()
+        self.addCleanup(self.fsm.close)
+
+    def assertRejected(self, command: bytes, message: str) -> None:
+        before = image(self.fsm)
+        error = self.assertRaises(CommandRejected, self.fsm.apply, command, 2)
+        self.assertIn(message, str(error))
+        self.assertEqual(image(self.fsm), before)
+
+    def test_amount_digits_do_not_depend_on_the_node(self) -> None:
+        """int() refuses over 4300 digits only under the default int_max_str_digits, which a
+        node may change (PYTHONINTMAXSTRDIGITS): amounts are checked as at most 18 digits."""
+        previous = sys.get_int_max_str_digits()
+        self.addCleanup(sys.set_int_max_str_digits, previous)
+        for limit in (640, 0):  # a node with a lower limit, one without
+            sys.set_int_max_str_digits(limit)
+            self.assertRejected(b"add 1" + b"0" * 1000, "not an integer of at most 18 digits")
+        self.assertRejected(b"add 1_000", "not an integer")
+        self.assertEqual(
+            self.fsm.apply(b"add -999999999999999999", 3), b'{"counter":-999999999999999999}'
+        )
+
+    def test_counter_stays_in_64_bits(self) -> None:
+        """Adding large amounts used to grow the counter until json.dumps raised ValueError
+        (over 4300 digits) and stopped the node; it now stops at the 64-bit range."""
+        for index in range(1, 10):
+            self.fsm.apply(b"add 999999999999999999", index)
+        self.assertRejected(b"add 999999999999999999", "64-bit range")
+
+    def test_sizes_are_bounded(self) -> None:
+        """Commands, items and the list have a size limit."""
+        self.assertRejected(b"push " + b"x" * 5000, "expected at most 4096")
+        self.assertRejected(b"push " + b"x" * 2000, "expected at most 1024")
+        for index in range(10_000):
+            self.fsm.apply(b"push x", index)
+        self.assertRejected(b"push y", "the list is full")
+
+    def test_any_bytes_are_total(self) -> None:
+        """Undecodable bytes, surrogate-looking text and controls never raise anything but
+        CommandRejected."""
+        for command in [b"\xff\xfe", b"add \xed\xa0\x80", b"push \xed\xa0\x80", b"\x00", b""]:
+            with self.subTest(command=command):
+                try:
+                    answer = self.fsm.apply(command, 2)
+                except CommandRejected:
+                    continue
+                answer.decode("utf-8")
