@@ -1340,12 +1340,41 @@ class _Reader:
             self.conn.execute("PRAGMA query_only=ON")
             # As on the main connection, so that `PRAGMA foreign_keys` answers alike.
             self.conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-            # One value can never be larger than the whole answer may be.
+            # The commands' size limits (LIKE patterns, statement length, expression depth),
+            # except that one value may be as large as the whole answer may be.
+            _set_limits(self.conn)
             self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_bytes)
+            self._guard_printf(max_bytes)
             self.conn.set_authorizer(self._authorize)
         except BaseException:
             self.conn.close()
             raise
+
+    def _guard_printf(self, max_bytes: int) -> None:
+        """printf()/format() refusing a %c repeat count over the longest value: SQLite would
+        loop that many times in one VM step, where neither the deadline nor an interrupt can
+        stop it. The others are evaluated by SQLite's own, on a private connection."""
+        builtins = sqlite3.connect(":memory:", check_same_thread=False)
+        self._builtins = builtins
+        for name in ("printf", "format"):
+            try:
+                builtins.execute(f"SELECT {name}(NULL)").fetchone()
+            except sqlite3.OperationalError:
+                continue  # format() is SQLite 3.38 and later
+
+            def function(*args: Any, name: str = name) -> Any:
+                if args and isinstance(args[0], str) and "c" in args[0]:
+                    count = _printf_repeat(args[0], args[1:])
+                    if count > max_bytes:
+                        self._refusal = (
+                            f"{name}() asked to repeat a character {count} times, more than "
+                            f"the longest value a query may build ({max_bytes} bytes)"
+                        )
+                        raise ValueError(self._refusal)
+                sql = f"SELECT {name}({', '.join('?' * len(args))})"
+                return builtins.execute(sql, args).fetchone()[0]
+
+            self.conn.create_function(name, -1, function, deterministic=True)
 
     def pin(self) -> None:
         """Start the read transaction (a deferred BEGIN takes its snapshot at the first read)."""
@@ -1363,6 +1392,7 @@ class _Reader:
 
     def close(self) -> None:
         self.conn.close()
+        self._builtins.close()
 
     def run(
         self, statement: str, deadline: float, max_bytes: int, closing: Callable[[], bool]

@@ -255,6 +255,28 @@ class SizeCapTests(ReaderTestCase):
         self.assertLessEqual(len(answer), 4096)
         self.assertEqual(len(json.loads(answer)["rows"]), 500)
 
+    def test_printf_repeat_over_the_cap_refused_before_it_runs(self) -> None:
+        """printf('%.*c', N, 'x') loops N times in one VM step, where no deadline can stop it:
+        a reader refuses a count over the longest value an answer may hold before SQLite runs
+        it (the command path has the same guard); smaller repeats and other formats pass."""
+        fsm = self.make(query_max_bytes=4096)
+        for sql in (
+            b"SELECT printf('%.*c', 1000000000, 'x')",
+            b"SELECT printf('%d %.*c', 1, '60000000', 'x')",
+        ):
+            error = self.assertRaises(QueryRejected, fsm.query_in_thread, sql, later())
+            self.assertIn("4096 bytes", str(error))
+        answer = json.loads(fsm.query_in_thread(b"SELECT printf('%.*c|%5d', 3, 'x', 7)", later()))
+        self.assertEqual(answer["rows"], [["xxx|    7"]])
+
+    def test_like_patterns_are_limited_as_in_commands(self) -> None:
+        """A reader has the commands' LIKE pattern limit (a long pattern against a long value
+        costs seconds in one VM step)."""
+        fsm = self.make()
+        pattern = "%a" * 100
+        sql = f"SELECT 'abc' LIKE '{pattern}'".encode()
+        self.assertRaises(QueryRejected, fsm.query_in_thread, sql, later())
+
     def test_cap_is_checked_in_the_config(self) -> None:
         """A query_max_bytes that is not a sensible number of bytes stops at start."""
         for bad in (0, -1, "8M", True, 1.5):
