@@ -13,10 +13,13 @@ Settings are flat ``name -> string`` maps so that nodes can compare names they d
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from graft.fsm.limits import determinism_settings
 
 if TYPE_CHECKING:
     from graft.config import ClusterConfig
@@ -47,11 +50,21 @@ def sqlite_settings() -> dict[str, str]:
     return {"sqlite.version": sqlite3.sqlite_version, "sqlite.compile_options": " ".join(options)}
 
 
+@functools.cache
+def fsm_limits() -> str:
+    """The limits that decide the bundled FSMs' answers (graft.fsm.limits), as compact JSON:
+    two nodes whose limits differ would refuse different commands from one log."""
+    limits = determinism_settings()
+    del limits["sqlite_version"], limits["sqlite_compile_options"]  # compared on their own
+    return json.dumps(limits, sort_keys=True, separators=(",", ":"))
+
+
 def cluster_settings(config: ClusterConfig) -> dict[str, str]:
-    """The settings this node sends in its hello: its FSM factory, the SQLite build when that FSM
-    is the SQLite one, and its timeouts. (The FSM's determinism limits join here.)"""
+    """The settings this node sends in its hello: its FSM factory and the limits the bundled
+    FSMs decide by, the SQLite build when that FSM is the SQLite one, and its timeouts."""
     settings = {
         "fsm.factory": config.fsm.factory,
+        "fsm.limits": fsm_limits(),
         "timeouts.election_ms": str(config.election_ms),
         "timeouts.heartbeat_ms": str(config.heartbeat_ms),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.agreement import cluster_settings
+from graft.agreement import cluster_settings, compare_settings
 from graft.config import load_config
+from graft.fsm.limits import KV_MAX_CONTAINERS, SQLITE_VM_STEP_BUDGET
 from graft.raft.messages import Heartbeat
 from graft.service import connection_limits
 from graft.transport import ConnectionLimits, PeerTransport
@@ -285,6 +287,20 @@ class ClusterSettingsTests(SynchronousTestCase):
         self.assertEqual(options, sorted(options))
         kv = cluster_settings(self.load("fsm: {factory: 'graft.fsm.kv:KeyValueStateMachine'}\n"))
         self.assertNotIn("sqlite.version", kv)
+
+    def test_fsm_limits_are_compared_and_a_difference_refuses(self) -> None:
+        """The hello carries the FSM limits (graft.fsm.limits), for every FSM: two nodes whose
+        limits differ would refuse different commands of one log, so the connection is
+        refused."""
+        for fsm in ("", "fsm: {factory: 'graft.fsm.kv:KeyValueStateMachine'}\n"):
+            mine = cluster_settings(self.load(fsm))
+            limits = json.loads(mine["fsm.limits"])
+            self.assertEqual(limits["sqlite_vm_step_budget"], SQLITE_VM_STEP_BUDGET)
+            self.assertEqual(limits["kv_max_containers"], KV_MAX_CONTAINERS)
+            theirs = dict(mine, **{"fsm.limits": mine["fsm.limits"].replace("10000000", "1")})
+            [difference] = compare_settings(mine, theirs)
+            self.assertEqual(difference.name, "fsm.limits")
+            self.assertTrue(difference.fatal)
 
     def test_connection_limits_come_from_the_file(self) -> None:
         """transport.max_connections, max_connections_per_address and max_unauthenticated
