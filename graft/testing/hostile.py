@@ -93,7 +93,7 @@ def assert_nodes_up(cluster: LocalCluster, timeout: float = UP_TIMEOUT_S) -> Non
         )
 
 
-def _tail(cluster: LocalCluster, node: str, lines: int = 12) -> str:
+def _tail(cluster: LocalCluster, node: str, lines: int = 6) -> str:
     return "\n".join(cluster.logs(node).splitlines()[-lines:])
 
 
