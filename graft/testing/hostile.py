@@ -94,7 +94,18 @@ def assert_nodes_up(cluster: LocalCluster, timeout: float = UP_TIMEOUT_S) -> Non
 
 
 def _tail(cluster: LocalCluster, node: str, lines: int = 6) -> str:
-    return "\n".join(cluster.logs(node).splitlines()[-lines:])
+    """The end of the node's log, or the last error in it with its traceback's last line."""
+    log = cluster.logs(node).splitlines()
+    errors = [i for i, line in enumerate(log) if "#critical]" in line or "#error]" in line]
+    if not errors:
+        return "\n".join(log[-lines:])
+    first = errors[-1]
+    end = first + 1
+    while end < len(log) and log[end].startswith("\t") and log[end].strip():
+        end += 1
+    return "\n".join(
+        [log[first][:400], *(line[:400] for line in log[max(first + 1, end - 2) : end])]
+    )
 
 
 # -- replica equality ----------------------------------------------------------------------
