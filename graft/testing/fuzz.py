@@ -628,7 +628,12 @@ def send(cluster: LocalCluster, request: FuzzRequest, stats: FuzzStats) -> None:
     elif outcome in ("client timeout", "refused"):
         down = down_nodes(cluster, timeout=10)
         if down:
-            stats.stopped = f"node(s) not answering /health: {down}"
+            stats.stopped = f"node(s) {', '.join(down)} not answering /health"
+            for n, why in down.items():
+                if cluster.processes[n].poll() is not None:  # it died meanwhile
+                    stats.deaths.append(f"{n} exited after {request.describe()}: {why}")
+                else:
+                    stats.violations.append(f"{n} does not answer /health: {why}")
 
 
 def _connection_outcome(reason: object, stats: FuzzStats, request: FuzzRequest, node: str) -> str:
