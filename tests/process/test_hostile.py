@@ -212,6 +212,7 @@ class SQLiteHostileTests(_Hostile):
         self.case("AUTOINCREMENT at the largest rowid", self.autoincrement_full)
         self.case("unbounded WITH RECURSIVE in a command", self.recursive_command)
         self.case("unbounded WITH RECURSIVE in a query", self.recursive_query)
+        self.case("a command returning 200,000 rows", self.many_rows)
         self.case("random rowid after the largest", self.random_rowid)
         self.case("file name from pragma_database_list", self.database_list)
         self.case("sqlite_version() and friends in a command", self.library_functions)
@@ -244,6 +245,14 @@ class SQLiteHostileTests(_Hostile):
             self.expect(resp, 504, "query_timeout")
         assert_nodes_up(self.cluster)
 
+    def many_rows(self) -> None:
+        """Issue #14: nothing bounded what a command's final SELECT returns (every replica
+        builds the whole answer in memory). A row cap refuses it: 422."""
+        script = b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 200000) "
+        script += b"SELECT x FROM c"
+        resp = self.send("POST", "/command", script, timeout=SLOW_REQUEST_S)
+        self.expect(resp, 422, "fsm_error")
+
     def random_rowid(self) -> None:
         """Issue #14: after a row at the largest rowid SQLite picks a random one: three nodes
         stored three rowids. Refused or made deterministic; the replica check decides."""
@@ -261,7 +270,13 @@ class SQLiteHostileTests(_Hostile):
         this shows only that the commands are answered (200, or 422 if refused) and break
         nothing; a mismatch of libraries is refused when nodes connect."""
         self.expect(self.send("POST", "/command", b"CREATE TABLE v(a);"), 200)
-        for call in ("sqlite_version()", "sqlite_source_id()", "sqlite_compileoption_get(0)"):
+        calls = (
+            "sqlite_version()",
+            "sqlite_source_id()",
+            "sqlite_compileoption_get(0)",
+            "timediff('now', '2000-01-01')",  # SQLite 3.43+; elsewhere "no such function"
+        )
+        for call in calls:
             resp = self.send("POST", "/command", f"INSERT INTO v VALUES ({call});".encode())
             self.expect_refused_or_ok(resp)
 
