@@ -298,7 +298,10 @@ class FuzzTests(unittest.TestCase):
         cluster.wait_for_leader(timeout=30)
         fuzz.prepare(cluster)
         stats = fuzz.run(cluster, FUZZ_REQUESTS)
+        (cluster.base / "fuzz-summary.txt").write_text(stats.summary() + "\n")
         problems = list(stats.violations)
+        if stats.sent < FUZZ_REQUESTS and not stats.stopped:
+            problems.append(f"hypothesis generated only {stats.sent} requests")
         if stats.deaths or stats.stopped:
             problems.append(f"stopped early: {stats.stopped}; deaths: {stats.deaths}")
         down = down_nodes(cluster)
