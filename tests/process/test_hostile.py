@@ -221,12 +221,21 @@ class SQLiteHostileTests(_Hostile):
 
     def autoincrement_full(self) -> None:
         """Issue #14: SQLITE_FULL from AUTOINCREMENT was taken for a disk failure and stopped
-        every node. It is the command's fault: 422, and nothing changes."""
+        every node. It is the command's fault: 422, and nothing changes. (A row placed at the
+        largest rowid directly may itself be refused; then there is nothing more to try.)"""
         create = b"CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, x);"
-        create += b"INSERT INTO a(id, x) VALUES (%d, 1);" % MAX_ROWID
+        create += b"INSERT INTO a(id, x) VALUES (%d, 1);" % (MAX_ROWID - 1)
         self.expect(self.send("POST", "/command", create), 200)
-        full = self.send("POST", "/command", b"INSERT INTO a(x) VALUES (2)")
-        self.expect(full, 422, "fsm_error")
+        # The first row takes the largest rowid, the second finds none left.
+        full = b"INSERT INTO a(x) VALUES (2); INSERT INTO a(x) VALUES (3);"
+        self.expect(self.send("POST", "/command", full), 422, "fsm_error")
+        at_max = b"CREATE TABLE b(id INTEGER PRIMARY KEY AUTOINCREMENT, x);"
+        at_max += b"INSERT INTO b(id, x) VALUES (%d, 1);" % MAX_ROWID
+        placed = self.send("POST", "/command", at_max)
+        self.expect_refused_or_ok(placed)
+        if placed.status == 200:
+            next_row = self.send("POST", "/command", b"INSERT INTO b(x) VALUES (2)")
+            self.expect(next_row, 422, "fsm_error")
 
     def recursive_command(self) -> None:
         """Issue #14: every node ran it forever, not even answering /health. A deterministic
