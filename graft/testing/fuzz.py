@@ -386,6 +386,13 @@ def query_strings(draw: st.DrawFn, kind: str) -> str:
                 "base64",
                 "raw",
                 "1s",
+                "500ms",
+                "0ms",
+                "-5s",
+                "2m",
+                "10h",
+                "1e400s",
+                "99999999999999999999999999ms",
                 "-1",
                 "0",
             ]

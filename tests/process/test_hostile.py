@@ -249,7 +249,7 @@ class SQLiteHostileTests(_Hostile):
         the leader (default), and the nodes answer /health afterwards."""
         follower = self.followers[0]
         for consistency in ("weak", "default"):
-            path = f"/query?timeout=1&consistency={consistency}"
+            path = f"/query?timeout=1s&consistency={consistency}"
             resp = self.send("POST", path, RECURSIVE, node=follower, role="read")
             self.expect(resp, 504, "query_timeout")
         assert_nodes_up(self.cluster)
