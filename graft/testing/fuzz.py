@@ -50,6 +50,7 @@ from graft.testing.hostile import (
     down_nodes,
     fsm_kind,
     hostile_cluster,
+    log_tail,
 )
 
 # The longest a request may take: commands and queries time out within seconds and admin
@@ -629,7 +630,7 @@ def send(cluster: LocalCluster, request: FuzzRequest, stats: FuzzStats) -> None:
     dead = [n for n in cluster.node_ids if cluster.processes[n].poll() is not None]
     if dead:
         for n in dead:
-            tail = "\n".join(cluster.logs(n).splitlines()[-8:])
+            tail = log_tail(cluster, n)
             stats.deaths.append(f"{n} exited after {request.describe()}:\n{tail}")
         stats.stopped = f"node(s) {', '.join(dead)} died"
     elif outcome in ("client timeout", "refused"):

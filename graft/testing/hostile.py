@@ -66,7 +66,7 @@ def down_nodes(cluster: LocalCluster, timeout: float = UP_TIMEOUT_S) -> dict[str
         proc = cluster.processes.get(node)
         if proc is None or proc.poll() is not None:
             code = None if proc is None else proc.returncode
-            problems[node] = f"process exited ({code}); log tail:\n{_tail(cluster, node)}"
+            problems[node] = f"process exited ({code}); log tail:\n{log_tail(cluster, node)}"
             continue
         deadline = time.monotonic() + timeout
         reason = "no answer"
@@ -93,7 +93,7 @@ def assert_nodes_up(cluster: LocalCluster, timeout: float = UP_TIMEOUT_S) -> Non
         )
 
 
-def _tail(cluster: LocalCluster, node: str, lines: int = 6) -> str:
+def log_tail(cluster: LocalCluster, node: str, lines: int = 6) -> str:
     """The end of the node's log, or the last error in it with its traceback's last line."""
     log = cluster.logs(node).splitlines()
     errors = [i for i, line in enumerate(log) if "#critical]" in line or "#error]" in line]

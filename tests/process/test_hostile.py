@@ -212,6 +212,7 @@ class SQLiteHostileTests(_Hostile):
         self.case("AUTOINCREMENT at the largest rowid", self.autoincrement_full)
         self.case("unbounded WITH RECURSIVE in a command", self.recursive_command)
         self.case("unbounded WITH RECURSIVE in a query", self.recursive_query)
+        self.case("a NUL character in SQL", self.nul_character)
         self.case("a command returning 200,000 rows", self.many_rows)
         self.case("random rowid after the largest", self.random_rowid)
         self.case("file name from pragma_database_list", self.database_list)
@@ -253,6 +254,13 @@ class SQLiteHostileTests(_Hostile):
             resp = self.send("POST", path, RECURSIVE, node=follower, role="read")
             self.expect(resp, 504, "query_timeout")
         assert_nodes_up(self.cluster)
+
+    def nul_character(self) -> None:
+        """Found by the fuzz: a NUL character in a script made sqlite3.complete_statement
+        raise ValueError in the FSM, which stopped every node; in a query it was a 500."""
+        self.expect(self.send("POST", "/command", b"SELECT 'a\x00b';"), 422, "fsm_error")
+        query = self.send("POST", "/query", b"SELECT 'a\x00b'", role="read")
+        self.expect(query, 400, "bad_request")
 
     def many_rows(self) -> None:
         """Issue #14: nothing bounded what a command's final SELECT returns (every replica
