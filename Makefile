@@ -9,8 +9,10 @@ DURATION ?= 60
 SEED ?=
 CONFIG ?= conf/cluster.yaml
 TRIAL_JOBS ?= 2
+FUZZ_REQUESTS ?= 100000
+FUZZ_SEED ?= 1
 
-.PHONY: all venv test lint simulate bench run certs faults clean
+.PHONY: all venv test lint simulate bench run certs faults fuzz clean
 
 all: test
 
@@ -39,6 +41,11 @@ bench: $(STAMP)
 # Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
 faults: $(STAMP)
 	$(BIN)/python -m graft.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+
+# Random HTTP requests against a live 3-node kv and SQLite cluster on 127.0.0.1 (not in CI:
+# `make test` runs a few hundred of them); prints status counts, node deaths, replica equality.
+fuzz: $(STAMP)
+	$(BIN)/python -m graft.testing.fuzz --requests $(FUZZ_REQUESTS) --seed $(FUZZ_SEED)
 
 certs: $(STAMP)
 	$(BIN)/graft certs -c $(CONFIG)
