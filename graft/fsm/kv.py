@@ -72,7 +72,18 @@ def _reject_constant(name: str) -> Any:
 
 
 # One decoder for every call: json.loads with hooks builds a new JSONDecoder each time.
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+def _small_int(digits: str) -> int:
+    """A JSON integer, refused beyond 19 digits before int() sees it: kv takes no numbers, and
+    int()'s own digit limit (4,300 by default) is an interpreter setting that may differ
+    between nodes (PYTHONINTMAXSTRDIGITS), so it must never decide a command."""
+    if len(digits) > 20:  # a sign and 19 digits
+        raise _Malformed(f"a number of {len(digits)} characters; expected a string")
+    return int(digits)
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_int=_small_int
+)
 _scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 

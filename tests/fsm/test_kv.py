@@ -296,6 +296,30 @@ class TotalityTests(SynchronousTestCase):
         error = self.assertRaises(QueryRejected, self.fsm.query, b'{"op":"get","key":"\\ud800"}')
         self.assertIn("lone UTF-16 surrogate", str(error))
 
+    def test_huge_integer_refused_before_int_sees_it(self) -> None:
+        """A JSON integer of thousands of digits anywhere in a request is refused by its length
+        (found by the hostile fuzz): int() raised ValueError past its digit limit, an
+        interpreter setting, and that stopped every replica."""
+        before = image(self.fsm)
+        for digits in ("9" * 21, "1" * 5000, "-" + "7" * 4400):
+            for command in (
+                f'{{"op":"put","key":"a","value":{digits}}}'.encode(),
+                f'{{"op":"put","key":"a","value":"x","n":[{digits}]}}'.encode(),
+                f"[{digits}]".encode(),
+            ):
+                with self.subTest(command=command[:40]):
+                    error = self.assertRaises(CommandRejected, self.fsm.apply, command, 2)
+                    self.assertIn("a number of", str(error))
+                    self.assertEqual(image(self.fsm), before)
+        query = b'{"op":"get","key":' + b"3" * 5000 + b"}"
+        error = self.assertRaises(QueryRejected, self.fsm.query, query)
+        self.assertIn("a number of 5000 characters", str(error))
+        # Ordinary numbers still get the precise error.
+        error = self.assertRaises(
+            CommandRejected, self.fsm.apply, cmd(op="put", key="a", value=5), 3
+        )
+        self.assertIn("value is 5", str(error))
+
     def test_surrogate_pair_accepted(self) -> None:
         """A proper pair of escapes is one character and is stored."""
         self.fsm.apply(b'{"op":"put","key":"e","value":"\\ud83d\\ude00"}', 2)
