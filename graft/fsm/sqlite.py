@@ -311,6 +311,14 @@ _MAX_LENGTH = SQLITE_CONNECTION_LIMITS["SQLITE_LIMIT_LENGTH"][1]
 _ROWS_PER_FETCH = 256
 
 
+# SQLite reads SQL text up to a NUL (and Python's sqlite3 refuses to pass one on): checked
+# before the text is split, so that it is a refusal rather than a ValueError that stops a node.
+_NUL_REFUSAL = (
+    "the {what} contains a NUL character (U+0000), which SQL text cannot hold; write binary "
+    "data as a blob literal (X'00') or char(0)"
+)
+
+
 def split_statements(script: str) -> list[str]:
     """The statements of an SQL script, each ending with ``;``.
 
@@ -516,6 +524,8 @@ class SQLiteStateMachine:
             script = command.decode("utf-8")
         except UnicodeDecodeError:
             raise CommandRejected("the command is not UTF-8 text; expected an SQL script") from None
+        if "\x00" in script:
+            raise CommandRejected(_NUL_REFUSAL.format(what="command"))
         statements = split_statements(script)
         conn = self._conn
         conn.execute(_RESET_ROWID)
@@ -1295,6 +1305,8 @@ def _one_statement(query: bytes) -> str:
         text = query.decode("utf-8")
     except UnicodeDecodeError:
         raise QueryRejected("the query is not UTF-8 text; expected one SQL statement") from None
+    if "\x00" in text:
+        raise QueryRejected(_NUL_REFUSAL.format(what="query"))
     statements = split_statements(text)
     if not statements:
         raise QueryRejected("the query is empty; expected one SQL statement such as SELECT")
