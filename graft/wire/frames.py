@@ -153,20 +153,22 @@ def _settings(value: Any) -> dict[str, str]:
     return value
 
 
-def _unpack(data: memoryview) -> Any:
-    """msgpack-decode one body whose structure check_structure has passed."""
+def _unpack(data: memoryview, **hooks: Any) -> Any:
+    """msgpack-decode one body whose structure check_structure has passed (or with ``hooks``
+    that bound what is built, _unpack_message), every length limited to the body's size."""
     size = len(data)
     try:
         return msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
-            ext_hook=_reject_ext,
+            ext_hook=_reject_ext,  # refuses with a message of its own
             max_str_len=size,
             max_bin_len=size,
             max_array_len=size,
             max_map_len=size // 2,
-            max_ext_len=0,
+            max_ext_len=size,
+            **hooks,
         )
     except ProtocolError:
         raise
@@ -212,29 +214,12 @@ def _unpack_message(data: memoryview) -> Any:
             raise _OverBudget("maps")
         return dict(pairs)
 
-    size = len(data)
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            list_hook=count_list,
-            object_pairs_hook=count_map,
-            ext_hook=_reject_ext,  # refuses with a message of its own
-            max_str_len=size,
-            max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
-            max_ext_len=size,
-        )
+        return _unpack(data, list_hook=count_list, object_pairs_hook=count_map)
     except _OverBudget as e:
         raise ProtocolError(
-            f"a {size}-byte Raft message with more {e} than a message of that size holds"
+            f"a {len(data)}-byte Raft message with more {e} than a message of that size holds"
         ) from None
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise ProtocolError(f"undecodable msgpack body ({type(e).__name__})") from None
 
 
 class FrameDecoder:
