@@ -393,6 +393,20 @@ def _environment_failure(error: sqlite3.Error) -> FSMFailure | None:
     )
 
 
+def _printf_refusal(name: str, args: Sequence[Any], longest: int, what: str) -> str | None:
+    """Why printf()/format() with these arguments may not run: a %c repeat count over the
+    longest value, which SQLite would loop through in one VM step before giving up."""
+    if not args or not isinstance(args[0], str) or "c" not in args[0]:
+        return None
+    count = _printf_repeat(args[0], args[1:])
+    if count <= longest:
+        return None
+    return (
+        f"{name}() asked to repeat a character {count} times, more than the longest {what}: "
+        f"{longest} bytes"
+    )
+
+
 def _printf_repeat(template: str, args: Sequence[Any]) -> int:
     """The largest precision of a %c conversion of ``template`` given its arguments."""
     largest = 0
@@ -784,14 +798,10 @@ class SQLiteStateMachine:
         (SQLite would loop that many times before giving up)."""
 
         def function(*args: Any) -> Any:
-            if args and isinstance(args[0], str) and "c" in args[0]:
-                count = _printf_repeat(args[0], args[1:])
-                if count > _MAX_LENGTH:
-                    self._refusal = (
-                        f"{name}() asked to repeat a character {count} times, more than the "
-                        f"longest string ({_MAX_LENGTH} bytes, SQLITE_LIMIT_LENGTH)"
-                    )
-                    raise ValueError(self._refusal)
+            refusal = _printf_refusal(name, args, _MAX_LENGTH, "string (SQLITE_LIMIT_LENGTH)")
+            if refusal is not None:
+                self._refusal = refusal
+                raise ValueError(refusal)
             self._charge_call()
             return self._builtin(name, args)
 
@@ -1375,14 +1385,10 @@ class _Reader:
                 continue  # format() is SQLite 3.38 and later
 
             def function(*args: Any, name: str = name) -> Any:
-                if args and isinstance(args[0], str) and "c" in args[0]:
-                    count = _printf_repeat(args[0], args[1:])
-                    if count > max_bytes:
-                        self._refusal = (
-                            f"{name}() asked to repeat a character {count} times, more than "
-                            f"the longest value a query may build ({max_bytes} bytes)"
-                        )
-                        raise ValueError(self._refusal)
+                refusal = _printf_refusal(name, args, max_bytes, "value a query may build")
+                if refusal is not None:
+                    self._refusal = refusal
+                    raise ValueError(refusal)
                 sql = f"SELECT {name}({', '.join('?' * len(args))})"
                 return builtins.execute(sql, args).fetchone()[0]
 
