@@ -73,7 +73,14 @@ from graft.fsm import (
 )
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
-from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
+from graft.raft.messages import (
+    AppendEntries,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+)
 from graft.raft.node import MembershipChangeRefused, RaftNode
 from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
 from graft.raft.storage import LogStorage
@@ -195,8 +202,12 @@ class GraftNode(Service, ClusterBackend):
         self._in_flight = 0
         self._max_in_flight = max(1, readies_in_flight)
         self._finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
-        # A call of _send_early on the next turn, while no Ready may be taken (see there).
+        # A call of _send_early on the next turn, while no Ready may be taken (see there), and
+        # whether the core may hold messages for it: set by what makes heartbeats, their
+        # answers or read-index traffic (a tick, such a message, a read), cleared when they
+        # leave, so that appends and their answers under load cost no extra turn.
         self._early_scheduled: Any = None
+        self._early_wanted = False
         # A Ready that installs a received snapshot is taken alone: storage adopts the
         # snapshot only when its turn comes, so nothing after it may be queued early.
         self._installing = False
@@ -331,6 +342,7 @@ class GraftNode(Service, ClusterBackend):
         self._last_tick = self._clock.seconds()
         for _ in range(min(intervals, self._max_catch_up_ticks)):
             self._raft.tick()
+        self._early_wanted = True
         self._schedule()
 
     def receive(self, message: Message) -> None:
@@ -339,6 +351,8 @@ class GraftNode(Service, ClusterBackend):
             return
         if isinstance(message, AppendEntries | Heartbeat) and message.term >= self._raft.term:
             self._last_leader_contact = self._clock.seconds()
+        if isinstance(message, _MAKE_EARLY_MESSAGES):
+            self._early_wanted = True
         self._raft.step(message)
         self._schedule()
 
@@ -360,7 +374,8 @@ class GraftNode(Service, ClusterBackend):
     def _schedule(self) -> None:
         """Process the core's output on the next reactor turn, so a turn's work is batched."""
         if not self._may_take_ready():
-            self._schedule_early_sends()
+            if self._early_wanted:
+                self._schedule_early_sends()
             return
         if self._scheduled is not None:
             return
@@ -372,6 +387,7 @@ class GraftNode(Service, ClusterBackend):
         if not self._may_take_ready() or not self._raft.has_ready():
             return
         ready = self._raft.ready()
+        self._early_wanted = False  # the Ready took every message
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
@@ -465,8 +481,9 @@ class GraftNode(Service, ClusterBackend):
 
     def _send_early(self) -> None:
         self._early_scheduled = None
-        if self._stopping or self.peers is None:
-            return
+        if self._stopping or self.peers is None or self._may_take_ready():
+            return  # (a Ready will carry them)
+        self._early_wanted = False
         durable_term = self._durable_term
         messages = self._raft.take_messages(
             lambda message: leaves_between_readies(message, durable_term)
@@ -971,6 +988,7 @@ class GraftNode(Service, ClusterBackend):
 
         d.addCallbacks(confirmed, failed)
         self._raft.read_index(context)
+        self._early_wanted = True
         self._schedule()
         return d
 
@@ -992,6 +1010,7 @@ class GraftNode(Service, ClusterBackend):
         if waiter is None or waiter.called or self._stopping:
             return
         self._raft.read_index(context)
+        self._early_wanted = True
         self._schedule()
 
     def _read_at(self, query: bytes, index: int, limit: _TimeLimit) -> Deferred[QueryResult]:
@@ -1693,6 +1712,10 @@ class GraftNode(Service, ClusterBackend):
 
         d.addTimeout(timeout, self._clock).addErrback(too_slow)
         return d.addCallback(lambda digest: {"digest": digest})
+
+
+# Received messages after which the core may queue messages that leave between Readies.
+_MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
 
 
 def _fail(error: GraftError) -> Deferred[Any]:
