@@ -52,7 +52,8 @@ class Ready:
     1. install ``snapshot`` (if not None: it replaces the log, and the FSM is restored from it),
        then persist ``hard_state`` and ``entries`` (which may replace a suffix, and after a
        snapshot start right after its index);
-    2. send ``messages`` (only after step 1 is durable);
+    2. send ``messages`` (only after step 1 is durable, except those ``leaves_before_write``
+       allows, which need only their term to be durable);
     3. apply ``committed_entries`` to the FSM in order, answer ``read_states``;
     4. call ``advance(ready)``.
     """
