@@ -73,9 +73,16 @@ from graft.fsm import (
 )
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
-from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
+from graft.raft.messages import (
+    AppendEntries,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+)
 from graft.raft.node import MembershipChangeRefused, RaftNode
-from graft.raft.ready import Ready, Role
+from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
 from graft.raft.storage import LogStorage
 from graft.raft.types import (
     Entry,
@@ -195,6 +202,12 @@ class GraftNode(Service, ClusterBackend):
         self._in_flight = 0
         self._max_in_flight = max(1, readies_in_flight)
         self._finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
+        # A call of _send_early on the next turn, while no Ready may be taken (see there), and
+        # whether the core may hold messages for it: set by what makes heartbeats, their
+        # answers or read-index traffic (a tick, such a message, a read), cleared when they
+        # leave, so that appends and their answers under load cost no extra turn.
+        self._early_scheduled: Any = None
+        self._early_wanted = False
         # A Ready that installs a received snapshot is taken alone: storage adopts the
         # snapshot only when its turn comes, so nothing after it may be queued early.
         self._installing = False
@@ -289,6 +302,8 @@ class GraftNode(Service, ClusterBackend):
             self._ticker.stop()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
+        if self._early_scheduled is not None and self._early_scheduled.active():
+            self._early_scheduled.cancel()
         if self._forget_timer is not None and self._forget_timer.active():
             self._forget_timer.cancel()
         self._scheduled = None
@@ -327,6 +342,7 @@ class GraftNode(Service, ClusterBackend):
         self._last_tick = self._clock.seconds()
         for _ in range(min(intervals, self._max_catch_up_ticks)):
             self._raft.tick()
+        self._early_wanted = True
         self._schedule()
 
     def receive(self, message: Message) -> None:
@@ -335,6 +351,8 @@ class GraftNode(Service, ClusterBackend):
             return
         if isinstance(message, AppendEntries | Heartbeat) and message.term >= self._raft.term:
             self._last_leader_contact = self._clock.seconds()
+        if isinstance(message, _MAKE_EARLY_MESSAGES):
+            self._early_wanted = True
         self._raft.step(message)
         self._schedule()
 
@@ -355,7 +373,11 @@ class GraftNode(Service, ClusterBackend):
 
     def _schedule(self) -> None:
         """Process the core's output on the next reactor turn, so a turn's work is batched."""
-        if self._scheduled is not None or not self._may_take_ready():
+        if not self._may_take_ready():
+            if self._early_wanted:
+                self._schedule_early_sends()
+            return
+        if self._scheduled is not None:
             return
         if self._raft.has_ready():
             self._scheduled = self._clock.callLater(0, self._process_ready)
@@ -365,10 +387,13 @@ class GraftNode(Service, ClusterBackend):
         if not self._may_take_ready() or not self._raft.has_ready():
             return
         ready = self._raft.ready()
+        self._early_wanted = False  # the Ready took every message
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
-        # commit only once advance() says they are durable.
+        # commit only once advance() says they are durable. Heartbeat answers and read-index
+        # traffic claim nothing on disk either: they go now too, so a slow fsync does not
+        # hold them back (docs/architecture.md, "Messages before writes").
         #
         # Entries go first, then the committed entries are applied (clients answered), then the
         # messages that only carry the commit index: at low load a commit's Ready carries no new
@@ -378,10 +403,7 @@ class GraftNode(Service, ClusterBackend):
         commit_only: list[Message] = []
         later: list[Message] = []
         for message in ready.messages:
-            if (
-                isinstance(message, AppendEntries | Heartbeat)
-                and message.term == self._durable_term
-            ):
+            if leaves_before_write(message, self._durable_term):
                 if isinstance(message, AppendEntries) and message.entries:
                     entries.append(message)
                 else:
@@ -450,6 +472,24 @@ class GraftNode(Service, ClusterBackend):
             return True
         self._applies_waiting += 1
         return False
+
+    def _schedule_early_sends(self) -> None:
+        """While no Ready may be taken (two wait on the disk, or a snapshot is installed), send
+        the core's messages that wait on no write on the next reactor turn."""
+        if self._early_scheduled is None and not self._stopping:
+            self._early_scheduled = self._clock.callLater(0, self._send_early)
+
+    def _send_early(self) -> None:
+        self._early_scheduled = None
+        if self._stopping or self.peers is None or self._may_take_ready():
+            return  # (a Ready will carry them)
+        self._early_wanted = False
+        durable_term = self._durable_term
+        messages = self._raft.take_messages(
+            lambda message: leaves_between_readies(message, durable_term)
+        )
+        if messages:
+            self.peers.send_all(messages)
 
     def _may_take_ready(self) -> bool:
         return not self._stopping and not self._installing and self._in_flight < self._max_in_flight
@@ -948,6 +988,7 @@ class GraftNode(Service, ClusterBackend):
 
         d.addCallbacks(confirmed, failed)
         self._raft.read_index(context)
+        self._early_wanted = True
         self._schedule()
         return d
 
@@ -969,6 +1010,7 @@ class GraftNode(Service, ClusterBackend):
         if waiter is None or waiter.called or self._stopping:
             return
         self._raft.read_index(context)
+        self._early_wanted = True
         self._schedule()
 
     def _read_at(self, query: bytes, index: int, limit: _TimeLimit) -> Deferred[QueryResult]:
@@ -1670,6 +1712,10 @@ class GraftNode(Service, ClusterBackend):
 
         d.addTimeout(timeout, self._clock).addErrback(too_slow)
         return d.addCallback(lambda digest: {"digest": digest})
+
+
+# Received messages after which the core may queue messages that leave between Readies.
+_MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
 
 
 def _fail(error: GraftError) -> Deferred[Any]:

@@ -19,6 +19,9 @@ from typing import IO, Any
 
 import yaml
 
+from graft.faults.disk import ENV as FSYNC_STALL_ENV
+from graft.faults.disk import set_stall
+
 P2P_PORT = 7000
 API_PORT = 8000
 
@@ -101,8 +104,25 @@ class FaultCluster:
         cmd += ["--log-format", "text", "graft", "--config", str(self.config_path)]
         cmd += ["--node", node]
         self.processes[node] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            start_new_session=True,
+            env=self.node_env(node),
         )
+
+    def node_env(self, node: str) -> dict[str, str]:
+        """The node process's environment: the harness's, plus the fault hooks' settings."""
+        return {**os.environ, FSYNC_STALL_ENV: str(self.fsync_stall_path(node))}
+
+    def fsync_stall_path(self, node: str) -> Path:
+        """The file that slows every fsync of ``node`` while it exists (graft.faults.disk)."""
+        return self.base / f"{node}.fsync-stall"
+
+    def stall_fsync(self, node: str, seconds: float | None) -> None:
+        """Add ``seconds`` to every fsync ``node`` makes from now on; None ends the stall."""
+        set_stall(self.fsync_stall_path(node), seconds)
 
     def start_all(self) -> None:
         for node in self.node_ids:

@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from graft.faults import disk
 from graft.faults.cluster import FaultCluster
 from graft.faults.history import NemesisEvent, StatusSample
 from graft.faults.netns import NetworkFaults
 
-KINDS = (
+DISK_KINDS = (disk.KIND,)
+
+KINDS: tuple[str, ...] = (
     "partition-halves",
     "isolate-leader",
     "bridge",
@@ -28,6 +31,7 @@ KINDS = (
     "slow-network",
     "packet-loss",
 )
+KINDS = (*KINDS, *DISK_KINDS)
 
 
 class StatusPoller:
@@ -141,6 +145,7 @@ class Nemesis:
     def final_heal(self) -> None:
         start = self.clock()
         self.network.heal()
+        self._heal_disks()
         for node in self.cluster.node_ids:
             self.cluster.resume(node)
             if not self.cluster.running(node):
@@ -156,8 +161,25 @@ class Nemesis:
                 return found
         return self.rng.choice(self.cluster.node_ids)
 
+    def _inject_disk(self, kind: str) -> tuple[tuple[str, ...], str, Callable[[], None]]:
+        """fsync-stall: every fsync of one node (the leader half the time) takes 0.2-1 s more
+        until healed (graft.faults.disk)."""
+        leader = self.poller.leader()
+        victim = self._victim(self.rng.random() < 0.5)
+        seconds = round(self.rng.uniform(*disk.STALL_SECONDS), 3)
+        self.cluster.stall_fsync(victim, seconds)
+        role = "leader" if victim == leader else "follower"
+        detail = f"+{seconds:.2f} s on every fsync of {victim} ({role})"
+        return (victim,), detail, lambda: self.cluster.stall_fsync(victim, None)
+
+    def _heal_disks(self) -> None:
+        for node in self.cluster.node_ids:
+            self.cluster.stall_fsync(node, None)
+
     def inject(self, kind: str) -> tuple[tuple[str, ...], str, Callable[[], None]]:
         """Start one fault: (nodes involved, description, the function that heals it)."""
+        if kind in DISK_KINDS:
+            return self._inject_disk(kind)
         nodes = list(self.cluster.node_ids)
         if kind == "partition-halves":
             self.rng.shuffle(nodes)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from graft.faults.disk import install_fsync_stall
+
 
 def bind_outbound_connections(address: str) -> None:
     """Default ``bindAddress`` of every reactor's connectTCP to (address, any port)."""
@@ -40,6 +42,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m graft.faults.node_main --bind ADDRESS <twist arguments>")
         return 2
     bind_outbound_connections(argv[2])
+    install_fsync_stall()  # only if the harness asked (graft.faults.disk)
     twist_argv = [argv[0], *argv[3:]]
     sys.argv = twist_argv
     from twisted.application.twist._twist import Twist

@@ -30,6 +30,7 @@ from graft.faults.checker import (
     classify,
 )
 from graft.faults.cluster import FaultCluster
+from graft.faults.disk import elections_during_stalls
 from graft.faults.history import OpRecord, StatusSample, write_jsonl
 from graft.faults.nemesis import Nemesis, StatusPoller
 from graft.faults.netns import HarnessError, NetworkFaults
@@ -228,6 +229,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         "network_delay": "netem" if network.netem else "tbf (netem unavailable)",
         "wall_seconds": round(time.time() - started, 1),
         "replica_check": check,
+        "fsync_stalls": elections_during_stalls(nemesis.events, poller.samples),
     }
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
     write_timeline(out / "timeline.html", history, nemesis.events, poller.samples, verdict)

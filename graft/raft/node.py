@@ -39,7 +39,7 @@ Theory of operation, briefly:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from graft.raft.config import RaftConfig
 from graft.raft.errors import LogCompacted, NotLeader, ProposalDropped, RaftError
@@ -1082,6 +1082,27 @@ class RaftNode:
             read_states=reads,
             soft_state=soft,
         )
+
+    def take_messages(self, accept: Callable[[Message], bool]) -> tuple[Message, ...]:
+        """Hand out, outside a Ready, the queued messages ``accept`` allows; the others stay,
+        in order, for the next Ready.
+
+        For a driver whose Readies wait on a slow disk: heartbeats and their answers need not
+        wait until it can take the next Ready (``ready.leaves_between_readies`` says which may
+        go). A leader's read round and a follower's read request that the next Ready would
+        start are started now, so that their messages can leave too.
+        """
+        if self._forward_queue:
+            self._forward_reads()
+        if self._role is Role.LEADER and self._read_round_needed:
+            self._broadcast_heartbeat()
+        taken: list[Message] = []
+        kept: list[Message] = []
+        for msg in self._msgs:
+            (taken if accept(msg) else kept).append(msg)
+        if taken:
+            self._msgs = kept
+        return tuple(taken)
 
     def advance(self, ready: Ready) -> None:
         if ready.snapshot is not None:

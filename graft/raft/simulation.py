@@ -32,9 +32,9 @@ from graft.raft.config import RaftConfig
 from graft.raft.errors import NotLeader, ProposalDropped, RaftError
 from graft.raft.log import RaftLog
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import AppendEntries, Heartbeat, InstallSnapshot, Message, TimeoutNow
+from graft.raft.messages import InstallSnapshot, Message, TimeoutNow
 from graft.raft.node import RaftNode
-from graft.raft.ready import Ready, Role
+from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
 from graft.raft.rng import Rng
 from graft.raft.types import Entry, EntryKind, Membership, NodeId, SnapshotMeta, decode_membership
 
@@ -286,6 +286,8 @@ class SimNode:
     state_membership: Membership | None = None
     # Readies taken from the core whose writes have not reached the disk yet, oldest first.
     pending: deque[Ready] = field(default_factory=deque)
+    # A slow disk: no write completes before this tick (see Cluster.stall_disk).
+    disk_stalled_until: int = 0
 
 
 @dataclass(slots=True)
@@ -337,6 +339,10 @@ class Cluster:
         # one, every Ready is carried out at once, as a synchronous driver would.
         self.pipeline = 1
         self.disk: Rng | None = None
+        # The rules deciding which messages leave before their writes (graft.raft.ready's, as
+        # graft.node uses them); a test plants a broken rule here to see the checker catch it.
+        self.leaves_before_write: Callable[[Message, int], bool] = leaves_before_write
+        self.leaves_between_readies: Callable[[Message, int], bool] = leaves_between_readies
         # Leadership transfers asked for: target -> (the old leader's term, tick asked).
         self._transfers: dict[NodeId, tuple[int, int]] = {}
         self.transfers_asked = 0
@@ -466,9 +472,11 @@ class Cluster:
         """Carry out every Ready the node has, as a driver would, checking as we go.
 
         With ``pipeline`` > 1 a node takes the next Ready while earlier ones still wait for
-        their writes, as graft.node does: a leader's appends and heartbeats of its durable term
-        leave at once; everything else of a Ready (acknowledgements, votes, applying, reads,
-        advance) waits until its writes and those of every Ready before it are done.
+        their writes, as graft.node does: a leader's appends and heartbeats, heartbeat answers
+        and read-index traffic of its durable term leave at once; everything else of a Ready
+        (append answers, votes, applying, reads, advance) waits until its writes and those of
+        every Ready before it are done. While the node may take no Ready, the core's messages
+        that wait on no write still leave (``take_messages``), as graft.node sends them.
         """
         sim = self.nodes[nid]
         node = sim.node
@@ -486,18 +494,45 @@ class Cluster:
                     ready = self._send_early(sim, ready)
                 sim.pending.append(ready)
                 progressed = True
-            if sim.pending and (self.disk is None or self.disk.random() < 0.3):
+            if not progressed and sim.pending and self.pipeline > 1:
+                self._send_between_readies(sim, node)
+            if (
+                sim.pending
+                and sim.disk_stalled_until <= self.now
+                and (self.disk is None or self.disk.random() < 0.3)
+            ):
                 self._complete(sim, node, sim.pending.popleft())
                 progressed = True
             if not progressed:
                 return
+
+    def _send_between_readies(self, sim: SimNode, node: RaftNode) -> None:
+        """The node may take no Ready (its pipeline is full): send what waits on no write."""
+        durable_term = sim.storage.hard_state().term
+        accept = self.leaves_between_readies
+        for msg in node.take_messages(lambda m: accept(m, durable_term)):
+            self.send(msg)
+
+    def stall_disk(self, nid: NodeId, ticks: int) -> None:
+        """A slow disk (an fsync that takes long): none of the node's writes completes for
+        ``ticks`` ticks; queued ones then complete at the disk's usual random moments."""
+        sim = self.nodes[nid]
+        sim.disk_stalled_until = max(sim.disk_stalled_until, self.now + ticks)
+        self.note(f"{nid}'s disk stalls for {ticks} ticks")
+
+    def settle_disks(self) -> None:
+        """Writes held by stalled disks complete: a node with queued writes finishes them."""
+        for sim in self.nodes.values():
+            if sim.disk_stalled_until > self.now:
+                sim.disk_stalled_until = self.now
+            self.process(sim.id)
 
     def _send_early(self, sim: SimNode, ready: Ready) -> Ready:
         """Send what does not wait for the Ready's writes; the rest stays in the Ready."""
         durable_term = sim.storage.hard_state().term
         later = []
         for msg in ready.messages:
-            if isinstance(msg, AppendEntries | Heartbeat) and msg.term == durable_term:
+            if self.leaves_before_write(msg, durable_term):
                 self.send(msg)
             else:
                 later.append(msg)
@@ -928,6 +963,38 @@ class MembershipOps:
             self._propose(leader, new, f"removal of itself ({leader.id})")
 
 
+class SlowDisks:
+    """Fsyncs that take long: now and then one node's disk (often the leader's) completes no
+    write for 3 to 30 ticks (0.1 to 1 s at 35 ms a tick), while the node keeps ticking and
+    receiving. Its queued Readies wait; heartbeats, their answers and read-index traffic
+    still flow (Cluster._send_between_readies). Only with the pipelined driver model."""
+
+    def __init__(self, cluster: Cluster, ids: list[NodeId], rng: Rng, rate: float) -> None:
+        self.cluster = cluster
+        self.ids = ids
+        self.rng = rng
+        self.rate = rate
+
+    @classmethod
+    def draw(cls, cluster: Cluster, ids: list[NodeId], rng: Rng, drawn: bool) -> SlowDisks:
+        """Half the seeds with the pipelined model get slow disks (their own random source, so
+        the other seeds' schedules stay as they were)."""
+        rate = 0.0
+        if drawn and cluster.pipeline > 1 and rng.random() < 0.5:
+            rate = 0.01 + 0.05 * rng.random()
+        return cls(cluster, ids, rng, rate)
+
+    def step(self) -> None:
+        if not self.rate or self.rng.random() >= self.rate:
+            return
+        leader = self.cluster.leader()
+        if leader is not None and self.rng.random() < 0.5:
+            victim = leader.id
+        else:
+            victim = self.ids[self.rng.randrange(0, len(self.ids))]
+        self.cluster.stall_disk(victim, self.rng.randrange(3, 31))
+
+
 def transfer_at_random(cluster: Cluster, rng: Rng) -> None:
     """Ask the leader to hand over to any other voter: caught up, lagging, crashed or cut off."""
     leader = cluster.leader()
@@ -986,6 +1053,7 @@ def simulate_seed(
         cluster.pipeline = 2 if disk_rng.random() < 0.7 else 1
         if cluster.pipeline > 1:
             cluster.disk = disk_rng
+    slow_disks = SlowDisks.draw(cluster, ids, rng_factory(seed * 7_877 + 61), params is None)
     cluster.note(f"params {p}, pipeline {cluster.pipeline}")
     cluster.tracing = trace
     chaos = True
@@ -1082,6 +1150,7 @@ def simulate_seed(
                 for nid in ids:
                     if snap_rng.random() < p.compact:
                         cluster.compact(nid)
+            slow_disks.step()
             if p.bursty_writes and rng.random() < 0.05:
                 # Clients write in bursts: lulls let a lagging node be up to date enough to
                 # win an election, which a lease must survive.
@@ -1130,6 +1199,7 @@ def simulate_seed(
         # Calm: everyone up, network whole and reliable. A leader must emerge and commit.
         chaos = False
         cluster.disk = None  # and the disk keeps up: queued writes complete at once
+        cluster.settle_disks()
         cluster.heal()
         for nid in sorted(down):
             cluster.start(nid)

@@ -142,6 +142,7 @@ class FakeCluster:
         self.node_ids = ["n1", "n2", "n3", "n4", "n5"]
         self.actions: list[str] = []
         self.down: set[str] = set()
+        self.stalls: list[tuple[str, float | None]] = []  # fsync stalls (graft.faults.disk)
 
     def kill(self, node: str) -> None:
         self.actions.append(f"kill {node}")
@@ -159,6 +160,9 @@ class FakeCluster:
 
     def resume(self, node: str) -> None:
         self.actions.append(f"resume {node}")
+
+    def stall_fsync(self, node: str, seconds: float | None) -> None:
+        self.stalls.append((node, seconds))
 
 
 class FakeNetwork:
