@@ -89,6 +89,7 @@ from graft.raft.types import (
 )
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
+from graft.storage.errors import SnapshotSuperseded
 from graft.storage.rejected import RejectedEntry
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
@@ -1447,7 +1448,7 @@ class GraftNode(Service, ClusterBackend):
         )
 
         def compact(_: object) -> Deferred[None]:
-            self._snapshot_index = meta.index
+            self._snapshot_index = max(self._snapshot_index, meta.index)
             log.info(
                 "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
                 index=meta.index,
@@ -1462,11 +1463,24 @@ class GraftNode(Service, ClusterBackend):
 
         d.addCallback(compact)
         d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
+        d.addErrback(self._snapshot_superseded)
         d.addBoth(finished)
         self._snapshotting = d
         out: Deferred[dict[str, Any]] = Deferred()
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
         return out
+
+    def _snapshot_superseded(self, failure: Failure) -> dict[str, Any]:
+        """A snapshot from the leader was installed while this node wrote its own, older one:
+        storage kept the leader's and dropped this one (see DurableLog.save_snapshot)."""
+        failure.trap(SnapshotSuperseded)
+        current = self._storage.snapshot_meta()
+        log.info(
+            "snapshot dropped: {reason}; keeping snapshot {index}",
+            reason=failure.value,
+            index=current.index,
+        )
+        return {"index": current.index, "term": current.term}
 
     def _latest_local_snapshot(self) -> LocalSnapshot | None:
         info = self._storage.snapshot_info()
