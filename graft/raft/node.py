@@ -549,7 +549,9 @@ class RaftNode:
             or not self._committed_in_term()
         ):
             return None
-        if len(self._membership.voters) == 1 or self._ticks < self._lease_until:
+        # Alone only if this leader is the one voter: a leader whose removal is in its log
+        # (not yet committed) is no voter, and another node may be the only one left.
+        if self._membership.voters == {self._id} or self._ticks < self._lease_until:
             return self._log.committed
         return None
 
@@ -574,11 +576,14 @@ class RaftNode:
         here. The requester drops an answer from an older term than its own, so if it accepts
         ours it was still in this term after the read arrived (we answer after that): its
         acceptance is the acknowledgement a round would collect from it. With two or three
-        voters, that and this leader are a quorum, and the answer can leave at once.
+        voters, that and this leader are a quorum, and the answer can leave at once. Not
+        when this leader is no voter (its removal is in its log, not yet committed): the
+        voters left may have elected another leader and committed more without it.
         """
         return (
             requester is not None
             and requester in self._membership.voters
+            and self._id in self._membership.voters
             and self._membership.quorum() <= 2
         )
 
