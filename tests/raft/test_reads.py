@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.trial import unittest
 
 from graft.raft.messages import (
@@ -280,3 +282,43 @@ class LeaderOutsideItsMembershipTests(unittest.SynchronousTestCase):
         self.assertIs(leader.role, Role.LEADER)
         self.assertEqual(leader.membership.voters, frozenset({"n2"}))
         self.assertIsNone(leader.lease_read_index())
+
+
+class UnansweredReadsTests(unittest.SynchronousTestCase):
+    """What waits for an answer that will not come is failed after an election timeout, so
+    the driver retries it and the core's memory stays bounded (issue #15, item 6)."""
+
+    def test_lost_forwarded_request_is_failed_not_held(self) -> None:
+        """A follower's ReadIndexRequest the transport dropped (the link was down) is failed
+        an election timeout later while the leader stays the same, instead of staying in the
+        follower's forwarded reads until the leader or the term changes."""
+        c = cluster_with_a_write()
+        rec = read_dropping(c, "n2", ReadIndexRequest)
+        self.assertEqual(c.nodes["n2"].read_answers, {})
+        rec.drop = []
+        c.run(c.node("n2")._cfg.election_ticks)
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": None})
+        self.assertEqual(c.node("n2")._forwarded, {})
+        self.assertIs(c.node("n1").role, Role.LEADER)
+        c.read("n2", b"again")  # the driver's retry, over the link that is back
+        c.stabilize()
+        self.assertEqual(c.nodes["n2"].read_answers[b"again"], 2)
+
+    def test_unanswered_rounds_are_bounded_without_check_quorum(self) -> None:
+        """Without check-quorum nothing deposes a leader no one answers: its rounds' sending
+        ticks and the reads waiting on them are dropped (the reads failed) once older than an
+        election timeout, instead of piling up for as long as it stays cut off."""
+        c = cluster_with_a_write(election_ticks=10)
+        for n in c.nodes.values():
+            assert n.node is not None
+            n.node._cfg = dataclasses.replace(n.node._cfg, check_quorum=False)
+        c.run(2)
+        leader = c.node("n1")
+        c.isolate("n1")
+        c.read("n1", b"x")
+        c.run(100)
+        self.assertIs(leader.role, Role.LEADER)
+        self.assertEqual(c.nodes["n1"].read_answers, {b"x": None})
+        self.assertEqual(len(leader._reads), 0)
+        bound = leader._cfg.election_ticks // leader._cfg.heartbeat_ticks + 1
+        self.assertLessEqual(len(leader._round_sent_tick), bound)
