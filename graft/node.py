@@ -478,10 +478,18 @@ class GraftNode(Service, ClusterBackend):
             self._snapshot_index = meta.index
             self._applied_membership = meta.membership
             self._applied.advance(meta.index)
+            self._forget_skipped_proposals(meta.index)
             log.info("installed snapshot {index} from the leader", index=meta.index)
 
         d.addCallback(restore)
         return d
+
+    def _forget_skipped_proposals(self, index: int) -> None:
+        """The entries up to ``index`` came in a snapshot and are never applied here one by
+        one: their proposal times would otherwise stay in ``_proposed_at`` for good."""
+        skipped = [i for i in self._proposed_at if i <= index]
+        for i in skipped:
+            del self._proposed_at[i]
 
     def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1

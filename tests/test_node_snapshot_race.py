@@ -140,3 +140,18 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.run_worker()
         self.storage.write_pending()
         self.check_received_wins(meta, taken)
+
+    def test_proposals_skipped_by_an_installed_snapshot_are_forgotten(self) -> None:
+        """A proposal whose entry the node never applies itself (a snapshot from the leader
+        covers it) leaves no proposal time behind in the driver."""
+        self.node._ticker.stop()  # type: ignore[union-attr]
+        pending = self.node.submit([put("k", "lost")])  # proposed; its Ready not taken yet
+        pending.addErrback(lambda _: None)
+        index = self.node._raft.status().last_index
+        self.assertIn(index, self.node._proposed_at)
+        meta, path = self.received()
+        self.node._install_snapshot(meta, path)
+        self.storage.write_pending()
+        self.assertGreater(meta.index, index)
+        self.assertEqual(self.node._snapshot_index, meta.index)
+        self.assertEqual(self.node._proposed_at, {})
