@@ -484,6 +484,20 @@ class GraftNode(Service, ClusterBackend):
         d.addCallback(restore)
         return d
 
+    def _answer_confirmed_reads(self, ready: Ready) -> None:
+        """Hand out the reads this Ready confirms before a step-down in it fails the rest.
+
+        A read index in a Ready was confirmed while this node led (a quorum answered a round
+        sent after the read arrived; the core fails, with no index, what it had not confirmed
+        when it stepped down), so it stays a linearizable point: the read runs once this node
+        has applied up to it, whatever its role by then."""
+        for read in ready.read_states:
+            if read.index is None:
+                continue
+            waiter = self._reads.pop(read.context, None)
+            if waiter is not None and not waiter.called:
+                waiter.callback(read.index)
+
     def _forget_skipped_proposals(self, index: int) -> None:
         """The entries up to ``index`` came in a snapshot and are never applied here one by
         one: their proposal times would otherwise stay in ``_proposed_at`` for good."""
@@ -511,6 +525,7 @@ class GraftNode(Service, ClusterBackend):
             if plain:
                 self.peers.send_all(plain)
         if ready.soft_state is not None:
+            self._answer_confirmed_reads(ready)
             self._on_soft_state(ready)
         if ready.committed_entries and not applied:
             self._applies_waiting -= 1

@@ -23,7 +23,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import AppendEntries, Heartbeat, Message
+from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
 from graft.transport import PeerUnavailable
@@ -474,6 +474,32 @@ class DriverTests(unittest.TestCase):
         self.advance(3.0)
         self.assertEqual(len(box), 1)
         self.assertIsInstance(box[0], Failure)
+
+    def test_read_confirmed_in_the_step_down_ready_is_answered(self) -> None:
+        """A strong read whose round a quorum answered is answered with its value even when
+        the same Ready steps the leader down (a newer term arrived in the same turn): it was
+        confirmed while this node led, so it is linearizable; only unconfirmed reads fail."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        self.result(leader.submit([put("r", "1")]))
+        self.network.isolate(leader_id)
+        confirmed = leader.query(get("r"), Consistency.STRONG)
+        self.clock.advance(0)  # the Ready that sends the read's round (lost: isolated)
+        round_seq = leader._raft._hb_seq
+        term = leader._raft.term
+        f1, f2 = (n for n in NODES if n != leader_id)
+        unconfirmed = leader.query(get("r"), Consistency.STRONG)  # waits for the next round
+        # In one turn: f1 answers the round, then f2 shows a newer term.
+        leader.receive(HeartbeatResponse(term=term, sender=f1, to=leader_id, seq=round_seq))
+        leader.receive(Heartbeat(term=term + 1, sender=f2, to=leader_id, commit=0, seq=1))
+        self.clock.advance(0)
+        self.assertFalse(leader.is_leader())
+        answer = self.result(confirmed)
+        self.assertIsInstance(answer, QueryResult)
+        self.assertEqual(json.loads(answer.output), {"value": "1"})
+        refused = self.result(unconfirmed)
+        self.assertIsInstance(refused, Failure)
+        self.assertIsInstance(refused.value, NoLeader)
 
 
 class ThreadedFSM(FailingFSM):
