@@ -51,6 +51,7 @@ from graft.api.backend import (
 )
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
 from graft.errors import (
+    AnswerTooLarge,
     BadRequest,
     FSMRejected,
     GraftError,
@@ -142,6 +143,7 @@ _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
     for cls in (BadRequest, NotFound, NoLeader, Timeout, QueryTimeout, Internal, Overloaded)
 }
 _ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
+_ERRORS_BY_CODE[AnswerTooLarge.code] = AnswerTooLarge  # done, but the answer cannot travel
 
 
 class GraftNode(Service, ClusterBackend):
@@ -854,6 +856,7 @@ class GraftNode(Service, ClusterBackend):
             timeout=self._command_timeout + 1.0,
         )
         d.addCallback(lambda answer: [_result_from_wire(r) for r in answer["results"]])
+        d.addErrback(_applied_but_too_large, leader, len(commands))
         # Once sent, a lost answer leaves the outcome unknown: the leader may have committed it.
         d.addErrback(_remote_failure, leader, lost=_timed_out)
         return d
@@ -1760,6 +1763,21 @@ def _result_from_wire(raw: dict[str, Any]) -> CommandResult:
         output=bytes(raw["output"]),
         error=raw["error"],
     )
+
+
+def _applied_but_too_large(failure: Failure, leader: str, count: int) -> Failure:
+    """A forwarded batch whose results the leader could not send back: say it was applied, so
+    that the client does not resend it (which would apply it twice)."""
+    if failure.check(RemoteError) and cast(RemoteError, failure.value).code == AnswerTooLarge.code:
+        return Failure(
+            AnswerTooLarge(
+                f"the leader {leader} applied the batch of {count} commands, but their results "
+                f"are too large to forward ({cast(RemoteError, failure.value).message}); do not "
+                "resend it: read the outcome back, and send smaller batches, or send them to "
+                "the leader directly"
+            )
+        )
+    return failure
 
 
 def _remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftError]) -> Failure:
