@@ -62,6 +62,14 @@ class NoLeader(GraftError):
         self.retry_after = retry_after
 
 
+class AnswerTooLarge(GraftError):
+    """The leader carried out a forwarded request, but its answer is too large to be sent back
+    over the peer channel (the frame limit). For a command batch: it was applied."""
+
+    code = "answer_too_large"
+    status = 502
+
+
 class Timeout(GraftError):
     """The operation did not finish in time; for a command the outcome is unknown."""
 

@@ -51,6 +51,7 @@ from graft.api.backend import (
 )
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
 from graft.errors import (
+    AnswerTooLarge,
     BadRequest,
     FSMRejected,
     GraftError,
@@ -96,6 +97,7 @@ from graft.raft.types import (
 )
 from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
+from graft.storage.errors import SnapshotSuperseded
 from graft.storage.rejected import RejectedEntry
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
@@ -148,6 +150,7 @@ _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
     for cls in (BadRequest, NotFound, NoLeader, Timeout, QueryTimeout, Internal, Overloaded)
 }
 _ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
+_ERRORS_BY_CODE[AnswerTooLarge.code] = AnswerTooLarge  # done, but the answer cannot travel
 
 
 class GraftNode(Service, ClusterBackend):
@@ -517,10 +520,32 @@ class GraftNode(Service, ClusterBackend):
             self._snapshot_index = meta.index
             self._applied_membership = meta.membership
             self._applied.advance(meta.index)
+            self._forget_skipped_proposals(meta.index)
             log.info("installed snapshot {index} from the leader", index=meta.index)
 
         d.addCallback(restore)
         return d
+
+    def _answer_confirmed_reads(self, ready: Ready) -> None:
+        """Hand out the reads this Ready confirms before a step-down in it fails the rest.
+
+        A read index in a Ready was confirmed while this node led (a quorum answered a round
+        sent after the read arrived; the core fails, with no index, what it had not confirmed
+        when it stepped down), so it stays a linearizable point: the read runs once this node
+        has applied up to it, whatever its role by then."""
+        for read in ready.read_states:
+            if read.index is None:
+                continue
+            waiter = self._reads.pop(read.context, None)
+            if waiter is not None and not waiter.called:
+                waiter.callback(read.index)
+
+    def _forget_skipped_proposals(self, index: int) -> None:
+        """The entries up to ``index`` came in a snapshot and are never applied here one by
+        one: their proposal times would otherwise stay in ``_proposed_at`` for good."""
+        skipped = [i for i in self._proposed_at if i <= index]
+        for i in skipped:
+            del self._proposed_at[i]
 
     def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1
@@ -542,6 +567,7 @@ class GraftNode(Service, ClusterBackend):
             if plain:
                 self.peers.send_all(plain)
         if ready.soft_state is not None:
+            self._answer_confirmed_reads(ready)
             self._on_soft_state(ready)
         if ready.committed_entries and not applied:
             self._applies_waiting -= 1
@@ -870,6 +896,7 @@ class GraftNode(Service, ClusterBackend):
             timeout=self._command_timeout + 1.0,
         )
         d.addCallback(lambda answer: [_result_from_wire(r) for r in answer["results"]])
+        d.addErrback(_applied_but_too_large, leader, len(commands))
         # Once sent, a lost answer leaves the outcome unknown: the leader may have committed it.
         d.addErrback(_remote_failure, leader, lost=_timed_out)
         return d
@@ -1489,7 +1516,7 @@ class GraftNode(Service, ClusterBackend):
         )
 
         def compact(_: object) -> Deferred[None]:
-            self._snapshot_index = meta.index
+            self._snapshot_index = max(self._snapshot_index, meta.index)
             log.info(
                 "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
                 index=meta.index,
@@ -1504,11 +1531,24 @@ class GraftNode(Service, ClusterBackend):
 
         d.addCallback(compact)
         d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
+        d.addErrback(self._snapshot_superseded)
         d.addBoth(finished)
         self._snapshotting = d
         out: Deferred[dict[str, Any]] = Deferred()
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
         return out
+
+    def _snapshot_superseded(self, failure: Failure) -> dict[str, Any]:
+        """A snapshot from the leader was installed while this node wrote its own, older one:
+        storage kept the leader's and dropped this one (see DurableLog.save_snapshot)."""
+        failure.trap(SnapshotSuperseded)
+        current = self._storage.snapshot_meta()
+        log.info(
+            "snapshot dropped: {reason}; keeping snapshot {index}",
+            reason=failure.value,
+            index=current.index,
+        )
+        return {"index": current.index, "term": current.term}
 
     def _latest_local_snapshot(self) -> LocalSnapshot | None:
         info = self._storage.snapshot_info()
@@ -1769,6 +1809,21 @@ def _result_from_wire(raw: dict[str, Any]) -> CommandResult:
         output=bytes(raw["output"]),
         error=raw["error"],
     )
+
+
+def _applied_but_too_large(failure: Failure, leader: str, count: int) -> Failure:
+    """A forwarded batch whose results the leader could not send back: say it was applied, so
+    that the client does not resend it (which would apply it twice)."""
+    if failure.check(RemoteError) and cast(RemoteError, failure.value).code == AnswerTooLarge.code:
+        return Failure(
+            AnswerTooLarge(
+                f"the leader {leader} applied the batch of {count} commands, but their results "
+                f"are too large to forward ({cast(RemoteError, failure.value).message}); do not "
+                "resend it: read the outcome back, and send smaller batches, or send them to "
+                "the leader directly"
+            )
+        )
+    return failure
 
 
 def _remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftError]) -> Failure:

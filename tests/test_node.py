@@ -23,10 +23,10 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
-from graft.raft.messages import AppendEntries, Heartbeat, Message
+from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
-from graft.transport import PeerUnavailable
+from graft.transport import PeerUnavailable, RemoteError
 
 TICK = 0.035
 NODES = ("a", "b", "c")
@@ -474,6 +474,65 @@ class DriverTests(unittest.TestCase):
         self.advance(3.0)
         self.assertEqual(len(box), 1)
         self.assertIsInstance(box[0], Failure)
+
+    def test_forwarded_batch_with_too_large_results_says_it_was_applied(self) -> None:
+        """When the leader applied a forwarded batch but its results exceed the peer frame limit
+        (the transport answers `answer_too_large`), the follower's client gets a 502
+        `answer_too_large` saying the batch was applied and not to resend it, not a 500."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        node = self.network.nodes[follower]
+        channel = node.peers
+        assert isinstance(channel, Channel)
+
+        def call(peer: str, command: str, args: dict[str, Any], **kw: Any) -> Deferred[Any]:
+            done = Channel.call(channel, peer, command, args, **kw)
+
+            def too_large(_: object) -> None:
+                raise RemoteError(
+                    "answer_too_large",
+                    f"the answer to {command} is 17000000 bytes, over the peer frame limit of "
+                    "16777216; the request itself was carried out",
+                )
+
+            return done.addCallback(too_large)
+
+        channel.call = call  # type: ignore[method-assign]
+        outcome = self.result(node.submit([put("big", "1")]))
+        self.assertIsInstance(outcome, Failure)
+        error = outcome.value
+        self.assertIsInstance(error, GraftError)
+        self.assertEqual((error.code, error.status), ("answer_too_large", 502))
+        self.assertIn(f"the leader {leader} applied the batch of 1 commands", error.message)
+        self.assertIn("do not resend it", error.message)
+        read = self.result(self.network.nodes[leader].query(get("big"), Consistency.STRONG))
+        self.assertEqual(json.loads(read.output), {"value": "1"})
+
+    def test_read_confirmed_in_the_step_down_ready_is_answered(self) -> None:
+        """A strong read whose round a quorum answered is answered with its value even when
+        the same Ready steps the leader down (a newer term arrived in the same turn): it was
+        confirmed while this node led, so it is linearizable; only unconfirmed reads fail."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        self.result(leader.submit([put("r", "1")]))
+        self.network.isolate(leader_id)
+        confirmed = leader.query(get("r"), Consistency.STRONG)
+        self.clock.advance(0)  # the Ready that sends the read's round (lost: isolated)
+        round_seq = leader._raft._hb_seq
+        term = leader._raft.term
+        f1, f2 = (n for n in NODES if n != leader_id)
+        unconfirmed = leader.query(get("r"), Consistency.STRONG)  # waits for the next round
+        # In one turn: f1 answers the round, then f2 shows a newer term.
+        leader.receive(HeartbeatResponse(term=term, sender=f1, to=leader_id, seq=round_seq))
+        leader.receive(Heartbeat(term=term + 1, sender=f2, to=leader_id, commit=0, seq=1))
+        self.clock.advance(0)
+        self.assertFalse(leader.is_leader())
+        answer = self.result(confirmed)
+        self.assertIsInstance(answer, QueryResult)
+        self.assertEqual(json.loads(answer.output), {"value": "1"})
+        refused = self.result(unconfirmed)
+        self.assertIsInstance(refused, Failure)
+        self.assertIsInstance(refused.value, NoLeader)
 
 
 class ThreadedFSM(FailingFSM):

@@ -129,6 +129,9 @@ class RaftNode:
         # ReadIndexRequest whose context is the first read's, answering all of them.
         self._forward_queue: list[bytes] = []
         self._forwarded: dict[bytes, list[bytes]] = {}
+        # The tick each forwarded request left: one unanswered for an election timeout (the
+        # transport dropped it, or the leader is cut off) is failed so the driver asks again.
+        self._forwarded_at: dict[bytes, int] = {}
 
         self._prev_hard_state = hard_state
         self._prev_soft_state = self._soft_state()
@@ -164,6 +167,7 @@ class RaftNode:
 
     def tick(self) -> None:
         self._ticks += 1
+        self._expire_stale_reads()
         if self._role is Role.LEADER:
             self._tick_leader()
         else:
@@ -549,7 +553,9 @@ class RaftNode:
             or not self._committed_in_term()
         ):
             return None
-        if len(self._membership.voters) == 1 or self._ticks < self._lease_until:
+        # Alone only if this leader is the one voter: a leader whose removal is in its log
+        # (not yet committed) is no voter, and another node may be the only one left.
+        if self._membership.voters == {self._id} or self._ticks < self._lease_until:
             return self._log.committed
         return None
 
@@ -574,11 +580,14 @@ class RaftNode:
         here. The requester drops an answer from an older term than its own, so if it accepts
         ours it was still in this term after the read arrived (we answer after that): its
         acceptance is the acknowledgement a round would collect from it. With two or three
-        voters, that and this leader are a quorum, and the answer can leave at once.
+        voters, that and this leader are a quorum, and the answer can leave at once. Not
+        when this leader is no voter (its removal is in its log, not yet committed): the
+        voters left may have elected another leader and committed more without it.
         """
         return (
             requester is not None
             and requester in self._membership.voters
+            and self._id in self._membership.voters
             and self._membership.quorum() <= 2
         )
 
@@ -611,6 +620,42 @@ class RaftNode:
                     )
                 )
 
+    def _expire_stale_reads(self) -> None:
+        """Fail what waited an election timeout for an answer that will not come, so memory
+        stays bounded and the driver retries instead of holding the read to its deadline:
+        a follower's forwarded requests, and a leader's reads whose round went unanswered
+        (with check-quorum the leader steps down by then anyway; without it, it might not)."""
+        horizon = self._ticks - self._cfg.election_ticks
+        while self._forwarded_at:
+            context, sent = next(iter(self._forwarded_at.items()))
+            if sent > horizon:
+                break
+            del self._forwarded_at[context]
+            reads = self._forwarded.pop(context, [])
+            self._read_states.extend(ReadState(context=c, index=None) for c in reads)
+        if self._role is not Role.LEADER:
+            return
+        stale = [seq for seq, sent in self._round_sent_tick.items() if sent <= horizon]
+        for seq in stale:  # too old to give a lease (it ends election_ticks after sending)
+            del self._round_sent_tick[seq]
+        if stale:
+            for read in self._reads.take_up_to(max(stale)):
+                self._fail_read(read)
+
+    def _fail_read(self, read: PendingRead) -> None:
+        if read.requester is None:
+            self._read_states.append(ReadState(context=read.context, index=None))
+        else:
+            self._send(
+                ReadIndexResponse(
+                    term=self._term,
+                    sender=self._id,
+                    to=read.requester,
+                    context=read.context,
+                    index=None,
+                )
+            )
+
     def _has_forwarded(self) -> bool:
         return bool(self._forward_queue or self._forwarded)
 
@@ -623,6 +668,7 @@ class RaftNode:
             self._read_states.extend(ReadState(context=c, index=None) for c in queued)
             return
         self._forwarded[queued[0]] = queued
+        self._forwarded_at[queued[0]] = self._ticks
         self._send(
             ReadIndexRequest(term=self._term, sender=self._id, to=self._leader, context=queued[0])
         )
@@ -632,6 +678,7 @@ class RaftNode:
             self._read_states.extend(ReadState(context=c, index=None) for c in reads)
         self._forward_queue = []
         self._forwarded = {}
+        self._forwarded_at = {}
 
     # -- messages in ------------------------------------------------------------------------
 
@@ -804,6 +851,7 @@ class RaftNode:
         # Only an answer of our current term gets here (step drops older ones, and a newer
         # term has already failed what we forwarded): _requester_completes_quorum relies on it.
         reads = self._forwarded.pop(msg.context, None)
+        self._forwarded_at.pop(msg.context, None)
         if reads is not None:
             self._read_states.extend(ReadState(context=c, index=msg.index) for c in reads)
 

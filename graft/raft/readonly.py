@@ -41,6 +41,11 @@ class ReadQueue:
         self._pending = [r for r in self._pending if r.seq > seq]
         return done
 
+    def take_up_to(self, seq: int) -> list[PendingRead]:
+        """Remove and return the reads waiting for round ``seq`` or an earlier one (rounds
+        that went unanswered too long to be trusted: the caller fails them)."""
+        return self.confirmed(seq)
+
     def drain(self) -> list[PendingRead]:
         """Remove and return everything (the leader lost its leadership)."""
         out, self._pending = self._pending, []

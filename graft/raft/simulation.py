@@ -15,7 +15,9 @@ once a leader of a later term has been elected (``stale_leaders``).
 drops, delays, duplicates and reordering, partitions that heal, crashes and restarts, random
 proposals and reads, snapshots, leadership transfers to any voter (lagging, crashed or cut
 off), and membership changes (learners that catch up and are promoted, voter removal, removal
-of the leader itself), then a calm phase that must elect a leader and commit (liveness).
+of the leader itself, sometimes followed by a cut that leaves it with one voter, which reads
+through it while the others may elect and commit), then a calm phase that must elect a leader
+and commit (liveness).
 
 This module never builds a random source (the core may not import one); its caller passes a
 factory, and ``python -m graft.simulate`` is the command line.
@@ -879,14 +881,56 @@ class MembershipOps:
     as the driver does (transfer leadership first, then the new leader removes the old one)
     or by the leader proposing its own removal (the core keeps leading until that commits,
     then steps down). Voters stay between 2 and 5.
+
+    With ``cut_rng``, a leader of four voters sometimes proposes its own removal and is then
+    cut off with one voter: first it stops hearing the other two (they still get the entry, it
+    cannot commit it), a few ticks later the cut is whole, and it holds (heals undone) for a
+    few election timeouts. The two are a quorum of the new voters and may elect a leader and
+    commit while the old one still leads, no voter of its own membership (its read shortcut
+    must not count it). (Not from two voters: if the one
+    voter left misses the entry, neither node can be elected, as in any Raft.)
     """
 
-    def __init__(self, cluster: Cluster, ids: list[NodeId], spares: list[NodeId], rng: Rng):
+    def __init__(
+        self,
+        cluster: Cluster,
+        ids: list[NodeId],
+        spares: list[NodeId],
+        rng: Rng,
+        cut_rng: Rng | None = None,
+    ):
         self.cluster = cluster
         self.ids = ids  # the schedule's node list: joiners are appended, so faults reach them
         self.spares = spares
         self.rng = rng
+        self.cut_rng = cut_rng
         self.retiring: NodeId | None = None
+        # A cut begun by _cut_off: (ticks one-way, ticks whole, the leader's side).
+        self.cut_pending: tuple[int, int, set[NodeId]] | None = None
+
+    def tick(self) -> None:
+        """Every chaos tick: keep up a cut begun by ``_cut_off`` (one-way, then whole)."""
+        if self.cut_pending is None:
+            return
+        one_way, whole, side = self.cut_pending
+        others = set(self.cluster.nodes) - side
+        if one_way > 0:
+            self.cut_pending = (one_way - 1, whole, side)
+            self.cluster.blocked |= {(o, s) for o in others for s in side if s != o}
+            self.cluster.blocked -= {(s, o) for o in others for s in side}
+        elif whole > 0:
+            if whole == self.cut_pending[1] and one_way == 0:
+                self.cluster.note(f"partition {sorted(side)} (the leader leaving)")
+            self.cut_pending = (-1, whole - 1, side)
+            self.cluster.blocked |= {(a, b) for a in side for b in others}
+            self.cluster.blocked |= {(b, a) for a in side for b in others}
+            # The voter cut off with the leaving leader reads: through that leader, whose
+            # answer must not miss what the other side commits meanwhile.
+            live = {n.id for n in self.cluster.alive()}
+            for nid in sorted(side & live):
+                self.cluster.read(nid, f"cut:{nid}:{self.cluster.now}".encode())
+        else:
+            self.cut_pending = None
 
     def _propose(self, leader: RaftNode, new: Membership, why: str) -> bool:
         try:
@@ -936,6 +980,12 @@ class MembershipOps:
                 new = Membership(voters=m.voters, learners=m.learners - {learner})
                 self._propose(leader, new, f"dropping learner {learner}")
             return
+        cut = self.cut_rng
+        if cut is not None and len(m.voters) == 4 and cut.random() < 0.7:
+            new = Membership(voters=m.voters - {leader.id}, learners=m.learners)
+            if self._propose(leader, new, f"removal of itself ({leader.id}), then a cut"):
+                self._cut_off(leader.id, sorted(new.voters))
+            return
         choice = rng.random()
         outside = [n for n in self.ids if n not in m.members] + self.spares[:1]
         if choice < 0.4 and len(m.voters) < 5 and outside:
@@ -961,6 +1011,15 @@ class MembershipOps:
         else:
             new = Membership(voters=m.voters - {leader.id}, learners=m.learners)
             self._propose(leader, new, f"removal of itself ({leader.id})")
+
+    def _cut_off(self, leader: NodeId, voters: list[NodeId]) -> None:
+        """Cut the leader off with one of the voters it leaves (the others are a quorum)."""
+        cut = self.cut_rng
+        assert cut is not None
+        side = {leader, voters[cut.randrange(0, len(voters))]}
+        self.cluster.note(f"{sorted(side)} hear nothing from {sorted(set(voters) - side)}")
+        self.cut_pending = (cut.randrange(1, 6), cut.randrange(20, 60), side)
+        self.tick()
 
 
 class SlowDisks:
@@ -1090,7 +1149,8 @@ def simulate_seed(
     cluster.lease_probe = True
     writing = True
     spares = [f"n{k}" for k in range(p.nodes + 1, p.nodes + 3)]
-    members = MembershipOps(cluster, ids, spares, ops_rng)
+    # The cut after a leader's self-removal draws from a sixth source (other seeds unchanged).
+    members = MembershipOps(cluster, ids, spares, ops_rng, rng_factory(seed * 7_877 + 61))
     try:
         for _ in range(p.chaos_ticks):
             if rng.random() < p.partition:
@@ -1146,6 +1206,7 @@ def simulate_seed(
                 transfer_at_random(cluster, ops_rng)
             if p.membership and ops_rng.random() < p.membership:
                 members.step()
+            members.tick()
             if p.compact:
                 for nid in ids:
                     if snap_rng.random() < p.compact:

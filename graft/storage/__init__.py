@@ -19,7 +19,12 @@ a data dir holds, checked), ``writer`` (group commit on the writer thread), ``lo
 dir), ``rejected`` (the poison entries an operator marked rejected).
 """
 
-from graft.storage.errors import CorruptionError, IdentityMismatch, StorageError
+from graft.storage.errors import (
+    CorruptionError,
+    IdentityMismatch,
+    SnapshotSuperseded,
+    StorageError,
+)
 from graft.storage.inspect import CheckReport, check_data_dir, dump_log
 from graft.storage.log import DurableLog
 from graft.storage.snapshots import SnapshotInfo
@@ -30,6 +35,7 @@ __all__ = [
     "DurableLog",
     "IdentityMismatch",
     "SnapshotInfo",
+    "SnapshotSuperseded",
     "StorageError",
     "check_data_dir",
     "dump_log",

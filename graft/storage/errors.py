@@ -26,3 +26,8 @@ class CorruptionError(StorageError):
 
 class IdentityMismatch(StorageError):
     """The data dir was written by another node or for another cluster."""
+
+
+class SnapshotSuperseded(ValueError):
+    """A snapshot being saved is not newer than one this node already has (typically one the
+    leader sent while the save was under way): the save is dropped and the newer one kept."""

@@ -36,7 +36,7 @@ from graft.raft.types import (
     decode_membership,
 )
 from graft.storage.columns import EntryColumns
-from graft.storage.errors import StorageError
+from graft.storage.errors import SnapshotSuperseded, StorageError
 from graft.storage.files import FileSystem, OSFileSystem
 from graft.storage.records import encode_records, parse_segment_name
 from graft.storage.recovery import recover
@@ -90,6 +90,9 @@ class DurableLog:
         self._snapshots = snapshots
         self._snapshot_info = snapshot
         self._snapshot_meta = snapshot.meta if snapshot is not None else SnapshotMeta()
+        # Orders save_snapshot's update (worker thread) against install_snapshot's (reactor):
+        # whichever comes second, the newer snapshot wins (see save_snapshot).
+        self._snapshot_lock = threading.Lock()
         self.durable_index = writer.disk.last_index
         self._failure: StorageError | None = None
         self._closed: Deferred[None] | None = None
@@ -288,12 +291,27 @@ class DurableLog:
         self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
     ) -> None:
         """Write a snapshot of the FSM (``write`` fills the file) durably; the previous one is
-        deleted once this one is. Blocking: call it from a worker thread."""
+        deleted once this one is. Blocking: call it from a worker thread.
+
+        A snapshot received from the leader (``install_snapshot``) may overtake this one while
+        it is written; then the received one wins, whatever the order of the two files' writes,
+        and this save raises SnapshotSuperseded (a ValueError): its file is never written, or is
+        deleted when the received one is, and the log's view of its snapshot stays the newer
+        one. Without that, the log could claim snapshot N while its entries start after M > N
+        (a node that can neither vote nor campaign), or lose M's file (one that cannot start).
+        """
         if meta.index <= self._snapshot_meta.index:
-            raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
+            raise SnapshotSuperseded(
+                f"snapshot {meta.index} is not newer than {self._snapshot_meta.index}"
+            )
         info = self._snapshots.save(meta, fsm_name, write)
-        self._snapshot_info = info
-        self._snapshot_meta = info.meta
+        with self._snapshot_lock:
+            if meta.index <= self._snapshot_meta.index:
+                raise SnapshotSuperseded(
+                    f"snapshot {meta.index} was overtaken by {self._snapshot_meta.index}"
+                )
+            self._snapshot_info = info
+            self._snapshot_meta = info.meta
 
     def snapshot_info(self) -> SnapshotInfo | None:
         """The durable snapshot's manifest (FSM name, size, checksum), if any."""
@@ -315,13 +333,17 @@ class DurableLog:
         term) it is kept, otherwise the whole log is discarded. Fires once durable."""
         if self._failure is not None or self._closed is not None:
             return fail(self._failure or StorageError("the log is closed; reopen it to write"))
-        if meta.index <= self._snapshot_meta.index:
-            raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
-        keep = self._first <= meta.index <= self.last_index() and self.term(meta.index) == meta.term
-        if not keep:
-            self._entries = EntryColumns()
-            self._first = meta.index + 1
-        self._snapshot_meta = meta
+        with self._snapshot_lock:
+            if meta.index <= self._snapshot_meta.index:
+                raise ValueError(f"snapshot {meta.index} is not newer than {self._snapshot_meta}")
+            keep = (
+                self._first <= meta.index <= self.last_index()
+                and self.term(meta.index) == meta.term
+            )
+            if not keep:
+                self._entries = EntryColumns()
+                self._first = meta.index + 1
+            self._snapshot_meta = meta
 
         def install(disk: SegmentSet) -> SnapshotInfo:
             info = self._snapshots.install(meta, fsm_name, Path(path))
@@ -330,7 +352,9 @@ class DurableLog:
             return info
 
         def installed(info: SnapshotInfo) -> None:
-            self._snapshot_info = info
+            with self._snapshot_lock:
+                if self._snapshot_meta.index == info.meta.index:
+                    self._snapshot_info = info
 
         deferred: Deferred[None] = Deferred()
         self._submit(WriteOp(action=install, then=installed, deferred=deferred))

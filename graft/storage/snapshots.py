@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from graft.raft.types import SnapshotMeta, membership_from_dict, membership_to_dict
-from graft.storage.errors import CorruptionError
+from graft.storage.errors import CorruptionError, SnapshotSuperseded
 from graft.storage.files import FileSystem, WritableFile, write_atomic
 from graft.storage.state_files import decode_checked, encode_checked
 
@@ -78,6 +78,9 @@ class SnapshotStore:
         self._files = files
         self._dir = data_dir
         self._lock = threading.Lock()
+        # The index of the newest snapshot on disk: a save at or below it is refused, so a
+        # slow local save that finishes after a received snapshot cannot delete that one.
+        self._newest = 0
 
     def _snapshot_files(self) -> dict[tuple[int, int], set[str]]:
         found: dict[tuple[int, int], set[str]] = {}
@@ -98,6 +101,7 @@ class SnapshotStore:
                 key for key, suffixes in found.items() if _MANIFEST_SUFFIX in suffixes
             )
             info = self._read_manifest(*complete[-1]) if complete else None
+            self._newest = max(self._newest, info.meta.index if info is not None else 0)
             if clean:
                 keep = _stem(info.meta.index, info.meta.term) if info is not None else None
                 self._remove_except(found, keep)
@@ -152,8 +156,13 @@ class SnapshotStore:
     def save(
         self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
     ) -> SnapshotInfo:
-        """Write a new snapshot durably, then delete the older ones."""
+        """Write a new snapshot durably, then delete the older ones. SnapshotSuperseded (and
+        nothing written) if a snapshot at or above ``meta.index`` is already on disk."""
         with self._lock:
+            if meta.index <= self._newest:
+                raise SnapshotSuperseded(
+                    f"snapshot {meta.index} is not newer than snapshot {self._newest} on disk"
+                )
             stem = _stem(meta.index, meta.term)
             data_path = self._dir / (stem + _DATA_SUFFIX)
             tmp = data_path.with_name(data_path.name + ".tmp")
@@ -192,6 +201,7 @@ class SnapshotStore:
         }
         manifest = self._dir / (stem + _MANIFEST_SUFFIX)
         write_atomic(self._files, manifest, encode_checked(_MANIFEST_MAGIC, body))
+        self._newest = meta.index
         self._remove_except(self._snapshot_files(), stem)
         return SnapshotInfo(
             meta=meta,

@@ -48,6 +48,7 @@ from graft.wire import (
     encode_frame,
     encode_message_frame,
 )
+from graft.wire.commands import ANSWER_TOO_LARGE
 
 log = Logger(namespace="graft.transport")
 
@@ -399,8 +400,14 @@ class PeerConnection(TwistedProtocol):
             self._write_error(ask.id, "internal", "the handler's answer broke the schema")
             return
         frame = encode_frame(Answer(id=ask.id, result=checked))
-        if len(frame) - 4 > self.owner.max_frame_bytes:
-            self._write_error(ask.id, "internal", "the answer exceeds the peer frame limit")
+        limit = self.owner.max_frame_bytes
+        if len(frame) - 4 > limit:
+            self._write_error(
+                ask.id,
+                ANSWER_TOO_LARGE,
+                f"the answer to {ask.command} is {len(frame) - 4} bytes, over the peer frame "
+                f"limit of {limit}; the request itself was carried out",
+            )
             return
         self._write(frame)
 

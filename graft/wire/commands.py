@@ -20,7 +20,10 @@ from typing import Any
 from graft.wire.errors import ProtocolError, SchemaError
 from graft.wire.schema import compile_fields
 
-STANDARD_ERRORS = frozenset({"unknown_command", "bad_arguments", "internal"})
+# The handler ran (a command was applied, a query answered) but its answer is over the frame
+# limit, so it cannot be sent: the caller must not take this for "not done".
+ANSWER_TOO_LARGE = "answer_too_large"
+STANDARD_ERRORS = frozenset({"unknown_command", "bad_arguments", "internal", ANSWER_TOO_LARGE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.trial import unittest
 
 from graft.raft.messages import (
@@ -11,6 +13,7 @@ from graft.raft.messages import (
     ReadIndexRequest,
     ReadIndexResponse,
 )
+from graft.raft.ready import Role
 from graft.raft.simulation import Cluster
 from graft.raft.types import Membership
 from tests.raft.helpers import Recorder, make_cluster
@@ -220,3 +223,102 @@ class LeaseTests(unittest.SynchronousTestCase):
         c.elect("n1")
         c.run(3)
         self.assertIsNone(c.node("n2").lease_read_index())
+
+
+def removing_the_leader_then_partitioned(
+    recorded: bool = False,
+) -> tuple[Cluster, Recorder | None]:
+    """{n1..n4} led by n1, which proposes {n2, n3, n4} (itself out); every follower appends
+    that entry but n1 hears no acknowledgement, so it is not committed when {n1, n2} |
+    {n3, n4} are cut apart. n3 and n4 (a quorum of the new voters) elect n3, which commits a
+    write n1 never hears of. n1 is still leader, of a membership it is not a voter of."""
+    c = cluster_with_a_write(("n1", "n2", "n3", "n4"))
+    c.run(2)
+    rec = Recorder(c)
+    rec.drop = [AppendEntriesResponse]
+    c.node("n1").propose_membership(Membership(voters=frozenset({"n2", "n3", "n4"})))
+    c.process("n1")
+    c.stabilize()
+    c.partition({"n1", "n2"}, {"n3", "n4"})
+    rec.drop = []
+    c.elect("n3")
+    c.propose("n3", [b"W"])
+    c.stabilize()
+    assert c.node("n3").log.committed > c.node("n1").log.committed
+    assert c.node("n1").role is Role.LEADER
+    return c, rec if recorded else None
+
+
+class LeaderOutsideItsMembershipTests(unittest.SynchronousTestCase):
+    """A leader whose own removal is in its log but not committed is no voter: neither read
+    shortcut may count it toward a quorum (issue #15, item 5)."""
+
+    def test_follower_read_is_not_answered_by_a_leader_that_is_no_voter(self) -> None:
+        """F's strong read through the removed leader L: L and F are no quorum of {F, G, H},
+        so L must confirm with a round (which G and H never answer) instead of answering at
+        once with its commit index, older than the write G committed (the checker raises on
+        a stale answer)."""
+        c, _ = removing_the_leader_then_partitioned()
+        c.read("n2", b"f")
+        c.stabilize()
+        self.assertNotIn(b"f", {k for k, v in c.nodes["n2"].read_answers.items() if v})
+        c.run(30)  # n1 hears no quorum of the new voters and steps down
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": None})
+
+    def test_no_lease_when_the_only_voter_is_another_node(self) -> None:
+        """{n1, n2} -> {n2}: the one voter left is n2, not the leader n1, so n1 holds no
+        lease for being alone (only an acknowledgement from n2 can give it one)."""
+        c = make_cluster(("n1", "n2"))
+        leader = c.elect("n1")
+        c.propose("n1", [b"w"])
+        c.stabilize()
+        rec = Recorder(c)
+        rec.drop = [AppendEntriesResponse, HeartbeatResponse]
+        leader.propose_membership(Membership(voters=frozenset({"n2"})))
+        c.process("n1")
+        c.stabilize()
+        c.isolate("n1")
+        c.run(c.node("n1")._cfg.election_ticks)  # any lease n1 had has run out
+        self.assertIs(leader.role, Role.LEADER)
+        self.assertEqual(leader.membership.voters, frozenset({"n2"}))
+        self.assertIsNone(leader.lease_read_index())
+
+
+class UnansweredReadsTests(unittest.SynchronousTestCase):
+    """What waits for an answer that will not come is failed after an election timeout, so
+    the driver retries it and the core's memory stays bounded (issue #15, item 6)."""
+
+    def test_lost_forwarded_request_is_failed_not_held(self) -> None:
+        """A follower's ReadIndexRequest the transport dropped (the link was down) is failed
+        an election timeout later while the leader stays the same, instead of staying in the
+        follower's forwarded reads until the leader or the term changes."""
+        c = cluster_with_a_write()
+        rec = read_dropping(c, "n2", ReadIndexRequest)
+        self.assertEqual(c.nodes["n2"].read_answers, {})
+        rec.drop = []
+        c.run(c.node("n2")._cfg.election_ticks)
+        self.assertEqual(c.nodes["n2"].read_answers, {b"f": None})
+        self.assertEqual(c.node("n2")._forwarded, {})
+        self.assertIs(c.node("n1").role, Role.LEADER)
+        c.read("n2", b"again")  # the driver's retry, over the link that is back
+        c.stabilize()
+        self.assertEqual(c.nodes["n2"].read_answers[b"again"], 2)
+
+    def test_unanswered_rounds_are_bounded_without_check_quorum(self) -> None:
+        """Without check-quorum nothing deposes a leader no one answers: its rounds' sending
+        ticks and the reads waiting on them are dropped (the reads failed) once older than an
+        election timeout, instead of piling up for as long as it stays cut off."""
+        c = cluster_with_a_write(election_ticks=10)
+        for n in c.nodes.values():
+            assert n.node is not None
+            n.node._cfg = dataclasses.replace(n.node._cfg, check_quorum=False)
+        c.run(2)
+        leader = c.node("n1")
+        c.isolate("n1")
+        c.read("n1", b"x")
+        c.run(100)
+        self.assertIs(leader.role, Role.LEADER)
+        self.assertEqual(c.nodes["n1"].read_answers, {b"x": None})
+        self.assertEqual(len(leader._reads), 0)
+        bound = leader._cfg.election_ticks // leader._cfg.heartbeat_ticks + 1
+        self.assertLessEqual(len(leader._round_sent_tick), bound)

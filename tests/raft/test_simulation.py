@@ -6,9 +6,10 @@ from random import Random
 
 from twisted.trial import unittest
 
+from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.simulation import MembershipOps, SafetyChecker, SimParams, Violation, simulate_seed
-from graft.raft.types import HardState, Membership
+from graft.raft.types import HardState, Membership, NodeId
 from graft.simulate import main as simulate_main
 from tests.raft.helpers import make_cluster
 
@@ -200,3 +201,23 @@ class LivenessTests(unittest.SynchronousTestCase):
             c.run(3)
             for nid in ("a", "b", "c"):
                 self.assertGreaterEqual(c.node(nid).log.committed, index, f"seed {seed}")
+
+
+class PlantedBugTests(unittest.SynchronousTestCase):
+    """The random schedules catch a read shortcut that counts a leader outside its own
+    membership (a leader that proposed its own removal, then was cut off with one voter)."""
+
+    def test_requester_shortcut_counting_a_non_voter_leader_is_caught(self) -> None:
+        def old_shortcut(self: RaftNode, requester: NodeId | None) -> bool:
+            # Before issue #15: the leader itself need not be a voter.
+            return (
+                requester is not None
+                and requester in self._membership.voters
+                and self._membership.quorum() <= 2
+            )
+
+        self.assertIsNone(simulate_seed(401, Random).violation)
+        self.patch(RaftNode, "_requester_completes_quorum", old_shortcut)
+        violation = simulate_seed(401, Random).violation
+        self.assertIsNotNone(violation)
+        self.assertIn("linearizability", str(violation))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.errors import LogCompacted
 from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
-from graft.storage import DurableLog
+from graft.storage import DurableLog, SnapshotSuperseded
 from tests.storage.faultfs import Crash, FaultyFileSystem
 
 DATA = Path("/data/n1")
@@ -197,3 +200,98 @@ class SnapshotCrashTests(SynchronousTestCase):
             self.assertGreaterEqual(log.first_index(), 401, where)
         else:
             self.assertEqual(log.last_index(), 300, where)
+
+
+class _HookedLock:
+    """A lock that runs ``hook`` once just before it is first taken: it puts another thread's
+    work exactly between a caller's check and its locked section."""
+
+    def __init__(self, lock: Any, hook: Callable[[], None]) -> None:
+        self._lock = lock
+        self._hook: Callable[[], None] | None = hook
+
+    def __enter__(self) -> bool:
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            hook()
+        return bool(self._lock.__enter__())
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+class SaveInstallRaceTests(SynchronousTestCase):
+    """A follower's own snapshot N (written by a worker thread) raced by a snapshot M > N from
+    the leader (installed by the reactor and the writer). Whatever the interleaving, the
+    received snapshot wins: the log keeps claiming M, its term stays readable, M's file
+    survives, and the node reopens on M."""
+
+    own = SnapshotMeta(index=20, term=1, membership=MEMBERS)
+    received = SnapshotMeta(index=50, term=2, membership=MEMBERS)
+
+    def setUp(self) -> None:
+        self.files = FaultyFileSystem()
+        self.log = open_log(self.files)
+        self.log.append_sync(entries(1, 30))
+        self.log.set_hard_state_sync(HardState(term=1, commit=30))
+        path = DATA / "received.tmp"
+        handle = self.files.create(path)
+        handle.write(b"leader's")
+        handle.close()
+        self.path = path
+
+    def install(self) -> Deferred[None]:
+        return self.log.install_snapshot(self.received, self.path, "kv")
+
+    def save(self, write: Callable[[BinaryIO], object]) -> bool:
+        """Save N as the worker thread does; True if it was dropped as superseded."""
+        try:
+            self.log.save_snapshot(self.own, "kv", write)
+        except SnapshotSuperseded:
+            return True
+        return False
+
+    def check_received_wins(self) -> None:
+        log = self.log
+        self.assertEqual(log.snapshot_meta(), self.received)
+        self.assertEqual((log.first_index(), log.last_index()), (51, 50))
+        self.assertEqual(log.term(50), 2)
+        self.assertEqual(read_snapshot(log), (self.received, b"leader's"))
+        self.successResultOf(log.close())
+        again = open_log(self.files)
+        self.assertEqual(again.snapshot_meta(), self.received)
+        self.assertEqual((again.first_index(), again.last_index(), again.term(50)), (51, 50, 2))
+        self.assertEqual(read_snapshot(again), (self.received, b"leader's"))
+
+    def test_install_during_the_copy_wins_over_the_save(self) -> None:
+        """The install arrives while the save copies the FSM (its file write waits for the
+        save's): the save is dropped when it ends, instead of setting the log's snapshot back
+        to N while the entries start at M + 1 (term(M) raising LogCompacted for ever)."""
+        installed: list[Deferred[None]] = []
+
+        def write(sink: BinaryIO) -> None:
+            sink.write(b"own")
+            installed.append(self.install())  # on the reactor, mid-copy
+
+        dropped = self.save(write)
+        self.log.write_pending()  # the writer's turn: M's file, the log discarded
+        self.successResultOf(installed[0])
+        self.check_received_wins()
+        self.assertTrue(dropped, "the stale save was not reported as superseded")
+
+    def test_install_written_before_the_save_starts_its_file(self) -> None:
+        """The save has passed its first check when the install is written in full (the
+        writer thread wins the race for the snapshot files): the save then writes nothing,
+        instead of committing N and deleting M's file (a data dir that cannot start)."""
+        installed: list[Deferred[None]] = []
+
+        def install_now() -> None:
+            installed.append(self.install())
+            self.log.write_pending()
+
+        store = self.log._snapshots
+        store._lock = _HookedLock(store._lock, install_now)  # type: ignore[assignment]
+        dropped = self.save(lambda sink: sink.write(b"own"))
+        self.successResultOf(installed[0])
+        self.check_received_wins()
+        self.assertTrue(dropped, "the stale save was not reported as superseded")

@@ -250,6 +250,26 @@ class MemoryTLSTests(SynchronousTestCase):
         error = self.failureResultOf(d, RemoteError).value
         self.assertEqual((error.code, error.message), ("no_leader", "no leader is known; retry"))
 
+    def test_call_answer_over_the_frame_limit_says_it_was_carried_out(self) -> None:
+        """An answer over the frame limit cannot be sent: the caller gets `answer_too_large`,
+        which says the request was carried out (not `internal`, which reads as a failure),
+        and the connection stays up."""
+
+        def big(peer: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+            return {"output": b"x" * 5000, "applied_index": 9}
+
+        self.ritchie_inbox.handler = big
+        self.connect_turing_to_ritchie()
+        self.ritchie.max_frame_bytes = 1000
+        args = {"query": b"q", "consistency": "strong", "min_index": None}
+        d = self.turing.call("ritchie", "forward_query", args)
+        self.pair.flush()
+        error = self.failureResultOf(d, RemoteError).value
+        self.assertEqual(error.code, "answer_too_large")
+        self.assertIn("over the peer frame limit of 1000", error.message)
+        self.assertIn("carried out", error.message)
+        self.assertEqual(self.turing.connected_peers(), {"ritchie"})
+
     def test_call_handler_crash_is_internal_error(self) -> None:
         """An unexpected exception in a handler answers `internal` and is logged on the peer."""
 
