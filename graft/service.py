@@ -55,6 +55,7 @@ def raft_config_for(cfg: ClusterConfig, node_id: str, *, join: bool = False) -> 
         bootstrap=Membership() if join else Membership(voters=frozenset(cfg.peers)),
         election_ticks=election_ticks,
         heartbeat_ticks=1,
+        clock_drift=cfg.clock_drift,
         max_msg_entries=cfg.raft.max_msg_entries,
         max_msg_bytes=cfg.raft.max_msg_bytes,
         max_inflight=cfg.raft.max_inflight,
