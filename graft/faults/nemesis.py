@@ -27,6 +27,7 @@ KINDS = (
     "pause-leader",
     "slow-network",
     "packet-loss",
+    "clock-step",
 )
 
 
@@ -91,6 +92,7 @@ class ScheduleConfig:
     quiet: tuple[float, float] = (0.5, 2.0)  # seconds between faults
     hold: tuple[float, float] = (2.0, 5.0)  # how long a fault lasts
     pause: tuple[float, float] = (1.0, 3.0)  # SIGSTOP length; the election timeout is 0.35 s
+    clock_step: float = 2.0  # seconds a clock-step nemesis moves one node's wall clock
 
 
 class Nemesis:
@@ -201,7 +203,33 @@ class Nemesis:
             p = self.rng.choice((0.05, 0.1, 0.2))
             self.network.loss(p)
             return (), f"drop {p:.0%} of node-to-node packets", self.network.heal
+        if kind == "clock-step":
+            return self._clock_step()
         raise ValueError(f"unknown nemesis {kind!r}; expected one of {', '.join(KINDS)}")
+
+    def _clock_step(self) -> tuple[tuple[str, ...], str, Callable[[], None]]:
+        """Step one node's wall clock (not its monotonic clock) by +/-2 s, as NTP does.
+
+        Half the time the victim is the leader; a leader stepped back is also cut off from the
+        others, the case where a lease timed on the wall clock outlives the followers'
+        stickiness (issue 15). The heal steps the clock back to true time (the opposite step)."""
+        step = self.config.clock_step * self.rng.choice((-1.0, 1.0))
+        on_leader = self.rng.random() < 0.5
+        victim = self._victim(on_leader)
+        self.cluster.set_wall_clock_offset(victim, step)
+        detail = f"{victim}'s wall clock {step:+.0f} s"
+        cut = on_leader and step < 0
+        if cut:
+            rest = [n for n in self.cluster.node_ids if n != victim]
+            self.network.partition([[victim], rest])
+            detail += f", [{victim}] | {sorted(rest)}"
+
+        def heal() -> None:
+            self.cluster.set_wall_clock_offset(victim, 0.0)
+            if cut:
+                self.network.heal()
+
+        return (victim,), detail, heal
 
 
 def sleep_until(clock: Callable[[], float], t: float) -> None:
