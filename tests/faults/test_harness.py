@@ -375,7 +375,8 @@ class ReplicaCheckTests(unittest.SynchronousTestCase):
 class ClockStepTests(unittest.SynchronousTestCase):
     def test_clock_step_moves_one_wall_clock_and_heals(self) -> None:
         """clock-step moves one node's wall clock by +/-2 s and its heal puts it back; a leader
-        stepped back is also cut off from the others until the heal."""
+        stepped back is also cut off from the others, whose clocks step forward, until the
+        heal."""
         seen: set[tuple[bool, float]] = set()
         for seed in range(40):
             nemesis, cluster, network = NemesisTests().make(seed)
@@ -388,9 +389,14 @@ class ClockStepTests(unittest.SynchronousTestCase):
                 self.assertEqual(victim, "n2")  # the poller's leader
                 self.assertLess(step, 0)
                 self.assertEqual(network.cuts[0][0], frozenset({"n2"}))
+                others = {f"clock {n} +2" for n in ("n1", "n3", "n4", "n5")}
+                self.assertEqual(set(cluster.actions[1:5]), others)
             seen.add((cut, step))
+            done = len(cluster.actions)
             heal()
-            self.assertEqual(cluster.actions[-1], f"clock {victim} +0")
+            healed = set(cluster.actions[done:])
+            self.assertIn(f"clock {victim} +0", healed)
+            self.assertEqual(len(healed), 5 if cut else 1)
         self.assertEqual(seen, {(True, -2.0), (False, -2.0), (False, 2.0)})
 
 
@@ -424,3 +430,26 @@ class WallClockOffsetTests(unittest.TestCase):
             [sys.executable, "-c", script, str(offset)], capture_output=True, timeout=60, check=True
         )
         self.assertEqual(out.stdout.decode().split(), ["-2", "-2", "3", "3"])
+
+
+class DeckKindsTests(unittest.SynchronousTestCase):
+    def test_env_narrows_the_deck(self) -> None:
+        """$GRAFT_FAULT_KINDS draws only the named kinds; an unknown kind is refused."""
+        import os
+
+        from graft.faults.nemesis import KINDS_ENV, deck_kinds
+
+        old = os.environ.get(KINDS_ENV)
+        self.addCleanup(
+            lambda: (
+                os.environ.pop(KINDS_ENV, None)
+                if old is None
+                else os.environ.__setitem__(KINDS_ENV, old)
+            )
+        )
+        os.environ.pop(KINDS_ENV, None)
+        self.assertEqual(deck_kinds(), list(KINDS))
+        os.environ[KINDS_ENV] = "clock-step, pause"
+        self.assertEqual(deck_kinds(), ["clock-step", "pause"])
+        os.environ[KINDS_ENV] = "clock-step,sunspots"
+        self.assertRaises(ValueError, deck_kinds)
