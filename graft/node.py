@@ -972,8 +972,9 @@ class GraftNode(Service, ClusterBackend):
             if self._raft.role is not Role.LEADER and not forwarded:
                 return self._forward_query(query, consistency, min_index, timeout)
             # The core's ticks catch up with the monotonic clock first, so the lease is judged
-            # on the time that really passed. A tick still late after that (more were due than
-            # the catch-up runs) means the core's clock is behind: confirm with a quorum.
+            # on the time that really passed. The lateness guard stays as a defence: should
+            # the ticks not have caught up, the lease may have expired unseen, so confirm with
+            # a quorum (the lease's margin allows LATE_TICKS of lateness, graft/raft/config).
             if self._catch_up_ticks():
                 self._schedule()
             late = self._now() - self._last_tick > LATE_TICKS * self._tick_seconds
