@@ -226,6 +226,8 @@ class ClusterConfig:
     node: str | None = None
     election_ms: int = 350
     heartbeat_ms: int = 35
+    # The lease's clock-drift bound, a fraction of the election timeout (graft.raft.config).
+    clock_drift: float = 0.1
     data_dir_template: str = "data/{id}"
     tls: TLSConfig = field(default_factory=TLSConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -522,6 +524,7 @@ class _Reader:
         if "cluster" in top:
             cluster = self.string("cluster", top["cluster"], "a non-empty cluster name string")
         election_ms, heartbeat_ms = self.timeouts(top.get("timeouts"))
+        clock_drift = self.clock_drift(top.get("timeouts"))
         if "peers" not in top:
             raise self.fail(
                 "peers", "missing; expected a mapping of peer id to {host, ports: {p2p, api}}"
@@ -559,6 +562,7 @@ class _Reader:
             node=node,
             election_ms=election_ms,
             heartbeat_ms=heartbeat_ms,
+            clock_drift=clock_drift,
             data_dir_template=data_dir,
             tls=self.tls(top["tls"]) if "tls" in top else TLSConfig(),
             api=api,
@@ -614,7 +618,10 @@ class _Reader:
         if value is None:
             return 350, 35
         section = self.mapping(
-            "timeouts", value, ("election", "heartbeat"), "a mapping {election: ms, heartbeat: ms}"
+            "timeouts",
+            value,
+            ("election", "heartbeat", "clock_drift"),
+            "a mapping {election: ms, heartbeat: ms, clock_drift: fraction}",
         )
         election = self.integer("timeouts.election", section.get("election", 350), minimum=1)
         heartbeat = self.integer("timeouts.heartbeat", section.get("heartbeat", 35), minimum=1)
@@ -626,6 +633,21 @@ class _Reader:
                 "about 10 x the heartbeat",
             )
         return election, heartbeat
+
+    def clock_drift(self, value: Any) -> float:
+        """timeouts.clock_drift: the bound on clock-rate drift the lease leaves room for."""
+        if not isinstance(value, dict) or "clock_drift" not in value:
+            return 0.1
+        drift = value["clock_drift"]
+        if isinstance(drift, bool) or not isinstance(drift, int | float):
+            raise self.wrong_type("timeouts.clock_drift", drift, "a fraction such as 0.1")
+        if not 0 <= drift < 0.5:
+            raise self.fail(
+                "timeouts.clock_drift",
+                f"{_show(drift)} is outside [0, 0.5); expected a fraction of the election "
+                "timeout such as 0.1 (10 %)",
+            )
+        return float(drift)
 
     def peers(self, value: Any) -> dict[str, PeerConfig]:
         expected = "a mapping of peer id to {host, ports: {p2p, api}}"

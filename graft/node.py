@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,6 +73,7 @@ from graft.fsm import (
     threaded_query,
 )
 from graft.metrics import NodeMetrics
+from graft.raft.config import LATE_TICKS
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.messages import (
     AppendEntries,
@@ -99,6 +100,7 @@ from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSen
 from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
 from graft.storage.errors import SnapshotSuperseded
 from graft.storage.rejected import RejectedEntry
+from graft.tick_waker import TickWaker
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -184,19 +186,21 @@ class GraftNode(Service, ClusterBackend):
         query_threads: int = 2,
         run_query: Callable[..., Deferred[Any]] | None = None,
         max_query_timeout: float = 60.0,
+        monotonic: Callable[[], float] | None = None,
+        tick_waker: bool = False,
     ) -> None:
         self._raft = raft
         self._storage = storage
         self._fsm = fsm
         self._clock = clock
         self._tick_seconds = tick_seconds
+        self._init_monotonic_ticks(monotonic, tick_waker)
         self._command_timeout = command_timeout
         self._query_timeout = query_timeout
         self._api_urls = dict(api_urls)
         self._route_wait = route_wait
         self._metrics = metrics or NodeMetrics()
         self.peers: PeerChannel | None = None
-        self._ticker: LoopingCall | None = None
         self._scheduled: Any = None
         self._leader_lost: tuple[int, str] | None = None  # last (term, leader) logged lost
         # Readies taken from the core whose writes are not all done, at most this many: the next
@@ -250,7 +254,6 @@ class GraftNode(Service, ClusterBackend):
         self._fsm_name = fsm_name
         self._run_in_thread = run_in_thread or _defer_to_thread
         self._forget_timer: Any = None
-        self._last_tick = clock.seconds()
         self._sender = SnapshotSender(
             peers=lambda: self.peers,
             latest=self._latest_local_snapshot,
@@ -292,17 +295,14 @@ class GraftNode(Service, ClusterBackend):
             commit=st.commit,
             members=",".join(sorted(st.membership.voters)),
         )
-        self._ticker = LoopingCall.withCount(self._tick)
-        self._ticker.clock = self._clock
-        self._ticker.start(self._tick_seconds, now=False)
+        self._start_ticks()
         self._query_pool.start()
         self._schedule()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
+        self._stop_ticks()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         if self._early_scheduled is not None and self._early_scheduled.active():
@@ -335,25 +335,97 @@ class GraftNode(Service, ClusterBackend):
         pending.addBoth(close)
         return pending
 
-    # -- the Raft loop ---------------------------------------------------------------------
+    # -- ticks on the monotonic clock --------------------------------------------------------
+    #
+    # Elapsed time is measured on a monotonic clock (time.monotonic() in production), never on
+    # the reactor's seconds(), which is the wall clock: an NTP step must neither stop the
+    # ticks (a leader's lease would outlive the followers' stickiness) nor fire a burst of
+    # them (a follower's stickiness would end early). Tick k is due when k tick periods of
+    # monotonic time have passed since the start; the reactor's timers only say "look now".
 
-    def _tick(self, intervals: int) -> None:
-        # LoopingCall skips the calls it missed (a stalled reactor, SIGSTOP) and reports how
-        # many intervals passed: tick for each, so the core's clock (its lease, its election
-        # timer) does not run slow after a stall. Bounded: past two election timeouts, more
-        # ticks change nothing.
-        self._last_tick = self._clock.seconds()
-        for _ in range(min(intervals, self._max_catch_up_ticks)):
+    def _init_monotonic_ticks(self, monotonic: Callable[[], float] | None, waker: bool) -> None:
+        # Without a monotonic source (tests on a fake reactor) the reactor's clock is it.
+        self._now: Callable[[], float] = monotonic or self._clock.seconds
+        self._tick_origin = self._now()
+        self._ticks_done = 0  # ticks due so far, as counted (not all run after a long stall)
+        self._last_tick = self._tick_origin  # when ticks last caught up, monotonic
+        self._tick_call: Any = None
+        self._use_tick_waker = waker
+        self._tick_waker: TickWaker | None = None
+
+    def _start_ticks(self) -> None:
+        self._tick_origin = self._now()
+        self._ticks_done = 0
+        self._last_tick = self._tick_origin
+        self._schedule_tick()
+        if self._use_tick_waker:
+            self._tick_waker = TickWaker(
+                self._clock, self._tick_seconds, self._ticks_overdue, self._on_tick_timer
+            )
+            self._tick_waker.start()
+
+    def _stop_ticks(self) -> None:
+        if self._tick_waker is not None:
+            self._tick_waker.stop()
+            self._tick_waker = None
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+
+    def _ticks_due(self) -> int:
+        # The epsilon keeps a timer that fires exactly on a boundary from missing it.
+        return int((self._now() - self._tick_origin) / self._tick_seconds + 1e-9)
+
+    def _ticks_overdue(self) -> bool:
+        """A tick has been due for over half a period (the reactor's timer is late)."""
+        next_due = self._tick_origin + (self._ticks_done + 1) * self._tick_seconds
+        return self._now() > next_due + self._tick_seconds / 2
+
+    def _catch_up_ticks(self) -> int:
+        """Tick the core for every period that passed since the last catch-up; how many.
+
+        Bounded: past two election timeouts, more ticks change nothing."""
+        if self._stopping:
+            return 0
+        due = self._ticks_due()
+        missed = due - self._ticks_done
+        if missed <= 0:
+            return 0
+        self._ticks_done = due
+        self._last_tick = self._now()
+        for _ in range(min(missed, self._max_catch_up_ticks)):
             self._raft.tick()
-        self._early_wanted = True
-        self._schedule()
+        self._early_wanted = True  # the ticks may have made heartbeats that can leave early
+        return missed
+
+    def _on_tick_timer(self) -> None:
+        self._tick_call = None
+        if self._catch_up_ticks():
+            self._schedule()
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        if self._stopping:
+            return
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        next_due = self._tick_origin + (self._ticks_done + 1) * self._tick_seconds
+        # A wall clock stepped forward fires this early: nothing is due then, and it waits again.
+        self._tick_call = self._clock.callLater(
+            max(0.0, next_due - self._now()), self._on_tick_timer
+        )
+
+    # -- the Raft loop ---------------------------------------------------------------------
 
     def receive(self, message: Message) -> None:
         """A message from a peer (the transport's on_message)."""
         if self._stopping:
             return
+        # Ticks already due count before the message: a follower's stickiness then starts
+        # after it, never with a backlog of ticks that elapsed before it arrived.
+        self._catch_up_ticks()
         if isinstance(message, AppendEntries | Heartbeat) and message.term >= self._raft.term:
-            self._last_leader_contact = self._clock.seconds()
+            self._last_leader_contact = self._now()
         if isinstance(message, _MAKE_EARLY_MESSAGES):
             self._early_wanted = True
         self._raft.step(message)
@@ -966,9 +1038,13 @@ class GraftNode(Service, ClusterBackend):
         if consistency is Consistency.DEFAULT:
             if self._raft.role is not Role.LEADER and not forwarded:
                 return self._forward_query(query, consistency, min_index, timeout)
-            # A late tick means the core's clock is behind the wall clock (the reactor stalled):
-            # its lease may have expired without it knowing, so confirm with a quorum instead.
-            late = self._clock.seconds() - self._last_tick > 2 * self._tick_seconds
+            # The core's ticks catch up with the monotonic clock first, so the lease is judged
+            # on the time that really passed. The lateness guard stays as a defence: should
+            # the ticks not have caught up, the lease may have expired unseen, so confirm with
+            # a quorum (the lease's margin allows LATE_TICKS of lateness, graft/raft/config).
+            if self._catch_up_ticks():
+                self._schedule()
+            late = self._now() - self._last_tick > LATE_TICKS * self._tick_seconds
             lease_index = None if late else self._raft.lease_read_index()
             if lease_index is not None:
                 return self._read_at(query, max(lease_index, min_index or 0), limit)
@@ -978,7 +1054,7 @@ class GraftNode(Service, ClusterBackend):
         self, query: bytes, min_index: int | None, max_lag_ms: int | None, limit: _TimeLimit
     ) -> Deferred[QueryResult]:
         if max_lag_ms is not None and self._raft.role is not Role.LEADER:
-            since = (self._clock.seconds() - self._last_leader_contact) * 1000
+            since = (self._now() - self._last_leader_contact) * 1000
             if self._raft.leader is None or since > max_lag_ms:
                 return _fail(
                     NoLeader(

@@ -532,3 +532,32 @@ class QueryTimeLimitConfigTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, self.load, bad)
             self.assertIn("api.max_query_timeout_ms", str(error))
             self.assertIn(problem, str(error))
+
+
+class ClockDriftConfigTests(SynchronousTestCase):
+    def load(self, timeouts: str) -> ClusterConfig:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "cluster.yaml"
+        path.write_text(f"timeouts: {timeouts}\n" + PEERS, encoding="utf-8")
+        return load_config(path)
+
+    def test_clock_drift(self) -> None:
+        """timeouts.clock_drift: 0.1 by default, a fraction in [0, 0.5), reaching the core."""
+        from graft.service import raft_config_for
+
+        cfg = self.load("{election: 350, heartbeat: 35}")
+        self.assertEqual(cfg.clock_drift, 0.1)
+        self.assertEqual(raft_config_for(cfg, "turing").lease_ticks, 6)
+        cfg = self.load("{election: 350, heartbeat: 35, clock_drift: 0.3}")
+        self.assertEqual(raft_config_for(cfg, "turing").lease_ticks, 10 - 3 - 1 - 2)
+        self.assertEqual(self.load("{clock_drift: 0}").clock_drift, 0.0)
+        for bad, problem in (
+            ("{clock_drift: 0.5}", "outside [0, 0.5)"),
+            ("{clock_drift: -0.1}", "outside [0, 0.5)"),
+            ("{clock_drift: ten}", "expected a fraction"),
+            ("{clock_drift: true}", "expected a fraction"),
+        ):
+            error = self.assertRaises(ConfigError, self.load, bad)
+            self.assertIn("timeouts.clock_drift", str(error))
+            self.assertIn(problem, str(error))

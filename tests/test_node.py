@@ -636,3 +636,91 @@ class ThreadedQueryDriverTests(DriverTests):
             )
             self.assertEqual(answer["output"], b'{"value":null}')
             self.assertTrue(0 < self.fsms[leader].time_left[-1] <= 2.0)
+
+
+class WallStepClock(Clock):
+    """A reactor clock whose seconds() is the wall clock: ``monotonic`` plus a step offset.
+    Delayed calls are timed on seconds(), as the real reactor's are, so a step back holds
+    them back and a step forward fires them at once; ``monotonic`` moves only by advance()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def seconds(self) -> float:
+        return self.rightNow + self.offset
+
+    def monotonic(self) -> float:
+        return self.rightNow
+
+
+class WallClockStepTests(DriverTests):
+    """NTP steps the wall clock; the driver's ticks and lease follow the monotonic clock."""
+
+    def setUp(self) -> None:
+        self.wall = WallStepClock()
+        self.clock = self.wall
+        self.network = Network(self.clock)
+        self.storages = {}
+        for i, node_id in enumerate(NODES):
+            storage = MemoryDurable()
+            self.storages[node_id] = storage
+            raft = RaftNode(
+                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
+                storage,
+                random.Random(i),
+            )
+            node = GraftNode(
+                raft=raft,
+                storage=storage,
+                fsm=FailingFSM(),
+                clock=self.clock,
+                monotonic=self.wall.monotonic,
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={n: f"http://{n}:8080" for n in NODES},
+            )
+            node.peers = Channel(self.network, node_id)
+            self.network.nodes[node_id] = node
+            node.startService()
+        self.addCleanup(self._stop)
+
+    def test_lease_ends_on_time_after_wall_step_back(self) -> None:
+        """The leader is cut off and its wall clock steps back 2 s: its reactor timers wait for
+        the step, but once the lease's 210 ms of monotonic time have passed a default read no
+        longer answers from the lease (the other nodes may have committed newer writes)."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        self.result(leader.submit([put("l", "1")]))
+        self.advance(10 * TICK)
+        fresh = leader.query(get("l"), Consistency.DEFAULT)
+        self.clock.advance(0)
+        self.assertTrue(fresh.called, "a fresh lease should answer at once")
+        self.network.isolate(leader_id)
+        self.wall.offset -= 2.0
+        self.advance(0.4)  # > 350 ms of monotonic time, < the 2 s step
+        box: list[Any] = []
+        leader.query(get("l"), Consistency.DEFAULT).addBoth(box.append)
+        self.clock.advance(0)
+        self.assertEqual(box, [], "answered from a lease that ended on the monotonic clock")
+        self.advance(3.0)
+        self.assertEqual(len(box), 1)
+        self.assertIsInstance(box[0], Failure)
+
+    def test_wall_step_forward_fires_no_tick_burst(self) -> None:
+        """A step forward of 1 s fires the pending timers at once, but no node ticks more than
+        the monotonic time allows: the leader keeps its term, the followers their patience."""
+        leader_id = self.leader()
+        self.advance(5 * TICK)
+        before = {n: node._raft._ticks for n, node in self.network.nodes.items()}
+        term = self.network.nodes[leader_id]._raft.term
+        self.wall.offset += 1.0
+        self.clock.advance(0)
+        self.clock.advance(0)
+        after = {n: node._raft._ticks for n, node in self.network.nodes.items()}
+        for n in NODES:
+            self.assertLessEqual(after[n] - before[n], 1, f"{n} ticked a burst")
+        self.advance(20 * TICK)
+        self.assertTrue(self.network.nodes[leader_id].is_leader())
+        self.assertEqual(self.network.nodes[leader_id]._raft.term, term)

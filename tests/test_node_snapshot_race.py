@@ -99,7 +99,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.assertEqual(self.storage.term(meta.index), meta.term)
         self.assertEqual(self.node._snapshot_index, meta.index)
         self.assertEqual(self.storage.snapshot_info().meta, meta)  # type: ignore[union-attr]
-        self.node._ticker.stop()  # type: ignore[union-attr]
+        self.node._stop_ticks()
         self.successResultOf(self.storage.close())
         again = self.open_storage()
         self.assertEqual(again.snapshot_meta(), meta)
@@ -144,7 +144,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
     def test_proposals_skipped_by_an_installed_snapshot_are_forgotten(self) -> None:
         """A proposal whose entry the node never applies itself (a snapshot from the leader
         covers it) leaves no proposal time behind in the driver."""
-        self.node._ticker.stop()  # type: ignore[union-attr]
+        self.node._stop_ticks()
         pending = self.node.submit([put("k", "lost")])  # proposed; its Ready not taken yet
         pending.addErrback(lambda _: None)
         index = self.node._raft.status().last_index

@@ -101,6 +101,7 @@ class FaultCluster:
         log = open(self.log_path(node), "ab")  # noqa: SIM115 (closed in close())
         self._logs.append(log)
         cmd = [sys.executable, "-m", "graft.faults.node_main", "--bind", self.addresses[node]]
+        cmd += ["--clock-file", str(self.clock_file(node))]
         cmd += ["--log-format", "text", "graft", "--config", str(self.config_path)]
         cmd += ["--node", node]
         self.processes[node] = subprocess.Popen(
@@ -123,6 +124,21 @@ class FaultCluster:
     def stall_fsync(self, node: str, seconds: float | None) -> None:
         """Add ``seconds`` to every fsync ``node`` makes from now on; None ends the stall."""
         set_stall(self.fsync_stall_path(node), seconds)
+
+    # -- the clock-step nemesis's wall clocks (graft.faults.node_main --clock-file) ----------
+
+    def clock_file(self, node: str) -> Path:
+        return self.base / "clock" / f"{node}.offset"
+
+    def set_wall_clock_offset(self, node: str, seconds: float) -> None:
+        """Step ``node``'s wall clock to real time + ``seconds`` (it reads the file within
+        10 ms); its monotonic clock is untouched. Written whole (rename) so it is never read
+        half-written."""
+        path = self.clock_file(node)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{seconds!r}\n")
+        tmp.replace(path)
 
     def start_all(self) -> None:
         for node in self.node_ids:

@@ -7,6 +7,7 @@ cluster's own timing does not, so a seed fixes the schedule, not the interleavin
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -30,8 +31,20 @@ KINDS: tuple[str, ...] = (
     "pause-leader",
     "slow-network",
     "packet-loss",
+    "clock-step",
 )
 KINDS = (*KINDS, *DISK_KINDS)
+# A comma-separated subset of KINDS to draw from instead of all (e.g. a teeth check).
+KINDS_ENV = "GRAFT_FAULT_KINDS"
+
+
+def deck_kinds() -> list[str]:
+    """The kinds a deck holds: KINDS, or the subset named in $GRAFT_FAULT_KINDS."""
+    chosen = [k.strip() for k in os.environ.get(KINDS_ENV, "").split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown:
+        raise ValueError(f"{KINDS_ENV}: unknown kinds {unknown}; expected some of {list(KINDS)}")
+    return chosen or list(KINDS)
 
 
 class StatusPoller:
@@ -95,6 +108,7 @@ class ScheduleConfig:
     quiet: tuple[float, float] = (0.5, 2.0)  # seconds between faults
     hold: tuple[float, float] = (2.0, 5.0)  # how long a fault lasts
     pause: tuple[float, float] = (1.0, 3.0)  # SIGSTOP length; the election timeout is 0.35 s
+    clock_step: float = 2.0  # seconds a clock-step nemesis moves one node's wall clock
 
 
 class Nemesis:
@@ -118,7 +132,7 @@ class Nemesis:
 
     def next_kind(self) -> str:
         if not self._deck:
-            self._deck = list(KINDS)
+            self._deck = deck_kinds()
             self.rng.shuffle(self._deck)
         return self._deck.pop()
 
@@ -223,7 +237,38 @@ class Nemesis:
             p = self.rng.choice((0.05, 0.1, 0.2))
             self.network.loss(p)
             return (), f"drop {p:.0%} of node-to-node packets", self.network.heal
+        if kind == "clock-step":
+            return self._clock_step()
         raise ValueError(f"unknown nemesis {kind!r}; expected one of {', '.join(KINDS)}")
+
+    def _clock_step(self) -> tuple[tuple[str, ...], str, Callable[[], None]]:
+        """Step one node's wall clock (not its monotonic clock) by +/-2 s, as NTP does.
+
+        Half the time the victim is the leader; a leader stepped back is also cut off from the
+        others, whose wall clocks step forward as much (issue 15's scenario: a lease timed on
+        the wall clock outlives the followers' stickiness, which ends early). The heal steps
+        every clock back to true time (the opposite step)."""
+        step = self.config.clock_step * self.rng.choice((-1.0, 1.0))
+        on_leader = self.rng.random() < 0.5
+        victim = self._victim(on_leader)
+        self.cluster.set_wall_clock_offset(victim, step)
+        detail = f"{victim}'s wall clock {step:+.0f} s"
+        cut = on_leader and step < 0
+        rest = [n for n in self.cluster.node_ids if n != victim]
+        if cut:
+            self.network.partition([[victim], rest])
+            for node in rest:
+                self.cluster.set_wall_clock_offset(node, -step)
+            detail += f", [{victim}] | {sorted(rest)} with theirs {-step:+.0f} s"
+
+        def heal() -> None:
+            self.cluster.set_wall_clock_offset(victim, 0.0)
+            if cut:
+                for node in rest:
+                    self.cluster.set_wall_clock_offset(node, 0.0)
+                self.network.heal()
+
+        return (victim,), detail, heal
 
 
 def sleep_until(clock: Callable[[], float], t: float) -> None:

@@ -31,10 +31,11 @@ Theory of operation, briefly:
   confirms them. A follower's read needs no round when the follower and the leader are a
   quorum (two or three voters): the follower accepts the answer only while still in the
   leader's term, which is the acknowledgement the round would have collected from it. The
-  lease is valid for election_ticks - lease_drift_ticks after the *sending* of a round a
-  quorum answered. A leader that has sent TimeoutNow holds no lease for the rest of its term,
-  even once the transfer timed out: the target's election ignores stickiness,
-  and the TimeoutNow (or a duplicate of it) may still be on its way.
+  lease is valid for lease_ticks (graft.raft.config: the stickiness less the margins for clock
+  drift, tick quantisation and tick lateness) after the *sending* of a round a quorum answered.
+  A leader that has sent TimeoutNow holds no lease for the rest of its term, even once the
+  transfer timed out: the target's election ignores stickiness, and the TimeoutNow (or a
+  duplicate of it) may still be on its way.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class RaftNode:
             return False
         if self._quiet:
             return True
-        return self._leader is not None and self._election_elapsed < self._cfg.election_ticks
+        return self._leader is not None and self._election_elapsed < self._cfg.stickiness_ticks
 
     # -- role changes -----------------------------------------------------------------------
 
@@ -958,7 +959,7 @@ class RaftNode:
         self._quorum_seq = seq
         sent = self._round_sent_tick.get(seq)
         if sent is not None:
-            self._lease_until = sent + self._cfg.election_ticks - self._cfg.lease_drift_ticks
+            self._lease_until = sent + self._cfg.lease_ticks
         for old in [s for s in self._round_sent_tick if s < seq]:
             del self._round_sent_tick[old]
         for read in self._reads.confirmed(seq):

@@ -164,6 +164,9 @@ class FakeCluster:
     def stall_fsync(self, node: str, seconds: float | None) -> None:
         self.stalls.append((node, seconds))
 
+    def set_wall_clock_offset(self, node: str, seconds: float) -> None:
+        self.actions.append(f"clock {node} {seconds:+.0f}")
+
 
 class FakeNetwork:
     netem = False
@@ -371,3 +374,86 @@ class ReplicaCheckTests(unittest.SynchronousTestCase):
         result, anomalies = replica_check(cluster, timeout=0, pause=0)  # type: ignore[arg-type]
         self.assertEqual(anomalies, [])
         self.assertFalse(result and result["complete"])
+
+
+class ClockStepTests(unittest.SynchronousTestCase):
+    def test_clock_step_moves_one_wall_clock_and_heals(self) -> None:
+        """clock-step moves one node's wall clock by +/-2 s and its heal puts it back; a leader
+        stepped back is also cut off from the others, whose clocks step forward, until the
+        heal."""
+        seen: set[tuple[bool, float]] = set()
+        for seed in range(40):
+            nemesis, cluster, network = NemesisTests().make(seed)
+            (victim,), detail, heal = nemesis.inject("clock-step")
+            step = float(cluster.actions[0].split()[-1])
+            self.assertEqual(abs(step), 2.0)
+            self.assertIn(victim, detail)
+            cut = bool(network.cuts)
+            if cut:
+                self.assertEqual(victim, "n2")  # the poller's leader
+                self.assertLess(step, 0)
+                self.assertEqual(network.cuts[0][0], frozenset({"n2"}))
+                others = {f"clock {n} +2" for n in ("n1", "n3", "n4", "n5")}
+                self.assertEqual(set(cluster.actions[1:5]), others)
+            seen.add((cut, step))
+            done = len(cluster.actions)
+            heal()
+            healed = set(cluster.actions[done:])
+            self.assertIn(f"clock {victim} +0", healed)
+            self.assertEqual(len(healed), 5 if cut else 1)
+        self.assertEqual(seen, {(True, -2.0), (False, -2.0), (False, 2.0)})
+
+
+class WallClockOffsetTests(unittest.TestCase):
+    def test_offset_moves_time_not_monotonic(self) -> None:
+        """node_main's --clock-file: a process's time.time() follows the offset file (also
+        once the file changes) while time.monotonic() keeps true time."""
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        offset = directory / "n1.offset"
+        offset.write_text("-2.0\n")
+        script = (
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from graft.faults.node_main import WallClockOffset\n"
+            "WallClockOffset(Path(sys.argv[1])).install()\n"
+            "from twisted.internet import reactor\n"
+            "def real(): return time.clock_gettime(time.CLOCK_REALTIME)\n"
+            "def skew(): return time.time() - real()\n"
+            "print(round(skew()), round(reactor.seconds() - real()))\n"
+            "Path(sys.argv[1]).write_text('3')\n"
+            "m = time.monotonic()\n"
+            "while round(skew()) != 3 and time.monotonic() - m < 20: time.sleep(0.01)\n"
+            "print(round(skew()), round(time.time_ns() / 1e9 - real()))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(offset)], capture_output=True, timeout=60, check=True
+        )
+        self.assertEqual(out.stdout.decode().split(), ["-2", "-2", "3", "3"])
+
+
+class DeckKindsTests(unittest.SynchronousTestCase):
+    def test_env_narrows_the_deck(self) -> None:
+        """$GRAFT_FAULT_KINDS draws only the named kinds; an unknown kind is refused."""
+        import os
+
+        from graft.faults.nemesis import KINDS_ENV, deck_kinds
+
+        old = os.environ.get(KINDS_ENV)
+        self.addCleanup(
+            lambda: (
+                os.environ.pop(KINDS_ENV, None)
+                if old is None
+                else os.environ.__setitem__(KINDS_ENV, old)
+            )
+        )
+        os.environ.pop(KINDS_ENV, None)
+        self.assertEqual(deck_kinds(), list(KINDS))
+        os.environ[KINDS_ENV] = "clock-step, pause"
+        self.assertEqual(deck_kinds(), ["clock-step", "pause"])
+        os.environ[KINDS_ENV] = "clock-step,sunspots"
+        self.assertRaises(ValueError, deck_kinds)

@@ -194,9 +194,9 @@ class ReadIndexTests(unittest.SynchronousTestCase):
 
 class LeaseTests(unittest.SynchronousTestCase):
     def test_lease_valid_after_quorum_round_and_expires(self) -> None:
-        """The lease is granted by a quorum-acknowledged round and expires election_ticks -
-        lease_drift_ticks after that round was sent when no further round is acknowledged."""
-        c = make_cluster(election_ticks=10, lease_drift_ticks=2)
+        """The lease is granted by a quorum-acknowledged round and expires lease_ticks (10 x 0.9
+        - 1 - 2 = 6) after that round was sent when no further round is acknowledged."""
+        c = make_cluster(election_ticks=10, clock_drift=0.1)
         leader = c.elect("n1")
         self.assertIsNone(leader.lease_read_index())  # no round acknowledged yet
         c.run(1)
@@ -206,9 +206,9 @@ class LeaseTests(unittest.SynchronousTestCase):
         while leader.lease_read_index() is not None:
             c.run(1)
             valid_for += 1
-        # Valid for election_ticks - lease_drift_ticks ticks, counted from the sending of
-        # the last acknowledged round (the tick just before the isolation).
-        self.assertEqual(valid_for, 10 - 2)
+        # Valid for lease_ticks, counted from the sending of the last acknowledged round (the
+        # tick just before the isolation).
+        self.assertEqual(valid_for, 6)
 
     def test_no_lease_without_check_quorum(self) -> None:
         """Without check-quorum there is no stickiness, so the lease is never used."""
