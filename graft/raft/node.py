@@ -608,18 +608,7 @@ class RaftNode:
 
     def _fail_pending_reads(self) -> None:
         for read in self._reads.drain():
-            if read.requester is None:
-                self._read_states.append(ReadState(context=read.context, index=None))
-            else:
-                self._send(
-                    ReadIndexResponse(
-                        term=self._term,
-                        sender=self._id,
-                        to=read.requester,
-                        context=read.context,
-                        index=None,
-                    )
-                )
+            self._fail_read(read)
 
     def _expire_stale_reads(self) -> None:
         """Fail what waited an election timeout for an answer that will not come, so memory
