@@ -14,14 +14,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
-from graft.errors import NoLeader, NotFound
+from graft.errors import NotFound
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import EntryKind, Membership
-from tests.test_node import NODES, TICK, Channel, MemoryDurable, Network, put
+from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
 
 
 class RecordingFSM(KeyValueStateMachine):
@@ -43,7 +43,7 @@ def run_now(f: Any, *args: Any) -> Deferred[Any]:
     return maybeDeferred(f, *args)
 
 
-class CheckTests(unittest.TestCase):
+class CheckTests(DriverCluster):
     def setUp(self) -> None:
         self.clock = Clock()
         self.network = Network(self.clock)
@@ -73,35 +73,12 @@ class CheckTests(unittest.TestCase):
             node.startService()
         self.addCleanup(self._stop)
 
-    def _stop(self) -> None:
-        for node in self.network.nodes.values():
-            if node.running:
-                node.stopService()
-        self.flushLoggedErrors(NoLeader)
-
-    def advance(self, seconds: float) -> None:
-        for _ in range(int(seconds / 0.005)):
-            self.clock.advance(0.005)
-
-    def leader(self) -> str:
-        for _ in range(400):
-            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
-            if len(leaders) == 1:
-                return leaders[0]
-            self.advance(TICK)
-        self.fail("no leader elected")
-
     def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        waited = 0.0
-        while not box and waited < seconds:
-            self.advance(TICK)
-            waited += TICK
-        self.assertTrue(box, "the operation did not finish")
-        if isinstance(box[0], Failure):
-            box[0].raiseException()
-        return box[0]
+        """The outcome, a failure raised."""
+        outcome = super().result(d, seconds)
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return outcome
 
     def write(self, leader: str, count: int = 3) -> None:
         for k in range(count):

@@ -156,33 +156,13 @@ def get(key: str) -> bytes:
     return json.dumps({"op": "get", "key": key}).encode()
 
 
-class DriverTests(unittest.TestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages: dict[str, MemoryDurable] = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            self.storages[node_id] = storage
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            node = GraftNode(
-                raft=raft,
-                storage=storage,
-                fsm=FailingFSM(),
-                clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
-            )
-            node.peers = Channel(self.network, node_id)
-            self.network.nodes[node_id] = node
-            node.startService()
-        self.addCleanup(self._stop)
+class DriverCluster(unittest.TestCase):
+    """Three GraftNodes on a deterministic Clock and an in-memory Network: the waiting
+    helpers the driver tests share. A subclass's setUp fills ``self.clock``, ``self.network``
+    and registers ``self._stop`` as a cleanup."""
+
+    clock: Clock
+    network: Network
 
     def _stop(self) -> None:
         for node in self.network.nodes.values():
@@ -212,6 +192,35 @@ class DriverTests(unittest.TestCase):
             waited += TICK
         self.assertTrue(box, "the operation did not finish")
         return box[0]
+
+
+class DriverTests(DriverCluster):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.storages: dict[str, MemoryDurable] = {}
+        for i, node_id in enumerate(NODES):
+            storage = MemoryDurable()
+            self.storages[node_id] = storage
+            raft = RaftNode(
+                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
+                storage,
+                random.Random(i),
+            )
+            node = GraftNode(
+                raft=raft,
+                storage=storage,
+                fsm=FailingFSM(),
+                clock=self.clock,
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={n: f"http://{n}:8080" for n in NODES},
+            )
+            node.peers = Channel(self.network, node_id)
+            self.network.nodes[node_id] = node
+            node.startService()
+        self.addCleanup(self._stop)
 
     def test_command_on_leader_and_forwarded_from_follower(self) -> None:
         """A command on the leader resolves with the FSM's answer and its index; on a follower

@@ -8,13 +8,9 @@ sender's storage (what a crash would leave) at the moment it leaves.
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial import unittest
 
-from graft.errors import NoLeader
 from graft.fsm.kv import KeyValueStateMachine
 from graft.node import GraftNode
 from graft.raft.config import RaftConfig
@@ -29,7 +25,7 @@ from graft.raft.messages import (
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import Membership
-from tests.test_node import NODES, TICK, Channel, MemoryDurable, Network, put
+from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
 
 
 class CheckedChannel(Channel):
@@ -69,7 +65,7 @@ class CheckedChannel(Channel):
         super().send(message)
 
 
-class SlowDiskTests(unittest.TestCase):
+class SlowDiskTests(DriverCluster):
     """Three GraftNodes as in tests/test_node.py, each on a CheckedChannel."""
 
     def setUp(self) -> None:
@@ -106,34 +102,6 @@ class SlowDiskTests(unittest.TestCase):
             self.channels[node_id] = channel
             node.peers = channel
         self.addCleanup(self._no_violations)
-
-    def _stop(self) -> None:
-        for node in self.network.nodes.values():
-            if node.running:
-                node.stopService()
-        self.flushLoggedErrors(NoLeader)
-
-    def advance(self, seconds: float) -> None:
-        for _ in range(int(seconds / 0.005)):
-            self.clock.advance(0.005)
-
-    def leader(self) -> str:
-        for _ in range(400):
-            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
-            if len(leaders) == 1:
-                return leaders[0]
-            self.advance(TICK)
-        self.fail("no leader elected")
-
-    def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        waited = 0.0
-        while not box and waited < seconds:
-            self.advance(TICK)
-            waited += TICK
-        self.assertTrue(box, "the operation did not finish")
-        return box[0]
 
     def _no_violations(self) -> None:
         for channel in self.channels.values():

@@ -32,7 +32,7 @@ from graft.space import (
     data_dir_bytes,
 )
 from graft.transport import RemoteError
-from tests.test_node import TICK, Channel, MemoryDurable, Network
+from tests.test_node import TICK, Channel, DriverCluster, MemoryDurable, Network
 
 MIB = 1 << 20
 NODES = ("a", "b", "c")
@@ -218,7 +218,7 @@ class SpaceMonitorTests(unittest.SynchronousTestCase):
         self.assertEqual(disk.scans, 0)
 
 
-class DriverSpaceTests(unittest.TestCase):
+class DriverSpaceTests(DriverCluster):
     """Three in-memory nodes (as tests.test_node), each with its own fake data dir size."""
 
     def setUp(self) -> None:
@@ -261,33 +261,9 @@ class DriverSpaceTests(unittest.TestCase):
         self.addCleanup(self._stop)
 
     def _stop(self) -> None:
-        for node_id, node in self.network.nodes.items():
-            self.monitors[node_id].stopService()
-            if node.running:
-                node.stopService()
-        self.flushLoggedErrors(NoLeader)
-
-    def advance(self, seconds: float) -> None:
-        for _ in range(int(seconds / 0.005)):
-            self.clock.advance(0.005)
-
-    def leader(self) -> str:
-        for _ in range(400):
-            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
-            if len(leaders) == 1:
-                return leaders[0]
-            self.advance(TICK)
-        self.fail("no leader elected")
-
-    def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        waited = 0.0
-        while not box and waited < seconds:
-            self.advance(TICK)
-            waited += TICK
-        self.assertTrue(box, "the operation did not finish")
-        return box[0]
+        for monitor in self.monitors.values():
+            monitor.stopService()
+        super()._stop()
 
     def assertNoSpace(self, outcome: Any, fragment: str) -> None:
         self.assertIsInstance(outcome, Failure, outcome)
