@@ -118,7 +118,7 @@ from graft.fsm.limits import (
     SQLITE_PROGRESS_INTERVAL,
     SQLITE_VM_STEP_BUDGET,
 )
-from graft.fsm.sqlite_digest import begin_sqlite_digest
+from graft.fsm.sqlite.digest import begin_sqlite_digest
 
 __all__ = ["SQLiteStateMachine", "split_statements"]
 
@@ -694,7 +694,7 @@ class SQLiteStateMachine:
 
     def begin_digest(self) -> Callable[[], str]:
         """Pin the state and return the function that digests it logically, in a worker
-        thread (graft.fsm.sqlite_digest: the file's bytes differ between equal replicas)."""
+        thread (graft.fsm.sqlite.digest: the file's bytes differ between equal replicas)."""
         return begin_sqlite_digest(self._path)
 
     # --- setup -------------------------------------------------------------------------------
