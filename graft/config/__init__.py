@@ -221,11 +221,6 @@ class ClusterConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
-    def limits(self) -> TransportConfig:
-        """Alias of ``transport`` (it holds the size limits of the peer protocol)."""
-        return self.transport
-
-    @property
     def max_frame_bytes(self) -> int:
         return self.transport.max_frame_bytes
 
