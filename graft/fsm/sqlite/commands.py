@@ -22,7 +22,6 @@ from graft.fsm.sqlite.rules import (
     refuse_in_query,
 )
 from graft.fsm.sqlite.sql import (
-    NUL_REFUSAL,
     ROWS_PER_FETCH,
     dumps,
     environment_failure,
@@ -30,6 +29,7 @@ from graft.fsm.sqlite.sql import (
     json_cell,
     quote,
     split_statements,
+    sql_text,
 )
 
 # Written by us before each command so that last_insert_rowid() and changes() start from the
@@ -50,12 +50,7 @@ class CommandApplication(CommandGuards):
 
     def apply(self, command: bytes, index: int) -> bytes:
         del index  # the state does not depend on where in the log the command sits
-        try:
-            script = command.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CommandRejected("the command is not UTF-8 text; expected an SQL script") from None
-        if "\x00" in script:
-            raise CommandRejected(NUL_REFUSAL.format(what="command"))
+        script = sql_text(command, "command", "an SQL script", CommandRejected)
         statements = split_statements(script)
         conn = self._conn
         conn.execute(_RESET_ROWID)

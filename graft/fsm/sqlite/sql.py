@@ -8,6 +8,7 @@ import base64
 import json
 import math
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from graft.fsm.base import FSMFailure, QueryRejected
@@ -18,10 +19,21 @@ ROWS_PER_FETCH = 256
 
 # SQLite reads SQL text up to a NUL (and Python's sqlite3 refuses to pass one on): checked
 # before the text is split, so that it is a refusal rather than a ValueError that stops a node.
-NUL_REFUSAL = (
+_NUL_REFUSAL = (
     "the {what} contains a NUL character (U+0000), which SQL text cannot hold; write binary "
     "data as a blob literal (X'00') or char(0)"
 )
+
+
+def sql_text(data: bytes, what: str, expected: str, refused: Callable[[str], Exception]) -> str:
+    """``data`` (a command or a query) as SQL text, or ``refused`` saying why it is not."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refused(f"the {what} is not UTF-8 text; expected {expected}") from None
+    if "\x00" in text:
+        raise refused(_NUL_REFUSAL.format(what=what))
+    return text
 
 
 def split_statements(script: str) -> list[str]:
@@ -121,12 +133,7 @@ def dumps(value: Any) -> bytes:
 
 def one_statement(query: bytes) -> str:
     """The one SQL statement of a query, or QueryRejected saying what is wrong with it."""
-    try:
-        text = query.decode("utf-8")
-    except UnicodeDecodeError:
-        raise QueryRejected("the query is not UTF-8 text; expected one SQL statement") from None
-    if "\x00" in text:
-        raise QueryRejected(NUL_REFUSAL.format(what="query"))
+    text = sql_text(query, "query", "one SQL statement", QueryRejected)
     statements = split_statements(text)
     if not statements:
         raise QueryRejected("the query is empty; expected one SQL statement such as SELECT")
