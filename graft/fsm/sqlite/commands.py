@@ -45,7 +45,6 @@ class CommandApplication(CommandGuards):
     """Part of SQLiteStateMachine: ``apply`` and the checks around it."""
 
     _conn: sqlite3.Connection
-    # The tables the current statement of the running command writes.
     _statement_written: set[str]
 
     def apply(self, command: bytes, index: int) -> bytes:

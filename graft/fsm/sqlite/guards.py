@@ -31,23 +31,15 @@ _CALLS_PER_UNIT = SQLITE_PROGRESS_INTERVAL // SQLITE_FUNCTION_CALL_STEPS
 class CommandGuards:
     """Part of SQLiteStateMachine: the replaced functions and the budget of a command."""
 
-    # What the authorizer lets through: "internal" (our own statements), "command", "query".
+    # The machine's state these methods use (what each means: SQLiteStateMachine.__init__).
     _mode: str
-    # Why the authorizer or a function last refused, for the error message.
     _refusal: str | None
-    # Evaluates the built-in functions we replace, with the arguments we allow.
     _dates: sqlite3.Connection
-    # The running command's work, in units of SQLITE_PROGRESS_INTERVAL VM steps, and its calls
-    # of our Python functions.
     _steps: int
     _calls: int
-    # Set while a failing statement runs again to find why (outside the budget).
     _probing: bool
-    # The main-database tables the running command inserts into or updates; whether it
-    # deletes or updates rows.
     _written: set[str]
     _removed: bool
-    # table -> the name that reads its rowid (None: it has none), until the schema changes.
     _rowid_names: dict[str, str | None]
 
     def _builtin_unless_command(self, name: str, why: str = "deterministic") -> Callable[..., Any]:
