@@ -29,10 +29,9 @@ records. Each figure is the median of ``--rounds`` rounds. Temp files are remove
 
 ``--cpu C`` runs everything on CPU ``C`` (raw loop, reactor and writer thread alike): the two
 thread hand-offs of each batch then cost a context switch instead of waking an idle CPU, which
-on this virtual machine takes about 20 us each way (see docs/benchmarks.md).
+on this virtual machine takes about 20 us each way.
 
-The target (issue #3): group commit at >= 60% of raw at the same batch size. Figures are in
-docs/benchmarks.md.
+The target (issue #3): group commit at >= 60% of raw at the same batch size.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from graft.certs import generate_certificates
+from graft.config import TLSFiles
 from graft.raft.messages import AppendEntries, AppendEntriesResponse, Message
 from graft.raft.types import Entry
 from graft.transport import PeerTransport
@@ -57,21 +58,14 @@ class _Peer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Files:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class _Cluster:
     directory: Path
     peers: dict[str, _Peer]
     cluster: str = "bench"
 
-    def tls_for(self, node_id: str) -> _Files:
+    def tls_for(self, node_id: str) -> TLSFiles:
         d = self.directory
-        return _Files(ca=d / "ca.pem", cert=d / f"{node_id}.pem", key=d / f"{node_id}.key")
+        return TLSFiles(ca=d / "ca.pem", cert=d / f"{node_id}.pem", key=d / f"{node_id}.key")
 
 
 def _free_ports(n: int) -> list[int]:

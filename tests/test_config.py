@@ -346,7 +346,6 @@ class GoodConfigTests(SynchronousTestCase):
         self.assertEqual(cfg.snapshot.entries, 10000)
         self.assertEqual(cfg.snapshot.trailing, 1000)
         self.assertEqual(cfg.transport.max_frame_bytes, 16 << 20)
-        self.assertIs(cfg.limits, cfg.transport)
         self.assertEqual(cfg.raft.max_inflight, 64)
         self.assertEqual(cfg.api.max_body_bytes, 1 << 20)
         self.assertEqual(dict(cfg.api.tokens), {})

@@ -11,14 +11,13 @@ import base64
 import shutil
 import subprocess
 from pathlib import Path
-from typing import IO
 
 from benchmarks.suite.errors import BenchmarkSetupError
 from benchmarks.suite.http import call, call_json, wait_until
 from benchmarks.suite.system import (
     BATCH,
     KEYS,
-    ReplicatedSystem,
+    ProcessSystem,
     RequestShape,
     compact,
     key_name,
@@ -41,20 +40,17 @@ def etcd_binary() -> str:
     return found
 
 
-class EtcdSystem(ReplicatedSystem):
+class EtcdSystem(ProcessSystem):
     name = "etcd"
     durable = True
 
     def __init__(self, base: Path, *, election_ms: int = 350, heartbeat_ms: int = 35) -> None:
-        self._base = base
+        super().__init__(base, ["e1", "e2", "e3"])
         self._election_ms = election_ms
         self._heartbeat_ms = heartbeat_ms
-        self._names = ["e1", "e2", "e3"]
         ports = free_ports(2 * len(self._names))
         self._client = {n: ports[2 * i] for i, n in enumerate(self._names)}
         self._peer = {n: ports[2 * i + 1] for i, n in enumerate(self._names)}
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: dict[str, IO[bytes]] = {}
 
     def command(self, node: str) -> list[str]:
         cluster = ",".join(f"{n}=http://{HOST}:{self._peer[n]}" for n in self._names)
@@ -75,43 +71,8 @@ class EtcdSystem(ReplicatedSystem):
             "--log-level=warn",
         ]
 
-    def start(self) -> None:
-        self._base.mkdir(parents=True, exist_ok=True)
-        for node in self._names:
-            self.restart(node)
-        self.leader(timeout=30)
-
-    def restart(self, node: str) -> None:
-        log = self._logs.get(node)
-        if log is None:
-            log = self._logs[node] = open(self._base / f"{node}.log", "ab")  # noqa: SIM115
-        self._processes[node] = subprocess.Popen(
-            self.command(node), stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def close(self) -> None:
-        for proc in self._processes.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-        for log in self._logs.values():
-            log.close()
-
-    def kill(self, node: str) -> None:
-        self._processes[node].kill()
-        self._processes[node].wait(10)
-
-    def alive(self) -> list[str]:
-        return [n for n, p in self._processes.items() if p.poll() is None]
-
-    def node_ids(self) -> list[str]:
-        return list(self._names)
-
     def base_url(self, node: str) -> str:
         return f"http://{HOST}:{self._client[node]}"
-
-    def pid(self, node: str) -> int:
-        return self._processes[node].pid
 
     def leader(self, timeout: float = 15) -> str:
         def agreed() -> str | None:

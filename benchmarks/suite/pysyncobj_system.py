@@ -10,11 +10,10 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO
 
 from benchmarks.suite.errors import BenchmarkSetupError
 from benchmarks.suite.http import call, call_json, wait_until
-from benchmarks.suite.system import KEYS, ReplicatedSystem, RequestShape, compact, key_name
+from benchmarks.suite.system import KEYS, ProcessSystem, RequestShape, compact, key_name
 from graft.testing.cluster import HOST, free_ports
 
 INSTALL_HINT = (
@@ -32,7 +31,7 @@ def ensure_pysyncobj(install: bool) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pysyncobj"], check=True)
 
 
-class PySyncObjSystem(ReplicatedSystem):
+class PySyncObjSystem(ProcessSystem):
     name = "pysyncobj"
     durable = False
 
@@ -45,17 +44,14 @@ class PySyncObjSystem(ReplicatedSystem):
         tick_ms: float = 50,
         batch: bool = False,
     ) -> None:
-        self._base = base
+        super().__init__(base, ["p1", "p2", "p3"])
         self._tick_ms = tick_ms
         self._batch = batch
         self._election_ms = election_ms
         self._heartbeat_ms = heartbeat_ms
-        self._names = ["p1", "p2", "p3"]
         ports = free_ports(2 * len(self._names))
         self._raft = {n: ports[2 * i] for i, n in enumerate(self._names)}
         self._http = {n: ports[2 * i + 1] for i, n in enumerate(self._names)}
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: dict[str, IO[bytes]] = {}
 
     def command(self, node: str) -> list[str]:
         cmd = [sys.executable, "-m", "benchmarks.suite.pysyncobj_node"]
@@ -66,43 +62,8 @@ class PySyncObjSystem(ReplicatedSystem):
         cmd += [f"--tick-ms={self._tick_ms}", f"--batch={'on' if self._batch else 'off'}"]
         return cmd
 
-    def start(self) -> None:
-        self._base.mkdir(parents=True, exist_ok=True)
-        for node in self._names:
-            self.restart(node)
-        self.leader(timeout=30)
-
-    def restart(self, node: str) -> None:
-        log = self._logs.get(node)
-        if log is None:
-            log = self._logs[node] = open(self._base / f"{node}.log", "ab")  # noqa: SIM115
-        self._processes[node] = subprocess.Popen(
-            self.command(node), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
-        )
-
-    def close(self) -> None:
-        for proc in self._processes.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-        for log in self._logs.values():
-            log.close()
-
-    def kill(self, node: str) -> None:
-        self._processes[node].kill()
-        self._processes[node].wait(10)
-
-    def alive(self) -> list[str]:
-        return [n for n, p in self._processes.items() if p.poll() is None]
-
-    def node_ids(self) -> list[str]:
-        return list(self._names)
-
     def base_url(self, node: str) -> str:
         return f"http://{HOST}:{self._http[node]}"
-
-    def pid(self, node: str) -> int:
-        return self._processes[node].pid
 
     def leader(self, timeout: float = 15) -> str:
         by_address = {f"{HOST}:{self._raft[n]}": n for n in self._names}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import abc
 import json
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 KEYS = 1000  # writes rotate over this many keys, so state stays small and reads find them
 BATCH = 100
@@ -78,3 +81,52 @@ class ReplicatedSystem(abc.ABC):
 
     def settings(self) -> dict[str, object]:
         return {}
+
+
+class ProcessSystem(ReplicatedSystem):
+    """A system of one process per node, run from ``command(node)`` with its output appended to
+    ``<base>/<node>.log``; kill and restart act on that process."""
+
+    def __init__(self, base: Path, names: list[str]) -> None:
+        self._base = base
+        self._names = names
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+
+    @abc.abstractmethod
+    def command(self, node: str) -> list[str]: ...
+
+    def start(self) -> None:
+        self._base.mkdir(parents=True, exist_ok=True)
+        for node in self._names:
+            self.restart(node)
+        self.leader(timeout=30)
+
+    def restart(self, node: str) -> None:
+        log = self._logs.get(node)
+        if log is None:
+            log = self._logs[node] = open(self._base / f"{node}.log", "ab")  # noqa: SIM115
+        self._processes[node] = subprocess.Popen(
+            self.command(node), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def close(self) -> None:
+        for proc in self._processes.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        for log in self._logs.values():
+            log.close()
+
+    def kill(self, node: str) -> None:
+        self._processes[node].kill()
+        self._processes[node].wait(10)
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self._processes.items() if p.poll() is None]
+
+    def node_ids(self) -> list[str]:
+        return list(self._names)
+
+    def pid(self, node: str) -> int:
+        return self._processes[node].pid

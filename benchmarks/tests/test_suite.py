@@ -7,6 +7,8 @@ a failed failover trial is recorded.
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 import xml.dom.minidom
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from benchmarks.suite import report, scenarios
 from benchmarks.suite.failover import FailoverTrial
 from benchmarks.suite.loadgen import LoadResult, collect, spread, write_bodies
 from benchmarks.suite.svg import line_chart
+from benchmarks.suite.system import ProcessSystem, RequestShape
 
 
 class _FakeWrk(subprocess.Popen[str]):
@@ -194,3 +197,63 @@ class FailoverScenarioTests(SynchronousTestCase):
         self.assertEqual([r["unavailable_ms"] for r in runs], [3598.1, 1195.3])
         self.assertEqual([r["settled"] for r in runs], [True, False])
         self.assertIn("no more failover trials for pysyncobj", said[-1])
+
+
+class _Sleepers(ProcessSystem):
+    """Three processes that print their node name and sleep: a ProcessSystem without a server."""
+
+    name = "sleepers"
+    durable = False
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base, ["s1", "s2", "s3"])
+
+    def command(self, node: str) -> list[str]:
+        script = f"import sys, time; print({node!r}, flush=True); time.sleep(60)"
+        return [sys.executable, "-c", script]
+
+    def base_url(self, node: str) -> str:
+        return f"http://127.0.0.1:1/{node}"
+
+    def leader(self, timeout: float = 15) -> str:
+        return self._names[0]
+
+    def put_shape(self) -> RequestShape:
+        return RequestShape(method="POST", path="/", bodies=("",))
+
+    def probe_write(self, node: str, sequence: int, timeout: float) -> bool:
+        return False
+
+    def version(self) -> str:
+        return "0"
+
+
+class ProcessSystemTests(SynchronousTestCase):
+    def test_kill_restart_and_close_act_on_the_node_processes(self) -> None:
+        """A killed node is no longer alive and a restart brings it back with its log appended
+        to; close stops every process."""
+        base = Path(self.mktemp())
+        system = _Sleepers(base)
+        self.addCleanup(system.close)
+        system.start()
+        self.assertEqual(system.alive(), ["s1", "s2", "s3"])
+        _wait_for_lines(base / "s2.log", 1)
+        first = system.pid("s2")
+        system.kill("s2")
+        self.assertEqual(system.alive(), ["s1", "s3"])
+        system.restart("s2")
+        self.assertEqual(sorted(system.alive()), ["s1", "s2", "s3"])
+        self.assertNotEqual(system.pid("s2"), first)
+        _wait_for_lines(base / "s2.log", 2)
+        system.close()
+        self.assertEqual(system.alive(), [])
+        self.assertEqual((base / "s2.log").read_text().split(), ["s2", "s2"])
+
+
+def _wait_for_lines(log: Path, count: int) -> None:
+    """Until ``log`` holds ``count`` lines (a started process has printed its name)."""
+    deadline = time.monotonic() + 30
+    while len(log.read_text().split()) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{log} never held {count} lines: {log.read_text()!r}")
+        time.sleep(0.02)

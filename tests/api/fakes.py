@@ -19,6 +19,7 @@ from graft.api import make_api_resource
 from graft.api.auth import token_digest
 from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.settings import ApiSettings
+from graft.config import ApiLimits
 
 BASE = "http://127.0.0.1:8080"
 API_URLS = {
@@ -29,17 +30,6 @@ API_URLS = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """Stands in for graft.config.ApiLimits."""
-
-    max_batch_commands: int = 1000
-    max_pending_commands: int = 100_000
-    max_read_waiters: int = 10_000
-    max_connections: int = 512
-    request_deadline_ms: int = 10_000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Stands in for graft.config.ApiConfig."""
 
@@ -47,7 +37,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     command_timeout_ms: int = 5000
     query_timeout_ms: int = 5000
-    limits: Limits = field(default_factory=Limits)
+    limits: ApiLimits = field(default_factory=ApiLimits)
     allowed_origins: frozenset[str] = frozenset()
     max_query_timeout_ms: int = 60000
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.api.app import _batch_body
 from graft.api.backend import CommandResult, make_command_result
+from graft.api.batch import batch_body
 from graft.errors import NoLeader, Timeout
 from tests.api.fakes import ApiTestCase, Settings
 
@@ -346,7 +346,7 @@ class ResultTypeTests(ApiTestCase):
 
 
 def reference_body(results: list[CommandResult], as_json: bool) -> bytes:
-    """A batch's answer as json.loads and json.dumps make it: the contract _batch_body keeps."""
+    """A batch's answer as json.loads and json.dumps make it: the contract batch_body keeps."""
     entries: list[dict[str, object]] = []
     for r in results:
         entry: dict[str, object] = {"index": r.index, "term": r.term}
@@ -408,7 +408,7 @@ class BatchBodyTests(SynchronousTestCase):
             CommandResult(index=7 + i, term=2, leader="turing", output=o, error=e)
             for i, (o, e) in enumerate(outputs)
         ]
-        self.assertEqual(_batch_body(results, as_json), reference_body(results, as_json))
+        self.assertEqual(batch_body(results, as_json), reference_body(results, as_json))
 
     def test_edge_cases(self) -> None:
         """Outputs on either side of what is copied as it is: the answer is the reference's."""
@@ -438,4 +438,4 @@ class BatchBodyTests(SynchronousTestCase):
             CommandResult(index=i, term=1, leader="turing", output=o) for i, o in enumerate(outputs)
         ]
         for as_json in (True, False):
-            self.assertEqual(_batch_body(results, as_json), reference_body(results, as_json))
+            self.assertEqual(batch_body(results, as_json), reference_body(results, as_json))

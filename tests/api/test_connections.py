@@ -14,7 +14,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from graft.api import make_api_site
-from tests.api.fakes import FakeBackend, Limits, Settings
+from graft.config import ApiLimits
+from tests.api.fakes import FakeBackend, Settings
 from tests.api.test_body_limit import split_response
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -22,7 +23,7 @@ GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
 class _Connections(SynchronousTestCase):
-    limits = Limits()
+    limits = ApiLimits()
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -53,7 +54,7 @@ class _Connections(SynchronousTestCase):
 
 
 class ConnectionCapTests(_Connections):
-    limits = Limits(max_connections=2)
+    limits = ApiLimits(max_connections=2)
 
     def test_over_the_cap_is_503_and_closed(self) -> None:
         """With max_connections open, one more is answered 503 overloaded with Retry-After and
@@ -79,7 +80,7 @@ class ConnectionCapTests(_Connections):
 
 
 class RequestDeadlineTests(_Connections):
-    limits = Limits(request_deadline_ms=10_000)
+    limits = ApiLimits(request_deadline_ms=10_000)
 
     def assertTimedOut(self, transport: StringTransport) -> None:
         status, headers, body = split_response(transport.value())
@@ -160,7 +161,7 @@ class _Client(protocol.Protocol):
 class SocketTests(TestCase):
     """The same limits over real loopback sockets (the Site's wiring, not only its logic)."""
 
-    def listen(self, limits: Limits) -> tuple[Any, int]:
+    def listen(self, limits: ApiLimits) -> tuple[Any, int]:
         reactor: Any = global_reactor
         site = make_api_site(FakeBackend(), Settings(limits=limits), reactor=reactor)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -175,14 +176,14 @@ class SocketTests(TestCase):
 
     @defer.inlineCallbacks
     def test_partial_request_is_closed_with_408(self) -> Any:
-        _, port = self.listen(Limits(request_deadline_ms=50))
+        _, port = self.listen(ApiLimits(request_deadline_ms=50))
         client = yield self.connect(port, b"POST /command HTTP/1.1\r\nHost: a\r\n")
         raw = yield client.closed
         self.assertTrue(raw.startswith(b"HTTP/1.1 408 "), raw)
 
     @defer.inlineCallbacks
     def test_connection_over_the_cap_gets_503(self) -> Any:
-        site, port = self.listen(Limits(max_connections=1))
+        site, port = self.listen(ApiLimits(max_connections=1))
         holder = yield self.connect(port, b"")
         while site.open_connections < 1:  # the server side has accepted it
             yield task.deferLater(global_reactor, 0.01, lambda: None)

@@ -3,8 +3,9 @@ holding huge numbers, batches over the cap. Each is a 400 or 413 and reaches no 
 
 from __future__ import annotations
 
+from graft.config import ApiLimits
 from graft.errors import Overloaded
-from tests.api.fakes import ApiTestCase, Limits, Settings
+from tests.api.fakes import ApiTestCase, Settings
 
 
 class IntegerParameterTests(ApiTestCase):
@@ -90,7 +91,7 @@ class BatchCapTests(ApiTestCase):
     def test_batch_over_the_cap_is_413(self) -> None:
         """A batch of max_batch_commands passes; one more command is 413 payload_too_large,
         and nothing is proposed (there was no cap: a 1 MiB body held ~260,000 commands)."""
-        self.serve(Settings(limits=Limits(max_batch_commands=3)))
+        self.serve(Settings(limits=ApiLimits(max_batch_commands=3)))
         self.assertEqual(self.call("POST", "/commands", json=["a", "b", "c"]).status, 200)
         answer = self.call("POST", "/commands", json=["a", "b", "c", "d"])
         detail = self.assertError(answer, 413, "payload_too_large")

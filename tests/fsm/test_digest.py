@@ -14,7 +14,7 @@ from graft.fsm import StateMachine, begin_digest, digest
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
-from graft.fsm.sqlite_digest import sqlite_digest
+from graft.fsm.sqlite.digest import sqlite_digest
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -10,7 +10,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import CommandRejected, CorruptSnapshot, FSMFailure, QueryRejected
-from graft.fsm.sqlite import SQLiteStateMachine, split_statements
+from graft.fsm.sqlite import SQLiteStateMachine
+from graft.fsm.sqlite.sql import split_statements
 
 DEMO_SQL = (Path(__file__).resolve().parents[2] / "conf" / "demo.sql").read_bytes()
 USERS = b"SELECT name FROM users ORDER BY id;"

@@ -14,9 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.config import ConfigError
 from graft.fsm import QueryRejected, QueryTimedOut, ThreadedQueries, threaded_query
-from graft.fsm import sqlite as sqlite_fsm
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
+from graft.fsm.sqlite import reads as sqlite_reads
 from tests.fsm import test_sqlite
 from tests.fsm.test_sqlite import DEMO_SQL, USERS, SQLiteTestCase
 
@@ -97,7 +97,7 @@ class DeadlineTests(ReaderTestCase):
     def test_watchdog_interrupts_without_the_progress_handler(self) -> None:
         """The watchdog thread interrupts a query at its deadline by itself (the progress
         handler, which takes the GIL, is only the backstop), and runs no longer than needed."""
-        self.patch(sqlite_fsm, "_DEADLINE_CHECK_STEPS", 2**31 - 1)
+        self.patch(sqlite_reads, "_DEADLINE_CHECK_STEPS", 2**31 - 1)
         fsm = self.make()
         for _ in range(2):
             self.assertRaises(QueryTimedOut, fsm.query_in_thread, ENDLESS, later(0.1))

@@ -1,0 +1,301 @@
+"""The default FSM: a replicated SQLite database.
+
+Commands
+    A command is a UTF-8 SQL script. Its statements run in order inside ONE transaction: if any
+    statement fails, everything the script did is rolled back and CommandRejected carries
+    SQLite's message (which statement, and why). The answer is JSON::
+
+        {"changes": N, "last_insert_rowid": R-or-null}
+
+    ``changes`` counts the rows the script's statements inserted, updated or deleted (not those
+    changed by triggers); ``last_insert_rowid`` is the rowid of the last row the script inserted,
+    null if it inserted none. When the script's final statement returns rows (a SELECT, or
+    ``... RETURNING``), the answer also has ``"columns"`` and ``"rows"`` as for a query.
+
+Queries
+    A query is ONE read-only statement (SELECT, WITH ... SELECT, or an introspection PRAGMA such
+    as ``table_info``). Anything that would write, several statements, or transaction control is
+    refused with QueryRejected and changes nothing; an SQLite authorizer enforces this while the
+    statement is prepared, before it runs. The answer is JSON
+    ``{"columns": [...], "rows": [[...], ...]}``; a BLOB is returned as a base64 string, and a
+    non-finite REAL (inf, -inf) as null.
+
+    The driver runs queries through ``query_in_thread``: in a worker thread, on a read-only
+    connection of its own (the same rules), stopped at a deadline (QueryTimedOut), and refused
+    when the answer would exceed ``query_max_bytes`` (an option, 8 MiB by default).
+
+Determinism
+    Every replica must reach the same state from the same commands, so inside commands these are
+    refused (CommandRejected): ``random()``, ``randomblob()``, ``total_changes()``,
+    ``current_date``/``current_time``/``current_timestamp`` (also as column DEFAULTs), the date
+    and time functions (``date``, ``time``, ``datetime``, ``julianday``, ``unixepoch``,
+    ``strftime``) with ``'now'`` or no time value, and their ``'localtime'``/``'utc'`` modifiers
+    (they depend on the machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
+    (the FSM owns the transaction), ``ATTACH``/``DETACH``, TEMP tables, views, triggers and
+    indexes (they are not part of snapshots), and PRAGMAs other than ``user_version``,
+    ``application_id`` and the read-only introspection ones. Refused too, as they depend on
+    the SQLite build, the machine or the node's files: ``sqlite_version()``,
+    ``sqlite_source_id()``, ``sqlite_compileoption_get/used()``, ``fts3_tokenizer()``,
+    ``fts5_source_id()``, ``load_extension()``, ``sqlite_offset()``, ``timediff()`` with
+    ``'now'``, the C math library's transcendental functions (``sin``, ``ln``, ``exp``,
+    ``pow``, ...), the ``dbstat``, ``sqlite_dbpage`` and ``sqlite_stmt`` tables, and PRAGMA
+    ``database_list``, ``function_list``, ``module_list``, ``pragma_list``,
+    ``collation_list``, ``integrity_check`` and ``quick_check`` (also as ``pragma_*``
+    table-valued functions). A command may not leave rowid 2**63-1 in a table it wrote (SQLite
+    then picks the next rowid at random), nor an AUTOINCREMENT sequence at 2**63-1. Queries
+    may use all the functions.
+
+Limits
+    Each command runs within limits that are the same on every replica (``graft.fsm.limits``):
+    a budget of SQLITE_VM_STEP_BUDGET VM steps (each call of a function this module runs in
+    Python counts SQLITE_FUNCTION_CALL_STEPS), the connection limits SQLITE_CONNECTION_LIMITS
+    (the longest value or row, statement, LIKE pattern, ...), and at most
+    SQLITE_MAX_RESULT_ROWS rows and SQLITE_MAX_RESULT_BYTES bytes returned by its final
+    statement. Over any of them, CommandRejected names the limit. SQLITE_FULL raised because
+    an AUTOINCREMENT table has used its largest rowid is a CommandRejected too.
+
+Storage
+    The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
+    starts: the node rebuilds the state from its snapshot and log, which are the durable truth,
+    so the file needs no durability of its own (``synchronous=OFF``). It is in WAL mode so that
+    a snapshot can read the database while commands go on writing it.
+
+Snapshots
+    A snapshot is an SQLite database file (in rollback-journal mode, so that any ``sqlite3``
+    tool opens it as it is). ``begin_snapshot`` opens a second connection and starts a read
+    transaction on it: in WAL mode that pins the database as of that moment for this reader,
+    whatever the main connection commits afterwards, and costs about a millisecond. The writer
+    it returns copies the pinned state with SQLite's backup API from that reader into a temp
+    file in the data dir (the backup step runs without the GIL and without any lock that the
+    main connection needs), ends the read transaction, streams the file to the sink and
+    deletes it. While the reader is open the WAL cannot be reset, so it grows by what commands
+    write meanwhile; the writer checkpoints it once the read transaction is over, from its own
+    thread, and ``journal_size_limit`` truncates the file when the WAL is next reset.
+    ``snapshot`` is ``begin_snapshot`` and its writer run at once. ``restore`` moves the
+    received file into place as the database (removing the old ``-wal`` and ``-shm``) rather
+    than copying it page by page.
+
+Failures
+    An SQLite error caused by this machine rather than by the command (disk full, I/O error,
+    out of memory, a corrupt or unwritable file) raises FSMFailure, never CommandRejected:
+    another replica would not fail the same way, so the node must stop instead of answering.
+
+Calls must not overlap (the driver calls from one thread at a time), except
+``query_in_thread``, which runs in worker threads at the same time as the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from graft.fsm.base import CorruptSnapshot, FSMFailure, QueryRejected
+from graft.fsm.sqlite.commands import CommandApplication
+from graft.fsm.sqlite.digest import begin_sqlite_digest
+from graft.fsm.sqlite.reads import DEFAULT_QUERY_MAX_BYTES, ThreadedReads
+from graft.fsm.sqlite.rules import ALWAYS_NONDETERMINISTIC, DATE_FUNCTIONS
+from graft.fsm.sqlite.snapshots import COPY_CHUNK, SQLITE_HEADER, write_snapshot
+from graft.fsm.sqlite.sql import dumps, environment_failure, json_cell, one_statement, set_limits
+
+__all__ = ["SQLiteStateMachine"]
+
+# The WAL file is truncated to this size when it is reset after having grown (e.g. during a
+# snapshot); below it, its space is reused rather than given back.
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class SQLiteStateMachine(CommandApplication, ThreadedReads):
+    """A replicated SQLite database (see the module docstring for the full contract)."""
+
+    content_type = "application/json"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        base_dir: Path | None = None,
+        filename: str = "fsm.sqlite3",
+        foreign_keys: bool = True,
+        query_max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+    ) -> None:
+        del base_dir  # nothing to resolve
+        self._path = Path(data_dir) / filename
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._foreign_keys = foreign_keys
+        # What the authorizer lets through: "internal" (our own statements), "command", "query".
+        self._mode = "internal"
+        # Why the authorizer or a function last refused, for the error message.
+        self._refusal: str | None = None
+        # Evaluates the built-in date functions we replace, with the arguments we allow.
+        self._dates = sqlite3.connect(":memory:", check_same_thread=False)
+        set_limits(self._dates)
+        # The running command's work, in units of SQLITE_PROGRESS_INTERVAL VM steps.
+        self._steps = 0
+        self._calls = 0
+        # Set while a failing statement runs again to find why (outside the budget: the
+        # triggers it runs with add steps).
+        self._probing = False
+        # The main-database tables the running command (and its current statement) inserts
+        # into or updates.
+        self._written: set[str] = set()
+        self._statement_written: set[str] = set()
+        # Whether it deletes or updates rows (so may have removed a row with the largest rowid
+        # while the AUTOINCREMENT sequence keeps it).
+        self._removed = False
+        # table -> the name that reads its rowid (None: it has none), until the schema changes.
+        self._rowid_names: dict[str, str | None] = {}
+        # How snapshot writers run the backup: all pages in one step unless a test asks for
+        # small steps with a callback between them.
+        self._backup_pages = -1
+        self._backup_progress: Callable[[int, int, int], object] | None = None
+        self._init_readers(query_max_bytes)
+        self._remove_files()
+        self._remove_leftovers()
+        self._conn = self._open()
+
+    # --- the StateMachine interface ---------------------------------------------------------
+
+    def query(self, query: bytes) -> bytes:
+        statement = one_statement(query)
+        self._mode = "query"
+        self._refusal = None
+        try:
+            cursor = self._conn.execute(statement)
+            rows = cursor.fetchall()
+        except sqlite3.Error as e:
+            failure = environment_failure(e)
+            if failure is not None:
+                raise failure from e
+            raise QueryRejected(self._explain(e)) from None
+        finally:
+            self._mode = "internal"
+            # A query never opens a transaction; make sure none is left behind.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        columns = [column[0] for column in cursor.description or ()]
+        return dumps({"columns": columns, "rows": [[json_cell(v) for v in r] for r in rows]})
+
+    def snapshot(self, sink: BinaryIO) -> None:
+        self.begin_snapshot()(sink)
+
+    def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
+            reader.execute("BEGIN")
+            # BEGIN is deferred: the first read takes the WAL read mark that pins the state.
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            cookie = reader.execute("PRAGMA schema_version").fetchone()[0]
+        except sqlite3.Error as e:
+            reader.close()
+            raise environment_failure(e) or FSMFailure(
+                f"SQLite could not start a snapshot ({e}); check the data dir {self._path.parent}"
+            ) from e
+        directory = self._path.parent
+        prefix = self._path.name + ".snapshot-"
+
+        pages, progress = self._backup_pages, self._backup_progress
+
+        def write(sink: BinaryIO) -> None:
+            write_snapshot(
+                reader, directory, prefix, sink, cookie=cookie, pages=pages, progress=progress
+            )
+
+        return write
+
+    def restore(self, source: BinaryIO) -> None:
+        # No reader may start a read on the old file once it is replaced; reads already under
+        # way finish on the state they pinned, which was current when they started.
+        with self._readers_lock:
+            self._generation += 1
+            self._drop_idle_readers()
+            self._replace_database(source)
+
+    def _replace_database(self, source: BinaryIO) -> None:
+        fd, name = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name + ".restore-")
+        copy = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(source, f, COPY_CHUNK)
+            size = copy.stat().st_size
+            if size:
+                with copy.open("rb") as f:
+                    if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                        raise CorruptSnapshot(
+                            "the snapshot is not an SQLite database; "
+                            "restore a snapshot taken by graft.fsm.sqlite"
+                        )
+            self._conn.close()
+            self._remove_files()
+            if size:
+                os.replace(copy, self._path)
+            try:
+                self._conn = self._open()
+                self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as e:
+                if size == 0:
+                    raise
+                # Leave an empty database behind, as at start, and say what went wrong.
+                self._conn.close()
+                self._remove_files()
+                self._conn = self._open()
+                raise CorruptSnapshot(
+                    f"the SQLite snapshot cannot be read ({e}); "
+                    "restore a snapshot taken by graft.fsm.sqlite"
+                ) from None
+        finally:
+            copy.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._close_readers()
+        self._conn.close()
+        self._dates.close()
+
+    # --- the replica consistency check ------------------------------------------------------
+
+    def begin_digest(self) -> Callable[[], str]:
+        """Pin the state and return the function that digests it logically, in a worker
+        thread (graft.fsm.sqlite.digest: the file's bytes differ between equal replicas)."""
+        return begin_sqlite_digest(self._path)
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            self._path.with_name(self._path.name + suffix).unlink(missing_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        """Temp files of snapshots and restores cut short by a crash."""
+        for pattern in (".snapshot-*", ".restore-*"):
+            for path in self._path.parent.glob(self._path.name + pattern):
+                path.unlink(missing_ok=True)
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit BEGIN, we delimit transactions ourselves.
+        # cached_statements=0: a cached statement would skip the authorizer on reuse.
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, cached_statements=0, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous=OFF")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise FSMFailure(
+                f"SQLite cannot use WAL mode for {self._path} (it reports {mode!r}); put the "
+                "data dir on a local file system that supports shared memory (mmap)"
+            )
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA foreign_keys={'ON' if self._foreign_keys else 'OFF'}")
+        conn.execute("CREATE TEMP TABLE _graft_rowid(x)")
+        for name, nargs in ALWAYS_NONDETERMINISTIC.items():
+            conn.create_function(name, nargs, self._builtin_unless_command(name))
+        for name, time_arg in DATE_FUNCTIONS.items():
+            conn.create_function(name, -1, self._date_function(name, time_arg), deterministic=True)
+        self._guard_command(conn)
+        conn.set_authorizer(self._authorize)
+        return conn
