@@ -1086,9 +1086,9 @@ class RaftNode:
             or self._read_states
             or self._forward_queue
             or (self._role is Role.LEADER and (self._append_needed or self._read_round_needed))
-            or log.has_unhanded()
-            or log.has_unhanded_snapshot()
-            or log.has_next_committed()
+            or log.has_next_unstable_entries()
+            or log.has_next_unstable_snapshot()
+            or log.has_next_committed_entries()
             or self._prev_hard_state.term != self._term
             or self._prev_hard_state.vote != self._vote
             or self._prev_hard_state.commit != log.committed
@@ -1098,9 +1098,9 @@ class RaftNode:
     def ready(self) -> Ready:
         self._flush()
         log = self._log
-        snapshot = log.take_snapshot()
-        entries = log.take_unstable()
-        committed = log.take_committed()
+        snapshot = log.take_next_unstable_snapshot()
+        entries = log.take_next_unstable_entries()
+        committed = log.take_next_committed_entries()
         hard_state: HardState | None = None
         current_hard = self._hard_state()
         if current_hard != self._prev_hard_state:
