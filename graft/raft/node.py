@@ -711,26 +711,65 @@ class RaftNode:
                 )
             return
 
-        if isinstance(msg, AppendEntries):
-            self._on_append(msg)
-        elif isinstance(msg, AppendEntriesResponse):
-            self._on_append_response(msg)
-        elif isinstance(msg, Heartbeat):
-            self._on_heartbeat(msg)
-        elif isinstance(msg, HeartbeatResponse):
-            self._on_heartbeat_response(msg)
-        elif isinstance(msg, RequestVote):
-            self._on_request_vote(msg)
-        elif isinstance(msg, RequestVoteResponse):
-            self._on_vote_response(msg)
-        elif isinstance(msg, ReadIndexRequest):
-            self._on_read_index_request(msg)
-        elif isinstance(msg, ReadIndexResponse):
-            self._on_read_index_response(msg)
-        elif isinstance(msg, TimeoutNow):
-            self._on_timeout_now(msg)
-        elif isinstance(msg, InstallSnapshot):
-            self._on_install_snapshot(msg)
+        # A message of our term: what it means depends on our role (etcd's stepLeader,
+        # stepCandidate, stepFollower). Each step function drops what its role never expects.
+        if self._role is Role.LEADER:
+            self._step_leader(msg)
+        elif self._role is Role.CANDIDATE or self._role is Role.PRE_CANDIDATE:
+            self._step_candidate(msg)
+        else:
+            self._step_follower(msg)
+
+    def _step_leader(self, msg: Message) -> None:
+        match msg:
+            case AppendEntriesResponse():
+                self._on_append_response(msg)
+            case HeartbeatResponse():
+                self._on_heartbeat_response(msg)
+            case ReadIndexRequest():
+                self._on_read_index_request(msg)
+            case RequestVote():
+                self._on_request_vote(msg)
+            case AppendEntries() | Heartbeat() | InstallSnapshot():
+                # Another leader of our term: Election Safety (Figure 3) rules it out; were
+                # one to exist, we would follow it as any other role does.
+                self._step_follower(msg)
+            # Vote answers, read answers and TimeoutNow are for the other roles.
+
+    def _step_candidate(self, msg: Message) -> None:
+        """Pre-candidate and candidate: count votes; a leader of our term ends the election
+        (Figure 2: "if AppendEntries RPC received from new leader: convert to follower")."""
+        match msg:
+            case RequestVoteResponse():
+                self._on_vote_response(msg)
+            case AppendEntries() | Heartbeat() | InstallSnapshot():
+                self._step_follower(msg)
+            case RequestVote():
+                self._on_request_vote(msg)
+            case ReadIndexRequest():
+                self._refuse_read_index(msg)
+            case TimeoutNow():
+                self._on_timeout_now(msg)
+            # A candidate has no forwarded reads (campaigning failed them) and no followers.
+
+    def _step_follower(self, msg: Message) -> None:
+        """Follower and learner: take what the leader sends, answer votes."""
+        match msg:
+            case AppendEntries():
+                self._on_append(msg)
+            case Heartbeat():
+                self._on_heartbeat(msg)
+            case InstallSnapshot():
+                self._on_install_snapshot(msg)
+            case RequestVote():
+                self._on_request_vote(msg)
+            case ReadIndexResponse():
+                self._on_read_index_response(msg)
+            case ReadIndexRequest():
+                self._refuse_read_index(msg)
+            case TimeoutNow():
+                self._on_timeout_now(msg)
+            # Answers to a leader or a candidate we no longer are: stale, dropped.
 
     def _follow(self, leader: NodeId) -> None:
         """A message from the current term's leader: (re)become its follower."""
@@ -846,7 +885,7 @@ class RaftNode:
             self._read_states.extend(ReadState(context=c, index=msg.index) for c in reads)
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
-        if self._id in self._membership.voters and self._role is not Role.LEADER:
+        if self._id in self._membership.voters:
             self._campaign(pre_vote=False, transfer=True)
 
     def _on_install_snapshot(self, msg: InstallSnapshot) -> None:
@@ -876,8 +915,6 @@ class RaftNode:
     # Leader side.
 
     def _on_append_response(self, msg: AppendEntriesResponse) -> None:
-        if self._role is not Role.LEADER:
-            return
         pr = self._progress.get(msg.sender)
         if pr is None:
             return
@@ -915,8 +952,6 @@ class RaftNode:
             self._send_append(msg.sender, allow_empty=True)
 
     def _on_heartbeat_response(self, msg: HeartbeatResponse) -> None:
-        if self._role is not Role.LEADER:
-            return
         pr = self._progress.get(msg.sender)
         if pr is None:
             return
@@ -955,14 +990,18 @@ class RaftNode:
             self._answer_read(read)
 
     def _on_read_index_request(self, msg: ReadIndexRequest) -> None:
-        if self._role is not Role.LEADER or not self._committed_in_term():
-            self._send(
-                ReadIndexResponse(
-                    term=self._term, sender=self._id, to=msg.sender, context=msg.context, index=None
-                )
-            )
+        if not self._committed_in_term():
+            self._refuse_read_index(msg)
             return
         self._register_read(msg.context, msg.sender)
+
+    def _refuse_read_index(self, msg: ReadIndexRequest) -> None:
+        """Not a leader, or one that cannot fix a read index yet: the follower asks again."""
+        self._send(
+            ReadIndexResponse(
+                term=self._term, sender=self._id, to=msg.sender, context=msg.context, index=None
+            )
+        )
 
     # -- messages out -----------------------------------------------------------------------
 
