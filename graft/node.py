@@ -1694,7 +1694,7 @@ class GraftNode(Service, ClusterBackend):
                 peer: {
                     "match": p.match,
                     "next": p.next,
-                    "state": p.state,
+                    "state": p.state.value,
                     "lag": max(0, st.last_index - p.match),
                     "active": p.recent_active,
                 }

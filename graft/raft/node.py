@@ -1210,7 +1210,7 @@ class RaftNode:
             progress[self._id] = PeerProgress(
                 match=log.persisted_index(),
                 next=log.last_index() + 1,
-                state=ProgressState.REPLICATE.value,
+                state=ProgressState.REPLICATE,
                 inflight=0,
                 recent_active=True,
                 learner=self._id not in self._membership.voters,
@@ -1219,7 +1219,7 @@ class RaftNode:
                 progress[peer] = PeerProgress(
                     match=pr.match,
                     next=pr.next,
-                    state=pr.state.value,
+                    state=pr.state,
                     inflight=len(pr.inflights),
                     recent_active=pr.recent_active,
                     learner=pr.learner,
