@@ -43,6 +43,12 @@ from typing import Any
 import yaml
 
 from graft.origin import normalize_origin
+from graft.raft.config import (
+    DEFAULT_CLOCK_DRIFT,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_MSG_BYTES,
+    DEFAULT_MAX_MSG_ENTRIES,
+)
 
 __all__ = [
     "DEFAULT_FSM_FACTORY",
@@ -210,11 +216,11 @@ class TransportConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RaftTuning:
-    """Flow control for AppendEntries; defaults match graft.raft.config.RaftConfig."""
+    """Flow control for AppendEntries; the defaults are the core's (graft.raft.config)."""
 
-    max_msg_entries: int = 1024
-    max_msg_bytes: int = _MIB
-    max_inflight: int = 64
+    max_msg_entries: int = DEFAULT_MAX_MSG_ENTRIES
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,7 +233,7 @@ class ClusterConfig:
     election_ms: int = 350
     heartbeat_ms: int = 35
     # The lease's clock-drift bound, a fraction of the election timeout (graft.raft.config).
-    clock_drift: float = 0.1
+    clock_drift: float = DEFAULT_CLOCK_DRIFT
     data_dir_template: str = "data/{id}"
     tls: TLSConfig = field(default_factory=TLSConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -637,7 +643,7 @@ class _Reader:
     def clock_drift(self, value: Any) -> float:
         """timeouts.clock_drift: the bound on clock-rate drift the lease leaves room for."""
         if not isinstance(value, dict) or "clock_drift" not in value:
-            return 0.1
+            return DEFAULT_CLOCK_DRIFT
         drift = value["clock_drift"]
         if isinstance(drift, bool) or not isinstance(drift, int | float):
             raise self.wrong_type("timeouts.clock_drift", drift, "a fraction such as 0.1")
