@@ -76,6 +76,9 @@ SCRIPT_FSM_FACTORY = "graft.fsm.script:ScriptStateMachine"
 TOKEN_ROLES = ("read", "write", "admin")
 
 _MIB = 1 << 20
+# The seed's timeouts, in milliseconds; the test and fault harnesses start clusters with them.
+DEFAULT_ELECTION_MS = 350
+DEFAULT_HEARTBEAT_MS = 35
 # A DNS label: it ends up in certificate subjectAltNames and in file names.
 _PEER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -230,8 +233,8 @@ class ClusterConfig:
     peers: Mapping[str, PeerConfig]  # the initial membership, in file order
     cluster: str = "graft"
     node: str | None = None
-    election_ms: int = 350
-    heartbeat_ms: int = 35
+    election_ms: int = DEFAULT_ELECTION_MS
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     # The lease's clock-drift bound, a fraction of the election timeout (graft.raft.config).
     clock_drift: float = DEFAULT_CLOCK_DRIFT
     data_dir_template: str = "data/{id}"
@@ -622,15 +625,19 @@ class _Reader:
 
     def timeouts(self, value: Any) -> tuple[int, int]:
         if value is None:
-            return 350, 35
+            return DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
         section = self.mapping(
             "timeouts",
             value,
             ("election", "heartbeat", "clock_drift"),
             "a mapping {election: ms, heartbeat: ms, clock_drift: fraction}",
         )
-        election = self.integer("timeouts.election", section.get("election", 350), minimum=1)
-        heartbeat = self.integer("timeouts.heartbeat", section.get("heartbeat", 35), minimum=1)
+        election = self.integer(
+            "timeouts.election", section.get("election", DEFAULT_ELECTION_MS), minimum=1
+        )
+        heartbeat = self.integer(
+            "timeouts.heartbeat", section.get("heartbeat", DEFAULT_HEARTBEAT_MS), minimum=1
+        )
         if election <= 2 * heartbeat:
             raise self.fail(
                 "timeouts.election",
