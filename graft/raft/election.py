@@ -1,5 +1,6 @@
-"""Leader election (Raft paper section 5.2) with pre-vote, check-quorum and leader stickiness
-(Raft thesis 9.6), the election and heartbeat timers, and leadership transfer (thesis 3.10)."""
+"""Leader election (Raft paper section 5.2) with pre-vote (Raft thesis 9.6), check-quorum and
+leader stickiness (thesis 6.2, 4.2.3), the election and heartbeat timers, and leadership
+transfer (thesis 3.10)."""
 
 from __future__ import annotations
 
@@ -270,5 +271,6 @@ class Elections(Replication):
         self._send(TimeoutNow(term=self._term, sender=self._id, to=to))
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        """Campaign at once, past stickiness (a leader never gets here: it drops TimeoutNow)."""
         if self._id in self._membership.voters:
             self._campaign(pre_vote=False, transfer=True)

@@ -149,6 +149,8 @@ class RaftNode(Elections):
             self._step_follower(msg)
 
     def _step_leader(self, msg: Message) -> None:
+        """Leader: the followers' answers and read requests, votes. Vote answers, read answers
+        and TimeoutNow are for the other roles: dropped."""
         match msg:
             case AppendEntriesResponse():
                 self._on_append_response(msg)
@@ -165,7 +167,10 @@ class RaftNode(Elections):
 
     def _step_candidate(self, msg: Message) -> None:
         """Pre-candidate and candidate: count votes; a leader of our term ends the election
-        (Figure 2: "if AppendEntries RPC received from new leader: convert to follower")."""
+        (Figure 2: "if AppendEntries RPC received from new leader: convert to follower").
+
+        Answers to a leader are dropped, and so are read answers: campaigning failed the reads
+        this node had forwarded."""
         match msg:
             case RequestVoteResponse():
                 self._on_vote_response(msg)
@@ -179,7 +184,8 @@ class RaftNode(Elections):
                 self._on_timeout_now(msg)
 
     def _step_follower(self, msg: Message) -> None:
-        """Follower and learner: take what the leader sends, answer votes."""
+        """Follower and learner: take what the leader sends, answer votes. Answers meant for a
+        leader or a candidate (one this node no longer is) are dropped."""
         match msg:
             case AppendEntries():
                 self._on_append(msg)
