@@ -74,7 +74,7 @@ from graft.fsm import (
 )
 from graft.metrics import NodeMetrics
 from graft.raft.config import LATE_TICKS
-from graft.raft.errors import NotLeader, ProposalDropped
+from graft.raft.errors import MembershipChangeRefused, NotLeader, ProposalDropped
 from graft.raft.messages import (
     AppendEntries,
     Heartbeat,
@@ -83,7 +83,7 @@ from graft.raft.messages import (
     Message,
     ReadIndexRequest,
 )
-from graft.raft.node import MembershipChangeRefused, RaftNode
+from graft.raft.node import RaftNode
 from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
 from graft.raft.storage import LogStorage
 from graft.raft.types import (
@@ -1694,7 +1694,7 @@ class GraftNode(Service, ClusterBackend):
                 peer: {
                     "match": p.match,
                     "next": p.next,
-                    "state": p.state,
+                    "state": p.state.value,
                     "lag": max(0, st.last_index - p.match),
                     "active": p.recent_active,
                 }

@@ -40,6 +40,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from graft.raft.config import (
+    DEFAULT_CLOCK_DRIFT,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_MSG_BYTES,
+    DEFAULT_MAX_MSG_ENTRIES,
+)
+
 __all__ = [
     "DEFAULT_FSM_FACTORY",
     "SCRIPT_FSM_FACTORY",
@@ -66,6 +73,9 @@ SCRIPT_FSM_FACTORY = "graft.fsm.script:ScriptStateMachine"
 TOKEN_ROLES = ("read", "write", "admin")
 
 _MIB = 1 << 20
+# The seed's timeouts, in milliseconds; the test and fault harnesses start clusters with them.
+DEFAULT_ELECTION_MS = 350
+DEFAULT_HEARTBEAT_MS = 35
 
 
 class ConfigError(Exception):
@@ -193,11 +203,11 @@ class TransportConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RaftTuning:
-    """Flow control for AppendEntries; defaults match graft.raft.config.RaftConfig."""
+    """Flow control for AppendEntries; the defaults are the core's (graft.raft.config)."""
 
-    max_msg_entries: int = 1024
-    max_msg_bytes: int = _MIB
-    max_inflight: int = 64
+    max_msg_entries: int = DEFAULT_MAX_MSG_ENTRIES
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,10 +217,10 @@ class ClusterConfig:
     peers: Mapping[str, PeerConfig]  # the initial membership, in file order
     cluster: str = "graft"
     node: str | None = None
-    election_ms: int = 350
-    heartbeat_ms: int = 35
+    election_ms: int = DEFAULT_ELECTION_MS
+    heartbeat_ms: int = DEFAULT_HEARTBEAT_MS
     # The lease's clock-drift bound, a fraction of the election timeout (graft.raft.config).
-    clock_drift: float = 0.1
+    clock_drift: float = DEFAULT_CLOCK_DRIFT
     data_dir_template: str = "data/{id}"
     tls: TLSConfig = field(default_factory=TLSConfig)
     api: ApiConfig = field(default_factory=ApiConfig)

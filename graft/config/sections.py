@@ -11,7 +11,9 @@ from types import MappingProxyType
 from typing import Any
 
 from graft.config import (
+    DEFAULT_ELECTION_MS,
     DEFAULT_FSM_FACTORY,
+    DEFAULT_HEARTBEAT_MS,
     SCRIPT_FSM_FACTORY,
     ApiConfig,
     ClusterConfig,
@@ -25,6 +27,7 @@ from graft.config import (
 )
 from graft.config.api_section import ApiSectionReader
 from graft.config.reader import kind, load_document, show, valid_host
+from graft.raft.config import DEFAULT_CLOCK_DRIFT
 
 # A DNS label: it ends up in certificate subjectAltNames and in file names.
 _PEER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -165,15 +168,19 @@ class _ClusterReader(ApiSectionReader):
 
     def timeouts(self, value: Any) -> tuple[int, int]:
         if value is None:
-            return 350, 35
+            return DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
         section = self.mapping(
             "timeouts",
             value,
             ("election", "heartbeat", "clock_drift"),
             "a mapping {election: ms, heartbeat: ms, clock_drift: fraction}",
         )
-        election = self.integer("timeouts.election", section.get("election", 350), minimum=1)
-        heartbeat = self.integer("timeouts.heartbeat", section.get("heartbeat", 35), minimum=1)
+        election = self.integer(
+            "timeouts.election", section.get("election", DEFAULT_ELECTION_MS), minimum=1
+        )
+        heartbeat = self.integer(
+            "timeouts.heartbeat", section.get("heartbeat", DEFAULT_HEARTBEAT_MS), minimum=1
+        )
         if election <= 2 * heartbeat:
             raise self.fail(
                 "timeouts.election",
@@ -186,7 +193,7 @@ class _ClusterReader(ApiSectionReader):
     def clock_drift(self, value: Any) -> float:
         """timeouts.clock_drift: the bound on clock-rate drift the lease leaves room for."""
         if not isinstance(value, dict) or "clock_drift" not in value:
-            return 0.1
+            return DEFAULT_CLOCK_DRIFT
         drift = value["clock_drift"]
         if isinstance(drift, bool) or not isinstance(drift, int | float):
             raise self.wrong_type("timeouts.clock_drift", drift, "a fraction such as 0.1")

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import yaml
 
+from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
 from graft.faults.disk import ENV as FSYNC_STALL_ENV
 from graft.faults.disk import set_stall
 
@@ -60,8 +61,8 @@ class FaultCluster:
         base: Path,
         size: int,
         *,
-        election_ms: int = 350,
-        heartbeat_ms: int = 35,
+        election_ms: int = DEFAULT_ELECTION_MS,
+        heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         snapshot_entries: int = 2000,
     ) -> None:
         self.base = base.resolve()

@@ -33,6 +33,10 @@ QUANTUM_TICKS = 1
 LATE_TICKS = 2
 # The default bound on the relative rate of two nodes' clocks, as a fraction of E.
 DEFAULT_CLOCK_DRIFT = 0.1
+# Flow-control defaults for AppendEntries (graft.config's `raft` section starts from these).
+DEFAULT_MAX_MSG_ENTRIES = 1024
+DEFAULT_MAX_MSG_BYTES = 1 << 20
+DEFAULT_MAX_INFLIGHT = 64
 
 
 def lease_ticks(election_ticks: int, clock_drift: float) -> int:
@@ -50,9 +54,9 @@ class RaftConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     # Flow control for AppendEntries (per message, and messages in flight per follower).
-    max_msg_entries: int = 1024
-    max_msg_bytes: int = 1 << 20
-    max_inflight: int = 64
+    max_msg_entries: int = DEFAULT_MAX_MSG_ENTRIES
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     pre_vote: bool = True
     check_quorum: bool = True
     # The bound on clock-rate drift between nodes the lease leaves room for (a fraction of the

@@ -31,3 +31,7 @@ class LogCompacted(RaftError):
 
 class LogUnavailable(RaftError):
     """The requested index lies beyond the last index in the log."""
+
+
+class MembershipChangeRefused(RaftError):
+    """A membership change was refused: one change at a time, one server per change."""

@@ -6,10 +6,11 @@ Indexes, in increasing order::
                                         handed: last index given to the driver to persist
 
 Entries the core creates (proposals on a leader, AppendEntries on a follower) go into
-``_unstable`` first. ``take_unstable`` hands them to the driver in a Ready; ``stable_to`` (from
-``advance``) drops them once storage holds them. A conflicting append may replace a suffix that
-is already in storage: the tail then starts below storage's last index and shadows it, and the
-next Ready carries the replacement (storage replaces the suffix on append).
+``_unstable`` first. ``take_next_unstable_entries`` hands them to the driver in a Ready;
+``stable_to`` (from ``advance``) drops them once storage holds them. A conflicting append may
+replace a suffix that is already in storage: the tail then starts below storage's last index
+and shadows it, and the next Ready carries the replacement (storage replaces the suffix on
+append).
 
 A snapshot received from the leader (``restore``) empties the log after its index at once, but
 storage only adopts it when the driver installs ``Ready.snapshot``. Until ``snapshot_installed``
@@ -202,11 +203,15 @@ class RaftLog:
         return False
 
     # -- the Ready cycle --------------------------------------------------------------------
+    #
+    # Pairs in etcd-raft's vocabulary: ``has_next_X`` says whether the next Ready carries X
+    # (unstable entries or snapshot: not yet persisted; committed entries: not yet applied);
+    # ``take_next_X`` hands X out for that Ready and marks it handed, so it leaves once.
 
-    def has_unhanded(self) -> bool:
+    def has_next_unstable_entries(self) -> bool:
         return self.handed < self._offset + len(self._unstable) - 1
 
-    def take_unstable(self) -> tuple[Entry, ...]:
+    def take_next_unstable_entries(self) -> tuple[Entry, ...]:
         """The entries the driver must persist next; marks them handed out."""
         start = self.handed + 1 - self._offset
         if start >= len(self._unstable):
@@ -225,10 +230,10 @@ class RaftLog:
             del self._unstable[: k + 1]
             self._offset = index + 1
 
-    def has_next_committed(self) -> bool:
+    def has_next_committed_entries(self) -> bool:
         return self.applying < min(self.committed, self.handed)
 
-    def take_committed(self) -> tuple[Entry, ...]:
+    def take_next_committed_entries(self) -> tuple[Entry, ...]:
         hi = min(self.committed, self.handed)
         if self.applying >= hi:
             return ()
@@ -256,12 +261,12 @@ class RaftLog:
         self.pending_snapshot = meta
         self.snapshot_handed = False
 
-    def has_unhanded_snapshot(self) -> bool:
+    def has_next_unstable_snapshot(self) -> bool:
         return self.pending_snapshot is not None and not self.snapshot_handed
 
-    def take_snapshot(self) -> SnapshotMeta | None:
+    def take_next_unstable_snapshot(self) -> SnapshotMeta | None:
         """The restored snapshot the driver must install next (once)."""
-        if not self.has_unhanded_snapshot():
+        if not self.has_next_unstable_snapshot():
             return None
         self.snapshot_handed = True
         return self.pending_snapshot

@@ -13,6 +13,7 @@ from graft.raft.messages import (
     ReadIndexRequest,
     ReadIndexResponse,
 )
+from graft.raft.progress import ProgressState
 from graft.raft.types import Entry, HardState, Membership, NodeId, SnapshotMeta
 
 
@@ -84,7 +85,7 @@ class PeerProgress:
 
     match: int
     next: int
-    state: str  # "probe" | "replicate" | "snapshot"
+    state: ProgressState
     inflight: int
     recent_active: bool
     learner: bool = False

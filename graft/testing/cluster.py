@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+
 HOST = "127.0.0.1"
 
 
@@ -57,8 +59,8 @@ class LocalCluster:
         node_ids: Iterable[str] = ("n1", "n2", "n3"),
         *,
         fsm: str = "graft.fsm.kv:KeyValueStateMachine",
-        election_ms: int = 350,
-        heartbeat_ms: int = 35,
+        election_ms: int = DEFAULT_ELECTION_MS,
+        heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         extra: Mapping[str, Any] | None = None,
         status_token: str | None = None,
     ) -> None:

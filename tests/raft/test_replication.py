@@ -154,7 +154,7 @@ class ReplicationTests(unittest.SynchronousTestCase):
         c.propose("n1", [b"a"])
         c.stabilize()
         st = leader.status().progress["n2"]
-        self.assertEqual(st.state, "replicate")
+        self.assertIs(st.state, ProgressState.REPLICATE)
         self.assertLess(st.match, leader.log.last_index())
 
     def test_committed_entries_include_all_kinds(self) -> None:

@@ -258,7 +258,7 @@ class LeaderSnapshotTests(unittest.SynchronousTestCase):
         applied = [e.index for e in n3.applied]
         self.assertNotIn(compacted.index, applied)
         self.assertIn(compacted.index + 1, applied)
-        self.assertEqual(leader.status().progress["n3"].state, "replicate")
+        self.assertIs(leader.status().progress["n3"].state, ProgressState.REPLICATE)
 
     def test_failed_report_makes_the_leader_retry(self) -> None:
         """report_snapshot(ok=False) returns the follower to probing, and the next heartbeat
@@ -271,11 +271,11 @@ class LeaderSnapshotTests(unittest.SynchronousTestCase):
         c.run(2)
         leader = c.node("n1")
         self.assertEqual(len(rec.of(InstallSnapshot, to="n3")), 1)
-        self.assertEqual(leader.status().progress["n3"].state, "snapshot")
+        self.assertIs(leader.status().progress["n3"].state, ProgressState.SNAPSHOT)
         c.run(2)
         self.assertEqual(len(rec.of(InstallSnapshot, to="n3")), 1, "paused while in flight")
         leader.report_snapshot("n3", False)
-        self.assertEqual(leader.status().progress["n3"].state, ProgressState.PROBE.value)
+        self.assertIs(leader.status().progress["n3"].state, ProgressState.PROBE)
         rec.drop = []
         c.run(2)
         self.assertEqual(len(rec.of(InstallSnapshot, to="n3")), 2)
@@ -317,5 +317,5 @@ class LeaderSnapshotTests(unittest.SynchronousTestCase):
         leader.report_snapshot("n3", True)
         c.process("n1")
         progress = leader.status().progress["n3"]
-        self.assertEqual((progress.state, progress.next), ("probe", snap.index + 1))
+        self.assertEqual((progress.state, progress.next), (ProgressState.PROBE, snap.index + 1))
         self.assertEqual(len(rec.of(AppendEntries, to="n3")), before)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from graft.raft.errors import NotLeader, ProposalDropped
+from graft.raft.errors import MembershipChangeRefused, NotLeader, ProposalDropped
 from graft.raft.messages import TimeoutNow
-from graft.raft.node import MembershipChangeRefused
 from graft.raft.ready import Role
 from graft.raft.types import Membership
 from tests.raft.helpers import Recorder, make_cluster
