@@ -16,7 +16,7 @@ peer messages that arrive while both are in flight go into the core and come out
 the next Ready, so the busier the node, the bigger each fsync's batch (group commit without a
 timer). A Ready that installs a received snapshot is taken alone.
 
-Clients reach the node through the ClusterBackend methods (graft.api.backend). A follower
+Clients reach the node through the ClusterBackend methods (graft.driver.port). A follower
 forwards commands and default reads to the leader over the peer channel, so a client may talk
 to any node.
 """
@@ -42,14 +42,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from graft.api.backend import (
+from graft.consistency import MARKER_PREFIX, DigestBook, summarize
+from graft.driver.port import (
     ClusterBackend,
     CommandResult,
     Consistency,
     QueryResult,
     make_command_result,
 )
-from graft.consistency import MARKER_PREFIX, DigestBook, summarize
+from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
+from graft.driver.tick_waker import TickWaker
 from graft.errors import (
     AnswerTooLarge,
     BadRequest,
@@ -96,11 +98,9 @@ from graft.raft.types import (
     decode_membership,
     membership_to_dict,
 )
-from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.space import SPACE_REPORT, SpaceMonitor, SpaceQuota
 from graft.storage.errors import SnapshotSuperseded
 from graft.storage.rejected import RejectedEntry
-from graft.tick_waker import TickWaker
 from graft.transport import PeerUnavailable, RemoteError
 from graft.waiters import IndexWaiters, ProposalWaiters
 

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import CommandResult, Consistency, QueryResult
+from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Timeout
 from graft.fsm import QueryRejected, QueryTimedOut
 from graft.fsm.kv import KeyValueStateMachine

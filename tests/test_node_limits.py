@@ -8,7 +8,7 @@ from typing import Any
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import Consistency
+from graft.driver.port import Consistency
 from graft.errors import NoLeader, Overloaded, Timeout
 from tests import test_node as base
 from tests.test_node import NODES, get, put

@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial import unittest
 
+from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.errors import BadRequest
 from graft.raft.messages import InstallSnapshot
 from graft.raft.types import Membership, SnapshotMeta
-from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.transport import PeerUnavailable
 
 META = SnapshotMeta(index=500, term=3, membership=Membership(voters=frozenset({"a", "b"})))

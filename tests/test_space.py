@@ -15,8 +15,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import Consistency
 from graft.config import ConfigError, load_config
+from graft.driver.port import Consistency
 from graft.errors import NoLeader, NoSpace
 from graft.fsm.kv import KeyValueStateMachine
 from graft.metrics import NodeMetrics

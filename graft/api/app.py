@@ -50,7 +50,7 @@ Decisions beyond DESIGN.md:
 - Every answer declares its Content-Length; the HTTP metrics label requests by route name
   (``unmatched`` for 404/405), never by raw path.
 - Administration (/cluster/..., /shutdown) needs the admin role, except reading the membership
-  (read). The backend implements graft.api.backend.ClusterAdmin as well (graft.api.admin).
+  (read). The backend implements graft.driver.port.ClusterAdmin as well (graft.api.admin).
 - Administration does not use api.command_timeout_ms: adding a member waits for the learner to
   catch up, which may take minutes. Every administrative operation gets ADMIN_TIMEOUT_S
   (150 s, above the node's own 120 s catch-up limit) and then a 504; like commands, the
@@ -97,7 +97,6 @@ from graft.api.admin import (
     parse_transfer_target,
 )
 from graft.api.auth import Role, TokenAuthority
-from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.deadline import TimeSource, within
 from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
@@ -113,6 +112,7 @@ from graft.api.responses import (
 from graft.api.root import ApiRoot, DirectHandler
 from graft.api.settings import ApiSettings
 from graft.api.snapshot_download import SnapshotResource
+from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.errors import (
     BadRequest,
     Forbidden,

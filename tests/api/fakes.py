@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api import make_api_resource
 from graft.api.auth import token_digest
-from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.settings import ApiSettings
+from graft.driver.port import CommandResult, Consistency, QueryResult
 
 BASE = "http://127.0.0.1:8080"
 API_URLS = {

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api.app import _batch_body
-from graft.api.backend import CommandResult, make_command_result
+from graft.driver.port import CommandResult, make_command_result
 from graft.errors import NoLeader, Timeout
 from tests.api.fakes import ApiTestCase, Settings
 

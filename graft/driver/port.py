@@ -1,4 +1,5 @@
-"""What the HTTP API needs from a node. graft.node.GraftNode implements it; API tests use fakes.
+"""The driver's port: what the HTTP API (graft.api) may ask of a node. GraftNode implements it;
+API tests use fakes. The API imports this module; the driver never imports graft.api.
 
 Every Deferred fails with a graft.errors.GraftError subclass for anything the client should see;
 any other exception is a bug and becomes a 500 ``internal`` error without a traceback.
