@@ -51,7 +51,7 @@ class TransferTests(unittest.TestCase):
         self.reports: list[tuple[str, bool]] = []
         self.crc = zlib.crc32(self.data)
         self.sender = SnapshotSender(
-            peers=lambda: self.link,
+            peers=self.link,
             latest=lambda: LocalSnapshot(
                 meta=META, fsm_name="kv", size=len(self.data), path=self.source, crc32=self.crc
             ),

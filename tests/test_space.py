@@ -16,11 +16,13 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.config import ConfigError, load_config
+from graft.driver.outcomes import remote_failure
 from graft.driver.port import Consistency
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.errors import NoLeader, NoSpace
 from graft.fsm.kv import KeyValueStateMachine
 from graft.metrics import NodeMetrics
-from graft.node import GraftNode, _remote_failure
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import Membership
@@ -233,15 +235,17 @@ class DriverSpaceTests(DriverCluster):
                 storage,
                 random.Random(i),
             )
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
                 fsm=KeyValueStateMachine(),
                 clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                ),
             )
             disk = FakeDisk()
             monitor = SpaceMonitor(
@@ -341,7 +345,7 @@ class DriverSpaceTests(DriverCluster):
 class ForwardedErrorTests(unittest.SynchronousTestCase):
     def test_no_space_from_the_leader_reaches_the_client_as_no_space(self) -> None:
         """A follower relays the leader's no_space as NoSpace (507), not as internal (500)."""
-        failure = _remote_failure(
+        failure = remote_failure(
             Failure(RemoteError("no_space", "over quota")), "a", lost=lambda: NoLeader("lost")
         )
         error = failure.value
