@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -108,7 +108,7 @@ class CheckTests(DriverCluster):
                 any(c.startswith(MARKER_PREFIX) for c in self.fsms[node_id].commands), node_id
             )
         status = self.network.nodes[leader].status()
-        self.assertEqual(status["last_check"], result)
+        self.assertEqual(status.last_check, result)
         metrics = generate_latest(self.network.nodes[leader].metrics).decode()
         self.assertIn("graft_replica_digest_mismatch 0.0", metrics)
         self.assertIn(f"graft_replica_check_index {float(result['index'])}", metrics)
@@ -126,7 +126,7 @@ class CheckTests(DriverCluster):
         self.assertEqual(result["mismatch"], [odd])
         for node_id in (leader, asked):
             node = self.network.nodes[node_id]
-            self.assertEqual(node.status()["last_check"]["mismatch"], [odd])
+            self.assertEqual(cast(Any, node.status().last_check)["mismatch"], [odd])
             self.assertIn(
                 "graft_replica_digest_mismatch 1.0", generate_latest(node.metrics).decode()
             )
@@ -161,7 +161,7 @@ class CheckTests(DriverCluster):
         """A peer asking for a digest this node never computed gets not_found, not a hang."""
         leader = self.leader()
         node = self.network.nodes[leader]
-        applied = node.status()["applied"]
+        applied = node.status().applied
         d = node.handle_request("x", "replica_digest", {"check": "nope", "index": applied})
         box: list[Any] = []
         d.addBoth(box.append)

@@ -154,7 +154,7 @@ class PoisonEntryTests(unittest.TestCase):
         self.assertEqual(result["sha256"], data_digest(POISON))
 
         node, fsm = self.start_node()
-        self.run_until(lambda: node.is_leader() and node.status()["applied"] >= 3)
+        self.run_until(lambda: node.is_leader() and node.status().applied >= 3)
         self.assertFalse(node.stopping)
         self.assertEqual(json.loads(fsm.query(get("y"))), {"value": "3"})
         answered: list[Any] = []
@@ -175,7 +175,7 @@ class PoisonEntryTests(unittest.TestCase):
             self.data_dir, {2: RejectedEntry(index=2, term=1, sha256=data_digest(POISON))}
         )
         node, fsm = self.start_node()
-        self.run_until(lambda: node.status()["applied"] >= 2)
+        self.run_until(lambda: node.status().applied >= 2)
         self.assertEqual(json.loads(fsm.query(get("y"))), {"value": "2"})
         self.stop(node)
 

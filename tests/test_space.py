@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.config import ConfigError, load_config
+from graft.driver.node import GraftNode
 from graft.driver.outcomes import remote_failure
 from graft.driver.port import Consistency
 from graft.driver.settings import DriverSettings
@@ -289,7 +291,7 @@ class DriverSpaceTests(DriverCluster):
         self.assertNoSpace(self.result(follower.submit([put("k", "2")])), f"node {leader_id}")
         read = self.result(leader.query(get("k"), Consistency.STRONG))
         self.assertEqual(json.loads(read.output), {"value": "1"})
-        self.assertTrue(leader.status()["space"]["alarm"])
+        self.assertTrue(_space(leader)["alarm"])
         metric = leader.metrics.get_sample_value(
             "graft_proposals_failed_total", {"reason": "no_space"}
         )
@@ -299,7 +301,7 @@ class DriverSpaceTests(DriverCluster):
         self.advance(1.0)
         answer = self.result(follower.submit([put("k", "3")]))
         self.assertIsInstance(answer, list)
-        self.assertFalse(leader.status()["space"]["alarm"])
+        self.assertFalse(_space(leader)["alarm"])
 
     def test_follower_over_quota_stops_the_clusters_writes_until_it_clears(self) -> None:
         """A follower over its quota refuses to forward, and reports its alarm to the leader,
@@ -313,7 +315,7 @@ class DriverSpaceTests(DriverCluster):
         self.advance(1.0)
         self.assertNoSpace(self.result(follower.submit([put("k", "1")])), f"node {follower_id}")
         self.assertNoSpace(self.result(leader.submit([put("k", "1")])), f"node {follower_id}")
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [follower_id])
+        self.assertEqual(_space(leader)["peers_over_quota"], [follower_id])
         self.disks[follower_id].size = MIB
         self.advance(1.0)
         self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
@@ -325,11 +327,11 @@ class DriverSpaceTests(DriverCluster):
         leader = self.network.nodes[leader_id]
         report = {"usage": 20 * MIB, "quota": 10 * MIB, "over": True}
         self.result(leader.handle_request("gone", "space_report", report))
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [])
+        self.assertEqual(_space(leader)["peers_over_quota"], [])
         self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
         member = next(n for n in NODES if n != leader_id)
         self.result(leader.handle_request(member, "space_report", report))
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [member])
+        self.assertEqual(_space(leader)["peers_over_quota"], [member])
 
     def test_leadership_transfer_works_over_quota(self) -> None:
         """Administration is not a write the quota refuses."""
@@ -380,3 +382,10 @@ class StorageConfigTests(unittest.SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(text)
             self.assertIn(fragment, str(caught.exception))
+
+
+def _space(node: GraftNode) -> Mapping[str, Any]:
+    """The quota's part of the node's status."""
+    space = node.status().space
+    assert space is not None
+    return space

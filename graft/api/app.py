@@ -112,6 +112,7 @@ from graft.api.responses import (
 from graft.api.root import ApiRoot, DirectHandler
 from graft.api.settings import ApiSettings
 from graft.api.snapshot_download import SnapshotResource
+from graft.api.views import members_document, status_document
 from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.errors import (
     BadRequest,
@@ -340,7 +341,7 @@ class GraftApi:
     @app.route("/status", methods=["GET"], endpoint="status")
     @_served("status", Role.READ)
     async def status(self, request: Request) -> bytes:
-        return write_json(request, 200, self._backend.status())
+        return write_json(request, 200, status_document(self._backend.status()))
 
     @app.route("/health", methods=["GET"], endpoint="health")
     @_served("health", None)
@@ -371,7 +372,7 @@ class GraftApi:
     @app.route("/cluster/members", methods=["GET"], endpoint="members")
     @_served("members", Role.READ)
     async def members(self, request: Request) -> bytes:
-        return write_json(request, 200, self._backend.members())
+        return write_json(request, 200, members_document(self._backend.members()))
 
     @app.route("/cluster/members", methods=["POST"], endpoint="add_member")
     @_served("add_member", Role.ADMIN)
@@ -385,7 +386,7 @@ class GraftApi:
             "it may still be catching up and be promoted later: check `graft members list` "
             "before retrying",
         )
-        return write_json(request, 200, document)
+        return write_json(request, 200, members_document(document))
 
     @app.route("/cluster/members/<string:member>", methods=["DELETE"], endpoint="remove_member")
     @_served("remove_member", Role.ADMIN)
@@ -396,7 +397,7 @@ class GraftApi:
             f"removing {target}",
             "it may still be removed: check `graft members list` before retrying",
         )
-        return write_json(request, 200, document)
+        return write_json(request, 200, members_document(document))
 
     @app.route("/cluster/leader", methods=["POST"], endpoint="transfer_leadership")
     @_served("transfer_leadership", Role.ADMIN)

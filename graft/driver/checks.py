@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
 from graft.driver.clock import ReactorTime
-from graft.driver.forwarding import Forwarder
+from graft.driver.forwarding import Forwarder, as_is
 from graft.driver.lifecycle import Scheduler
 from graft.driver.membership import MembershipManager
 from graft.driver.outcomes import timed_out
@@ -66,7 +66,7 @@ class ReplicaChecks:
     def check_replicas(self) -> Deferred[dict[str, Any]]:
         """Run a replica consistency check (on the leader, forwarded from a follower) and answer
         its result (graft.consistency.summarize), which this node also keeps for its status."""
-        d = self._forwarder.on_leader(ADMIN_CHECK, {}, lambda: self.check_here({}))
+        d = self._forwarder.on_leader(ADMIN_CHECK, {}, lambda: self.check_here({}), as_is)
         return d.addCallback(self._record)
 
     def _record(self, result: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ whose arguments the transport has checked against that schema before the handler
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
@@ -23,11 +23,12 @@ from graft.driver.outcomes import (
     timed_out,
 )
 from graft.driver.peers import PeerPort
-from graft.driver.port import CommandResult, Consistency, QueryResult
+from graft.driver.port import CommandResult, Consistency, MemberList, QueryResult
 from graft.driver.settings import DriverSettings
 from graft.errors import BadRequest, GraftError, NoLeader, Timeout, shutting_down
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
+from graft.raft.types import MemberAddress
 from graft.wire.commands import (
     FORWARD_ADMIN,
     FORWARD_QUERY,
@@ -40,7 +41,40 @@ from graft.wire.errors import ProtocolError
 # A handler of a peer request: the peer's id and the checked arguments, to the answer.
 Handler = Callable[[str, dict[str, Any]], Deferred[dict[str, Any]]]
 # An administrative operation carried out on the leader: its checked arguments, to its answer.
-AdminHandler = Callable[[dict[str, Any]], Deferred[dict[str, Any]]]
+AdminHandler = Callable[[dict[str, Any]], Deferred[Any]]
+T = TypeVar("T")
+
+
+def as_is(document: dict[str, Any]) -> dict[str, Any]:
+    """The codec of an operation whose answer travels as it is (a JSON-ready document)."""
+    return document
+
+
+def members_to_wire(members: MemberList) -> dict[str, Any]:
+    """A membership change's answer in forward_admin's result. The peer protocol's shape (the
+    same as GET /cluster/members today, which graft.api.views renders on its own), kept for
+    nodes of other versions."""
+    return {
+        "leader": members.leader,
+        "voters": list(members.voters),
+        "learners": list(members.learners),
+        "addresses": {
+            node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
+            for node, a in members.addresses.items()
+        },
+    }
+
+
+def members_from_wire(raw: dict[str, Any]) -> MemberList:
+    return MemberList(
+        leader=raw["leader"],
+        voters=tuple(raw["voters"]),
+        learners=tuple(raw["learners"]),
+        addresses={
+            node: MemberAddress(host=str(a["host"]), p2p_port=int(a["p2p"]), api_port=int(a["api"]))
+            for node, a in raw["addresses"].items()
+        },
+    )
 
 
 def result_to_wire(r: CommandResult) -> dict[str, Any]:
@@ -171,17 +205,21 @@ class Forwarder:
         return d
 
     def on_leader(
-        self, op: Command, args: dict[str, Any], here: Callable[[], Deferred[dict[str, Any]]]
-    ) -> Deferred[dict[str, Any]]:
+        self,
+        op: Command,
+        args: dict[str, Any],
+        here: Callable[[], Deferred[T]],
+        decode: Callable[[dict[str, Any]], T],
+    ) -> Deferred[T]:
         """Run an administrative operation on the leader: ``here()`` if it is this node, else
-        forwarded to it."""
+        forwarded to it (its answer decoded from the wire)."""
         if self._lifecycle.stopping:
             return failed(shutting_down())
 
-        def route(leader: str) -> Deferred[dict[str, Any]]:
+        def route(leader: str) -> Deferred[T]:
             if leader == self._raft.id:
                 return here()
-            return self.admin_on(leader, op, args)
+            return self.admin_on(leader, op, args).addCallback(decode)
 
         routed: Deferred[Any] = self.route_to_leader()
         return routed.addCallback(route)
@@ -224,9 +262,14 @@ class PeerRequests:
 class AdminRequests:
     """forward_admin on the leader: one handler per administrative operation's schema."""
 
-    def __init__(self, raft: RaftNode, handlers: Sequence[tuple[Command, AdminHandler]]) -> None:
+    def __init__(
+        self,
+        raft: RaftNode,
+        handlers: Sequence[tuple[Command, AdminHandler, Callable[[Any], dict[str, Any]]]],
+    ) -> None:
+        """``handlers``: each operation's schema, handler, and the encoder of its answer."""
         self._raft = raft
-        self._handlers = {op.name: (op, handler) for op, handler in handlers}
+        self._handlers = {op.name: (op, handler, encode) for op, handler, encode in handlers}
 
     def handle(self, peer: str, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
         if self._raft.role is not Role.LEADER:
@@ -235,10 +278,10 @@ class AdminRequests:
         found = self._handlers.get(name)
         if found is None:
             return failed(BadRequest(f"unknown administrative operation {name!r}"))
-        op, handler = found
+        op, handler, encode = found
         try:
             op_args = op.check_arguments(args["args"], f"{name} arguments")
         except ProtocolError as e:
             return failed(BadRequest(e.reason))
         d = handler(op_args)
-        return d.addCallback(lambda result: {"result": result})
+        return d.addCallback(lambda result: {"result": encode(result)})

@@ -15,10 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from graft.driver.clock import DelayedCall, ReactorTime
-from graft.driver.forwarding import Forwarder
+from graft.driver.forwarding import Forwarder, as_is, members_from_wire
 from graft.driver.lifecycle import Lifecycle, Scheduler
 from graft.driver.outcomes import timed_out
 from graft.driver.peers import PeerPort
+from graft.driver.port import MemberList
 from graft.driver.settings import DriverSettings
 from graft.errors import BadRequest, NoLeader, NotFound, Timeout
 from graft.raft.errors import NotLeader, ProposalDropped
@@ -133,50 +134,52 @@ class MembershipManager:
         members = self.membership.members | {self._raft.id}
         self._peers.update_peers({m: a for m in members if (a := self.address_of(m)) is not None})
 
-    def members(self) -> dict[str, Any]:
+    def members(self) -> MemberList:
         m = self.membership
-        return {
-            "leader": self._raft.leader,
-            "voters": sorted(m.voters),
-            "learners": sorted(m.learners),
-            "addresses": {
-                node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
-                for node in sorted(m.members)
-                if (a := self.address_of(node)) is not None
+        return MemberList(
+            leader=self._raft.leader,
+            voters=tuple(sorted(m.voters)),
+            learners=tuple(sorted(m.learners)),
+            addresses={
+                node: a for node in sorted(m.members) if (a := self.address_of(node)) is not None
             },
-        }
+        )
 
     # -- operations (on the leader) ----------------------------------------------------------
 
     def add_member(
         self, node_id: str, host: str, p2p_port: int, api_port: int
-    ) -> Deferred[dict[str, Any]]:
+    ) -> Deferred[MemberList]:
         args = {"id": node_id, "host": host, "p2p": p2p_port, "api": api_port}
-        return self._forwarder.on_leader(ADMIN_ADD_MEMBER, args, lambda: self.add_here(args))
+        return self._forwarder.on_leader(
+            ADMIN_ADD_MEMBER, args, lambda: self.add_here(args), members_from_wire
+        )
 
-    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+    def remove_member(self, node_id: str) -> Deferred[MemberList]:
         args = {"id": node_id}
-        return self._forwarder.on_leader(ADMIN_REMOVE_MEMBER, args, lambda: self.remove_here(args))
+        return self._forwarder.on_leader(
+            ADMIN_REMOVE_MEMBER, args, lambda: self.remove_here(args), members_from_wire
+        )
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
         args = {"id": target}
         return self._forwarder.on_leader(
-            ADMIN_TRANSFER_LEADERSHIP, args, lambda: self.transfer_here(args)
+            ADMIN_TRANSFER_LEADERSHIP, args, lambda: self.transfer_here(args), as_is
         )
 
-    def add_here(self, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def add_here(self, args: dict[str, Any]) -> Deferred[MemberList]:
         return Deferred.fromCoroutine(
             self._add(str(args["id"]), str(args["host"]), int(args["p2p"]), int(args["api"]))
         )
 
-    def remove_here(self, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def remove_here(self, args: dict[str, Any]) -> Deferred[MemberList]:
         return Deferred.fromCoroutine(self._remove(str(args["id"])))
 
     def transfer_here(self, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
         target = args.get("id")
         return Deferred.fromCoroutine(self._transfer(None if target is None else str(target)))
 
-    async def _add(self, node_id: str, host: str, p2p_port: int, api_port: int) -> dict[str, Any]:
+    async def _add(self, node_id: str, host: str, p2p_port: int, api_port: int) -> MemberList:
         m = self.membership
         if node_id in m.voters:
             raise BadRequest(f"{node_id} is already a voting member; nothing to do")
@@ -232,14 +235,14 @@ class MembershipManager:
         )
         return self.members()
 
-    async def _remove(self, node_id: str) -> dict[str, Any]:
+    async def _remove(self, node_id: str) -> MemberList:
         m = self.membership
         if node_id not in m.members:
             raise NotFound(f"{node_id} is not a member (members: {', '.join(sorted(m.members))})")
         if node_id == self._raft.id:
             # The leader removes itself by handing over first; the new leader removes it.
             await self._transfer(None)
-            result: dict[str, Any] = await self.remove_member(node_id)
+            result: MemberList = await self.remove_member(node_id)
             return result
         if m.voters == {node_id}:
             raise BadRequest("cannot remove the last voter; add another member first")

@@ -28,7 +28,16 @@ from graft.driver.lifecycle import Lifecycle
 from graft.driver.membership import MembershipManager
 from graft.driver.peers import PeerChannel, PeerPort
 from graft.driver.pipeline import DurableStorage, Inbox, ReadyPipeline
-from graft.driver.port import ClusterAdmin, ClusterBackend, CommandResult, Consistency, QueryResult
+from graft.driver.port import (
+    ClusterAdmin,
+    ClusterBackend,
+    CommandResult,
+    Consistency,
+    MemberList,
+    NodeStatus,
+    PeerProgress,
+    QueryResult,
+)
 from graft.driver.proposals import Proposer
 from graft.driver.reads import Reads
 from graft.driver.snapshots import Snapshots
@@ -232,42 +241,40 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
             query, consistency, min_index=min_index, max_lag_ms=max_lag_ms, timeout=timeout
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
         p = self._parts
         st = self._raft.status()
-        out: dict[str, Any] = {
-            "id": st.id,
-            "role": st.role.value,
-            "term": st.term,
-            "leader": st.leader,
-            "leader_api": p.membership.api_url(st.leader) if st.leader else None,
-            "commit": st.commit,
-            "applied": st.applied,
-            "first_index": st.first_index,
-            "last_index": st.last_index,
-            "snapshot": {"index": st.snapshot.index, "term": st.snapshot.term},
-            "members": {
-                "voters": sorted(st.membership.voters),
-                "learners": sorted(st.membership.learners),
-            },
-            "peers_connected": sorted(p.peers.connected_peers()),
-        }
-        if p.checks.last is not None:
-            out["last_check"] = p.checks.last
-        if (space := p.space.status()) is not None:
-            out["space"] = space
+        progress = None
         if st.role is Role.LEADER:
-            out["progress"] = {
-                peer: {
-                    "match": pr.match,
-                    "next": pr.next,
-                    "state": pr.state,
-                    "lag": max(0, st.last_index - pr.match),
-                    "active": pr.recent_active,
-                }
+            progress = {
+                peer: PeerProgress(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state,
+                    lag=max(0, st.last_index - pr.match),
+                    active=pr.recent_active,
+                )
                 for peer, pr in st.progress.items()
             }
-        return out
+        return NodeStatus(
+            id=st.id,
+            role=st.role.value,
+            term=st.term,
+            leader=st.leader,
+            leader_api=p.membership.api_url(st.leader) if st.leader else None,
+            commit=st.commit,
+            applied=st.applied,
+            first_index=st.first_index,
+            last_index=st.last_index,
+            snapshot_index=st.snapshot.index,
+            snapshot_term=st.snapshot.term,
+            voters=tuple(sorted(st.membership.voters)),
+            learners=tuple(sorted(st.membership.learners)),
+            peers_connected=tuple(sorted(p.peers.connected_peers())),
+            last_check=p.checks.last,
+            space=p.space.status(),
+            progress=progress,
+        )
 
     def is_ready(self) -> bool:
         st = self._raft.status()
@@ -275,15 +282,15 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
 
     # -- ClusterAdmin ------------------------------------------------------------------------
 
-    def members(self) -> dict[str, Any]:
+    def members(self) -> MemberList:
         return self._parts.membership.members()
 
     def add_member(
         self, node_id: str, host: str, p2p_port: int, api_port: int
-    ) -> Deferred[dict[str, Any]]:
+    ) -> Deferred[MemberList]:
         return self._parts.membership.add_member(node_id, host, p2p_port, api_port)
 
-    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+    def remove_member(self, node_id: str) -> Deferred[MemberList]:
         return self._parts.membership.remove_member(node_id)
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:

@@ -18,7 +18,13 @@ from graft.consistency import DigestBook
 from graft.driver.apply import Applier
 from graft.driver.checks import ReplicaChecks
 from graft.driver.clock import ReactorTime
-from graft.driver.forwarding import AdminRequests, Forwarder, PeerRequests
+from graft.driver.forwarding import (
+    AdminRequests,
+    Forwarder,
+    PeerRequests,
+    as_is,
+    members_to_wire,
+)
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.membership import MembershipManager
 from graft.driver.node import DriverParts, GraftNode
@@ -204,10 +210,10 @@ def build_node(
     admin = AdminRequests(
         raft,
         [
-            (ADMIN_ADD_MEMBER, membership.add_here),
-            (ADMIN_REMOVE_MEMBER, membership.remove_here),
-            (ADMIN_TRANSFER_LEADERSHIP, membership.transfer_here),
-            (ADMIN_CHECK, checks.check_here),
+            (ADMIN_ADD_MEMBER, membership.add_here, members_to_wire),
+            (ADMIN_REMOVE_MEMBER, membership.remove_here, members_to_wire),
+            (ADMIN_TRANSFER_LEADERSHIP, membership.transfer_here, as_is),
+            (ADMIN_CHECK, checks.check_here, as_is),
         ],
     )
     requests = PeerRequests(
