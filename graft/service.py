@@ -3,7 +3,7 @@
 
     MultiService
       PeerTransport   mutual-TLS peer connections (started first, stopped last)
-      GraftNode       the Raft driver: storage, core, FSM, timers
+      GraftNode       the Raft driver (graft.driver.wiring.build_node): storage, core, FSM
       API server      Klein app on ports.api (started last, stopped first)
 
 MultiService starts children in this order and stops them in reverse, so on SIGTERM the API
