@@ -19,6 +19,7 @@ from graft.driver.lifecycle import Lifecycle
 from graft.driver.outcomes import (
     applied_but_too_large,
     failed,
+    not_leader_any_more,
     remote_failure,
     timed_out,
 )
@@ -273,7 +274,7 @@ class AdminRequests:
 
     def handle(self, peer: str, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
         if self._raft.role is not Role.LEADER:
-            return failed(NoLeader(f"{self._raft.id} is not the leader any more; retry"))
+            return failed(not_leader_any_more(self._raft.id))
         name = str(args["op"])
         found = self._handlers.get(name)
         if found is None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail
@@ -21,7 +22,6 @@ from graft.errors import (
     Timeout,
 )
 from graft.transport import PeerUnavailable, RemoteError
-from graft.wire.commands import Command
 
 # Error codes that cross the peer channel in a forwarded call, back to their classes.
 _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
@@ -77,7 +77,7 @@ def applied_but_too_large(failure: Failure, leader: str, count: int) -> Failure:
     return failure
 
 
-def remote_failure(failure: Failure, leader: str, *, lost: Any) -> Failure:
+def remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftError]) -> Failure:
     """Turn a forwarded call's failure into the error the client should see; ``lost()`` is the
     error when the call got no answer."""
     if failure.check(RemoteError):
@@ -91,8 +91,3 @@ def remote_failure(failure: Failure, leader: str, *, lost: Any) -> Failure:
     return Failure(
         Internal(f"forwarding to the leader {leader} failed: {failure.getErrorMessage()}")
     )
-
-
-def unknown_request(command: Command | str) -> BadRequest:
-    name = command if isinstance(command, str) else command.name
-    return BadRequest(f"unknown peer request {name!r}")
