@@ -29,7 +29,7 @@ from typing import Any, cast
 from twisted.internet import defer, task
 
 from graft.config import load_config
-from graft.node import GraftNode
+from graft.driver.node import GraftNode
 from graft.service import GraftService, make_service
 from graft.testing.cluster import LocalCluster
 

@@ -117,13 +117,15 @@ def run_follower(node_id: str, cfg: _Cluster) -> None:
 
     def on_message(message: Message) -> None:
         if type(message) is AppendEntries:
-            transport.send(
-                AppendEntriesResponse(
-                    term=message.term,
-                    sender=node_id,
-                    to=message.sender,
-                    success=True,
-                    match_index=message.prev_index + len(message.entries),
+            transport.send_all(
+                (
+                    AppendEntriesResponse(
+                        term=message.term,
+                        sender=node_id,
+                        to=message.sender,
+                        success=True,
+                        match_index=message.prev_index + len(message.entries),
+                    ),
                 )
             )
 
@@ -196,15 +198,17 @@ async def _measure(
 
     def send(stream: _Stream) -> None:
         stream.sent += 1
-        transport.send(
-            AppendEntries(
-                term=1,
-                sender=LEADER,
-                to=stream.to,
-                prev_index=stream.sent * batch,
-                prev_term=1,
-                entries=stream.entries,
-                commit=0,
+        transport.send_all(
+            (
+                AppendEntries(
+                    term=1,
+                    sender=LEADER,
+                    to=stream.to,
+                    prev_index=stream.sent * batch,
+                    prev_term=1,
+                    entries=stream.entries,
+                    commit=0,
+                ),
             )
         )
 

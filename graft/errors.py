@@ -51,6 +51,11 @@ class FSMRejected(GraftError):
         self.term = term
 
 
+# What a client hears from a node that is stopping: the driver's refusals and an FSM's queries
+# cut short by the shutdown say it in these words.
+SHUTTING_DOWN = "this node is shutting down; retry on another node"
+
+
 class NoLeader(GraftError):
     """No leader is known, or the leader cannot be reached; the client should retry shortly."""
 
@@ -107,3 +112,8 @@ class NoSpace(GraftError):
 
     code = "no_space"
     status = 507
+
+
+def shutting_down() -> NoLeader:
+    """The refusal of a node that is stopping (503, retry elsewhere)."""
+    return NoLeader(SHUTTING_DOWN)

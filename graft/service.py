@@ -3,7 +3,7 @@
 
     MultiService
       PeerTransport   mutual-TLS peer connections (started first, stopped last)
-      GraftNode       the Raft driver: storage, core, FSM, timers
+      GraftNode       the Raft driver (graft.driver.wiring.build_node): storage, core, FSM
       API server      Klein app on ports.api (started last, stopped first)
 
 MultiService starts children in this order and stops them in reverse, so on SIGTERM the API
@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,10 +30,13 @@ from twisted.logger import Logger
 from graft.agreement import cluster_settings
 from graft.api import make_api_site
 from graft.config import ClusterConfig, ConfigError
+from graft.driver.clock import ReactorTime
+from graft.driver.node import GraftNode
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.exposure import open_api_warning
 from graft.fsm import StateMachine, create_state_machine
 from graft.metrics import NodeMetrics
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
@@ -69,13 +74,19 @@ def raft_config_for(cfg: ClusterConfig, node_id: str, *, join: bool = False) -> 
 WALL_CLOCK_TICKS_ENV = "GRAFT_TEST_WALL_CLOCK_TICKS"
 
 
-def monotonic_ticks(reactor: Any) -> dict[str, Any]:
-    """The driver's time source: time.monotonic(), and a thread that wakes the reactor for
+def monotonic_ticks(reactor: ReactorTime) -> Callable[[], float]:
+    """The driver's time source: time.monotonic(), with a thread that wakes the reactor for
     ticks whatever the wall clock (which times the reactor's own delayed calls) does."""
     if os.environ.get(WALL_CLOCK_TICKS_ENV) == "1":
         log.warn("{env}=1: the driver times its ticks on the wall clock", env=WALL_CLOCK_TICKS_ENV)
-        return {"monotonic": reactor.seconds, "tick_waker": False}
-    return {"monotonic": time.monotonic, "tick_waker": True}
+        return reactor.seconds
+    return time.monotonic
+
+
+def stop_reactor(reactor: Any) -> None:
+    """Stop the process: the reactor, if it runs (a fatal error, the API's shutdown)."""
+    if reactor.running:
+        reactor.stop()
 
 
 def make_service(
@@ -103,23 +114,19 @@ def make_service(
     restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
     secure_data_dir(data_dir)
     rng = random.Random()
+    monotonic = monotonic_ticks(reactor)
     raft_config = raft_config_for(cfg, node_id, join=join)
     raft = RaftNode(raft_config, storage, rng)
     static_addresses = {
         peer.id: MemberAddress(host=peer.host, p2p_port=peer.p2p_port, api_port=peer.api_port)
         for peer in cfg.peers.values()
     }
-    node = GraftNode(
-        raft=raft,
-        storage=storage,
-        fsm=fsm,
-        clock=reactor,
+    settings = DriverSettings(
         tick_seconds=cfg.heartbeat_ms / 1000,
         command_timeout=cfg.api.command_timeout_ms / 1000,
         query_timeout=cfg.api.query_timeout_ms / 1000,
         max_query_timeout=cfg.api.max_query_timeout_ms / 1000,
         api_urls={peer: cfg.api_url(peer) for peer in cfg.peers},
-        metrics=metrics,
         election_seconds=cfg.election_ms / 1000,
         static_addresses=static_addresses,
         bootstrap=raft_config.bootstrap,
@@ -127,8 +134,18 @@ def make_service(
         snapshot_entries=cfg.snapshot.entries,
         snapshot_trailing=cfg.snapshot.trailing,
         fsm_name=cfg.fsm.factory,
+        tick_waker=monotonic is time.monotonic,
+    )
+    node = build_node(
+        raft=raft,
+        storage=storage,
+        fsm=fsm,
+        clock=reactor,
+        settings=settings,
+        monotonic=monotonic,
+        stop_process=partial(stop_reactor, reactor),
+        metrics=metrics,
         incoming_dir=data_dir,
-        **monotonic_ticks(reactor),
     )
     node.skip_rejected_entries(read_rejected(data_dir))
     space = watch_space(cfg, node_id, node, metrics, reactor)
@@ -148,7 +165,7 @@ def make_service(
         settings=cluster_settings(cfg),
         limits=connection_limits(cfg),
     )
-    node.peers = transport
+    node.attach_peers(transport)
     node.limit_waiters(
         commands=cfg.api.limits.max_pending_commands, reads=cfg.api.limits.max_read_waiters
     )

@@ -1,11 +1,11 @@
-"""The replica consistency check in the driver (graft.node + graft.consistency): three
+"""The replica consistency check in the driver (graft.driver + graft.consistency): three
 GraftNodes in memory (tests.test_node's network and storage), digests computed synchronously."""
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -14,10 +14,11 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.errors import NotFound
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import EntryKind, Membership
@@ -56,17 +57,19 @@ class CheckTests(DriverCluster):
                 random.Random(i),
             )
             fsm = self.fsms[node_id] = RecordingFSM()
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
                 fsm=fsm,
                 clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
                 run_in_thread=run_now,
-                check_timeout=1.0,
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                    check_timeout=1.0,
+                ),
             )
             node.peers = Channel(self.network, node_id)
             self.network.nodes[node_id] = node
@@ -97,7 +100,7 @@ class CheckTests(DriverCluster):
             self.assertEqual(member, {"digest": expected, "error": None})
         # The marker is a NOOP with data at the check's index, on every node; no FSM saw it.
         for node_id in NODES:
-            storage = self.network.nodes[node_id]._storage
+            storage = self.network.nodes[node_id]._parts.storage
             entry = storage.entries(result["index"], result["index"] + 1)[0]
             self.assertEqual(entry.kind, EntryKind.NOOP)
             self.assertTrue(entry.data.startswith(MARKER_PREFIX))
@@ -105,7 +108,7 @@ class CheckTests(DriverCluster):
                 any(c.startswith(MARKER_PREFIX) for c in self.fsms[node_id].commands), node_id
             )
         status = self.network.nodes[leader].status()
-        self.assertEqual(status["last_check"], result)
+        self.assertEqual(status.last_check, result)
         metrics = generate_latest(self.network.nodes[leader].metrics).decode()
         self.assertIn("graft_replica_digest_mismatch 0.0", metrics)
         self.assertIn(f"graft_replica_check_index {float(result['index'])}", metrics)
@@ -123,7 +126,7 @@ class CheckTests(DriverCluster):
         self.assertEqual(result["mismatch"], [odd])
         for node_id in (leader, asked):
             node = self.network.nodes[node_id]
-            self.assertEqual(node.status()["last_check"]["mismatch"], [odd])
+            self.assertEqual(cast(Any, node.status().last_check)["mismatch"], [odd])
             self.assertIn(
                 "graft_replica_digest_mismatch 1.0", generate_latest(node.metrics).decode()
             )
@@ -149,7 +152,7 @@ class CheckTests(DriverCluster):
         self.assertEqual(a, b)
         markers = [
             e
-            for e in node._storage.entries(1, node._storage.last_index() + 1)
+            for e in node._parts.storage.entries(1, node._parts.storage.last_index() + 1)
             if e.kind is EntryKind.NOOP and e.data
         ]
         self.assertEqual(len(markers), 1)
@@ -158,7 +161,7 @@ class CheckTests(DriverCluster):
         """A peer asking for a digest this node never computed gets not_found, not a hang."""
         leader = self.leader()
         node = self.network.nodes[leader]
-        applied = node.status()["applied"]
+        applied = node.status().applied
         d = node.handle_request("x", "replica_digest", {"check": "nope", "index": applied})
         box: list[Any] = []
         d.addBoth(box.append)

@@ -10,8 +10,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from graft.driver.node import GraftNode
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import (
@@ -57,17 +59,19 @@ class RecordingChannel:
 
 def make_node(node_id: str, storage: MemoryDurable, bootstrap: Membership) -> GraftNode:
     raft = RaftNode(RaftConfig(id=node_id, bootstrap=bootstrap), storage, random.Random(1))
-    node = GraftNode(
+    node = build_node(
         raft=raft,
         storage=storage,
         fsm=KeyValueStateMachine(),
         clock=Clock(),
-        tick_seconds=0.035,
-        command_timeout=2.0,
-        query_timeout=2.0,
-        api_urls={},
-        static_addresses={**FILE, "d": NEWCOMER} if node_id == "d" else FILE,
-        bootstrap=bootstrap,
+        settings=DriverSettings(
+            tick_seconds=0.035,
+            command_timeout=2.0,
+            query_timeout=2.0,
+            api_urls={},
+            static_addresses={**FILE, "d": NEWCOMER} if node_id == "d" else FILE,
+            bootstrap=bootstrap,
+        ),
     )
     node.peers = RecordingChannel()
     return node
@@ -102,13 +106,15 @@ class AddressBookTests(unittest.TestCase):
             learners=frozenset({"d"}),
             addresses=(("a", elsewhere), ("b", FILE["b"]), ("d", NEWCOMER)),
         )
-        node._on_membership(learned)
+        node._parts.membership.on_membership(learned)
         self.assertEqual(channel.admit, [True, False])
         self.assertEqual(channel.books[-1], {"a": elsewhere, "b": FILE["b"], "d": NEWCOMER})
         self.assertEqual(channel.unlisted_members, set())
         # A member whose address neither the log (written before addresses were recorded)
         # nor the file gives may still connect, and is answered on its own connection.
-        node._on_membership(Membership(voters=frozenset({"a", "e"}), learners=frozenset({"d"})))
+        node._parts.membership.on_membership(
+            Membership(voters=frozenset({"a", "e"}), learners=frozenset({"d"}))
+        )
         self.assertEqual(channel.admit[-1], False)
         self.assertEqual(channel.unlisted_members, {"e"})
         self.assertNotIn("e", channel.books[-1])
@@ -121,7 +127,7 @@ class AddressBookTests(unittest.TestCase):
         proposed = Membership(
             voters=frozenset(FILE), learners=frozenset({"d"}), addresses=(("d", NEWCOMER),)
         )
-        completed = node._with_known_addresses(proposed)
+        completed = node._parts.membership.with_known_addresses(proposed)
         self.assertEqual(dict(completed.addresses), {**FILE, "d": NEWCOMER})
         self.assertEqual((completed.voters, completed.learners), (proposed.voters, {"d"}))
 
@@ -137,17 +143,19 @@ class RecordedAtBirthTests(unittest.TestCase):
         bootstrap = Membership(voters=frozenset(FILE))
         for i, n in enumerate(FILE):
             raft = RaftNode(RaftConfig(id=n, bootstrap=bootstrap), storages[n], random.Random(i))
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storages[n],
                 fsm=KeyValueStateMachine(),
                 clock=clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={},
-                static_addresses=FILE,
-                bootstrap=bootstrap,
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={},
+                    static_addresses=FILE,
+                    bootstrap=bootstrap,
+                ),
             )
             node.peers = Channel(network, n)
             network.nodes[n] = node
@@ -168,5 +176,5 @@ class RecordedAtBirthTests(unittest.TestCase):
         stray = MemberAddress(host="127.0.0.1", p2p_port=9100, api_port=8100)
         network.nodes["a"].stopService()
         again = make_node("a", storages["a"], Membership(voters=frozenset({*FILE, "x"})))
-        again._static_addresses["x"] = stray
+        again._parts.membership._static_addresses["x"] = stray
         self.assertEqual(again.peer_addresses(), FILE)

@@ -1,4 +1,4 @@
-"""The driver (graft.node) in memory: three GraftNodes with real Raft cores, the kv FSM, an
+"""The driver (graft.driver) in memory: three GraftNodes with real Raft cores, the kv FSM, an
 in-memory network and a Clock. No sockets, no threads, no sleeps."""
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import CommandResult, Consistency, QueryResult
+from graft.driver.node import GraftNode
+from graft.driver.port import CommandResult, Consistency, QueryResult
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Timeout
-from graft.fsm import QueryRejected, QueryTimedOut
+from graft.fsm import QueryRejected, QueryTimedOut, StateMachine
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
 from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
@@ -195,6 +197,11 @@ class DriverCluster(unittest.TestCase):
 
 
 class DriverTests(DriverCluster):
+    run_query: Any = None  # the driver's own query threads
+
+    def make_fsm(self, node_id: str) -> StateMachine:
+        return FailingFSM()
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.network = Network(self.clock)
@@ -207,15 +214,18 @@ class DriverTests(DriverCluster):
                 storage,
                 random.Random(i),
             )
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
-                fsm=FailingFSM(),
+                fsm=self.make_fsm(node_id),
                 clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
+                run_query=self.run_query,
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                ),
             )
             node.peers = Channel(self.network, node_id)
             self.network.nodes[node_id] = node
@@ -461,7 +471,7 @@ class DriverTests(DriverCluster):
         self.advance(10 * TICK)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         for node in self.network.nodes.values():
-            self.assertTrue(node._stopping)
+            self.assertTrue(node.stopping)
 
     def test_stalled_leader_does_not_trust_its_lease(self) -> None:
         """A leader whose reactor stalls (one big clock jump, as after SIGSTOP) ticks for every
@@ -568,12 +578,15 @@ def _at_once(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
 class ThreadedQueryDriverTests(DriverTests):
     """Every driver test again, with an FSM that offers query_in_thread; and its time limit."""
 
+    run_query = staticmethod(_at_once)
+
+    def make_fsm(self, node_id: str) -> StateMachine:
+        fsm = self.fsms[node_id] = ThreadedFSM()
+        return fsm
+
     def setUp(self) -> None:
-        super().setUp()
         self.fsms: dict[str, ThreadedFSM] = {}
-        for node_id, node in self.network.nodes.items():
-            node._fsm = self.fsms[node_id] = ThreadedFSM()  # nothing applied yet
-            node._run_query = _at_once
+        super().setUp()
 
     def test_reads_go_through_query_in_thread(self) -> None:
         """Reads at every consistency are answered by query_in_thread, with the default limit
@@ -679,16 +692,18 @@ class WallClockStepTests(DriverTests):
                 storage,
                 random.Random(i),
             )
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
                 fsm=FailingFSM(),
                 clock=self.clock,
                 monotonic=self.wall.monotonic,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                ),
             )
             node.peers = Channel(self.network, node_id)
             self.network.nodes[node_id] = node

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import Consistency
+from graft.driver.port import Consistency
 from graft.errors import NoLeader, Overloaded, Timeout
 from tests import test_node as base
 from tests.test_node import NODES, get, put
@@ -44,8 +44,8 @@ class NodeWaiterLimitTests(unittest.TestCase):
         self.advance(2.5)  # past the 2 s query timeout
         self.assertEqual(len(outcomes), 50)
         self.assertTrue(all(isinstance(o, Failure) and o.check(Timeout) for o in outcomes))
-        self.assertEqual(follower._applied._heap, [])
-        self.assertEqual(len(follower._applied), 0)
+        self.assertEqual(follower._parts.applied._heap, [])
+        self.assertEqual(len(follower._parts.applied), 0)
 
     def test_read_waiters_bounded(self) -> None:
         """Over max_read_waiters waiting reads, the next is refused with Overloaded; reads that
@@ -74,7 +74,7 @@ class NodeWaiterLimitTests(unittest.TestCase):
         refused = self.result(node.query(get("k"), Consistency.STRONG), seconds=0.1)
         self.assertIsInstance(refused, Failure)
         self.assertTrue(refused.check(Overloaded))
-        self.assertEqual(len(node._reads), 2)
+        self.assertEqual(len(node._parts.reads.pending), 2)
 
     def test_pending_proposals_bounded(self) -> None:
         """A batch that would pass max_pending_commands is refused with Overloaded before

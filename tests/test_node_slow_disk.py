@@ -11,8 +11,9 @@ import random
 
 from twisted.internet.task import Clock
 
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.messages import (
     AppendEntriesResponse,
@@ -80,15 +81,17 @@ class SlowDiskTests(DriverCluster):
                 storage,
                 random.Random(i),
             )
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
                 fsm=KeyValueStateMachine(),
                 clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                ),
             )
             self.network.nodes[node_id] = node
             node.startService()

@@ -15,8 +15,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import Membership, SnapshotMeta
@@ -40,17 +41,19 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.storage = self.open_storage()
         self.calls: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
         raft = RaftNode(RaftConfig(id="a", bootstrap=MEMBERS), self.storage, random.Random(0))
-        self.node = GraftNode(
+        self.node = build_node(
             raft=raft,
             storage=self.storage,
             fsm=KeyValueStateMachine(),
             clock=self.clock,
-            tick_seconds=TICK,
-            command_timeout=2.0,
-            query_timeout=2.0,
-            api_urls={"a": "http://127.0.0.1:18999"},
-            fsm_name="kv",
             run_in_thread=self.defer_to_test,
+            settings=DriverSettings(
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={"a": "http://127.0.0.1:18999"},
+                fsm_name="kv",
+            ),
         )
         self.node.startService()
         for _ in range(200):
@@ -83,7 +86,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
 
     def received(self) -> tuple[SnapshotMeta, Path]:
         """A snapshot from the leader, well past this node's applied index."""
-        applied = self.node._applied.applied
+        applied = self.node._parts.applied.applied
         meta = SnapshotMeta(index=applied + 40, term=self.node._raft.term + 1, membership=MEMBERS)
         leader_fsm = KeyValueStateMachine()
         leader_fsm.apply(put("k", "leader"), 1)
@@ -97,9 +100,9 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.assertEqual(taken[0], {"index": meta.index, "term": meta.term})
         self.assertEqual(self.storage.snapshot_meta(), meta)
         self.assertEqual(self.storage.term(meta.index), meta.term)
-        self.assertEqual(self.node._snapshot_index, meta.index)
+        self.assertEqual(self.node._parts.snapshots.index, meta.index)
         self.assertEqual(self.storage.snapshot_info().meta, meta)  # type: ignore[union-attr]
-        self.node._stop_ticks()
+        self.node._parts.ticks.stop()
         self.successResultOf(self.storage.close())
         again = self.open_storage()
         self.assertEqual(again.snapshot_meta(), meta)
@@ -116,7 +119,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
 
         def copy_then_install(sink: Any) -> None:
             write(sink)
-            self.node._install_snapshot(meta, path)  # on the reactor, mid-copy
+            self.node._parts.snapshots.install(meta, path)  # on the reactor, mid-copy
 
         self.calls[0] = (self.calls[0][0], save, (own, fsm_name, copy_then_install))
         self.run_worker()
@@ -132,7 +135,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         meta, path = self.received()
 
         def install_now() -> None:
-            self.node._install_snapshot(meta, path)
+            self.node._parts.snapshots.install(meta, path)
             self.storage.write_pending()
 
         store = self.storage._snapshots
@@ -144,14 +147,14 @@ class SnapshotInstallRaceTests(unittest.TestCase):
     def test_proposals_skipped_by_an_installed_snapshot_are_forgotten(self) -> None:
         """A proposal whose entry the node never applies itself (a snapshot from the leader
         covers it) leaves no proposal time behind in the driver."""
-        self.node._stop_ticks()
+        self.node._parts.ticks.stop()
         pending = self.node.submit([put("k", "lost")])  # proposed; its Ready not taken yet
         pending.addErrback(lambda _: None)
         index = self.node._raft.status().last_index
-        self.assertIn(index, self.node._proposed_at)
+        self.assertIn(index, self.node._parts.applier.proposed_at)
         meta, path = self.received()
-        self.node._install_snapshot(meta, path)
+        self.node._parts.snapshots.install(meta, path)
         self.storage.write_pending()
         self.assertGreater(meta.index, index)
-        self.assertEqual(self.node._snapshot_index, meta.index)
-        self.assertEqual(self.node._proposed_at, {})
+        self.assertEqual(self.node._parts.snapshots.index, meta.index)
+        self.assertEqual(self.node._parts.applier.proposed_at, {})

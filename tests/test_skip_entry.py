@@ -16,8 +16,10 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from graft.config import ClusterConfig, load_config
+from graft.driver.node import GraftNode
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.fsm.kv import KeyValueStateMachine
-from graft.node import GraftNode
 from graft.ops import OperationError, reject_entry
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
@@ -96,15 +98,17 @@ class PoisonEntryTests(unittest.TestCase):
             random.Random(0),
         )
         fsm = PoisonFSM()
-        node = GraftNode(
+        node = build_node(
             raft=raft,
             storage=storage,
             fsm=fsm,
             clock=self.clock,
-            tick_seconds=TICK,
-            command_timeout=2.0,
-            query_timeout=2.0,
-            api_urls={"a": "http://127.0.0.1:18999"},
+            settings=DriverSettings(
+                tick_seconds=TICK,
+                command_timeout=2.0,
+                query_timeout=2.0,
+                api_urls={"a": "http://127.0.0.1:18999"},
+            ),
         )
         node.skip_rejected_entries(read_rejected(self.data_dir))
         node.startService()
@@ -129,7 +133,7 @@ class PoisonEntryTests(unittest.TestCase):
         seed_log(self.data_dir, [put("x", "1"), POISON, put("y", "3")])
         with capturedLogs() as events:
             node, fsm = self.start_node()
-            self.run_until(lambda: node._stopping)
+            self.run_until(lambda: node.stopping)
         self.flushLoggedErrors(RuntimeError)
         text = "\n".join(formatEvent(e) for e in events)
         self.assertIn("entry 2 (term 1)", text)
@@ -141,7 +145,7 @@ class PoisonEntryTests(unittest.TestCase):
 
         # Restarting without the mark stops at the same entry again.
         node, fsm = self.start_node()
-        self.run_until(lambda: node._stopping)
+        self.run_until(lambda: node.stopping)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.stop(node)
 
@@ -150,8 +154,8 @@ class PoisonEntryTests(unittest.TestCase):
         self.assertEqual(result["sha256"], data_digest(POISON))
 
         node, fsm = self.start_node()
-        self.run_until(lambda: node.is_leader() and node.status()["applied"] >= 3)
-        self.assertFalse(node._stopping)
+        self.run_until(lambda: node.is_leader() and node.status().applied >= 3)
+        self.assertFalse(node.stopping)
         self.assertEqual(json.loads(fsm.query(get("y"))), {"value": "3"})
         answered: list[Any] = []
         node.submit([put("z", "4")]).addBoth(answered.append)
@@ -171,7 +175,7 @@ class PoisonEntryTests(unittest.TestCase):
             self.data_dir, {2: RejectedEntry(index=2, term=1, sha256=data_digest(POISON))}
         )
         node, fsm = self.start_node()
-        self.run_until(lambda: node.status()["applied"] >= 2)
+        self.run_until(lambda: node.status().applied >= 2)
         self.assertEqual(json.loads(fsm.query(get("y"))), {"value": "2"})
         self.stop(node)
 

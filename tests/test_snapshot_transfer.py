@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial import unittest
 
+from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.errors import BadRequest
 from graft.raft.messages import InstallSnapshot
 from graft.raft.types import Membership, SnapshotMeta
-from graft.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.transport import PeerUnavailable
 
 META = SnapshotMeta(index=500, term=3, membership=Membership(voters=frozenset({"a", "b"})))
@@ -51,7 +51,7 @@ class TransferTests(unittest.TestCase):
         self.reports: list[tuple[str, bool]] = []
         self.crc = zlib.crc32(self.data)
         self.sender = SnapshotSender(
-            peers=lambda: self.link,
+            peers=self.link,
             latest=lambda: LocalSnapshot(
                 meta=META, fsm_name="kv", size=len(self.data), path=self.source, crc32=self.crc
             ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,15 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from graft.api.backend import Consistency
 from graft.config import ConfigError, load_config
+from graft.driver.node import GraftNode
+from graft.driver.outcomes import remote_failure
+from graft.driver.port import Consistency
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
 from graft.errors import NoLeader, NoSpace
 from graft.fsm.kv import KeyValueStateMachine
 from graft.metrics import NodeMetrics
-from graft.node import GraftNode, _remote_failure
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import Membership
@@ -233,15 +237,17 @@ class DriverSpaceTests(DriverCluster):
                 storage,
                 random.Random(i),
             )
-            node = GraftNode(
+            node = build_node(
                 raft=raft,
                 storage=storage,
                 fsm=KeyValueStateMachine(),
                 clock=self.clock,
-                tick_seconds=TICK,
-                command_timeout=2.0,
-                query_timeout=2.0,
-                api_urls={n: f"http://{n}:8080" for n in NODES},
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    api_urls={n: f"http://{n}:8080" for n in NODES},
+                ),
             )
             disk = FakeDisk()
             monitor = SpaceMonitor(
@@ -285,7 +291,7 @@ class DriverSpaceTests(DriverCluster):
         self.assertNoSpace(self.result(follower.submit([put("k", "2")])), f"node {leader_id}")
         read = self.result(leader.query(get("k"), Consistency.STRONG))
         self.assertEqual(json.loads(read.output), {"value": "1"})
-        self.assertTrue(leader.status()["space"]["alarm"])
+        self.assertTrue(_space(leader)["alarm"])
         metric = leader.metrics.get_sample_value(
             "graft_proposals_failed_total", {"reason": "no_space"}
         )
@@ -295,7 +301,7 @@ class DriverSpaceTests(DriverCluster):
         self.advance(1.0)
         answer = self.result(follower.submit([put("k", "3")]))
         self.assertIsInstance(answer, list)
-        self.assertFalse(leader.status()["space"]["alarm"])
+        self.assertFalse(_space(leader)["alarm"])
 
     def test_follower_over_quota_stops_the_clusters_writes_until_it_clears(self) -> None:
         """A follower over its quota refuses to forward, and reports its alarm to the leader,
@@ -309,7 +315,7 @@ class DriverSpaceTests(DriverCluster):
         self.advance(1.0)
         self.assertNoSpace(self.result(follower.submit([put("k", "1")])), f"node {follower_id}")
         self.assertNoSpace(self.result(leader.submit([put("k", "1")])), f"node {follower_id}")
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [follower_id])
+        self.assertEqual(_space(leader)["peers_over_quota"], [follower_id])
         self.disks[follower_id].size = MIB
         self.advance(1.0)
         self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
@@ -321,11 +327,11 @@ class DriverSpaceTests(DriverCluster):
         leader = self.network.nodes[leader_id]
         report = {"usage": 20 * MIB, "quota": 10 * MIB, "over": True}
         self.result(leader.handle_request("gone", "space_report", report))
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [])
+        self.assertEqual(_space(leader)["peers_over_quota"], [])
         self.assertIsInstance(self.result(leader.submit([put("k", "1")])), list)
         member = next(n for n in NODES if n != leader_id)
         self.result(leader.handle_request(member, "space_report", report))
-        self.assertEqual(leader.status()["space"]["peers_over_quota"], [member])
+        self.assertEqual(_space(leader)["peers_over_quota"], [member])
 
     def test_leadership_transfer_works_over_quota(self) -> None:
         """Administration is not a write the quota refuses."""
@@ -341,7 +347,7 @@ class DriverSpaceTests(DriverCluster):
 class ForwardedErrorTests(unittest.SynchronousTestCase):
     def test_no_space_from_the_leader_reaches_the_client_as_no_space(self) -> None:
         """A follower relays the leader's no_space as NoSpace (507), not as internal (500)."""
-        failure = _remote_failure(
+        failure = remote_failure(
             Failure(RemoteError("no_space", "over quota")), "a", lost=lambda: NoLeader("lost")
         )
         error = failure.value
@@ -376,3 +382,10 @@ class StorageConfigTests(unittest.SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(text)
             self.assertIn(fragment, str(caught.exception))
+
+
+def _space(node: GraftNode) -> Mapping[str, Any]:
+    """The quota's part of the node's status."""
+    space = node.status().space
+    assert space is not None
+    return space

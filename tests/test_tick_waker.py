@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from graft.tick_waker import TickWaker
+from graft.driver.tick_waker import TickWaker
 
 
 class QueueReactor:

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graft.api.backend import ClusterAdmin, ClusterBackend
 from graft.api.jsonin import load_json
+from graft.driver.port import ClusterAdmin, ClusterBackend
 from graft.errors import BadRequest
 
 # Adding a member waits for the learner to catch up (possibly a large snapshot), so the API's

@@ -20,6 +20,7 @@ from graft.api.deadline import within
 from graft.api.responses import write_json
 from graft.api.serving import ApiBase, routes, served
 from graft.api.snapshot_download import SnapshotResource
+from graft.api.views import members_document
 from graft.errors import NotFound, Timeout
 
 
@@ -33,7 +34,7 @@ class AdminRoutes(ApiBase):
     @routes.route("/cluster/members", methods=["GET"], endpoint="members")
     @served("members", Role.READ)
     async def members(self, request: Request) -> bytes:
-        return write_json(request, 200, self._backend.members())
+        return write_json(request, 200, members_document(self._backend.members()))
 
     @routes.route("/cluster/members", methods=["POST"], endpoint="add_member")
     @served("add_member", Role.ADMIN)
@@ -47,7 +48,7 @@ class AdminRoutes(ApiBase):
             "it may still be catching up and be promoted later: check `graft members list` "
             "before retrying",
         )
-        return write_json(request, 200, document)
+        return write_json(request, 200, members_document(document))
 
     @routes.route("/cluster/members/<string:member>", methods=["DELETE"], endpoint="remove_member")
     @served("remove_member", Role.ADMIN)
@@ -58,7 +59,7 @@ class AdminRoutes(ApiBase):
             f"removing {target}",
             "it may still be removed: check `graft members list` before retrying",
         )
-        return write_json(request, 200, document)
+        return write_json(request, 200, members_document(document))
 
     @routes.route("/cluster/leader", methods=["POST"], endpoint="transfer_leadership")
     @served("transfer_leadership", Role.ADMIN)

@@ -50,7 +50,7 @@ Decisions beyond DESIGN.md:
 - Every answer declares its Content-Length; the HTTP metrics label requests by route name
   (``unmatched`` for 404/405), never by raw path.
 - Administration (/cluster/..., /shutdown) needs the admin role, except reading the membership
-  (read). The backend implements graft.api.backend.ClusterAdmin as well (graft.api.admin).
+  (read). The backend implements graft.driver.port.ClusterAdmin as well (graft.api.admin).
 - Administration does not use api.command_timeout_ms: adding a member waits for the learner to
   catch up, which may take minutes. Every administrative operation gets ADMIN_TIMEOUT_S
   (150 s, above the node's own 120 s catch-up limit) and then a 504; like commands, the
@@ -84,7 +84,6 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from graft.api.admin_routes import AdminRoutes
 from graft.api.auth import Role
-from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.batch import batch_body, is_json
 from graft.api.deadline import within
 from graft.api.params import QueryParams, decode_base64, parse_batch
@@ -98,6 +97,8 @@ from graft.api.responses import (
 from graft.api.root import ApiRoot, DirectHandler
 from graft.api.serving import routes, served, sized
 from graft.api.settings import ApiSettings
+from graft.api.views import status_document
+from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.errors import (
     BadRequest,
     FSMRejected,
@@ -271,7 +272,7 @@ class GraftApi(AdminRoutes):
     @routes.route("/status", methods=["GET"], endpoint="status")
     @served("status", Role.READ)
     async def status(self, request: Request) -> bytes:
-        return write_json(request, 200, self._backend.status())
+        return write_json(request, 200, status_document(self._backend.status()))
 
     @routes.route("/health", methods=["GET"], endpoint="health")
     @served("health", None)

@@ -10,8 +10,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from graft.api.backend import CommandResult
 from graft.api.responses import compact_json
+from graft.driver.port import CommandResult
 from graft.errors import FSMRejected
 
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from graft.api.backend import Consistency
 from graft.api.jsonin import load_json
+from graft.driver.port import Consistency
 from graft.errors import BadRequest
 
 _TRUE = frozenset({"true", "1", "yes"})

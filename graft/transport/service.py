@@ -212,9 +212,6 @@ class PeerTransport(Service):
 
     # -- the API the node uses ---------------------------------------------------------------
 
-    def send(self, message: Message) -> None:
-        self.send_all((message,))
-
     def send_all(self, messages: Sequence[Message]) -> None:
         """Send messages now (a Ready's, in order): the ones to the same peer leave together,
         as one write on its outbound connection."""
@@ -247,7 +244,7 @@ class PeerTransport(Service):
         return connection.ask(command, args, self.call_timeout if timeout is None else timeout)
 
     def connected_peers(self) -> set[str]:
-        """Peers that send() and call() can reach now (an authenticated outbound connection)."""
+        """Peers that send_all() and call() can reach now (an authenticated outbound connection)."""
         reachable = {peer for peer, c in self._outbound.items() if not c.closing}
         return reachable | {peer for peer, c in self._unlisted.items() if not c.closing}
 

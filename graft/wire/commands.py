@@ -121,6 +121,20 @@ FORWARD_ADMIN = Command(
     errors=frozenset({"no_leader", "timeout", "bad_request", "not_found"}),
 )
 
+# The operations forward_admin carries: its "op" is one of these names, its "args" are checked
+# against the operation's arguments. Not registered on COMMANDS: they travel inside forward_admin,
+# whose "result" is the operation's answer document.
+ADMIN_ADD_MEMBER = Command(
+    name="add_member",
+    arguments={"id": str, "host": str, "p2p": int, "api": int},
+    response={},
+)
+ADMIN_REMOVE_MEMBER = Command(name="remove_member", arguments={"id": str}, response={})
+ADMIN_TRANSFER_LEADERSHIP = Command(
+    name="transfer_leadership", arguments={"id": str | None}, response={}
+)
+ADMIN_CHECK = Command(name="check", arguments={}, response={})  # a replica consistency check
+
 INSTALL_SNAPSHOT_CHUNK = Command(
     name="install_snapshot_chunk",
     # The leader streams its snapshot file to a follower, one chunk per call. A call at offset 0

@@ -17,9 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api import make_api_resource
 from graft.api.auth import token_digest
-from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.settings import ApiSettings
 from graft.config import ApiLimits
+from graft.driver.port import CommandResult, Consistency, MemberList, NodeStatus, QueryResult
+from graft.raft.types import MemberAddress
 
 BASE = "http://127.0.0.1:8080"
 API_URLS = {
@@ -74,7 +75,22 @@ class FakeBackend:
         self.ready = True
         self.term = 3
         self.next_index = 10
-        self.status_document: dict[str, Any] = {"id": node_id, "role": "leader", "term": 3}
+        self.status_document = NodeStatus(
+            id=node_id,
+            role="leader",
+            term=3,
+            leader=leader,
+            leader_api=None,
+            commit=9,
+            applied=9,
+            first_index=1,
+            last_index=9,
+            snapshot_index=0,
+            snapshot_term=0,
+            voters=(node_id,),
+            learners=(),
+            peers_connected=(),
+        )
         self.submitted: list[list[bytes]] = []
         self.queries: list[QueryCall] = []
         self.hold_commands = False
@@ -99,7 +115,7 @@ class FakeBackend:
         self.admin_calls: list[tuple[Any, ...]] = []
         self.admin_failure: Exception | None = None  # raised by the admin operations
         self.hold_admin = False
-        self.pending_admin: list[Deferred[dict[str, Any]]] = []
+        self.pending_admin: list[Deferred[Any]] = []
         self.snapshot: tuple[dict[str, Any], ClosingFile] | None = None
         self.shutdowns = 0
 
@@ -185,7 +201,7 @@ class FakeBackend:
             )
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
         if self.failure is not None:
             raise self.failure
         return self.status_document
@@ -195,46 +211,49 @@ class FakeBackend:
 
     # -- ClusterAdmin ----------------------------------------------------------------------
 
-    def members(self) -> dict[str, Any]:
+    def members(self) -> MemberList:
         if self.admin_failure is not None:
             raise self.admin_failure
-        return {
-            "leader": self.leader,
-            "voters": list(self.voters),
-            "learners": list(self.learners),
-            "addresses": {k: dict(v) for k, v in self.addresses.items()},
-        }
+        return MemberList(
+            leader=self.leader,
+            voters=tuple(self.voters),
+            learners=tuple(self.learners),
+            addresses={
+                k: MemberAddress(host=v["host"], p2p_port=v["p2p"], api_port=v["api"])
+                for k, v in self.addresses.items()
+            },
+        )
 
-    def _admin(self, call: tuple[Any, ...], change: Callable[[], dict[str, Any]]) -> Any:
+    def _admin(self, call: tuple[Any, ...], change: Callable[[], Any]) -> Any:
         self.admin_calls.append(call)
         if self.admin_failure is not None:
             raise self.admin_failure
         if self.hold_admin:
-            pending: Deferred[dict[str, Any]] = Deferred()
+            pending: Deferred[Any] = Deferred()
             self.pending_admin.append(pending)
             return pending
         return succeed(change())
 
     def add_member(
         self, node_id: str, host: str, p2p_port: int, api_port: int
-    ) -> Deferred[dict[str, Any]]:
-        def change() -> dict[str, Any]:
+    ) -> Deferred[MemberList]:
+        def change() -> MemberList:
             self.voters.append(node_id)
             self.addresses[node_id] = {"host": host, "p2p": p2p_port, "api": api_port}
             return self.members()
 
-        result: Deferred[dict[str, Any]] = self._admin(
+        result: Deferred[MemberList] = self._admin(
             ("add", node_id, host, p2p_port, api_port), change
         )
         return result
 
-    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
-        def change() -> dict[str, Any]:
+    def remove_member(self, node_id: str) -> Deferred[MemberList]:
+        def change() -> MemberList:
             self.voters.remove(node_id)
             del self.addresses[node_id]
             return self.members()
 
-        result: Deferred[dict[str, Any]] = self._admin(("remove", node_id), change)
+        result: Deferred[MemberList] = self._admin(("remove", node_id), change)
         return result
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:

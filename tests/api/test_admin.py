@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from graft.api.admin import ADMIN_TIMEOUT_S
 from graft.api.auth import Role
 from graft.api.snapshot_download import CHUNK_BYTES, FileSender
+from graft.api.views import members_document
 from graft.errors import BadRequest, NoLeader, NotFound
 from tests.api.fakes import ApiTestCase, ClosingFile, Settings, tokens
 
@@ -33,7 +34,7 @@ class MembersTests(ApiTestCase):
         """GET /cluster/members answers the backend's membership as JSON."""
         answer = self.call("GET", "/cluster/members")
         self.assertEqual(answer.status, 200)
-        self.assertEqual(answer.json(), self.backend.members())
+        self.assertEqual(answer.json(), members_document(self.backend.members()))
         self.assertEqual(answer.length, len(answer.body))
 
     def test_add(self) -> None:

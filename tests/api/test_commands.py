@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.api.backend import CommandResult, make_command_result
 from graft.api.batch import batch_body
+from graft.driver.port import CommandResult, make_command_result
 from graft.errors import NoLeader, Timeout
 from tests.api.fakes import ApiTestCase, Settings
 

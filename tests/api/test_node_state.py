@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from graft.api import make_api_resource
 from graft.api.http_metrics import http_metrics
+from graft.api.views import status_document
+from graft.driver.port import PeerProgress
+from graft.raft.progress import ProgressState
 from tests.api.fakes import ApiTestCase, Settings
 
 
 class NodeStateTests(ApiTestCase):
     def test_status(self) -> None:
-        """GET /status is the backend's status document as JSON."""
-        self.backend.status_document = {"id": "turing", "members": {"ritchie": {"lag": 2}}}
+        """GET /status is the backend's status rendered as JSON (graft.api.views)."""
+        self.backend.status_document = replace(
+            self.backend.status_document,
+            progress={
+                "ritchie": PeerProgress(
+                    match=7, next=8, state=ProgressState.REPLICATE, lag=2, active=True
+                )
+            },
+        )
         answer = self.call("GET", "/status")
         self.assertEqual(answer.status, 200)
-        self.assertEqual(answer.json(), {"id": "turing", "members": {"ritchie": {"lag": 2}}})
+        self.assertEqual(answer.json(), status_document(self.backend.status_document))
+        self.assertEqual(answer.json()["progress"]["ritchie"]["lag"], 2)
 
     def test_status_failure_is_internal(self) -> None:
         """A status document that cannot be produced is 500 internal, logged."""

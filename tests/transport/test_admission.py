@@ -51,7 +51,7 @@ class AdmissionTests(TestCase):
             _until(lambda: newbie.connected_peers() == {"turing"}, "turing admitted")
         )
         reply = HeartbeatResponse(term=1, sender="newbie", to="turing", seq=3)
-        newbie.send(reply)
+        newbie.send_all([reply])
         yield defer.Deferred.fromCoroutine(_until(lambda: bool(turing_inbox.messages), "reply"))
         self.assertEqual(turing_inbox.messages, [reply])
         answer = yield newbie.call(

@@ -76,9 +76,9 @@ class LoopbackTests(TestCase):
             entries=entries,
             commit=0,
         )
-        turing.send(message)
+        turing.send_all([message])
         reply = HeartbeatResponse(term=1, sender="ritchie", to="turing", seq=9)
-        ritchie.send(reply)
+        ritchie.send_all([reply])
         answer = yield turing.call("ritchie", "forward_submit", {"commands": [b"a", b"b"]})
         self.assertEqual(answer, {"results": [{"index": 1}, {"index": 2}]})
         yield defer.Deferred.fromCoroutine(

@@ -176,7 +176,7 @@ class MemoryTLSTests(SynchronousTestCase):
         self.connect_turing_to_ritchie()
         self.assertEqual(self.turing.connected_peers(), {"ritchie"})
         message = _append(count=50)
-        self.turing.send(message)
+        self.turing.send_all([message])
         self.pair.flush()
         self.assertEqual(self.ritchie_inbox.messages, [message])
         self.assertEqual(self.turing.stats.messages_sent, 1)
@@ -203,15 +203,15 @@ class MemoryTLSTests(SynchronousTestCase):
         reply = AppendEntriesResponse(
             term=2, sender="ritchie", to="turing", success=True, match_index=3
         )
-        self.turing.send(_append())
-        self.ritchie.send(reply)
+        self.turing.send_all([_append()])
+        self.ritchie.send_all([reply])
         self.pair.flush()
         self.assertEqual(self.ritchie_inbox.messages, [_append()])
         self.assertEqual(self.turing_inbox.messages, [reply])
 
     def test_send_when_not_connected_is_dropped_and_counted(self) -> None:
         """A message to a peer without an authenticated connection is dropped and counted."""
-        self.turing.send(_append(to="lovelace"))
+        self.turing.send_all([_append(to="lovelace")])
         self.assertEqual(self.turing.stats.dropped_not_connected, 1)
         self.assertEqual(self.turing.stats.messages_sent, 0)
 
@@ -491,7 +491,7 @@ class MemoryTLSTests(SynchronousTestCase):
         drop the connection for it)."""
         self.connect_turing_to_ritchie()
         self.turing.max_frame_bytes = 1000
-        self.turing.send(_append(count=100))
+        self.turing.send_all([_append(count=100)])
         self.pair.flush()
         self.assertEqual(self.turing.stats.dropped_too_large, 1)
         self.assertEqual(self.ritchie_inbox.messages, [])
@@ -521,8 +521,8 @@ class MemoryTLSTests(SynchronousTestCase):
             Heartbeat(term=1, sender="turing", to="ritchie", commit=i, seq=i) for i in range(500)
         ]
         for message in sent:
-            self.turing.send(message)
-        self.turing.send(_append(count=1000))
+            self.turing.send_all([message])
+        self.turing.send_all([_append(count=1000)])
         self.pair.flush()
         self.assertEqual(self.ritchie_inbox.messages, [*sent, _append(count=1000)])
 

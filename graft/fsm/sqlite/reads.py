@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import ConfigError
+from graft.errors import SHUTTING_DOWN
 from graft.fsm.base import FSMFailure, QueryRejected, QueryTimedOut
 from graft.fsm.sqlite.rules import printf_refusal, refuse_in_query
 from graft.fsm.sqlite.sql import (
@@ -89,7 +90,7 @@ class ThreadedReads:
         by the watchdog until ``deadline``."""
         with self._readers_lock:
             if self._closed:
-                raise QueryRejected("the node is shutting down; retry on another node")
+                raise QueryRejected(SHUTTING_DOWN)
             reader: _Reader | None = None
             while self._idle_readers and reader is None:
                 candidate = self._idle_readers.pop()
@@ -281,9 +282,7 @@ class _Reader:
             code = getattr(e, "sqlite_errorcode", None)
             if code == sqlite3.SQLITE_INTERRUPT:
                 if closing():
-                    raise QueryRejected(
-                        "the query was stopped: the node is shutting down; retry on another node"
-                    ) from None
+                    raise QueryRejected(f"the query was stopped: {SHUTTING_DOWN}") from None
                 raise QueryTimedOut("the query ran past its deadline and was stopped") from None
             if code == sqlite3.SQLITE_TOOBIG:
                 raise _too_large(max_bytes) from None

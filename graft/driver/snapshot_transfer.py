@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from graft.errors import BadRequest
 from graft.raft.messages import InstallSnapshot
 from graft.raft.types import SnapshotMeta, membership_from_dict, membership_to_dict
+from graft.wire.commands import INSTALL_SNAPSHOT_CHUNK
 
 log = Logger(namespace="graft.snapshot")
 
@@ -61,7 +62,7 @@ class SnapshotSender:
     def __init__(
         self,
         *,
-        peers: Callable[[], Caller | None],
+        peers: Caller,
         latest: Callable[[], LocalSnapshot | None],
         report: Callable[[str, bool], None],
         call_timeout: float = 10.0,
@@ -126,10 +127,9 @@ class SnapshotSender:
                     return True
 
     async def _chunk(self, peer: str, args: dict[str, Any]) -> int:
-        peers = self._peers()
-        if peers is None:
-            raise RuntimeError("no peer channel")
-        answer = await peers.call(peer, "install_snapshot_chunk", args, timeout=self._call_timeout)
+        answer = await self._peers.call(
+            peer, INSTALL_SNAPSHOT_CHUNK.name, args, timeout=self._call_timeout
+        )
         return int(answer["next_offset"])
 
 

@@ -1,4 +1,5 @@
-"""What the HTTP API needs from a node. graft.node.GraftNode implements it; API tests use fakes.
+"""The driver's port: what the HTTP API (graft.api) may ask of a node. GraftNode implements it;
+API tests use fakes. The API imports this module; the driver never imports graft.api.
 
 Every Deferred fails with a graft.errors.GraftError subclass for anything the client should see;
 any other exception is a bug and becomes a 500 ``internal`` error without a traceback.
@@ -7,12 +8,15 @@ any other exception is a bug and becomes a 500 ``internal`` error without a trac
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
+
+from graft.raft.progress import ProgressState
+from graft.raft.types import MemberAddress
 
 
 class Consistency(enum.Enum):
@@ -61,6 +65,51 @@ class QueryResult:
     leader: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerProgress:
+    """The leader's view of one follower's replication."""
+
+    match: int
+    next: int
+    state: ProgressState
+    lag: int  # entries the follower lacks of the leader's log
+    active: bool  # heard from within the last election timeout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    """This node's view of itself and the cluster, as of the call (GET /status renders it:
+    graft.api.views)."""
+
+    id: str
+    role: str
+    term: int
+    leader: str | None
+    leader_api: str | None  # the leader's API base URL, when known
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    snapshot_index: int
+    snapshot_term: int
+    voters: tuple[str, ...]  # sorted
+    learners: tuple[str, ...]  # sorted
+    peers_connected: tuple[str, ...]  # sorted
+    last_check: Mapping[str, Any] | None = None  # the latest replica check's result
+    space: Mapping[str, Any] | None = None  # the data dir's quota (graft.space), if watched
+    progress: Mapping[str, PeerProgress] | None = None  # on the leader only
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberList:
+    """The membership as this node knows it (GET /cluster/members renders it)."""
+
+    leader: str | None
+    voters: tuple[str, ...]  # sorted
+    learners: tuple[str, ...]  # sorted
+    addresses: Mapping[str, MemberAddress] = field(default_factory=dict)  # by id, sorted
+
+
 class ClusterBackend(Protocol):
     @property
     def node_id(self) -> str: ...
@@ -99,8 +148,8 @@ class ClusterBackend(Protocol):
         time limit."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """This node's view, JSON-ready (DESIGN.md section 5, GET /status)."""
+    def status(self) -> NodeStatus:
+        """This node's view (DESIGN.md section 5, GET /status)."""
         ...
 
     def is_ready(self) -> bool:
@@ -120,19 +169,18 @@ class ClusterAdmin(Protocol):
     NotFound (no such member), NoLeader, Timeout.
     """
 
-    def members(self) -> dict[str, Any]:
-        """``{"leader": id | None, "voters": [ids], "learners": [ids],
-        "addresses": {id: {"host", "p2p", "api"}}}`` as this node knows them."""
+    def members(self) -> MemberList:
+        """The members, their addresses and the leader, as this node knows them."""
         ...
 
     def add_member(
         self, node_id: str, host: str, p2p_port: int, api_port: int
-    ) -> Deferred[dict[str, Any]]:
+    ) -> Deferred[MemberList]:
         """Add as a learner, wait until it has caught up, promote it to voter; answers
         members() once the promotion is committed."""
         ...
 
-    def remove_member(self, node_id: str) -> Deferred[dict[str, Any]]:
+    def remove_member(self, node_id: str) -> Deferred[MemberList]:
         """Remove a member (the leader hands over first if it is the one removed)."""
         ...
 

@@ -1,0 +1,151 @@
+# mypy: disable-error-code="no-untyped-call"
+"""Applying committed entries to the FSM, resolving their proposals; entries an operator
+marked rejected (``graft skip-entry``), and the stop on an entry the FSM raises on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from graft.consistency import DigestBook
+from graft.driver.clock import ReactorTime
+from graft.driver.lifecycle import Lifecycle
+from graft.driver.outcomes import overwritten, partly_applied
+from graft.driver.port import CommandResult, make_command_result
+from graft.fsm import CommandRejected, StateMachine
+from graft.metrics import NodeMetrics
+from graft.raft.node import RaftNode
+from graft.raft.types import Entry, EntryKind, Membership, decode_membership
+from graft.storage.rejected import RejectedEntry
+from graft.waiters import IndexWaiters, ProposalWaiters
+
+log = Logger(namespace="graft.node")
+
+
+class Applier:
+    def __init__(
+        self,
+        *,
+        raft: RaftNode,
+        fsm: StateMachine,
+        clock: ReactorTime,
+        proposals: ProposalWaiters,
+        applied: IndexWaiters,
+        digests: DigestBook,
+        metrics: NodeMetrics,
+        lifecycle: Lifecycle,
+        applied_membership: Membership,
+    ) -> None:
+        self._raft = raft
+        self._fsm = fsm
+        self._clock = clock
+        self._proposals = proposals
+        self._applied = applied
+        self._digests = digests
+        self._metrics = metrics
+        self._lifecycle = lifecycle
+        # The membership as of the applied index: what a snapshot taken now must record.
+        self.applied_membership = applied_membership
+        # When each batch this node proposed was proposed, by its first index (a latency metric).
+        self.proposed_at: dict[int, float] = {}
+        # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected).
+        self._rejected: dict[int, RejectedEntry] = {}
+
+    def apply(self, entries: Sequence[Entry]) -> bool:
+        """Apply committed entries in order; False if the FSM raised (the node then stops)."""
+        now = self._clock.seconds()
+        leader = self._raft.leader or ""
+        apply = self._fsm.apply
+        proposals = self._proposals
+        proposed_at = self.proposed_at
+        normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        rejected = self._rejected
+        # Only the node that proposed entries waits on them: followers build no results. The
+        # results are handed over once, after the loop (or before a fatal error's stop).
+        results: list[tuple[int, int, CommandResult]] | None = [] if len(proposals) else None
+        for entry in entries:
+            index = entry.index
+            output, error = b"", None
+            kind = entry.kind
+            if kind is normal:
+                try:
+                    if rejected and index in rejected:
+                        self._check_rejected(entry)  # raises CommandRejected if marked
+                    output = apply(entry.data, index)
+                except CommandRejected as e:
+                    error = str(e)
+                except Exception:
+                    failure = Failure()
+                    self._resolve(results)
+                    self._fatal_entry(failure, entry)
+                    return False
+            elif kind is membership:
+                self.applied_membership = decode_membership(entry.data)
+            elif entry.data:  # a NOOP with data: a marker (the consistency check's)
+                self._digests.marker_applied(index, entry.data)
+            if results is not None:
+                term = entry.term
+                result = make_command_result(index, term, leader, output, error)
+                results.append((index, term, result))
+            if proposed_at:  # also once its waiter timed out, or the entry is not ours
+                started = proposed_at.pop(index, None)
+                if started is not None:
+                    self._metrics.commit_latency.observe(now - started)
+        self._resolve(results)
+        self._applied.advance(entries[-1].index)
+        return True
+
+    def _resolve(self, results: list[tuple[int, int, CommandResult]] | None) -> None:
+        if results:
+            self._proposals.resolve_applied(results, overwritten, partly_applied)
+
+    def skipped_to(self, index: int, membership: Membership) -> None:
+        """The entries up to ``index`` came in a snapshot and are never applied here one by
+        one: their proposal times would otherwise stay in ``proposed_at`` for good."""
+        self.applied_membership = membership
+        self._applied.advance(index)
+        for i in [i for i in self.proposed_at if i <= index]:
+            del self.proposed_at[i]
+
+    # -- poison entries --------------------------------------------------------------------
+
+    def skip_rejected(self, rejected: Mapping[int, RejectedEntry]) -> None:
+        self._rejected = dict(rejected)
+        for marked in sorted(self._rejected.values(), key=lambda r: r.index):
+            log.warn(
+                "entry {index} (term {term}) is marked rejected on this node (graft "
+                "skip-entry): it is not applied here; every replica must skip it too",
+                index=marked.index,
+                term=marked.term,
+            )
+
+    def _check_rejected(self, entry: Entry) -> None:
+        marked = self._rejected[entry.index]
+        if marked.matches(entry):
+            raise CommandRejected(
+                f"entry {entry.index} was marked rejected on {self._raft.id} by an operator "
+                "(graft skip-entry) after it stopped the node; it was not applied"
+            )
+        log.warn(
+            "entry {index} is marked rejected (term {term}) but the log holds another entry "
+            "there (term {found}, other data): applying it",
+            index=entry.index,
+            term=marked.term,
+            found=entry.term,
+        )
+
+    def _fatal_entry(self, failure: Failure, entry: Entry) -> None:
+        """The FSM raised on a committed entry: stop, naming the entry and the way out."""
+        error = failure.value
+        self._lifecycle.fatal(
+            failure,
+            f"applying entry {entry.index} (term {entry.term}) to the FSM: it raised "
+            f"{type(error).__name__}: {error}",
+            "If this machine is the cause (disk full, I/O error), fix it and restart; if the "
+            "FSM has a bug, deploy a fixed FSM and restart (the node replays the entry). As the "
+            f"UNSAFE last resort, run `graft skip-entry {entry.index} -c CONFIG --node "
+            f"{self._raft.id}` on every node that stops at this entry, then restart them "
+            "(docs/operations.md, poison entries).",
+        )

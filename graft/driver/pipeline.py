@@ -1,0 +1,393 @@
+# mypy: disable-error-code="no-untyped-call"
+"""The Ready pipeline: runs the core's output in the order of the Ready contract.
+
+    ready = raft.ready()
+    storage.persist(hard_state, entries)    # group commit, fsync off the reactor thread
+      -> send messages                       # only once the state they depend on is durable
+      -> apply committed entries to the FSM, resolve proposals, answer reads
+      -> raft.advance(ready)
+
+Up to two Readies are in flight: the next Ready's writes queue behind the current fsync (the
+storage writer keeps them in order) rather than waiting for it, and every Ready finishes, in
+the order taken, only once its own writes and all earlier ones are durable. Proposals, ticks and
+peer messages that arrive while both are in flight go into the core and come out together in
+the next Ready, so the busier the node, the bigger each fsync's batch (group commit without a
+timer). A Ready that installs a received snapshot is taken alone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from graft.driver.clock import DelayedCall, ReactorTime
+from graft.driver.lifecycle import Lifecycle
+from graft.driver.peers import PeerPort
+from graft.metrics import NodeMetrics
+from graft.raft.messages import (
+    AppendEntries,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+)
+from graft.raft.node import RaftNode
+from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
+from graft.raft.storage import LogStorage
+from graft.raft.types import Entry, HardState, SnapshotMeta
+
+if TYPE_CHECKING:
+    from graft.driver.apply import Applier
+    from graft.driver.membership import MembershipManager
+    from graft.driver.reads import Reads
+    from graft.driver.snapshots import Snapshots
+    from graft.driver.ticks import Ticks
+
+log = Logger(namespace="graft.node")
+
+
+class DurableStorage(LogStorage, Protocol):
+    def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]: ...
+
+    @property
+    def durable_index(self) -> int:
+        """The last index whose entry is durable (``persist`` has fired for it)."""
+        ...
+
+    def save_snapshot(
+        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
+    ) -> Any: ...
+
+    def snapshot_info(self) -> Any: ...
+
+    def compact(self, index: int, keep: int = 0) -> Deferred[None]: ...
+
+    def install_snapshot(self, meta: SnapshotMeta, path: Path, fsm_name: str = "") -> Any: ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """What a Ready hands its work to, once its writes allow."""
+
+    applier: Applier
+    reads: Reads
+    membership: MembershipManager
+    snapshots: Snapshots
+
+
+class ReadyPipeline:
+    """Takes Readies from the core, persists them, sends their messages, hands them to the
+    stages, and advances the core. Built first; the composition root then connects the
+    stages (which schedule the pipeline in turn)."""
+
+    def __init__(
+        self,
+        *,
+        raft: RaftNode,
+        storage: DurableStorage,
+        clock: ReactorTime,
+        peers: PeerPort,
+        lifecycle: Lifecycle,
+        metrics: NodeMetrics,
+        readies_in_flight: int,
+    ) -> None:
+        self._raft = raft
+        self._storage = storage
+        self._clock = clock
+        self._peers = peers
+        self._lifecycle = lifecycle
+        self._metrics = metrics
+        self._stages: Stages | None = None
+        self._scheduled: DelayedCall | None = None
+        # Readies taken from the core whose writes are not all done, at most this many: the next
+        # Ready's writes queue behind the current fsync instead of waiting for it (the writer
+        # thread keeps them in order), and every Ready still finishes in the order it was taken.
+        self._in_flight = 0
+        self._max_in_flight = max(1, readies_in_flight)
+        self.finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
+        # A call of _send_early on the next turn, while no Ready may be taken (see there), and
+        # whether the core may hold messages for it: set by what makes heartbeats, their
+        # answers or read-index traffic (a tick, such a message, a read), cleared when they
+        # leave, so that appends and their answers under load cost no extra turn.
+        self._early_scheduled: DelayedCall | None = None
+        self._early_wanted = False
+        # A Ready that installs a received snapshot is taken alone: storage adopts the
+        # snapshot only when its turn comes, so nothing after it may be queued early.
+        self._installing = False
+        # Readies in flight whose committed entries wait for their write: while there are
+        # any, later Readies apply after theirs too, so entries are applied in order.
+        self._applies_waiting = 0
+        # The first index of each queued write's entries, oldest first: a committed entry at
+        # or above one of them may still be replaced on disk.
+        self._writes_from: deque[int] = deque()
+        self._durable_term = raft.term  # the term in storage's hard state
+        self._role = raft.role
+        self._leader = raft.leader
+
+    def connect(self, stages: Stages) -> None:
+        """The one step that completes the wiring (graft.driver.wiring)."""
+        self._stages = stages
+
+    @property
+    def stages(self) -> Stages:
+        assert self._stages is not None, "connect() the stages before starting"
+        return self._stages
+
+    @property
+    def stopping(self) -> bool:
+        return self._lifecycle.stopping
+
+    def stop(self) -> None:
+        for call in (self._scheduled, self._early_scheduled):
+            if call is not None and call.active():
+                call.cancel()
+        self._scheduled = None
+
+    def want_early(self) -> None:
+        self._early_wanted = True
+
+    def schedule(self) -> None:
+        """Process the core's output on the next reactor turn, so a turn's work is batched."""
+        if not self._may_take_ready():
+            if self._early_wanted:
+                self._schedule_early_sends()
+            return
+        if self._scheduled is not None:
+            return
+        if self._raft.has_ready():
+            self._scheduled = self._clock.callLater(0, self._process_ready)
+
+    def _process_ready(self) -> None:
+        self._scheduled = None
+        if not self._may_take_ready() or not self._raft.has_ready():
+            return
+        stages = self.stages
+        ready = self._raft.ready()
+        self._early_wanted = False  # the Ready took every message
+        # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
+        # which is already durable: send them now, so the leader's fsync and the followers'
+        # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a
+        # commit only once advance() says they are durable. Heartbeat answers and read-index
+        # traffic claim nothing on disk either: they go now too, so a slow fsync does not
+        # hold them back (docs/architecture.md, "Messages before writes").
+        #
+        # Entries go first, then the committed entries are applied (clients answered), then the
+        # messages that only carry the commit index: at low load a commit's Ready carries no new
+        # entries, and its client need not wait for those sends. All leave before the write
+        # below wakes the storage thread, which would contend for the GIL with them.
+        entries: list[Message] = []
+        commit_only: list[Message] = []
+        later: list[Message] = []
+        for message in ready.messages:
+            if leaves_before_write(message, self._durable_term):
+                if isinstance(message, AppendEntries) and message.entries:
+                    entries.append(message)
+                else:
+                    commit_only.append(message)
+            else:
+                later.append(message)
+        self._peers.send_all(entries)
+        self._in_flight += 1
+        self._installing = ready.snapshot is not None
+        # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
+        received = stages.snapshots.claim_received(ready.snapshot)
+        applied = self._apply_before_write(ready)
+        self._peers.send_all(commit_only)
+        write: Deferred[None] | None = None
+        if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
+            # Queued now, behind the writes of the Readies still in flight.
+            write = self._storage.persist(ready.hard_state, ready.entries)
+
+        def writes(_: object) -> Deferred[None] | None:
+            if self._lifecycle.stopping:  # after a fatal error: nothing more is acknowledged
+                if write is not None:
+                    write.addErrback(lambda _: None)
+                return None
+            if ready.snapshot is None:
+                return write
+            # A received snapshot replaces the log: install it only after every earlier write,
+            # and write this Ready's state after it.
+            d = stages.snapshots.install(ready.snapshot, received)
+            if ready.hard_state is not None or ready.entries:
+                d.addCallback(lambda _: self._storage.persist(ready.hard_state, ready.entries))
+            return d
+
+        def finish(_: object) -> Deferred[None]:
+            d: Deferred[None] = succeed(None)
+            d.addCallback(writes)
+            d.addCallback(lambda _: self._after_persist(ready, later, applied=applied))
+            d.addErrback(self._lifecycle.fatal, "writing the Raft log")
+            return d
+
+        self.finished.addCallback(finish)
+
+    def _apply_before_write(self, ready: Ready) -> bool:
+        """Apply the Ready's committed entries now if this node's disk already holds them.
+
+        They are committed (durable on a quorum) and durable here, and no write still queued
+        (this Ready's included) replaces them, so the write concerns them in nothing; the
+        client's answer then does not wait for the next fsync. The FSM is rebuilt from the
+        snapshot and the log at start, so it never holds what the log lacks. True if applied.
+        """
+        entries = ready.committed_entries
+        if ready.entries:
+            self._writes_from.append(ready.entries[0].index)
+        if not entries:
+            return False
+        last = entries[-1].index
+        if (
+            ready.snapshot is None
+            and self._applies_waiting == 0
+            and last <= self._storage.durable_index
+            and (not self._writes_from or last < min(self._writes_from))
+        ):
+            self._apply(entries)
+            return True
+        self._applies_waiting += 1
+        return False
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        if self.stages.applier.apply(entries):
+            self.stages.snapshots.maybe_snapshot()
+
+    def _schedule_early_sends(self) -> None:
+        """While no Ready may be taken (two wait on the disk, or a snapshot is installed), send
+        the core's messages that wait on no write on the next reactor turn."""
+        if self._early_scheduled is None and not self._lifecycle.stopping:
+            self._early_scheduled = self._clock.callLater(0, self._send_early)
+
+    def _send_early(self) -> None:
+        self._early_scheduled = None
+        if self._lifecycle.stopping or self._may_take_ready():
+            return  # (a Ready will carry them)
+        self._early_wanted = False
+        durable_term = self._durable_term
+        messages = self._raft.take_messages(
+            lambda message: leaves_between_readies(message, durable_term)
+        )
+        self._peers.send_all(messages)
+
+    def _may_take_ready(self) -> bool:
+        return (
+            not self._lifecycle.stopping
+            and not self._installing
+            and self._in_flight < self._max_in_flight
+        )
+
+    def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
+        self._in_flight -= 1
+        if ready.entries:
+            self._writes_from.popleft()
+        if ready.snapshot is not None:
+            self._installing = False
+        if self._lifecycle.stopping:
+            return
+        stages = self.stages
+        if ready.hard_state is not None:
+            self._durable_term = ready.hard_state.term
+        plain: list[Message] = []
+        for message in messages:
+            if isinstance(message, InstallSnapshot):
+                stages.snapshots.send(message)  # a file to stream, not a message to send
+            else:
+                plain.append(message)
+        self._peers.send_all(plain)
+        if ready.soft_state is not None:
+            stages.reads.answer_confirmed(ready)
+            self._on_soft_state(ready)
+        if ready.committed_entries and not applied:
+            self._applies_waiting -= 1
+            self._apply(ready.committed_entries)
+        stages.reads.on_read_states(ready)
+        self._raft.advance(ready)
+        stages.membership.follow_core()
+        self._update_gauges()
+        self.schedule()
+
+    def _on_soft_state(self, ready: Ready) -> None:
+        soft = ready.soft_state
+        assert soft is not None
+        if soft.role is Role.CANDIDATE and self._role is not Role.CANDIDATE:
+            self._metrics.elections.inc()
+        if soft.role is Role.PRE_CANDIDATE and self._role is not Role.PRE_CANDIDATE:
+            self._metrics.election_timeouts.inc()
+        if soft.leader != self._leader:
+            self._metrics.leader_changes.inc()
+            log.info(
+                "leader is now {leader} in term {term} ({role})",
+                leader=soft.leader or "unknown",
+                term=soft.term,
+                role=soft.role.value,
+            )
+        if soft.role is not Role.LEADER and self._role is Role.LEADER:
+            self.stages.reads.leadership_lost()
+        if soft.role is Role.LEADER and self._role is not Role.LEADER:
+            self.stages.membership.record_addresses()
+        self._role = soft.role
+        self._leader = soft.leader
+
+    def _update_gauges(self) -> None:
+        st = self._raft.status()
+        m = self._metrics
+        m.term.set(st.term)
+        m.is_leader.set(1 if st.role is Role.LEADER else 0)
+        m.commit_index.set(st.commit)
+        m.applied_index.set(st.applied)
+        m.last_index.set(st.last_index)
+
+
+class Inbox:
+    """Messages from peers (the transport's on_message), and lost connections."""
+
+    def __init__(
+        self, *, raft: RaftNode, ticks: Ticks, reads: Reads, pipeline: ReadyPipeline
+    ) -> None:
+        self._raft = raft
+        self._ticks = ticks
+        self._reads = reads
+        self._pipeline = pipeline
+        self._leader_lost: tuple[int, str] | None = None  # last (term, leader) logged lost
+
+    def receive(self, message: Message) -> None:
+        if self._pipeline.stopping:
+            return
+        # Ticks already due count before the message: a follower's stickiness then starts
+        # after it, never with a backlog of ticks that elapsed before it arrived.
+        self._ticks.catch_up()
+        self._reads.heard(message)
+        if isinstance(message, _MAKE_EARLY_MESSAGES):
+            self._pipeline.want_early()
+        self._raft.step(message)
+        self._pipeline.schedule()
+
+    def peer_lost(self, peer: str) -> None:
+        """An authenticated connection to ``peer`` closed: if it is the leader, it may have
+        died, and the core stops waiting longer than it must."""
+        if self._pipeline.stopping:
+            return
+        lost = (self._raft.term, peer)
+        if (
+            peer == self._raft.leader
+            and self._raft.role is not Role.LEADER
+            and lost != self._leader_lost
+        ):
+            self._leader_lost = lost  # both connections to it close: say it once
+            log.info(
+                "lost the connection to the leader {peer}: if it stays silent, this node "
+                "campaigns one election timeout after it last heard from it",
+                peer=peer,
+            )
+        self._raft.report_unreachable(peer)
+
+
+# Received messages after which the core may queue messages that leave between Readies.
+_MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)

@@ -1,0 +1,219 @@
+# mypy: disable-error-code="no-untyped-call"
+"""Snapshots: taking this node's (and compacting the log below it), installing one received
+from the leader, and streaming this node's to a follower (graft.driver.snapshot_transfer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from graft.driver.apply import Applier
+from graft.driver.clock import ReactorTime
+from graft.driver.lifecycle import Scheduler
+from graft.driver.outcomes import failed
+from graft.driver.peers import PeerPort
+from graft.driver.pipeline import DurableStorage
+from graft.driver.settings import DriverSettings
+from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
+from graft.errors import BadRequest, GraftError
+from graft.fsm import StateMachine, begin_snapshot
+from graft.raft.messages import InstallSnapshot
+from graft.raft.node import RaftNode
+from graft.raft.ready import Role
+from graft.raft.types import SnapshotMeta, membership_to_dict
+from graft.storage.errors import SnapshotSuperseded
+from graft.waiters import IndexWaiters
+
+log = Logger(namespace="graft.node")
+
+# Runs a blocking function off the reactor thread: (function, *args) -> its result.
+RunInThread = Callable[..., Deferred[Any]]
+
+
+class Snapshots:
+    def __init__(
+        self,
+        *,
+        raft: RaftNode,
+        storage: DurableStorage,
+        fsm: StateMachine,
+        clock: ReactorTime,
+        peers: PeerPort,
+        applier: Applier,
+        applied: IndexWaiters,
+        pipeline: Scheduler,
+        settings: DriverSettings,
+        run_in_thread: RunInThread,
+        receiver: SnapshotReceiver | None,
+    ) -> None:
+        self._raft = raft
+        self._storage = storage
+        self._fsm = fsm
+        self._clock = clock
+        self._applier = applier
+        self._applied = applied
+        self._pipeline = pipeline
+        self._settings = settings
+        self._run_in_thread = run_in_thread
+        self._receiver = receiver
+        self.index = storage.snapshot_meta().index  # the latest snapshot's index
+        self._taking: Deferred[dict[str, Any]] | None = None
+        self._sender = SnapshotSender(
+            peers=peers,
+            latest=self._latest_local,
+            report=self._report,
+            call_timeout=max(10.0, settings.command_timeout),
+        )
+
+    # -- from the leader ---------------------------------------------------------------------
+
+    def receive_chunk(self, peer: str, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """install_snapshot_chunk: a piece of the leader's snapshot."""
+        if self._receiver is None:
+            return failed(BadRequest(f"{self._raft.id} cannot receive snapshots"))
+        try:
+            return succeed(self._receiver.chunk(peer, args))
+        except GraftError as e:
+            return failed(e)
+
+    def claim_received(self, meta: SnapshotMeta | None) -> Path | None:
+        if meta is None or self._receiver is None:
+            return None
+        return self._receiver.take(meta)
+
+    def install(self, meta: SnapshotMeta, path: Path | None) -> Deferred[None]:
+        """The core restored from a snapshot the leader sent: make it this node's log and state
+        before anything that depends on it (the acknowledgement) leaves."""
+        if path is None:
+            return fail(
+                RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
+            )
+        d: Deferred[None] = self._storage.install_snapshot(meta, path, self._settings.fsm_name)
+
+        def restore(_: object) -> None:
+            with path.open("rb") as source:
+                self._fsm.restore(source)
+            path.unlink(missing_ok=True)
+            if self._receiver is not None:
+                self._receiver.installed(meta)
+            self.index = meta.index
+            self._applier.skipped_to(meta.index, meta.membership)
+            log.info("installed snapshot {index} from the leader", index=meta.index)
+
+        d.addCallback(restore)
+        return d
+
+    # -- to a follower -----------------------------------------------------------------------
+
+    def send(self, message: InstallSnapshot) -> None:
+        """Stream this node's latest snapshot to the follower the core asked to send it to."""
+        self._sender.send(message)
+
+    def _latest_local(self) -> LocalSnapshot | None:
+        info = self._storage.snapshot_info()
+        if info is None:
+            return None
+        return LocalSnapshot(
+            meta=info.meta,
+            fsm_name=info.fsm_name,
+            size=info.size,
+            path=info.data_path,
+            crc32=info.crc32,
+        )
+
+    def _report(self, peer: str, ok: bool) -> None:
+        if self._raft.role is Role.LEADER:
+            self._raft.report_snapshot(peer, ok)
+            self._pipeline.schedule()
+
+    def latest(self) -> tuple[dict[str, Any], BinaryIO] | None:
+        """This node's latest snapshot: its manifest and its data, open."""
+        info = self._storage.snapshot_info()
+        if info is None:
+            return None
+        manifest = {
+            "index": info.meta.index,
+            "term": info.meta.term,
+            "fsm": info.fsm_name,
+            "size": info.size,
+            "membership": membership_to_dict(info.meta.membership),
+        }
+        return manifest, open(info.data_path, "rb")
+
+    # -- this node's own -----------------------------------------------------------------------
+
+    def maybe_snapshot(self) -> None:
+        every = self._settings.snapshot_entries
+        if every > 0 and self._taking is None and self._applied.applied - self.index >= every:
+            self.take().addErrback(
+                lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
+            )
+
+    def take(self) -> Deferred[dict[str, Any]]:
+        """Snapshot the FSM at the applied index (the copy is written off the reactor thread
+        while commands keep applying), then drop log segments below it."""
+        if self._taking is not None:
+            # One at a time: wait for the one under way, then take one at the new applied index.
+            after: Deferred[Any] = Deferred()
+
+            def chain(result: object) -> object:
+                after.callback(None)
+                return result
+
+            running: Deferred[Any] = self._taking
+            running.addBoth(chain)
+            return after.addCallback(lambda _: self.take())
+        applied = self._applied.applied
+        if applied <= self.index:
+            current = self._storage.snapshot_meta()
+            return succeed({"index": current.index, "term": current.term})
+        meta = SnapshotMeta(
+            index=applied,
+            term=self._storage.term(applied),
+            membership=self._applier.applied_membership,
+        )
+        write = begin_snapshot(self._fsm)
+        started = self._clock.seconds()
+        d: Deferred[Any] = self._run_in_thread(
+            self._storage.save_snapshot, meta, self._settings.fsm_name, write
+        )
+
+        def compact(_: object) -> Deferred[None]:
+            self.index = max(self.index, meta.index)
+            log.info(
+                "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
+                index=meta.index,
+                term=meta.term,
+                seconds=self._clock.seconds() - started,
+            )
+            return self._storage.compact(meta.index, keep=self._settings.snapshot_trailing)
+
+        def finished(result: object) -> object:
+            self._taking = None
+            return result
+
+        d.addCallback(compact)
+        d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
+        d.addErrback(self._superseded)
+        d.addBoth(finished)
+        self._taking = d
+        out: Deferred[dict[str, Any]] = Deferred()
+        d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
+        return out
+
+    def _superseded(self, failure: Failure) -> dict[str, Any]:
+        """A snapshot from the leader was installed while this node wrote its own, older one:
+        storage kept the leader's and dropped this one (see DurableLog.save_snapshot)."""
+        failure.trap(SnapshotSuperseded)
+        current = self._storage.snapshot_meta()
+        log.info(
+            "snapshot dropped: {reason}; keeping snapshot {index}",
+            reason=failure.value,
+            index=current.index,
+        )
+        return {"index": current.index, "term": current.term}

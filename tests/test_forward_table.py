@@ -1,0 +1,119 @@
+"""Forwarding administration to the leader through the peer request table
+(graft.driver.forwarding): the answers keep their wire shape, and each operation's arguments
+are checked against its schema."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from graft.driver.port import MemberList
+from graft.driver.settings import DriverSettings
+from graft.driver.wiring import build_node
+from graft.errors import BadRequest
+from graft.fsm.kv import KeyValueStateMachine
+from graft.raft.config import RaftConfig
+from graft.raft.node import RaftNode
+from graft.raft.types import MemberAddress, Membership
+from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
+
+ADDRESSES = {
+    n: MemberAddress(host="127.0.0.1", p2p_port=9000 + i, api_port=8000 + i)
+    for i, n in enumerate(NODES)
+}
+
+
+class ForwardedAdminTests(DriverCluster):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        for i, node_id in enumerate(NODES):
+            storage = MemoryDurable()
+            raft = RaftNode(
+                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
+                storage,
+                random.Random(i),
+            )
+            node = build_node(
+                raft=raft,
+                storage=storage,
+                fsm=KeyValueStateMachine(),
+                clock=self.clock,
+                settings=DriverSettings(
+                    tick_seconds=TICK,
+                    command_timeout=2.0,
+                    query_timeout=2.0,
+                    static_addresses=ADDRESSES,
+                ),
+            )
+            node.attach_peers(Channel(self.network, node_id))
+            self.network.nodes[node_id] = node
+            node.startService()
+        self.addCleanup(self._stop)
+
+    def test_removal_from_a_follower_answers_the_new_membership(self) -> None:
+        """A follower's remove_member runs on the leader and answers the typed membership,
+        decoded from the leader's wire answer."""
+        leader = self.leader()
+        follower, removed = (n for n in NODES if n != leader)
+        answer = self.result(self.network.nodes[follower].remove_member(removed))
+        self.assertIsInstance(answer, MemberList)
+        self.assertEqual(answer.voters, tuple(sorted({leader, follower})))
+        self.assertEqual(answer.leader, leader)
+        self.assertEqual(dict(answer.addresses), {n: ADDRESSES[n] for n in (leader, follower)})
+
+    def test_leader_answers_forward_admin_in_the_wire_shape(self) -> None:
+        """forward_admin's result is the document nodes of every version exchange."""
+        leader = self.leader()
+        follower, removed = (n for n in NODES if n != leader)
+        d = self.network.nodes[leader].handle_request(
+            follower, "forward_admin", {"op": "remove_member", "args": {"id": removed}}
+        )
+        answer: Any = self.result(d)
+        kept = sorted({leader, follower})
+        self.assertEqual(
+            answer,
+            {
+                "result": {
+                    "leader": leader,
+                    "voters": kept,
+                    "learners": [],
+                    "addresses": {
+                        n: {
+                            "host": "127.0.0.1",
+                            "p2p": ADDRESSES[n].p2p_port,
+                            "api": ADDRESSES[n].api_port,
+                        }
+                        for n in kept
+                    },
+                }
+            },
+        )
+
+    def test_unknown_operation_and_bad_arguments_are_refused(self) -> None:
+        """An operation no handler knows, or arguments its schema refuses, are 400s; the
+        membership does not change."""
+        leader = self.network.nodes[self.leader()]
+        for args in (
+            {"op": "reboot", "args": {}},
+            {"op": "remove_member", "args": {"id": 7}},
+            {"op": "remove_member", "args": {"id": "b", "force": True}},
+        ):
+            outcome = self.result(leader.handle_request("a", "forward_admin", args))
+            self.assertIsInstance(outcome, Failure, args)
+            self.assertIsInstance(outcome.value, BadRequest, args)
+        self.assertEqual(leader.members().voters, tuple(sorted(NODES)))
+
+    def test_unknown_peer_request_is_refused(self) -> None:
+        node = self.network.nodes["a"]
+        outcome = self.result(node.handle_request("b", "reboot", {}))
+        self.assertIsInstance(outcome, Failure)
+        self.assertIsInstance(outcome.value, BadRequest)
+        self.assertIn("unknown peer request", outcome.value.message)
+
+
+def _on_the_wire(a: MemberAddress) -> dict[str, Any]:
+    return {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
