@@ -40,7 +40,7 @@ bench: $(STAMP)
 
 # Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
 faults: $(STAMP)
-	$(BIN)/python -m graft.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m graft.testing.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 # Random HTTP requests against a live 3-node kv and SQLite cluster on 127.0.0.1 (not in CI:
 # `make test` runs a few hundred of them); prints status counts, node deaths, replica equality.
