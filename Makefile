@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 simulate: $(STAMP)
-	$(BIN)/python -m graft.raft.simulation --seeds $(SEEDS)
+	$(BIN)/python -m graft.testing.simulation --seeds $(SEEDS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -8,9 +8,11 @@ from twisted.trial import unittest
 
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
-from graft.raft.simulation import MembershipOps, SafetyChecker, SimParams, Violation, simulate_seed
 from graft.raft.types import HardState, Membership, NodeId
-from graft.simulate import main as simulate_main
+from graft.testing.simulation.__main__ import main as simulate_main
+from graft.testing.simulation.checker import SafetyChecker, Violation
+from graft.testing.simulation.run import simulate_seed
+from graft.testing.simulation.schedule import MembershipOps, SimParams
 from tests.raft.helpers import make_cluster
 
 SEEDS = 300
@@ -40,8 +42,6 @@ class SimulationTests(unittest.SynchronousTestCase):
         c.elect("n1")
         n2 = c.node("n2")
         n2._role = Role.LEADER
-        from graft.raft.simulation import Violation
-
         with self.assertRaises(Violation):
             c.checker.observe(n2)
 
