@@ -11,7 +11,8 @@ from graft.raft.rng import Rng
 from graft.raft.types import Membership, NodeId
 
 if TYPE_CHECKING:
-    from graft.testing.simulation.cluster import Cluster, InFlight
+    from graft.testing.simulation.cluster import Cluster
+    from graft.testing.simulation.network import InFlight
 
 
 class ClockModel:

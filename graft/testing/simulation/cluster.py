@@ -24,8 +24,8 @@ from graft.raft.rng import Rng
 from graft.raft.types import Entry, EntryKind, Membership, NodeId, decode_membership
 from graft.testing.simulation.checker import SafetyChecker
 from graft.testing.simulation.clocks import ClockModel
-
-RngFactory = Callable[[int], Rng]
+from graft.testing.simulation.network import InFlight
+from graft.testing.simulation.streams import RngFactory, stream
 
 
 @dataclass(slots=True)
@@ -44,13 +44,6 @@ class SimNode:
     pending: deque[Ready] = field(default_factory=deque)
     # A slow disk: no write completes before this tick (see Cluster.stall_disk).
     disk_stalled_until: int = 0
-
-
-@dataclass(slots=True)
-class InFlight:
-    due: int
-    order: int
-    msg: Message
 
 
 class Cluster:
@@ -141,7 +134,7 @@ class Cluster:
         if sim.pending:  # restarted while writes were queued: they are a crash's to settle
             self.crash(nid)
         self._restarts += 1
-        rng = self._rng_factory(self._seed * 1_000_003 + self._restarts)
+        rng = stream(self._rng_factory, self._seed, "node", self._restarts)
         sim.node = RaftNode(self.config_for(nid), sim.storage, rng)
         sim.applied = []
         # The state machine comes back from the snapshot file on disk, if any.

@@ -1,16 +1,20 @@
 """What a seeded schedule draws: its parameters and the operators' actions it takes at random.
 
 ``SimParams`` are one schedule's per-tick probabilities, ``draw_params`` draws them from a
-seed; ``MembershipOps`` (learners, promotions, removals, the leader replaced), ``SlowDisks``,
-``reconfigure`` and ``transfer_at_random`` are the actions graft.testing.simulation.run takes
-on the cluster, each from its own random source.
+seed and ``draw_features`` the features added later. ``NodeFaults`` (crashes, restarts, lost
+connections), ``Clients`` (writes, markers, reads), ``MembershipOps`` (learners, promotions,
+removals, the leader replaced), ``SlowDisks``, ``reconfigure`` and ``transfer_at_random`` are
+what graft.testing.simulation.run does to the cluster each tick, each part drawing from its
+named stream (graft.testing.simulation.streams); the network's part is
+graft.testing.simulation.network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, replace
 
-from graft.raft.errors import RaftError
+from graft.raft.errors import NotLeader, ProposalDropped, RaftError
 from graft.raft.node import RaftNode
 from graft.raft.rng import Rng
 from graft.raft.types import Membership, NodeId
@@ -103,6 +107,20 @@ def draw_params(seed: int, rng: Rng) -> SimParams:
         propose=between(0.2, 0.9),
         read=between(0.1, 0.5),
     )
+
+
+def draw_features(p: SimParams, snap_rng: Rng, ops_rng: Rng) -> SimParams:
+    """The features added after ``draw_params``, each drawn from its own stream so that a seed
+    that gets none of them replays its earlier schedule: compaction (snapshots stream),
+    leadership transfers and membership changes (ops stream)."""
+    if snap_rng.random() < 0.6:
+        p = replace(p, compact=0.01 + 0.15 * snap_rng.random())
+    if ops_rng.random() < 0.6:
+        p = replace(p, transfer=0.005 + 0.04 * ops_rng.random())
+    if ops_rng.random() < 0.6:
+        # These changes replace the older remove-and-re-add schedule.
+        p = replace(p, membership=0.01 + 0.08 * ops_rng.random(), reconfigure=0.0)
+    return p
 
 
 def reconfigure(cluster: Cluster, ids: list[NodeId], rng: Rng) -> None:
@@ -315,3 +333,129 @@ def transfer_at_random(cluster: Cluster, rng: Rng) -> None:
     others = sorted(leader.membership.voters - {leader.id})
     if others:
         cluster.transfer(leader.id, others[rng.randrange(0, len(others))])
+
+
+class NodeFaults:
+    """Crashes of any node or of the leader, restarts, and, from the flaps stream at rate
+    ``flap``, connections that drop while both ends live (a reset, a dialer's restart): a node
+    is told a live peer, most often its leader, is unreachable. ``down`` holds the crashed."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        ids: list[NodeId],
+        params: SimParams,
+        rng: Rng,
+        flap_rng: Rng,
+        flap: float,
+    ) -> None:
+        self.cluster = cluster
+        self.ids = ids
+        self.p = params
+        self.rng = rng
+        self.flap_rng = flap_rng
+        self.flap = flap
+        self.down: set[NodeId] = set()
+
+    def step(self) -> None:
+        cluster, ids, rng, p, down = self.cluster, self.ids, self.rng, self.p, self.down
+        if rng.random() < p.crash:
+            victim = ids[rng.randrange(0, len(ids))]
+            if victim not in down:
+                cluster.crash(victim)
+                down.add(victim)
+        if rng.random() < p.crash_leader:
+            leader = cluster.leader()
+            if leader is not None:
+                cluster.crash(leader.id)
+                down.add(leader.id)
+        flap_rng = self.flap_rng
+        if self.flap and flap_rng.random() < self.flap:
+            live = cluster.alive()
+            if live:
+                node = live[flap_rng.randrange(0, len(live))]
+                peer = node.leader if flap_rng.random() < 0.7 else None
+                peer = peer or ids[flap_rng.randrange(0, len(ids))]
+                node.report_unreachable(peer)
+                cluster.note(f"{node.id} lost its connection to {peer}")
+        for nid in sorted(down):
+            if rng.random() < p.restart:
+                cluster.start(nid)
+                down.discard(nid)
+
+
+class Clients:
+    """Client requests each tick: writes (in bursts with lulls, unless the schedule writes
+    steadily), markers from the markers stream at rate ``markers``, and reads (lease or
+    ReadIndex, sometimes a burst in one turn). Nodes in ``down`` take no requests."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        ids: list[NodeId],
+        params: SimParams,
+        seed: int,
+        rng: Rng,
+        marker_rng: Rng,
+        markers: float,
+        down: set[NodeId],
+    ) -> None:
+        self.cluster = cluster
+        self.ids = ids
+        self.p = params
+        self.seed = seed
+        self.rng = rng
+        self.marker_rng = marker_rng
+        self.markers = markers
+        self.down = down
+        self.writing = True
+        self.proposals = 0
+        self.reads = 0
+
+    def _target(self, leader_share: float) -> NodeId:
+        """Clients mostly find a leader (any node that believes it leads)."""
+        rng, leaders = self.rng, self.cluster.leaders()
+        if leaders and rng.random() < leader_share:
+            return leaders[rng.randrange(0, len(leaders))].id
+        return self.ids[rng.randrange(0, len(self.ids))]
+
+    def step(self) -> None:
+        cluster, rng, p, seed = self.cluster, self.rng, self.p, self.seed
+        if p.bursty_writes and rng.random() < 0.05:
+            # Lulls let a lagging node be up to date enough to win an election, which a lease
+            # must survive.
+            self.writing = not self.writing
+        if self.writing and rng.random() < p.propose:
+            nid = self._target(0.8)
+            if nid not in self.down:
+                count = rng.randrange(1, 4)
+                datas = [f"{seed}:{self.proposals + k}".encode() for k in range(count)]
+                try:
+                    cluster.propose(nid, datas)
+                    self.proposals += count
+                except (NotLeader, ProposalDropped):
+                    pass
+        marker_rng = self.marker_rng
+        if self.markers and marker_rng.random() < self.markers:
+            leaders = cluster.leaders()
+            if leaders:
+                leader = leaders[marker_rng.randrange(0, len(leaders))]
+                with suppress(NotLeader, ProposalDropped):
+                    cluster.propose_marker(leader.id, f"marker:{seed}:{cluster.now}".encode())
+        if rng.random() < p.read:
+            nid = self._target(0.5)
+            if nid not in self.down:
+                self.read(nid)
+
+    def read(self, nid: NodeId) -> None:
+        rng = self.rng
+        self.reads += 1
+        if rng.random() < 0.5:
+            self.cluster.lease_read(nid)
+            return
+        # Sometimes a burst in one turn, which a follower forwards as one.
+        burst = 1 if rng.random() < 0.7 else rng.randrange(2, 4)
+        for k in range(burst):
+            if k:
+                self.reads += 1
+            self.cluster.read(nid, f"r{self.reads}".encode(), process=k == burst - 1)
