@@ -27,10 +27,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/trial -j $(TRIAL_JOBS) tests benchmarks.tests
 
+# Import rules between layers (core pure, API off storage/transport, no harness in the
+# product): tests/layers.py.
 lint: $(STAMP)
 	$(BIN)/ruff check graft tests benchmarks twisted
 	$(BIN)/ruff format --check graft tests benchmarks twisted
 	$(BIN)/mypy
+	$(BIN)/python -m tests.layers
 
 simulate: $(STAMP)
 	$(BIN)/python -m graft.testing.simulation --seeds $(SEEDS)
