@@ -5,7 +5,8 @@ driver loop persists each Ready into the node's storage (the "disk"), then queue
 messages, applies its committed entries and records its read states, as a real driver would.
 A crash throws the RaftNode away and keeps only its storage. Every Ready goes through the
 SafetyChecker (graft.testing.simulation.checker). Tests drive it by hand; the seeded
-schedules (graft.testing.simulation.run) drive it at random.
+schedules (graft.testing.simulation.run) drive it at random. (About 500 lines: one class
+whose node life, driver model and delivery share the same per-node state.)
 """
 
 from __future__ import annotations
