@@ -27,20 +27,23 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/trial -j $(TRIAL_JOBS) tests benchmarks.tests
 
+# Import rules between layers (core pure, API off storage/transport, no harness in the
+# product): tests/layers.py.
 lint: $(STAMP)
 	$(BIN)/ruff check graft tests benchmarks twisted
 	$(BIN)/ruff format --check graft tests benchmarks twisted
 	$(BIN)/mypy
+	$(BIN)/python -m tests.layers
 
 simulate: $(STAMP)
-	$(BIN)/python -m graft.raft.simulation --seeds $(SEEDS)
+	$(BIN)/python -m graft.testing.simulation --seeds $(SEEDS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 # Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
 faults: $(STAMP)
-	$(BIN)/python -m graft.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m graft.testing.faults --runs $(RUNS) --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 # Random HTTP requests against a live 3-node kv and SQLite cluster on 127.0.0.1 (not in CI:
 # `make test` runs a few hundred of them); prints status counts, node deaths, replica equality.

@@ -7,6 +7,7 @@ only the unpacked wheel and the virtualenv's site-packages (no editable-install 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,7 @@ from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
 REPO = Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns("__pycache__", "dropin.cache")
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
 
 
@@ -32,8 +34,16 @@ class PluginTests(unittest.TestCase):
         """A wheel built from the tree holds twisted/plugins/graft_plugin.py and no
         twisted/plugins/__init__.py, and `twist --help` run against it lists graft."""
         out = Path(self.mktemp()).resolve()
+        # Built from a copy of what the wheel is made of: a stale build/ directory in the tree
+        # would carry modules that have since moved or gone into the wheel.
+        source = out / "source"
+        for name in ("pyproject.toml", "README.md"):
+            source.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / name, source / name)
+        for name in ("graft", "twisted"):
+            shutil.copytree(REPO / name, source / name, ignore=IGNORED)
         subprocess.run(
-            [*PIP_WHEEL, "-w", str(out), str(REPO)],
+            [*PIP_WHEEL, "-w", str(out), str(source)],
             check=True,
             capture_output=True,
         )
@@ -43,6 +53,8 @@ class PluginTests(unittest.TestCase):
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertIn("graft/raft/node.py", names)
+        # The harnesses (graft.testing: simulation, fault suite, test clusters) stay out of it.
+        self.assertEqual([n for n in names if n.startswith("graft/testing/")], [])
 
         unpacked = out / "site"
         zipfile.ZipFile(wheel).extractall(unpacked)

@@ -1,4 +1,4 @@
-"""The fsync-stall nemesis (graft.faults.disk): the hook in the node process, its control
+"""The fsync-stall nemesis (graft.testing.faults.disk): the hook in the node process, its control
 file, the nemesis kind and the report of elections during stalls."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 from twisted.trial import unittest
 
-from graft.faults import disk
-from graft.faults.history import NemesisEvent, StatusSample
-from graft.faults.nemesis import KINDS, Nemesis, ScheduleConfig
+from graft.testing.faults import disk
+from graft.testing.faults.history import NemesisEvent, StatusSample
+from graft.testing.faults.nemesis import KINDS, Nemesis, ScheduleConfig
 from tests.faults.test_harness import FakeClock, FakeCluster, FakeNetwork, FakePoller
 
 

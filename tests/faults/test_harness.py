@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from graft.faults.checker import (
+from graft.testing.faults.checker import (
     FAIL,
     OK,
     UNKNOWN,
@@ -19,10 +19,16 @@ from graft.faults.checker import (
     classify,
     to_operations,
 )
-from graft.faults.history import NemesisEvent, OpRecord, StatusSample, read_jsonl, write_jsonl
-from graft.faults.nemesis import KINDS, Nemesis, ScheduleConfig
-from graft.faults.report import render
-from graft.faults.workload import KeyRoller
+from graft.testing.faults.history import (
+    NemesisEvent,
+    OpRecord,
+    StatusSample,
+    read_jsonl,
+    write_jsonl,
+)
+from graft.testing.faults.nemesis import KINDS, Nemesis, ScheduleConfig
+from graft.testing.faults.report import render
+from graft.testing.faults.workload import KeyRoller
 
 
 def record(op_id: int, kind: str, invoke: float, complete: float, **kw: Any) -> OpRecord:
@@ -142,7 +148,7 @@ class FakeCluster:
         self.node_ids = ["n1", "n2", "n3", "n4", "n5"]
         self.actions: list[str] = []
         self.down: set[str] = set()
-        self.stalls: list[tuple[str, float | None]] = []  # fsync stalls (graft.faults.disk)
+        self.stalls: list[tuple[str, float | None]] = []  # fsync stalls (graft.testing.faults.disk)
 
     def kill(self, node: str) -> None:
         self.actions.append(f"kill {node}")
@@ -322,7 +328,7 @@ class _CheckCluster:
         self.asked = 0
 
     def request(self, node: str, method: str, path: str, timeout: float = 4.0) -> Any:
-        from graft.faults.cluster import Reply
+        from graft.testing.faults.cluster import Reply
 
         assert (method, path) == ("GET", "/cluster/check")
         answer = self.answers[min(self.asked, len(self.answers) - 1)]
@@ -343,7 +349,7 @@ def _check_result(digests: dict[str, str | None]) -> dict[str, Any]:
 
 class ReplicaCheckTests(unittest.SynchronousTestCase):
     def test_mismatch_is_an_anomaly(self) -> None:
-        from graft.faults.run import replica_check
+        from graft.testing.faults.run import replica_check
 
         cluster = _CheckCluster([(200, _check_result({"n1": "a", "n2": "a", "n3": "b"}))])
         result, anomalies = replica_check(cluster, timeout=5, pause=0)  # type: ignore[arg-type]
@@ -353,7 +359,7 @@ class ReplicaCheckTests(unittest.SynchronousTestCase):
 
     def test_retries_until_complete(self) -> None:
         """Unreachable nodes, a 503 and an incomplete check are retried; equal digests pass."""
-        from graft.faults.run import replica_check
+        from graft.testing.faults.run import replica_check
 
         cluster = _CheckCluster(
             [
@@ -368,7 +374,7 @@ class ReplicaCheckTests(unittest.SynchronousTestCase):
         self.assertTrue(result and result["complete"])
 
     def test_incomplete_at_the_deadline_is_no_anomaly(self) -> None:
-        from graft.faults.run import replica_check
+        from graft.testing.faults.run import replica_check
 
         cluster = _CheckCluster([(200, _check_result({"n1": "a", "n2": "a", "n3": None}))])
         result, anomalies = replica_check(cluster, timeout=0, pause=0)  # type: ignore[arg-type]
@@ -419,7 +425,7 @@ class WallClockOffsetTests(unittest.TestCase):
         script = (
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from graft.faults.node_main import WallClockOffset\n"
+            "from graft.testing.faults.node_main import WallClockOffset\n"
             "WallClockOffset(Path(sys.argv[1])).install()\n"
             "from twisted.internet import reactor\n"
             "def real(): return time.clock_gettime(time.CLOCK_REALTIME)\n"
@@ -441,7 +447,7 @@ class DeckKindsTests(unittest.SynchronousTestCase):
         """$GRAFT_FAULT_KINDS draws only the named kinds; an unknown kind is refused."""
         import os
 
-        from graft.faults.nemesis import KINDS_ENV, deck_kinds
+        from graft.testing.faults.nemesis import KINDS_ENV, deck_kinds
 
         old = os.environ.get(KINDS_ENV)
         self.addCleanup(

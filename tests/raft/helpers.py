@@ -9,8 +9,8 @@ from typing import TypeVar
 from graft.raft.config import RaftConfig
 from graft.raft.memory import MemoryStorage
 from graft.raft.messages import Message
-from graft.raft.simulation import Cluster
 from graft.raft.types import Entry, HardState, Membership
+from graft.testing.simulation.cluster import Cluster
 
 M = TypeVar("M")
 

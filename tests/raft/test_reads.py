@@ -14,8 +14,8 @@ from graft.raft.messages import (
     ReadIndexResponse,
 )
 from graft.raft.ready import Role
-from graft.raft.simulation import Cluster
 from graft.raft.types import Membership
+from graft.testing.simulation.cluster import Cluster
 from tests.raft.helpers import Recorder, make_cluster
 
 

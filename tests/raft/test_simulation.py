@@ -8,9 +8,12 @@ from twisted.trial import unittest
 
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
-from graft.raft.simulation import MembershipOps, SafetyChecker, SimParams, Violation, simulate_seed
 from graft.raft.types import HardState, Membership, NodeId
-from graft.simulate import main as simulate_main
+from graft.testing.simulation.__main__ import main as simulate_main
+from graft.testing.simulation.checker import SafetyChecker, Violation
+from graft.testing.simulation.run import simulate_seed
+from graft.testing.simulation.schedule import MembershipOps, SimParams
+from graft.testing.simulation.streams import stream_seed
 from tests.raft.helpers import make_cluster
 
 SEEDS = 300
@@ -40,8 +43,6 @@ class SimulationTests(unittest.SynchronousTestCase):
         c.elect("n1")
         n2 = c.node("n2")
         n2._role = Role.LEADER
-        from graft.raft.simulation import Violation
-
         with self.assertRaises(Violation):
             c.checker.observe(n2)
 
@@ -221,3 +222,34 @@ class PlantedBugTests(unittest.SynchronousTestCase):
         violation = simulate_seed(401, Random).violation
         self.assertIsNotNone(violation)
         self.assertIn("linearizability", str(violation))
+
+
+class StreamTests(unittest.SynchronousTestCase):
+    """Named random streams (graft.testing.simulation.streams)."""
+
+    def test_streams_named_before_keep_their_seeds(self) -> None:
+        """The streams that predate their names draw from the seeds they always had, so every
+        seed replays its old schedule (and the seeds named in these tests their bugs)."""
+        seed = 4288
+        expected = {
+            "schedule": 4288,
+            "snapshots": 4288 * 7919 + 17,
+            "ops": 4288 * 104729 + 29,
+            "disk": 4288 * 104729 + 5,
+            "flaps": 4288 * 7907 + 41,
+            "markers": 4288 * 7883 + 53,
+            "slow_disks": 4288 * 7877 + 61,
+            "cut": 4288 * 7877 + 61,
+            "clocks": 4288 * 7877 + 67,
+        }
+        self.assertEqual({name: stream_seed(seed, name) for name in expected}, expected)
+        self.assertEqual(stream_seed(seed, "node", 3), 4288 * 1000003 + 3)
+
+    def test_new_names_need_no_numbers(self) -> None:
+        """A stream with a new name gets its own seed from the name: the same every time,
+        different for another name, another schedule seed or another index."""
+        base = stream_seed(5, "gossip")
+        self.assertEqual(stream_seed(5, "gossip"), base)
+        others = {stream_seed(5, "chatter"), stream_seed(6, "gossip"), stream_seed(5, "gossip", 1)}
+        self.assertNotIn(base, others)
+        self.assertEqual(len(others), 3)

@@ -7,7 +7,11 @@ from random import Random
 from twisted.trial import unittest
 
 from graft.raft.messages import Heartbeat
-from graft.raft.simulation import ClockModel, Cluster, InFlight, Violation, simulate_seed
+from graft.testing.simulation.checker import Violation
+from graft.testing.simulation.clocks import ClockModel
+from graft.testing.simulation.cluster import Cluster
+from graft.testing.simulation.network import InFlight
+from graft.testing.simulation.run import simulate_seed
 
 IDS = ["n1", "n2", "n3"]
 

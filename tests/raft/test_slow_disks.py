@@ -7,7 +7,6 @@ from random import Random
 
 from twisted.trial import unittest
 
-from graft.raft import simulation
 from graft.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -19,7 +18,9 @@ from graft.raft.messages import (
     RequestVoteResponse,
 )
 from graft.raft.ready import Role, leaves_before_write, leaves_between_readies
-from graft.raft.simulation import SlowDisks, simulate_seed
+from graft.testing.simulation import cluster as sim_cluster
+from graft.testing.simulation.run import simulate_seed
+from graft.testing.simulation.schedule import SlowDisks
 from tests.raft.helpers import make_cluster
 
 # A seed whose schedule stalls disks and where an append answer sent before its write breaks
@@ -75,7 +76,7 @@ class RulesTests(unittest.SynchronousTestCase):
 
 
 class SlowDiskClusterTests(unittest.SynchronousTestCase):
-    def _cluster(self) -> simulation.Cluster:
+    def _cluster(self) -> sim_cluster.Cluster:
         c = make_cluster()
         c.pipeline = 2
         c.elect("n1")
@@ -122,8 +123,8 @@ class SlowDiskClusterTests(unittest.SynchronousTestCase):
         writes, a slow-disk schedule breaks safety; the real rule keeps it clean."""
         seed = CAUGHT_ONLY_WITH_SLOW_DISKS
         self.assertIsNone(simulate_seed(seed, Random).violation)
-        self.patch(simulation, "leaves_before_write", _early_acks(leaves_before_write))
-        self.patch(simulation, "leaves_between_readies", _early_acks(leaves_between_readies))
+        self.patch(sim_cluster, "leaves_before_write", _early_acks(leaves_before_write))
+        self.patch(sim_cluster, "leaves_between_readies", _early_acks(leaves_between_readies))
         caught = simulate_seed(seed, Random).violation
         self.assertIsNotNone(caught)
         self.patch(

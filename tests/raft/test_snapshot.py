@@ -14,7 +14,6 @@ from graft.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat,
 from graft.raft.node import RaftNode
 from graft.raft.progress import ProgressState
 from graft.raft.ready import Ready, Role
-from graft.raft.simulation import Cluster
 from graft.raft.types import (
     Entry,
     EntryKind,
@@ -23,6 +22,7 @@ from graft.raft.types import (
     SnapshotMeta,
     encode_membership,
 )
+from graft.testing.simulation.cluster import Cluster
 from tests.raft.helpers import Recorder, make_cluster, storage_with
 
 THREE = Membership(voters=frozenset({"n1", "n2", "n3"}))

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graft.faults.history import NemesisEvent, OpRecord
+from graft.testing.faults.history import NemesisEvent, OpRecord
 from graft.testing.linearizability import Operation, Verdict, check_history
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"

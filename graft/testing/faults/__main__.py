@@ -1,8 +1,9 @@
-"""`python -m graft.faults`: a campaign of seeded fault runs; exit 1 on any anomaly.
+"""`python -m graft.testing.faults`: a campaign of seeded fault runs; exit 1 on any anomaly.
 
 This process stays outside the network namespace: for each run it creates a fresh namespace,
-runs graft.faults.run inside it under ``ip netns exec``, and always kills whatever is left in
-the namespace and deletes it afterwards, also on Ctrl-C or a crash (try/finally plus atexit).
+runs graft.testing.faults.run inside it under ``ip netns exec``, and always kills whatever is
+left in the namespace and deletes it afterwards, also on Ctrl-C or a crash (try/finally plus
+atexit).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from graft.faults.netns import HarnessError, Namespace
+from graft.testing.faults.netns import HarnessError, Namespace
 
 SKIP_ENV = "GRAFT_SKIP_FAULTS"
 _live: list[Namespace] = []
@@ -70,7 +71,7 @@ def run_one(
         _live.append(ns)
         try:
             ns.create()
-            cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.faults.run"]
+            cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.testing.faults.run"]
             cmd += ["--seed", str(seed), "--duration", str(duration), "--out", str(run_dir)]
             cmd += ["--nodes", str(nodes), "--clients", str(clients)]
             with (run_dir / "driver.log").open("a") as log:
@@ -93,7 +94,7 @@ def run_one(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m graft.faults",
+        prog="python -m graft.testing.faults",
         description="Run seeded fault-injection runs against a real 5-node Graft cluster.",
     )
     parser.add_argument("--runs", type=int, default=1)

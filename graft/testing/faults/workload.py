@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from graft.faults.cluster import FaultCluster
-from graft.faults.history import OpRecord
+from graft.testing.faults.cluster import FaultCluster
+from graft.testing.faults.history import OpRecord
 
 # Cumulative weights of the operation mix.
 MIX: Sequence[tuple[str, str | None, float]] = (

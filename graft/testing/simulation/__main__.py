@@ -1,10 +1,10 @@
-"""``python -m graft.simulate``: run seeded random schedules of the Raft core and check safety.
+"""``python -m graft.testing.simulation``: seeded random schedules of the Raft core, checked.
 
-The schedules and checks live in graft.raft.simulation, which may not build a random source;
-this module supplies ``random.Random`` and spreads seeds over processes.
+This module supplies ``random.Random`` to the schedules (graft.testing.simulation.run) and
+spreads seeds over processes.
 
-    python -m graft.simulate --seeds 20000          # seeds 0..19999
-    python -m graft.simulate --seed 1234 --trace    # replay one seed, printing every event
+    python -m graft.testing.simulation --seeds 20000          # seeds 0..19999
+    python -m graft.testing.simulation --seed 1234 --trace    # replay one seed, every event
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from random import Random
 
-from graft.raft.simulation import SimResult, simulate_seed
+from graft.testing.simulation.run import SimResult, simulate_seed
 
 
 def run_one(seed: int) -> SimResult:
@@ -32,7 +32,7 @@ def run_many(seeds: Sequence[int], jobs: int) -> list[SimResult]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graft.simulate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m graft.testing.simulation", description=__doc__)
     parser.add_argument("--seeds", type=int, default=1000, help="run seeds 0..N-1")
     parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--seed", type=int, help="run only this seed")
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.trace:
             for line in r.trace[-30:]:
                 print(f"    {line}")
-            print(f"    replay: python -m graft.simulate --seed {r.seed} --trace")
+            print(f"    replay: python -m graft.testing.simulation --seed {r.seed} --trace")
     print(f"simulate: {len(results)} seeds, {len(failed)} violations")
     return 1 if failed else 0
 

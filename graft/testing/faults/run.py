@@ -1,6 +1,6 @@
-"""One fault run, executed inside its network namespace (started by graft.faults.__main__).
+"""One fault run, executed inside its network namespace (started by graft.testing.faults.__main__).
 
-    python -m graft.faults.run --seed S --duration D --out DIR [--nodes N] [--clients C]
+    python -m graft.testing.faults.run --seed S --duration D --out DIR [--nodes N] [--clients C]
 
 Order: start the nodes and wait for a leader; start the status poller and the clients; inject
 faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
@@ -22,20 +22,20 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from graft.faults.checker import (
+from graft.testing.faults.checker import (
     UNKNOWN,
     Anomaly,
     check_linearizability,
     check_weak_reads,
     classify,
 )
-from graft.faults.cluster import FaultCluster
-from graft.faults.disk import elections_during_stalls
-from graft.faults.history import OpRecord, StatusSample, write_jsonl
-from graft.faults.nemesis import Nemesis, StatusPoller
-from graft.faults.netns import HarnessError, NetworkFaults
-from graft.faults.report import write_timeline
-from graft.faults.workload import Workload, WorkloadConfig, monotonic_clock
+from graft.testing.faults.cluster import FaultCluster
+from graft.testing.faults.disk import elections_during_stalls
+from graft.testing.faults.history import OpRecord, StatusSample, write_jsonl
+from graft.testing.faults.nemesis import Nemesis, StatusPoller
+from graft.testing.faults.netns import HarnessError, NetworkFaults
+from graft.testing.faults.report import write_timeline
+from graft.testing.faults.workload import Workload, WorkloadConfig, monotonic_clock
 
 QUIET_SECONDS = 5.0
 REPLICA_CHECK_SECONDS = 60.0
@@ -237,7 +237,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graft.faults.run")
+    parser = argparse.ArgumentParser(prog="python -m graft.testing.faults.run")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)

@@ -20,8 +20,8 @@ from typing import IO, Any
 import yaml
 
 from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
-from graft.faults.disk import ENV as FSYNC_STALL_ENV
-from graft.faults.disk import set_stall
+from graft.testing.faults.disk import ENV as FSYNC_STALL_ENV
+from graft.testing.faults.disk import set_stall
 
 P2P_PORT = 7000
 API_PORT = 8000
@@ -101,7 +101,13 @@ class FaultCluster:
         self.log_path(node).parent.mkdir(exist_ok=True)
         log = open(self.log_path(node), "ab")  # noqa: SIM115 (closed in close())
         self._logs.append(log)
-        cmd = [sys.executable, "-m", "graft.faults.node_main", "--bind", self.addresses[node]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "graft.testing.faults.node_main",
+            "--bind",
+            self.addresses[node],
+        ]
         cmd += ["--clock-file", str(self.clock_file(node))]
         cmd += ["--log-format", "text", "graft", "--config", str(self.config_path)]
         cmd += ["--node", node]
@@ -119,14 +125,14 @@ class FaultCluster:
         return {**os.environ, FSYNC_STALL_ENV: str(self.fsync_stall_path(node))}
 
     def fsync_stall_path(self, node: str) -> Path:
-        """The file that slows every fsync of ``node`` while it exists (graft.faults.disk)."""
+        """The file that slows every fsync of ``node`` while it exists (faults.disk)."""
         return self.base / f"{node}.fsync-stall"
 
     def stall_fsync(self, node: str, seconds: float | None) -> None:
         """Add ``seconds`` to every fsync ``node`` makes from now on; None ends the stall."""
         set_stall(self.fsync_stall_path(node), seconds)
 
-    # -- the clock-step nemesis's wall clocks (graft.faults.node_main --clock-file) ----------
+    # -- the clock-step nemesis's wall clocks (faults.node_main --clock-file) ---------------
 
     def clock_file(self, node: str) -> Path:
         return self.base / "clock" / f"{node}.offset"

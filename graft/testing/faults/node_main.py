@@ -1,6 +1,7 @@
 """Run `twist` with every outbound TCP connection bound to one source address.
 
-Usage: ``python -m graft.faults.node_main --bind ADDRESS [--clock-file PATH] <twist arguments>``.
+Usage:
+``python -m graft.testing.faults.node_main --bind ADDRESS [--clock-file PATH] <twist arguments>``.
 
 Inside the fault namespace every node has its own loopback address, but the transport dials
 peers without choosing a source address, so the kernel would give every connection the same
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from graft.faults.disk import install_fsync_stall
+from graft.testing.faults.disk import install_fsync_stall
 
 CLOCK_POLL_SECONDS = 0.01
 
@@ -89,7 +90,7 @@ class WallClockOffset:
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--bind":
         print(
-            "usage: python -m graft.faults.node_main --bind ADDRESS [--clock-file PATH] "
+            "usage: python -m graft.testing.faults.node_main --bind ADDRESS [--clock-file PATH] "
             "<twist arguments>"
         )
         return 2
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
         WallClockOffset(Path(rest[1])).install()
         rest = rest[2:]
     bind_outbound_connections(argv[2])
-    install_fsync_stall()  # only if the harness asked (graft.faults.disk)
+    install_fsync_stall()  # only if the harness asked (graft.testing.faults.disk)
     twist_argv = [argv[0], *rest]
     sys.argv = twist_argv
     from twisted.application.twist._twist import Twist

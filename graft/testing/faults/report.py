@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.faults.checker import classify
-from graft.faults.history import NemesisEvent, OpRecord, StatusSample
+from graft.testing.faults.checker import classify
+from graft.testing.faults.history import NemesisEvent, OpRecord, StatusSample
 
 PX_PER_SECOND = 40
 LEFT = 90

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.faults.history import NemesisEvent, StatusSample
+from graft.testing.faults.history import NemesisEvent, StatusSample
 
 ENV = "GRAFT_FAULTS_FSYNC_STALL"
 KIND = "fsync-stall"

@@ -4,7 +4,8 @@ Times are seconds on the monotonic clock since the run started, taken by the pro
 the event (the driver: clients, nemeses and the status poller are all threads of it).
 
 A command's outcome is recorded as the client saw it; turning it into ok / fail / unknown is
-the checker's job (graft.faults.checker.classify), so the rule can be changed after the fact.
+the checker's job (graft.testing.faults.checker.classify), so the rule can be changed after
+the fact.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from graft.faults import disk
-from graft.faults.cluster import FaultCluster
-from graft.faults.history import NemesisEvent, StatusSample
-from graft.faults.netns import NetworkFaults
+from graft.testing.faults import disk
+from graft.testing.faults.cluster import FaultCluster
+from graft.testing.faults.history import NemesisEvent, StatusSample
+from graft.testing.faults.netns import NetworkFaults
 
 DISK_KINDS = (disk.KIND,)
 
@@ -177,7 +177,7 @@ class Nemesis:
 
     def _inject_disk(self, kind: str) -> tuple[tuple[str, ...], str, Callable[[], None]]:
         """fsync-stall: every fsync of one node (the leader half the time) takes 0.2-1 s more
-        until healed (graft.faults.disk)."""
+        until healed (graft.testing.faults.disk)."""
         leader = self.poller.leader()
         victim = self._victim(self.rng.random() < 0.5)
         seconds = round(self.rng.uniform(*disk.STALL_SECONDS), 3)
