@@ -19,7 +19,7 @@ import click
 from click.testing import CliRunner, Result
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from graft import cli
+from graft.cli import app as cli
 from graft.client import MemberStatus
 from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
 
@@ -573,7 +573,14 @@ class DevProcessTests(CLITestCase):
 
     def start_dev(self, path: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
         dev = subprocess.Popen(
-            [sys.executable, "-c", "from graft.cli import main; main()", "dev", "-c", str(path)],
+            [
+                sys.executable,
+                "-c",
+                "from graft.cli.app import main; main()",
+                "dev",
+                "-c",
+                str(path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

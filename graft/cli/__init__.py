@@ -1,0 +1,1 @@
+"""The ``graft`` command: ``graft.cli.app:main`` is the console script."""
