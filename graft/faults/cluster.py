@@ -21,6 +21,7 @@ import yaml
 
 from graft.faults.disk import ENV as FSYNC_STALL_ENV
 from graft.faults.disk import set_stall
+from graft.launcher import twist_args
 
 P2P_PORT = 7000
 API_PORT = 8000
@@ -102,8 +103,7 @@ class FaultCluster:
         self._logs.append(log)
         cmd = [sys.executable, "-m", "graft.faults.node_main", "--bind", self.addresses[node]]
         cmd += ["--clock-file", str(self.clock_file(node))]
-        cmd += ["--log-format", "text", "graft", "--config", str(self.config_path)]
-        cmd += ["--node", node]
+        cmd += twist_args(self.config_path, node)
         self.processes[node] = subprocess.Popen(
             cmd,
             stdout=log,

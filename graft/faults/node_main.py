@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.faults.disk import install_fsync_stall
+from graft.launcher import run_twist
 
 CLOCK_POLL_SECONDS = 0.01
 
@@ -99,11 +100,8 @@ def main(argv: list[str]) -> int:
         rest = rest[2:]
     bind_outbound_connections(argv[2])
     install_fsync_stall()  # only if the harness asked (graft.faults.disk)
-    twist_argv = [argv[0], *rest]
-    sys.argv = twist_argv
-    from twisted.application.twist._twist import Twist
-
-    Twist.main(twist_argv)
+    sys.argv = [argv[0], *rest]
+    run_twist(rest)
     return 0
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from graft.launcher import node_command
 
 HOST = "127.0.0.1"
 
@@ -124,10 +125,7 @@ class LocalCluster:
                 continue
             logfile = open(self.log_path(node), "ab")  # noqa: SIM115 (closed in close())
             self._logs[node] = logfile
-            cmd = [sys.executable, "-m", "twisted", "--log-format", "text", "graft"]
-            cmd += ["--config", str(self.config_path), "--node", node]
-            if node in self._joining:
-                cmd.append("--join")
+            cmd = node_command(self.config_path, node, join=node in self._joining)
             self.processes[node] = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=self.base
             )
