@@ -42,7 +42,8 @@ from typing import Any
 
 import yaml
 
-from graft.origin import normalize_origin
+from graft.ids import NODE_ID_RULE, is_node_id
+from graft.origin import normalize_origin, url_host
 
 __all__ = [
     "DEFAULT_FSM_FACTORY",
@@ -70,8 +71,6 @@ SCRIPT_FSM_FACTORY = "graft.fsm.script:ScriptStateMachine"
 TOKEN_ROLES = ("read", "write", "admin")
 
 _MIB = 1 << 20
-# A DNS label: it ends up in certificate subjectAltNames and in file names.
-_PEER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # A DNS name or an IPv4 address (letters, digits, hyphens, underscores, dots).
 _HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?$")
@@ -80,9 +79,6 @@ _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _FRAME_OVERHEAD = 64 * 1024
 # What one log entry adds to an AppendEntries frame besides its data (msgpack headers).
 _ENTRY_OVERHEAD = 32
-_PEER_ID_RULE = (
-    "lowercase letters, digits and hyphens, 1-63 characters, not starting or ending with a hyphen"
-)
 
 
 class ConfigError(Exception):
@@ -284,8 +280,7 @@ class ClusterConfig:
         """The base URL of a peer's HTTP API, e.g. ``http://127.0.0.1:8080``."""
         peer = self.peer(node_id)
         scheme = "http" if self.api.tls is None else "https"
-        host = f"[{peer.host}]" if ":" in peer.host else peer.host
-        return f"{scheme}://{host}:{peer.api_port}"
+        return f"{scheme}://{url_host(peer.host)}:{peer.api_port}"
 
     def script_files(self) -> dict[str, Path]:
         """The ``init``/``eval`` files of the script FSM (empty for other FSMs), absolute."""
@@ -659,12 +654,12 @@ class _Reader:
         used: dict[tuple[str, int], str] = {}
         for peer_id, spec in value.items():
             key = f"peers.{peer_id if isinstance(peer_id, str) else _show(peer_id)}"
-            if not isinstance(peer_id, str) or not _PEER_ID.match(peer_id):
+            if not is_node_id(peer_id):
                 hint = ""
                 if isinstance(peer_id, bool):
                     hint = " (YAML reads yes/no/on/off as booleans: quote the id)"
                 raise self.fail(
-                    key, f"invalid peer id {_show(peer_id)}{hint}; expected {_PEER_ID_RULE}"
+                    key, f"invalid peer id {_show(peer_id)}{hint}; expected {NODE_ID_RULE}"
                 )
             peer = self.peer(key, peer_id, spec)
             for service, port in (("p2p", peer.p2p_port), ("api", peer.api_port)):
