@@ -73,6 +73,7 @@ from graft.fsm import (
     threaded_query,
 )
 from graft.metrics import NodeMetrics
+from graft.origin import url_host
 from graft.raft.config import LATE_TICKS
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.messages import (
@@ -1954,8 +1955,7 @@ def _defer_to_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
 
 
 def _api_url(scheme: str, address: MemberAddress) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{scheme}://{host}:{address.api_port}"
+    return f"{scheme}://{url_host(address.host)}:{address.api_port}"
 
 
 def _with_address(
