@@ -690,6 +690,23 @@ class DevProcessTests(CLITestCase):
         self.assertNotIn("killing", output)
         self.assertNotIn("exited with", output)
 
+    def test_nodes_stop_when_dev_is_killed(self) -> None:
+        """If `graft dev` itself dies without cleaning up (SIGKILL), its nodes stop too: the
+        kernel signals them when their parent dies, so nothing is left running."""
+        path = self.dev_config()
+        dev, lines = self.start_dev(path)
+        self.wait_for_line(lines, "the cluster is ready", [])
+        nodes = [pid for pid in processes_mentioning(str(path)) if pid != dev.pid]
+        self.assertEqual(len(nodes), 3, nodes)
+        dev.kill()
+        dev.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        left = nodes
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in nodes if not is_zombie(pid)]
+        self.assertEqual(left, [], "nodes still running after graft dev was killed")
+
 
 MEMBERS = {
     "leader": "alpha",

@@ -41,19 +41,22 @@ def dev(config_path: Path | None) -> None:
     for node_id in cfg.peers:
         cfg.check_files(node_id)  # a missing certificate names `graft certs -c FILE`
     cluster = DevCluster(cfg)
-    cluster.start()
-    _print_dev_banner(cfg)
-    warn_open_api(cfg, list(cfg.peers))
-    settings = ClientSettings(
-        config_path=cfg.path, timeout=1.0, token=os.environ.get("GRAFT_TOKEN")
-    )
-    threading.Thread(
-        target=cluster.announce_leader,
-        args=(make_client(settings),),
-        name="leader-watch",
-        daemon=True,
-    ).start()
-    code = cluster.wait()
+    try:
+        cluster.start()
+        _print_dev_banner(cfg)
+        warn_open_api(cfg, list(cfg.peers))
+        settings = ClientSettings(
+            config_path=cfg.path, timeout=1.0, token=os.environ.get("GRAFT_TOKEN")
+        )
+        threading.Thread(
+            target=cluster.announce_leader,
+            args=(make_client(settings),),
+            name="leader-watch",
+            daemon=True,
+        ).start()
+        code = cluster.wait()
+    finally:
+        cluster.stop()  # also when something above failed: never leave the nodes running
     if code:
         raise click.exceptions.Exit(code)
 
@@ -81,8 +84,9 @@ class DevCluster:
         self._width = max(len(node_id) for node_id in cfg.peers)
 
     def twist_command(self, node_id: str) -> list[str]:
-        """`twist graft` for one node, with this interpreter (so the same virtualenv)."""
-        return node_command(self._cfg.path, node_id)
+        """`twist graft` for one node, tied to this process: if `graft dev` dies, even by
+        SIGKILL, the kernel stops its nodes (graft.launcher)."""
+        return node_command(self._cfg.path, node_id, die_with_parent=True)
 
     def start(self) -> None:
         for number, node_id in enumerate(self._cfg.peers):
