@@ -35,7 +35,7 @@ def dev(config_path: Path | None) -> None:
     """Run every node of the config here, for trying Graft out.
 
     Each node is a `twist graft` child process; its output lines are prefixed with its id.
-    Ctrl-C stops them all.
+    Ctrl-C stops them all; they also stop if this command dies.
     """
     cfg = cluster_config(config_path)
     for node_id in cfg.peers:
