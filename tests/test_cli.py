@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from graft.cli import app, cluster, dev, join, render
+from graft.cli import node as node_commands
 from graft.cli.errors import DEBUG_ENV
 from graft.client import MemberStatus
 from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
@@ -458,20 +459,18 @@ class StartTests(CLITestCase):
             from graft.certs import generate_certificates
         except ImportError as e:
             raise SkipTest(f"graft.certs is not available: {e}") from None
-        from twisted.application.twist._twist import Twist
-
         from graft.config import load_config
 
         path = write_config(self.tmpdir())
         generate_certificates(load_config(path))
         calls: list[list[str]] = []
-        self.patch(Twist, "main", calls.append)
+        self.patch(node_commands, "run_twist", calls.append)
         result = run(["start", "beta", "-c", str(path)])
         self.assertEqual(result.exit_code, 0, result.output)
-        twist = ["twist", "--log-format=text", "--log-level=info"]
+        twist = ["--log-format=text", "--log-level=info"]
         self.assertEqual(calls, [[*twist, "graft", "--config", str(path), "--node", "beta"]])
         run(["start", "beta", "-c", str(path), "--log-format", "json", "--log-level", "warn"])
-        self.assertEqual(calls[1][1:3], ["--log-format=json", "--log-level=warn"])
+        self.assertEqual(calls[1][0:2], ["--log-format=json", "--log-level=warn"])
 
 
 class StorageTests(CLITestCase):
@@ -920,14 +919,12 @@ class JoinTests(CLITestCase):
             from graft.certs import generate_certificates
         except ImportError as e:
             raise SkipTest(f"graft.certs is not available: {e}") from None
-        from twisted.application.twist._twist import Twist
-
         from graft.config import load_config
 
         self.path = write_join_config(self.tmpdir())
         generate_certificates(load_config(self.path))
         self.started: list[list[str]] = []
-        self.patch(Twist, "main", self.started.append)
+        self.patch(node_commands, "run_twist", self.started.append)
         self.patch(join, "JOIN_REFUSAL_WINDOW_S", 5.0)
 
     def test_join_then_start(self) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.launcher import node_command, twist_args
+from graft.launcher import node_command, run_twist, twist_args
 
 
 class ArgvTests(SynchronousTestCase):
@@ -35,6 +35,15 @@ class ArgvTests(SynchronousTestCase):
             [sys.executable, "-m", "graft.launcher", "--parent", str(os.getpid())],
         )
         self.assertNotIn("--parent", node_command("c.yaml", "n1"))
+
+    def test_run_twist(self) -> None:
+        """run_twist hands twist's runner the arguments as if typed after `twist`."""
+        from twisted.application.twist._twist import Twist
+
+        calls: list[list[str]] = []
+        self.patch(Twist, "main", calls.append)
+        run_twist(["--log-format=text", "graft"])
+        self.assertEqual(calls, [["twist", "--log-format=text", "graft"]])
 
 
 class ParentTests(SynchronousTestCase):

@@ -131,20 +131,8 @@ def render_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
             cells.append([row["node"], "unreachable", "-", "-", "-", "-", "-", "-", "no"])
             continue
         cells.append(
-            [
-                shown(row[key])
-                for key in (
-                    "node",
-                    "role",
-                    "term",
-                    "leader",
-                    "commit",
-                    "applied",
-                    "last_index",
-                    "lag",
-                )
-            ]
-            + ["yes"]
+            # The row's keys are the column names with "_" for " ", "reachable" aside.
+            [shown(row[column.replace(" ", "_")]) for column in STATUS_COLUMNS[:-1]] + ["yes"]
         )
     return table(list(STATUS_COLUMNS), cells)
 
