@@ -432,6 +432,31 @@ class DevClusterTests(CLITestCase):
         self.assertEqual(cluster.exit_codes(), {"alpha": -15, "beta": -15, "gamma": -15})
         self.assertFalse(any("killing" in line for line in lines))
 
+    def test_failure_after_start_stops_the_nodes(self) -> None:
+        """When `graft dev` fails after starting its nodes (here: printing the banner), it
+        still stops them before reporting the error."""
+        from graft.certs import generate_certificates
+        from graft.config import load_config
+
+        path = write_config(self.tmpdir())
+        generate_certificates(load_config(path))
+        marker = f"graft-dev-stand-in-{os.getpid()}-{id(self)}"
+        script = "import time; print('up', flush=True); time.sleep(60)"
+
+        def stand_in(config: Path, node_id: str, **options: Any) -> list[str]:
+            return [sys.executable, "-c", script, marker, node_id]
+
+        def broken_banner(cfg: Any) -> None:
+            raise ZeroDivisionError("banner")
+
+        self.patch(dev, "node_command", stand_in)
+        self.patch(dev, "_print_dev_banner", broken_banner)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != DEBUG_ENV})
+        self.addCleanup(lambda: kill_all(processes_mentioning(marker)))
+        result = run(["dev", "-c", str(path)])
+        self.assertOneLineError(result, "internal error ZeroDivisionError: banner")
+        self.assertEqual(processes_mentioning(marker), [])
+
     def test_announce_leader(self) -> None:
         """Once a majority of members name the same leader, the cluster says it is ready."""
         alpha = start_fake_node(self, json_reply(200, leader_status()))
