@@ -12,7 +12,7 @@ import click
 
 from graft.cli.connect import ClientSettings, make_client, node_url
 from graft.cli.errors import GraftCLIError
-from graft.cli.options import client_options
+from graft.cli.options import client_options, input_file_option
 from graft.cli.render import (
     check_rows,
     check_summary,
@@ -69,13 +69,7 @@ def raise_client_error(error: ClientError, doing: str) -> NoReturn:
 
 @click.command()
 @click.argument("data", required=False)
-@click.option(
-    "-f",
-    "--file",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    default=None,
-    help="Read the command from FILE ('-' for stdin).",
-)
+@input_file_option("command")
 @client_options()
 def command(data: str | None, file: Path | None, as_json: bool, **options: Any) -> None:
     """Send a command (a write): DATA, -f FILE or stdin.
@@ -104,13 +98,7 @@ def command(data: str | None, file: Path | None, as_json: bool, **options: Any) 
 
 @click.command()
 @click.argument("query_text", metavar="QUERY", required=False)
-@click.option(
-    "-f",
-    "--file",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    default=None,
-    help="Read the query from FILE ('-' for stdin).",
-)
+@input_file_option("query")
 @click.option(
     "--consistency",
     type=click.Choice(["default", "strong", "weak"]),

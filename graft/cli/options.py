@@ -46,6 +46,17 @@ def existing_file_option(name: str, help_text: str) -> Decorator:
     )
 
 
+def input_file_option(what: str) -> Decorator:
+    """-f/--file FILE ('-' for stdin) holding the command's ``what``."""
+    return click.option(
+        "-f",
+        "--file",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        default=None,
+        help=f"Read the {what} from FILE ('-' for stdin).",
+    )
+
+
 def node_option(help_text: str) -> Decorator:
     """--node ID of the offline commands (default: the config's ``node:``)."""
     return click.option("--node", "node", default=None, help=help_text)
