@@ -7,6 +7,9 @@ list when a node is down, and retries ``no_leader`` answers until the deadline, 
 mean the request was not accepted and an election is probably in progress.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
+
+It is one module of ~590 lines because the request loop, the error model and the cluster
+operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
