@@ -7,6 +7,9 @@ list when a node is down, and retries ``no_leader`` answers until the deadline, 
 mean the request was not accepted and an election is probably in progress.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
+
+It is one module of ~590 lines because the request loop, the error model and the cluster
+operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
@@ -114,8 +117,9 @@ class SavedSnapshot:
     fsm: str | None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Turn every redirect into an HTTPError so that we re-send method and body ourselves."""
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Turn every redirect into an HTTPError, so the caller sees the 307 itself (the client
+    re-sends method and body; a test harness checks the redirect). The one such handler."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -144,7 +148,7 @@ class GraftClient:
         if not self.urls:
             raise ValueError("GraftClient needs at least one URL")
         self.urls = [url.rstrip("/") for url in self.urls]
-        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        handlers: list[urllib.request.BaseHandler] = [NoRedirects()]
         if self.ssl_context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
         self._opener = urllib.request.build_opener(*handlers)

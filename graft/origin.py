@@ -1,4 +1,5 @@
-"""Web origins (scheme://host[:port]) as browsers send them in the ``Origin`` header.
+"""Web origins (scheme://host[:port]) as browsers send them in the ``Origin`` header, and how
+a host is written in a URL.
 
 Used by the config (``api.allowed_origins``) and by the API's check on state-changing requests;
 kept outside graft.api so that loading the config does not import the HTTP stack.
@@ -25,8 +26,12 @@ def normalize_origin(text: str) -> str | None:
         return None
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return None
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host(host)
     if port is None or port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def url_host(host: str) -> str:
+    """``host`` as it is written in a URL: an IPv6 address in brackets, anything else as is."""
+    return f"[{host}]" if ":" in host else host

@@ -19,13 +19,15 @@ import click
 from click.testing import CliRunner, Result
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from graft import cli
+from graft.cli import app, cluster, dev, join, render
+from graft.cli import node as node_commands
+from graft.cli.errors import DEBUG_ENV
 from graft.client import MemberStatus
 from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
 
 
 def run(args: Sequence[str], stdin: str | bytes | None = None) -> Result:
-    return CliRunner().invoke(cli.main, list(args), input=stdin)
+    return CliRunner().invoke(app.main, list(args), input=stdin)
 
 
 def write_config(directory: Path, api_ports: Sequence[int] = (18080, 18081, 18082)) -> Path:
@@ -102,8 +104,8 @@ class GroupTests(CLITestCase):
         def broken(settings: Any) -> Any:
             raise ZeroDivisionError("oops")
 
-        self.patch(cli, "_make_client", broken)
-        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV})
+        self.patch(cluster, "make_client", broken)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != DEBUG_ENV})
         result = run(["status", "--url", "http://127.0.0.1:1"])
         self.assertOneLineError(result, "internal error ZeroDivisionError: oops", "GRAFT_DEBUG")
 
@@ -367,7 +369,7 @@ class StatusTests(CLITestCase):
 
     def test_lag_without_leader(self) -> None:
         """Without a leader's view, lag is how far applied is behind the highest commit."""
-        rows = cli.status_rows(
+        rows = render.status_rows(
             [
                 MemberStatus(node="a", url="u1", status=follower_status("a", 4)),
                 MemberStatus(node="b", url="u2", status={**follower_status("b", 10), "commit": 12}),
@@ -379,28 +381,28 @@ class StatusTests(CLITestCase):
 class EntryPreviewTests(SynchronousTestCase):
     def test_text(self) -> None:
         """Text payloads are shown escaped on one line."""
-        self.assertEqual(cli.entry_preview(b"a\nb"), "a\\nb")
+        self.assertEqual(render.entry_preview(b"a\nb"), "a\\nb")
 
     def test_long_text_is_cut(self) -> None:
         """Long payloads are cut to PREVIEW_CHARS with an ellipsis."""
-        preview = cli.entry_preview(b"x" * 500)
-        self.assertEqual(len(preview), cli.PREVIEW_CHARS)
+        preview = render.entry_preview(b"x" * 500)
+        self.assertEqual(len(preview), render.PREVIEW_CHARS)
         self.assertTrue(preview.endswith("..."))
 
     def test_binary(self) -> None:
         """Binary payloads are shown as hex with their size."""
-        self.assertEqual(cli.entry_preview(b"\xff\x00"), "0xff00 (2 bytes)")
+        self.assertEqual(render.entry_preview(b"\xff\x00"), "0xff00 (2 bytes)")
 
 
 class DevClusterTests(CLITestCase):
     """DevCluster with stand-in child processes (plain Python), so no node code is needed."""
 
-    def make(self, script: str) -> tuple[cli.DevCluster, list[str]]:
+    def make(self, script: str) -> tuple[dev.DevCluster, list[str]]:
         path = write_config(self.tmpdir())
         from graft.config import load_config
 
         lines: list[str] = []
-        cluster = cli.DevCluster(
+        cluster = dev.DevCluster(
             load_config(path),
             command_for=lambda node_id: [sys.executable, "-c", script, node_id],
             echo=lines.append,
@@ -430,6 +432,31 @@ class DevClusterTests(CLITestCase):
         self.assertEqual(cluster.exit_codes(), {"alpha": -15, "beta": -15, "gamma": -15})
         self.assertFalse(any("killing" in line for line in lines))
 
+    def test_failure_after_start_stops_the_nodes(self) -> None:
+        """When `graft dev` fails after starting its nodes (here: printing the banner), it
+        still stops them before reporting the error."""
+        from graft.certs import generate_certificates
+        from graft.config import load_config
+
+        path = write_config(self.tmpdir())
+        generate_certificates(load_config(path))
+        marker = f"graft-dev-stand-in-{os.getpid()}-{id(self)}"
+        script = "import time; print('up', flush=True); time.sleep(60)"
+
+        def stand_in(config: Path, node_id: str, **options: Any) -> list[str]:
+            return [sys.executable, "-c", script, marker, node_id]
+
+        def broken_banner(cfg: Any) -> None:
+            raise ZeroDivisionError("banner")
+
+        self.patch(dev, "node_command", stand_in)
+        self.patch(dev, "_print_dev_banner", broken_banner)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != DEBUG_ENV})
+        self.addCleanup(lambda: kill_all(processes_mentioning(marker)))
+        result = run(["dev", "-c", str(path)])
+        self.assertOneLineError(result, "internal error ZeroDivisionError: banner")
+        self.assertEqual(processes_mentioning(marker), [])
+
     def test_announce_leader(self) -> None:
         """Once a majority of members name the same leader, the cluster says it is ready."""
         alpha = start_fake_node(self, json_reply(200, leader_status()))
@@ -440,7 +467,7 @@ class DevClusterTests(CLITestCase):
         from graft.config import load_config
 
         lines: list[str] = []
-        cluster = cli.DevCluster(load_config(path), echo=lines.append)
+        cluster = dev.DevCluster(load_config(path), echo=lines.append)
         client = GraftClient(urls=[alpha.url, beta.url, gamma], timeout=1.0)
         cluster.announce_leader(client, poll_s=0.001)
         self.assertEqual(
@@ -457,20 +484,18 @@ class StartTests(CLITestCase):
             from graft.certs import generate_certificates
         except ImportError as e:
             raise SkipTest(f"graft.certs is not available: {e}") from None
-        from twisted.application.twist._twist import Twist
-
         from graft.config import load_config
 
         path = write_config(self.tmpdir())
         generate_certificates(load_config(path))
         calls: list[list[str]] = []
-        self.patch(Twist, "main", calls.append)
+        self.patch(node_commands, "run_twist", calls.append)
         result = run(["start", "beta", "-c", str(path)])
         self.assertEqual(result.exit_code, 0, result.output)
-        twist = ["twist", "--log-format=text", "--log-level=info"]
+        twist = ["--log-format=text", "--log-level=info"]
         self.assertEqual(calls, [[*twist, "graft", "--config", str(path), "--node", "beta"]])
         run(["start", "beta", "-c", str(path), "--log-format", "json", "--log-level", "warn"])
-        self.assertEqual(calls[1][1:3], ["--log-format=json", "--log-level=warn"])
+        self.assertEqual(calls[1][0:2], ["--log-format=json", "--log-level=warn"])
 
 
 class StorageTests(CLITestCase):
@@ -548,17 +573,31 @@ class StorageTests(CLITestCase):
         self.assertOneLineError(run(["storage", "check", str(self.dir / "nope")]), "nope")
 
 
-def child_pids(parent: int) -> list[int]:
-    """The processes whose parent is ``parent`` (from /proc), to clean up after a failure."""
+def processes_mentioning(text: str) -> list[int]:
+    """The live processes whose command line contains ``text`` (from /proc): the nodes of one
+    test's config, wherever they were re-parented to, so that a failure can clean them up."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        pid = int(cmdline.parent.name)
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if text in cmdline.read_bytes().decode(errors="replace") and not is_zombie(pid):
+                found.append(pid)
         except OSError:
-            continue
-        if int(fields[1]) == parent:
-            found.append(int(stat.parent.name))
+            continue  # exited while we looked
     return found
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True  # gone
+
+
+def kill_all(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class DevProcessTests(CLITestCase):
@@ -571,9 +610,34 @@ class DevProcessTests(CLITestCase):
         except ImportError as e:
             raise SkipTest(f"the node runtime is not available: {e}") from None
 
+    def dev_config(self) -> Path:
+        """A three-node config on free ports (p2p ports first, then API ports in
+        ``self.ports``), with its certificates."""
+        from graft.testing.cluster import free_ports
+
+        self.ports = free_ports(6)
+        path = self.tmpdir() / "cluster.yaml"
+        path.write_text(
+            "cluster: devtest\npeers:\n"
+            + "".join(
+                f"  {name}: {{host: 127.0.0.1, ports: {{p2p: {self.ports[i]}, "
+                f"api: {self.ports[i + 3]}}}}}\n"
+                for i, name in enumerate(("alpha", "beta", "gamma"))
+            )
+        )
+        self.assertEqual(run(["certs", "-c", str(path)]).exit_code, 0)
+        return path
+
     def start_dev(self, path: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
         dev = subprocess.Popen(
-            [sys.executable, "-c", "from graft.cli import main; main()", "dev", "-c", str(path)],
+            [
+                sys.executable,
+                "-c",
+                "from graft.cli.app import main; main()",
+                "dev",
+                "-c",
+                str(path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -591,15 +655,15 @@ class DevProcessTests(CLITestCase):
 
         def cleanup() -> None:
             if dev.poll() is None:
-                children = child_pids(dev.pid)
                 dev.terminate()
                 try:
                     dev.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    for pid in [dev.pid, *children]:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
+                    dev.kill()
                     dev.wait()
+            # Whatever graft dev left behind (it crashed, or the test failed midway): its nodes
+            # are the processes naming this test's config.
+            kill_all(processes_mentioning(str(path)))
             if dev.stdout is not None:
                 dev.stdout.close()
 
@@ -607,7 +671,7 @@ class DevProcessTests(CLITestCase):
         return dev, lines
 
     def wait_for_line(self, lines: queue.Queue[str], fragment: str, seen: list[str]) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -621,19 +685,8 @@ class DevProcessTests(CLITestCase):
     def test_dev_cluster_serves_the_cli(self) -> None:
         """`graft dev` starts every node, announces the leader, serves `graft command`,
         `graft query` and `graft status`, and stops all nodes on SIGTERM with exit code 0."""
-        from graft.testing.cluster import free_ports
-
-        directory = self.tmpdir()
-        ports = free_ports(6)
-        path = directory / "cluster.yaml"
-        path.write_text(
-            "cluster: devtest\npeers:\n"
-            + "".join(
-                f"  {name}: {{host: 127.0.0.1, ports: {{p2p: {ports[i]}, api: {ports[i + 3]}}}}}\n"
-                for i, name in enumerate(("alpha", "beta", "gamma"))
-            )
-        )
-        self.assertEqual(run(["certs", "-c", str(path)]).exit_code, 0)
+        path = self.dev_config()
+        ports = self.ports
         dev, lines = self.start_dev(path)
         seen: list[str] = []
         self.wait_for_line(lines, "the cluster is ready", seen)
@@ -660,6 +713,23 @@ class DevProcessTests(CLITestCase):
         self.assertIn("graft dev: stopping all nodes", output)
         self.assertNotIn("killing", output)
         self.assertNotIn("exited with", output)
+
+    def test_nodes_stop_when_dev_is_killed(self) -> None:
+        """If `graft dev` itself dies without cleaning up (SIGKILL), its nodes stop too: the
+        kernel signals them when their parent dies, so nothing is left running."""
+        path = self.dev_config()
+        dev, lines = self.start_dev(path)
+        self.wait_for_line(lines, "the cluster is ready", [])
+        nodes = [pid for pid in processes_mentioning(str(path)) if pid != dev.pid]
+        self.assertEqual(len(nodes), 3, nodes)
+        dev.kill()
+        dev.wait(timeout=10)
+        deadline = time.monotonic() + 60  # a SIGTERMed node stops gracefully; slow under load
+        left = nodes
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in nodes if not is_zombie(pid)]
+        self.assertEqual(left, [], "nodes still running after graft dev was killed")
 
 
 MEMBERS = {
@@ -874,15 +944,13 @@ class JoinTests(CLITestCase):
             from graft.certs import generate_certificates
         except ImportError as e:
             raise SkipTest(f"graft.certs is not available: {e}") from None
-        from twisted.application.twist._twist import Twist
-
         from graft.config import load_config
 
         self.path = write_join_config(self.tmpdir())
         generate_certificates(load_config(self.path))
         self.started: list[list[str]] = []
-        self.patch(Twist, "main", self.started.append)
-        self.patch(cli, "JOIN_REFUSAL_WINDOW_S", 5.0)
+        self.patch(node_commands, "run_twist", self.started.append)
+        self.patch(join, "JOIN_REFUSAL_WINDOW_S", 5.0)
 
     def test_join_then_start(self) -> None:
         """--join posts the node's id, host and ports from its own config, then starts it."""
@@ -913,7 +981,7 @@ class JoinTests(CLITestCase):
     def test_pending_answer_starts_the_node(self) -> None:
         """While the leader waits for the new node to catch up (no answer yet), the node is
         started; the answer is reported when it comes."""
-        self.patch(cli, "JOIN_REFUSAL_WINDOW_S", 0.1)
+        self.patch(join, "JOIN_REFUSAL_WINDOW_S", 0.1)
         release = threading.Event()
         self.addCleanup(release.set)
 
@@ -950,19 +1018,12 @@ class FakeOps:
 
 
 class OfflineToolTests(CLITestCase):
-    def use_ops(self, module: Any) -> None:
-        """Install ``module`` as graft.ops (None: importing it fails) for this test."""
-        had = "graft.ops" in sys.modules
-        previous = sys.modules.get("graft.ops")
-        sys.modules["graft.ops"] = module
+    def use_ops(self, fake: FakeOps) -> None:
+        """Stand ``fake``'s functions in for graft.ops's for this test."""
+        import graft.ops
 
-        def restore() -> None:
-            if had:
-                sys.modules["graft.ops"] = previous  # type: ignore[assignment]
-            else:
-                sys.modules.pop("graft.ops", None)
-
-        self.addCleanup(restore)
+        self.patch(graft.ops, "restore_data_dir", fake.restore_data_dir)
+        self.patch(graft.ops, "recover_membership", fake.recover_membership)
 
     def setUp(self) -> None:
         self.path = write_config(self.tmpdir())
@@ -978,17 +1039,6 @@ class OfflineToolTests(CLITestCase):
         self.assertEqual(self.ops.calls, [("restore", self.path, "beta", self.snapshot)])
         self.assertIn("restored beta's data dir", result.stdout)
         self.assertIn("index: 42", result.stdout)
-
-    def test_ops_missing(self) -> None:
-        """Without graft.ops (or without the function) the command is one clear line."""
-        self.use_ops(None)
-        result = run(["restore", str(self.snapshot), "-c", str(self.path), "--node", "beta"])
-        self.assertOneLineError(result, "cannot restore", "graft.ops")
-        self.use_ops(object())
-        result = run(
-            ["recover", "--members", "alpha", "-c", str(self.path), "--node", "alpha", "--yes"]
-        )
-        self.assertOneLineError(result, "cannot recover", "recover_membership")
 
     def test_recover_asks_first(self) -> None:
         """`recover` prints a loud warning and changes nothing unless confirmed."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.cli import warn_open_api
+from graft.cli.node import warn_open_api
 from graft.config import ClusterConfig, load_config
 from graft.exposure import is_loopback, open_api_warning
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from graft.api.jsonin import load_json
 from graft.driver.port import ClusterAdmin, ClusterBackend
 from graft.errors import BadRequest
+from graft.ids import NODE_ID_RULE, is_node_id
 
 # Adding a member waits for the learner to catch up (possibly a large snapshot), so the API's
 # command timeout would cut it short. Administration gets this deadline instead; the operation
@@ -20,9 +21,6 @@ from graft.errors import BadRequest
 # error ("did not catch up ...") reaches the client rather than a bare 504.
 ADMIN_TIMEOUT_S = 150.0
 
-# The same rule as peer ids in the config file: a lowercase DNS label.
-_NODE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_NODE_ID_RULE = "1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
 _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
@@ -43,8 +41,8 @@ class NewMember:
 
 def node_id(value: Any, where: str) -> str:
     """A member id as the config allows it, or BadRequest."""
-    if not isinstance(value, str) or not _NODE_ID.match(value):
-        raise BadRequest(f"{where} {_show(value)} is not a node id: expected {_NODE_ID_RULE}")
+    if not is_node_id(value):
+        raise BadRequest(f"{where} {_show(value)} is not a node id: expected {NODE_ID_RULE}")
     return value
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from graft.origin import url_host
 from graft.raft.config import (
     DEFAULT_CLOCK_DRIFT,
     DEFAULT_MAX_INFLIGHT,
@@ -272,8 +273,7 @@ class ClusterConfig:
         """The base URL of a peer's HTTP API, e.g. ``http://127.0.0.1:8080``."""
         peer = self.peer(node_id)
         scheme = "http" if self.api.tls is None else "https"
-        host = f"[{peer.host}]" if ":" in peer.host else peer.host
-        return f"{scheme}://{host}:{peer.api_port}"
+        return f"{scheme}://{url_host(peer.host)}:{peer.api_port}"
 
     def script_files(self) -> dict[str, Path]:
         """The ``init``/``eval`` files of the script FSM (empty for other FSMs), absolute."""

@@ -27,17 +27,13 @@ from graft.config import (
 )
 from graft.config.api_section import ApiSectionReader
 from graft.config.reader import kind, load_document, show, valid_host
+from graft.ids import NODE_ID_RULE, is_node_id
 from graft.raft.config import DEFAULT_CLOCK_DRIFT
 
-# A DNS label: it ends up in certificate subjectAltNames and in file names.
-_PEER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _FRAME_OVERHEAD = 64 * 1024
 # What one log entry adds to an AppendEntries frame besides its data (msgpack headers).
 _ENTRY_OVERHEAD = 32
-_PEER_ID_RULE = (
-    "lowercase letters, digits and hyphens, 1-63 characters, not starting or ending with a hyphen"
-)
 
 
 def read_cluster(path: str | Path, node: str | None = None) -> ClusterConfig:
@@ -215,12 +211,12 @@ class _ClusterReader(ApiSectionReader):
         used: dict[tuple[str, int], str] = {}
         for peer_id, spec in value.items():
             key = f"peers.{peer_id if isinstance(peer_id, str) else show(peer_id)}"
-            if not isinstance(peer_id, str) or not _PEER_ID.match(peer_id):
+            if not is_node_id(peer_id):
                 hint = ""
                 if isinstance(peer_id, bool):
                     hint = " (YAML reads yes/no/on/off as booleans: quote the id)"
                 raise self.fail(
-                    key, f"invalid peer id {show(peer_id)}{hint}; expected {_PEER_ID_RULE}"
+                    key, f"invalid peer id {show(peer_id)}{hint}; expected {NODE_ID_RULE}"
                 )
             peer = self.peer(key, peer_id, spec)
             for service, port in (("p2p", peer.p2p_port), ("api", peer.api_port)):

@@ -22,6 +22,7 @@ from graft.driver.peers import PeerPort
 from graft.driver.port import MemberList
 from graft.driver.settings import DriverSettings
 from graft.errors import BadRequest, NoLeader, NotFound, Timeout
+from graft.origin import url_host
 from graft.raft.errors import MembershipChangeRefused, NotLeader, ProposalDropped
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
@@ -381,8 +382,7 @@ class MembershipManager:
 
 
 def _api_url(scheme: str, address: MemberAddress) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{scheme}://{host}:{address.api_port}"
+    return f"{scheme}://{url_host(address.host)}:{address.api_port}"
 
 
 def _with_address(

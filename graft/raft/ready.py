@@ -112,7 +112,7 @@ class Status:
 #
 # A Ready's messages leave once its writes (and every earlier Ready's) are durable, except the
 # ones below: they claim nothing about this node's log or vote, only its term (docs/
-# architecture.md, "Messages before writes"). Both drivers (graft.node and the simulation's)
+# architecture.md, "Messages before writes"). Both drivers (graft.driver and the simulation's)
 # use these two functions, so the simulation checks the rule the node runs.
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+from graft.launcher import node_command
 
 HOST = "127.0.0.1"
 
@@ -126,10 +126,7 @@ class LocalCluster:
                 continue
             logfile = open(self.log_path(node), "ab")  # noqa: SIM115 (closed in close())
             self._logs[node] = logfile
-            cmd = [sys.executable, "-m", "twisted", "--log-format", "text", "graft"]
-            cmd += ["--config", str(self.config_path), "--node", node]
-            if node in self._joining:
-                cmd.append("--join")
+            cmd = node_command(self.config_path, node, join=node in self._joining)
             self.processes[node] = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=self.base
             )

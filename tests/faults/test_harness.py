@@ -328,7 +328,7 @@ class _CheckCluster:
         self.asked = 0
 
     def request(self, node: str, method: str, path: str, timeout: float = 4.0) -> Any:
-        from graft.testing.faults.cluster import Reply
+        from graft.client import Response
 
         assert (method, path) == ("GET", "/cluster/check")
         answer = self.answers[min(self.asked, len(self.answers) - 1)]
@@ -336,7 +336,7 @@ class _CheckCluster:
         if isinstance(answer, OSError):
             raise answer
         status, document = answer
-        return Reply(status=status, headers={}, body=json.dumps(document).encode())
+        return Response(status=status, headers={}, body=json.dumps(document).encode(), url="")
 
 
 def _check_result(digests: dict[str, str | None]) -> dict[str, Any]:

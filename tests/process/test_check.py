@@ -46,7 +46,7 @@ class DivergingSQLite(SQLiteStateMachine):
 
 def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from graft.cli import main; main()", *args],
+        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from graft.testing.cluster import HOST, LocalCluster, free_ports
 
 # `graft ARGS...` as the installed command runs it.
-GRAFT = [sys.executable, "-c", "import sys; from graft.cli import main; sys.exit(main())"]
+GRAFT = [sys.executable, "-c", "import sys; from graft.cli.app import main; sys.exit(main())"]
 
 
 def put(key: str, value: str) -> bytes:

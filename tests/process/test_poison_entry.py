@@ -46,7 +46,7 @@ class SkipEntryTests(unittest.TestCase):
         """A command that makes the FSM raise stops every node, naming the entry and the
         command to run; after `graft skip-entry` on every stopped node they start, skip it,
         keep the state from before and after it, and take writes."""
-        from graft.cli import main
+        from graft.cli.app import main
 
         cluster = LocalCluster(
             Path(self.mktemp()), extra={"fsm": {"init": "init.py", "eval": "eval.py"}}

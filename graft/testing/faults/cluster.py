@@ -8,18 +8,18 @@ and one log per node live in the run directory.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
+from graft.client import Response
 from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
+from graft.launcher import twist_args
 from graft.testing.faults.disk import ENV as FSYNC_STALL_ENV
 from graft.testing.faults.disk import set_stall
 
@@ -27,27 +27,20 @@ P2P_PORT = 7000
 API_PORT = 8000
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def http_request(
     host: str, port: int, method: str, path: str, body: bytes | None, timeout: float
-) -> Reply:
+) -> Response:
     """One HTTP request on a fresh connection; OSError (incl. timeouts) when there is no answer."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers={"Connection": "close"})
         resp = conn.getresponse()
         data = resp.read()
-        return Reply(
-            status=resp.status, headers={k.lower(): v for k, v in resp.getheaders()}, body=data
+        return Response(
+            status=resp.status,
+            headers={k.lower(): v for k, v in resp.getheaders()},
+            body=data,
+            url=f"http://{host}:{port}{path}",
         )
     except http.client.HTTPException as e:
         raise OSError(f"bad HTTP exchange: {e!r}") from e
@@ -109,8 +102,7 @@ class FaultCluster:
             self.addresses[node],
         ]
         cmd += ["--clock-file", str(self.clock_file(node))]
-        cmd += ["--log-format", "text", "graft", "--config", str(self.config_path)]
-        cmd += ["--node", node]
+        cmd += twist_args(self.config_path, node)
         self.processes[node] = subprocess.Popen(
             cmd,
             stdout=log,
@@ -183,7 +175,7 @@ class FaultCluster:
 
     def request(
         self, node: str, method: str, path: str, body: bytes | None = None, timeout: float = 4.0
-    ) -> Reply:
+    ) -> Response:
         return http_request(self.addresses[node], API_PORT, method, path, body, timeout)
 
     def status(self, node: str, timeout: float = 0.5) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graft.launcher import run_twist
 from graft.testing.faults.disk import install_fsync_stall
 
 CLOCK_POLL_SECONDS = 0.01
@@ -100,11 +101,8 @@ def main(argv: list[str]) -> int:
         rest = rest[2:]
     bind_outbound_connections(argv[2])
     install_fsync_stall()  # only if the harness asked (graft.testing.faults.disk)
-    twist_argv = [argv[0], *rest]
-    sys.argv = twist_argv
-    from twisted.application.twist._twist import Twist
-
-    Twist.main(twist_argv)
+    sys.argv = [argv[0], *rest]
+    run_twist(rest)
     return 0
 
 

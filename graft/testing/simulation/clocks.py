@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class ClockModel:
-    """Each node's tick clock, as the driver (graft.node) makes it from its monotonic clock.
+    """Each node's tick clock, as the driver (graft.driver) makes it from its monotonic clock.
 
     A simulation step is one tick period of real time. A node's clock runs at ``rate`` ticks
     per step, within the configured drift bound: rates lie in [1 - clock_drift, 1], so one

@@ -85,12 +85,12 @@ class Cluster:
         self.on_new_leader: Callable[[RaftNode], None] = lambda _node: None
         self.tracing = False
         # The driver model: how many Readies a node may have taken whose writes are not done
-        # (graft.node keeps up to two), and the source deciding when a write completes. With
+        # (graft.driver keeps up to two), and the source deciding when a write completes. With
         # one, every Ready is carried out at once, as a synchronous driver would.
         self.pipeline = 1
         self.disk: Rng | None = None
         # The rules deciding which messages leave before their writes (graft.raft.ready's, as
-        # graft.node uses them); a test plants a broken rule here to see the checker catch it.
+        # graft.driver uses them); a test plants a broken rule here to see the checker catch it.
         self.leaves_before_write: Callable[[Message, int], bool] = leaves_before_write
         self.leaves_between_readies: Callable[[Message, int], bool] = leaves_between_readies
         # Leadership transfers asked for: target -> (the old leader's term, tick asked).
@@ -226,11 +226,11 @@ class Cluster:
         """Carry out every Ready the node has, as a driver would, checking as we go.
 
         With ``pipeline`` > 1 a node takes the next Ready while earlier ones still wait for
-        their writes, as graft.node does: a leader's appends and heartbeats, heartbeat answers
+        their writes, as graft.driver does: a leader's appends and heartbeats, heartbeat answers
         and read-index traffic of its durable term leave at once; everything else of a Ready
         (append answers, votes, applying, reads, advance) waits until its writes and those of
         every Ready before it are done. While the node may take no Ready, the core's messages
-        that wait on no write still leave (``take_messages``), as graft.node sends them.
+        that wait on no write still leave (``take_messages``), as graft.driver sends them.
         """
         sim = self.nodes[nid]
         node = sim.node

@@ -147,7 +147,7 @@ def build_cluster(
     cluster.clocks = clock_model_for(stream(rng_factory, seed, "clocks"), ids, plant)
     if drawn:
         # Most schedules let each node queue a second Ready behind an unfinished write, as
-        # graft.node does.
+        # graft.driver does.
         disk_rng = stream(rng_factory, seed, "disk")
         cluster.pipeline = 2 if disk_rng.random() < 0.7 else 1
         if cluster.pipeline > 1:
