@@ -21,7 +21,7 @@ from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import EntryKind, Membership
-from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
+from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
 
 
 class RecordingFSM(KeyValueStateMachine):

@@ -32,7 +32,7 @@ from graft.space import (
     data_dir_bytes,
 )
 from graft.transport import RemoteError
-from tests.test_node import TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.driver import TICK, Channel, DriverCluster, MemoryDurable, Network
 
 MIB = 1 << 20
 NODES = ("a", "b", "c")
