@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api import make_api_resource
-from graft.api.auth import token_digest
+from graft.api.auth import Role, token_digest
 from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.api.settings import ApiSettings
 
@@ -55,6 +55,16 @@ class Settings:
 def tokens(**by_role: str) -> dict[str, frozenset[str]]:
     """role=token pairs -> the digests a config would hold."""
     return {role: frozenset({token_digest(token)}) for role, token in by_role.items()}
+
+
+# One bearer token per role for the API tests: Settings(tokens=tokens(read=READER, ...)).
+READER, WRITER, ADMIN = "r3ad-token", "wr1te-token", "adm1n-token"
+TOKEN_OF = {Role.READ: READER, Role.WRITE: WRITER, Role.ADMIN: ADMIN}
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
