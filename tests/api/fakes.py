@@ -91,10 +91,9 @@ class FakeBackend:
         self.leader = leader
         self._content_type = content_type
         self.api_urls: dict[str, str] = dict(API_URLS)
-        self.ready = True
         self.term = 3
         self.next_index = 10
-        self.status_document: dict[str, Any] = {"id": node_id, "role": "leader", "term": 3}
+        self.apply_lag = 0  # committed entries not applied yet: not ready while above 0
         self.submitted: list[list[bytes]] = []
         self.queries: list[QueryCall] = []
         self.hold_commands = False
@@ -206,12 +205,41 @@ class FakeBackend:
         )
 
     def status(self) -> dict[str, Any]:
+        """GraftNode.status()'s document (tests/api/test_fake_contract.py holds them to the
+        same shape), built from the fake's state."""
         if self.failure is not None:
             raise self.failure
-        return self.status_document
+        commit = self.next_index - 1
+        document: dict[str, Any] = {
+            "id": self._node_id,
+            "role": "leader" if self.is_leader() else "follower",
+            "term": self.term,
+            "leader": self.leader,
+            "leader_api": self.api_urls.get(self.leader) if self.leader else None,
+            "commit": commit,
+            "applied": commit - self.apply_lag,
+            "first_index": 1,
+            "last_index": commit,
+            "snapshot": {"index": 0, "term": 0},
+            "members": {"voters": sorted(self.voters), "learners": sorted(self.learners)},
+            "peers_connected": sorted(m for m in self.addresses if m != self._node_id),
+        }
+        if self.is_leader():
+            document["progress"] = {
+                member: {
+                    "match": commit,
+                    "next": commit + 1,
+                    "state": "replicate",
+                    "lag": 0,
+                    "active": True,
+                }
+                for member in sorted([*self.voters, *self.learners])
+            }
+        return document
 
     def is_ready(self) -> bool:
-        return self.ready
+        """As GraftNode.is_ready(): a leader is known and everything committed is applied."""
+        return self.leader is not None and self.apply_lag == 0
 
     # -- ClusterAdmin ----------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from tests.api.fakes import ApiTestCase, Settings
 class NodeStateTests(ApiTestCase):
     def test_status(self) -> None:
         """GET /status is the backend's status document as JSON."""
-        self.backend.status_document = {"id": "turing", "members": {"ritchie": {"lag": 2}}}
+        self.backend.apply_lag = 2
         answer = self.call("GET", "/status")
         self.assertEqual(answer.status, 200)
-        self.assertEqual(answer.json(), {"id": "turing", "members": {"ritchie": {"lag": 2}}})
+        self.assertEqual(answer.json(), self.backend.status())
+        self.assertEqual(answer.json()["applied"], answer.json()["commit"] - 2)
 
     def test_status_failure_is_internal(self) -> None:
         """A status document that cannot be produced is 500 internal, logged."""
@@ -27,7 +28,7 @@ class NodeStateTests(ApiTestCase):
     def test_health(self) -> None:
         """GET /health is 200 {"status": "ok"} whatever the cluster's state."""
         self.backend.leader = None
-        self.backend.ready = False
+        self.backend.apply_lag = 1
         answer = self.call("GET", "/health")
         self.assertEqual((answer.status, answer.json()), (200, {"status": "ok"}))
 
@@ -36,12 +37,16 @@ class NodeStateTests(ApiTestCase):
         answer = self.call("GET", "/ready")
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.json(), {"ready": True, "node": "turing", "leader": "turing"})
-        self.backend.ready = False
         self.backend.leader = None
         answer = self.call("GET", "/ready")
         self.assertEqual(answer.status, 503)
         self.assertEqual(answer.json(), {"ready": False, "node": "turing", "leader": None})
         self.assertEqual(answer.header("Retry-After"), "1")
+        self.backend.leader = "turing"
+        self.backend.apply_lag = 1  # a leader is known, but this node has not caught up
+        answer = self.call("GET", "/ready")
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(answer.json(), {"ready": False, "node": "turing", "leader": "turing"})
 
     def test_metrics(self) -> None:
         """GET /metrics is the backend registry in Prometheus text format, including the HTTP

@@ -191,6 +191,7 @@ class DriverCluster(unittest.TestCase):
         *,
         clock: Clock | None = None,
         fsm: Callable[[], StateMachine] = KeyValueStateMachine,
+        storage: Callable[[], MemoryDurable] = MemoryDurable,
         **options: Any,
     ) -> None:
         """Start a cluster of ``node_ids`` (all voters) on ``self.clock`` and ``self.network``;
@@ -201,7 +202,7 @@ class DriverCluster(unittest.TestCase):
         self.addCleanup(self._stop)
         members = Membership(voters=frozenset(node_ids))
         for i, node_id in enumerate(node_ids):
-            self.add_node(node_id, members, seed=i, fsm=fsm, **options)
+            self.add_node(node_id, members, seed=i, fsm=fsm, storage=storage, **options)
 
     def add_node(
         self,
@@ -210,13 +211,13 @@ class DriverCluster(unittest.TestCase):
         *,
         seed: int = 0,
         fsm: Callable[[], StateMachine] = KeyValueStateMachine,
+        storage: Callable[[], MemoryDurable] = MemoryDurable,
         **options: Any,
     ) -> GraftNode:
         """Start one more node on the network: ``Membership()`` as ``bootstrap`` is a node
         started with ``--join`` (it knows no membership until the leader sends its log)."""
-        storage = MemoryDurable()
-        self.storages[node_id] = storage
-        raft = RaftNode(RaftConfig(id=node_id, bootstrap=bootstrap), storage, random.Random(seed))
+        durable = self.storages[node_id] = storage()
+        raft = RaftNode(RaftConfig(id=node_id, bootstrap=bootstrap), durable, random.Random(seed))
         settings: dict[str, Any] = {
             "tick_seconds": TICK,
             "command_timeout": 2.0,
@@ -225,7 +226,7 @@ class DriverCluster(unittest.TestCase):
             "bootstrap": bootstrap,
             **options,
         }
-        node = GraftNode(raft=raft, storage=storage, fsm=fsm(), clock=self.clock, **settings)
+        node = GraftNode(raft=raft, storage=durable, fsm=fsm(), clock=self.clock, **settings)
         node.peers = Channel(self.network, node_id)
         self.network.nodes[node_id] = node
         node.startService()
