@@ -21,7 +21,8 @@ from graft.node import GraftNode
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import EntryKind, Membership
-from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
+from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.kv import put
 
 
 class RecordingFSM(KeyValueStateMachine):

@@ -19,7 +19,8 @@ from graft.fsm import QueryRejected, QueryTimedOut
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
 from graft.transport import RemoteError
-from tests.support.driver import NODES, TICK, Channel, DriverCluster, get, put
+from tests.support.driver import NODES, TICK, Channel, DriverCluster
+from tests.support.kv import get, put
 
 
 class FailingFSM(KeyValueStateMachine):

@@ -9,7 +9,8 @@ from twisted.python.failure import Failure
 
 from graft.api.backend import Consistency
 from graft.errors import Overloaded, Timeout
-from tests.support.driver import NODES, DriverCluster, get, put
+from tests.support.driver import NODES, DriverCluster
+from tests.support.kv import get, put
 
 
 class NodeWaiterLimitTests(DriverCluster):

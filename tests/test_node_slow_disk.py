@@ -25,7 +25,8 @@ from graft.raft.messages import (
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import Membership
-from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
+from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.kv import put
 
 
 class CheckedChannel(Channel):

@@ -33,17 +33,10 @@ from graft.space import (
 )
 from graft.transport import RemoteError
 from tests.support.driver import TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.kv import get, put
 
 MIB = 1 << 20
 NODES = ("a", "b", "c")
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
 
 
 class SpaceQuotaTests(unittest.SynchronousTestCase):

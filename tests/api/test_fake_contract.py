@@ -21,7 +21,8 @@ from graft.api.backend import CommandResult, Consistency, QueryResult
 from graft.config import ApiConfig, ApiLimits
 from graft.raft.types import MemberAddress, Membership, SnapshotMeta
 from tests.api.fakes import FakeBackend, Limits, Settings
-from tests.support.driver import NODES, DriverCluster, MemoryDurable, get, put
+from tests.support.driver import NODES, DriverCluster, MemoryDurable
+from tests.support.kv import get, put
 
 # The keys of the mappings keyed by node id, which differ between clusters (their values'
 # shapes must not): status()'s progress and members()'s addresses.

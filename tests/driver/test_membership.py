@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 from graft.errors import BadRequest, GraftError, NoLeader, Timeout
 from graft.raft.messages import Message, RequestVote
 from graft.raft.types import Membership
-from tests.support.driver import NODES, TICK, DriverCluster, put
+from tests.support.driver import NODES, TICK, DriverCluster
+from tests.support.kv import put
 
 NEW = "d"
 

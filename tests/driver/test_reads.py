@@ -18,7 +18,8 @@ from graft.api.backend import Consistency, QueryResult
 from graft.errors import Timeout
 from graft.raft.messages import AppendEntries
 from tests.api.fakes import Settings
-from tests.support.driver import NODES, TICK, DriverCluster, get, put
+from tests.support.driver import NODES, TICK, DriverCluster
+from tests.support.kv import get, put
 
 
 class LateCommitReadTests(DriverCluster):

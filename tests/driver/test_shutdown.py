@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 from graft.api.backend import Consistency
 from graft.errors import GraftError, NoLeader, Timeout
 from graft.raft.messages import AppendEntries, Heartbeat
-from tests.support.driver import NODES, TICK, DriverCluster, get, put
+from tests.support.driver import NODES, TICK, DriverCluster
+from tests.support.kv import get, put
 
 
 def watch(d: Deferred[Any]) -> list[Any]:

@@ -4,7 +4,6 @@ threads, no sleeps."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,20 @@ from graft.transport import PeerUnavailable
 
 TICK = 0.035
 NODES = ("a", "b", "c")
+
+
+def run_until(
+    clock: Clock, condition: Callable[[], object], what: str, *, seconds: float = 7.0
+) -> None:
+    """Advance ``clock`` a tick at a time until ``condition()`` is true; after ``seconds`` of
+    clock time without, raise AssertionError naming ``what``. For a single node; a cluster's
+    tests use DriverCluster.wait_until, which advances in finer steps."""
+    waited = 0.0
+    while not condition():
+        if waited >= seconds:
+            raise AssertionError(f"{what}: not after {seconds} s of clock time")
+        clock.advance(TICK)
+        waited += TICK
 
 
 class MemoryDurable(MemoryStorage):
@@ -166,14 +179,6 @@ class Channel:
         return {
             n for n in self.network.nodes if n != self.me and not self.network.blocked(self.me, n)
         }
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
 
 
 class DriverCluster(unittest.TestCase):
