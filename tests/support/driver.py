@@ -182,9 +182,9 @@ class Channel:
 
 
 class DriverCluster(unittest.TestCase):
-    """Three GraftNodes on a deterministic Clock and an in-memory Network: the waiting
-    helpers the driver tests share. A subclass's setUp fills ``self.clock``, ``self.network``
-    and registers ``self._stop`` as a cleanup."""
+    """GraftNodes on a deterministic Clock and an in-memory Network, and the waiting helpers
+    the driver tests share. A subclass's setUp calls ``start_nodes`` (or fills ``self.clock``
+    and ``self.network`` and registers ``self._stop`` as a cleanup itself)."""
 
     clock: Clock
     network: Network
