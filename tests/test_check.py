@@ -4,25 +4,20 @@ GraftNodes in memory (tests.test_node's network and storage), digests computed s
 from __future__ import annotations
 
 import json
-import random
 from typing import Any, cast
 
 from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.consistency import MARKER_PREFIX, DigestBook, summarize
-from graft.driver.settings import DriverSettings
-from graft.driver.wiring import build_node
 from graft.errors import NotFound
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
-from graft.raft.config import RaftConfig
-from graft.raft.node import RaftNode
-from graft.raft.types import EntryKind, Membership
-from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
+from graft.raft.types import EntryKind
+from tests.support.driver import NODES, DriverCluster
+from tests.support.kv import put
 
 
 class RecordingFSM(KeyValueStateMachine):
@@ -46,35 +41,14 @@ def run_now(f: Any, *args: Any) -> Deferred[Any]:
 
 class CheckTests(DriverCluster):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.fsms: dict[str, RecordingFSM] = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            fsm = self.fsms[node_id] = RecordingFSM()
-            node = build_node(
-                raft=raft,
-                storage=storage,
-                fsm=fsm,
-                clock=self.clock,
-                run_in_thread=run_now,
-                settings=DriverSettings(
-                    tick_seconds=TICK,
-                    command_timeout=2.0,
-                    query_timeout=2.0,
-                    api_urls={n: f"http://{n}:8080" for n in NODES},
-                    check_timeout=1.0,
-                ),
-            )
-            node.peers = Channel(self.network, node_id)
-            self.network.nodes[node_id] = node
-            node.startService()
-        self.addCleanup(self._stop)
+        made: list[RecordingFSM] = []
+
+        def fsm() -> RecordingFSM:
+            made.append(RecordingFSM())
+            return made[-1]
+
+        self.start_nodes(fsm=fsm, run_in_thread=run_now, check_timeout=1.0)
+        self.fsms: dict[str, RecordingFSM] = dict(zip(NODES, made, strict=True))
 
     def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
         """The outcome, a failure raised."""

@@ -23,7 +23,7 @@ from graft.cli import app, cluster, dev, join, render
 from graft.cli import node as node_commands
 from graft.cli.errors import DEBUG_ENV
 from graft.client import MemberStatus
-from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
+from tests.support.http_node import Reply, dead_url, error_reply, json_reply, start_fake_node
 
 
 def run(args: Sequence[str], stdin: str | bytes | None = None) -> Result:

@@ -5,109 +5,19 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.client import ClientError, GraftClient, Unreachable
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def json_reply(status: int, document: Any, **headers: str) -> Reply:
-    return Reply(
-        status=status,
-        body=json.dumps(document).encode(),
-        headers={"Content-Type": "application/json", **headers},
-    )
-
-
-def error_reply(status: int, code: str, message: str, **headers: str) -> Reply:
-    return json_reply(status, {"error": {"code": code, "message": message}}, **headers)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Seen:
-    method: str
-    path: str
-    body: bytes
-    headers: Mapping[str, str]
-
-
-class FakeNode:
-    """A stdlib HTTP server in a thread. Replies are taken from ``script`` in order; when it is
-    empty, ``default`` answers (a Reply, or a function of the request)."""
-
-    def __init__(self, default: Reply | Callable[[Seen], Reply] | None = None) -> None:
-        self.script: list[Reply] = []
-        self.default = default or Reply(status=200, body=b"ok")
-        self.seen: list[Seen] = []
-        node = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                request = Seen(
-                    method=self.command,
-                    path=self.path,
-                    body=self.rfile.read(length),
-                    headers={k.lower(): v for k, v in self.headers.items()},
-                )
-                node.seen.append(request)
-                if node.script:
-                    reply = node.script.pop(0)
-                elif callable(node.default):
-                    reply = node.default(request)
-                else:
-                    reply = node.default
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
-
-            do_GET = do_POST = do_DELETE = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # keep test output clean
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        # A short poll interval keeps shutdown() (and so each test's cleanup) quick.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-def start_fake_node(test: SynchronousTestCase, default: Any = None) -> FakeNode:
-    node = FakeNode(default)
-    test.addCleanup(node.stop)
-    return node
-
-
-def dead_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (the port was just released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+from tests.support.http_node import (
+    Reply,
+    dead_url,
+    error_reply,
+    json_reply,
+    start_fake_node,
+)
 
 
 class FakeTime:

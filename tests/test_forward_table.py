@@ -18,7 +18,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
-from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
 
 ADDRESSES = {
     n: MemberAddress(host="127.0.0.1", p2p_port=9000 + i, api_port=8000 + i)

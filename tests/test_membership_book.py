@@ -24,7 +24,7 @@ from graft.raft.types import (
     Membership,
     encode_membership,
 )
-from tests.test_node import TICK, Channel, MemoryDurable, Network
+from tests.support.driver import TICK, Channel, MemoryDurable, Network
 
 FILE = {  # the config file's peers, as make_service passes them
     n: MemberAddress(host="127.0.0.1", p2p_port=9000 + i, api_port=8000 + i)

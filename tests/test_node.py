@@ -4,141 +4,23 @@ in-memory network and a Clock. No sockets, no threads, no sleeps."""
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial import unittest
 
-from graft.driver.node import GraftNode
 from graft.driver.port import CommandResult, Consistency, QueryResult
-from graft.driver.settings import DriverSettings
-from graft.driver.wiring import build_node
 from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Timeout
 from graft.fsm import QueryRejected, QueryTimedOut, StateMachine
 from graft.fsm.kv import KeyValueStateMachine
-from graft.raft.config import RaftConfig
-from graft.raft.memory import MemoryStorage
 from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
-from graft.raft.node import RaftNode
-from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
-from graft.transport import PeerUnavailable, RemoteError
-
-TICK = 0.035
-NODES = ("a", "b", "c")
-
-
-class MemoryDurable(MemoryStorage):
-    """MemoryStorage with the driver's asynchronous persist; ``hold`` delays durability."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold = False
-        self.pending: list[tuple[Deferred[None], HardState | None, Sequence[Entry]]] = []
-
-    def persist(self, hard_state: HardState | None, entries: Sequence[Entry]) -> Deferred[None]:
-        if self.hold:
-            d: Deferred[None] = Deferred()
-            self.pending.append((d, hard_state, entries))
-            return d
-        self._write(hard_state, entries)
-        return succeed(None)
-
-    @property
-    def durable_index(self) -> int:
-        return self.last_index()  # held writes reach the log only when released
-
-    def release(self) -> None:
-        """Make the held writes durable (later writes are held while ``hold`` stays set)."""
-        pending, self.pending = self.pending, []
-        for d, hard_state, entries in pending:
-            self._write(hard_state, entries)
-            d.callback(None)
-
-    def _write(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
-        if hard_state is not None:
-            self.set_hard_state(hard_state)
-        self.append(list(entries))
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-    # Snapshots are off in these tests (snapshot_entries=0); the driver never calls these.
-    def save_snapshot(
-        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
-    ) -> None:
-        raise NotImplementedError
-
-    def snapshot_info(self) -> None:
-        return None
-
-    def compact(self, index: int, keep: int = 0) -> Deferred[None]:  # type: ignore[override]
-        raise NotImplementedError
-
-    def install_snapshot(self, meta: SnapshotMeta, path: Path, fsm_name: str = "") -> None:
-        raise NotImplementedError
-
-
-class Network:
-    """Delivers messages on the next clock turn; ``cut`` blocks both directions of a link."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.nodes: dict[str, GraftNode] = {}
-        self.cut: set[frozenset[str]] = set()
-
-    def blocked(self, a: str, b: str) -> bool:
-        return frozenset((a, b)) in self.cut
-
-    def isolate(self, node: str) -> None:
-        for other in self.nodes:
-            if other != node:
-                self.cut.add(frozenset((node, other)))
-
-    def heal(self) -> None:
-        self.cut.clear()
-
-
-class Channel:
-    def __init__(self, network: Network, me: str) -> None:
-        self.network = network
-        self.me = me
-
-    def send(self, message: Message) -> None:
-        if self.network.blocked(self.me, message.to):
-            return
-        target = self.network.nodes[message.to]
-        self.network.clock.callLater(0, target.receive, message)
-
-    def send_all(self, messages: Sequence[Message]) -> None:
-        for message in messages:
-            self.send(message)
-
-    def call(
-        self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None
-    ) -> Deferred[dict[str, Any]]:
-        if self.network.blocked(self.me, peer):
-            d: Deferred[dict[str, Any]] = Deferred()
-            d.errback(PeerUnavailable(peer, "not connected"))
-            return d
-        return self.network.nodes[peer].handle_request(self.me, command, args)
-
-    def update_peers(self, peers: Any) -> None:
-        pass
-
-    def admit_unlisted(self, admit: bool, members: Any = ()) -> None:
-        pass
-
-    def connected_peers(self) -> set[str]:
-        return {
-            n for n in self.network.nodes if n != self.me and not self.network.blocked(self.me, n)
-        }
+from graft.transport import RemoteError
+from tests.support.driver import NODES, TICK, Channel, DriverCluster
+from tests.support.kv import get, put
 
 
 class FailingFSM(KeyValueStateMachine):
@@ -150,87 +32,14 @@ class FailingFSM(KeyValueStateMachine):
         return super().apply(command, index)
 
 
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
-
-class DriverCluster(unittest.TestCase):
-    """Three GraftNodes on a deterministic Clock and an in-memory Network: the waiting
-    helpers the driver tests share. A subclass's setUp fills ``self.clock``, ``self.network``
-    and registers ``self._stop`` as a cleanup."""
-
-    clock: Clock
-    network: Network
-
-    def _stop(self) -> None:
-        for node in self.network.nodes.values():
-            if node.running:
-                node.stopService()
-        self.flushLoggedErrors(NoLeader)
-
-    def advance(self, seconds: float) -> None:
-        steps = int(seconds / 0.005)
-        for _ in range(steps):
-            self.clock.advance(0.005)
-
-    def leader(self) -> str:
-        for _ in range(400):
-            leaders = [n for n, node in self.network.nodes.items() if node.is_leader()]
-            if len(leaders) == 1:
-                return leaders[0]
-            self.advance(TICK)
-        self.fail("no leader elected")
-
-    def result(self, d: Deferred[Any], seconds: float = 3.0) -> Any:
-        box: list[Any] = []
-        d.addBoth(box.append)
-        waited = 0.0
-        while not box and waited < seconds:
-            self.advance(TICK)
-            waited += TICK
-        self.assertTrue(box, "the operation did not finish")
-        return box[0]
-
-
 class DriverTests(DriverCluster):
     run_query: Any = None  # the driver's own query threads
 
-    def make_fsm(self, node_id: str) -> StateMachine:
+    def make_fsm(self) -> StateMachine:
         return FailingFSM()
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages: dict[str, MemoryDurable] = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            self.storages[node_id] = storage
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            node = build_node(
-                raft=raft,
-                storage=storage,
-                fsm=self.make_fsm(node_id),
-                clock=self.clock,
-                run_query=self.run_query,
-                settings=DriverSettings(
-                    tick_seconds=TICK,
-                    command_timeout=2.0,
-                    query_timeout=2.0,
-                    api_urls={n: f"http://{n}:8080" for n in NODES},
-                ),
-            )
-            node.peers = Channel(self.network, node_id)
-            self.network.nodes[node_id] = node
-            node.startService()
-        self.addCleanup(self._stop)
+        self.start_nodes(fsm=self.make_fsm, run_query=self.run_query)
 
     def test_command_on_leader_and_forwarded_from_follower(self) -> None:
         """A command on the leader resolves with the FSM's answer and its index; on a follower
@@ -580,8 +389,9 @@ class ThreadedQueryDriverTests(DriverTests):
 
     run_query = staticmethod(_at_once)
 
-    def make_fsm(self, node_id: str) -> StateMachine:
-        fsm = self.fsms[node_id] = ThreadedFSM()
+    def make_fsm(self) -> StateMachine:
+        # start_nodes builds the nodes in NODES order.
+        fsm = self.fsms[NODES[len(self.fsms)]] = ThreadedFSM()
         return fsm
 
     def setUp(self) -> None:
@@ -681,34 +491,7 @@ class WallClockStepTests(DriverTests):
 
     def setUp(self) -> None:
         self.wall = WallStepClock()
-        self.clock = self.wall
-        self.network = Network(self.clock)
-        self.storages = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            self.storages[node_id] = storage
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            node = build_node(
-                raft=raft,
-                storage=storage,
-                fsm=FailingFSM(),
-                clock=self.clock,
-                monotonic=self.wall.monotonic,
-                settings=DriverSettings(
-                    tick_seconds=TICK,
-                    command_timeout=2.0,
-                    query_timeout=2.0,
-                    api_urls={n: f"http://{n}:8080" for n in NODES},
-                ),
-            )
-            node.peers = Channel(self.network, node_id)
-            self.network.nodes[node_id] = node
-            node.startService()
-        self.addCleanup(self._stop)
+        self.start_nodes(clock=self.wall, fsm=FailingFSM, monotonic=self.wall.monotonic)
 
     def test_lease_ends_on_time_after_wall_step_back(self) -> None:
         """The leader is cut off and its wall clock steps back 2 s: its reactor timers wait for

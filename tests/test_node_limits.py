@@ -6,31 +6,18 @@ import json
 from typing import Any
 
 from twisted.python.failure import Failure
-from twisted.trial import unittest
 
 from graft.driver.port import Consistency
-from graft.errors import NoLeader, Overloaded, Timeout
-from tests import test_node as base
-from tests.test_node import NODES, get, put
+from graft.errors import Overloaded, Timeout
+from tests.support.driver import NODES, DriverCluster
+from tests.support.kv import get, put
 
 
-class NodeWaiterLimitTests(unittest.TestCase):
-    """On tests.test_node's in-memory 3-node cluster (its DriverTests' set-up and helpers)."""
+class NodeWaiterLimitTests(DriverCluster):
+    """On the in-memory 3-node cluster of tests.support.driver."""
 
     def setUp(self) -> None:
-        self.cluster = base.DriverTests()
-        self.cluster.setUp()
-        self.addCleanup(self._stop)
-        self.network = self.cluster.network
-        self.leader = self.cluster.leader
-        self.advance = self.cluster.advance
-        self.result = self.cluster.result
-
-    def _stop(self) -> None:
-        for node in self.network.nodes.values():
-            if node.running:
-                node.stopService()
-        self.flushLoggedErrors(NoLeader)
+        self.start_nodes()
 
     def test_far_min_index_waiters_are_freed(self) -> None:
         """Each consistency=weak&min_index=10**18 read left a waiter in the node forever; now

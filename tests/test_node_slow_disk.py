@@ -7,14 +7,6 @@ sender's storage (what a crash would leave) at the moment it leaves.
 
 from __future__ import annotations
 
-import random
-
-from twisted.internet.task import Clock
-
-from graft.driver.settings import DriverSettings
-from graft.driver.wiring import build_node
-from graft.fsm.kv import KeyValueStateMachine
-from graft.raft.config import RaftConfig
 from graft.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
@@ -23,10 +15,9 @@ from graft.raft.messages import (
     RequestVote,
     RequestVoteResponse,
 )
-from graft.raft.node import RaftNode
 from graft.raft.ready import Role
-from graft.raft.types import Membership
-from tests.test_node import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network, put
+from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.kv import put
 
 
 class CheckedChannel(Channel):
@@ -70,32 +61,7 @@ class SlowDiskTests(DriverCluster):
     """Three GraftNodes as in tests/test_node.py, each on a CheckedChannel."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages: dict[str, MemoryDurable] = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            self.storages[node_id] = storage
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            node = build_node(
-                raft=raft,
-                storage=storage,
-                fsm=KeyValueStateMachine(),
-                clock=self.clock,
-                settings=DriverSettings(
-                    tick_seconds=TICK,
-                    command_timeout=2.0,
-                    query_timeout=2.0,
-                    api_urls={n: f"http://{n}:8080" for n in NODES},
-                ),
-            )
-            self.network.nodes[node_id] = node
-            node.startService()
-        self.addCleanup(self._stop)
+        self.start_nodes()
         self.sent: dict[str, list[Message]] = {n: [] for n in NODES}
         self.channels: dict[str, CheckedChannel] = {}
         for node_id, node in self.network.nodes.items():

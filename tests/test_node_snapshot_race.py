@@ -4,7 +4,6 @@ replaced by a call the test runs at the chosen moment."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +22,10 @@ from graft.raft.node import RaftNode
 from graft.raft.types import Membership, SnapshotMeta
 from graft.storage import DurableLog
 from tests.storage.test_snapshots import _HookedLock
+from tests.support.driver import TICK, run_until
+from tests.support.kv import put
 
-TICK = 0.035
 MEMBERS = Membership(voters=frozenset({"a"}))
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
 
 
 class SnapshotInstallRaceTests(unittest.TestCase):
@@ -56,16 +52,10 @@ class SnapshotInstallRaceTests(unittest.TestCase):
             ),
         )
         self.node.startService()
-        for _ in range(200):
-            if self.node.is_leader():
-                break
-            self.clock.advance(TICK)
+        run_until(self.clock, self.node.is_leader, "a leads")
         done: list[object] = []
         self.node.submit([put("k", str(i)) for i in range(5)]).addBoth(done.append)
-        for _ in range(20):
-            if done:
-                break
-            self.clock.advance(TICK)
+        run_until(self.clock, lambda: done, "the commands applied", seconds=20 * TICK)
         self.assertIsInstance(done[0], list)
 
     def open_storage(self) -> DurableLog:

@@ -33,18 +33,11 @@ from graft.raft.types import (
 )
 from graft.storage import DurableLog
 from graft.storage.rejected import REJECTED_FILE, data_digest, read_rejected
+from tests.support.driver import TICK, run_until
+from tests.support.kv import get, put
 from tests.test_cli import CLITestCase, run, write_config
 
-TICK = 0.035
 POISON = b"poison"
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
 
 
 class PoisonFSM(KeyValueStateMachine):
@@ -114,12 +107,8 @@ class PoisonEntryTests(unittest.TestCase):
         node.startService()
         return node, fsm
 
-    def run_until(self, condition: Any, limit: int = 200) -> None:
-        for _ in range(limit):
-            if condition():
-                return
-            self.clock.advance(TICK)
-        self.fail("the condition did not become true")
+    def run_until(self, condition: Any) -> None:
+        run_until(self.clock, condition, "the condition")
 
     def stop(self, node: GraftNode) -> None:
         done: list[object] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,8 @@ from graft.config import ConfigError, load_config
 from graft.driver.node import GraftNode
 from graft.driver.outcomes import remote_failure
 from graft.driver.port import Consistency
-from graft.driver.settings import DriverSettings
-from graft.driver.wiring import build_node
 from graft.errors import NoLeader, NoSpace
-from graft.fsm.kv import KeyValueStateMachine
 from graft.metrics import NodeMetrics
-from graft.raft.config import RaftConfig
-from graft.raft.node import RaftNode
-from graft.raft.types import Membership
 from graft.space import (
     CLEAR_FRACTION,
     PEER_REPORT_SECONDS,
@@ -36,18 +29,11 @@ from graft.space import (
     data_dir_bytes,
 )
 from graft.transport import RemoteError
-from tests.test_node import TICK, Channel, DriverCluster, MemoryDurable, Network
+from tests.support.driver import DriverCluster
+from tests.support.kv import get, put
 
 MIB = 1 << 20
 NODES = ("a", "b", "c")
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
 
 
 class SpaceQuotaTests(unittest.SynchronousTestCase):
@@ -226,31 +212,12 @@ class DriverSpaceTests(DriverCluster):
     """Three in-memory nodes (as tests.test_node), each with its own fake data dir size."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.network = Network(self.clock)
         self.disks: dict[str, FakeDisk] = {}
         self.monitors: dict[str, SpaceMonitor] = {}
-        for i, node_id in enumerate(NODES):
-            storage = MemoryDurable()
-            raft = RaftNode(
-                RaftConfig(id=node_id, bootstrap=Membership(voters=frozenset(NODES))),
-                storage,
-                random.Random(i),
-            )
-            node = build_node(
-                raft=raft,
-                storage=storage,
-                fsm=KeyValueStateMachine(),
-                clock=self.clock,
-                settings=DriverSettings(
-                    tick_seconds=TICK,
-                    command_timeout=2.0,
-                    query_timeout=2.0,
-                    api_urls={n: f"http://{n}:8080" for n in NODES},
-                ),
-            )
-            disk = FakeDisk()
-            monitor = SpaceMonitor(
+        self.start_nodes()
+        for node_id, node in self.network.nodes.items():
+            disk = self.disks[node_id] = FakeDisk()
+            monitor = self.monitors[node_id] = SpaceMonitor(
                 SpaceQuota(10 * MIB, node_id=node_id, data_dir=f"/data/{node_id}"),
                 Path(f"/data/{node_id}"),
                 clock=self.clock,
@@ -258,13 +225,7 @@ class DriverSpaceTests(DriverCluster):
                 run_in_thread=disk.run_in_thread,
             )
             node.watch_space(monitor)
-            node.peers = Channel(self.network, node_id)
-            self.network.nodes[node_id] = node
-            self.disks[node_id] = disk
-            self.monitors[node_id] = monitor
-            node.startService()
             monitor.startService()
-        self.addCleanup(self._stop)
 
     def _stop(self) -> None:
         for monitor in self.monitors.values():

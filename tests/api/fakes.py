@@ -16,10 +16,18 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api import make_api_resource
-from graft.api.auth import token_digest
+from graft.api.auth import Role, token_digest
 from graft.api.settings import ApiSettings
 from graft.config import ApiLimits
-from graft.driver.port import CommandResult, Consistency, MemberList, NodeStatus, QueryResult
+from graft.driver.port import (
+    CommandResult,
+    Consistency,
+    MemberList,
+    NodeStatus,
+    PeerProgress,
+    QueryResult,
+)
+from graft.raft.progress import ProgressState
 from graft.raft.types import MemberAddress
 
 BASE = "http://127.0.0.1:8080"
@@ -48,6 +56,16 @@ def tokens(**by_role: str) -> dict[str, frozenset[str]]:
     return {role: frozenset({token_digest(token)}) for role, token in by_role.items()}
 
 
+# One bearer token per role for the API tests: Settings(tokens=tokens(read=READER, ...)).
+READER, WRITER, ADMIN = "r3ad-token", "wr1te-token", "adm1n-token"
+TOKEN_OF = {Role.READ: READER, Role.WRITE: WRITER, Role.ADMIN: ADMIN}
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueryCall:
     query: bytes
@@ -72,25 +90,9 @@ class FakeBackend:
         self.leader = leader
         self._content_type = content_type
         self.api_urls: dict[str, str] = dict(API_URLS)
-        self.ready = True
         self.term = 3
         self.next_index = 10
-        self.status_document = NodeStatus(
-            id=node_id,
-            role="leader",
-            term=3,
-            leader=leader,
-            leader_api=None,
-            commit=9,
-            applied=9,
-            first_index=1,
-            last_index=9,
-            snapshot_index=0,
-            snapshot_term=0,
-            voters=(node_id,),
-            learners=(),
-            peers_connected=(),
-        )
+        self.apply_lag = 0  # committed entries not applied yet: not ready while above 0
         self.submitted: list[list[bytes]] = []
         self.queries: list[QueryCall] = []
         self.hold_commands = False
@@ -202,12 +204,44 @@ class FakeBackend:
         )
 
     def status(self) -> NodeStatus:
+        """What GraftNode.status() returns (tests/api/test_fake_contract.py holds the two to
+        the same shape), built from the fake's state."""
         if self.failure is not None:
             raise self.failure
-        return self.status_document
+        commit = self.next_index - 1
+        progress = None
+        if self.is_leader():
+            progress = {
+                member: PeerProgress(
+                    match=commit,
+                    next=commit + 1,
+                    state=ProgressState.REPLICATE,
+                    lag=0,
+                    active=True,
+                )
+                for member in sorted([*self.voters, *self.learners])
+            }
+        return NodeStatus(
+            id=self._node_id,
+            role="leader" if self.is_leader() else "follower",
+            term=self.term,
+            leader=self.leader,
+            leader_api=self.api_urls.get(self.leader) if self.leader else None,
+            commit=commit,
+            applied=commit - self.apply_lag,
+            first_index=1,
+            last_index=commit,
+            snapshot_index=0,
+            snapshot_term=0,
+            voters=tuple(sorted(self.voters)),
+            learners=tuple(sorted(self.learners)),
+            peers_connected=tuple(sorted(m for m in self.addresses if m != self._node_id)),
+            progress=progress,
+        )
 
     def is_ready(self) -> bool:
-        return self.ready
+        """As GraftNode.is_ready(): a leader is known and everything committed is applied."""
+        return self.leader is not None and self.apply_lag == 0
 
     # -- ClusterAdmin ----------------------------------------------------------------------
 

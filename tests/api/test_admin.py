@@ -14,10 +14,18 @@ from graft.api.auth import Role
 from graft.api.snapshot_download import CHUNK_BYTES, FileSender
 from graft.api.views import members_document
 from graft.errors import BadRequest, NoLeader, NotFound
-from tests.api.fakes import ApiTestCase, ClosingFile, Settings, tokens
+from tests.api.fakes import (
+    ADMIN,
+    READER,
+    TOKEN_OF,
+    WRITER,
+    ApiTestCase,
+    ClosingFile,
+    Settings,
+    bearer,
+    tokens,
+)
 
-READER, WRITER, ADMIN = "r3ad-token", "wr1te-token", "adm1n-token"
-TOKEN_OF = {Role.READ: READER, Role.WRITE: WRITER, Role.ADMIN: ADMIN}
 NEW_MEMBER: dict[str, Any] = {
     "id": "hopper",
     "host": "10.0.0.4",
@@ -337,7 +345,7 @@ class AdminRoleTests(ApiTestCase):
             self.assertError(self.call(method, path, data=data), 401, "unauthorized")
             for role, token in TOKEN_OF.items():
                 self.fresh()
-                headers = {"Authorization": f"Bearer {token}"}
+                headers = bearer(token)
                 answer = self.call(method, path, data=data, headers=headers)
                 if role >= needed:
                     self.assertIn(answer.status, (200, 202), (path, role, answer.body))

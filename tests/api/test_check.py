@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from graft.errors import NoLeader
-from tests.api.fakes import ApiTestCase, Settings, tokens
-
-READER, ADMIN = "r3ad-token", "adm1n-token"
+from tests.api.fakes import ADMIN, READER, ApiTestCase, Settings, bearer, tokens
 
 
 class CheckRouteTests(ApiTestCase):
@@ -20,10 +18,10 @@ class CheckRouteTests(ApiTestCase):
     def test_needs_an_admin_token(self) -> None:
         """A check appends to the log and digests the whole state on every member: admin."""
         self.serve(Settings(tokens=tokens(read=READER, admin=ADMIN)))
-        answer = self.call("GET", "/cluster/check", headers={"Authorization": f"Bearer {READER}"})
+        answer = self.call("GET", "/cluster/check", headers=bearer(READER))
         self.assertError(answer, 403, "forbidden")
         self.assertEqual(self.backend.admin_calls, [])
-        answer = self.call("GET", "/cluster/check", headers={"Authorization": f"Bearer {ADMIN}"})
+        answer = self.call("GET", "/cluster/check", headers=bearer(ADMIN))
         self.assertEqual(answer.status, 200, answer.body)
 
     def test_no_leader(self) -> None:

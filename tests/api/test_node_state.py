@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from graft.api import make_api_resource
 from graft.api.http_metrics import http_metrics
 from graft.api.views import status_document
-from graft.driver.port import PeerProgress
-from graft.raft.progress import ProgressState
 from tests.api.fakes import ApiTestCase, Settings
 
 
 class NodeStateTests(ApiTestCase):
     def test_status(self) -> None:
         """GET /status is the backend's status rendered as JSON (graft.api.views)."""
-        self.backend.status_document = replace(
-            self.backend.status_document,
-            progress={
-                "ritchie": PeerProgress(
-                    match=7, next=8, state=ProgressState.REPLICATE, lag=2, active=True
-                )
-            },
-        )
+        self.backend.apply_lag = 2
         answer = self.call("GET", "/status")
         self.assertEqual(answer.status, 200)
-        self.assertEqual(answer.json(), status_document(self.backend.status_document))
-        self.assertEqual(answer.json()["progress"]["ritchie"]["lag"], 2)
+        self.assertEqual(answer.json(), status_document(self.backend.status()))
+        self.assertEqual(answer.json()["applied"], answer.json()["commit"] - 2)
+        self.assertEqual(answer.json()["progress"]["ritchie"]["state"], "replicate")
 
     def test_status_failure_is_internal(self) -> None:
         """A status document that cannot be produced is 500 internal, logged."""
@@ -40,7 +30,7 @@ class NodeStateTests(ApiTestCase):
     def test_health(self) -> None:
         """GET /health is 200 {"status": "ok"} whatever the cluster's state."""
         self.backend.leader = None
-        self.backend.ready = False
+        self.backend.apply_lag = 1
         answer = self.call("GET", "/health")
         self.assertEqual((answer.status, answer.json()), (200, {"status": "ok"}))
 
@@ -49,12 +39,16 @@ class NodeStateTests(ApiTestCase):
         answer = self.call("GET", "/ready")
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.json(), {"ready": True, "node": "turing", "leader": "turing"})
-        self.backend.ready = False
         self.backend.leader = None
         answer = self.call("GET", "/ready")
         self.assertEqual(answer.status, 503)
         self.assertEqual(answer.json(), {"ready": False, "node": "turing", "leader": None})
         self.assertEqual(answer.header("Retry-After"), "1")
+        self.backend.leader = "turing"
+        self.backend.apply_lag = 1  # a leader is known, but this node has not caught up
+        answer = self.call("GET", "/ready")
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(answer.json(), {"ready": False, "node": "turing", "leader": "turing"})
 
     def test_metrics(self) -> None:
         """GET /metrics is the backend registry in Prometheus text format, including the HTTP

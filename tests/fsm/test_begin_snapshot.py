@@ -18,13 +18,10 @@ from graft.fsm import begin_snapshot
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
+from tests.support.kv import put
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 ROWS = b"SELECT id, name, v FROM t ORDER BY id;"
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
 
 
 def write_in_thread(

@@ -4,7 +4,6 @@ were reached (replay, restore from a snapshot, other page layouts); different st
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.fsm.sqlite.digest import sqlite_digest
+from tests.support.kv import delete, put
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -24,14 +24,6 @@ def _copy(source: StateMachine, target: StateMachine) -> None:
     source.snapshot(sink)
     sink.seek(0)
     target.restore(sink)
-
-
-def _put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def _delete(key: str) -> bytes:
-    return json.dumps({"op": "delete", "key": key}).encode()
 
 
 class SQLiteDigestTests(SynchronousTestCase):
@@ -169,13 +161,13 @@ class SQLiteDigestTests(SynchronousTestCase):
 class KeyValueDigestTests(SynchronousTestCase):
     def test_equal_maps_reached_differently_are_equal(self) -> None:
         a, b = KeyValueStateMachine(), KeyValueStateMachine()
-        for index, command in enumerate([_put("x", "1"), _put("y", "2"), _put("z", "3")], 1):
+        for index, command in enumerate([put("x", "1"), put("y", "2"), put("z", "3")], 1):
             a.apply(command, index)
         for index, command in enumerate(
-            [_put("z", "3"), _put("y", "0"), _put("x", "1"), _put("y", "2"), _put("w", "9")], 1
+            [put("z", "3"), put("y", "0"), put("x", "1"), put("y", "2"), put("w", "9")], 1
         ):
             b.apply(command, index)
-        b.apply(_delete("w"), 6)
+        b.apply(delete("w"), 6)
         self.assertEqual(digest(a), digest(b))
         restored = KeyValueStateMachine()
         _copy(a, restored)
@@ -183,16 +175,16 @@ class KeyValueDigestTests(SynchronousTestCase):
 
     def test_different_maps_differ(self) -> None:
         a, b = KeyValueStateMachine(), KeyValueStateMachine()
-        a.apply(_put("x", "1"), 1)
-        b.apply(_put("x", "2"), 1)
+        a.apply(put("x", "1"), 1)
+        b.apply(put("x", "2"), 1)
         self.assertNotEqual(digest(a), digest(b))
 
     def test_digest_is_of_the_pinned_state(self) -> None:
         fsm = KeyValueStateMachine()
-        fsm.apply(_put("x", "1"), 1)
+        fsm.apply(put("x", "1"), 1)
         expected = digest(fsm)
         compute = begin_digest(fsm)
-        fsm.apply(_put("x", "2"), 2)
+        fsm.apply(put("x", "2"), 2)
         self.assertEqual(compute(), expected)
 
 

@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from graft.raft.types import Entry, HardState
 from graft.storage import DurableLog
 from tests.storage.faultfs import Crash, FaultyFileSystem
-from tests.storage.workload import Record, Runner, Script, make_script, open_log
+from tests.storage.workload import Record, Runner, Script, make_script
+from tests.support.storage import open_log
 
 SEEDS = int(os.environ.get("GRAFT_CRASH_SEEDS", "24"))
 

@@ -8,11 +8,10 @@ import random
 import zlib
 from pathlib import Path
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.types import Entry, HardState
-from graft.storage import CorruptionError, DurableLog, check_data_dir, dump_log
+from graft.storage import CorruptionError, check_data_dir, dump_log
 from graft.storage.files import FileSystem, OSFileSystem, write_atomic
 from graft.storage.records import (
     FORMAT_VERSION,
@@ -23,6 +22,7 @@ from graft.storage.records import (
 from graft.storage.state_files import read_identity, write_hard_state
 from tests.storage.faultfs import Crash, FaultyFileSystem
 from tests.storage.format1 import write_format1_segments
+from tests.support.storage import open_log
 
 OLD = 60  # entries written in format 1
 PER_SEGMENT = 25
@@ -30,19 +30,6 @@ PER_SEGMENT = 25
 
 def old_entries() -> list[Entry]:
     return [Entry(index=i, term=1 + i // 40, data=b"old %03d" % i * 3) for i in range(1, OLD + 1)]
-
-
-def open_log(data_dir: Path, files: FileSystem) -> DurableLog:
-    return DurableLog.open(
-        data_dir,
-        node_id="n1",
-        cluster="test",
-        segment_bytes=4096,
-        files=files,
-        reactor=Clock(),
-        threaded=False,
-        commit_interval=0.0,
-    )
 
 
 def make_format1_dir(data_dir: Path, files: FileSystem) -> list[Path]:
@@ -68,7 +55,7 @@ class Format1Tests(SynchronousTestCase):
 
     def test_format1_segments_open_and_read(self) -> None:
         """Every format 1 record is read back; check and dump see the same log."""
-        log = open_log(self.dir, self.files)
+        log = open_log(self.files, self.dir)
         self.assertEqual(log.entries(1, OLD + 1), old_entries())
         self.assertEqual(log.hard_state.commit, OLD - 5)
         identity = read_identity(self.files, self.dir)
@@ -83,7 +70,7 @@ class Format1Tests(SynchronousTestCase):
         """Appending after a format 1 segment leaves that file as it was and starts a new
         segment in the current format; everything survives a reopen."""
         before = {p: p.read_bytes() for p in self.old}
-        log = open_log(self.dir, self.files)
+        log = open_log(self.files, self.dir)
         new = [Entry(index=i, term=3, data=b"new %03d" % i) for i in range(OLD + 1, OLD + 31)]
         log.append_sync(new)
         log.close()
@@ -92,13 +79,13 @@ class Format1Tests(SynchronousTestCase):
         self.assertEqual(segments[: len(self.old)], self.old)
         self.assertEqual([version_of(self.files, p) for p in segments[len(self.old) :]], [2])
         self.assertEqual(FORMAT_VERSION, 2)
-        again = open_log(self.dir, self.files)
+        again = open_log(self.files, self.dir)
         self.assertEqual(again.entries(1, OLD + 31), old_entries() + new)
 
     def test_truncation_inside_a_format1_segment(self) -> None:
         """A conflicting suffix that starts inside the last format 1 segment is cut at the
         right record, and the replacement goes into a format 2 segment."""
-        log = open_log(self.dir, self.files)
+        log = open_log(self.files, self.dir)
         cut_at = OLD - 7
         new = [Entry(index=i, term=4, data=b"x%d" % i) for i in range(cut_at, cut_at + 12)]
         log.append_sync(new)
@@ -106,7 +93,7 @@ class Format1Tests(SynchronousTestCase):
         last_old = self.old[-1]
         kept = cut_at - (len(self.old) - 1) * PER_SEGMENT - 1
         self.assertEqual(len(scan_segment(last_old.read_bytes()).entries), kept)
-        again = open_log(self.dir, self.files)
+        again = open_log(self.files, self.dir)
         self.assertEqual(again.entries(1, cut_at + 12), old_entries()[: cut_at - 1] + new)
 
     def test_flipped_data_byte_in_a_format1_segment(self) -> None:
@@ -116,7 +103,7 @@ class Format1Tests(SynchronousTestCase):
         raw[SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + 2] ^= 0x10
         path.write_bytes(bytes(raw))
         with self.assertRaises(CorruptionError) as caught:
-            open_log(self.dir, self.files)
+            open_log(self.files, self.dir)
         self.assertEqual((caught.exception.path, caught.exception.offset), (path, 24))
 
     def test_flipped_length_in_the_last_format1_segment(self) -> None:
@@ -127,7 +114,7 @@ class Format1Tests(SynchronousTestCase):
         raw[SEGMENT_HEADER_SIZE + 1] ^= 0x01
         path.write_bytes(bytes(raw))
         with self.assertRaises(CorruptionError) as caught:
-            open_log(self.dir, self.files)
+            open_log(self.files, self.dir)
         self.assertEqual((caught.exception.path, caught.exception.offset), (path, 24))
 
 
@@ -156,7 +143,7 @@ class Format1CrashTests(SynchronousTestCase):
             files.crash_at = files.points + point
             acked = 0
             try:
-                log = open_log(data_dir, files)
+                log = open_log(files, data_dir)
                 for batch in batches:
                     log.append_sync(batch)
                     acked += 1
@@ -167,7 +154,7 @@ class Format1CrashTests(SynchronousTestCase):
                 break
             for torn in (False, True):
                 survivor = files.after_crash(torn=torn, rng=rng)
-                found = open_log(data_dir, survivor)
+                found = open_log(survivor, data_dir)
                 got = found.entries(found.first_index(), found.last_index() + 1)
                 where = f"crash at point {point} (acked {acked}), torn={torn}"
                 self.assertTrue(

@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.errors import LogCompacted
 from graft.raft.types import Entry, HardState, Membership, SnapshotMeta
 from graft.storage import DurableLog, SnapshotSuperseded
 from tests.storage.faultfs import Crash, FaultyFileSystem
+from tests.support.storage import DATA_DIR, open_log
 
-DATA = Path("/data/n1")
 MEMBERS = Membership(voters=frozenset({"n1", "n2", "n3"}))
 
 
 def entries(first: int, last: int, term: int = 1) -> list[Entry]:
     return [Entry(index=i, term=term, data=b"%06d" % i * 10) for i in range(first, last + 1)]
-
-
-def open_log(files: FaultyFileSystem) -> DurableLog:
-    return DurableLog.open(
-        DATA,
-        node_id="n1",
-        cluster="test",
-        files=files,
-        reactor=Clock(),
-        threaded=False,
-        segment_bytes=4096,
-    )
 
 
 def read_snapshot(log: DurableLog) -> tuple[SnapshotMeta, bytes] | None:
@@ -68,7 +54,7 @@ class SnapshotTests(SynchronousTestCase):
         info = log.snapshot_info()
         assert info is not None
         self.assertEqual(info.fsm_name, "kv")
-        self.assertEqual(len([n for n in self.files.listdir(DATA) if n.startswith("snap-")]), 2)
+        self.assertEqual(len([n for n in self.files.listdir(DATA_DIR) if n.startswith("snap-")]), 2)
         self.assertEqual(log.snapshot_meta(), newer)
 
     def test_membership_falls_back_to_the_snapshot(self) -> None:
@@ -82,7 +68,7 @@ class SnapshotTests(SynchronousTestCase):
         """compact deletes only whole segments below index - keep; reads below raise
         LogCompacted, the snapshot index's term stays known, and it holds after reopen."""
         self.log.save_snapshot(SnapshotMeta(index=250, term=1), "kv", lambda s: None)
-        segments_before = [n for n in self.files.listdir(DATA) if n.endswith(".seg")]
+        segments_before = [n for n in self.files.listdir(DATA_DIR) if n.endswith(".seg")]
         compacted = self.log.compact(250, keep=50)
         self.log.write_pending()
         self.successResultOf(compacted)
@@ -92,7 +78,7 @@ class SnapshotTests(SynchronousTestCase):
         self.assertRaises(LogCompacted, self.log.term, first - 1)
         self.assertEqual(self.log.term(250), 1)
         self.assertLess(
-            len([n for n in self.files.listdir(DATA) if n.endswith(".seg")]),
+            len([n for n in self.files.listdir(DATA_DIR) if n.endswith(".seg")]),
             len(segments_before),
         )
         log = self.reopen()
@@ -104,7 +90,7 @@ class SnapshotTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.log.compact, 10)
 
     def install(self, meta: SnapshotMeta, data: bytes) -> None:
-        received = DATA / "received.tmp"
+        received = DATA_DIR / "received.tmp"
         handle = self.files.create(received)
         handle.write(data)
         handle.close()
@@ -150,7 +136,7 @@ class SnapshotCrashTests(SynchronousTestCase):
         done.append("compacted")
         log.save_snapshot(SnapshotMeta(index=280, term=1), "kv", lambda s: s.write(b"B" * 3000))
         done.append("second snapshot")
-        received = DATA / "received.tmp"
+        received = DATA_DIR / "received.tmp"
         handle = files.create(received)
         handle.write(b"C" * 3000)
         handle.sync()
@@ -234,7 +220,7 @@ class SaveInstallRaceTests(SynchronousTestCase):
         self.log = open_log(self.files)
         self.log.append_sync(entries(1, 30))
         self.log.set_hard_state_sync(HardState(term=1, commit=30))
-        path = DATA / "received.tmp"
+        path = DATA_DIR / "received.tmp"
         handle = self.files.create(path)
         handle.write(b"leader's")
         handle.close()

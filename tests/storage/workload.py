@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from twisted.internet.task import Clock
 
 from graft.raft.types import Entry, EntryKind, HardState, Membership, encode_membership
-from graft.storage import DurableLog
 from tests.storage.faultfs import FaultyFileSystem
-
-DATA_DIR = Path("/data/n1")
-SEGMENT_BYTES = 4096
+from tests.support.storage import open_log
 
 Record = tuple[int, int, bytes]  # index, term, data
 
@@ -85,19 +79,6 @@ def make_script(seed: int, *, writes: int = 24) -> Script:
                 script.steps.append(Step(kind="flush"))
     script.steps.append(Step(kind="flush"))
     return script
-
-
-def open_log(files: FaultyFileSystem) -> DurableLog:
-    return DurableLog.open(
-        DATA_DIR,
-        node_id="n1",
-        cluster="test",
-        segment_bytes=SEGMENT_BYTES,
-        files=files,
-        reactor=Clock(),
-        threaded=False,
-        commit_interval=0.0,
-    )
 
 
 class Runner:
