@@ -1,14 +1,17 @@
 # mypy: disable-error-code="no-untyped-call"
 """The composition root: the one place where a node's service tree is built.
 
-    MultiService
-      PeerTransport   mutual-TLS peer connections (started first, stopped last)
+    GraftService (a MultiService)
+      PeerTransport   mutual-TLS peer connections
       GraftNode       the Raft driver (graft.driver.wiring.build_node): storage, core, FSM
-      API server      Klein app on ports.api (started last, stopped first)
+      API server      Klein app on ports.api
+      SpaceMonitor    the data dir's space quota (graft.space)
 
-MultiService starts children in this order and stops them in reverse, so on SIGTERM the API
-stops taking requests, then the driver finishes its in-flight fsync and closes the log, then
-peer connections close.
+Children start in that order. On stop (SIGTERM or POST /shutdown), a leader first hands its
+leadership to the most caught-up voter (GraftNode.hand_over); then the children stop in
+reverse order: the space monitor, the API (no new requests), the driver (it fails what waits
+in memory, finishes its in-flight fsync and closes the log), and last the peer connections,
+which the hand-over and the driver's final messages needed.
 """
 
 from __future__ import annotations

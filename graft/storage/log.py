@@ -1,5 +1,8 @@
 """DurableLog: the node's log, hard state and snapshots on disk, read from memory.
 
+One class of ~520 lines on purpose: the in-memory entry list, the queue to the writer thread
+and compaction share one set of indexes whose invariants are easier to check in one place.
+
 Theory of operation. ``open`` replays the data dir synchronously and keeps every entry since
 the start of the oldest kept segment in a list, so the core's reads (``term``, ``entries``)
 never touch the disk. Writes update that list at once (the core reads back what it just
