@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from graft.transport.tls import TLSPaths
+
 CA_DAYS = 3650
 NODE_DAYS = 3650
 
@@ -38,15 +40,6 @@ class _Peer(Protocol):
     def host(self) -> str: ...
 
 
-class _TLSPaths(Protocol):
-    @property
-    def ca(self) -> Path: ...
-    @property
-    def cert(self) -> Path: ...
-    @property
-    def key(self) -> Path: ...
-
-
 class CertificateConfig(Protocol):
     """What generate_certificates needs from graft.config.ClusterConfig."""
 
@@ -54,7 +47,7 @@ class CertificateConfig(Protocol):
     def cluster(self) -> str: ...
     @property
     def peers(self) -> Mapping[str, _Peer]: ...
-    def tls_for(self, node_id: str) -> _TLSPaths: ...
+    def tls_for(self, node_id: str) -> TLSPaths: ...
 
 
 def ca_key_path(ca_cert: Path) -> Path:
