@@ -1,4 +1,4 @@
-"""Example FSM script (the seed's `fsm.eval`): a counter and a list, driven by text commands.
+"""Example FSM script (a config's `fsm.eval`): a counter and a list, driven by text commands.
 
 Commands (the POST /command body):
     add N        add the integer N to the counter   -> {"counter": new value}

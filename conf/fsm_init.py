@@ -1,6 +1,6 @@
-"""Example FSM script (the seed's `fsm.init`): the initial state of a counter and a list.
+"""Example FSM script (a config's `fsm.init`): the initial state of a counter and a list.
 
-Paths in a config file are relative to that file: the seed's
+Paths in a config file are relative to the file's directory:
 `fsm: {init: conf/fsm_init.py, eval: conf/fsm_eval.py}` fits a config at the repository root,
 and `fsm: {init: fsm_init.py, eval: fsm_eval.py}` one in this directory.
 """

@@ -70,12 +70,17 @@ def start(
 
     \b
     Adding a node to a running cluster (--join):
-      1. Give the new node its own config file: the cluster's `cluster:` name and `tls:` (and
-         `api:`) settings, and at least its own entry under `peers:` (host, ports p2p/api).
-         The other members need not be listed: the node learns the membership from the log.
-      2. Copy the cluster CA (ca.pem and ca.key) to its tls paths and run
-         `graft certs -c new.yaml --if-missing`: the existing CA signs the new certificate,
-         so the other members accept it.
+      1. Give the new node its own config file, new.yaml: the members' `cluster:`, `fsm:`,
+         `timeouts:`, `tls:` and `api:` settings, and at least its own entry under `peers:`
+         (host, ports p2p/api). The other members need not be listed: the node learns the
+         membership from the log.
+      2. Its certificate, on the machine that keeps the cluster CA (ca.pem with ca.key
+         beside it, where `graft certs` made the members' certificates): put new.yaml in the
+         directory of the cluster's config there, so that its tls paths reach the CA, and
+         run `graft certs -c new.yaml --if-missing`: the existing CA signs a certificate for
+         NEW only, so the members accept it. Copy ca.pem, NEW.pem and NEW.key to the new
+         machine's tls paths; ca.key stays on the CA's machine (docs/operations.md,
+         "Certificates: which machine gets which file").
       3. graft start NEW -c new.yaml --join http://LEADER-OR-ANY-MEMBER:PORT
          This first asks the cluster to add NEW (POST /cluster/members with its id, host and
          ports from new.yaml). A refusal (already a member, a change in progress, bad token,
@@ -126,10 +131,17 @@ def warn_open_api(
 @config_option()
 @click.option("--force", is_flag=True, help="Overwrite existing certificates and keys.")
 @click.option(
-    "--if-missing", is_flag=True, help="Do nothing (successfully) when they all exist already."
+    "--if-missing",
+    is_flag=True,
+    help="Keep the files that exist; sign only the missing nodes' certificates, with the "
+    "existing CA (ca.key beside ca.pem). Nothing to do is a success.",
 )
 def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
-    """Create the cluster CA and a certificate per node (at the config's tls paths)."""
+    """Create the cluster CA and a certificate per node (at the config's tls paths).
+
+    Run it where the CA is kept: each node's machine gets ca.pem and its own certificate and
+    key, never ca.key (docs/operations.md, "Certificates: which machine gets which file").
+    """
     if force and if_missing:
         raise GraftCLIError("--force and --if-missing contradict each other: pass one of them")
     cfg = cluster_config(config_path)

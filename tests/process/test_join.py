@@ -50,11 +50,13 @@ class MembershipProcessTests(unittest.TestCase):
 
     def test_join_with_only_its_own_peer_entry(self) -> None:
         """`graft start --help`, step by step: the new node's config has the cluster name, the
-        tls settings and only its own peer; its certificate comes from `graft certs --if-missing`
-        with the cluster CA copied beside it; `graft start NEW -c new.yaml --join URL` starts
-        it. It accepts the members' connections, receives the log, is promoted to voter, and
-        serves a write made before it joined; after a restart without --join (step 4) it
-        rejoins and serves a write made while it was down."""
+        fsm, timeouts and tls settings and only its own peer; its certificate comes from
+        `graft certs --if-missing` run on the CA's machine, which signs only the new node's;
+        ca.pem and its certificate and key (never ca.key) go to the new machine;
+        `graft start NEW -c new.yaml --join URL` starts it. It accepts the members'
+        connections, receives the log, is promoted to voter, the join is reported, and it
+        serves a write made before it joined (weak and strong reads); after a restart without
+        --join (step 4) it rejoins and serves a write made while it was down."""
         cluster = self.make_cluster()
         leader, _ = cluster.wait_for_leader(timeout=15)
         self.write(cluster, leader, "before", "join")
@@ -82,9 +84,8 @@ class MembershipProcessTests(unittest.TestCase):
 
     def join_as_the_help_says(self, cluster: LocalCluster, leader: str) -> Any:
         """Steps 1-4 of `graft start --help` for a new node n4; returns its log reader."""
-        # 1. Its own config file: cluster name, tls (the default paths) and its own entry.
-        new = cluster.base.parent / "new-machine"
-        new.mkdir()
+        # 1. Its own config file, new.yaml: the members' cluster, fsm, timeouts and tls
+        #    settings (tls at the default paths) and only its own entry under peers.
         p2p, api = free_ports(2)
         config = {
             "cluster": cluster.config["cluster"],
@@ -93,19 +94,29 @@ class MembershipProcessTests(unittest.TestCase):
             "data_dir": "data/{id}",
             "fsm": cluster.config["fsm"],
         }
-        config_path = new / "new.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        # 2. The cluster CA (ca.pem and ca.key) at its tls paths, then `graft certs`.
-        (new / "certs").mkdir()
-        for name in ("ca.pem", "ca.key"):
-            shutil.copy(cluster.base / "certs" / name, new / "certs" / name)
+        text = yaml.safe_dump(config, sort_keys=False)
+        # 2. On the CA's machine (here: the cluster's own directory, which holds ca.pem and
+        #    ca.key), new.yaml beside the cluster's config, then `graft certs --if-missing`.
+        ca_machine = cluster.config_path.parent
+        (ca_machine / "new.yaml").write_text(text)
+        before = {path.name: path.read_bytes() for path in (ca_machine / "certs").iterdir()}
         certs = subprocess.run(
-            [*GRAFT, "certs", "-c", str(config_path), "--if-missing"],
+            [*GRAFT, "certs", "-c", "new.yaml", "--if-missing"],
             capture_output=True,
-            cwd=new,
+            cwd=ca_machine,
             timeout=60,
         )
         self.assertEqual(certs.returncode, 0, certs.stderr)
+        after = {path.name: path.read_bytes() for path in (ca_machine / "certs").iterdir()}
+        self.assertEqual(sorted(set(after) - set(before)), ["n4.key", "n4.pem"])
+        self.assertEqual({name: after[name] for name in before}, before)  # nothing rewritten
+        #    Copy ca.pem, NEW.pem and NEW.key to the new machine's tls paths; ca.key stays.
+        new = cluster.base.parent / "new-machine"
+        (new / "certs").mkdir(parents=True)
+        config_path = new / "new.yaml"
+        config_path.write_text(text)
+        for name in ("ca.pem", "n4.pem", "n4.key"):
+            shutil.copy(ca_machine / "certs" / name, new / "certs" / name)
         # 3. graft start NEW -c new.yaml --join http://LEADER-OR-ANY-MEMBER:PORT
         log_path = new / "n4.log"
         logs = lambda: log_path.read_text(errors="replace")[-4000:]  # noqa: E731
@@ -121,6 +132,8 @@ class MembershipProcessTests(unittest.TestCase):
         self.wait_for("no join report", lambda: "n4 joined" in logs(), 10, logs)
         self.assertNotIn("not a member of the cluster", logs())
         self.assertEqual(self.read(url, "before"), {"value": "join"}, logs())
+        self.assertEqual(self.read(url, "before", "strong"), {"value": "join"}, logs())
+        self.assertFalse((new / "certs" / "ca.key").exists())
 
         # 4. Later restarts: without --join. Its log now names the members and addresses.
         process.terminate()
@@ -181,12 +194,12 @@ class MembershipProcessTests(unittest.TestCase):
                 return body
         return None
 
-    def read(self, url: str, key: str) -> Any:
+    def read(self, url: str, key: str, consistency: str = "weak") -> Any:
         import urllib.error
         import urllib.request
 
         request = urllib.request.Request(
-            url + "/query?consistency=weak", data=get(key), method="POST"
+            url + f"/query?consistency={consistency}", data=get(key), method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as resp:
