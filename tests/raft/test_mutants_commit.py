@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from graft.raft.memory import MemoryStorage
 from graft.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat
 from graft.raft.ready import Role
-from graft.raft.types import Membership
+from graft.raft.types import HardState, Membership
 from tests.raft.driven import Driven
 from tests.raft.helpers import storage_with
 
@@ -161,3 +162,23 @@ class FollowerCommitTests(unittest.SynchronousTestCase):
         d.step(Heartbeat(term=2, sender="n1", to="n2", commit=0, seq=1))
         self.assertEqual(d.node.leader, "n1")
         self.assertEqual(d.commit, 3)
+
+
+class ColumnarStorage(MemoryStorage):
+    """Hands out each term as a new int object, as DurableLog does (it keeps terms in
+    columns), so a comparison by identity fails past 256 where CPython stops sharing ints."""
+
+    def term(self, index: int) -> int:
+        return int(str(super().term(index)))
+
+
+class LargeTermTests(unittest.SynchronousTestCase):
+    def test_leader_commits_in_a_term_past_256(self) -> None:
+        """The term of a persisted entry (read back from storage) equals the leader's term
+        by value: the first entry of term 301 commits."""
+        storage = ColumnarStorage()
+        storage.set_hard_state(HardState(term=300))
+        d = Driven("n1", ("n1", "n2", "n3"), storage=storage)
+        d.elect()
+        self.assertEqual(d.node.term, 301)
+        self.assertEqual(d.commit, 1)
