@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from graft.api.backend import Consistency, QueryResult
 from graft.errors import BadRequest, Overloaded, Timeout
+from graft.raft.messages import Heartbeat, Message
 from tests import test_node
 from tests.test_node import get, put
 
@@ -21,6 +22,11 @@ class DriverReadTests(test_node.DriverCluster):
     # The three-node cluster of the driver tests (imported through the module, so that its
     # own tests are not collected here a second time).
     setUp = test_node.DriverTests.setUp
+
+    def network_channel(self, node_id: str) -> test_node.Channel:
+        channel = self.network.nodes[node_id].peers
+        assert isinstance(channel, test_node.Channel)
+        return channel
 
     def test_lease_read_needs_no_message(self) -> None:
         """A leader with a fresh lease answers a default read from its own state, even with
@@ -72,3 +78,27 @@ class DriverReadTests(test_node.DriverCluster):
         self.assertEqual(len(box), 1)
         self.assertIsInstance(box[0], Failure)
         self.assertTrue(box[0].check(Overloaded), box[0])
+
+    def test_read_round_leaves_at_once_while_the_disk_is_busy(self) -> None:
+        """With two writes in flight no Ready may be taken; a strong read's heartbeat round
+        still leaves on this reactor turn, not at the next tick."""
+        leader_id = self.leader()
+        leader = self.network.nodes[leader_id]
+        self.advance(3 * TICK)
+        storage = self.storages[leader_id]  # type: ignore[attr-defined]
+        storage.hold = True
+        leader.submit([put("g", "0")]).addErrback(lambda _: None)
+        self.clock.advance(0)
+        self.assertEqual(len(storage.pending), 2, "two writes should be in flight")
+        sent: list[Message] = []
+        channel = self.network_channel(leader_id)
+        send = channel.send
+
+        def recording(message: Message) -> None:
+            sent.append(message)
+            send(message)
+
+        channel.send = recording  # type: ignore[method-assign]
+        leader.query(get("g"), Consistency.STRONG).addErrback(lambda _: None)
+        self.clock.advance(0)
+        self.assertTrue(any(isinstance(m, Heartbeat) for m in sent), sent)
