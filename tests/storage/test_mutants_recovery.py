@@ -83,6 +83,19 @@ class SnapshotAndLogTests(RecoveryTestCase):
         self.assertEqual((log.first_index(), log.last_index()), (1, 150))
         self.assertEqual(log.entries(150, 151), entries(150, 150))
 
+    def test_log_that_ends_at_the_snapshot_with_another_term_is_discarded(self) -> None:
+        self.write(entries(1, 150))
+        self.leave_snapshot(150, 2)
+        self.assertDiscarded(self.open(), 150, 2)
+
+    def test_terms_past_256_are_compared_by_value(self) -> None:
+        """A log of term 300 that holds the snapshot's last entry (term 300) is kept: terms
+        read back from disk are equal to the snapshot's, though not the same int objects."""
+        self.write(entries(1, 200, term=300), term=300)
+        self.leave_snapshot(150, 300)
+        log = self.open()
+        self.assertEqual((log.first_index(), log.last_index()), (1, 200))
+
     def test_log_that_ends_just_before_the_snapshot_is_discarded(self) -> None:
         self.write(entries(1, 149))
         self.leave_snapshot(150, 1)
