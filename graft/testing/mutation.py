@@ -57,6 +57,7 @@ class Score:
     killed: int = 0
     survived: int = 0
     incompetent: int = 0
+    timeouts: int = 0  # among the killed: a timeout, which a loaded machine can also cause
     survivors: list[str] = field(default_factory=list)
 
 
@@ -210,6 +211,7 @@ def _scores(
                 )
             elif result.test_outcome is TestOutcome.KILLED:
                 score.killed += 1
+                score.timeouts += result.output == "timeout"
             else:
                 score.incompetent += 1
     return scores
@@ -258,7 +260,8 @@ def format_report(target: Target, scores: dict[str, Score], *, sampled: tuple[in
     out = [f"-- {target.name} ({target.module}): killed/total per function"]
     for name, s in scores.items():
         total = s.killed + s.survived
-        extra = f", {s.incompetent} incompetent" if s.incompetent else ""
+        extra = f" ({s.timeouts} by timeout)" if s.timeouts else ""
+        extra += f", {s.incompetent} incompetent" if s.incompetent else ""
         out.append(f"   {name:40} {s.killed}/{total} killed, {s.survived} survived{extra}")
     if sampled[0] < sampled[1]:
         out.append(f"   (a sample of {sampled[0]} of {sampled[1]} mutants)")
