@@ -303,3 +303,20 @@ class SegmentReplayTests(RecoveryTestCase):
         with self.assertRaises(CorruptionError) as caught:
             self.open()
         self.assertEqual(caught.exception.path, DATA / names[1])
+
+    def test_overlapping_segments_are_refused(self) -> None:
+        """A segment that starts inside the one before it (no write path makes one: a copied
+        or damaged dir) is refused, not read as a log with indexes twice."""
+        self.write(entries(1, 200))
+        names = self.segments()
+        first_b = parse_segment_name(names[1])
+        assert first_b is not None
+        overlap = first_b - 5
+        self.files.unlink(DATA / names[1])
+        handle = self.files.create(DATA / segment_name(overlap))
+        handle.write(encode_segment_header(overlap) + encode_records(entries(overlap, first_b + 3)))
+        handle.sync()
+        handle.close()
+        with self.assertRaises(CorruptionError) as caught:
+            self.open()
+        self.assertEqual(caught.exception.path, DATA / segment_name(overlap))
