@@ -102,3 +102,18 @@ class DriverReadTests(test_node.DriverCluster):
         leader.query(get("g"), Consistency.STRONG).addErrback(lambda _: None)
         self.clock.advance(0)
         self.assertTrue(any(isinstance(m, Heartbeat) for m in sent), sent)
+
+    def test_leader_serves_its_own_default_read_once(self) -> None:
+        """A default read on the leader is served there, not routed back to itself through
+        the forwarding path: it counts once in graft_reads."""
+        leader = self.network.nodes[self.leader()]
+        self.advance(3 * TICK)
+        registry = leader._metrics.registry
+
+        def served() -> float:
+            value = registry.get_sample_value("graft_reads_total", {"consistency": "default"})
+            return value or 0.0
+
+        before = served()
+        self.assertIsInstance(self.result(leader.query(get("k"), Consistency.DEFAULT)), QueryResult)
+        self.assertEqual(served(), before + 1)
