@@ -11,8 +11,9 @@ CONFIG ?= conf/cluster.yaml
 TRIAL_JOBS ?= 2
 FUZZ_REQUESTS ?= 100000
 FUZZ_SEED ?= 1
+TARGET ?=
 
-.PHONY: all venv test lint simulate bench run certs faults fuzz clean
+.PHONY: all venv test lint simulate bench run certs faults fuzz mutate clean
 
 all: test
 
@@ -50,6 +51,11 @@ faults: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python -m graft.testing.fuzz --requests $(FUZZ_REQUESTS) --seed $(FUZZ_SEED)
 
+# Mutation testing of the named functions in conf/mutation.toml (not in CI: 10-30 min), one
+# mutant at a time; TARGET=name (space-separated) runs only those targets.
+mutate: $(STAMP)
+	$(BIN)/python -m graft.testing.mutation $(foreach t,$(TARGET),--target $(t))
+
 certs: $(STAMP)
 	$(BIN)/graft certs -c $(CONFIG)
 
@@ -58,4 +64,4 @@ run: $(STAMP)
 	$(BIN)/graft dev -c $(CONFIG)
 
 clean:
-	rm -rf $(VENV) _trial_temp* dropin.cache data certs
+	rm -rf $(VENV) _trial_temp* dropin.cache data certs .mutate
