@@ -14,10 +14,11 @@ from graft.driver.clock import ReactorTime
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.outcomes import overwritten, partly_applied
 from graft.driver.port import CommandResult, make_command_result
-from graft.fsm import CommandRejected, StateMachine
+from graft.fsm import CommandRejected, StateMachine, stamped_apply
 from graft.metrics import NodeMetrics
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, EntryKind, Membership, decode_membership
+from graft.stamp import StampFormatError, decode_stamped
 from graft.storage.rejected import RejectedEntry
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -40,6 +41,7 @@ class Applier:
     ) -> None:
         self._raft = raft
         self._fsm = fsm
+        self._apply_stamped = stamped_apply(fsm)
         self._clock = clock
         self._proposals = proposals
         self._applied = applied
@@ -57,10 +59,11 @@ class Applier:
         """Apply committed entries in order; False if the FSM raised (the node then stops)."""
         now = self._clock.seconds()
         leader = self._raft.leader or ""
-        apply = self._fsm.apply
+        apply_stamped = self._apply_stamped
         proposals = self._proposals
         proposed_at = self.proposed_at
         normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        stamped = EntryKind.STAMPED
         rejected = self._rejected
         # Only the node that proposed entries waits on them: followers build no results. The
         # results are handed over once, after the loop (or before a fatal error's stop).
@@ -69,13 +72,25 @@ class Applier:
             index = entry.index
             output, error = b"", None
             kind = entry.kind
-            if kind is normal:
+            if kind is stamped or kind is normal:
                 try:
                     if rejected and index in rejected:
                         self._check_rejected(entry)  # raises CommandRejected if marked
-                    output = apply(entry.data, index)
+                    if kind is stamped:
+                        stamp, command = decode_stamped(entry.data)
+                        output = apply_stamped(command, index, stamp)
+                    else:  # written before stamps: the FSM answers as it did then
+                        output = apply_stamped(entry.data, index, None)
                 except CommandRejected as e:
                     error = str(e)
+                except StampFormatError as e:
+                    self._resolve(results)
+                    self._lifecycle.fatal(
+                        Failure(),
+                        f"entry {index} (term {entry.term}) cannot be applied: {e}",
+                        "Run the same Graft version on every node (upgrade this one).",
+                    )
+                    return False
                 except Exception:
                     failure = Failure()
                     self._resolve(results)

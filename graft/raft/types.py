@@ -15,11 +15,16 @@ NodeId = str
 
 
 class EntryKind(enum.IntEnum):
-    """What a log entry carries; the driver only hands NORMAL entries to the FSM."""
+    """What a log entry carries; the driver only hands NORMAL and STAMPED entries to the FSM.
 
-    NORMAL = 0  # an FSM command
+    To the core a STAMPED entry is a command like a NORMAL one; only the driver reads its data.
+    A kind this build does not know (a newer Graft's) is refused by storage and the wire.
+    """
+
+    NORMAL = 0  # an FSM command (written before stamps existed: no stamp)
     NOOP = 1  # the empty entry a new leader appends to commit its term
     MEMBERSHIP = 2  # data is an encoded Membership (see encode_membership)
+    STAMPED = 3  # an FSM command with the leader's stamp in front (graft.stamp)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
