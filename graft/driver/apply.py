@@ -50,6 +50,9 @@ class Applier:
         self._lifecycle = lifecycle
         # The membership as of the applied index: what a snapshot taken now must record.
         self.applied_membership = applied_membership
+        # The latest stamp time among the entries applied (or covered by the snapshot they
+        # follow): what a snapshot taken now records as its stamp floor.
+        self.stamp_floor_ns = 0
         # When each batch this node proposed was proposed, by its first index (a latency metric).
         self.proposed_at: dict[int, float] = {}
         # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected).
@@ -78,6 +81,8 @@ class Applier:
                         self._check_rejected(entry)  # raises CommandRejected if marked
                     if kind is stamped:
                         stamp, command = decode_stamped(entry.data)
+                        if stamp.time_ns > self.stamp_floor_ns:
+                            self.stamp_floor_ns = stamp.time_ns
                         output = apply_stamped(command, index, stamp)
                     else:  # written before stamps: the FSM answers as it did then
                         output = apply_stamped(entry.data, index, None)
@@ -116,10 +121,11 @@ class Applier:
         if results:
             self._proposals.resolve_applied(results, overwritten, partly_applied)
 
-    def skipped_to(self, index: int, membership: Membership) -> None:
+    def skipped_to(self, index: int, membership: Membership, stamp_floor_ns: int = 0) -> None:
         """The entries up to ``index`` came in a snapshot and are never applied here one by
         one: their proposal times would otherwise stay in ``proposed_at`` for good."""
         self.applied_membership = membership
+        self.stamp_floor_ns = max(self.stamp_floor_ns, stamp_floor_ns)
         self._applied.advance(index)
         for i in [i for i in self.proposed_at if i <= index]:
             del self.proposed_at[i]

@@ -177,6 +177,8 @@ class ReadyPipeline:
         self._early_wanted = False  # the Ready took every message
         if ready.entries:
             stages.stamper.saw(ready.entries)  # the floor of this node's stamps, if it leads
+        if ready.snapshot is not None:
+            stages.stamper.saw_floor(ready.snapshot.stamp_floor_ns)
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a

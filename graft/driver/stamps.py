@@ -48,9 +48,16 @@ class Stamper:
                     self.floor = time_ns
                 return
 
+    def saw_floor(self, time_ns: int) -> None:
+        """A snapshot's stamp floor (SnapshotMeta.stamp_floor_ns): no stamp it covers is
+        later, and its entries are no longer in the log to be seen."""
+        self.floor = max(self.floor, time_ns)
+
     def saw_log(self, storage: LogStorage) -> None:
-        """At start: the floor from the latest stamped entry in the log on disk, read from the
-        end backwards (a log written before stamps holds none: then it is read whole, once)."""
+        """At start: the floor from the snapshot and the latest stamped entry in the log on
+        disk, read from the end backwards (a log written before stamps holds none: then it
+        is read whole, once)."""
+        self.saw_floor(storage.snapshot_meta().stamp_floor_ns)
         first, hi = storage.first_index(), storage.last_index() + 1
         while hi > first:
             lo = max(first, hi - _SCAN_CHUNK)

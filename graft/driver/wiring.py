@@ -144,6 +144,7 @@ def build_node(
         seed=seeds or partial(random.Random().getrandbits, 64),
     )
     stamper.saw_log(storage)
+    applier.stamp_floor_ns = snapshot.stamp_floor_ns
     proposer = Proposer(
         raft=raft,
         clock=clock,

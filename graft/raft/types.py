@@ -152,8 +152,14 @@ def decode_membership(data: bytes) -> Membership:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotMeta:
-    """Identifies a snapshot: the last index and term it covers and the membership at that point."""
+    """Identifies a snapshot: the last index and term it covers and the membership at that point.
+
+    ``stamp_floor_ns`` is for the driver (the core only carries it): a time no earlier than
+    any command stamp in the entries the snapshot covers (0: none known), so that a node whose
+    log holds no stamped entry after its snapshot still never stamps earlier (graft.stamp).
+    """
 
     index: int = 0
     term: int = 0
     membership: Membership = field(default_factory=Membership)
+    stamp_floor_ns: int = 0
