@@ -169,7 +169,7 @@ def reject_entry(cfg: ClusterConfig, node_id: str, index: int) -> dict[str, Any]
                 "in the node's log (`graft storage dump`)"
             )
         (entry,) = log.entries(index, index + 1)
-        if entry.kind is not EntryKind.NORMAL:
+        if entry.kind is not EntryKind.NORMAL and entry.kind is not EntryKind.STAMPED:
             raise OperationError(
                 f"entry {index} is a {entry.kind.name.lower()} entry, not a command: only "
                 "commands reach the FSM, so only a command can be skipped"

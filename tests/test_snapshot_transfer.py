@@ -15,7 +15,13 @@ from graft.raft.messages import InstallSnapshot
 from graft.raft.types import Membership, SnapshotMeta
 from graft.transport import PeerUnavailable
 
-META = SnapshotMeta(index=500, term=3, membership=Membership(voters=frozenset({"a", "b"})))
+# With a stamp floor: the receiver's InstallSnapshot must carry the leader's.
+META = SnapshotMeta(
+    index=500,
+    term=3,
+    membership=Membership(voters=frozenset({"a", "b"})),
+    stamp_floor_ns=1_733_400_000_000_000_000,
+)
 
 
 class Link:
@@ -235,4 +241,5 @@ def chunk(
         "data": data,
         "done": done,
         "crc32": crc if crc is not None else zlib.crc32(data) if done else 0,
+        "stamp_floor_ns": 0,
     }

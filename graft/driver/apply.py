@@ -14,10 +14,11 @@ from graft.driver.clock import ReactorTime
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.outcomes import overwritten, partly_applied
 from graft.driver.port import CommandResult, make_command_result
-from graft.fsm import CommandRejected, StateMachine
+from graft.fsm import CommandRejected, StateMachine, stamped_apply
 from graft.metrics import NodeMetrics
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, EntryKind, Membership, decode_membership
+from graft.stamp import StampFormatError, decode_stamped
 from graft.storage.rejected import RejectedEntry
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -40,6 +41,7 @@ class Applier:
     ) -> None:
         self._raft = raft
         self._fsm = fsm
+        self._apply_stamped = stamped_apply(fsm)
         self._clock = clock
         self._proposals = proposals
         self._applied = applied
@@ -48,6 +50,9 @@ class Applier:
         self._lifecycle = lifecycle
         # The membership as of the applied index: what a snapshot taken now must record.
         self.applied_membership = applied_membership
+        # The latest stamp time among the entries applied (or covered by the snapshot they
+        # follow): what a snapshot taken now records as its stamp floor.
+        self.stamp_floor_ns = 0
         # When each batch this node proposed was proposed, by its first index (a latency metric).
         self.proposed_at: dict[int, float] = {}
         # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected).
@@ -57,10 +62,11 @@ class Applier:
         """Apply committed entries in order; False if the FSM raised (the node then stops)."""
         now = self._clock.seconds()
         leader = self._raft.leader or ""
-        apply = self._fsm.apply
+        apply_stamped = self._apply_stamped
         proposals = self._proposals
         proposed_at = self.proposed_at
         normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
+        stamped = EntryKind.STAMPED
         rejected = self._rejected
         # Only the node that proposed entries waits on them: followers build no results. The
         # results are handed over once, after the loop (or before a fatal error's stop).
@@ -69,13 +75,27 @@ class Applier:
             index = entry.index
             output, error = b"", None
             kind = entry.kind
-            if kind is normal:
+            if kind is stamped or kind is normal:
                 try:
                     if rejected and index in rejected:
                         self._check_rejected(entry)  # raises CommandRejected if marked
-                    output = apply(entry.data, index)
+                    if kind is stamped:
+                        stamp, command = decode_stamped(entry.data)
+                        if stamp.time_ns > self.stamp_floor_ns:
+                            self.stamp_floor_ns = stamp.time_ns
+                        output = apply_stamped(command, index, stamp)
+                    else:  # written before stamps: the FSM answers as it did then
+                        output = apply_stamped(entry.data, index, None)
                 except CommandRejected as e:
                     error = str(e)
+                except StampFormatError as e:
+                    self._resolve(results)
+                    self._lifecycle.fatal(
+                        Failure(),
+                        f"entry {index} (term {entry.term}) cannot be applied: {e}",
+                        "Run the same Graft version on every node (upgrade this one).",
+                    )
+                    return False
                 except Exception:
                     failure = Failure()
                     self._resolve(results)
@@ -101,10 +121,11 @@ class Applier:
         if results:
             self._proposals.resolve_applied(results, overwritten, partly_applied)
 
-    def skipped_to(self, index: int, membership: Membership) -> None:
+    def skipped_to(self, index: int, membership: Membership, stamp_floor_ns: int = 0) -> None:
         """The entries up to ``index`` came in a snapshot and are never applied here one by
         one: their proposal times would otherwise stay in ``proposed_at`` for good."""
         self.applied_membership = membership
+        self.stamp_floor_ns = max(self.stamp_floor_ns, stamp_floor_ns)
         self._applied.advance(index)
         for i in [i for i in self.proposed_at if i <= index]:
             del self.proposed_at[i]

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from graft.driver.membership import MembershipManager
     from graft.driver.reads import Reads
     from graft.driver.snapshots import Snapshots
+    from graft.driver.stamps import Stamper
     from graft.driver.ticks import Ticks
 
 log = Logger(namespace="graft.node")
@@ -82,6 +83,7 @@ class Stages:
     reads: Reads
     membership: MembershipManager
     snapshots: Snapshots
+    stamper: Stamper
 
 
 class ReadyPipeline:
@@ -173,6 +175,10 @@ class ReadyPipeline:
         stages = self.stages
         ready = self._raft.ready()
         self._early_wanted = False  # the Ready took every message
+        if ready.entries:
+            stages.stamper.saw(ready.entries)  # the floor of this node's stamps, if it leads
+        if ready.snapshot is not None:
+            stages.stamper.saw_floor(ready.snapshot.stamp_floor_ns)
         # A leader's appends and heartbeats depend on no state of this Ready, only on its term,
         # which is already durable: send them now, so the leader's fsync and the followers'
         # run in parallel (thesis 10.2.1). The core counts the leader's own entries toward a

@@ -15,11 +15,13 @@ from graft.driver.lifecycle import Lifecycle, Scheduler
 from graft.driver.outcomes import failed, not_leader_any_more, timed_out
 from graft.driver.port import CommandResult
 from graft.driver.space import SpaceReporting
+from graft.driver.stamps import Stamper
 from graft.errors import NoLeader, Overloaded, shutting_down
 from graft.metrics import NodeMetrics
 from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
+from graft.raft.types import EntryKind
 from graft.waiters import ProposalWaiters
 
 
@@ -37,6 +39,7 @@ class Proposer:
         lifecycle: Lifecycle,
         metrics: NodeMetrics,
         command_timeout: float,
+        stamper: Stamper,
     ) -> None:
         self._raft = raft
         self._clock = clock
@@ -48,6 +51,7 @@ class Proposer:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._command_timeout = command_timeout
+        self._stamper = stamper
 
     def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         if self._lifecycle.stopping:
@@ -80,7 +84,9 @@ class Proposer:
             self._metrics.proposals_failed.labels(reason="overloaded").inc()
             return failed(e)
         try:
-            indexes = self._raft.propose_batch(list(commands))
+            # Stamped here, on the leader: a follower forwards its clients' commands unstamped.
+            stamped = self._stamper.stamp(commands)
+            indexes = self._raft.propose_batch(stamped, EntryKind.STAMPED)
         except NotLeader:
             self._metrics.proposals_failed.labels(reason="not_leader").inc()
             return failed(NoLeader("this node lost leadership before proposing; retry"))

@@ -107,6 +107,7 @@ class SnapshotSender:
             "fsm": snapshot.fsm_name,
             "size": snapshot.size,
             "crc32": snapshot.crc32,
+            "stamp_floor_ns": snapshot.meta.stamp_floor_ns,
         }
         offset = await self._chunk(peer, {**base, "offset": 0, "data": b"", "done": False})
         log.info(
@@ -272,7 +273,12 @@ class SnapshotReceiver:
             membership = membership_from_dict(args["membership"])
         except ValueError as e:
             raise BadRequest(f"snapshot {index}: {e}") from None
-        meta = SnapshotMeta(index=index, term=snap_term, membership=membership)
+        meta = SnapshotMeta(
+            index=index,
+            term=snap_term,
+            membership=membership,
+            stamp_floor_ns=int(args["stamp_floor_ns"]),
+        )
         self._deliver(
             InstallSnapshot(term=args["term"], sender=sender, to=self._node_id, snapshot=meta)
         )

@@ -102,7 +102,7 @@ class Snapshots:
             if self._receiver is not None:
                 self._receiver.installed(meta)
             self.index = meta.index
-            self._applier.skipped_to(meta.index, meta.membership)
+            self._applier.skipped_to(meta.index, meta.membership, meta.stamp_floor_ns)
             log.info("installed snapshot {index} from the leader", index=meta.index)
 
         d.addCallback(restore)
@@ -176,6 +176,7 @@ class Snapshots:
             index=applied,
             term=self._storage.term(applied),
             membership=self._applier.applied_membership,
+            stamp_floor_ns=self._applier.stamp_floor_ns,
         )
         write = begin_snapshot(self._fsm)
         started = self._clock.seconds()

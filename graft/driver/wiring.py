@@ -5,6 +5,7 @@ callbacks."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,7 @@ from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_transfer import SnapshotReceiver
 from graft.driver.snapshots import RunInThread, Snapshots
 from graft.driver.space import SpaceReporting
+from graft.driver.stamps import Stamper
 from graft.driver.ticks import Ticks
 from graft.fsm import StateMachine, begin_digest
 from graft.metrics import NodeMetrics
@@ -70,11 +72,15 @@ def build_node(
     incoming_dir: Path | None = None,
     run_in_thread: RunInThread | None = None,
     run_query: RunQuery | None = None,
+    seeds: Callable[[], int] | None = None,
+    wall_ns: Callable[[], int] | None = None,
 ) -> GraftNode:
     """``monotonic`` times the ticks (time.monotonic in production; the clock's seconds when
     None, for tests on a fake clock); ``stop_process`` stops the process on a fatal error or
     the API's shutdown (nothing when None); ``incoming_dir`` receives the leader's snapshots
-    (none are accepted when None)."""
+    (none are accepted when None); ``seeds`` gives the random seeds of the stamps this node
+    writes as leader (a generator seeded from the OS when None), ``wall_ns`` their time (the
+    clock's seconds when None: the reactor's is the wall clock)."""
     metrics = metrics or NodeMetrics()
     lifecycle = Lifecycle(stop_process or _nothing)
     port = PeerPort()
@@ -133,6 +139,12 @@ def build_node(
         metrics=metrics,
         tick_seconds=settings.tick_seconds,
     )
+    stamper = Stamper(
+        wall_ns=wall_ns or (lambda: int(clock.seconds() * 1_000_000_000)),
+        seed=seeds or partial(random.Random().getrandbits, 64),
+    )
+    stamper.saw_log(storage)
+    applier.stamp_floor_ns = snapshot.stamp_floor_ns
     proposer = Proposer(
         raft=raft,
         clock=clock,
@@ -144,6 +156,7 @@ def build_node(
         lifecycle=lifecycle,
         metrics=metrics,
         command_timeout=settings.command_timeout,
+        stamper=stamper,
     )
     reads = Reads(
         raft=raft,
@@ -228,7 +241,13 @@ def build_node(
         ]
     )
     pipeline.connect(
-        Stages(applier=applier, reads=reads, membership=membership, snapshots=snapshots)
+        Stages(
+            applier=applier,
+            reads=reads,
+            membership=membership,
+            snapshots=snapshots,
+            stamper=stamper,
+        )
     )
     return GraftNode(
         DriverParts(

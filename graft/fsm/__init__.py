@@ -20,13 +20,16 @@ from graft.fsm.base import (
     FSMFailure,
     QueryRejected,
     QueryTimedOut,
+    StampedStateMachine,
     StateMachine,
     ThreadedQueries,
     begin_digest,
     begin_snapshot,
     digest,
+    stamped_apply,
     threaded_query,
 )
+from graft.stamp import Stamp
 
 __all__ = [
     "CommandRejected",
@@ -34,12 +37,15 @@ __all__ = [
     "FSMFailure",
     "QueryRejected",
     "QueryTimedOut",
+    "Stamp",
+    "StampedStateMachine",
     "StateMachine",
     "ThreadedQueries",
     "begin_digest",
     "begin_snapshot",
     "create_state_machine",
     "digest",
+    "stamped_apply",
     "threaded_query",
 ]
 

@@ -1,8 +1,10 @@
 """The interface between the Raft driver and a replicated state machine (DESIGN.md section 6).
 
-The driver calls ``apply`` once per committed NORMAL entry, in log order, on the reactor
+The driver calls ``apply`` once per committed command entry, in log order, on the reactor
 thread. Every replica must turn the same commands into the same state and the same answers,
-so ``apply`` may not read clocks, random sources or anything else outside the command.
+so ``apply`` may not read clocks, random sources or anything else outside the command. An FSM
+that needs the time or randomness implements ``apply_stamped`` (StampedStateMachine) and takes
+them from the leader's stamp, which every replica reads from the log alike.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import io
 from collections.abc import Callable
 from typing import BinaryIO, Protocol, cast, runtime_checkable
+
+from graft.stamp import Stamp
 
 
 class CommandRejected(Exception):
@@ -88,6 +92,37 @@ class StateMachine(Protocol):
     def close(self) -> None:
         """Release files and connections; the instance is not used afterwards."""
         ...
+
+
+@runtime_checkable
+class StampedStateMachine(Protocol):
+    """Optional: an FSM that reads the leader's stamp (graft.stamp.Stamp) of each command.
+
+    The driver calls ``apply_stamped`` instead of ``apply`` when the FSM has it (see
+    ``stamped_apply``). ``stamp`` is the time and random seed the leader wrote into the entry,
+    the same on every replica and in every replay; the time never goes backwards along the log.
+    It is None for a command the log holds without a stamp (written by a Graft before stamps):
+    the FSM must then answer as it did before stamps existed, e.g. refuse what needs the time,
+    so that replaying an old log gives the state it gave then.
+    """
+
+    def apply_stamped(self, command: bytes, index: int, stamp: Stamp | None) -> bytes:
+        """``apply``, with the command's stamp."""
+        ...
+
+
+def stamped_apply(fsm: StateMachine) -> Callable[[bytes, int, Stamp | None], bytes]:
+    """``fsm.apply_stamped`` when the FSM has it, else ``fsm.apply`` ignoring the stamp (FSMs
+    written for ``apply(command, index)`` keep working unchanged)."""
+    method: Callable[[bytes, int, Stamp | None], bytes] | None = getattr(fsm, "apply_stamped", None)
+    if method is not None:
+        return method
+    apply = fsm.apply
+
+    def without_stamp(command: bytes, index: int, stamp: Stamp | None) -> bytes:
+        return apply(command, index)
+
+    return without_stamp
 
 
 def begin_snapshot(fsm: StateMachine) -> Callable[[BinaryIO], None]:

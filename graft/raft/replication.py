@@ -35,13 +35,18 @@ class Replication(MembershipChanges):
     def propose(self, data: bytes) -> int:
         return self.propose_batch([data])[0]
 
-    def propose_batch(self, datas: Sequence[bytes]) -> list[int]:
+    def propose_batch(
+        self, datas: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL
+    ) -> list[int]:
+        """Append commands (NORMAL, or STAMPED when the driver put its stamp in the data)."""
+        if kind is not EntryKind.NORMAL and kind is not EntryKind.STAMPED:
+            raise ValueError(f"a command is a NORMAL or STAMPED entry, not {kind.name}")
         self._check_can_propose()
         first = self._log.last_index() + 1
-        term, normal = self._term, EntryKind.NORMAL
+        term = self._term
         # Built here rather than by _append_entries: no membership to look for, and this runs
         # once per command.
-        self._log.append([make_entry(first + k, term, normal, d) for k, d in enumerate(datas)])
+        self._log.append([make_entry(first + k, term, kind, d) for k, d in enumerate(datas)])
         self._append_needed = True
         return list(range(first, first + len(datas)))
 

@@ -15,11 +15,16 @@ NodeId = str
 
 
 class EntryKind(enum.IntEnum):
-    """What a log entry carries; the driver only hands NORMAL entries to the FSM."""
+    """What a log entry carries; the driver only hands NORMAL and STAMPED entries to the FSM.
 
-    NORMAL = 0  # an FSM command
+    To the core a STAMPED entry is a command like a NORMAL one; only the driver reads its data.
+    A kind this build does not know (a newer Graft's) is refused by storage and the wire.
+    """
+
+    NORMAL = 0  # an FSM command (written before stamps existed: no stamp)
     NOOP = 1  # the empty entry a new leader appends to commit its term
     MEMBERSHIP = 2  # data is an encoded Membership (see encode_membership)
+    STAMPED = 3  # an FSM command with the leader's stamp in front (graft.stamp)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,8 +152,14 @@ def decode_membership(data: bytes) -> Membership:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotMeta:
-    """Identifies a snapshot: the last index and term it covers and the membership at that point."""
+    """Identifies a snapshot: the last index and term it covers and the membership at that point.
+
+    ``stamp_floor_ns`` is for the driver (the core only carries it): a time no earlier than
+    any command stamp in the entries the snapshot covers (0: none known), so that a node whose
+    log holds no stamped entry after its snapshot still never stamps earlier (graft.stamp).
+    """
 
     index: int = 0
     term: int = 0
     membership: Membership = field(default_factory=Membership)
+    stamp_floor_ns: int = 0

@@ -187,7 +187,10 @@ def scan_segment(
             break
         entry_kind = kinds.get(kind)
         if entry_kind is None:
-            problem = f"record {rec_index} has unknown kind {kind}"
+            problem = (
+                f"record {rec_index} has unknown kind {kind} (a newer Graft's entry format?); "
+                "run a Graft at least as new as the one that wrote this log"
+            )
             break
         append_entry(Entry(index=rec_index, term=term, kind=entry_kind, data=data))
         append_offset(offset)

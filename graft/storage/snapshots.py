@@ -116,6 +116,8 @@ class SnapshotStore:
                 index=int(body["index"]),
                 term=int(body["term"]),
                 membership=membership_from_dict(body["membership"]),
+                # Absent from manifests written before stamps.
+                stamp_floor_ns=int(body.get("stamp_floor_ns", 0)),
             )
             info = SnapshotInfo(
                 meta=meta,
@@ -198,6 +200,7 @@ class SnapshotStore:
             "fsm": fsm_name,
             "size": size,
             "crc32": crc,
+            "stamp_floor_ns": meta.stamp_floor_ns,
         }
         manifest = self._dir / (stem + _MANIFEST_SUFFIX)
         write_atomic(self._files, manifest, encode_checked(_MANIFEST_MAGIC, body))

@@ -152,6 +152,7 @@ INSTALL_SNAPSHOT_CHUNK = Command(
         "data": bytes,
         "done": bool,
         "crc32": int,
+        "stamp_floor_ns": int,  # SnapshotMeta.stamp_floor_ns
     },
     response={"term": int, "next_offset": int},
     errors=frozenset({"bad_request"}),

@@ -106,16 +106,18 @@ def _decode_membership(value: Any, where: str) -> Membership:
 
 
 def _encode_snapshot_meta(meta: SnapshotMeta) -> list[Any]:
-    return [meta.index, meta.term, _encode_membership(meta.membership)]
+    return [meta.index, meta.term, _encode_membership(meta.membership), meta.stamp_floor_ns]
 
 
 def _decode_snapshot_meta(value: Any, where: str) -> SnapshotMeta:
-    if type(value) is not list or len(value) != 3:
-        _fail(where, "snapshot metadata as [index, term, membership]", value)
+    # Three items from a build before stamps (no stamp floor).
+    if type(value) is not list or len(value) not in (3, 4):
+        _fail(where, "snapshot metadata as [index, term, membership, stamp floor]", value)
     return SnapshotMeta(
         index=_decode_int(value[0], f"{where}.index"),
         term=_decode_int(value[1], f"{where}.term"),
         membership=_decode_membership(value[2], f"{where}.membership"),
+        stamp_floor_ns=_decode_int(value[3], f"{where}.stamp_floor_ns") if len(value) > 3 else 0,
     )
 
 

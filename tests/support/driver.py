@@ -45,7 +45,10 @@ def run_until(
 
 
 # build_node's arguments besides the settings that a test may replace.
-_WIRING = ("monotonic", "stop_process", "metrics", "incoming_dir", "run_in_thread", "run_query")
+_WIRING = (
+    *("monotonic", "stop_process", "metrics", "incoming_dir", "run_in_thread", "run_query"),
+    *("seeds", "wall_ns"),
+)
 
 
 class MemoryDurable(MemoryStorage):

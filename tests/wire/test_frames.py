@@ -383,6 +383,7 @@ class LimitTests(SynchronousTestCase):
             "data": b"",
             "done": False,
             "crc32": 0,
+            "stamp_floor_ns": 0,
         }
         with self.assertRaises(ProtocolError) as raised:
             _decoder().feed(_frame(["_ask", 1, "install_snapshot_chunk", chunk]))

@@ -25,25 +25,29 @@ Queries
     when the answer would exceed ``query_max_bytes`` (an option, 8 MiB by default).
 
 Determinism
-    Every replica must reach the same state from the same commands, so inside commands these are
-    refused (CommandRejected): ``random()``, ``randomblob()``, ``total_changes()``,
-    ``current_date``/``current_time``/``current_timestamp`` (also as column DEFAULTs), the date
+    Every replica must reach the same state from the same commands. Time and randomness come
+    from the leader's stamp on the command's entry (``apply_stamped``, graft.stamp): the date
     and time functions (``date``, ``time``, ``datetime``, ``julianday``, ``unixepoch``,
-    ``strftime``) with ``'now'`` or no time value, and their ``'localtime'``/``'utc'`` modifiers
-    (they depend on the machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
+    ``strftime``, ``timediff``) with ``'now'`` or no time value, and
+    ``current_date``/``current_time``/``current_timestamp`` (also as column DEFAULTs) read its
+    time (UTC, milliseconds); ``random()`` and ``randomblob()`` a generator seeded with its
+    seed, restarted per command. In a command without a stamp (``apply``, or an entry written
+    before stamps) they are refused (CommandRejected). Always refused in commands:
+    ``total_changes()`` and the ``'localtime'``/``'utc'`` modifiers (they depend on the
+    machine's time zone). Also refused: ``BEGIN``/``COMMIT``/``ROLLBACK``
     (the FSM owns the transaction), ``ATTACH``/``DETACH``, TEMP tables, views, triggers and
     indexes (they are not part of snapshots), and PRAGMAs other than ``user_version``,
     ``application_id`` and the read-only introspection ones. Refused too, as they depend on
     the SQLite build, the machine or the node's files: ``sqlite_version()``,
     ``sqlite_source_id()``, ``sqlite_compileoption_get/used()``, ``fts3_tokenizer()``,
-    ``fts5_source_id()``, ``load_extension()``, ``sqlite_offset()``, ``timediff()`` with
-    ``'now'``, the C math library's transcendental functions (``sin``, ``ln``, ``exp``,
-    ``pow``, ...), the ``dbstat``, ``sqlite_dbpage`` and ``sqlite_stmt`` tables, and PRAGMA
-    ``database_list``, ``function_list``, ``module_list``, ``pragma_list``,
-    ``collation_list``, ``integrity_check`` and ``quick_check`` (also as ``pragma_*``
-    table-valued functions). A command may not leave rowid 2**63-1 in a table it wrote (SQLite
-    then picks the next rowid at random), nor an AUTOINCREMENT sequence at 2**63-1. Queries
-    may use all the functions.
+    ``fts5_source_id()``, ``load_extension()``, ``sqlite_offset()``, the C math library's
+    transcendental functions (``sin``, ``ln``, ``exp``, ``pow``, ...), the ``dbstat``,
+    ``sqlite_dbpage`` and ``sqlite_stmt`` tables, and PRAGMA ``database_list``,
+    ``function_list``, ``module_list``, ``pragma_list``, ``collation_list``,
+    ``integrity_check`` and ``quick_check`` (also as ``pragma_*`` table-valued functions). A
+    command may not leave rowid 2**63-1 in a table it wrote (SQLite then picks the next rowid
+    at random), nor an AUTOINCREMENT sequence at 2**63-1. Queries may use all the functions,
+    with the node's own clock (they change nothing).
 
 Limits
     Each command runs within limits that are the same on every replica (``graft.fsm.limits``):

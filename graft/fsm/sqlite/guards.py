@@ -1,13 +1,15 @@
 """The guards of a running command: the work budget (a progress handler counting SQLite VM
-steps, the same count on every replica) and the SQLite functions replaced by Python ones that
-refuse, inside commands, what would make replicas differ (time, randomness, the SQLite build,
-libm, printf's unbounded %c repeat)."""
+steps, the same count on every replica) and the SQLite functions replaced by Python ones that,
+inside commands, take the time and randomness from the leader's stamp on the command's entry
+(graft.stamp) and refuse what would still make replicas differ (the SQLite build, libm, the
+time zone, printf's unbounded %c repeat; time and randomness in an entry without a stamp)."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graft.fsm.limits import (
     SQLITE_FUNCTION_CALL_STEPS,
@@ -23,6 +25,8 @@ from graft.fsm.sqlite.rules import (
     printf_refusal,
 )
 from graft.fsm.sqlite.sql import set_limits
+from graft.fsm.sqlite.stamped import STAMP_FUNCTIONS, randomblob_size, stamp_text
+from graft.stamp import Stamp
 
 _BUDGET_UNITS = SQLITE_VM_STEP_BUDGET // SQLITE_PROGRESS_INTERVAL
 _CALLS_PER_UNIT = SQLITE_PROGRESS_INTERVAL // SQLITE_FUNCTION_CALL_STEPS
@@ -41,24 +45,74 @@ class CommandGuards:
     _written: set[str]
     _removed: bool
     _rowid_names: dict[str, str | None]
+    # The leader's stamp of the running command's entry (None: an entry without one), and the
+    # random generator seeded from it, made at the first random() of the command.
+    _stamp: Stamp | None = None
+    _rng: random.Random | None = None
+
+    if TYPE_CHECKING:
+
+        def apply(self, command: bytes, index: int) -> bytes: ...
+
+    def apply_stamped(self, command: bytes, index: int, stamp: Stamp | None) -> bytes:
+        """``apply`` with the command's stamp: 'now', CURRENT_TIMESTAMP and friends read its
+        time, random() and randomblob() a generator seeded with its seed. Without a stamp
+        (an entry written before stamps) they are refused, as they were when it was written."""
+        self._stamp = stamp
+        try:
+            return self.apply(command, index)
+        finally:
+            self._stamp = None
 
     def _builtin_unless_command(self, name: str, why: str = "deterministic") -> Callable[..., Any]:
         def function(*args: Any) -> Any:
             if self._mode == "command":
+                if self._stamp is not None and name in STAMP_FUNCTIONS:
+                    return self._from_stamp(name, args)
                 self._refusal = function_refusal(name, why)
                 raise ValueError(self._refusal)
             return self._builtin(name, args)
 
         return function
 
+    def _from_stamp(self, name: str, args: Sequence[Any]) -> Any:
+        """random(), randomblob(N) and CURRENT_DATE/TIME/TIMESTAMP in a stamped command."""
+        stamp = self._stamp
+        assert stamp is not None
+        if name in ("random", "randomblob"):
+            if self._rng is None:
+                # Restarted by _start_command: a statement run again gets the same values.
+                self._rng = random.Random(stamp.seed)
+            if name == "random":
+                self._charge_call()
+                return self._rng.getrandbits(64) - (1 << 63)  # a signed 64-bit integer
+            size = randomblob_size(args[0] if args else None)
+            if size > MAX_LENGTH:
+                self._refusal = (
+                    f"randomblob({size}) is longer than the longest value, {MAX_LENGTH} bytes "
+                    "(SQLITE_LIMIT_LENGTH)"
+                )
+                raise ValueError(self._refusal)
+            for _ in range(1 + size // 1024):  # its cost grows with its size
+                self._charge_call()
+            return self._rng.randbytes(size)
+        self._charge_call()
+        function = {"current_date": "date", "current_time": "time"}.get(name, "datetime")
+        return self._builtin(function, (stamp_text(stamp),))
+
     def _date_function(self, name: str, time_arg: int) -> Callable[..., Any]:
         def function(*args: Any) -> Any:
             if self._mode == "command":
                 value = args[time_arg] if len(args) > time_arg else "now"
-                if isinstance(value, str) and value.strip().lower() == "now":
+                if self._stamp is not None and isinstance(value, str) and value.lower() == "now":
+                    # SQLite's own test: 'now' in any case, nothing around it.
+                    now = stamp_text(self._stamp)
+                    args = (*args[:time_arg], now, *args[time_arg + 1 :])
+                elif isinstance(value, str) and value.strip().lower() == "now":
                     self._refusal = (
                         f"{name}() with 'now' is not deterministic and not allowed in a "
-                        "command; put the time in the SQL as a literal"
+                        "command written without the leader's time stamp; put the time in the "
+                        "SQL as a literal"
                     )
                     raise ValueError(self._refusal)
                 for modifier in args[time_arg + 1 :]:
@@ -123,19 +177,23 @@ class CommandGuards:
         return True
 
     def _timediff(self, *args: Any) -> Any:
-        """timediff(A, B): either time may be 'now', which a command may not use."""
-        if self._mode == "command" and any(
+        """timediff(A, B): either time may be 'now', the stamp's time in a command."""
+        if self._mode == "command" and self._stamp is not None:
+            now = stamp_text(self._stamp)
+            args = tuple(now if isinstance(v, str) and v.lower() == "now" else v for v in args)
+        elif self._mode == "command" and any(
             isinstance(value, str) and value.strip().lower() == "now" for value in args
         ):
             self._refusal = (
-                "timediff() with 'now' is not deterministic and not allowed in a command; "
-                "put the time in the SQL as a literal"
+                "timediff() with 'now' is not deterministic and not allowed in a command "
+                "written without the leader's time stamp; put the time in the SQL as a literal"
             )
             raise ValueError(self._refusal)
         self._charge_call()
         return self._builtin("timediff", args)
 
     def _start_command(self) -> None:
+        self._rng = None
         self._steps = 0
         self._calls = 0
         self._written = set()

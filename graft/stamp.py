@@ -1,0 +1,65 @@
+"""The leader's stamp on a command: its wall-clock time and a random seed, replicated with it.
+
+A command's entry is a STAMPED entry (graft.raft.types.EntryKind) whose data is the stamp
+followed by the command::
+
+    version u8 (1) | time_ns i64 | seed u64 | command bytes        (little-endian)
+
+The leader's driver writes it when it proposes (graft.driver.stamps), every replica reads the
+same bytes back when it applies the entry, so an FSM that takes its time and randomness from
+the stamp (``apply_stamped``, graft.fsm.base) gives the same answer on every replica and in
+every replay. Entries written before stamps existed are NORMAL entries: their command is the
+whole data and they carry no stamp (the FSM gets None).
+
+This module is pure (no clock, no random source): the driver supplies the values.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+STAMP_VERSION = 1  # what this build writes and reads
+_HEADER = struct.Struct("<BqQ")
+STAMP_SIZE = _HEADER.size  # 17
+
+
+class StampFormatError(ValueError):
+    """A stamped entry this build cannot read (a newer format, or cut short)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The leader's wall-clock time (nanoseconds since the Unix epoch, UTC) and a random 64-bit
+    seed for one command. Times never go backwards along the log (docs/architecture.md)."""
+
+    time_ns: int
+    seed: int
+
+
+def encode_stamped(stamp: Stamp, command: bytes) -> bytes:
+    """The data of a STAMPED entry."""
+    return _HEADER.pack(STAMP_VERSION, stamp.time_ns, stamp.seed) + command
+
+
+def decode_stamped(data: bytes) -> tuple[Stamp, bytes]:
+    """The stamp and the command of a STAMPED entry's data; StampFormatError if this build
+    cannot read it."""
+    if len(data) < STAMP_SIZE:
+        raise StampFormatError(
+            f"a stamped entry holds {len(data)} bytes, fewer than its {STAMP_SIZE}-byte stamp"
+        )
+    version, time_ns, seed = _HEADER.unpack_from(data)
+    if version != STAMP_VERSION:
+        raise StampFormatError(
+            f"the entry's stamp has format version {version}, this build reads "
+            f"{STAMP_VERSION}: it was written by a newer Graft; upgrade this node"
+        )
+    return Stamp(time_ns, seed), data[STAMP_SIZE:]
+
+
+def stamp_time_ns(data: bytes) -> int | None:
+    """The time of a STAMPED entry's data, or None if this build cannot read its stamp."""
+    if len(data) < STAMP_SIZE or data[0] != STAMP_VERSION:
+        return None
+    return int(_HEADER.unpack_from(data)[1])

@@ -1,0 +1,206 @@
+"""The leader's stamp on commands (graft.stamp, graft.driver.stamps) in a running cluster: SQL
+time and randomness agree on every replica, the leader stamps what a follower forwards, the
+stamps never go back across a leader change, and a log written before stamps still applies."""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import partial
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from graft.driver.stamps import Stamper
+from graft.fsm import StateMachine, digest
+from graft.fsm.sqlite import SQLiteStateMachine
+from graft.raft.types import Entry, EntryKind, HardState, Membership
+from graft.stamp import STAMP_SIZE, Stamp, StampFormatError, decode_stamped, encode_stamped
+from tests.support.driver import NODES, DriverCluster, MemoryDurable, Network
+
+T0 = 1_733_400_000  # 2024-12-05 12:00:00 UTC
+SCHEMA = (
+    b"CREATE TABLE t (id INTEGER PRIMARY KEY, created TEXT DEFAULT CURRENT_TIMESTAMP, "
+    b"at TEXT, r INTEGER, b BLOB)"
+)
+INSERT = b"INSERT INTO t (at, r, b) VALUES (datetime('now'), random(), randomblob(8))"
+ROWS = b"SELECT id, created, at, r, hex(b) FROM t ORDER BY id"
+
+
+class StampClusterTests(DriverCluster):
+    def setUp(self) -> None:
+        self.fsms: dict[str, SQLiteStateMachine] = {}
+        # Each node's wall clock is the shared Clock plus its own offset (seconds).
+        self.offsets = dict.fromkeys(NODES, 0.0)
+
+    def start(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.network = Network(self.clock)
+        self.storages = {}
+        self.addCleanup(self._stop)
+        members = Membership(voters=frozenset(NODES))
+        for i, node in enumerate(NODES):
+            self.add_node(
+                node,
+                members,
+                seed=i,
+                fsm=partial(self.sqlite, node),
+                wall_ns=partial(self.wall_ns, node),
+                seeds=partial(random.Random(100 + i).getrandbits, 64),
+            )
+
+    def sqlite(self, node: str) -> StateMachine:
+        fsm = self.fsms[node] = SQLiteStateMachine(data_dir=self.mktemp())
+        self.addCleanup(fsm.close)
+        return fsm
+
+    def wall_ns(self, node: str) -> int:
+        return int((self.clock.seconds() + self.offsets[node]) * 1_000_000_000)
+
+    def submit(self, node: str, *commands: bytes) -> int:
+        results = self.result(self.network.nodes[node].submit(list(commands)))
+        self.assertIsInstance(results, list, str(results))
+        for result in results:
+            self.assertIsNone(result.error)
+        index: int = results[-1].index
+        return index
+
+    def rows(self, node: str) -> list[list[Any]]:
+        rows: list[list[Any]] = json.loads(self.fsms[node].query(ROWS))["rows"]
+        return rows
+
+    def stamps(self, node: str) -> list[int]:
+        storage = self.storages[node]
+        entries = storage.entries(storage.first_index(), storage.last_index() + 1)
+        return [decode_stamped(e.data)[0].time_ns for e in entries if e.kind is EntryKind.STAMPED]
+
+    def test_sql_time_and_random_agree_on_every_replica(self) -> None:
+        """CURRENT_TIMESTAMP defaults, datetime('now'), random() and randomblob() sent through
+        a follower commit, and every replica holds the same values; the time is the leader's
+        wall clock, not the follower's (it forwards its commands unstamped)."""
+        self.start()
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        self.offsets[follower] = -3600.0  # an hour behind: must not show
+        self.submit(follower, SCHEMA)
+        index = self.submit(follower, INSERT, INSERT)
+        for node in NODES:
+            self.wait_applied(node, index)
+        rows = self.rows(leader)
+        self.assertEqual(len(rows), 2)
+        for node in NODES:
+            self.assertEqual(self.rows(node), rows, node)
+            self.assertEqual(digest(self.fsms[node]), digest(self.fsms[leader]), node)
+        for _, created, at, r, blob in rows:
+            self.assertTrue(created.startswith("2024-12-05 12:00:"), created)
+            self.assertEqual(at, created)
+            self.assertIsInstance(r, int)
+            self.assertEqual(len(blob), 16)
+        self.assertNotEqual(rows[0][3:], rows[1][3:])  # each entry has its own seed
+
+    def test_stamps_never_go_back_across_a_leader_change(self) -> None:
+        """A leader whose clock runs an hour ahead stamps its entries; the next leader, whose
+        clock is right, stamps no earlier than the last stamp in its log."""
+        self.start()
+        first = self.leader()
+        self.offsets[first] = 3600.0
+        self.submit(first, SCHEMA)
+        index = self.submit(first, INSERT)
+        for node in NODES:
+            self.wait_applied(node, index)
+        ahead = self.stamps(first)[-1]
+        self.network.isolate(first)
+        others = [n for n in NODES if n != first]
+        self.wait_until(
+            lambda: any(self.network.nodes[n].is_leader() for n in others), "a new leader"
+        )
+        second = next(n for n in others if self.network.nodes[n].is_leader())
+        index = self.submit(second, INSERT)
+        third = next(n for n in others if n != second)
+        self.wait_applied(third, index)
+        stamps = self.stamps(second)
+        self.assertEqual(stamps, sorted(stamps))
+        self.assertEqual(stamps[-1], ahead)  # its own clock is an hour behind the floor
+        self.assertEqual(self.rows(second)[-1][2], self.rows(second)[0][2])
+        self.assertEqual(self.rows(third), self.rows(second))
+
+
+class OldLogTests(DriverCluster):
+    """A node whose log was written before stamps (NORMAL entries) applies it as then."""
+
+    def start_one(self, entries: list[Entry]) -> SQLiteStateMachine:
+        storage = MemoryDurable()
+        storage.set_hard_state(HardState(term=1))
+        storage.append(entries)
+        fsm = SQLiteStateMachine(data_dir=self.mktemp())
+        self.addCleanup(fsm.close)
+        self.stopped: list[bool] = []
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.network = Network(self.clock)
+        self.storages = {}
+        self.addCleanup(self._stop)
+        self.add_node(
+            "a",
+            Membership(voters=frozenset({"a"})),
+            fsm=lambda: fsm,
+            storage=lambda: storage,
+            stop_process=lambda: self.stopped.append(True),
+        )
+        return fsm
+
+    def test_unstamped_entries_apply_as_before(self) -> None:
+        """Old entries apply, with 'now' refused as it was when they were written; new
+        commands on the same log are stamped and may use it."""
+        fsm = self.start_one(
+            [
+                Entry(index=1, term=1, data=b"CREATE TABLE t (x)"),
+                Entry(index=2, term=1, data=b"INSERT INTO t VALUES (datetime('now'))"),
+                Entry(index=3, term=1, data=b"INSERT INTO t VALUES ('old')"),
+            ]
+        )
+        self.wait_applied("a", 3)
+        self.assertEqual(json.loads(fsm.query(b"SELECT x FROM t"))["rows"], [["old"]])
+        self.submit_one(b"INSERT INTO t VALUES (datetime('now'))")
+        rows = json.loads(fsm.query(b"SELECT x FROM t ORDER BY rowid"))["rows"]
+        self.assertEqual(rows[0], ["old"])
+        self.assertTrue(rows[1][0].startswith("2024-12-05 12:0"), rows)
+
+    def submit_one(self, command: bytes) -> None:
+        results = self.result(self.network.nodes["a"].submit([command]))
+        self.assertIsNone(results[0].error)
+
+    def test_a_newer_stamp_format_stops_the_node(self) -> None:
+        """A stamped entry in a format this build does not read stops the node (rather than
+        applying it some other way than the nodes that can read it)."""
+        newer = b"\x02" + encode_stamped(Stamp(T0 * 10**9, 1), b"SELECT 1")[1:]
+        fsm = self.start_one([Entry(index=1, term=1, kind=EntryKind.STAMPED, data=newer)])
+        self.wait_until(lambda: self.stopped, "the node stops")
+        self.assertEqual(len(self.flushLoggedErrors(StampFormatError)), 1)
+        self.assertEqual(
+            fsm.query(b"SELECT count(*) FROM sqlite_master"),
+            b'{"columns":["count(*)"],"rows":[[0]]}',
+        )
+
+
+class StamperTests(DriverCluster):
+    def test_floor_from_the_log_at_start(self) -> None:
+        """A node learns the latest stamp from its log on disk, so as leader it never stamps
+        earlier, even if its clock is behind."""
+        storage = MemoryDurable()
+        stamped = [encode_stamped(Stamp(t, 0), b"x") for t in (5, 9)]
+        storage.append(
+            [
+                Entry(index=1, term=1, data=b"old"),
+                Entry(index=2, term=1, kind=EntryKind.STAMPED, data=stamped[0]),
+                Entry(index=3, term=1, kind=EntryKind.STAMPED, data=stamped[1]),
+                Entry(index=4, term=2, kind=EntryKind.NOOP),
+            ]
+        )
+        stamper = Stamper(wall_ns=lambda: 1, seed=lambda: 7)
+        stamper.saw_log(storage)
+        self.assertEqual(stamper.floor, 9)
+        (data,) = stamper.stamp([b"cmd"])
+        self.assertEqual(decode_stamped(data), (Stamp(9, 7), b"cmd"))
+        self.assertEqual(len(data), STAMP_SIZE + 3)
