@@ -120,6 +120,9 @@ class ClientSqlTests(SynchronousTestCase):
         self.assertEqual(node.seen[1].path, "/query?consistency=weak")
 
     def test_sql_request_refuses_what_cannot_be_bound(self) -> None:
+        """A lone string (not a list of statements) and values SQLite cannot bind (a list,
+        a dict: JSON could carry them, the node would refuse them) are TypeErrors here."""
         self.assertRaises(TypeError, sql_request, "SELECT 1")
-        bad: Any = [("SELECT ?", [object()])]
-        self.assertRaises(TypeError, sql_request, bad)
+        for value in ([1, 2], {"a": 1}, object()):
+            bad: Any = [("SELECT ?", [value])]
+            self.assertRaises(TypeError, sql_request, bad)
