@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from click.testing import CliRunner, Result
 from twisted.trial.unittest import SynchronousTestCase
 
+from graft.cli import app
 from graft.client import GraftClient, sql_request
 from tests.support.http_node import json_reply, start_fake_node
-from tests.test_cli import CLITestCase, run
 
 WRITE = {"results": [{"last_insert_id": 3, "rows_affected": 1}]}
 ROWS = {
@@ -20,7 +21,20 @@ ROWS = {
 }
 
 
-class CliParameterTests(CLITestCase):
+def run(args: list[str]) -> Result:
+    return CliRunner().invoke(app.main, args)
+
+
+class CliParameterTests(SynchronousTestCase):
+    def assertOneLineError(self, result: Result, *fragments: str) -> None:
+        """The command failed with one error line on stderr holding ``fragments``."""
+        self.assertNotEqual(result.exit_code, 0, result.output)
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("graft: error: "), lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
     def test_command_with_typed_params(self) -> None:
         """Each -p binds the next ?, typed: numbers, null and true as JSON, "quoted" text as
         a string, anything else as the text itself; the body is the JSON form."""
