@@ -285,6 +285,33 @@ class RefusalTests(JsonFormTestCase):
         self.assertIn("SQLITE_MAX_RESULT_ROWS", results[2]["error"])
         self.assertEqual(results[1], {"error": "rolled back: statement 3 failed"})
 
+    def test_rowid_checks_are_statement_errors(self) -> None:
+        """The checks after a command apply to the JSON form too, as the error of a statement:
+        an AUTOINCREMENT table at its largest rowid (SQLITE_FULL on every replica, not this
+        machine's failure), and a statement leaving the largest rowid in a table."""
+        fsm = self.make()
+        top = 2**63 - 1
+        self.command(
+            fsm, "CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, x)", "CREATE TABLE w(x)"
+        )
+        results = self.command(
+            fsm,
+            "INSERT INTO w VALUES (1)",
+            ("INSERT INTO a VALUES (?, 1), (NULL, 2)", [top]),
+            "INSERT INTO w VALUES (3)",
+            transaction=False,
+        )
+        self.assertEqual(results[0], {"last_insert_id": 1, "rows_affected": 1})
+        self.assertIn("table a has used its largest AUTOINCREMENT rowid", results[1]["error"])
+        self.assertEqual(results[2], {"last_insert_id": 2, "rows_affected": 1})
+        results = self.command(
+            fsm, "INSERT INTO w VALUES (4)", ("INSERT INTO w(rowid) VALUES (?)", [top])
+        )
+        self.assertEqual(results[0], {"error": "rolled back: statement 2 failed"})
+        self.assertIn(f"leaves a row with rowid {top}", results[1]["error"])
+        (rows,) = self.query(fsm, "SELECT x FROM w ORDER BY rowid")
+        self.assertEqual(rows["values"], [[1], [3]])
+
     def test_disk_full_is_a_failure(self) -> None:
         """This machine's failure is FSMFailure, not a statement's error."""
         fsm = self.table()

@@ -113,7 +113,9 @@ class JsonCommands(CommandApplication):
         results: list[dict[str, Any]] = []
         try:
             for offset, statement in enumerate(unit):
-                results.append(self._run_statement(statement, before + offset + 1, cap, unit))
+                results.append(
+                    self._run_statement(statement, before + offset + 1, cap, unit[: offset + 1])
+                )
             self._mode = "internal"
             try:
                 self._check_rowids()
@@ -149,8 +151,9 @@ class JsonCommands(CommandApplication):
         self._rowid_names = {}
 
     def _run_statement(
-        self, statement: Statement, number: int, cap: _RowCap, unit: Sequence[Statement]
+        self, statement: Statement, number: int, cap: _RowCap, ran: Sequence[Statement]
     ) -> dict[str, Any]:
+        """One statement's result (``ran``: the unit's statements up to this one), or _Failed."""
         conn = self._conn
         self._mode = "command"
         self._refusal = None
@@ -171,10 +174,13 @@ class JsonCommands(CommandApplication):
                         raise _Failed(number, over)
                     values.append([encode_value(v) for v in row])
         except STATEMENT_ERRORS as e:
-            failure = environment_failure(e) if isinstance(e, sqlite3.Error) else None
-            if failure is not None:
-                assert isinstance(e, sqlite3.Error)
-                self._explain_full(e, unit[: unit.index(statement) + 1])
+            if isinstance(e, sqlite3.Error) and (failure := environment_failure(e)) is not None:
+                try:
+                    # CommandRejected when an AUTOINCREMENT table is full (the same on every
+                    # replica): that statement's error, not a failure of this machine.
+                    self._explain_full(e, ran)
+                except CommandRejected as full:
+                    raise _Failed(number, f"{full}") from None
                 raise failure from e
             raise _Failed(number, self._explain(e)) from None  # type: ignore[arg-type]
         finally:
