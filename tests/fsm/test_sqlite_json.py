@@ -15,7 +15,10 @@ from graft.fsm import CommandRejected, FSMFailure, QueryRejected, digest
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.fsm.sqlite.jsonform import (
     MalformedRequest,
+    SqlRequest,
     Statement,
+    decode_value,
+    dump_request,
     encode_value,
     is_json_form,
     parse_request,
@@ -342,11 +345,17 @@ class PureFunctionTests(SynchronousTestCase):
         )
         self.assertFalse(parsed.transaction)
         self.assertRaises(MalformedRequest, parse_request, b"[1]")
+        # dump_request writes what parse_request reads back.
+        self.assertEqual(parse_request(dump_request(parsed)), parsed)
+        built = SqlRequest((Statement("SELECT ?", (b"\x01", 2**63 - 1, None)),), transaction=True)
+        self.assertEqual(parse_request(dump_request(built)), built)
 
     def test_is_json_form_and_encoding(self) -> None:
         self.assertTrue(is_json_form(b'\n {"statements": []}'))
         self.assertFalse(is_json_form(b"SELECT '{'"))
         self.assertEqual(encode_value(b"\x00"), {"blob": "AA=="})
+        self.assertEqual(decode_value({"blob": "AA=="}), b"\x00")
+        self.assertEqual(decode_value("AA=="), "AA==")
         self.assertIsNone(encode_value(float("inf")))
         self.assertEqual(encode_value(2**63 - 1), 2**63 - 1)
         self.assertEqual(render_results([{"error": "é"}]), '{"results":[{"error":"é"}]}'.encode())

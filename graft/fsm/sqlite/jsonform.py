@@ -46,6 +46,8 @@ __all__ = [
     "Params",
     "SqlRequest",
     "Statement",
+    "decode_value",
+    "dump_request",
     "encode_value",
     "error_result",
     "is_json_form",
@@ -126,6 +128,27 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def decode_value(value: Any) -> Any:
+    """A value of a result as Python: ``{"blob": base64}`` as bytes, the rest as it is."""
+    if isinstance(value, dict) and set(value) == {"blob"}:
+        return base64.b64decode(value["blob"])
+    return value
+
+
+def dump_request(request: SqlRequest) -> bytes:
+    """``request`` as a body in the JSON form (bytes parameters as BLOBs): what
+    ``parse_request`` reads back as an equal request."""
+    items: list[dict[str, Any]] = []
+    for statement in request.statements:
+        item: dict[str, Any] = {"sql": statement.sql}
+        if isinstance(statement.params, dict):
+            item["params"] = {k: encode_value(v) for k, v in statement.params.items()}
+        elif statement.params is not None:
+            item["params"] = [encode_value(v) for v in statement.params]
+        items.append(item)
+    return dumps({"statements": items, "transaction": request.transaction})
 
 
 def write_result(last_insert_id: int | None, rows_affected: int) -> dict[str, Any]:
