@@ -8,12 +8,13 @@ mean the request was not accepted and an election is probably in progress.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
-It is one module of ~590 lines because the request loop, the error model and the cluster
+It is one module of ~660 lines because the request loop, the error model and the cluster
 operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -279,7 +280,43 @@ class GraftClient:
         """POST /command. The node asked forwards to the leader itself; we only move on to the
         next member when a node is unreachable, and retry no_leader until the deadline. Other
         failures are not retried: after a timeout the command may still commit."""
-        return self._retrying("POST", "/command", body=data)
+        return self._retrying("POST", "/command", body=data, headers=_content_type(data))
+
+    def execute(
+        self, statements: Sequence[SqlStatement], *, transaction: bool = True
+    ) -> list[dict[str, Any]]:
+        """Run SQL ``statements`` with bound parameters as one command (the SQLite FSM's JSON
+        form, see ``sql_request``); the result of each statement, in order, failed ones as
+        ``{"error": ...}``. E.g. ``execute([("INSERT INTO t(a) VALUES (?)", [1])])``."""
+        return _results(self._json_post("/command", sql_request(statements, transaction)))
+
+    def select(
+        self,
+        statements: Sequence[SqlStatement],
+        *,
+        consistency: str = "default",
+        min_index: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run read-only ``statements`` with bound parameters as one query: the result of each,
+        ``{"columns", "types", "values"}`` (or ``{"error": ...}``)."""
+        params = {"consistency": consistency}
+        if min_index is not None:
+            params["min_index"] = str(min_index)
+        path = "/query?" + urllib.parse.urlencode(params)
+        return _results(
+            self._json_post(path, sql_request(statements), retry_codes=("no_leader", "timeout"))
+        )
+
+    def _json_post(
+        self, path: str, body: bytes, retry_codes: Sequence[str] = ("no_leader",)
+    ) -> Response:
+        return self._retrying(
+            "POST",
+            path,
+            body=body,
+            retry_codes=retry_codes,
+            headers={"Content-Type": "application/json"},
+        )
 
     def query(
         self,
@@ -297,7 +334,13 @@ class GraftClient:
         if max_lag_ms is not None:
             params["max_lag_ms"] = str(max_lag_ms)
         path = "/query?" + urllib.parse.urlencode(params)
-        return self._retrying("POST", path, body=query, retry_codes=("no_leader", "timeout"))
+        return self._retrying(
+            "POST",
+            path,
+            body=query,
+            retry_codes=("no_leader", "timeout"),
+            headers=_content_type(query),
+        )
 
     def status_all(self) -> list[MemberStatus]:
         """GET /status from every member at once; an unreachable member is a row, not an error."""
@@ -487,6 +530,64 @@ class GraftClient:
                 "`graft status`; a majority of the members must be up and connected",
             )
         raise last
+
+
+# A statement for ``execute``/``select``: SQL text alone, or with its parameters (a sequence for
+# ``?``, a mapping for ``:name``). Parameter values: None, bool, int, float, str, bytes (BLOB).
+SqlStatement = str | tuple[str, Sequence[Any] | Mapping[str, Any]]
+
+
+def sql_request(statements: Sequence[SqlStatement], transaction: bool | None = None) -> bytes:
+    """The JSON form of a command or query of the SQLite state machine:
+    ``{"statements": [{"sql": ..., "params": ...}], "transaction": ...}``, bytes as BLOBs."""
+    if isinstance(statements, str):
+        raise TypeError("statements must be a list of statements, not one string")
+    items: list[dict[str, Any]] = []
+    for statement in statements:
+        if isinstance(statement, str):
+            items.append({"sql": statement})
+            continue
+        sql, params = statement
+        if isinstance(params, Mapping):
+            bound: Any = {str(k): _sql_value(v) for k, v in params.items()}
+        else:
+            bound = [_sql_value(v) for v in params]
+        items.append({"sql": sql, "params": bound})
+    document: dict[str, Any] = {"statements": items}
+    if transaction is not None:
+        document["transaction"] = transaction
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def _content_type(body: bytes) -> dict[str, str]:
+    """application/json for a body that is a JSON object (the SQLite FSM's JSON form, the kv
+    FSM's commands), else the default text/plain."""
+    if body.lstrip()[:1] == b"{":
+        return {"Content-Type": "application/json"}
+    return {}
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"blob": base64.b64encode(value).decode("ascii")}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(
+        f"cannot bind {type(value).__name__} as an SQL parameter; use None, bool, int, float, "
+        "str or bytes"
+    )
+
+
+def _results(response: Response) -> list[dict[str, Any]]:
+    results = _json_object(response).get("results")
+    if not isinstance(results, list):
+        raise ClientError(
+            "bad_answer",
+            response.status,
+            f"{response.url} answered without a results list: does the cluster run the SQLite "
+            "state machine?",
+        )
+    return results
 
 
 def _base_url(url: str) -> str:

@@ -16,6 +16,7 @@ from graft.cli.options import client_options, input_file_option
 from graft.cli.render import (
     check_rows,
     check_summary,
+    failed_statements,
     membership_line,
     newest_check,
     print_members,
@@ -25,6 +26,7 @@ from graft.cli.render import (
     status_rows,
     table,
 )
+from graft.cli.sqlparams import param_options, with_params
 from graft.client import ClientError
 
 
@@ -70,15 +72,25 @@ def raise_client_error(error: ClientError, doing: str) -> NoReturn:
 @click.command()
 @click.argument("data", required=False)
 @input_file_option("command")
+@param_options
 @client_options()
-def command(data: str | None, file: Path | None, as_json: bool, **options: Any) -> None:
+def command(
+    data: str | None,
+    file: Path | None,
+    params: tuple[str, ...],
+    param_json: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
     """Send a command (a write): DATA, -f FILE or stdin.
 
     For the default SQLite state machine a command is an SQL script, e.g.
-    `graft command -f conf/demo.sql`. Any member may be asked: followers forward to the
-    leader; while there is no leader the command is retried until --timeout.
+    `graft command -f conf/demo.sql`, or one statement with bound parameters:
+    `graft command "INSERT INTO users(name) VALUES (?)" -p "o'neil"`. Any member may be
+    asked: followers forward to the leader; while there is no leader the command is retried
+    until --timeout.
     """
-    body = read_input(data, file, "command")
+    body = with_params(read_input(data, file, "command"), params, param_json)
     client = make_client(ClientSettings(**options))
     try:
         response = client.command(body)
@@ -94,11 +106,23 @@ def command(data: str | None, file: Path | None, as_json: bool, **options: Any) 
     print_output(response.body)
     if index is not None:
         click.echo(f"applied at index {index} (term {term}, leader {leader})", err=True)
+    _fail_on_statement_errors(response.body)
+
+
+def _fail_on_statement_errors(body: bytes) -> None:
+    """Exit 1 when a statement of a JSON-form request failed (its error is in the output)."""
+    failed = failed_statements(body)
+    if failed:
+        raise GraftCLIError(
+            f"statement {failed[0]} failed (see its error above)"
+            + (f", {len(failed) - 1} more did not take effect" if len(failed) > 1 else "")
+        )
 
 
 @click.command()
 @click.argument("query_text", metavar="QUERY", required=False)
 @input_file_option("query")
+@param_options
 @click.option(
     "--consistency",
     type=click.Choice(["default", "strong", "weak"]),
@@ -125,16 +149,19 @@ def query(
     consistency: str,
     min_index: int | None,
     max_lag_ms: int | None,
+    params: tuple[str, ...],
+    param_json: str | None,
     as_json: bool,
     **options: Any,
 ) -> None:
     """Run a read-only QUERY (not logged).
 
-    For example `graft query "SELECT * FROM users;" --consistency strong`.
+    For example `graft query "SELECT * FROM users;" --consistency strong`, or with bound
+    parameters `graft query "SELECT * FROM users WHERE id = ?" -p 2`.
 
     --json prints the state machine's raw JSON answer.
     """
-    body = read_input(query_text, file, "query")
+    body = with_params(read_input(query_text, file, "query"), params, param_json)
     client = make_client(ClientSettings(**options))
     try:
         response = client.query(
@@ -146,6 +173,7 @@ def query(
         click.echo(response.body.decode("utf-8", "replace").rstrip("\n"))
         return
     print_output(response.body)
+    _fail_on_statement_errors(response.body)
 
 
 @click.command()

@@ -28,6 +28,9 @@ def print_output(body: bytes) -> None:
     except ValueError:
         click.echo(body.decode("utf-8", "replace").rstrip("\n"))
         return
+    if isinstance(parsed, dict) and isinstance(parsed.get("results"), list):
+        print_results(parsed["results"])
+        return
     if (
         isinstance(parsed, dict)
         and isinstance(parsed.get("columns"), list)
@@ -39,6 +42,40 @@ def print_output(body: bytes) -> None:
         click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
         return
     click.echo(json.dumps(parsed, indent=2, ensure_ascii=False))
+
+
+def print_results(results: list[Any]) -> None:
+    """The answer of the SQLite state machine's JSON form: per statement, a table of its rows,
+    what it changed, or its error."""
+    for number, result in enumerate(results, start=1):
+        if len(results) > 1:
+            click.echo(f"-- statement {number}")
+        if not isinstance(result, dict):
+            click.echo(json.dumps(result))
+        elif "error" in result:
+            click.echo(f"error: {result['error']}")
+        elif isinstance(result.get("columns"), list) and isinstance(result.get("values"), list):
+            rows = [[_cell(value) for value in row] for row in result["values"]]
+            click.echo(table([str(c) for c in result["columns"]], rows))
+            click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+        else:
+            affected = result.get("rows_affected")
+            line = f"{affected} row{'s' if affected != 1 else ''} affected"
+            if result.get("last_insert_id") is not None:
+                line += f", last insert id {result['last_insert_id']}"
+            click.echo(line)
+
+
+def failed_statements(body: bytes) -> list[int]:
+    """The numbers of the statements that failed, in an answer of the JSON form."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return []
+    results = parsed.get("results") if isinstance(parsed, dict) else None
+    if not isinstance(results, list):
+        return []
+    return [n for n, r in enumerate(results, 1) if isinstance(r, dict) and "error" in r]
 
 
 def _cell(value: Any) -> str:

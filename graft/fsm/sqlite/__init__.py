@@ -12,6 +12,14 @@ Commands
     null if it inserted none. When the script's final statement returns rows (a SELECT, or
     ``... RETURNING``), the answer also has ``"columns"`` and ``"rows"`` as for a query.
 
+The JSON form
+    A command or query whose body starts with ``{`` is a request in the JSON form
+    (graft.fsm.sqlite.jsonform): statements with bound parameters, ``?`` or ``:name``, and a
+    typed result for each (columns, declared types, values; BLOBs and 64-bit integers exact).
+    A command's statements run in one transaction unless ``"transaction": false``; a failing
+    statement is an error in the answer, not a rejection (graft.fsm.sqlite.jsonrun). The rules
+    below apply to every statement, as to those of a script.
+
 Queries
     A query is ONE read-only statement (SELECT, WITH ... SELECT, or an introspection PRAGMA such
     as ``table_info``). Anything that would write, several statements, or transaction control is
@@ -99,8 +107,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from graft.fsm.base import CorruptSnapshot, FSMFailure, QueryRejected
-from graft.fsm.sqlite.commands import CommandApplication
 from graft.fsm.sqlite.digest import begin_sqlite_digest
+from graft.fsm.sqlite.jsonform import is_json_form
+from graft.fsm.sqlite.jsonrun import JsonCommands
 from graft.fsm.sqlite.reads import DEFAULT_QUERY_MAX_BYTES, ThreadedReads
 from graft.fsm.sqlite.rules import ALWAYS_NONDETERMINISTIC, DATE_FUNCTIONS
 from graft.fsm.sqlite.snapshots import COPY_CHUNK, SQLITE_HEADER, write_snapshot
@@ -113,7 +122,7 @@ __all__ = ["SQLiteStateMachine"]
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-class SQLiteStateMachine(CommandApplication, ThreadedReads):
+class SQLiteStateMachine(JsonCommands, ThreadedReads):
     """A replicated SQLite database (see the module docstring for the full contract)."""
 
     content_type = "application/json"
@@ -165,6 +174,8 @@ class SQLiteStateMachine(CommandApplication, ThreadedReads):
     # --- the StateMachine interface ---------------------------------------------------------
 
     def query(self, query: bytes) -> bytes:
+        if is_json_form(query):
+            return self._query_request(query)
         statement = one_statement(query)
         self._mode = "query"
         self._refusal = None

@@ -11,6 +11,7 @@ from typing import Any
 from graft.fsm.base import CommandRejected, FSMFailure
 from graft.fsm.limits import SQLITE_MAX_RESULT_BYTES, SQLITE_MAX_RESULT_ROWS
 from graft.fsm.sqlite.guards import CommandGuards
+from graft.fsm.sqlite.jsonform import Statement
 from graft.fsm.sqlite.rules import (
     LAYOUT_TABLES,
     NOT_IN_COMMANDS_PRAGMAS,
@@ -25,6 +26,7 @@ from graft.fsm.sqlite.sql import (
     ROWS_PER_FETCH,
     dumps,
     environment_failure,
+    execute,
     explain,
     json_cell,
     quote,
@@ -34,8 +36,8 @@ from graft.fsm.sqlite.sql import (
 
 # Written by us before each command so that last_insert_rowid() and changes() start from the
 # same value on every replica, whatever happened on this connection before (e.g. a restore).
-_ROWID_SENTINEL = -(1 << 63)
-_RESET_ROWID = f"INSERT OR REPLACE INTO temp._graft_rowid(rowid) VALUES ({_ROWID_SENTINEL})"
+ROWID_SENTINEL = -(1 << 63)
+RESET_ROWID = f"INSERT OR REPLACE INTO temp._graft_rowid(rowid) VALUES ({ROWID_SENTINEL})"
 # The largest rowid: once a table holds it, SQLite picks the next rowid at random (plain
 # tables) or fails with SQLITE_FULL (AUTOINCREMENT).
 _MAX_ROWID = (1 << 63) - 1
@@ -52,7 +54,7 @@ class CommandApplication(CommandGuards):
         script = sql_text(command, "command", "an SQL script", CommandRejected)
         statements = split_statements(script)
         conn = self._conn
-        conn.execute(_RESET_ROWID)
+        conn.execute(RESET_ROWID)
         before = conn.total_changes
         conn.execute("BEGIN")
         self._start_command()
@@ -98,7 +100,7 @@ class CommandApplication(CommandGuards):
                 conn.execute("ROLLBACK")
             raise environment_failure(e) or FSMFailure(f"SQLite could not commit: {e}") from e
         result: dict[str, Any] = {"changes": conn.total_changes - before}
-        result["last_insert_rowid"] = None if rowid == _ROWID_SENTINEL else rowid
+        result["last_insert_rowid"] = None if rowid == ROWID_SENTINEL else rowid
         if columns is not None:
             result["columns"] = columns
             result["rows"] = rows
@@ -227,7 +229,7 @@ class CommandApplication(CommandGuards):
             return None
         return None if row is None else str(row[0])
 
-    def _explain_full(self, error: sqlite3.Error, statements: Sequence[str]) -> None:
+    def _explain_full(self, error: sqlite3.Error, statements: Sequence[str | Statement]) -> None:
         """On SQLITE_FULL from the last of ``statements``, CommandRejected if that statement
         inserts into an AUTOINCREMENT table that is at, or reaches, the largest rowid (every
         replica fails alike), rather than the disk filling up (this machine only, a failure).
@@ -251,7 +253,7 @@ class CommandApplication(CommandGuards):
         try:
             self._start_command()
             for statement in statements[:-1]:
-                cursor = conn.execute(statement)
+                cursor = execute(conn, statement)
                 while cursor.fetchmany(ROWS_PER_FETCH):
                     pass
             self._mode = "internal"
@@ -271,7 +273,7 @@ class CommandApplication(CommandGuards):
                 "rolled back: delete the table's sqlite_sequence entry or recreate the table"
             )
 
-    def _reaches_max_rowid(self, statement: str, tables: Sequence[str]) -> str | None:
+    def _reaches_max_rowid(self, statement: str | Statement, tables: Sequence[str]) -> str | None:
         """Runs ``statement`` (in the open transaction, which the caller rolls back) with
         temporary triggers on the AUTOINCREMENT tables among ``tables``: the table that gets
         the largest rowid, or None if none does (the statement succeeds or fails otherwise)."""
@@ -294,7 +296,7 @@ class CommandApplication(CommandGuards):
         self._mode = "command"
         self._probing = True
         try:
-            cursor = conn.execute(statement)
+            cursor = execute(conn, statement)
             while cursor.fetchmany(ROWS_PER_FETCH):
                 pass
         except sqlite3.Error as e:

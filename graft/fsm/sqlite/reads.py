@@ -15,10 +15,23 @@ from typing import Any
 from graft.config import ConfigError
 from graft.errors import SHUTTING_DOWN
 from graft.fsm.base import FSMFailure, QueryRejected, QueryTimedOut
+from graft.fsm.sqlite.decltypes import declared_types
+from graft.fsm.sqlite.jsonform import (
+    SqlRequest,
+    Statement,
+    encode_value,
+    error_result,
+    is_json_form,
+    render_results,
+    rows_result,
+    write_result,
+)
+from graft.fsm.sqlite.jsonrun import STATEMENT_ERRORS, request_of
 from graft.fsm.sqlite.rules import printf_refusal, refuse_in_query
 from graft.fsm.sqlite.sql import (
     dumps,
     environment_failure,
+    execute,
     explain,
     json_cell,
     one_statement,
@@ -52,11 +65,14 @@ class ThreadedReads:
         The read transaction starts when the call does, so it sees every command applied
         before; ``restore`` waits for that start, and no read starts on a replaced file.
         """
-        statement = one_statement(query)
+        request = request_of(query, QueryRejected) if is_json_form(query) else None
+        statement = one_statement(query) if request is None else ""
         if time.monotonic() >= deadline:
             raise QueryTimedOut("the query's deadline passed before a thread was free to run it")
         reader = self._take_reader(deadline)
         try:
+            if request is not None:
+                return reader.run_request(request, deadline, self._query_max_bytes, self._is_closed)
             return reader.run(statement, deadline, self._query_max_bytes, self._is_closed)
         finally:
             self._give_back(reader)
@@ -295,6 +311,81 @@ class _Reader:
             if cursor is not None:
                 cursor.close()  # a statement left half-read would keep the transaction busy
             self.conn.set_progress_handler(None, 0)
+
+    def run_request(
+        self, request: SqlRequest, deadline: float, max_bytes: int, closing: Callable[[], bool]
+    ) -> bytes:
+        """The JSON-form answer to ``request`` (graft.fsm.sqlite.jsonform): a result or an error
+        for each statement, all read in one read transaction, within ``max_bytes`` in all."""
+
+        def stop() -> int:
+            return 1 if closing() or time.monotonic() >= deadline else 0
+
+        self.conn.set_progress_handler(stop, _DEADLINE_CHECK_STEPS)
+        results: list[dict[str, Any]] = []
+        size = 0
+        try:
+            for statement in request.statements:
+                self._checking = True
+                self._refusal = None
+                cursor: sqlite3.Cursor | None = None
+                try:
+                    cursor = execute(self.conn, statement)
+                    self._checking = False
+                    result, size = self._statement_rows(cursor, statement, size, max_bytes)
+                    results.append(result)
+                except STATEMENT_ERRORS as e:
+                    self._checking = False
+                    self._raise_whole_query_failure(e, closing, max_bytes)
+                    refusal, self._refusal = self._refusal, None
+                    results.append(error_result(explain(refusal, e)))  # type: ignore[arg-type]
+                finally:
+                    self._checking = False
+                    if cursor is not None:
+                        cursor.close()
+        finally:
+            self.conn.set_progress_handler(None, 0)
+        answer = render_results(results)
+        if len(answer) > max_bytes:
+            raise _too_large(max_bytes)
+        return answer
+
+    def _statement_rows(
+        self, cursor: sqlite3.Cursor, statement: Statement, size: int, max_bytes: int
+    ) -> tuple[dict[str, Any], int]:
+        """One statement's result, and the answer's size so far with it (an estimate a little
+        below the rendered size: _too_large past ``max_bytes``)."""
+        if cursor.description is None:
+            return write_result(None, 0), size + 40
+        columns = [column[0] for column in cursor.description]
+        size += len(dumps(columns)) * 2 + 40
+        values: list[list[Any]] = []
+        for row in cursor:
+            cells = [encode_value(v) for v in row]
+            size += len(dumps(cells)) + 1
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            values.append(cells)
+        types = declared_types(self.conn, statement.sql, len(columns))
+        return rows_result(columns, types, values), size
+
+    def _raise_whole_query_failure(
+        self, error: Exception, closing: Callable[[], bool], max_bytes: int
+    ) -> None:
+        """What stops the whole query rather than one statement: the deadline, shutdown, an
+        answer too large, this machine's failure."""
+        if not isinstance(error, sqlite3.Error):
+            return
+        code = getattr(error, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_INTERRUPT:
+            if closing():
+                raise QueryRejected(f"the query was stopped: {SHUTTING_DOWN}") from None
+            raise QueryTimedOut("the query ran past its deadline and was stopped") from None
+        if code == sqlite3.SQLITE_TOOBIG:
+            raise _too_large(max_bytes) from None
+        failure = environment_failure(error)
+        if failure is not None:
+            raise failure from error
 
     def _authorize(
         self, action: int, arg1: str | None, arg2: str | None, db: str | None, _source: str | None

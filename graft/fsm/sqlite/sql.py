@@ -9,10 +9,13 @@ import json
 import math
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graft.fsm.base import FSMFailure, QueryRejected
 from graft.fsm.limits import SQLITE_CONNECTION_LIMITS
+
+if TYPE_CHECKING:
+    from graft.fsm.sqlite.jsonform import Statement
 
 ROWS_PER_FETCH = 256
 
@@ -153,3 +156,13 @@ def explain(refusal: str | None, error: sqlite3.Error) -> str:
     if isinstance(error, sqlite3.ProgrammingError | sqlite3.Warning):
         return f"{error}".rstrip(".")
     return str(error)
+
+
+def execute(conn: sqlite3.Connection, statement: str | Statement) -> sqlite3.Cursor:
+    """``statement`` (SQL text, or a statement of the JSON form with its parameters bound) run
+    on ``conn``."""
+    if isinstance(statement, str):
+        return conn.execute(statement)
+    if statement.params is None:
+        return conn.execute(statement.sql)
+    return conn.execute(statement.sql, statement.params)
