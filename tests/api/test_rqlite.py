@@ -7,6 +7,9 @@ import base64
 import json
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.api.limits import origin_form
 from graft.api.rqlite.response import time_text, unix_time
 from graft.config import ApiLimits
 from graft.driver.port import Consistency
@@ -413,3 +416,18 @@ class BasicAuthTests(RqliteTestCase):
                 answer = self.call("POST", "/db/execute", json=["INSERT 1"], headers=headers)
                 self.assertError(answer, 401, "unauthorized")
         self.assertEqual(self.backend.submitted, [])
+
+
+class OriginFormTests(SynchronousTestCase):
+    def test_absolute_targets_become_paths(self) -> None:
+        """pyrqlite follows a redirect by sending the Location as the request target."""
+        for target, path in (
+            (b"http://127.0.0.1:4001/db/execute?redirect", b"/db/execute?redirect"),
+            (b"HTTPS://h/db/query", b"/db/query"),
+            (b"http://h:1?q=1", b"/?q=1"),
+            (b"http://h", b"/"),
+            (b"/db/query?q=http://x/y", b"/db/query?q=http://x/y"),
+            (b"ftp://h/x", b"ftp://h/x"),
+        ):
+            with self.subTest(target):
+                self.assertEqual(origin_form(target), path)
