@@ -56,6 +56,7 @@ class ExecuteTests(RqliteTestCase):
         ]
         answer = self.call("POST", "/db/execute?transaction", json=body)
         self.assertEqual(answer.status, 200, answer.body)
+        self.assertNotIn(b"true", self.backend.submitted[0][0].split(b'"transaction"')[0])
         blob = {"blob": base64.b64encode(b"\x0a\xff").decode()}
         self.assertEqual(
             self.submitted_form(),
@@ -215,7 +216,7 @@ class QueryTests(RqliteTestCase):
 
     def test_bad_parameters_are_400(self) -> None:
         self.serve(Settings(max_query_timeout_ms=5000))
-        for query in ("timeout=10x", "timeout=6s", "freshness=-1s", "q="):
+        for query in ("timeout=10x", "timeout=6s", "freshness=-1s", "timeout=" + "1ns" * 14, "q="):
             with self.subTest(query):
                 answer = self.call(
                     "GET", f"/db/query?q=SELECT%201&{query}".replace("q=SELECT%201&q=", "q=")
@@ -316,6 +317,17 @@ class QueryTests(RqliteTestCase):
                 },
                 {"columns": ["n"], "types": ["integer"]},
             ],
+        )
+        values = answer.json()["results"][0]["values"]
+        self.assertIs(values[0][6], True)  # not 1: a JSON boolean
+        self.assertIs(values[1][6], False)
+
+    def test_associative_writes_have_null_rows(self) -> None:
+        """In associative form rqlite gives write results "rows": null, so a client can tell
+        them from reads."""
+        answer = self.call("POST", "/db/execute?associative", json=["a", "b"])
+        self.assertEqual(
+            answer.json(), {"results": [{"last_insert_id": 1, "rows_affected": 1, "rows": None}]}
         )
 
     def test_associative_and_blob_array(self) -> None:
