@@ -9,12 +9,13 @@ FSM understands it these tests are skipped.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import time
 import urllib.parse
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import ForeignKey, String, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -50,11 +51,26 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-class RqliteClientTests(unittest.TestCase):
+class RqliteClusterCase(unittest.TestCase):
+    """A 3-node SQLite cluster, its leader and a follower; helpers for rqlite clients."""
+
     skip = _NO_FORM
 
+    tokens: ClassVar[dict[str, str] | None] = None  # role -> token: api.tokens, when set
+
     def setUp(self) -> None:
-        self.cluster = LocalCluster(Path(self.mktemp()), fsm="graft.fsm.sqlite:SQLiteStateMachine")
+        extra = None
+        if self.tokens:
+            digests = {
+                role: [hashlib.sha256(t.encode()).hexdigest()] for role, t in self.tokens.items()
+            }
+            extra = {"api": {"tokens": digests}}
+        self.cluster = LocalCluster(
+            Path(self.mktemp()),
+            fsm="graft.fsm.sqlite:SQLiteStateMachine",
+            extra=extra,
+            status_token=self.tokens["read"] if self.tokens else None,
+        )
         self.addCleanup(self.cluster.close)
         self.cluster.start()
         for node in self.cluster.node_ids:
@@ -88,6 +104,8 @@ class RqliteClientTests(unittest.TestCase):
             time.sleep(0.05)
         self.fail(f"the nodes did not all answer {expected} to {sql!r}: {seen}")
 
+
+class RqliteClientTests(RqliteClusterCase):
     def test_pyrqlite_dbapi_session(self) -> None:
         """connect, cursor, execute with ? params, executemany, fetchone/fetchall, rowcount,
         lastrowid, the error for bad SQL and for a constraint violation, REAL, BLOB and
@@ -218,3 +236,30 @@ class RqliteClientTests(unittest.TestCase):
             self.assertEqual(session.scalars(select(Author.name)).all(), ["Ada Lovelace"])
 
         self.wait_on_every_node("SELECT name FROM authors", [["Ada Lovelace"]])
+
+
+class RqliteBasicAuthTests(RqliteClusterCase):
+    """With api.tokens set, pyrqlite's user and password (HTTP Basic) carry a Graft token."""
+
+    tokens: ClassVar[dict[str, str] | None] = {"read": "reader-secret", "write": "writer-secret"}
+
+    def test_basic_credentials_carry_tokens(self) -> None:
+        """A write token as the password writes through the follower; a read token reads
+        but cannot write; without credentials nothing is answered."""
+        from pyrqlite import dbapi2
+
+        writer = self.connect(user="app", password="writer-secret").cursor()
+        writer.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        writer.execute("INSERT INTO notes (body) VALUES (?)", ("kept",))
+        self.assertEqual(writer.lastrowid, 1)
+
+        reader = self.connect(user="report", password="reader-secret").cursor()
+        with self.assertRaises(dbapi2.Error) as refused:
+            reader.execute("INSERT INTO notes (body) VALUES (?)", ("lost",))
+        self.assertIn("403", str(refused.exception))
+        reader.execute("SELECT body FROM notes")
+        self.assertEqual([tuple(row) for row in reader.fetchall()], [("kept",)])
+
+        with self.assertRaises(dbapi2.Error) as anonymous:
+            self.connect().cursor().execute("SELECT body FROM notes")
+        self.assertIn("401", str(anonymous.exception))
