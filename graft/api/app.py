@@ -18,6 +18,9 @@ Routes (every one but /health needs a token of at least the given role when toke
     GET /cluster/snapshot         admin   the latest snapshot as application/octet-stream, with
                                           Graft-Snapshot-Index/-Term/-Fsm; 404 when none
     POST /shutdown                admin   202 {"stopping": id}, then the node stops gracefully
+    POST /db/execute, /db/request write   rqlite's API (graft.api.rqlite, docs/rqlite.md)
+    GET|POST /db/query            read
+    GET /readyz                   read
     GET /cluster/check            admin   replica consistency check: every member's FSM digest
                                           at one log index (graft.consistency); 200 with
                                           {"ok", "complete", "mismatch", "members", ...}
@@ -95,6 +98,7 @@ from graft.api.responses import (
     write_json,
 )
 from graft.api.root import ApiRoot, DirectHandler
+from graft.api.rqlite.routes import RqliteRoutes
 from graft.api.serving import routes, served, sized
 from graft.api.settings import ApiSettings
 from graft.api.views import status_document
@@ -111,7 +115,8 @@ from graft.errors import (
 
 _ROUTE_LIST = (
     "/command, /commands, /query, /status, /health, /ready, /metrics, /cluster/members, "
-    "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown"
+    "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown; rqlite's /db/execute, "
+    "/db/query, /db/request and /readyz"
 )
 # How long after a query's time limit the API stops waiting for the node's own answer.
 QUERY_GRACE_S = 1.0
@@ -127,7 +132,7 @@ _HOT_ROUTES = (
 )
 
 
-class GraftApi(AdminRoutes):
+class GraftApi(AdminRoutes, RqliteRoutes):
     """The HTTP API of one node, over its ClusterBackend and ClusterAdmin."""
 
     app = routes

@@ -38,6 +38,20 @@ def too_large(limit: int) -> PayloadTooLarge:
     )
 
 
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target in absolute form (``http://host:port/db/x?q``,
+    which HTTP/1.1 servers must accept and pyrqlite sends when it follows a redirect);
+    any other target as it is. The host part is not used: the request came to this node."""
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return target
+    slash = rest.find(b"/")
+    question = rest.find(b"?")
+    if slash == -1 or (question != -1 and question < slash):
+        return b"/" + rest[question:] if question != -1 else b"/"
+    return rest[slash:]
+
+
 class BoundedRequest(Request):
     """A Request that refuses a body longer than its Site's ``max_body_bytes``."""
 
@@ -73,7 +87,7 @@ class BoundedRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return  # answered already; the resource must not see a truncated body
-        super().requestReceived(command, path, version)
+        super().requestReceived(command, origin_form(path), version)
 
     def _refuse(self, limit: int) -> None:
         """Answer 413 straight on the transport (the request line and headers are all the

@@ -308,6 +308,12 @@ class QueryTests(SQLiteTestCase):
         now = self.query(self.fsm, b"SELECT datetime('now') IS NOT NULL, random() IS NOT NULL")
         self.assertEqual(now["rows"], [[1, 1]])
 
+    def test_read_uncommitted_readable_not_settable(self) -> None:
+        """SQLAlchemy reads PRAGMA read_uncommitted on each new connection: a query may read it
+        (always 0 here), never set it."""
+        self.assertEqual(self.query(self.fsm, b"PRAGMA read_uncommitted")["rows"], [[0]])
+        self.assertRefused(b"PRAGMA read_uncommitted = 1;", "PRAGMA read_uncommitted")
+
     def test_cte_query(self) -> None:
         """A WITH RECURSIVE query is read-only and allowed."""
         result = self.query(

@@ -37,7 +37,16 @@ _INTROSPECTION_PRAGMAS = frozenset(
 # commands.
 _HEADER_PRAGMAS = frozenset({"user_version", "application_id"})
 _QUERY_ONLY_PRAGMAS = frozenset(
-    {"schema_version", "page_count", "page_size", "freelist_count", "encoding", "foreign_keys"}
+    {
+        "schema_version",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "encoding",
+        "foreign_keys",
+        # SQLAlchemy reads it on every new connection (its default isolation level).
+        "read_uncommitted",
+    }
 )
 
 _QUERY_ACTIONS = frozenset(
