@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import CommandRejected, CorruptSnapshot, FSMFailure, QueryRejected
 from graft.fsm.sqlite import SQLiteStateMachine
-from graft.fsm.sqlite.sql import split_statements
+from graft.fsm.sqlite.sql import _has_code, split_statements
 
 DEMO_SQL = (Path(__file__).resolve().parents[2] / "conf" / "demo.sql").read_bytes()
 USERS = b"SELECT name FROM users ORDER BY id;"
@@ -409,3 +412,75 @@ class SplitStatementsTests(SynchronousTestCase):
         )
         self.assertEqual(split_statements(" -- only a comment"), [])
         self.assertEqual(split_statements("SELECT 1; SELECT 'open"), ["SELECT 1;", " SELECT 'open"])
+
+
+def _split_by_prefixes(script: str) -> list[str]:
+    """The splitting rule as first written (each semicolon tries the whole statement so far):
+    the reference the bounded split_statements must agree with on every script it accepts."""
+    statements: list[str] = []
+    current: list[str] = []
+    for piece in script.split(";"):
+        current.append(piece)
+        candidate = ";".join(current) + ";"
+        if sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            current = []
+    tail = ";".join(current)
+    if current and tail.strip():
+        statements.append(tail)
+    return [s for s in statements if _has_code(s)]
+
+
+_SQL_TOKENS = [
+    ";",
+    "'",
+    '"',
+    "`",
+    "[",
+    "]",
+    "--",
+    "\n",
+    "/*",
+    "*/",
+    " ",
+    "x",
+    " SELECT 1",
+    "CASE",
+    " CREATE TRIGGER t AFTER INSERT ON x ",
+    " CREATE TEMP TRIGGER u BEFORE DELETE ON y ",
+    " BEGIN ",
+    " END",
+    " EXPLAIN ",
+]
+
+
+class SplitBudgetTests(SQLiteTestCase):
+    @settings(max_examples=2000, deadline=None)
+    @given(st.lists(st.sampled_from(_SQL_TOKENS), max_size=20))
+    def test_same_statements_as_the_prefix_rule(self, tokens: list[str]) -> None:
+        """Splitting by one scan per statement gives exactly the statements the prefix rule
+        gave, so logs written before the scan budget apply the same."""
+        script = "".join(tokens)
+        self.assertEqual(split_statements(script), _split_by_prefixes(script))
+
+    def test_semicolons_in_an_unfinished_statement_are_refused_at_once(self) -> None:
+        """One quote then 200,000 semicolons: the prefix rule would scan ~2*10^10 characters on
+        every replica (hours); the budget refuses it, as a command and as a query."""
+        fsm = self.make()
+        body = ("'" + ";" * 200_000).encode()
+        with self.assertRaises(CommandRejected) as caught:
+            fsm.apply(body, 1)
+        self.assertIn("too many semicolons inside one unfinished statement", str(caught.exception))
+        with self.assertRaises(QueryRejected):
+            fsm.query(body)
+        self.apply(fsm, b"CREATE TABLE t(a); INSERT INTO t VALUES (1)")  # the FSM goes on
+        self.assertEqual(self.query(fsm, b"SELECT a FROM t")["rows"], [[1]])
+
+    def test_a_long_trigger_still_splits(self) -> None:
+        """A trigger body of 500 statements (a semicolon each) is well inside the budget."""
+        body = "; ".join("INSERT INTO log VALUES (NEW.a)" for _ in range(500))
+        script = (
+            "CREATE TABLE t(a); CREATE TABLE log(a); "
+            f"CREATE TRIGGER g AFTER INSERT ON t BEGIN {body}; END; INSERT INTO t VALUES (7)"
+        )
+        self.assertEqual(len(split_statements(script)), 4)

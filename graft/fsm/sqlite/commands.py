@@ -52,7 +52,7 @@ class CommandApplication(CommandGuards):
     def apply(self, command: bytes, index: int) -> bytes:
         del index  # the state does not depend on where in the log the command sits
         script = sql_text(command, "command", "an SQL script", CommandRejected)
-        statements = split_statements(script)
+        statements = split_statements(script, CommandRejected)
         conn = self._conn
         conn.execute(RESET_ROWID)
         before = conn.total_changes

@@ -39,26 +39,53 @@ def sql_text(data: bytes, what: str, expected: str, refused: Callable[[str], Exc
     return text
 
 
-def split_statements(script: str) -> list[str]:
+# How many characters split_statements may hand SQLite's tokenizer for one script. Each
+# semicolon inside an unfinished statement (a string, a comment, a trigger body) costs a scan
+# of the statement so far, so a body of one quote and many semicolons would cost the square of
+# its length on every replica; a real script scans about its own length.
+SPLIT_SCAN_BUDGET = 64 << 20
+
+
+def split_statements(script: str, refused: Callable[[str], Exception] = ValueError) -> list[str]:
     """The statements of an SQL script, each ending with ``;``.
 
     SQLite's own tokenizer (``sqlite3.complete_statement``) decides where a statement ends, so
     semicolons inside strings, comments and trigger bodies are handled; text that holds no
     statement (blank, comments only) is dropped, and an unfinished tail (an unclosed string) is
-    kept as it is for SQLite to report.
+    kept as it is for SQLite to report. A script that would make the tokenizer scan more than
+    SPLIT_SCAN_BUDGET characters is refused with ``refused`` (the same on every replica).
     """
     statements: list[str] = []
-    current: list[str] = []
-    for piece in script.split(";"):
-        current.append(piece)
-        candidate = ";".join(current) + ";"
+    start = 0  # where the statement being read begins
+    searched = 0  # where to look for its next semicolon
+    scanned = 0
+    while True:
+        semicolon = script.find(";", searched)
+        last = semicolon < 0
+        # The text after the last semicolon is tried as if one followed it.
+        candidate = script[start:] + ";" if last else script[start : semicolon + 1]
+        scanned += len(candidate)
+        if scanned > SPLIT_SCAN_BUDGET:
+            raise refused(_TANGLED)
         if sqlite3.complete_statement(candidate):
             statements.append(candidate)
-            current = []
-    tail = ";".join(current)
-    if current and tail.strip():
-        statements.append(tail)
+            if last:
+                return [s for s in statements if _has_code(s)]
+            start = searched = semicolon + 1
+        elif last:
+            break
+        else:
+            searched = semicolon + 1
+    if script[start:].strip():
+        statements.append(script[start:])
     return [s for s in statements if _has_code(s)]
+
+
+_TANGLED = (
+    "the SQL text has too many semicolons inside one unfinished statement (a string, comment "
+    "or trigger body) to split it into statements; close the string or comment, or send the "
+    "statement in the JSON form (docs/sql.md), which does not split"
+)
 
 
 def _has_code(statement: str) -> bool:
@@ -137,7 +164,7 @@ def dumps(value: Any) -> bytes:
 def one_statement(query: bytes) -> str:
     """The one SQL statement of a query, or QueryRejected saying what is wrong with it."""
     text = sql_text(query, "query", "one SQL statement", QueryRejected)
-    statements = split_statements(text)
+    statements = split_statements(text, QueryRejected)
     if not statements:
         raise QueryRejected("the query is empty; expected one SQL statement such as SELECT")
     if len(statements) > 1:
