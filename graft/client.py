@@ -106,6 +106,16 @@ class MemberStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterStatus:
+    """``GraftClient.cluster_status``: the membership document and the member it came from
+    (None when no member gave one), and each member's status row, voters first."""
+
+    membership: Mapping[str, Any] | None
+    asked: str | None
+    members: list[MemberStatus]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SavedSnapshot:
     """A snapshot downloaded to ``path``: where it came from and what it is."""
 
@@ -317,6 +327,52 @@ class GraftClient:
         with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
             return list(pool.map(one, self.urls))
 
+    def cluster_status(self) -> ClusterStatus:
+        """The members as the cluster knows them (GET /cluster/members of the first member
+        that answers, learners and members added at run time included), then GET /status of
+        each at the address the cluster knows. When no member gives the membership, the
+        members are the URLs the client was given (``membership`` is then None)."""
+        for url in self.urls:
+            try:
+                document = self.request("GET", url + "/cluster/members").json()
+            except (ClientError, ValueError):
+                continue
+            members = _member_urls(document, url)
+            if members is not None:
+                # Name the members' URLs in messages by their ids.
+                self.names = {**self.names, **{u: n for n, u in members if u is not None}}
+                return ClusterStatus(
+                    membership=document, asked=url, members=self._statuses(members)
+                )
+        return ClusterStatus(
+            membership=None,
+            asked=None,
+            members=self._statuses([(self.name_of(url), url) for url in self.urls]),
+        )
+
+    def _statuses(self, members: Sequence[tuple[str, str | None]]) -> list[MemberStatus]:
+        """GET /status of each (node, url) at once; a member without a URL, or unreachable, is
+        a row with its error."""
+
+        def one(member: tuple[str, str | None]) -> MemberStatus:
+            node, url = member
+            if url is None:
+                return MemberStatus(
+                    node=node, url="", error=f"the cluster knows no API address for {node}"
+                )
+            try:
+                answer = self.request("GET", url + "/status").json()
+            except ClientError as err:
+                return MemberStatus(node=node, url=url, error=err.message)
+            except ValueError:
+                return MemberStatus(node=node, url=url, error="answered /status with non-JSON")
+            if not isinstance(answer, dict):
+                return MemberStatus(node=node, url=url, error="answered /status with non-object")
+            return MemberStatus(node=node, url=url, status=answer)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(members), 16))) as pool:
+            return list(pool.map(one, members))
+
     # -- cluster administration ----------------------------------------------------------------
     # Any member may be asked: a follower has the leader carry the operation out. Like commands,
     # they are retried only while nobody answers or there is no leader (nothing was accepted).
@@ -487,6 +543,30 @@ class GraftClient:
                 "`graft status`; a majority of the members must be up and connected",
             )
         raise last
+
+
+def _member_urls(document: Any, asked: str) -> list[tuple[str, str | None]] | None:
+    """(id, API base URL) of each member of a GET /cluster/members answer, voters then
+    learners, with the scheme of the URL that answered; None if it is not such an answer."""
+    if not isinstance(document, dict):
+        return None
+    voters, learners = document.get("voters"), document.get("learners", [])
+    addresses = document.get("addresses")
+    if not isinstance(voters, list) or not voters or not isinstance(learners, list):
+        return None
+    if not isinstance(addresses, dict):
+        return None
+    scheme = urllib.parse.urlsplit(asked).scheme or "http"
+    members: list[tuple[str, str | None]] = []
+    for node in [*voters, *learners]:
+        address = addresses.get(node)
+        url = None
+        if isinstance(address, dict) and isinstance(address.get("api"), int):
+            host = str(address.get("host"))
+            host = f"[{host}]" if ":" in host else host
+            url = f"{scheme}://{host}:{address['api']}"
+        members.append((str(node), url))
+    return members
 
 
 def _base_url(url: str) -> str:
