@@ -15,6 +15,10 @@ from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.waiters import ProposalWaiters
 
+# How long a measured FSM size is reused: the kv FSM's takes a pass over its map, and GET
+# /status may be polled many times a second.
+FSM_SIZE_TTL = 1.0
+
 # Heartbeat rounds remembered per peer while their answers are outstanding: a peer that does
 # not answer must not make the table grow.
 _ROUNDS_KEPT = 16
@@ -59,6 +63,7 @@ class Observations:
         self._monotonic = monotonic
         self._rounds: dict[str, dict[int, float]] = {}  # peer -> heartbeat seq -> sent at
         self._followers: set[str] = set()  # peers with follower gauges set
+        self._fsm_size: tuple[float, int | None] | None = None  # (measured at, size)
         # This node's peer certificate's notAfter (Unix time), when the service read it.
         self.certificate_not_after: float | None = None
 
@@ -70,7 +75,12 @@ class Observations:
         return log_bytes_of(self._storage)
 
     def fsm_bytes(self) -> int | None:
-        return fsm_bytes_of(self._fsm)
+        """The FSM's size, measured at most once per FSM_SIZE_TTL seconds."""
+        now = self._monotonic()
+        cached = self._fsm_size
+        if cached is None or not 0 <= now - cached[0] < FSM_SIZE_TTL:
+            cached = self._fsm_size = (now, fsm_bytes_of(self._fsm))
+        return cached[1]
 
     # -- heartbeats ----------------------------------------------------------------------------
 

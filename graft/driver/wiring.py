@@ -230,7 +230,12 @@ def build_node(
         ]
     )
     observations = Observations(
-        raft=raft, storage=storage, fsm=fsm, metrics=metrics, proposals=proposals
+        raft=raft,
+        storage=storage,
+        fsm=fsm,
+        metrics=metrics,
+        proposals=proposals,
+        monotonic=monotonic or clock.seconds,
     )
     port.on_sent = observations.sent
     pipeline.connect(
