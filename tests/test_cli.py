@@ -461,10 +461,13 @@ class StatusTests(CLITestCase):
         self.assertIn("4  no member knows a leader", run(["status", "--help"]).stdout)
 
     def test_nobody_answers(self) -> None:
-        """When no member answers, status exits non-zero saying to start the cluster."""
-        result = run(["status", "--url", dead_url()])
+        """When no member answers, status exits non-zero saying why for each and to start the
+        cluster."""
+        url = dead_url()
+        result = run(["status", "--url", url])
         self.assertNotEqual(result.exit_code, 0)
         self.assertIn("is the cluster running?", result.stderr)
+        self.assertIn(f"graft status: {url} did not answer: ", result.stderr)
 
     def test_lag_without_leader(self) -> None:
         """Without a leader's view, lag is how far applied is behind the highest commit."""

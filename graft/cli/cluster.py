@@ -184,19 +184,20 @@ def status(as_json: bool, **options: Any) -> None:
         click.echo(render_status_table(rows))
         if last_check is not None:
             click.echo(check_summary(last_check))
-    if not any(row["reachable"] for row in rows):
-        raise GraftCLIError(
-            "no member answered: is the cluster running? (start it with `graft dev -c FILE` "
-            "or check --url/-c)"
-        )
     problems, code = status_problems(rows)
-    if found.membership is None:
+    anyone = any(row["reachable"] for row in rows)
+    if found.membership is None and anyone:
         click.echo(
             "graft status: no member listed the membership; showing the configured members",
             err=True,
         )
     for problem in problems:
         click.echo(f"graft status: {problem}", err=True)
+    if not anyone:
+        raise GraftCLIError(
+            "no member answered: is the cluster running? (start it with `graft dev -c FILE` "
+            "or check --url/-c)"
+        )
     if code:
         raise SystemExit(code)
 
