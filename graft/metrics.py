@@ -46,7 +46,8 @@ class NodeMetrics:
         )
         self.proposals_failed = Counter(
             "graft_proposals_failed",
-            "Commands that failed (not leader, timeout, overwritten).",
+            "Commands refused before they were proposed, by reason (not_leader, transfer, "
+            "overloaded, no_space).",
             ["reason"],
             registry=r,
         )
