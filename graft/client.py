@@ -311,21 +311,7 @@ class GraftClient:
 
     def status_all(self) -> list[MemberStatus]:
         """GET /status from every member at once; an unreachable member is a row, not an error."""
-
-        def one(url: str) -> MemberStatus:
-            node = self.name_of(url)
-            try:
-                answer = self.request("GET", url + "/status").json()
-            except ClientError as err:
-                return MemberStatus(node=node, url=url, error=err.message)
-            except ValueError:
-                return MemberStatus(node=node, url=url, error="answered /status with non-JSON")
-            if not isinstance(answer, dict):
-                return MemberStatus(node=node, url=url, error="answered /status with non-object")
-            return MemberStatus(node=node, url=url, status=answer)
-
-        with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
-            return list(pool.map(one, self.urls))
+        return self._statuses([(self.name_of(url), url) for url in self.urls])
 
     def cluster_status(self) -> ClusterStatus:
         """The members as the cluster knows them (GET /cluster/members of the first member
