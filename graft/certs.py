@@ -254,3 +254,13 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def certificate_not_after(path: Path) -> float | None:
+    """When the PEM certificate at ``path`` expires (its notAfter, Unix time), or None when
+    the file cannot be read as one (the transport reports that, loudly, on its own)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return cert.not_valid_after_utc.timestamp()

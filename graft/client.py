@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from graft.origin import url_host
+
 # How often a 307 may be followed before we suspect a loop between two nodes.
 MAX_REDIRECTS = 5
 # Backoff between no_leader retries: starts short (elections take a few hundred ms).
@@ -104,6 +106,16 @@ class MemberStatus:
     @property
     def reachable(self) -> bool:
         return self.status is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterStatus:
+    """``GraftClient.cluster_status``: the membership document and the member it came from
+    (None when no member gave one), and each member's status row, voters first."""
+
+    membership: Mapping[str, Any] | None
+    asked: str | None
+    members: list[MemberStatus]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,9 +356,41 @@ class GraftClient:
 
     def status_all(self) -> list[MemberStatus]:
         """GET /status from every member at once; an unreachable member is a row, not an error."""
+        return self._statuses([(self.name_of(url), url) for url in self.urls])
 
-        def one(url: str) -> MemberStatus:
-            node = self.name_of(url)
+    def cluster_status(self) -> ClusterStatus:
+        """The members as the cluster knows them (GET /cluster/members of the first member
+        that answers, learners and members added at run time included), then GET /status of
+        each at the address the cluster knows. When no member gives the membership, the
+        members are the URLs the client was given (``membership`` is then None)."""
+        for url in self.urls:
+            try:
+                document = self.request("GET", url + "/cluster/members").json()
+            except (ClientError, ValueError):
+                continue
+            members = _member_urls(document, url)
+            if members is not None:
+                # Name the members' URLs in messages by their ids.
+                self.names = {**self.names, **{u: n for n, u in members if u is not None}}
+                return ClusterStatus(
+                    membership=document, asked=url, members=self._statuses(members)
+                )
+        return ClusterStatus(
+            membership=None,
+            asked=None,
+            members=self._statuses([(self.name_of(url), url) for url in self.urls]),
+        )
+
+    def _statuses(self, members: Sequence[tuple[str, str | None]]) -> list[MemberStatus]:
+        """GET /status of each (node, url) at once; a member without a URL, or unreachable, is
+        a row with its error."""
+
+        def one(member: tuple[str, str | None]) -> MemberStatus:
+            node, url = member
+            if url is None:
+                return MemberStatus(
+                    node=node, url="", error=f"the cluster knows no API address for {node}"
+                )
             try:
                 answer = self.request("GET", url + "/status").json()
             except ClientError as err:
@@ -357,8 +401,8 @@ class GraftClient:
                 return MemberStatus(node=node, url=url, error="answered /status with non-object")
             return MemberStatus(node=node, url=url, status=answer)
 
-        with ThreadPoolExecutor(max_workers=min(len(self.urls), 16)) as pool:
-            return list(pool.map(one, self.urls))
+        with ThreadPoolExecutor(max_workers=max(1, min(len(members), 16))) as pool:
+            return list(pool.map(one, members))
 
     # -- cluster administration ----------------------------------------------------------------
     # Any member may be asked: a follower has the leader carry the operation out. Like commands,
@@ -588,6 +632,28 @@ def _results(response: Response) -> list[dict[str, Any]]:
             "state machine?",
         )
     return results
+
+
+def _member_urls(document: Any, asked: str) -> list[tuple[str, str | None]] | None:
+    """(id, API base URL) of each member of a GET /cluster/members answer, voters then
+    learners, with the scheme of the URL that answered; None if it is not such an answer."""
+    if not isinstance(document, dict):
+        return None
+    voters, learners = document.get("voters"), document.get("learners", [])
+    addresses = document.get("addresses")
+    if not isinstance(voters, list) or not voters or not isinstance(learners, list):
+        return None
+    if not isinstance(addresses, dict):
+        return None
+    scheme = urllib.parse.urlsplit(asked).scheme or "http"
+    members: list[tuple[str, str | None]] = []
+    for node in [*voters, *learners]:
+        address = addresses.get(node)
+        url = None
+        if isinstance(address, dict) and isinstance(address.get("api"), int):
+            url = f"{scheme}://{url_host(str(address.get('host')))}:{address['api']}"
+        members.append((str(node), url))
+    return members
 
 
 def _base_url(url: str) -> str:

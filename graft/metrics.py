@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# Snapshots take from milliseconds (a small state) to minutes (gigabytes over the network).
+_SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -35,7 +46,8 @@ class NodeMetrics:
         )
         self.proposals_failed = Counter(
             "graft_proposals_failed",
-            "Commands that failed (not leader, timeout, overwritten).",
+            "Commands refused before they were proposed, by reason (not_leader, transfer, "
+            "overloaded, no_space).",
             ["reason"],
             registry=r,
         )
@@ -91,5 +103,96 @@ class NodeMetrics:
         self.replica_check_index = Gauge(
             "graft_replica_check_index",
             "The log index of the last replica consistency check (0: none ran).",
+            registry=r,
+        )
+        self._add_operator_metrics(r)
+        # The standard process_* and python_* series every Prometheus exporter has.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def _add_operator_metrics(self, r: CollectorRegistry) -> None:
+        """What an operator of a replicated store watches: leadership, followers' progress,
+        peers' round-trip time, snapshots, sizes, durations (docs/operations.md has the table
+        and example alerts)."""
+        self.has_leader = Gauge(
+            "graft_has_leader", "1 if this node knows a leader (itself included).", registry=r
+        )
+        self.follower_match_index = Gauge(
+            "graft_follower_match_index",
+            "On the leader: the highest log index known to be on each follower.",
+            ["peer"],
+            registry=r,
+        )
+        self.follower_lag_entries = Gauge(
+            "graft_follower_lag_entries",
+            "On the leader: how many entries of the leader's log each follower lacks.",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_round_trip = Histogram(
+            "graft_peer_round_trip_seconds",
+            "From sending a heartbeat to a peer to its answer arriving (on the leader).",
+            ["peer"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.proposals_pending = Gauge(
+            "graft_proposals_pending",
+            "Commands proposed on this node and waiting to be applied.",
+            registry=r,
+        )
+        self.apply_duration = Histogram(
+            "graft_apply_duration_seconds",
+            "Duration of applying one batch of committed entries to the FSM.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.log_bytes = Gauge(
+            "graft_log_bytes",
+            "Size of the log on disk (its segment files), as of the scrape.",
+            registry=r,
+        )
+        self.fsm_bytes = Gauge(
+            "graft_fsm_bytes",
+            "Size of the FSM's state (the SQLite files; the kv FSM's keys and values), as of "
+            "the scrape.",
+            registry=r,
+        )
+        self.snapshots_taken = Counter(
+            "graft_snapshots_taken", "Snapshots this node took of its own FSM.", registry=r
+        )
+        self.snapshot_take_duration = Histogram(
+            "graft_snapshot_take_duration_seconds",
+            "From starting a snapshot of this node's FSM to the snapshot being on disk.",
+            buckets=_SNAPSHOT_BUCKETS,
+            registry=r,
+        )
+        self.snapshots_installed = Counter(
+            "graft_snapshots_installed",
+            "Snapshots received from the leader and installed (the FSM restored from them).",
+            registry=r,
+        )
+        self.snapshot_install_duration = Histogram(
+            "graft_snapshot_install_duration_seconds",
+            "Duration of installing a snapshot received from the leader.",
+            buckets=_SNAPSHOT_BUCKETS,
+            registry=r,
+        )
+        self.snapshots_sent = Counter(
+            "graft_snapshots_sent",
+            "Snapshots this node streamed to a follower, by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.snapshot_send_duration = Histogram(
+            "graft_snapshot_send_duration_seconds",
+            "Duration of streaming a snapshot to a follower.",
+            buckets=_SNAPSHOT_BUCKETS,
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "graft_certificate_expiry_timestamp_seconds",
+            "When this node's peer certificate expires (notAfter, Unix time); 0 if unknown.",
             registry=r,
         )

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from graft.agreement import cluster_settings
 from graft.api import make_api_site
+from graft.certs import certificate_not_after
 from graft.config import ClusterConfig, ConfigError
 from graft.driver.clock import ReactorTime
 from graft.driver.node import GraftNode
@@ -169,6 +170,7 @@ def make_service(
         limits=connection_limits(cfg),
     )
     node.attach_peers(transport)
+    node.set_certificate_expiry(certificate_not_after(cfg.tls_for(node_id).cert))
     node.limit_waiters(
         commands=cfg.api.limits.max_pending_commands, reads=cfg.api.limits.max_read_waiters
     )

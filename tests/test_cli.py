@@ -23,7 +23,14 @@ from graft.cli import app, cluster, dev, join, render
 from graft.cli import node as node_commands
 from graft.cli.errors import DEBUG_ENV
 from graft.client import MemberStatus
-from tests.support.http_node import Reply, dead_url, error_reply, json_reply, start_fake_node
+from tests.support.http_node import (
+    Reply,
+    Seen,
+    dead_url,
+    error_reply,
+    json_reply,
+    start_fake_node,
+)
 
 
 def run(args: Sequence[str], stdin: str | bytes | None = None) -> Result:
@@ -332,40 +339,135 @@ def follower_status(node: str, applied: int) -> dict[str, Any]:
 
 class StatusTests(CLITestCase):
     def test_table_with_one_unreachable_node(self) -> None:
-        """Status asks every member of the config; the dead one is a row, not a failure."""
+        """Without a membership from the cluster (these fakes answer /cluster/members with a
+        status), status asks every member of the config; the dead one is a row and the exit
+        code is 3, naming it."""
         alpha = start_fake_node(self, json_reply(200, leader_status()))
         beta = start_fake_node(self, json_reply(200, follower_status("beta", 9)))
         gamma = dead_url()
         path = write_config(self.tmpdir(), [port_of(u) for u in (alpha.url, beta.url, gamma)])
         result = run(["status", "-c", str(path)])
-        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.exit_code, render.STATUS_UNREACHABLE_EXIT, result.output)
         self.assertEqual(
             result.stdout.splitlines(),
             [
-                "node   role         term  leader  commit  applied  last index  lag  reachable",
-                "-----  -----------  ----  ------  ------  -------  ----------  ---  ---------",
-                "alpha  leader       3     alpha   10      10       11          0    yes",
-                "beta   follower     3     alpha   10      9        10          3    yes",
-                "gamma  unreachable  -     -       -       -        -           -    no",
+                "node   member  role         term  leader  commit  applied  last index  lag  log"
+                "  fsm  cert expires  reachable",
+                "-----  ------  -----------  ----  ------  ------  -------  ----------  ---  ---"
+                "  ---  ------------  ---------",
+                "alpha  -       leader       3     alpha   10      10       11          0    -"
+                "    -    -             yes",
+                "beta   -       follower     3     alpha   10      9        10          3    -"
+                "    -    -             yes",
+                "gamma  -       unreachable  -     -       -       -        -           -    -"
+                "    -    -             no",
             ],
         )
-        self.assertIn("node gamma at", result.stderr)
+        self.assertIn("showing the configured members", result.stderr)
+        self.assertIn("graft status: gamma did not answer: node gamma at", result.stderr)
 
     def test_json(self) -> None:
         """--json gives one object per member with reachable and the fields of the table."""
-        alpha = start_fake_node(self, json_reply(200, leader_status()))
+        alpha = start_fake_node(self, json_reply(200, leader_status(log_bytes=4096)))
         dead = dead_url()
         result = run(["status", "--url", alpha.url, "--url", dead, "--json"])
-        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.exit_code, render.STATUS_UNREACHABLE_EXIT, result.output)
         rows = json.loads(result.stdout)
         self.assertEqual([row["reachable"] for row in rows], [True, False])
         self.assertEqual((rows[0]["role"], rows[0]["last_index"]), ("leader", 11))
+        self.assertEqual(rows[0]["log_bytes"], 4096)
+        self.assertEqual(
+            set(rows[0]),
+            {
+                "node", "member", "url", "reachable", "role", "term", "leader", "commit",
+                "applied", "last_index", "lag", "log_bytes", "fsm_bytes", "cert_expires",
+            },
+        )  # fmt: skip
+        self.assertEqual(set(rows[1]), {"node", "member", "url", "reachable", "error"})
+
+    def cluster(self, members: dict[str, Any], learners: tuple[str, ...] = ()) -> str:
+        """Fake nodes for ``members`` (id -> its /status document, or None for a member that
+        is down); each answers GET /cluster/members with all of them at their fake address.
+        Returns the URL of the first, the only one a client is given."""
+        nodes = {node: start_fake_node(self) for node, doc in members.items() if doc}
+        addresses = {}
+        for node, doc in members.items():
+            port = port_of(nodes[node].url) if doc else port_of(dead_url())
+            addresses[node] = {"host": "127.0.0.1", "p2p": 1, "api": port}
+        document = {
+            "leader": next((d["leader"] for d in members.values() if d), None),
+            "voters": [n for n in members if n not in learners],
+            "learners": list(learners),
+            "addresses": addresses,
+        }
+        for node, fake in nodes.items():
+            status = members[node]
+
+            def answer(seen: Seen, status: dict[str, Any] = status) -> Reply:
+                if seen.path == "/cluster/members":
+                    return json_reply(200, document)
+                return json_reply(200, status)
+
+            fake.default = answer
+        return nodes[next(iter(nodes))].url
+
+    def test_membership_comes_from_the_cluster(self) -> None:
+        """The client is given one member; the cluster's membership adds a voter and a
+        learner added at run time, each asked at the address the cluster knows; exit 0."""
+        url = self.cluster(
+            {
+                "alpha": leader_status(
+                    certificate={"not_after": "2030-01-01T00:00:00Z"}, fsm_bytes=1536
+                ),
+                "beta": follower_status("beta", 10),
+                "delta": {**follower_status("delta", 10), "role": "learner"},
+            },
+            learners=("delta",),
+        )
+        result = run(["status", "--url", url, "--json"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        rows = json.loads(result.stdout)
+        self.assertEqual(
+            [(r["node"], r["member"], r["role"]) for r in rows],
+            [("alpha", "voter", "leader"), ("beta", "voter", "follower"),
+             ("delta", "learner", "learner")],
+        )  # fmt: skip
+        self.assertEqual(rows[0]["cert_expires"], "2030-01-01T00:00:00Z")
+        table = run(["status", "--url", url])
+        self.assertEqual(table.exit_code, 0, table.output)
+        self.assertIn("1.5K", table.stdout)
+        self.assertIn("2030-01-01T00:00:00Z", table.stdout)
+
+    def test_unreachable_member_is_named(self) -> None:
+        """A member the cluster knows (not in the client's list) that does not answer: exit
+        3, and the line names it, its membership and why."""
+        url = self.cluster(
+            {"alpha": leader_status(), "beta": follower_status("beta", 10), "gamma": None}
+        )
+        result = run(["status", "--url", url])
+        self.assertEqual(result.exit_code, render.STATUS_UNREACHABLE_EXIT, result.output)
+        self.assertIn("graft status: voter gamma did not answer: node gamma at", result.stderr)
+        self.assertIn("connection refused", result.stderr)
+        self.assertNotIn("alpha did not answer", result.stderr)
+
+    def test_no_leader(self) -> None:
+        """No member that answers knows a leader: exit 4, naming each one's role and the
+        member that is down."""
+        down = {**follower_status("alpha", 10), "leader": None, "role": "pre-candidate"}
+        url = self.cluster({"alpha": down, "beta": None, "gamma": None})
+        result = run(["status", "--url", url])
+        self.assertEqual(result.exit_code, render.STATUS_NO_LEADER_EXIT, result.output)
+        self.assertIn("no leader (alpha pre-candidate); beta, gamma did not answer", result.stderr)
+        self.assertIn("4  no member knows a leader", run(["status", "--help"]).stdout)
 
     def test_nobody_answers(self) -> None:
-        """When no member answers, status exits non-zero saying to start the cluster."""
-        result = run(["status", "--url", dead_url()])
+        """When no member answers, status exits non-zero saying why for each and to start the
+        cluster."""
+        url = dead_url()
+        result = run(["status", "--url", url])
         self.assertNotEqual(result.exit_code, 0)
         self.assertIn("is the cluster running?", result.stderr)
+        self.assertIn(f"graft status: {url} did not answer: ", result.stderr)
 
     def test_lag_without_leader(self) -> None:
         """Without a leader's view, lag is how far applied is behind the highest commit."""

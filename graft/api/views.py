@@ -3,6 +3,7 @@ changes, which answer the new membership), rendered from the driver's typed snap
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from graft.driver.port import MemberList, NodeStatus
@@ -37,6 +38,23 @@ def status_document(st: NodeStatus) -> dict[str, Any]:
                 "active": p.active,
             }
             for peer, p in st.progress.items()
+        }
+    out.update(_sizes_and_certificate(st))
+    return out
+
+
+def _sizes_and_certificate(st: NodeStatus) -> dict[str, Any]:
+    """The keys added for operators (graft status): only those the node knows."""
+    out: dict[str, Any] = {}
+    if st.log_bytes is not None:
+        out["log_bytes"] = st.log_bytes
+    if st.fsm_bytes is not None:
+        out["fsm_bytes"] = st.fsm_bytes
+    if st.certificate_not_after is not None:
+        when = datetime.fromtimestamp(st.certificate_not_after, tz=UTC)
+        out["certificate"] = {
+            "not_after": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "not_after_unix": int(st.certificate_not_after),
         }
     return out
 

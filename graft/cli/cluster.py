@@ -23,6 +23,7 @@ from graft.cli.render import (
     print_output,
     render_status_table,
     shown_path,
+    status_problems,
     status_rows,
     table,
 )
@@ -179,25 +180,54 @@ def query(
 @click.command()
 @client_options()
 def status(as_json: bool, **options: Any) -> None:
-    """Show each member's role, term, leader, indexes and lag."""
+    """Show the cluster's members as the cluster knows them (learners and members added at run
+    time included): each one's membership (voter, learner), role, term, leader, commit and
+    applied index, lag behind the leader (entries), log and FSM size, and when its peer
+    certificate expires.
+
+    The membership comes from the first member that answers (GET /cluster/members), then each
+    member is asked at the address the cluster knows; when no member gives it, the members of
+    the config (or --url) are shown.
+
+    \b
+    Exit codes:
+      0  a leader is known and every member answered
+      1  no member answered (or another error)
+      3  a member did not answer (its name and why are printed)
+      4  no member knows a leader
+
+    --json prints a list with one object per member: node, member (voter, learner or null),
+    url, reachable, and either error (when unreachable) or role, term, leader, commit,
+    applied, last_index, lag, log_bytes, fsm_bytes and cert_expires (ISO 8601, UTC), each
+    null when unknown.
+    """
     client = make_client(ClientSettings(**options))
-    statuses = client.status_all()
-    rows = status_rows(statuses)
+    found = client.cluster_status()
+    statuses = found.members
+    rows = status_rows(statuses, found.membership)
     last_check = newest_check(statuses)
     if as_json:
         click.echo(json.dumps(rows))
     else:
         click.echo(render_status_table(rows))
-        for row in rows:
-            if not row["reachable"]:
-                click.echo(f"  {row['error']}", err=True)
         if last_check is not None:
             click.echo(check_summary(last_check))
-    if not any(row["reachable"] for row in rows):
+    problems, code = status_problems(rows)
+    anyone = any(row["reachable"] for row in rows)
+    if found.membership is None and anyone:
+        click.echo(
+            "graft status: no member listed the membership; showing the configured members",
+            err=True,
+        )
+    for problem in problems:
+        click.echo(f"graft status: {problem}", err=True)
+    if not anyone:
         raise GraftCLIError(
             "no member answered: is the cluster running? (start it with `graft dev -c FILE` "
             "or check --url/-c)"
         )
+    if code:
+        raise SystemExit(code)
 
 
 # `graft check` exit codes beyond 0 (all members gave the same digest) and 1 (an error, or a

@@ -100,6 +100,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 STATUS_COLUMNS = (
     "node",
+    "member",
     "role",
     "term",
     "leader",
@@ -107,14 +108,20 @@ STATUS_COLUMNS = (
     "applied",
     "last index",
     "lag",
+    "log",
+    "fsm",
+    "cert expires",
     "reachable",
 )
 
 
-def status_rows(members: Sequence[MemberStatus]) -> list[dict[str, Any]]:
+def status_rows(
+    members: Sequence[MemberStatus], membership: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """One JSON-ready row per member. ``lag`` is the leader's view (its last index minus the
     member's match index) when the leader answered, else how far the member's applied index is
-    behind the highest commit index seen."""
+    behind the highest commit index seen. ``member`` is voter or learner as ``membership`` (a
+    GET /cluster/members answer) says, None without one."""
     leader_progress: Mapping[str, Any] = {}
     leader_id: str | None = None
     for member in members:
@@ -127,9 +134,16 @@ def status_rows(members: Sequence[MemberStatus]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for member in members:
         st = member.status
+        kind = _member_kind(membership, member.node)
         if st is None:
             rows.append(
-                {"node": member.node, "url": member.url, "reachable": False, "error": member.error}
+                {
+                    "node": member.node,
+                    "member": kind,
+                    "url": member.url,
+                    "reachable": False,
+                    "error": member.error,
+                }
             )
             continue
         node_id = str(st.get("id", member.node))
@@ -144,6 +158,7 @@ def status_rows(members: Sequence[MemberStatus]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "node": node_id,
+                "member": _member_kind(membership, node_id),
                 "url": member.url,
                 "reachable": True,
                 "role": st.get("role"),
@@ -153,9 +168,71 @@ def status_rows(members: Sequence[MemberStatus]) -> list[dict[str, Any]]:
                 "applied": st.get("applied"),
                 "last_index": st.get("last_index"),
                 "lag": lag,
+                "log_bytes": st.get("log_bytes"),
+                "fsm_bytes": st.get("fsm_bytes"),
+                "cert_expires": _certificate_expiry(st),
             }
         )
     return rows
+
+
+def _member_kind(membership: Mapping[str, Any] | None, node: str) -> str | None:
+    if membership is None:
+        return None
+    for key, kind in (("voters", "voter"), ("learners", "learner")):
+        ids = membership.get(key)
+        if isinstance(ids, list) and node in ids:
+            return kind
+    return None
+
+
+def _certificate_expiry(status: Mapping[str, Any]) -> str | None:
+    certificate = status.get("certificate")
+    if isinstance(certificate, Mapping) and isinstance(certificate.get("not_after"), str):
+        return str(certificate["not_after"])
+    return None
+
+
+# `graft status` exit codes beyond 0 (a leader, every member answered) and 1 (no member
+# answered, or an error).
+STATUS_UNREACHABLE_EXIT = 3  # a leader, but some member did not answer
+STATUS_NO_LEADER_EXIT = 4  # no member that answered knows a leader
+
+
+def status_problems(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], int]:
+    """What is wrong, one line each, and the exit code it calls for (0: nothing)."""
+    problems: list[str] = []
+    code = 0
+    for row in rows:
+        if not row["reachable"]:
+            kind = f"{row['member']} " if row.get("member") else ""
+            problems.append(f"{kind}{row['node']} did not answer: {row.get('error')}")
+            code = STATUS_UNREACHABLE_EXIT
+    answered = [row for row in rows if row["reachable"]]
+    leaders = {row.get("leader") for row in answered if row.get("leader")}
+    if answered and not leaders:
+        roles = ", ".join(f"{row['node']} {row.get('role')}" for row in answered)
+        down = [row["node"] for row in rows if not row["reachable"]]
+        why = (
+            f"; {', '.join(down)} did not answer: a majority of the voters must be up and connected"
+            if down
+            else ": an election may be under way, or the voters cannot reach each other"
+        )
+        problems.append(f"no leader ({roles}){why}")
+        code = STATUS_NO_LEADER_EXIT
+    return problems, code
+
+
+def human_bytes(size: Any) -> str:
+    """1536 -> 1.5K: short sizes for the table (JSON keeps exact bytes)."""
+    if not isinstance(size, int):
+        return "-"
+    value = float(size)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(size)
 
 
 def render_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -164,12 +241,22 @@ def render_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
     cells = []
     for row in rows:
+        member = shown(row.get("member"))
         if not row["reachable"]:
-            cells.append([row["node"], "unreachable", "-", "-", "-", "-", "-", "-", "no"])
+            cells.append([row["node"], member, "unreachable", *["-"] * 9, "no"])
             continue
         cells.append(
-            # The row's keys are the column names with "_" for " ", "reachable" aside.
-            [shown(row[column.replace(" ", "_")]) for column in STATUS_COLUMNS[:-1]] + ["yes"]
+            [
+                row["node"],
+                member,
+                *[shown(row[key]) for key in ("role", "term", "leader", "commit", "applied")],
+                shown(row["last_index"]),
+                shown(row["lag"]),
+                human_bytes(row.get("log_bytes")),
+                human_bytes(row.get("fsm_bytes")),
+                shown(row.get("cert_expires")),
+                "yes",
+            ]
         )
     return table(list(STATUS_COLUMNS), cells)
 

@@ -4,6 +4,7 @@ marked rejected (``graft skip-entry``), and the stop on an entry the FSM raises 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from twisted.logger import Logger
@@ -60,6 +61,7 @@ class Applier:
 
     def apply(self, entries: Sequence[Entry]) -> bool:
         """Apply committed entries in order; False if the FSM raised (the node then stops)."""
+        batch_started = time.perf_counter()
         now = self._clock.seconds()
         leader = self._raft.leader or ""
         apply_stamped = self._apply_stamped
@@ -115,6 +117,7 @@ class Applier:
                     self._metrics.commit_latency.observe(now - started)
         self._resolve(results)
         self._applied.advance(entries[-1].index)
+        self._metrics.apply_duration.observe(time.perf_counter() - batch_started)
         return True
 
     def _resolve(self, results: list[tuple[int, int, CommandResult]] | None) -> None:

@@ -26,6 +26,7 @@ from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import PeerRequests
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.membership import MembershipManager
+from graft.driver.observe import Observations
 from graft.driver.peers import PeerChannel, PeerPort
 from graft.driver.pipeline import DurableStorage, Inbox, ReadyPipeline
 from graft.driver.port import (
@@ -82,6 +83,7 @@ class DriverParts:
     checks: ReplicaChecks
     space: SpaceReporting
     requests: PeerRequests
+    observations: Observations
 
 
 class GraftNode(Service, ClusterBackend, ClusterAdmin):
@@ -161,6 +163,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
 
     def receive(self, message: Message) -> None:
         """A message from a peer (the transport's on_message)."""
+        self._parts.observations.received(message)
         self._parts.inbox.receive(message)
 
     def peer_lost(self, peer: str) -> None:
@@ -185,6 +188,10 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
         """Treat these entries (``graft skip-entry``, read from the data dir) as commands the
         FSM refused, if the log still holds them when they are applied. Call before start."""
         self._parts.applier.skip_rejected(rejected)
+
+    def set_certificate_expiry(self, not_after: float | None) -> None:
+        """This node's peer certificate's notAfter (Unix time), for /status and /metrics."""
+        self._parts.observations.set_certificate_expiry(not_after)
 
     def watch_space(self, monitor: SpaceMonitor) -> None:
         """Refuse writes while the data dir (or, on the leader, a follower's) is over its
@@ -214,6 +221,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
         for peer in self._parts.membership.api_members():
             if peer != self.node_id:
                 self._metrics.peer_connected.labels(peer=peer).set(peer in connected)
+        self._parts.observations.refresh()
         return self._metrics.registry
 
     def leader_id(self) -> str | None:
@@ -274,6 +282,9 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
             last_check=p.checks.last,
             space=p.space.status(),
             progress=progress,
+            log_bytes=p.observations.log_bytes(),
+            fsm_bytes=p.observations.fsm_bytes(),
+            certificate_not_after=p.observations.certificate_not_after,
         )
 
     def is_ready(self) -> bool:

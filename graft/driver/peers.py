@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
@@ -36,6 +36,8 @@ class PeerPort:
 
     def __init__(self) -> None:
         self._channel: PeerChannel | None = None
+        # Told of every batch of messages handed to the channel (the heartbeat timer).
+        self.on_sent: Callable[[Sequence[Message]], None] | None = None
 
     def attach(self, channel: PeerChannel) -> None:
         self._channel = channel
@@ -47,6 +49,8 @@ class PeerPort:
     def send_all(self, messages: Sequence[Message]) -> None:
         if self._channel is not None and messages:
             self._channel.send_all(messages)
+            if self.on_sent is not None:
+                self.on_sent(messages)
 
     def call(
         self, peer: str, command: str, args: dict[str, Any], *, timeout: float | None = None

@@ -98,6 +98,9 @@ class NodeStatus:
     last_check: Mapping[str, Any] | None = None  # the latest replica check's result
     space: Mapping[str, Any] | None = None  # the data dir's quota (graft.space), if watched
     progress: Mapping[str, PeerProgress] | None = None  # on the leader only
+    log_bytes: int | None = None  # the log's size on disk, when the storage can tell
+    fsm_bytes: int | None = None  # the FSM's size, when it can tell
+    certificate_not_after: float | None = None  # this node's peer certificate (Unix time)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

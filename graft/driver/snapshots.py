@@ -4,6 +4,7 @@ from the leader, and streaming this node's to a follower (graft.driver.snapshot_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +23,7 @@ from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.errors import BadRequest, GraftError
 from graft.fsm import StateMachine, begin_snapshot
+from graft.metrics import NodeMetrics
 from graft.raft.messages import InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
@@ -50,6 +52,7 @@ class Snapshots:
         settings: DriverSettings,
         run_in_thread: RunInThread,
         receiver: SnapshotReceiver | None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._raft = raft
         self._storage = storage
@@ -61,6 +64,8 @@ class Snapshots:
         self._settings = settings
         self._run_in_thread = run_in_thread
         self._receiver = receiver
+        self._metrics = metrics or NodeMetrics()
+        self._sending: dict[str, float] = {}  # follower -> when its snapshot started to leave
         self.index = storage.snapshot_meta().index  # the latest snapshot's index
         self._taking: Deferred[dict[str, Any]] | None = None
         self._sender = SnapshotSender(
@@ -93,6 +98,7 @@ class Snapshots:
             return fail(
                 RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
             )
+        started = time.perf_counter()
         d: Deferred[None] = self._storage.install_snapshot(meta, path, self._settings.fsm_name)
 
         def restore(_: object) -> None:
@@ -103,6 +109,8 @@ class Snapshots:
                 self._receiver.installed(meta)
             self.index = meta.index
             self._applier.skipped_to(meta.index, meta.membership, meta.stamp_floor_ns)
+            self._metrics.snapshots_installed.inc()
+            self._metrics.snapshot_install_duration.observe(time.perf_counter() - started)
             log.info("installed snapshot {index} from the leader", index=meta.index)
 
         d.addCallback(restore)
@@ -112,6 +120,7 @@ class Snapshots:
 
     def send(self, message: InstallSnapshot) -> None:
         """Stream this node's latest snapshot to the follower the core asked to send it to."""
+        self._sending.setdefault(message.to, time.perf_counter())
         self._sender.send(message)
 
     def _latest_local(self) -> LocalSnapshot | None:
@@ -127,6 +136,10 @@ class Snapshots:
         )
 
     def _report(self, peer: str, ok: bool) -> None:
+        started = self._sending.pop(peer, None)
+        self._metrics.snapshots_sent.labels(result="ok" if ok else "failed").inc()
+        if started is not None:
+            self._metrics.snapshot_send_duration.observe(time.perf_counter() - started)
         if self._raft.role is Role.LEADER:
             self._raft.report_snapshot(peer, ok)
             self._pipeline.schedule()
@@ -184,8 +197,12 @@ class Snapshots:
             self._storage.save_snapshot, meta, self._settings.fsm_name, write
         )
 
+        timer = time.perf_counter()
+
         def compact(_: object) -> Deferred[None]:
             self.index = max(self.index, meta.index)
+            self._metrics.snapshots_taken.inc()
+            self._metrics.snapshot_take_duration.observe(time.perf_counter() - timer)
             log.info(
                 "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
                 index=meta.index,

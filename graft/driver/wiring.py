@@ -29,6 +29,7 @@ from graft.driver.forwarding import (
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.membership import MembershipManager
 from graft.driver.node import DriverParts, GraftNode
+from graft.driver.observe import Observations
 from graft.driver.peers import PeerChannel, PeerPort
 from graft.driver.pipeline import DurableStorage, Inbox, ReadyPipeline, Stages
 from graft.driver.proposals import Proposer
@@ -195,6 +196,7 @@ def build_node(
         settings=settings,
         run_in_thread=run_in_thread,
         receiver=receiver,
+        metrics=metrics,
     )
     membership = MembershipManager(
         raft=raft,
@@ -240,6 +242,15 @@ def build_node(
             (REPLICA_DIGEST, checks.digest_asked),
         ]
     )
+    observations = Observations(
+        raft=raft,
+        storage=storage,
+        fsm=fsm,
+        metrics=metrics,
+        proposals=proposals,
+        monotonic=monotonic or clock.seconds,
+    )
+    port.on_sent = observations.sent
     pipeline.connect(
         Stages(
             applier=applier,
@@ -272,6 +283,7 @@ def build_node(
             checks=checks,
             space=space,
             requests=requests,
+            observations=observations,
         )
     )
 

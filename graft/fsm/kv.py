@@ -271,6 +271,12 @@ class KeyValueStateMachine:
         self._set(key, value)
         return _dumps({"ok": True, "value": value})
 
+    def size_bytes(self) -> int:
+        """The UTF-8 length of every key and value (for metrics and status); one pass over
+        the map, so read it at scrape time, not per command."""
+        data = self._data if self._overlay is None else self._merged()
+        return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+
     def query(self, query: bytes) -> bytes:
         try:
             _, request = _parse(query, _QUERIES, "query")

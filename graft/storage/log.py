@@ -201,6 +201,12 @@ class DurableLog:
     def first_index(self) -> int:
         return self._first
 
+    @property
+    def log_bytes(self) -> int:
+        """The size of the log's segment files (for metrics and status). The writer thread
+        changes the list: a copy of it is taken at once, and each size is one int to read."""
+        return sum(segment.size for segment in list(self._writer.disk.segments))
+
     def last_index(self) -> int:
         return self._first + len(self._entries) - 1
 

@@ -186,7 +186,8 @@ class PeerConnection(TwistedProtocol):
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self._hello_timer = None
-        if self.peer is None and not self._refused:
+        # An outbound attempt's failure is the transport's reachability line, once per change.
+        if self.peer is None and not self._refused and not self.outbound:
             log.warn(
                 "peer connection {connection} closed before it was authenticated: {reason}",
                 connection=self.describe(),

@@ -29,6 +29,7 @@ from graft.raft.messages import Message
 from graft.transport.dialer import Backoff, PeerDialer
 from graft.transport.errors import PeerUnavailable
 from graft.transport.protocol import PeerConnection
+from graft.transport.reachability import Reachability
 from graft.transport.tls import PeerTLSFactory, TLSContexts, TLSPaths
 from graft.wire import (
     COMMANDS,
@@ -176,6 +177,7 @@ class PeerTransport(Service):
         self._admit_unlisted = False
         self._unlisted_members: frozenset[str] = frozenset()
         self._unlisted: dict[str, PeerConnection] = {}
+        self.reachability = Reachability()
 
     # -- service -----------------------------------------------------------------------------
 
@@ -259,6 +261,7 @@ class PeerTransport(Service):
             if peer_id == self.node_id or (peer_id in self._peers and not moved):
                 continue
             dialer = self._dialers.pop(peer_id, None)
+            self.reachability.forget(peer_id)
             if dialer is not None:
                 dialer.stop()
             for connection in list(self._connections):
@@ -315,6 +318,7 @@ class PeerTransport(Service):
                 connection.drop("the peer is no longer a member")
                 return
             dialer.authenticated()
+            self.reachability.reached(peer, self._address_of(peer))
             previous = self._outbound.get(peer)
             self._outbound[peer] = connection
             if previous is not None and previous is not connection:
@@ -327,6 +331,10 @@ class PeerTransport(Service):
                 self._unlisted[peer] = connection
 
     def connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        expected = connection.expected_peer
+        if connection.peer is None and expected in self._dialers and self.running:
+            # Our dial connected but was never accepted: TLS or the hello was refused.
+            self.reachability.failed(expected, self._address_of(expected), reason)
         if connection in self._connections and not connection.outbound:
             self._count_inbound_lost(connection)
         self._connections.discard(connection)
@@ -459,6 +467,11 @@ class PeerTransport(Service):
     def _dial_failed(self, peer_id: str, reason: Failure) -> None:
         self.stats.dial_failures += 1
         log.debug("dialling {peer} failed: {reason}", peer=peer_id, reason=reason.value)
+        self.reachability.failed(peer_id, self._address_of(peer_id), reason)
+
+    def _address_of(self, peer_id: str) -> str:
+        address = self._peers.get(peer_id)
+        return "an unknown address" if address is None else f"{address.host}:{address.p2p_port}"
 
     @staticmethod
     def _interface(host: str) -> str:

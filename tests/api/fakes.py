@@ -237,6 +237,8 @@ class FakeBackend:
             learners=tuple(sorted(self.learners)),
             peers_connected=tuple(sorted(m for m in self.addresses if m != self._node_id)),
             progress=progress,
+            log_bytes=0,  # as the in-memory node's storage and kv FSM, which tell their sizes
+            fsm_bytes=0,
         )
 
     def is_ready(self) -> bool:

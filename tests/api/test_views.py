@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.api.views import members_document, status_document
@@ -76,6 +78,29 @@ class ViewTests(SynchronousTestCase):
                 "last_check", "space", "progress",
             ],
         )  # fmt: skip
+
+    def test_status_document_with_sizes_and_certificate(self) -> None:
+        """The sizes and the certificate's expiry, when the node knows them (ISO 8601 in UTC
+        and Unix time)."""
+        status = dataclasses.replace(
+            STATUS, log_bytes=4096, fsm_bytes=12288, certificate_not_after=1893456000.0
+        )
+        document = status_document(status)
+        self.assertEqual(document["log_bytes"], 4096)
+        self.assertEqual(document["fsm_bytes"], 12288)
+        self.assertEqual(
+            document["certificate"],
+            {"not_after": "2030-01-01T00:00:00Z", "not_after_unix": 1893456000},
+        )
+        # The keys of before are unchanged.
+        self.assertEqual(
+            {
+                k: v
+                for k, v in document.items()
+                if k not in ("log_bytes", "fsm_bytes", "certificate")
+            },
+            status_document(STATUS),
+        )
 
     def test_members_document(self) -> None:
         members = MemberList(

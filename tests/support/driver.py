@@ -86,6 +86,11 @@ class MemoryDurable(MemoryStorage):
     def close(self) -> Deferred[None]:
         return succeed(None)
 
+    @property
+    def log_bytes(self) -> int:
+        """As DurableLog.log_bytes: here the entries' data, as the log has no files."""
+        return sum(len(e.data) for e in self._entries)
+
     # Snapshots are off in these tests (snapshot_entries=0); the driver never calls these.
     def save_snapshot(
         self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]

@@ -431,7 +431,7 @@ class MemoryTLSTests(SynchronousTestCase):
         turing.startService()
         self.pair.connect(_dial_factory(reactor, 8881), _server_factory(self.ritchie_reactor))
         self.assertEqual(turing.connected_peers(), set())
-        self.assertIn("to ritchie", self.log.text())
+        self.assertIn("cannot reach peer ritchie at localhost:8881: TLS refused", self.log.text())
         self.assertIn("VerificationError", self.log.text())
         stopped = turing.stopService()
         self.pair.flush()

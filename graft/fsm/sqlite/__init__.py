@@ -271,6 +271,14 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         self._conn.close()
         self._dates.close()
 
+    def size_bytes(self) -> int:
+        """The database file and its write-ahead log, on disk (for metrics and status)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            path = self._path.with_name(self._path.name + suffix)
+            total += path.stat().st_size if path.exists() else 0
+        return total
+
     # --- the replica consistency check ------------------------------------------------------
 
     def begin_digest(self) -> Callable[[], str]:
