@@ -3,8 +3,10 @@
 It speaks the API's error model (DESIGN.md section 5): an error body
 ``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
 status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
-list when a node is down, and retries ``no_leader`` answers until the deadline, because those
-mean the request was not accepted and an election is probably in progress.
+list when a node is down, and retries what retrying can fix until the deadline (RETRYABLE:
+``no_leader`` and ``no_quorum``, which mean the request was not accepted and another member or
+a moment later may do better). Never a 4xx (``stale``, ``min_index_beyond_log``, ...): the
+same request gets the same answer.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
@@ -18,6 +20,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -36,6 +39,11 @@ MAX_REDIRECTS = 5
 # Backoff between no_leader retries: starts short (elections take a few hundred ms).
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
+# The answers every request retries: nothing was done, and an election that ends or a member
+# in the majority (the walk moves on to the next URL) can do better.
+RETRYABLE = ("no_leader", "no_quorum")
+# Reads also retry a timeout: they change nothing.
+RETRYABLE_READS = (*RETRYABLE, "timeout")
 
 
 class ClientError(Exception):
@@ -277,7 +285,7 @@ class GraftClient:
 
     def command(self, data: bytes) -> Response:
         """POST /command. The node asked forwards to the leader itself; we only move on to the
-        next member when a node is unreachable, and retry no_leader until the deadline. Other
+        next member when a node is unreachable, and retry RETRYABLE until the deadline. Other
         failures are not retried: after a timeout the command may still commit."""
         return self._retrying("POST", "/command", body=data)
 
@@ -290,14 +298,14 @@ class GraftClient:
         max_lag_ms: int | None = None,
     ) -> Response:
         """POST /query (same as GET with a body). Reads are idempotent, so a timeout or a
-        no_leader answer may be retried until the deadline too."""
+        RETRYABLE answer may be retried until the deadline too."""
         params: dict[str, str] = {"consistency": consistency}
         if min_index is not None:
             params["min_index"] = str(min_index)
         if max_lag_ms is not None:
             params["max_lag_ms"] = str(max_lag_ms)
         path = "/query?" + urllib.parse.urlencode(params)
-        return self._retrying("POST", path, body=query, retry_codes=("no_leader", "timeout"))
+        return self._retrying("POST", path, body=query, retry_codes=RETRYABLE_READS)
 
     def status_all(self) -> list[MemberStatus]:
         """GET /status from every member at once; an unreachable member is a row, not an error."""
@@ -323,7 +331,7 @@ class GraftClient:
 
     def members(self) -> dict[str, Any]:
         """GET /cluster/members: ``{"leader", "voters", "learners", "addresses"}``."""
-        return self._admin("GET", "/cluster/members", None, retry_codes=("no_leader", "timeout"))
+        return self._admin("GET", "/cluster/members", None, retry_codes=RETRYABLE_READS)
 
     def add_member(self, node_id: str, host: str, p2p_port: int, api_port: int) -> dict[str, Any]:
         """POST /cluster/members; answers once the new member caught up and is a voter, so give
@@ -424,7 +432,7 @@ class GraftClient:
         path: str,
         document: Any = None,
         *,
-        retry_codes: Sequence[str] = ("no_leader",),
+        retry_codes: Sequence[str] = RETRYABLE,
     ) -> dict[str, Any]:
         body = None if document is None else json.dumps(document).encode("utf-8")
         # A POST without a body still sends an empty one, with a length, for strict proxies.
@@ -445,7 +453,7 @@ class GraftClient:
         path: str,
         *,
         body: bytes | None,
-        retry_codes: Sequence[str] = ("no_leader",),
+        retry_codes: Sequence[str] = RETRYABLE,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         deadline = self.clock() + self.timeout
@@ -468,7 +476,7 @@ class GraftClient:
                 if not self.retry_unreachable:
                     break
             except ClientError as err:
-                if err.code not in retry_codes:
+                if not _retryable(err, retry_codes):
                     raise
                 last = err
                 turn += 1
@@ -483,10 +491,31 @@ class GraftClient:
             raise ClientError(
                 "no_leader",
                 last.status,
-                f"the cluster has no leader after {self.timeout:g}s ({last.message}): check "
-                "`graft status`; a majority of the members must be up and connected",
+                f"the cluster had no leader for {self.timeout:g}s of retrying (last answer: "
+                f"{_without_retry_advice(last.message)}): check `graft status`; a majority of "
+                "the voters must be up and connected",
+            )
+        if last.code == "no_quorum":
+            # The node's message names the voters out of reach and what to do: no more advice.
+            raise ClientError(
+                "no_quorum",
+                last.status,
+                f"no quorum for {self.timeout:g}s of retrying: {last.message}",
             )
         raise last
+
+
+def _retryable(error: ClientError, codes: Sequence[str]) -> bool:
+    """Whether a retry may get another answer: one of ``codes``, and never a 4xx (the same
+    request gets the same refusal)."""
+    if error.status is not None and 400 <= error.status < 500:
+        return False
+    return error.code in codes
+
+
+def _without_retry_advice(message: str) -> str:
+    """A node's message without its closing "retry" advice, for a client that has retried."""
+    return re.sub(r"[;:,]\s*retry( shortly)?\.?$", "", message.rstrip())
 
 
 def _base_url(url: str) -> str:
