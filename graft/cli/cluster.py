@@ -110,13 +110,16 @@ def command(data: str | None, file: Path | None, as_json: bool, **options: Any) 
     "--min-index",
     type=click.IntRange(min=0),
     default=None,
-    help="Wait until the node has applied this index (read your own writes).",
+    help="Wait until the node has applied this index (read your own writes); an index "
+    "beyond the cluster's log is refused at once (min_index_beyond_log).",
 )
 @click.option(
     "--max-lag-ms",
     type=click.IntRange(min=0),
     default=None,
-    help="With weak: refuse when the node is further behind the leader than this.",
+    help="With weak: refuse (409 stale, not retried) when the node asked last heard from a "
+    "leader longer ago than this; the leader itself always answers. Keep it above the "
+    "heartbeat interval (timeouts.heartbeat), or healthy followers refuse at random.",
 )
 @client_options()
 def query(
