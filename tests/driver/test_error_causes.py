@@ -17,13 +17,14 @@ from graft.errors import (
     ForwardingFailed,
     GraftError,
     Internal,
+    MemberUnreachable,
     MinIndexBeyondLog,
     NoLeader,
     NoQuorum,
     Stale,
     Timeout,
 )
-from graft.transport import PeerUnavailable
+from graft.transport import PeerUnavailable, RemoteError
 from tests.support.driver import NODES, TICK, DriverCluster
 from tests.support.kv import get, put
 
@@ -186,3 +187,13 @@ class ForwardingFailureTests(DriverCluster):
         lost = remote_failure(Failure(PeerUnavailable("r", "gone")), "r", lost=lambda: Timeout("x"))
         self.assertIsInstance(lost.value, Timeout)
         self.assertIsInstance(lost.value, GraftError)
+
+    def test_new_codes_cross_the_peer_channel(self) -> None:
+        """The leader's refusals keep their code and class on the follower that forwarded the
+        request (they used to arrive as internal)."""
+        for cls in (NoQuorum, Stale, MinIndexBeyondLog, MemberUnreachable):
+            failure = remote_failure(
+                Failure(RemoteError(cls.code, "why")), "r", lost=lambda: Timeout("x")
+            )
+            self.assertIsInstance(failure.value, cls)
+            self.assertEqual(failure.value.message, "why")  # type: ignore[union-attr]
