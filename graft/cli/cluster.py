@@ -54,6 +54,12 @@ def _decoded(body: bytes) -> Any:
         return body.decode("utf-8", "replace")
 
 
+def _says_outcome_unknown(message: str) -> bool:
+    """Whether a timeout's message already warns that the command may have been applied (the
+    node's and the client's do), so that the advice is not given twice in one line."""
+    return "outcome is unknown" in message or "may still commit" in message
+
+
 def raise_client_error(error: ClientError, doing: str) -> NoReturn:
     message = error.message
     if error.code == "fsm_error":
@@ -62,7 +68,7 @@ def raise_client_error(error: ClientError, doing: str) -> NoReturn:
             f"the state machine rejected the command (it was committed{where}; every node "
             f"refused it the same way): {message}; fix the command and send a new one"
         )
-    elif error.code == "timeout" and doing == "command":
+    elif error.code == "timeout" and doing == "command" and not _says_outcome_unknown(message):
         message += " (the command may still be applied: check with a query before retrying)"
     raise GraftCLIError(message)
 
