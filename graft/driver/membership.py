@@ -260,8 +260,8 @@ class MembershipManager:
         return MemberUnreachable(
             f"{node_id} was added as a learner; the leader {me} cannot reach it at "
             f"{url_host(address.host)}:{address.p2p_port} ({reason}); it is promoted once it "
-            f"is running and caught up (while {me} leads; else run the add again). Start it "
-            "with `graft start ID -c ITS_CONFIG`, or remove it with `graft members remove`"
+            f"is running and caught up (while {me} leads; else run the add again). Start "
+            f"{node_id} with its own config, or `graft members remove {node_id}`"
         )
 
     def _promote_later(self, node_id: str, address: MemberAddress, target: int) -> None:
