@@ -4,9 +4,10 @@ It speaks the API's error model (DESIGN.md section 5): an error body
 ``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
 status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
 list when a node is down, and retries what retrying can fix until the deadline (RETRYABLE:
-``no_leader`` and ``no_quorum``, which mean the request was not accepted and another member or
-a moment later may do better). Never a 4xx (``stale``, ``min_index_beyond_log``, ...): the
-same request gets the same answer.
+``no_leader``, which means the request was not accepted and an election is probably under
+way). ``no_quorum`` sends it on to the next member at once (it may be in the majority) and
+ends the request once every member answered so or not at all. Never a 4xx (``stale``,
+``min_index_beyond_log``, ...): the same request gets the same answer.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
@@ -460,6 +461,10 @@ class GraftClient:
         backoff = FIRST_BACKOFF_S
         turn = 0
         last: ClientError | None = None
+        # A no_quorum answer, and the answers since that no retry changes soon (no_quorum, or
+        # none at all): once every member has given one, waiting does not help.
+        quorum_answer: ClientError | None = None
+        hopeless = 0
         while True:
             url = self.urls[turn % len(self.urls)]
             remaining = deadline - self.clock()
@@ -470,6 +475,9 @@ class GraftClient:
             except Unreachable as err:
                 last = err
                 turn += 1
+                hopeless += 1
+                if quorum_answer is not None and hopeless >= len(self.urls):
+                    break
                 # Walk the whole list before pausing: another member may be up.
                 if turn % len(self.urls) != 0:
                     continue
@@ -480,11 +488,24 @@ class GraftClient:
                     raise
                 last = err
                 turn += 1
+                if err.code == "no_quorum":
+                    # Another member may be in the majority: ask it now.
+                    quorum_answer = err
+                    hopeless += 1
+                    if hopeless >= len(self.urls):
+                        break
+                    continue
+                quorum_answer, hopeless = None, 0
             if self.clock() + backoff >= deadline:
                 break
             self.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         assert last is not None
+        if quorum_answer is not None:
+            # The node's message names the voters out of reach and what to do: no more advice.
+            raise ClientError(
+                "no_quorum", quorum_answer.status, f"no quorum: {quorum_answer.message}"
+            )
         if isinstance(last, Unreachable) and len(self.urls) > 1:
             raise Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
         if last.code == "no_leader":
@@ -494,13 +515,6 @@ class GraftClient:
                 f"the cluster had no leader for {self.timeout:g}s of retrying (last answer: "
                 f"{_without_retry_advice(last.message)}): check `graft status`; a majority of "
                 "the voters must be up and connected",
-            )
-        if last.code == "no_quorum":
-            # The node's message names the voters out of reach and what to do: no more advice.
-            raise ClientError(
-                "no_quorum",
-                last.status,
-                f"no quorum for {self.timeout:g}s of retrying: {last.message}",
             )
         raise last
 

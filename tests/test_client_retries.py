@@ -1,12 +1,13 @@
-"""graft.client retries only what retrying can fix: ``no_leader`` and ``no_quorum`` (and a
-read's ``timeout``), never ``stale`` or any 4xx; and its final words repeat no advice."""
+"""graft.client retries only what retrying can fix: ``no_leader`` (and a read's ``timeout``)
+until the deadline, ``no_quorum`` on the other members only, never ``stale`` or any 4xx; and
+its final words repeat no advice."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.client import ClientError
-from tests.support.http_node import Reply, error_reply, start_fake_node
+from graft.client import ClientError, GraftClient
+from tests.support.http_node import Reply, dead_url, error_reply, start_fake_node
 from tests.test_client import make_client
 
 
@@ -41,8 +42,9 @@ class RetriedTests(SynchronousTestCase):
         self.assertEqual(answer.body, b"ok")
         self.assertEqual((len(minority.seen), len(majority.seen)), (1, 1))
 
-    def test_no_quorum_until_the_deadline_keeps_the_nodes_words(self) -> None:
-        """no_quorum until the deadline: the error keeps its code and the node's message (the
+    def test_no_quorum_everywhere_ends_at_once(self) -> None:
+        """When every member answers no_quorum or not at all, the request ends after one walk
+        of the list, not at the deadline: the error keeps its code and the node's message (the
         voters out of reach, what to do) and adds no advice of its own."""
         message = (
             "lovelace cannot reach a majority of the voters: it reaches 1 of 3 (2 needed) and "
@@ -50,12 +52,23 @@ class RetriedTests(SynchronousTestCase):
             "them (`graft status` shows which are up)"
         )
         node = start_fake_node(self, error_reply(503, "no_quorum", message))
-        error = self.assertRaises(ClientError, make_client([node.url], timeout=1.0).command, b"x")
+        client = make_client([node.url, dead_url()], timeout=30.0)
+        error = self.assertRaises(ClientError, client.command, b"x")
         self.assertEqual((error.code, error.status), ("no_quorum", 503))
         self.assertIn("ritchie, turing", error.message)
         self.assertEqual(error.message.count("graft status"), 1, error.message)
         self.assertEqual(error.message.count("majority"), 1, error.message)
-        self.assertGreater(len(node.seen), 1)
+        self.assertEqual(len(node.seen), 1)
+
+    def test_one_member_without_quorum_is_asked_once(self) -> None:
+        """A single member that answers no_quorum is not asked again (real clock: a loop
+        would ask it many times within the 2 s timeout)."""
+        node = start_fake_node(self, error_reply(503, "no_quorum", "a reaches 1 of 3"))
+        error = self.assertRaises(
+            ClientError, GraftClient(urls=[node.url], timeout=2.0).command, b"x"
+        )
+        self.assertEqual(error.code, "no_quorum")
+        self.assertEqual(len(node.seen), 1)
 
     def test_no_leader_advice_is_given_once(self) -> None:
         """no_leader until the deadline: the node's "retry shortly" is dropped (the client has
