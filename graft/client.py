@@ -11,7 +11,7 @@ ends the request once every member answered so or not at all. Never a 4xx (``sta
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
-It is one module of ~590 lines because the request loop, the error model and the cluster
+It is one module of ~640 lines because the request loop, the error model and the cluster
 operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
