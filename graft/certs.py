@@ -69,7 +69,8 @@ def generate_certificates(
     """Write the CA and every node's key and certificate; return the paths written.
 
     Without ``force`` an existing file is an error, except with ``if_missing``, where nodes
-    whose files all exist are kept (and an existing CA signs the missing ones).
+    whose files all exist are kept (and an existing CA signs the missing ones). The errors
+    name the options of `graft certs` (--force, --if-missing), the only way users run it.
     """
     _check_names(cfg)
     plan = {node_id: cfg.tls_for(node_id) for node_id in cfg.peers}
@@ -87,7 +88,9 @@ def generate_certificates(
         ]
         if existing and not if_missing:
             raise CertificateError(
-                f"{existing[0]} already exists; pass force to overwrite or if_missing to keep it"
+                f"{existing[0]} already exists: rerun with --force to overwrite every "
+                "certificate and key, or with --if-missing to keep what exists and write only "
+                "what is missing"
             )
     written: list[Path] = []
     ca_key, ca_cert = _load_or_create_ca(ca_paths, cfg.cluster, reuse=not force, written=written)
@@ -97,7 +100,8 @@ def generate_certificates(
         if not force and (paths.cert.exists() or paths.key.exists()):
             present = paths.cert if paths.cert.exists() else paths.key
             raise CertificateError(
-                f"{present} exists but its pair does not; delete it or pass force to regenerate"
+                f"{present} exists but its pair does not: delete it, or rerun with --force to "
+                "regenerate every certificate and key"
             )
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _node_certificate(
@@ -130,13 +134,15 @@ def _load_or_create_ca(
         key_path = ca_key_path(first)
         if not key_path.exists():
             raise CertificateError(
-                f"{first} exists but its key {key_path} does not; restore the key or pass force"
-                " to create a new CA (and new certificates for every node)"
+                f"{first} exists but its key {key_path} does not; restore the key, or rerun with"
+                " --force to create a new CA (and new certificates for every node)"
             )
         cert = x509.load_pem_x509_certificate(first.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CertificateError(f"{key_path} is not an EC key; pass force to create a new CA")
+            raise CertificateError(
+                f"{key_path} is not an EC key: rerun with --force to create a new CA"
+            )
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _ca_certificate(key, cluster)

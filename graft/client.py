@@ -3,12 +3,15 @@
 It speaks the API's error model (DESIGN.md section 5): an error body
 ``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
 status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
-list when a node is down, and retries ``no_leader`` answers until the deadline, because those
-mean the request was not accepted and an election is probably in progress.
+list when a node is down, and retries what retrying can fix until the deadline (RETRYABLE:
+``no_leader``, which means the request was not accepted and an election is probably under
+way). ``no_quorum`` sends it on to the next member at once (it may be in the majority) and
+ends the request once every member answered so or not at all. Never a 4xx (``stale``,
+``min_index_beyond_log``, ...): the same request gets the same answer.
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
-It is one module of ~660 lines because the request loop, the error model and the cluster
+It is one module of ~800 lines because the request loop, the error model and the cluster
 operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
@@ -19,6 +22,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -39,6 +43,11 @@ MAX_REDIRECTS = 5
 # Backoff between no_leader retries: starts short (elections take a few hundred ms).
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
+# The answers every request retries: nothing was done, and an election that ends or a member
+# in the majority (the walk moves on to the next URL) can do better.
+RETRYABLE = ("no_leader", "no_quorum")
+# Reads also retry a timeout: they change nothing.
+RETRYABLE_READS = (*RETRYABLE, "timeout")
 
 
 class ClientError(Exception):
@@ -290,7 +299,7 @@ class GraftClient:
 
     def command(self, data: bytes) -> Response:
         """POST /command. The node asked forwards to the leader itself; we only move on to the
-        next member when a node is unreachable, and retry no_leader until the deadline. Other
+        next member when a node is unreachable, and retry RETRYABLE until the deadline. Other
         failures are not retried: after a timeout the command may still commit."""
         return self._retrying("POST", "/command", body=data, headers=_content_type(data))
 
@@ -339,7 +348,7 @@ class GraftClient:
         max_lag_ms: int | None = None,
     ) -> Response:
         """POST /query (same as GET with a body). Reads are idempotent, so a timeout or a
-        no_leader answer may be retried until the deadline too."""
+        RETRYABLE answer may be retried until the deadline too."""
         params: dict[str, str] = {"consistency": consistency}
         if min_index is not None:
             params["min_index"] = str(min_index)
@@ -350,7 +359,7 @@ class GraftClient:
             "POST",
             path,
             body=query,
-            retry_codes=("no_leader", "timeout"),
+            retry_codes=RETRYABLE_READS,
             headers=_content_type(query),
         )
 
@@ -410,7 +419,7 @@ class GraftClient:
 
     def members(self) -> dict[str, Any]:
         """GET /cluster/members: ``{"leader", "voters", "learners", "addresses"}``."""
-        return self._admin("GET", "/cluster/members", None, retry_codes=("no_leader", "timeout"))
+        return self._admin("GET", "/cluster/members", None, retry_codes=RETRYABLE_READS)
 
     def add_member(self, node_id: str, host: str, p2p_port: int, api_port: int) -> dict[str, Any]:
         """POST /cluster/members; answers once the new member caught up and is a voter, so give
@@ -511,7 +520,7 @@ class GraftClient:
         path: str,
         document: Any = None,
         *,
-        retry_codes: Sequence[str] = ("no_leader",),
+        retry_codes: Sequence[str] = RETRYABLE,
     ) -> dict[str, Any]:
         body = None if document is None else json.dumps(document).encode("utf-8")
         # A POST without a body still sends an empty one, with a length, for strict proxies.
@@ -532,13 +541,17 @@ class GraftClient:
         path: str,
         *,
         body: bytes | None,
-        retry_codes: Sequence[str] = ("no_leader",),
+        retry_codes: Sequence[str] = RETRYABLE,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         deadline = self.clock() + self.timeout
         backoff = FIRST_BACKOFF_S
         turn = 0
         last: ClientError | None = None
+        # A no_quorum answer, and the answers since that no retry changes soon (no_quorum, or
+        # none at all): once every member has given one, waiting does not help.
+        quorum_answer: ClientError | None = None
+        hopeless = 0
         while True:
             url = self.urls[turn % len(self.urls)]
             remaining = deadline - self.clock()
@@ -549,29 +562,46 @@ class GraftClient:
             except Unreachable as err:
                 last = err
                 turn += 1
+                hopeless += 1
+                if quorum_answer is not None and hopeless >= len(self.urls):
+                    break
                 # Walk the whole list before pausing: another member may be up.
                 if turn % len(self.urls) != 0:
                     continue
                 if not self.retry_unreachable:
                     break
             except ClientError as err:
-                if err.code not in retry_codes:
+                if not _retryable(err, retry_codes):
                     raise
                 last = err
                 turn += 1
+                if err.code == "no_quorum":
+                    # Another member may be in the majority: ask it now.
+                    quorum_answer = err
+                    hopeless += 1
+                    if hopeless >= len(self.urls):
+                        break
+                    continue
+                quorum_answer, hopeless = None, 0
             if self.clock() + backoff >= deadline:
                 break
             self.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         assert last is not None
+        if quorum_answer is not None:
+            # The node's message names the voters out of reach and what to do: no more advice.
+            raise ClientError(
+                "no_quorum", quorum_answer.status, f"no quorum: {quorum_answer.message}"
+            )
         if isinstance(last, Unreachable) and len(self.urls) > 1:
             raise Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
         if last.code == "no_leader":
             raise ClientError(
                 "no_leader",
                 last.status,
-                f"the cluster has no leader after {self.timeout:g}s ({last.message}): check "
-                "`graft status`; a majority of the members must be up and connected",
+                f"the cluster had no leader for {self.timeout:g}s of retrying (last answer: "
+                f"{_without_retry_advice(last.message)}): check `graft status`; a majority of "
+                "the voters must be up and connected",
             )
         raise last
 
@@ -654,6 +684,19 @@ def _member_urls(document: Any, asked: str) -> list[tuple[str, str | None]] | No
             url = f"{scheme}://{url_host(str(address.get('host')))}:{address['api']}"
         members.append((str(node), url))
     return members
+
+
+def _retryable(error: ClientError, codes: Sequence[str]) -> bool:
+    """Whether a retry may get another answer: one of ``codes``, and never a 4xx (the same
+    request gets the same refusal)."""
+    if error.status is not None and 400 <= error.status < 500:
+        return False
+    return error.code in codes
+
+
+def _without_retry_advice(message: str) -> str:
+    """A node's message without its closing "retry" advice, for a client that has retried."""
+    return re.sub(r"[;:,]\s*retry( shortly)?\.?$", "", message.rstrip())
 
 
 def _base_url(url: str) -> str:

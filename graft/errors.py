@@ -67,6 +67,49 @@ class NoLeader(GraftError):
         self.retry_after = retry_after
 
 
+class NoQuorum(NoLeader):
+    """This node cannot reach a majority of the voters, so no leader can be elected (or kept)
+    until enough of them are back: the message names the ones it cannot reach. A NoLeader, so
+    that everything that treats "no leader" as retryable later does the same with it."""
+
+    code = "no_quorum"
+    status = 503
+
+
+class Stale(GraftError):
+    """A weak read with ``max_lag_ms``: this node has not heard from a leader within that time.
+    409, not 503: asking the same node again soon does not help; ask another node (the leader
+    is never stale) or allow more lag. Clients do not retry it."""
+
+    code = "stale"
+    status = 409
+
+
+class MinIndexBeyondLog(BadRequest):
+    """A read's ``min_index`` is beyond every index the cluster has: no write acknowledged so
+    far has it, so waiting cannot help."""
+
+    code = "min_index_beyond_log"
+    status = 400
+
+
+class MemberUnreachable(GraftError):
+    """A member was added as a learner, but the leader cannot reach it: the change is made and
+    the rest (catch-up, promotion) happens once the node runs. 409: the request was carried
+    out as far as the cluster's state allows; sending it again changes nothing."""
+
+    code = "member_unreachable"
+    status = 409
+
+
+class ForwardingFailed(GraftError):
+    """Forwarding a request to the leader failed in a way the peer channel did not foresee; the
+    message names the cause. 502: this node acted as a gateway to the leader."""
+
+    code = "forwarding_failed"
+    status = 502
+
+
 class AnswerTooLarge(GraftError):
     """The leader carried out a forwarded request, but its answer is too large to be sent back
     over the peer channel (the frame limit). For a command batch: it was applied."""

@@ -26,7 +26,9 @@ from graft.raft.types import (
     encode_membership,
 )
 from graft.storage import DurableLog
+from graft.storage.records import parse_segment_name
 from graft.storage.rejected import REJECTED_FILE, RejectedEntry, read_rejected, write_rejected
+from graft.storage.state_files import HARD_STATE_FILE, IDENTITY_FILE
 
 # A restored cluster starts from its backup as the snapshot at this index and term; every node
 # restored from the same file holds the same snapshot, so their logs agree from the start.
@@ -36,6 +38,37 @@ RESTORED_TERM = 1
 
 class OperationError(Exception):
     """An offline operation refused to run; the message says why and what to do."""
+
+
+STORAGE_HINT = (
+    "pass a node's data dir (the directory `data_dir` in its config names, e.g. data/turing)"
+)
+
+
+def require_data_dir(path: Path, *, hint: str = STORAGE_HINT) -> None:
+    """Refuse ``path`` unless it holds graft data (its identity file, hard state, a log segment
+    or a snapshot): a tool pointed at the wrong directory (the conf/ dir, a parent) must say
+    so, not report a healthy fresh data dir or write into it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OperationError(f"{path} is not a directory; {hint}")
+    names = [entry.name for entry in path.iterdir()]
+    if any(
+        name in (IDENTITY_FILE, HARD_STATE_FILE)
+        or parse_segment_name(name) is not None
+        or name.startswith("snap-")
+        for name in names
+    ):
+        return
+    found = "is empty" if not names else "holds no graft data (no identity file, log or snapshot)"
+    raise OperationError(f"{path} {found}: it is not a data dir; {hint}")
+
+
+def stopped_node_hint(node_id: str) -> str:
+    return (
+        f"is {node_id} a node that has run with this config? Check --node and `data_dir` in "
+        "the config"
+    )
 
 
 def _addresses(cfg: ClusterConfig) -> tuple[tuple[str, MemberAddress], ...]:
@@ -99,17 +132,15 @@ def _check_loads(cfg: ClusterConfig, snapshot_file: Path) -> None:
             fsm.close()
 
 
-def recover_membership(cfg: ClusterConfig, node_id: str, members: Sequence[str]) -> Membership:
-    """UNSAFE: make ``members`` the voters of a stopped node's log, to recover from a lost
-    quorum. Writes a membership entry after the node's last entry; the node adopts it when it
-    starts. Entries the lost majority committed but this node never received are lost for
-    good, and if the "lost" nodes come back they must be wiped first.
-    """
+def check_recovery(cfg: ClusterConfig, node_id: str, members: Sequence[str]) -> Membership:
+    """The membership ``recover_membership`` would write, or OperationError saying what is
+    wrong with the arguments; writes nothing. `graft recover` calls it before its warning."""
     if not members:
         raise OperationError("name at least one surviving member with --members")
     data_dir = cfg.data_dir(node_id)
     if not data_dir.exists():
         raise OperationError(f"{data_dir} does not exist; run recover on a survivor's data dir")
+    require_data_dir(data_dir, hint=stopped_node_hint(node_id))
     if node_id not in members:
         raise OperationError(
             f"{node_id} is not among --members {','.join(members)}; "
@@ -117,18 +148,42 @@ def recover_membership(cfg: ClusterConfig, node_id: str, members: Sequence[str])
         )
     log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
     try:
-        _, current = log.initial_state()
-        known = dict(current.addresses) if current is not None else {}
-        known.update(dict(_addresses(cfg)))
-        unknown = [m for m in members if m not in known]
-        if unknown:
-            raise OperationError(
-                f"no address known for {', '.join(unknown)}: list them under peers in {cfg.path}"
-            )
-        membership = Membership(
-            voters=frozenset(members),
-            addresses=tuple(sorted(((m, known[m]) for m in members), key=lambda p: p[0])),
+        return _recovered_membership(cfg, log, node_id, members)
+    finally:
+        log.close()
+
+
+def _recovered_membership(
+    cfg: ClusterConfig, log: DurableLog, node_id: str, members: Sequence[str]
+) -> Membership:
+    _, current = log.initial_state()
+    known = dict(current.addresses) if current is not None else {}
+    known.update(dict(_addresses(cfg)))
+    unknown = [m for m in members if m not in known]
+    if unknown:
+        where = ", ".join(sorted(known))
+        raise OperationError(
+            f"{', '.join(unknown)}: not a member known to {node_id}'s log or to the peers of "
+            f"{cfg.path} (known: {where}); check the spelling of --members, or list the node "
+            "under peers in the config"
         )
+    return Membership(
+        voters=frozenset(members),
+        addresses=tuple(sorted(((m, known[m]) for m in members), key=lambda p: p[0])),
+    )
+
+
+def recover_membership(cfg: ClusterConfig, node_id: str, members: Sequence[str]) -> Membership:
+    """UNSAFE: make ``members`` the voters of a stopped node's log, to recover from a lost
+    quorum. Writes a membership entry after the node's last entry; the node adopts it when it
+    starts. Entries the lost majority committed but this node never received are lost for
+    good, and if the "lost" nodes come back they must be wiped first.
+    """
+    check_recovery(cfg, node_id, members)
+    data_dir = cfg.data_dir(node_id)
+    log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
+    try:
+        membership = _recovered_membership(cfg, log, node_id, members)
         last = log.last_index()
         term = max(log.hard_state.term, log.term(last) if last > 0 else 0)
         entry = Entry(
@@ -153,6 +208,7 @@ def reject_entry(cfg: ClusterConfig, node_id: str, index: int) -> dict[str, Any]
     data_dir = cfg.data_dir(node_id)
     if not data_dir.is_dir():
         raise OperationError(f"{data_dir} does not exist; pass the node that stopped (--node)")
+    require_data_dir(data_dir, hint=stopped_node_hint(node_id))
     log = DurableLog.open(data_dir, node_id=node_id, cluster=cfg.cluster, threaded=False)
     try:
         snapshot = log.snapshot_meta().index

@@ -1118,6 +1118,9 @@ class FakeOps:
     def recover_membership(self, cfg: Any, node_id: str, members: list[str]) -> None:
         self.calls.append(("recover", cfg.path, node_id, members))
 
+    def check_recovery(self, cfg: Any, node_id: str, members: list[str]) -> None:
+        """Arguments are checked before the warning; the checks have tests of their own."""
+
 
 class OfflineToolTests(CLITestCase):
     def use_ops(self, fake: FakeOps) -> None:
@@ -1126,6 +1129,7 @@ class OfflineToolTests(CLITestCase):
 
         self.patch(graft.ops, "restore_data_dir", fake.restore_data_dir)
         self.patch(graft.ops, "recover_membership", fake.recover_membership)
+        self.patch(graft.ops, "check_recovery", fake.check_recovery)
 
     def setUp(self) -> None:
         self.path = write_config(self.tmpdir())

@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from graft.driver.port import CommandResult, Consistency, QueryResult
-from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Timeout
+from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Stale, Timeout
 from graft.fsm import QueryRejected, QueryTimedOut, StateMachine
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
@@ -162,7 +162,7 @@ class DriverTests(DriverCluster):
         self.assertEqual(json.loads(stale.output), {"value": "1"})
         refused = self.result(node.query(get("w"), Consistency.WEAK, max_lag_ms=100))
         self.assertIsInstance(refused, Failure)
-        self.assertIsInstance(refused.value, NoLeader)
+        self.assertIsInstance(refused.value, Stale)
 
     def test_slow_disk_batches_proposals_into_one_write(self) -> None:
         """At most two writes are in flight (the next queues behind the current fsync); while

@@ -8,7 +8,8 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from graft.driver.port import Consistency
-from graft.errors import Overloaded, Timeout
+from graft.errors import MinIndexBeyondLog, Overloaded
+from graft.raft.messages import AppendEntries
 from tests.support.driver import NODES, DriverCluster
 from tests.support.kv import get, put
 
@@ -21,7 +22,8 @@ class NodeWaiterLimitTests(DriverCluster):
 
     def test_far_min_index_waiters_are_freed(self) -> None:
         """Each consistency=weak&min_index=10**18 read left a waiter in the node forever; now
-        it times out and nothing of it is kept."""
+        it is refused (min_index_beyond_log, once the leader's commit index is known) and
+        nothing of it is kept."""
         leader = self.leader()
         follower = self.network.nodes[next(n for n in NODES if n != leader)]
         outcomes: list[Any] = []
@@ -30,9 +32,12 @@ class NodeWaiterLimitTests(DriverCluster):
             d.addBoth(outcomes.append)
         self.advance(2.5)  # past the 2 s query timeout
         self.assertEqual(len(outcomes), 50)
-        self.assertTrue(all(isinstance(o, Failure) and o.check(Timeout) for o in outcomes))
+        self.assertTrue(
+            all(isinstance(o, Failure) and o.check(MinIndexBeyondLog) for o in outcomes)
+        )
         self.assertEqual(follower._parts.applied._heap, [])
         self.assertEqual(len(follower._parts.applied), 0)
+        self.assertEqual(follower._parts.reads.pending, {})
 
     def test_read_waiters_bounded(self) -> None:
         """Over max_read_waiters waiting reads, the next is refused with Overloaded; reads that
@@ -40,9 +45,17 @@ class NodeWaiterLimitTests(DriverCluster):
         leader = self.leader()
         node = self.network.nodes[leader]
         node.limit_waiters(commands=1000, reads=2)
+        # A proposal no follower receives: in the leader's log, never applied, so reads with
+        # its index as min_index wait.
+        for follower in NODES:
+            if follower != leader:
+                self.network.hold(leader, follower, AppendEntries)
+        node.submit([put("k", "1")]).addErrback(lambda _: None)
+        self.advance(0.1)
+        waiting = node.status().last_index
         for _ in range(2):
-            node.query(get("k"), Consistency.WEAK, min_index=10**18).addErrback(lambda _: None)
-        refused = self.result(node.query(get("k"), Consistency.WEAK, min_index=10**18))
+            node.query(get("k"), Consistency.WEAK, min_index=waiting).addErrback(lambda _: None)
+        refused = self.result(node.query(get("k"), Consistency.WEAK, min_index=waiting))
         self.assertIsInstance(refused, Failure)
         self.assertTrue(refused.check(Overloaded))
         answer = self.result(node.query(get("k"), Consistency.WEAK))

@@ -220,6 +220,12 @@ class FakeOps:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
+    def require_data_dir(self, path: Any, *, hint: str = "") -> None:
+        """The data dir check before the warning has tests of its own (tests/cli)."""
+
+    def stopped_node_hint(self, node_id: str) -> str:
+        return ""
+
     def reject_entry(self, cfg: Any, node_id: str, index: int) -> dict[str, Any]:
         self.calls.append((cfg.path, node_id, index))
         if index == 99:

@@ -57,6 +57,12 @@ def _decoded(body: bytes) -> Any:
         return body.decode("utf-8", "replace")
 
 
+def _says_outcome_unknown(message: str) -> bool:
+    """Whether a timeout's message already warns that the command may have been applied (the
+    node's and the client's do), so that the advice is not given twice in one line."""
+    return "outcome is unknown" in message or "may still commit" in message
+
+
 def raise_client_error(error: ClientError, doing: str) -> NoReturn:
     message = error.message
     if error.code == "fsm_error":
@@ -65,7 +71,7 @@ def raise_client_error(error: ClientError, doing: str) -> NoReturn:
             f"the state machine rejected the command (it was committed{where}; every node "
             f"refused it the same way): {message}; fix the command and send a new one"
         )
-    elif error.code == "timeout" and doing == "command":
+    elif error.code == "timeout" and doing == "command" and not _says_outcome_unknown(message):
         message += " (the command may still be applied: check with a query before retrying)"
     raise GraftCLIError(message)
 
@@ -135,13 +141,16 @@ def _fail_on_statement_errors(body: bytes) -> None:
     "--min-index",
     type=click.IntRange(min=0),
     default=None,
-    help="Wait until the node has applied this index (read your own writes).",
+    help="Wait until the node has applied this index (read your own writes); an index "
+    "beyond the cluster's log is refused at once (min_index_beyond_log).",
 )
 @click.option(
     "--max-lag-ms",
     type=click.IntRange(min=0),
     default=None,
-    help="With weak: refuse when the node is further behind the leader than this.",
+    help="With weak: refuse (409 stale, not retried) when the node asked last heard from a "
+    "leader longer ago than this; the leader itself always answers. Keep it above the "
+    "heartbeat interval (timeouts.heartbeat), or healthy followers refuse at random.",
 )
 @client_options()
 def query(

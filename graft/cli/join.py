@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 # the node anyway: the leader answers only after the node has caught up, which it cannot do
 # before it runs, so a pending answer after this long means "accepted, now catch up".
 JOIN_REFUSAL_WINDOW_S = 3.0
+# The leader's answer for a node it added as a learner but cannot reach (yet): not a refusal.
+MEMBER_UNREACHABLE = "member_unreachable"
 
 
 class JoinRequest:
@@ -92,7 +94,7 @@ def join_cluster(
     request = JoinRequest(client, node_id, peer, url)
     request.send()
     outcome = request.early_outcome(JOIN_REFUSAL_WINDOW_S)
-    if isinstance(outcome, ClientError):
+    if isinstance(outcome, ClientError) and outcome.code != MEMBER_UNREACHABLE:
         raise GraftCLIError(
             f"joining through {url} failed, so {node_id} was not started: {outcome.message}"
         )
@@ -108,7 +110,11 @@ def join_cluster(
 
 
 def _report_join(node_id: str, url: str, result: dict[str, Any] | ClientError) -> None:
-    if isinstance(result, ClientError):
+    if isinstance(result, ClientError) and result.code == MEMBER_UNREACHABLE:
+        # Added, not refused: the message says where the leader fails to reach the node and
+        # that it is promoted once it has caught up.
+        click.echo(f"graft: warning: {result.message}", err=True)
+    elif isinstance(result, ClientError):
         click.echo(
             f"graft: warning: joining through {url} failed: {result.message} ({node_id} may "
             "still be a learner: check `graft members list`)",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from graft.cli.errors import GraftCLIError, one_line
+from graft.cli.errors import GraftCLIError
 from graft.cli.join import JoinRequest, join_cluster
 from graft.cli.options import cluster_config, config_option, existing_file_option, token_option
 from graft.cli.render import shown_path
@@ -145,14 +145,10 @@ def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
     if force and if_missing:
         raise GraftCLIError("--force and --if-missing contradict each other: pass one of them")
     cfg = cluster_config(config_path)
-    from graft.certs import CertificateError, generate_certificates
+    from graft.certs import generate_certificates
 
-    try:
-        written = generate_certificates(cfg, force=force, if_missing=if_missing)
-    except CertificateError as error:
-        raise GraftCLIError(
-            f"{one_line(error)} (graft certs: --force overwrites, --if-missing keeps what exists)"
-        ) from None
+    # Its errors (CertificateError) name this command's options themselves.
+    written = generate_certificates(cfg, force=force, if_missing=if_missing)
     if not written:
         click.echo(f"certificates for {', '.join(cfg.peers)} already exist; nothing written")
         return

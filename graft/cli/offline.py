@@ -90,6 +90,10 @@ def recover(members_text: str, config_path: Path | None, node: str | None, yes: 
     """
     member_ids = _member_list(members_text)
     cfg, node_id = _stopped_node(config_path, node)
+    from graft.ops import check_recovery, recover_membership
+
+    # Wrong arguments are refused before the warning: it is for a change that can happen.
+    check_recovery(cfg, node_id, member_ids)
     _confirm_unsafe(
         "WARNING: graft recover is UNSAFE. It forces the membership of "
         f"{node_id}'s data dir to {', '.join(member_ids)}.\n"
@@ -99,8 +103,6 @@ def recover(members_text: str, config_path: Path | None, node: str | None, yes: 
         "Rewrite the membership?",
         yes=yes,
     )
-    from graft.ops import recover_membership
-
     result = recover_membership(cfg, node_id, member_ids)
     click.echo(
         f"rewrote {node_id}'s membership to {', '.join(member_ids)}: start the survivors now"
@@ -122,6 +124,9 @@ def skip_entry(index: int, config_path: Path | None, node: str | None, yes: bool
     diverge. Fixing the FSM is better when it can be done.
     """
     cfg, node_id = _stopped_node(config_path, node)
+    from graft.ops import reject_entry, require_data_dir, stopped_node_hint
+
+    require_data_dir(cfg.data_dir(node_id), hint=stopped_node_hint(node_id))
     _confirm_unsafe(
         f"WARNING: graft skip-entry is UNSAFE. It makes {node_id} skip the command at index "
         f"{index} instead of applying it.\n"
@@ -132,8 +137,6 @@ def skip_entry(index: int, config_path: Path | None, node: str | None, yes: bool
         f"Skip entry {index}?",
         yes=yes,
     )
-    from graft.ops import reject_entry
-
     result = reject_entry(cfg, node_id, index)
     click.echo(f"marked entry {index} rejected on {node_id}: start it now")
     _print_ops_result(result)
@@ -150,8 +153,12 @@ _DATA_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @storage.command("check")
 @click.argument("data_dir", type=_DATA_DIR)
 def storage_check(data_dir: Path) -> None:
-    """Verify every record of DATA_DIR; exit 1 if anything is damaged."""
+    """Verify every record of DATA_DIR; exit 1 if anything is damaged or it is not a data
+    dir."""
+    from graft.ops import require_data_dir
     from graft.storage import check_data_dir
+
+    require_data_dir(data_dir)
 
     report = check_data_dir(data_dir)
     for line in report.lines:
@@ -164,7 +171,10 @@ def storage_check(data_dir: Path) -> None:
 
 
 def _iter_entries(data_dir: Path, first: int | None, last: int | None) -> Iterator[Any]:
+    from graft.ops import require_data_dir
     from graft.storage import dump_log
+
+    require_data_dir(data_dir)
 
     yield from dump_log(data_dir, first=first, last=last)
 

@@ -25,8 +25,9 @@ from graft.driver.outcomes import (
 )
 from graft.driver.peers import PeerPort
 from graft.driver.port import CommandResult, Consistency, MemberList, QueryResult
+from graft.driver.quorum import leaderless, quorum_lost
 from graft.driver.settings import DriverSettings
-from graft.errors import BadRequest, GraftError, NoLeader, Timeout, shutting_down
+from graft.errors import BadRequest, GraftError, NoLeader, NoQuorum, Timeout, shutting_down
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import MemberAddress
@@ -146,15 +147,16 @@ class Forwarder:
                 d.callback(leader)
                 return
             if self._clock.seconds() >= deadline:
-                if leader is None:
-                    d.errback(NoLeader("no leader is known (an election may be under way); retry"))
-                else:
-                    d.errback(NoLeader(f"the leader {leader} cannot be reached from here; retry"))
+                d.errback(leaderless(self._raft, self._peers.connected_peers()))
                 return
             self._clock.callLater(settings.tick_seconds, poll)
 
         poll()
         return d
+
+    def quorum_lost(self) -> NoQuorum | None:
+        """A NoQuorum naming the voters out of reach, when a majority of them is."""
+        return quorum_lost(self._raft, self._peers.connected_peers())
 
     def submit_on(self, leader: str, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         d: Deferred[Any] = self._peers.call(

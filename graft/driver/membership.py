@@ -21,7 +21,7 @@ from graft.driver.outcomes import timed_out
 from graft.driver.peers import PeerPort
 from graft.driver.port import MemberList
 from graft.driver.settings import DriverSettings
-from graft.errors import BadRequest, NoLeader, NotFound, Timeout
+from graft.errors import BadRequest, MemberUnreachable, NoLeader, NotFound, Timeout
 from graft.origin import url_host
 from graft.raft.errors import MembershipChangeRefused, NotLeader, ProposalDropped
 from graft.raft.node import RaftNode
@@ -58,6 +58,7 @@ class MembershipManager:
         self.membership = raft.membership  # as this driver last adopted it from the core
         self._api_urls = dict(settings.api_urls)
         self._forget_timer: DelayedCall | None = None
+        self._promoting: set[str] = set()  # new members promoted in the background
 
     def stop(self) -> None:
         if self._forget_timer is not None and self._forget_timer.active():
@@ -206,7 +207,8 @@ class MembershipManager:
         target = self._raft.status().commit
         log.info("waiting for {id} to catch up to index {target}", id=node_id, target=target)
         catch_up = self._settings.catch_up_timeout
-        deadline = self._clock.seconds() + catch_up
+        started = self._clock.seconds()
+        deadline = started + catch_up
         while True:
             st = self._raft.status()
             if st.role is not Role.LEADER:
@@ -217,6 +219,9 @@ class MembershipManager:
             progress = st.progress.get(node_id)
             if progress is not None and progress.match >= target:
                 break
+            if self._out_of_reach(node_id, started):
+                self._promote_later(node_id, address, target)
+                raise self._unreachable(node_id, address)
             if self._clock.seconds() > deadline:
                 match = progress.match if progress is not None else 0
                 raise Timeout(
@@ -225,7 +230,13 @@ class MembershipManager:
                     "stays a learner: retry the add to promote it, or remove it"
                 )
             await self._tick()
+        await self._promote(node_id, address)
+        return self.members()
+
+    async def _promote(self, node_id: str, address: MemberAddress) -> None:
         m = self.membership
+        if node_id not in m.learners:
+            return  # promoted meanwhile (by the background promotion), or removed
         log.info("{id} caught up; promoting it to voter", id=node_id)
         await self._change(
             Membership(
@@ -234,7 +245,49 @@ class MembershipManager:
                 addresses=_with_address(m.addresses, node_id, address),
             )
         )
-        return self.members()
+
+    def _out_of_reach(self, node_id: str, since: float) -> bool:
+        """The new member has had no connection from this leader for the whole grace period
+        (member_unreachable_after, 10 s) since ``since``."""
+        grace = min(self._settings.member_unreachable_after, self._settings.catch_up_timeout)
+        if node_id in self._peers.connected_peers():
+            return False
+        return self._clock.seconds() - since >= grace
+
+    def _unreachable(self, node_id: str, address: MemberAddress) -> MemberUnreachable:
+        reason = self._peers.dial_error(node_id) or "no connection to it yet"
+        me = self._raft.id
+        return MemberUnreachable(
+            f"{node_id} was added as a learner; the leader {me} cannot reach it at "
+            f"{url_host(address.host)}:{address.p2p_port} ({reason}); it is promoted once it "
+            f"is running and caught up (while {me} leads; else run the add again). Start "
+            f"{node_id} with its own config, or `graft members remove {node_id}`"
+        )
+
+    def _promote_later(self, node_id: str, address: MemberAddress, target: int) -> None:
+        """Go on waiting for an unreachable new member in the background, and promote it once
+        it caught up: while this node leads, the member is still a learner, and the node
+        runs. At most one such wait per member."""
+        if node_id in self._promoting:
+            return
+        self._promoting.add(node_id)
+
+        async def wait() -> None:
+            try:
+                while self._raft.role is Role.LEADER and not self._lifecycle.stopping:
+                    if node_id not in self.membership.learners:
+                        return
+                    progress = self._raft.status().progress.get(node_id)
+                    if progress is not None and progress.match >= target:
+                        await self._promote(node_id, address)
+                        log.info("{id} is running and caught up: promoted", id=node_id)
+                        return
+                    await self._tick()
+            finally:
+                self._promoting.discard(node_id)
+
+        d: Deferred[None] = Deferred.fromCoroutine(wait())
+        d.addErrback(lambda f: log.warn("{id} not promoted: {e}", id=node_id, e=f.value))
 
     async def _remove(self, node_id: str) -> MemberList:
         m = self.membership

@@ -6,19 +6,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from graft.errors import (
     AnswerTooLarge,
     BadRequest,
+    ForwardingFailed,
     GraftError,
     Internal,
+    MemberUnreachable,
+    MinIndexBeyondLog,
     NoLeader,
+    NoQuorum,
     NoSpace,
     NotFound,
     Overloaded,
     QueryTimeout,
+    Stale,
     Timeout,
 )
 from graft.transport import PeerUnavailable, RemoteError
@@ -30,6 +36,11 @@ _ERRORS_BY_CODE: dict[str, type[GraftError]] = {
 }
 _ERRORS_BY_CODE[NoSpace.code] = NoSpace  # the leader's data dir is over its quota
 _ERRORS_BY_CODE[AnswerTooLarge.code] = AnswerTooLarge  # done, but the answer cannot travel
+# The refusals that say why (issue 22's distinct causes) keep their code across the channel.
+for _cls in (NoQuorum, Stale, MinIndexBeyondLog, MemberUnreachable):
+    _ERRORS_BY_CODE[_cls.code] = _cls
+
+log = Logger()
 
 
 def failed(error: Exception) -> Deferred[Any]:
@@ -88,6 +99,26 @@ def remote_failure(failure: Failure, leader: str, *, lost: Callable[[], GraftErr
         return Failure(lost())
     if failure.check(GraftError):
         return failure
-    return Failure(
-        Internal(f"forwarding to the leader {leader} failed: {failure.getErrorMessage()}")
+    if failure.check(CancelledError):
+        return failure  # the client went away: nothing to report, nobody to report it to
+    return Failure(forwarding_failed(leader, cast(BaseException, failure.value)))
+
+
+def forwarding_failed(leader: str, error: BaseException) -> ForwardingFailed:
+    """An unforeseen failure of a forwarded call: logged here as a warning with its cause (the
+    API does not log a GraftError), and the client hears the cause too."""
+    reason = describe_exception(error)
+    log.warn(
+        "forwarding a request to the leader {leader} failed: {reason}", leader=leader, reason=reason
     )
+    return ForwardingFailed(
+        f"forwarding the request to the leader {leader} failed ({reason}); retry, and if it "
+        "persists, check both nodes' logs"
+    )
+
+
+def describe_exception(error: BaseException) -> str:
+    """An exception's type and text, never empty (CancelledError and others have no text)."""
+    text = " ".join(str(error).split())
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name

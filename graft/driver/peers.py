@@ -62,6 +62,11 @@ class PeerPort:
     def connected_peers(self) -> set[str]:
         return set() if self._channel is None else self._channel.connected_peers()
 
+    def dial_error(self, peer: str) -> str | None:
+        """Why the last dial of ``peer`` failed, if the channel keeps it (the transport does)."""
+        dial_error = getattr(self._channel, "dial_error", None)
+        return None if dial_error is None else dial_error(peer)
+
     def update_peers(self, peers: Mapping[str, MemberAddress]) -> None:
         if self._channel is not None:
             self._channel.update_peers(peers)

@@ -23,7 +23,16 @@ from graft.driver.outcomes import failed
 from graft.driver.port import Consistency, QueryResult
 from graft.driver.settings import DriverSettings
 from graft.driver.ticks import Ticks
-from graft.errors import BadRequest, NoLeader, Overloaded, QueryTimeout, Timeout, shutting_down
+from graft.errors import (
+    BadRequest,
+    MinIndexBeyondLog,
+    NoLeader,
+    Overloaded,
+    QueryTimeout,
+    Stale,
+    Timeout,
+    shutting_down,
+)
 from graft.fsm import QueryRejected, QueryTimedOut, StateMachine, threaded_query
 from graft.metrics import NodeMetrics
 from graft.raft.config import LATE_TICKS
@@ -110,6 +119,11 @@ class Reads:
         # thread, and running the query all count.
         seconds = self._settings.query_timeout if timeout is None else timeout
         limit = TimeLimit(seconds=seconds, deadline=self._clock.seconds() + seconds)
+        if min_index is not None and self._raft.role is Role.LEADER:
+            # The leader knows every index there is: beyond its log, waiting cannot help.
+            beyond = self._beyond_log(min_index, 0)
+            if beyond is not None:
+                return failed(beyond)
         if consistency is Consistency.WEAK:
             return self._weak_read(query, min_index, max_lag_ms, limit)
         if consistency is Consistency.DEFAULT:
@@ -155,19 +169,72 @@ class Reads:
         self, query: bytes, min_index: int | None, max_lag_ms: int | None, limit: TimeLimit
     ) -> Deferred[QueryResult]:
         if max_lag_ms is not None and self._raft.role is not Role.LEADER:
-            since = (self._ticks.now() - self._last_leader_contact) * 1000
-            if self._raft.leader is None or since > max_lag_ms:
-                return failed(
-                    NoLeader(
-                        f"{self._raft.id} last heard from a leader {since:.0f} ms ago, "
-                        f"more than max_lag_ms={max_lag_ms}; ask another node or drop max_lag_ms"
-                    )
-                )
+            stale = self._stale(max_lag_ms)
+            if stale is not None:
+                return failed(stale)
+        if min_index is not None and min_index > self._known_index():
+            # Beyond what this follower holds: the leader's commit index (as for ReadIndex)
+            # tells a write it has not received yet from an index nobody has.
+            return self._confirm(min_index, limit).addCallback(
+                lambda index: self._read_at(query, index, limit)
+            )
         return self._read_at(query, min_index or 0, limit)
+
+    def _stale(self, max_lag_ms: int) -> Stale | None:
+        """max_lag_ms means one thing: how long ago this node last heard from a leader (an
+        append or a heartbeat of the current term). The leader is never stale."""
+        since = (self._ticks.now() - self._last_leader_contact) * 1000
+        if self._raft.leader is not None and since <= max_lag_ms:
+            return None
+        heartbeat = self._settings.tick_seconds * 1000
+        heard = "knows no leader" if self._raft.leader is None else "last heard from a leader"
+        return Stale(
+            f"{self._raft.id} {heard} {since:.0f} ms ago, more than max_lag_ms={max_lag_ms} "
+            f"(leaders send a heartbeat every {heartbeat:g} ms); ask the leader or another "
+            "node, or allow more lag"
+        )
+
+    def _known_index(self) -> int:
+        """The highest index this node knows the cluster has: its own last log index (a
+        follower holds what a leader sent it) or what it has applied."""
+        return max(self._raft.log.last_index(), self._applied.applied)
+
+    def _beyond_log(self, min_index: int, confirmed: int) -> MinIndexBeyondLog | None:
+        """The refusal of a ``min_index`` beyond the cluster's log: past both the commit index a
+        leader ``confirmed`` and every index this node holds."""
+        known = max(confirmed, self._known_index())
+        if min_index <= known:
+            return None
+        return MinIndexBeyondLog(
+            f"min_index={min_index} is beyond the cluster's log (its last index is {known}): "
+            "no write has that index yet; pass the index a write was answered with"
+        )
+
+    def _confirm(self, min_index: int, limit: TimeLimit) -> Deferred[int]:
+        """The leader's commit index, learned by ReadIndex: min_index if it is within the
+        cluster's log (the index to wait for), else fail with MinIndexBeyondLog."""
+
+        def check(index: int) -> int:
+            beyond = self._beyond_log(min_index, index)
+            if beyond is not None:
+                raise beyond
+            return min_index
+
+        d = self._read_index(limit)
+        return d.addCallback(check)
 
     def _linearizable_read(
         self, query: bytes, min_index: int | None, limit: TimeLimit
     ) -> Deferred[QueryResult]:
+        def confirmed(index: int) -> Any:
+            if min_index is not None and (beyond := self._beyond_log(min_index, index)):
+                raise beyond
+            return self._read_at(query, max(index, min_index or 0), limit)
+
+        return self._read_index(limit).addCallback(confirmed)
+
+    def _read_index(self, limit: TimeLimit) -> Deferred[int]:
+        """A ReadIndex round: the leader's commit index once a quorum confirmed it led."""
         if len(self.pending) >= self._applied.limit:
             return failed(self._too_many_reads())
         context = b"%s.%d" % (self._prefix, next(self._ids))
@@ -176,21 +243,19 @@ class Reads:
 
         def expire() -> None:
             if self.pending.pop(context, None) is d and not d.called:
-                d.errback(Timeout("the read could not be confirmed by a quorum in time; retry"))
+                lost = self._forwarder.quorum_lost()
+                d.errback(
+                    lost or Timeout("the read could not be confirmed by a quorum in time; retry")
+                )
 
         timer = self._clock.callLater(self._time_left(limit), expire)
 
-        def confirmed(index: int) -> Any:
+        def settled(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            return self._read_at(query, max(index, min_index or 0), limit)
+            return result
 
-        def not_confirmed(f: Failure) -> Failure:
-            if timer.active():
-                timer.cancel()
-            return f
-
-        d.addCallbacks(confirmed, not_confirmed)
+        d.addBoth(settled)
         self._raft.read_index(context)
         self._pipeline.want_early()
         self._pipeline.schedule()

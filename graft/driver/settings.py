@@ -24,6 +24,9 @@ class DriverSettings:
     snapshot_trailing: int = 0  # entries kept in the log below a snapshot
     fsm_name: str = ""
     catch_up_timeout: float = 120.0  # how long a new member may take to catch up
+    # How long a new member may stay out of the leader's reach before add_member says so:
+    # long enough for `graft start --join`, which starts the node 3 s after asking.
+    member_unreachable_after: float = 10.0
     readies_in_flight: int = 2
     check_timeout: float = 60.0  # a replica check's digest
     query_threads: int = 2

@@ -30,6 +30,7 @@ from graft.transport.dialer import Backoff, PeerDialer
 from graft.transport.errors import PeerUnavailable
 from graft.transport.protocol import PeerConnection
 from graft.transport.reachability import Reachability
+from graft.transport.reasons import dial_failure
 from graft.transport.tls import PeerTLSFactory, TLSContexts, TLSPaths
 from graft.wire import (
     COMMANDS,
@@ -178,6 +179,8 @@ class PeerTransport(Service):
         self._unlisted_members: frozenset[str] = frozenset()
         self._unlisted: dict[str, PeerConnection] = {}
         self.reachability = Reachability()
+        # Why the last dial of a peer failed, until a connection to it is authenticated.
+        self._dial_errors: dict[str, str] = {}
 
     # -- service -----------------------------------------------------------------------------
 
@@ -250,6 +253,11 @@ class PeerTransport(Service):
         reachable = {peer for peer, c in self._outbound.items() if not c.closing}
         return reachable | {peer for peer, c in self._unlisted.items() if not c.closing}
 
+    def dial_error(self, peer: str) -> str | None:
+        """Why the last dial of ``peer`` failed ("connection refused"), while it has no
+        authenticated outbound connection; None if no dial has failed since."""
+        return self._dial_errors.get(peer)
+
     def update_peers(self, peers: Mapping[str, PeerAddress]) -> None:
         """Adopt a new membership: dial new peers, forget removed ones, re-dial moved ones."""
         old, self._peers = self._peers, dict(peers)
@@ -319,6 +327,7 @@ class PeerTransport(Service):
                 return
             dialer.authenticated()
             self.reachability.reached(peer, self._address_of(peer))
+            self._dial_errors.pop(peer, None)
             previous = self._outbound.get(peer)
             self._outbound[peer] = connection
             if previous is not None and previous is not connection:
@@ -466,6 +475,7 @@ class PeerTransport(Service):
 
     def _dial_failed(self, peer_id: str, reason: Failure) -> None:
         self.stats.dial_failures += 1
+        self._dial_errors[peer_id] = dial_failure(reason.value or Exception())
         log.debug("dialling {peer} failed: {reason}", peer=peer_id, reason=reason.value)
         self.reachability.failed(peer_id, self._address_of(peer_id), reason)
 

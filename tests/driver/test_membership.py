@@ -10,8 +10,8 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from graft.driver.port import MemberList
-from graft.errors import BadRequest, GraftError, NoLeader, Timeout
-from graft.raft.messages import Message, RequestVote
+from graft.errors import BadRequest, GraftError, MemberUnreachable, NoLeader, Timeout
+from graft.raft.messages import AppendEntries, InstallSnapshot, Message, RequestVote
 from graft.raft.types import Membership
 from tests.support.driver import NODES, TICK, DriverCluster
 from tests.support.kv import put
@@ -23,8 +23,8 @@ class MembershipTests(DriverCluster):
     def setUp(self) -> None:
         self.sent: list[Message] = []
 
-    def start(self, catch_up_timeout: float = 1.0) -> None:
-        self.start_nodes(catch_up_timeout=catch_up_timeout)
+    def start(self, catch_up_timeout: float = 1.0, **options: Any) -> None:
+        self.start_nodes(catch_up_timeout=catch_up_timeout, **options)
         self.leader_id = self.leader()
         self.node = self.network.nodes[self.leader_id]
 
@@ -87,10 +87,13 @@ class MembershipTests(DriverCluster):
         self.assertEqual(self.node.members(), before)
 
     def test_learner_that_never_catches_up_is_refused_at_the_timeout(self) -> None:
-        """A new member that never answers (nothing runs at its address) is added as a learner
-        and, at catch_up_timeout (1 s here) of clock time and not before, the add fails with a
-        504 naming how far it got; it stays a learner and the cluster still commits."""
+        """A new member that runs and is connected but never catches up (the leader's appends
+        to it are held back) is added as a learner and, at catch_up_timeout (1 s here) of
+        clock time and not before, the add fails with a 504 naming how far it got; it stays a
+        learner and the cluster still commits."""
         self.start(catch_up_timeout=1.0)
+        self.add_node(NEW, Membership(), seed=7)
+        self.network.hold(self.leader_id, NEW, AppendEntries, InstallSnapshot)
         pending = self.node.add_member(NEW, "127.0.0.1", 9004, 8004)
         box: list[Any] = []
         pending.addBoth(box.append)
@@ -106,6 +109,32 @@ class MembershipTests(DriverCluster):
         members = self.node.members()
         self.assertEqual((members.voters, members.learners), (tuple(sorted(NODES)), (NEW,)))
         self.assertIsInstance(self.result(self.node.submit([put("k", "1")])), list)
+
+    def test_member_that_does_not_run_is_reported_then_promoted_once_it_runs(self) -> None:
+        """Adding a node that does not run (asked on a follower, which forwards to the leader):
+        after member_unreachable_after (3 s), not the 30 s catch-up timeout, the add fails with
+        409 member_unreachable saying it was added as a learner the leader cannot reach at its
+        address and why, and that it is promoted once it runs; once started, it is."""
+        self.start(catch_up_timeout=30.0, member_unreachable_after=3.0)
+        follower = next(n for n in NODES if n != self.leader_id)
+        pending = self.network.nodes[follower].add_member(NEW, "127.0.0.1", 9004, 8004)
+        box: list[Any] = []
+        pending.addBoth(box.append)
+        self.wait_until(lambda: NEW in self.node.members().learners, "d added as a learner")
+        self.wait_until(lambda: box, "the add answered", seconds=4.0)
+        error = box[0].value
+        self.assertIsInstance(error, MemberUnreachable)
+        self.assertEqual((error.code, error.status), ("member_unreachable", 409))
+        self.assertIn(
+            f"{NEW} was added as a learner; the leader {self.leader_id} cannot reach it at "
+            "127.0.0.1:9004 (no connection to it yet); it is promoted once it is running and "
+            "caught up",
+            error.message,
+        )
+        self.assertEqual(self.node.members().learners, (NEW,))
+        self.add_node(NEW, Membership(), seed=7)
+        self.wait_until(lambda: NEW in self.node.members().voters, "d promoted", seconds=5.0)
+        self.assertEqual(self.node.members().learners, ())
 
     def test_leadership_moving_during_catch_up_is_reported(self) -> None:
         """When leadership moves while a new member catches up, the add fails with a 503

@@ -82,7 +82,9 @@ class StopTests(DriverCluster):
                 self.network.hold(self.leader_id, follower, AppendEntries, Heartbeat)
         command = watch(self.node.submit([put("k", "1")]))
         strong = watch(self.node.query(get("k"), Consistency.STRONG))
-        waiting = watch(self.node.query(get("k"), Consistency.WEAK, min_index=10**6))
+        # The uncommitted proposal's index: in the leader's log, so the read waits for it.
+        last = self.node.status().last_index
+        waiting = watch(self.node.query(get("k"), Consistency.WEAK, min_index=last))
         self.advance(3 * TICK)
         self.assertEqual((command, strong, waiting), ([], [], []))
         self.assertTrue(self.node.is_leader())

@@ -126,6 +126,9 @@ class MembershipTests(OperationsTestCase):
             for new in ("n4", "n5"):
                 body = cluster.add_node(new)
                 cluster.start(new)
+                # As the docs say: start the node, then add it (the leader reports a new member
+                # it cannot reach as member_unreachable, and a loaded machine starts slowly).
+                cluster.wait_until_serving(new, timeout=60)
                 follower = next(
                     n
                     for n in cluster.alive()

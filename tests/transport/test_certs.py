@@ -90,7 +90,7 @@ class GenerateTests(SynchronousTestCase):
         before = (self.directory / "turing.key").read_bytes()
         with self.assertRaises(CertificateError) as raised:
             generate_certificates(self.cfg)
-        self.assertIn("already exists; pass force", str(raised.exception))
+        self.assertIn("already exists: rerun with --force", str(raised.exception))
         self.assertEqual((self.directory / "turing.key").read_bytes(), before)
 
     def test_force_regenerates_everything(self) -> None:
