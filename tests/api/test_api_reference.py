@@ -20,7 +20,7 @@ _IMPLICIT = {"HEAD", "OPTIONS"}
 _ROLES = {"none": None, "read": Role.READ, "write": Role.WRITE, "admin": Role.ADMIN}
 _ROUTE_ROW = re.compile(r"^\| *([A-Z]+) *\| *`(/[^`]*)` *\| *(\w+) *\|", re.MULTILINE)
 _HEADING = re.compile(r"^#{2,4} +((?:[A-Z]+(?: or |, ))*[A-Z]+) +(/\S*)", re.MULTILINE)
-_ERROR_ROW = re.compile(r"^\| *`([a-z_]+)` *\| *(\d{3}) *\|", re.MULTILINE)
+_ERROR_ROW = re.compile(r"^\| *`([a-z_]+)` *\| *(\d{3})[^|]*\|", re.MULTILINE)
 
 
 def normal(path: str) -> str:
