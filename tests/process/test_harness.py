@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.testing.cluster import HOST, LocalCluster, Response, parse_metric
 from graft.testing.load import WriteLoad
+from graft.testing.pipes import LineReader
 from graft.testing.ports import HeldPort, dead_url, hold_ports
 from graft.testing.process_case import ProcessTestCase
 
@@ -223,3 +224,31 @@ class WriteLoadTests(SynchronousTestCase):
         with self.assertRaises(AssertionError) as caught:
             load.stop()
         self.assertIn("still running", str(caught.exception))
+
+
+class LineReaderTests(SynchronousTestCase):
+    def test_a_silent_child_times_out_instead_of_hanging_the_test(self) -> None:
+        """Lines come through; a child that then says nothing is a TimeoutError within the
+        limit, with the partial line; end of file gives what is left, then b""."""
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; print('one', flush=True); sys.stdout.write('tw');"
+                " sys.stdout.flush(); time.sleep(float(sys.stdin.readline()))",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        assert child.stdout is not None and child.stdin is not None
+        reader = LineReader(child.stdout)
+        self.assertEqual(reader.readline(60), b"one\n")
+        with self.assertRaises(TimeoutError) as caught:
+            reader.readline(0.5)
+        self.assertIn("b'tw'", str(caught.exception))
+        child.stdin.write(b"0\n")
+        child.stdin.close()
+        self.assertEqual(reader.readline(60), b"tw")
+        self.assertEqual(reader.readline(60), b"")
