@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -124,6 +125,9 @@ class LocalCluster:
     ) -> None:
         # The bearer token the harness's own /status polls use when the API requires one.
         self.status_token = status_token
+        # With api.tls in the config: the TLS context requests use by default (the cluster CA,
+        # and a client certificate when the API requires one); see client_tls_context().
+        self.api_context: ssl.SSLContext | None = None
         self.start_timeout = start_timeout
         self.base = Path(base).resolve()
         self.base.mkdir(parents=True, exist_ok=True)
@@ -190,7 +194,17 @@ class LocalCluster:
         return {"id": node, "host": HOST, "ports": self.peers[node]["ports"]}
 
     def api_url(self, node: str) -> str:
-        return f"http://{HOST}:{self.peers[node]['ports']['api']}"
+        scheme = "https" if (self.config.get("api") or {}).get("tls") else "http"
+        return f"{scheme}://{HOST}:{self.peers[node]['ports']['api']}"
+
+    def client_tls_context(self, cert_of: str | None = None) -> ssl.SSLContext:
+        """A context trusting the cluster CA (which signed the nodes' certificates), presenting
+        node ``cert_of``'s certificate as a client certificate when given."""
+        certs = self.base / "certs"
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        if cert_of is not None:
+            context.load_cert_chain(certs / f"{cert_of}.pem", certs / f"{cert_of}.key")
+        return context
 
     def ports(self, node: str) -> tuple[int, int]:
         """(p2p, api) of ``node``."""
@@ -358,11 +372,16 @@ class LocalCluster:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 10,
+        context: ssl.SSLContext | None = None,
     ) -> Response:
+        """One HTTP request; over https with ``context`` (default: ``api_context``)."""
         req = urllib.request.Request(
             self.api_url(node) + path, data=body, method=method, headers=dict(headers or {})
         )
-        opener = urllib.request.build_opener(_NoRedirect)
+        handlers: list[Any] = [_NoRedirect]
+        if context is not None or self.api_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=context or self.api_context))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(req, timeout=timeout) as resp:
                 return Response(resp.status, dict(resp.headers), resp.read())

@@ -4,23 +4,12 @@ stopped node lets them start again past it."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from pathlib import Path
 
 from click.testing import CliRunner
-from twisted.trial import unittest
 
-from graft.testing.cluster import LocalCluster
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
+from graft.testing.kv import get, put
+from graft.testing.process_case import ProcessTestCase
 
 POISON_INIT = "def init():\n    return {}\n"
 POISON_EVAL = """
@@ -41,21 +30,20 @@ def query(state, query):
 """
 
 
-class SkipEntryTests(unittest.TestCase):
+class SkipEntryTests(ProcessTestCase):
     def test_every_node_stops_at_a_poison_entry_until_it_is_skipped(self) -> None:
         """A command that makes the FSM raise stops every node, naming the entry and the
         command to run; after `graft skip-entry` on every stopped node they start, skip it,
         keep the state from before and after it, and take writes."""
         from graft.cli import main
 
-        cluster = LocalCluster(
-            Path(self.mktemp()), extra={"fsm": {"init": "init.py", "eval": "eval.py"}}
+        cluster = self.make_cluster(
+            extra={"fsm": {"init": "init.py", "eval": "eval.py"}}, start=False
         )
-        self.addCleanup(cluster.close)
         (cluster.base / "init.py").write_text(POISON_INIT)
         (cluster.base / "eval.py").write_text(POISON_EVAL)
         cluster.start()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         resp = cluster.request(leader, "POST", "/command", put("before", "1"))
         self.assertEqual(resp.status, 200, resp.body)
         with contextlib.suppress(OSError):  # the leader may stop before it answers
@@ -80,7 +68,7 @@ class SkipEntryTests(unittest.TestCase):
             result = CliRunner().invoke(main, [*args, "--yes"])
             self.assertEqual(result.exit_code, 0, result.output)
         cluster.start()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         resp = cluster.request(leader, "POST", "/command", put("after", "2"))
         self.assertEqual(resp.status, 200, resp.body)
         for node in cluster.node_ids:
