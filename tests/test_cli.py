@@ -21,8 +21,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from graft import cli
 from graft.client import MemberStatus
-from graft.testing.ports import dead_url
-from tests.test_client import Reply, error_reply, json_reply, start_fake_node
+from tests.test_client import Reply, dead_url, error_reply, json_reply, start_fake_node
 
 
 def run(args: Sequence[str], stdin: str | bytes | None = None) -> Result:

@@ -14,7 +14,6 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.client import ClientError, GraftClient, Unreachable
-from graft.testing.ports import dead_url
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +100,14 @@ def start_fake_node(test: SynchronousTestCase, default: Any = None) -> FakeNode:
     node = FakeNode(default)
     test.addCleanup(node.stop)
     return node
+
+
+def dead_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was just released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 class FakeTime:
