@@ -406,6 +406,23 @@ class LocalCluster:
             raise AssertionError(f"{node} /metrics: {resp.status} {resp.body[:200]!r}")
         return parse_metric(resp.body.decode(), name)
 
+    def query(
+        self, node: str, body: bytes, consistency: str = "strong", timeout: float = 30
+    ) -> Response:
+        """POST /query, asked again while the answer is 503 or 504 or the connection fails
+        (the node between leaders, or busy): the first other answer, or the last one at the
+        deadline. So a check of the state tells a missing value from a node that was busy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                resp = self.request(node, "POST", f"/query?consistency={consistency}", body)
+                if resp.status not in (503, 504) or time.monotonic() > deadline:
+                    return resp
+            except (OSError, http.client.HTTPException):
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
     def wait_until_serving(self, node: str, timeout: float = 15) -> None:
         """Poll until the node's API answers (a started process takes a moment to bind)."""
         deadline = time.monotonic() + timeout

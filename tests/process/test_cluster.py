@@ -149,13 +149,13 @@ class DurabilityTests(ClusterTestCase):
         new_leader, _ = cluster.wait_for_leader(timeout=30, among=survivors)
         missing: list[str] = []
         for key in load.acked:
-            read = cluster.request(new_leader, "POST", "/query?consistency=strong", get(key))
+            read = cluster.query(new_leader, get(key))
             body: Any = read.json()
             if read.status != 200 or body != {"value": key}:
-                missing.append(key)
+                missing.append(f"{key} (acked by {load.acked[key]}): {read.status} {body}")
         self.assertEqual(missing, [], f"{len(missing)} acknowledged writes lost")
         for key in load.failed:
-            read = cluster.request(new_leader, "POST", "/query?consistency=strong", get(key))
+            read = cluster.query(new_leader, get(key))
             self.assertEqual((read.status, read.json()), (200, {"value": None}), key)
 
 

@@ -30,7 +30,7 @@ class OperationsTestCase(ProcessTestCase):
         leader, _ = cluster.wait_for_leader(timeout=30)
         missing = []
         for key in load.acked:
-            resp = cluster.request(leader, "POST", "/query?consistency=strong", get(key))
+            resp = cluster.query(leader, get(key))
             if resp.status != 200 or resp.json() != {"value": key}:
                 missing.append(f"{key} (acked by {load.acked[key]}): {resp.status} {resp.body!r}")
         self.assertEqual(missing, [], f"{len(missing)} acknowledged writes are missing")
@@ -57,7 +57,7 @@ class MembershipTests(OperationsTestCase):
                 )
                 self.assertEqual(resp.status, 200, resp.body)
                 self.assertIn(new, resp.json()["voters"])
-            leader, _ = cluster.wait_for_leader(timeout=10)
+            leader, _ = cluster.wait_for_leader(timeout=30)
             members = cluster.request(leader, "GET", "/cluster/members").json()
             self.assertEqual(sorted(members["voters"]), ["n1", "n2", "n3", "n4", "n5"])
             self.wait_caught_up(cluster, "n5")
