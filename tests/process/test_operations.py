@@ -84,8 +84,10 @@ class TransferAndRestartTests(OperationsTestCase):
         That the hand-over costs no election timeout is a timing property, checked on a
         deterministic clock in tests/raft/test_transfer_membership.py
         (test_transfer_to_caught_up_follower); here, two cores shared with other tests could
-        stall a node past its election timeout whatever the code does."""
-        cluster = self.make_cluster()
+        stall a node past its election timeout whatever the code does. The node gives a
+        hand-over two election timeouts, hence the long ones: a slow machine must not turn a
+        working hand-over into a timed-out one."""
+        cluster = self.make_cluster(election_ms=2000, heartbeat_ms=100)
         leader, _ = cluster.wait_for_leader(timeout=30)
         resp = cluster.request(leader, "POST", "/cluster/leader", b"{}", timeout=30)
         self.assertEqual(resp.status, 200, resp.body)
