@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import threading
@@ -33,15 +32,9 @@ def grow(k: int) -> bytes:
     ).encode()
 
 
-def metric(cluster: LocalCluster, node: str, name: str) -> float:
-    text = cluster.request(node, "GET", "/metrics").body.decode()
-    match = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def counters(cluster: LocalCluster, nodes: list[str]) -> dict[str, tuple[float, float]]:
     return {
-        n: (metric(cluster, n, "graft_election_timeouts"), metric(cluster, n, "graft_elections"))
+        n: (cluster.metric(n, "graft_election_timeouts"), cluster.metric(n, "graft_elections"))
         for n in nodes
     }
 

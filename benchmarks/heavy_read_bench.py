@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import statistics
 import tempfile
 import threading
@@ -23,12 +22,6 @@ from pathlib import Path
 from graft.testing.cluster import LocalCluster
 
 ENDLESS = b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT max(x) FROM c"
-
-
-def metric(cluster: LocalCluster, node: str, name: str) -> float:
-    text = cluster.request(node, "GET", "/metrics").body.decode()
-    match = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def endless(cluster: LocalCluster, node: str) -> None:
@@ -80,10 +73,10 @@ def main() -> None:
             ]
             for thread in queries:
                 thread.start()
-            while metric(cluster, leader, "graft_queries_in_threads") < 2:
+            while cluster.metric(leader, "graft_queries_in_threads") < 2:
                 time.sleep(0.02)
             busy = phase(cluster, leader, args.n, args.n)
-            running = metric(cluster, leader, "graft_queries_in_threads")
+            running = cluster.metric(leader, "graft_queries_in_threads")
             status = cluster.status(leader) or {}
             print(f"idle:                 /health {idle[0]}; writes {idle[1]}")
             print(f"2 endless queries:    /health {busy[0]}; writes {busy[1]}")

@@ -16,8 +16,8 @@ from graft.errors import NotFound
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.types import EntryKind
+from graft.testing.kv import put
 from tests.support.driver import NODES, DriverCluster
-from tests.support.kv import put
 
 
 class RecordingFSM(KeyValueStateMachine):

@@ -23,10 +23,10 @@ from graft.cli import app, cluster, dev, join, render
 from graft.cli import node as node_commands
 from graft.cli.errors import DEBUG_ENV
 from graft.client import MemberStatus
+from graft.testing.ports import dead_url
 from tests.support.http_node import (
     Reply,
     Seen,
-    dead_url,
     error_reply,
     json_reply,
     start_fake_node,

@@ -11,9 +11,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.client import ClientError, GraftClient, Unreachable
+from graft.testing.ports import dead_url
 from tests.support.http_node import (
     Reply,
-    dead_url,
     error_reply,
     json_reply,
     start_fake_node,

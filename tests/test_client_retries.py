@@ -7,7 +7,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.client import ClientError, GraftClient
-from tests.support.http_node import Reply, dead_url, error_reply, start_fake_node
+from graft.testing.ports import dead_url
+from tests.support.http_node import Reply, error_reply, start_fake_node
 from tests.test_client import make_client
 
 

@@ -18,9 +18,9 @@ from graft.errors import BadRequest, GraftError, NoLeader, QueryTimeout, Stale, 
 from graft.fsm import QueryRejected, QueryTimedOut, StateMachine
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse, Message
+from graft.testing.kv import get, put
 from graft.transport import RemoteError
 from tests.support.driver import NODES, TICK, Channel, DriverCluster
-from tests.support.kv import get, put
 
 
 class FailingFSM(KeyValueStateMachine):

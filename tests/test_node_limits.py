@@ -10,8 +10,8 @@ from twisted.python.failure import Failure
 from graft.driver.port import Consistency
 from graft.errors import MinIndexBeyondLog, Overloaded
 from graft.raft.messages import AppendEntries
+from graft.testing.kv import get, put
 from tests.support.driver import NODES, DriverCluster
-from tests.support.kv import get, put
 
 
 class NodeWaiterLimitTests(DriverCluster):

@@ -16,8 +16,8 @@ from graft.raft.messages import (
     RequestVoteResponse,
 )
 from graft.raft.ready import Role
+from graft.testing.kv import put
 from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
-from tests.support.kv import put
 
 
 class CheckedChannel(Channel):

@@ -21,9 +21,9 @@ from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import Membership, SnapshotMeta
 from graft.storage import DurableLog
+from graft.testing.kv import put
 from tests.storage.test_snapshots import _HookedLock
 from tests.support.driver import TICK, run_until
-from tests.support.kv import put
 
 MEMBERS = Membership(voters=frozenset({"a"}))
 

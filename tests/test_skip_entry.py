@@ -33,8 +33,8 @@ from graft.raft.types import (
 )
 from graft.storage import DurableLog
 from graft.storage.rejected import REJECTED_FILE, data_digest, read_rejected
+from graft.testing.kv import get, put
 from tests.support.driver import TICK, run_until
-from tests.support.kv import get, put
 from tests.test_cli import CLITestCase, run, write_config
 
 POISON = b"poison"

@@ -28,9 +28,9 @@ from graft.space import (
     SpaceQuota,
     data_dir_bytes,
 )
+from graft.testing.kv import get, put
 from graft.transport import RemoteError
 from tests.support.driver import DriverCluster
-from tests.support.kv import get, put
 
 MIB = 1 << 20
 NODES = ("a", "b", "c")

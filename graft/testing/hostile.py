@@ -13,6 +13,7 @@ the fuzz never holds a token that could shut a node down or remove a member by a
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import time
 import urllib.parse
@@ -76,7 +77,7 @@ def down_nodes(cluster: LocalCluster, timeout: float = UP_TIMEOUT_S) -> dict[str
                 if resp.status == 200:
                     break
                 reason = f"/health answered {resp.status}"
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 reason = f"/health failed: {e!r}"
             if time.monotonic() >= deadline:
                 problems[node] = reason

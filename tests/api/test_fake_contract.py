@@ -21,9 +21,9 @@ from graft.api.views import members_document, status_document
 from graft.config import ApiConfig
 from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.raft.types import MemberAddress, Membership, SnapshotMeta
+from graft.testing.kv import get, put
 from tests.api.fakes import FakeBackend, Settings
 from tests.support.driver import NODES, DriverCluster, MemoryDurable
-from tests.support.kv import get, put
 
 # The keys of the mappings keyed by node id, which differ between clusters (their values'
 # shapes must not): status()'s progress and members()'s addresses.

@@ -24,9 +24,9 @@ from graft.errors import (
     Stale,
     Timeout,
 )
+from graft.testing.kv import get, put
 from graft.transport import PeerUnavailable, RemoteError
 from tests.support.driver import NODES, TICK, DriverCluster
-from tests.support.kv import get, put
 
 
 def outcome(d: Deferred[Any]) -> list[Any]:

@@ -13,8 +13,8 @@ from graft.driver.port import MemberList
 from graft.errors import BadRequest, GraftError, MemberUnreachable, NoLeader, Timeout
 from graft.raft.messages import AppendEntries, InstallSnapshot, Message, RequestVote
 from graft.raft.types import Membership
+from graft.testing.kv import put
 from tests.support.driver import NODES, TICK, DriverCluster
-from tests.support.kv import put
 
 NEW = "d"
 

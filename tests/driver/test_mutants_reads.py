@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 from graft.driver.port import Consistency, QueryResult
 from graft.errors import BadRequest, NoQuorum, Overloaded
 from graft.raft.messages import Heartbeat, Message
+from graft.testing.kv import get, put
 from tests.support.driver import TICK, Channel, DriverCluster
-from tests.support.kv import get, put
 
 
 class DriverReadTests(DriverCluster):

@@ -14,9 +14,9 @@ from graft.api import make_api_resource
 from graft.api.views import status_document
 from graft.driver.node import GraftNode
 from graft.raft.types import Membership
+from graft.testing.kv import put
 from tests.api.fakes import Settings
 from tests.support.driver import NODES, DriverCluster
-from tests.support.kv import put
 
 
 class NodeApiTests(DriverCluster):

@@ -27,9 +27,9 @@ from graft.raft.messages import InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.types import Membership, SnapshotMeta
 from graft.storage import DurableLog
+from graft.testing.kv import put
 from tests.api.fakes import Settings
 from tests.support.driver import NODES, TICK, DriverCluster, run_until
-from tests.support.kv import put
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -17,9 +17,9 @@ from graft.api import make_api_resource
 from graft.driver.port import Consistency, QueryResult
 from graft.errors import Timeout
 from graft.raft.messages import AppendEntries
+from graft.testing.kv import get, put
 from tests.api.fakes import Settings
 from tests.support.driver import NODES, TICK, DriverCluster
-from tests.support.kv import get, put
 
 
 class LateCommitReadTests(DriverCluster):

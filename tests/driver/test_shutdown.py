@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 from graft.driver.port import Consistency
 from graft.errors import GraftError, NoLeader, Timeout
 from graft.raft.messages import AppendEntries, Heartbeat
+from graft.testing.kv import get, put
 from tests.support.driver import NODES, TICK, DriverCluster
-from tests.support.kv import get, put
 
 
 def watch(d: Deferred[Any]) -> list[Any]:

@@ -18,7 +18,7 @@ from graft.fsm import begin_snapshot
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
-from tests.support.kv import put
+from graft.testing.kv import put
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 ROWS = b"SELECT id, name, v FROM t ORDER BY id;"

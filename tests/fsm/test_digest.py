@@ -14,7 +14,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.fsm.sqlite.digest import sqlite_digest
-from tests.support.kv import delete, put
+from graft.testing.kv import delete, put
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

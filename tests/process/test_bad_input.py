@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from pathlib import Path
 
-from twisted.trial import unittest
-
-from graft.testing.cluster import LocalCluster, Response
+from graft.testing.cluster import Response
+from graft.testing.process_case import ProcessTestCase
 
 TOKENS = {"read": "r-token", "write": "w-token", "admin": "a-token"}
 
@@ -19,10 +16,9 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class BadInputTests(unittest.TestCase):
+class BadInputTests(ProcessTestCase):
     def setUp(self) -> None:
-        self.cluster = LocalCluster(
-            Path(self.mktemp()),
+        self.cluster = self.make_cluster(
             fsm="graft.fsm.sqlite:SQLiteStateMachine",
             extra={
                 "api": {
@@ -32,9 +28,7 @@ class BadInputTests(unittest.TestCase):
             },
             status_token=TOKENS["read"],
         )
-        self.addCleanup(self.cluster.close)
-        self.cluster.start()
-        self.leader, _ = self.cluster.wait_for_leader(timeout=15)
+        self.leader, _ = self.cluster.wait_for_leader(timeout=30)
         self.follower = next(n for n in self.cluster.node_ids if n != self.leader)
         ok = self.send(
             "POST", "/command", b"CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
@@ -115,13 +109,8 @@ class BadInputTests(unittest.TestCase):
         self.assertError(bad, 422, "fsm_error")
         index = int(bad.headers["Graft-Index"])
         self.assertGreater(index, int(ok.headers["Graft-Index"]))
+        self.cluster.wait_applied(index, self.cluster.node_ids)
         for node in self.cluster.node_ids:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                status = self.cluster.status(node)
-                if status and status["applied"] >= index:
-                    break
-                time.sleep(0.02)
             resp = self.send(
                 "POST",
                 f"/query?consistency=weak&min_index={index}",

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.trial import unittest
-
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.testing.cluster import LocalCluster
+from graft.testing.process_case import ProcessTestCase
 
 # The FSMs below diverge on the node whose data dir is named ``diverge_on``, for commands that
 # contain this word; everywhere else they are the built-in FSMs.
@@ -61,12 +60,9 @@ class CheckProcessMixin:
     def setUp(self) -> None:
         test: Any = self
         factory = f"tests.process.test_check:{self.fsm}"
-        self.cluster = LocalCluster(
-            Path(test.mktemp()),
-            extra={"fsm": {"factory": factory, "options": {"diverge_on": "n3"}}},
+        self.cluster: LocalCluster = test.make_cluster(
+            extra={"fsm": {"factory": factory, "options": {"diverge_on": "n3"}}}
         )
-        test.addCleanup(self.cluster.close)
-        self.cluster.start()
         for node in self.cluster.node_ids:
             self.cluster.wait_until_serving(node)
         self.leader, _ = self.cluster.wait_for_leader()
@@ -114,13 +110,13 @@ class CheckProcessMixin:
         test.assertIn("n3", ran.stdout.split("MISMATCH", 1)[1])
 
 
-class KeyValueCheckTests(CheckProcessMixin, unittest.TestCase):
+class KeyValueCheckTests(CheckProcessMixin, ProcessTestCase):
     fsm = "DivergingKV"
     good = [json.dumps({"op": "put", "key": f"k{i}", "value": str(i)}).encode() for i in range(5)]
     bad = json.dumps({"op": "put", "key": "k1", "value": "diverge-here"}).encode()
 
 
-class SQLiteCheckTests(CheckProcessMixin, unittest.TestCase):
+class SQLiteCheckTests(CheckProcessMixin, ProcessTestCase):
     fsm = "DivergingSQLite"
     good = [
         b"CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",

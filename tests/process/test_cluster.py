@@ -6,78 +6,62 @@ story rather than one assertion.
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial import unittest
-
 from graft.testing.cluster import LocalCluster
+from graft.testing.kv import get, put
+from graft.testing.load import WriteLoad
+from graft.testing.process_case import ProcessTestCase
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
-
-class ClusterTestCase(unittest.TestCase):
+class ClusterTestCase(ProcessTestCase):
     fsm = "graft.fsm.kv:KeyValueStateMachine"
 
-    def make_cluster(self, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> LocalCluster:
-        cluster = LocalCluster(Path(self.mktemp()), nodes, fsm=self.fsm)
-        self.addCleanup(cluster.close)
-        self.addCleanup(self._dump_logs_on_failure, cluster)
-        cluster.start()
-        return cluster
+    def make_kv_cluster(self) -> LocalCluster:
+        return self.make_cluster(fsm=self.fsm)
 
-    def _dump_logs_on_failure(self, cluster: LocalCluster) -> None:
-        # trial has no "on failure" hook; keep logs in the temp dir and name it for the reader.
-        self._cluster_dir = cluster.base
+    def write_until_acked(self, cluster: LocalCluster, node: str, body: bytes) -> int:
+        """An idempotent command through ``node``, asked again while the answer is 503 or 504
+        (between leaders): its log index."""
+        deadline = time.monotonic() + 60
+        while True:
+            resp = cluster.request(node, "POST", "/command", body, timeout=30)
+            if resp.status not in (503, 504) or time.monotonic() > deadline:
+                self.assertEqual(resp.status, 200, resp.body)
+                return int(resp.headers["Graft-Index"])
+            time.sleep(0.1)
 
 
 class ElectionTests(ClusterTestCase):
     def test_leader_failover_and_rejoin(self) -> None:
         """Three nodes elect exactly one leader; after SIGKILL of the leader the other two elect
-        a new one within 2 s (seed timeouts); the killed node restarts from its data dir and
-        rejoins as a follower without disturbing the new leader (pre-vote)."""
-        cluster = self.make_cluster()
-        leader, term = cluster.wait_for_leader(timeout=15)
+        a new one in a higher term; the killed node restarts from its data dir, catches up
+        (applies a write made after its return) and serves the write made before its death.
+
+        How long the failover takes is measured by `make bench` (benchmarks/suite/failover.py),
+        not asserted here. That a returning node does not disrupt the leader (pre-vote) is
+        checked on a deterministic clock in tests/raft/test_election.py
+        (PreVoteTests.test_pre_vote_prevents_term_inflation): on two cores shared with other
+        tests, a node stalled past its election timeout starts an election whatever the code."""
+        cluster = self.make_kv_cluster()
+        leader, term = cluster.wait_for_leader(timeout=30)
         resp = cluster.request(leader, "POST", "/command", put("k", "v1"))
         self.assertEqual(resp.status, 200, resp.body)
 
         cluster.kill(leader)
-        started = time.monotonic()
         survivors = [n for n in cluster.node_ids if n != leader]
-        new_leader, new_term = cluster.wait_for_leader(timeout=5, among=survivors)
-        elapsed = time.monotonic() - started
-        self.assertLess(elapsed, 2.0, f"failover took {elapsed:.2f}s")
+        new_leader, new_term = cluster.wait_for_leader(timeout=30, among=survivors)
         self.assertGreater(new_term, term)
 
         cluster.start(leader)
-        deadline = time.monotonic() + 10
-        rejoined = None
-        while time.monotonic() < deadline:
-            rejoined = cluster.status(leader)
-            if rejoined and rejoined["leader"] == new_leader and rejoined["applied"] >= 2:
-                break
-            time.sleep(0.05)
-        self.assertIsNotNone(rejoined)
-        assert rejoined is not None
-        self.assertEqual(rejoined["role"], "follower")
-        self.assertEqual(rejoined["leader"], new_leader)
-        # Give a disruptive rejoin time to happen, then check it did not.
-        time.sleep(1.0)
-        still, still_term = cluster.wait_for_leader(timeout=5)
-        self.assertEqual((still, still_term), (new_leader, new_term))
-        read = cluster.request(leader, "POST", "/query?consistency=strong", get("k"))
+        after = self.write_until_acked(cluster, new_leader, put("after", "rejoin"))
+        cluster.wait_applied(after, cluster.node_ids, timeout=60)
+        read = cluster.query(leader, get("k"))
         self.assertEqual(read.status, 200, read.body)
         self.assertEqual(read.json(), {"value": "v1"})
 
@@ -87,8 +71,8 @@ class ClientPathTests(ClusterTestCase):
         """A follower forwards commands; ?redirect=true answers 307 to the leader; strong reads
         on a follower see a write the leader just acknowledged; min_index gives read-your-writes
         on a follower even at weak consistency."""
-        cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        cluster = self.make_kv_cluster()
+        leader, _ = cluster.wait_for_leader(timeout=30)
         follower = next(n for n in cluster.node_ids if n != leader)
 
         forwarded = cluster.request(follower, "POST", "/command", put("a", "1"))
@@ -124,8 +108,8 @@ class ClientPathTests(ClusterTestCase):
         """A follower cut off from the rest (the others paused with SIGSTOP) still answers weak
         reads from its own state, while strong reads fail with 503 or 504 instead of being
         served stale."""
-        cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        cluster = self.make_kv_cluster()
+        leader, _ = cluster.wait_for_leader(timeout=30)
         ack = cluster.request(leader, "POST", "/command", put("p", "before"))
         self.assertEqual(ack.status, 200, ack.body)
         index = int(ack.headers["Graft-Index"])
@@ -155,57 +139,30 @@ class ClientPathTests(ClusterTestCase):
 class DurabilityTests(ClusterTestCase):
     def test_acknowledged_writes_survive_leader_kill(self) -> None:
         """Under a steady write load, SIGKILL the leader: every write acknowledged with 200 is
-        present after the new leader takes over, and no write that failed with a 4xx is."""
-        cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
-        acked: dict[str, str] = {}
-        rejected: set[str] = set()
-        stop = threading.Event()
-        errors: list[str] = []
-
-        def writer(worker: int) -> None:
-            i = 0
-            while not stop.is_set():
-                key = f"w{worker}-{i}"
-                i += 1
-                node = cluster.node_ids[i % len(cluster.node_ids)]
-                try:
-                    resp = cluster.request(node, "POST", "/command", put(key, key), timeout=5)
-                except OSError:
-                    continue  # killed node or dropped connection: outcome unknown
-                if resp.status == 200:
-                    acked[key] = key
-                elif 400 <= resp.status < 500:
-                    rejected.add(key)
-                elif resp.status not in (503, 504):
-                    errors.append(f"{key}: {resp.status} {resp.body!r}")
-
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            time.sleep(1.0)
+        present after the new leader takes over, and every write refused (every seventh is a
+        put the FSM rejects, so there are some) is absent."""
+        cluster = self.make_kv_cluster()
+        leader, _ = cluster.wait_for_leader(timeout=30)
+        with WriteLoad(cluster, workers=4, refuse_every=7) as load:
+            load.wait_acked(20)
             cluster.kill(leader)
             survivors = [n for n in cluster.node_ids if n != leader]
-            cluster.wait_for_leader(timeout=5, among=survivors)
-            time.sleep(1.0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(15)
-        self.assertEqual(errors, [])
-        self.assertGreater(len(acked), 20, "the load generator made too little progress")
-        new_leader, _ = cluster.wait_for_leader(timeout=5, among=survivors)
+            cluster.wait_for_leader(timeout=30, among=survivors)
+            load.wait_acked(20)  # the load goes on through the new leader
+        self.assertEqual(load.errors, [])
+        self.assertEqual(load.unexpected_failures(), {})
+        self.assertTrue(load.failed, "no write was refused: the absence check would be empty")
+        new_leader, _ = cluster.wait_for_leader(timeout=30, among=survivors)
         missing: list[str] = []
-        for key in acked:
-            read = cluster.request(new_leader, "POST", "/query?consistency=strong", get(key))
+        for key in load.acked:
+            read = cluster.query(new_leader, get(key))
             body: Any = read.json()
             if read.status != 200 or body != {"value": key}:
-                missing.append(key)
+                missing.append(f"{key} (acked by {load.acked[key]}): {read.status} {body}")
         self.assertEqual(missing, [], f"{len(missing)} acknowledged writes lost")
-        for key in rejected:
-            read = cluster.request(new_leader, "POST", "/query?consistency=strong", get(key))
-            self.assertEqual(read.json(), {"value": None})
+        for key in load.failed:
+            read = cluster.query(new_leader, get(key))
+            self.assertEqual((read.status, read.json()), (200, {"value": None}), key)
 
 
 class SeedExampleTests(ClusterTestCase):
@@ -214,8 +171,8 @@ class SeedExampleTests(ClusterTestCase):
     def test_seed_curl_examples(self) -> None:
         """The seed's two requests, exactly as curl sends them, work against a follower: the
         demo script is committed and the query lists the four users."""
-        cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        cluster = self.make_kv_cluster()
+        leader, _ = cluster.wait_for_leader(timeout=30)
         follower = next(n for n in cluster.node_ids if n != leader)
         demo = (REPO / "conf" / "demo.sql").read_bytes()
         headers = {"Content-Type": "text/plain"}

@@ -15,8 +15,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from twisted.trial import unittest
-
 from graft.testing import fuzz
 from graft.testing.cluster import LocalCluster, Response
 from graft.testing.hostile import (
@@ -30,6 +28,8 @@ from graft.testing.hostile import (
     down_nodes,
     hostile_cluster,
 )
+from graft.testing.kv import get, put
+from graft.testing.process_case import ProcessTestCase
 
 DEEP = b"[" * 5000
 # Long enough for a deterministic work budget to run out on a slow, busy machine.
@@ -40,15 +40,7 @@ MAX_ROWID = 9223372036854775807
 FUZZ_REQUESTS = int(os.environ.get("GRAFT_TEST_FUZZ_REQUESTS", "400"))
 
 
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
-
-class _Hostile(unittest.TestCase):
+class _Hostile(ProcessTestCase):
     fsm = KV_FSM
 
     def setUp(self) -> None:
@@ -60,6 +52,7 @@ class _Hostile(unittest.TestCase):
     def new_cluster(self) -> LocalCluster:
         cluster = hostile_cluster(Path(self.mktemp()), self.fsm)
         self.addCleanup(cluster.close)
+        self.clusters().append(cluster)
         cluster.start()
         return cluster
 
@@ -304,13 +297,14 @@ class SQLiteHostileTests(_Hostile):
         self.expect_refused_or_ok(self.send("POST", "/command", script))
 
 
-class FuzzTests(unittest.TestCase):
+class FuzzTests(ProcessTestCase):
     """A few hundred random requests per FSM (hypothesis, derandomized): no undocumented 5xx,
     no client timeout, no node death; then the replicas are equal and replay after a restart."""
 
     def run_fuzz(self, fsm: str) -> None:
         cluster = fuzz.fuzz_cluster(Path(self.mktemp()), fsm)
         self.addCleanup(cluster.close)
+        self.clusters().append(cluster)
         cluster.start()
         cluster.wait_for_leader(timeout=30)
         fuzz.prepare(cluster)

@@ -12,29 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from twisted.trial import unittest
 
-from graft.testing.cluster import HOST, LocalCluster, free_ports
+from graft.testing.cluster import HOST, LocalCluster
+from graft.testing.kv import get, put
+from graft.testing.ports import hold_ports
+from graft.testing.process_case import ProcessTestCase
 
 # `graft ARGS...` as the installed command runs it.
 GRAFT = [sys.executable, "-c", "import sys; from graft.cli.app import main; sys.exit(main())"]
 
 
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
-
-class MembershipProcessTests(unittest.TestCase):
-    def make_cluster(self, **kwargs: Any) -> LocalCluster:
-        cluster = LocalCluster(Path(self.mktemp()), **kwargs)
-        self.addCleanup(cluster.close)
-        cluster.start()
-        return cluster
-
+class MembershipProcessTests(ProcessTestCase):
     def wait_for(self, what: str, condition: Any, timeout: float, logs: Any = "") -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -58,7 +46,7 @@ class MembershipProcessTests(unittest.TestCase):
         serves a write made before it joined (weak and strong reads); after a restart without
         --join (step 4) it rejoins and serves a write made while it was down."""
         cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         self.write(cluster, leader, "before", "join")
         self.join_as_the_help_says(cluster, leader)
 
@@ -69,7 +57,7 @@ class MembershipProcessTests(unittest.TestCase):
         cluster = self.make_cluster(
             extra={"snapshot": {"entries": 100, "trailing": 0, "segment_bytes": 4096}}
         )
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         self.write(cluster, leader, "before", "join")
         batch = json.dumps([put(f"k{i}", str(i)).decode() for i in range(150)]).encode()
         resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
@@ -86,7 +74,10 @@ class MembershipProcessTests(unittest.TestCase):
         """Steps 1-4 of `graft start --help` for a new node n4; returns its log reader."""
         # 1. Its own config file, new.yaml: the members' cluster, fsm, timeouts and tls
         #    settings (tls at the default paths) and only its own entry under peers.
-        p2p, api = free_ports(2)
+        held = hold_ports(2)  # n4 binds them itself, over the hold (graft.testing.ports)
+        for port in held:
+            self.addCleanup(port.release)
+        p2p, api = (port.port for port in held)
         config = {
             "cluster": cluster.config["cluster"],
             "timeouts": cluster.config["timeouts"],
@@ -138,7 +129,7 @@ class MembershipProcessTests(unittest.TestCase):
         # 4. Later restarts: without --join. Its log now names the members and addresses.
         process.terminate()
         self.assertIn(process.wait(30), (0, -15), logs())  # twist exits by the signal
-        leader, _ = cluster.wait_for_leader(timeout=15, among=["n1", "n2", "n3"])
+        leader, _ = cluster.wait_for_leader(timeout=30, among=["n1", "n2", "n3"])
         self.write(cluster, leader, "while", "down")
         self.start_process(start, log_path, cwd=new)
         self.wait_for("n4 did not catch up after its restart", lambda: self.read(url, "while"), 30)
@@ -149,14 +140,14 @@ class MembershipProcessTests(unittest.TestCase):
         """A member removed at run time and still listed in every node's YAML is refused by the
         remaining members after they restart: their membership comes from their log."""
         cluster = self.make_cluster()
-        cluster.wait_for_leader(timeout=15)
+        cluster.wait_for_leader(timeout=30)
         resp = cluster.request("n1", "DELETE", "/cluster/members/n3", timeout=30)
         self.assertEqual(resp.status, 200, resp.body)
         cluster.stop("n3")
         for node in ("n1", "n2"):
             cluster.stop(node)
         cluster.start("n1", "n2")
-        leader, _ = cluster.wait_for_leader(timeout=15, among=["n1", "n2"])
+        leader, _ = cluster.wait_for_leader(timeout=30, among=["n1", "n2"])
         self.write(cluster, leader, "after", "restart")
         cluster.start("n3")  # its YAML and its old log both still name n1 and n2
         refused = "refused hello from node 'n3': not a member of the cluster"

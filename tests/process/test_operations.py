@@ -6,122 +6,53 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 import time
-from pathlib import Path
-from typing import Any
 
-from twisted.trial import unittest
-
-from graft.testing.cluster import LocalCluster
-
-
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
+from graft.testing.cluster import LocalCluster, Response
+from graft.testing.kv import get, put
+from graft.testing.load import WriteLoad
+from graft.testing.process_case import ProcessTestCase
 
 
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
+class OperationsTestCase(ProcessTestCase):
+    def wait_caught_up(self, cluster: LocalCluster, node: str) -> None:
+        """Until ``node`` has applied what the leader had committed when this was called."""
+        leader, _ = cluster.wait_for_leader(timeout=30)
+        lead = cluster.status(leader)
+        assert lead is not None, f"{leader} stopped answering /status"
+        cluster.wait_applied(lead["commit"], [node], timeout=60)
 
-
-class WriteLoad:
-    """Threads writing unique keys through any live node. A put of a unique key to its own
-    value is idempotent, so 503, 504 and dropped connections are retried until a deadline;
-    a write that never succeeds within it counts as failed."""
-
-    def __init__(self, cluster: LocalCluster, workers: int = 3, deadline: float = 15.0) -> None:
-        self.cluster = cluster
-        self.deadline = deadline
-        self.acked: list[str] = []
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(workers)
-        ]
-
-    def __enter__(self) -> WriteLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.deadline + 10)
-
-    def _run(self, worker: int) -> None:
-        i = 0
-        while not self._stop.is_set():
-            key = f"w{worker}-{i}"
-            i += 1
-            if self._write(key, i):
-                self.acked.append(key)
-            else:
-                self.failed.append(key)
-
-    def _write(self, key: str, attempt: int) -> bool:
-        give_up = time.monotonic() + self.deadline
-        while time.monotonic() < give_up:
-            alive = self.cluster.alive()
-            if not alive:
-                time.sleep(0.05)
-                continue
-            node = alive[attempt % len(alive)]
-            attempt += 1
-            try:
-                resp = self.cluster.request(node, "POST", "/command", put(key, key), timeout=5)
-            except OSError:
-                time.sleep(0.02)
-                continue
-            if resp.status == 200:
-                return True
-            if resp.status not in (503, 504):
-                return False
-            time.sleep(0.02)
-        return False
-
-
-def metric(cluster: LocalCluster, node: str, name: str) -> float:
-    text = cluster.request(node, "GET", "/metrics").body.decode()
-    match = re.search(rf"^{name}(?:_total)? ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-class OperationsTestCase(unittest.TestCase):
-    def make_cluster(self, **kwargs: Any) -> LocalCluster:
-        cluster = LocalCluster(Path(self.mktemp()), **kwargs)
-        self.addCleanup(cluster.close)
-        cluster.start()
-        return cluster
-
-    def wait_caught_up(self, cluster: LocalCluster, node: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            leader, _ = cluster.wait_for_leader(timeout=timeout)
-            lead = cluster.status(leader)
-            mine = cluster.status(node)
-            if lead and mine and mine["applied"] >= lead["commit"] - 50:
-                return
-            time.sleep(0.05)
-        self.fail(f"{node} did not catch up")
-
-    def assert_all_present(self, cluster: LocalCluster, keys: list[str]) -> None:
-        leader, _ = cluster.wait_for_leader(timeout=10)
+    def assert_load_lost_nothing(self, cluster: LocalCluster, load: WriteLoad) -> None:
+        """No write failed or was left open, and every acknowledged write is present."""
+        self.assertEqual(load.errors, [])
+        self.assertEqual((load.failed, load.unknown), ({}, {}))
+        self.assertGreater(len(load.acked), 20)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         missing = []
-        for key in keys:
-            resp = cluster.request(leader, "POST", "/query?consistency=strong", get(key))
+        for key in load.acked:
+            resp = cluster.query(leader, get(key))
             if resp.status != 200 or resp.json() != {"value": key}:
-                missing.append(key)
+                missing.append(f"{key} (acked by {load.acked[key]}): {resp.status} {resp.body!r}")
         self.assertEqual(missing, [], f"{len(missing)} acknowledged writes are missing")
 
 
 class MembershipTests(OperationsTestCase):
+    def wait_for_removal(self, cluster: LocalCluster, node: str, answer: Response) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            leader, _ = cluster.wait_for_leader(timeout=30)
+            members = cluster.request(leader, "GET", "/cluster/members").json()
+            if node not in members["voters"] + members.get("learners", []):
+                return
+            self.assertLess(time.monotonic(), deadline, f"{node} not removed: {answer.body!r}")
+            time.sleep(0.1)
+
     def test_grow_to_five_and_shrink_back_under_load(self) -> None:
         """A 3-node cluster under write load grows to 5 (learners that catch up, then voters)
         and shrinks back to 3, removing the leader itself (it hands over first), without a
         failed command or a lost write."""
         cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         with WriteLoad(cluster) as load:
             for new in ("n4", "n5"):
                 body = cluster.add_node(new)
@@ -139,61 +70,73 @@ class MembershipTests(OperationsTestCase):
                 )
                 self.assertEqual(resp.status, 200, resp.body)
                 self.assertIn(new, resp.json()["voters"])
-            leader, _ = cluster.wait_for_leader(timeout=10)
+            leader, _ = cluster.wait_for_leader(timeout=30)
             members = cluster.request(leader, "GET", "/cluster/members").json()
             self.assertEqual(sorted(members["voters"]), ["n1", "n2", "n3", "n4", "n5"])
             self.wait_caught_up(cluster, "n5")
 
-            for node in dict.fromkeys(("n4", leader)):
+            # n4, then whoever leads then (n4 itself may lead: then both removals are of one).
+            for node in ("n4", None):
+                node = node or cluster.wait_for_leader(timeout=30)[0]
                 via = next(n for n in cluster.alive() if n != node)
                 resp = cluster.request(via, "DELETE", f"/cluster/members/{node}", timeout=30)
-                self.assertEqual(resp.status, 200, resp.body)
-                self.assertNotIn(node, resp.json()["voters"])
+                if resp.status == 504:  # the leader left before answering: as documented,
+                    self.wait_for_removal(cluster, node, resp)  # look at the members
+                else:
+                    self.assertEqual(resp.status, 200, resp.body)
+                    self.assertNotIn(node, resp.json()["voters"])
                 cluster.stop(node)
-            time.sleep(0.5)
-        self.assertEqual(load.failed, [])
-        self.assertGreater(len(load.acked), 20)
-        leader, _ = cluster.wait_for_leader(timeout=10)
+            load.wait_acked(10)
+        self.assert_load_lost_nothing(cluster, load)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         members = cluster.request(leader, "GET", "/cluster/members").json()
         self.assertEqual(len(members["voters"]), 3, members)
-        self.assert_all_present(cluster, load.acked)
 
 
 class TransferAndRestartTests(OperationsTestCase):
-    def test_transfer_then_rolling_restart_without_election_timeouts(self) -> None:
+    def test_transfer_then_rolling_restart_hands_over(self) -> None:
         """POST /cluster/leader moves leadership; then every node is restarted in turn with
-        SIGTERM under write load: a stopping leader hands over first, so no command fails and
-        no node's election timer fires (graft_election_timeouts stays 0)."""
-        cluster = self.make_cluster()
-        leader, _ = cluster.wait_for_leader(timeout=15)
-        resp = cluster.request(leader, "POST", "/cluster/leader", b"{}", timeout=10)
+        SIGTERM under write load: a stopping leader hands leadership to another node first
+        (its log says so, and the node it named leads next), and no command fails.
+
+        That the hand-over costs no election timeout is a timing property, checked on a
+        deterministic clock in tests/raft/test_transfer_membership.py
+        (test_transfer_to_caught_up_follower); here, two cores shared with other tests could
+        stall a node past its election timeout whatever the code does. The node gives a
+        hand-over two election timeouts, hence the long ones: a slow machine must not turn a
+        working hand-over into a timed-out one."""
+        cluster = self.make_cluster(election_ms=2000, heartbeat_ms=100)
+        leader, _ = cluster.wait_for_leader(timeout=30)
+        resp = cluster.request(leader, "POST", "/cluster/leader", b"{}", timeout=30)
         self.assertEqual(resp.status, 200, resp.body)
         moved = resp.json()["leader"]
         self.assertNotEqual(moved, leader)
-        self.assertEqual(cluster.wait_for_leader(timeout=5)[0], moved)
+        self.assertEqual(cluster.wait_for_leader(timeout=30)[0], moved)
 
-        # Each process counts from its own start; the initial election counts before we begin.
-        baseline = {n: metric(cluster, n, "graft_election_timeouts") for n in cluster.node_ids}
-        fired: list[tuple[str, float]] = []
+        handed_over = []
         with WriteLoad(cluster) as load:
-            time.sleep(0.5)
+            load.wait_acked(10)
             for node in list(cluster.node_ids):
-                fired.append(
-                    (node, metric(cluster, node, "graft_election_timeouts") - baseline[node])
-                )
+                was_leader = cluster.wait_for_leader(timeout=30)[0] == node
+                before = len(cluster.logs(node))
                 # twist re-raises the signal it stopped on, so a clean SIGTERM stop is -15.
-                self.assertIn(cluster.stop(node), (0, -15), cluster.logs(node)[-2000:])
-                self.assertIn("Main loop terminated", cluster.logs(node))
+                self.assertIn(cluster.stop(node, timeout=60), (0, -15), cluster.logs(node)[-2000:])
+                stopped_run = cluster.logs(node)[before:]
+                self.assertIn("Main loop terminated", stopped_run)
+                if was_leader:
+                    self.assertNotIn("could not hand over leadership", stopped_run)
+                    target = re.search(r"transferring leadership to (\S+)", stopped_run)
+                    self.assertIsNotNone(target, stopped_run[-2000:])
+                    assert target is not None
+                    survivors = [n for n in cluster.node_ids if n != node]
+                    new_leader, _ = cluster.wait_for_leader(timeout=30, among=survivors)
+                    self.assertEqual(new_leader, target[1])
+                    handed_over.append(node)
                 cluster.start(node)
-                baseline[node] = 0.0
                 self.wait_caught_up(cluster, node)
-            time.sleep(0.5)
-        for node in cluster.node_ids:
-            fired.append((node, metric(cluster, node, "graft_election_timeouts") - baseline[node]))
-        self.assertEqual(load.failed, [])
-        self.assertGreater(len(load.acked), 20)
-        self.assertEqual(sum(n for _, n in fired), 0, f"election timers fired: {fired}")
-        self.assert_all_present(cluster, load.acked)
+            load.wait_acked(10)
+        self.assertTrue(handed_over, "no leader was stopped: the hand-over was not exercised")
+        self.assert_load_lost_nothing(cluster, load)
 
 
 class SnapshotTests(OperationsTestCase):
@@ -202,22 +145,24 @@ class SnapshotTests(OperationsTestCase):
         snapshot can be taken on demand and downloaded, and a node restarted after that
         rebuilds its state from the snapshot plus the log after it."""
         cluster = self.make_cluster(extra={"snapshot": {"entries": 200, "trailing": 50}})
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         batch = json.dumps([put(f"k{i}", str(i)).decode() for i in range(100)]).encode()
         for _ in range(12):
             resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)
             self.assertEqual(resp.status, 200, resp.body)
-        # Snapshots are written off the reactor while writes go on: the last one may still be
-        # under way when the last batch is answered.
-        deadline = time.monotonic() + 20
+        # Snapshots are written off the reactor while writes go on, and the next one is due at
+        # an apply after the last one ended: one under way when the threshold passed is made up
+        # for by a later write. So keep writing, one small command at a time, until it shows.
+        deadline = time.monotonic() + 120
         status = cluster.status(leader)
-        while (status is None or status["snapshot"]["index"] < 1000) and (
-            time.monotonic() < deadline
-        ):
+        more = 0
+        while status is None or status["snapshot"]["index"] < 1000:
+            self.assertLess(time.monotonic(), deadline, f"no snapshot past 1000: {status}")
+            resp = cluster.request(leader, "POST", "/command", put(f"more{more}", "x"))
+            self.assertEqual(resp.status, 200, resp.body)
+            more += 1
             time.sleep(0.05)
             status = cluster.status(leader)
-        assert status is not None
-        self.assertGreaterEqual(status["snapshot"]["index"], 1000, "no snapshot within 20 s")
         taken = cluster.request(leader, "POST", "/cluster/snapshot", timeout=20)
         self.assertEqual(taken.status, 200, taken.body)
         download = cluster.request(leader, "GET", "/cluster/snapshot", timeout=20)
@@ -244,7 +189,7 @@ class SnapshotTests(OperationsTestCase):
         cluster = self.make_cluster(
             extra={"snapshot": {"entries": 200, "trailing": 50, "segment_bytes": 16384}}
         )
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
         batch = json.dumps([put(f"k{i}", str(i)).decode() for i in range(100)]).encode()
         for _ in range(6):
             resp = cluster.request(leader, "POST", "/commands", batch, timeout=20)

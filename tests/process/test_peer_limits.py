@@ -10,10 +10,9 @@ import ssl
 import sys
 from pathlib import Path
 
-from twisted.trial import unittest
-
 from graft.config import load_config
-from graft.testing.cluster import HOST, LocalCluster
+from graft.testing.cluster import HOST
+from graft.testing.process_case import ProcessTestCase
 
 # A first frame of 1 MiB of empty arrays: ["_hello"-less] array header, then 2**20 times 0x90.
 # The old decoder buffered it whole and decoded it into about 66 MiB of lists.
@@ -33,12 +32,10 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
-class PeerLimitsTests(unittest.TestCase):
+class PeerLimitsTests(ProcessTestCase):
     def setUp(self) -> None:
-        self.cluster = LocalCluster(Path(self.mktemp()), node_ids=("n1",))
-        self.addCleanup(self.cluster.close)
-        self.cluster.start()
-        self.cluster.wait_for_leader(timeout=15)
+        self.cluster = self.make_cluster(("n1",))
+        self.cluster.wait_for_leader(timeout=30)
 
     def tls_context(self) -> ssl.SSLContext:
         """A client context presenting n1's own certificate: a valid node certificate of the

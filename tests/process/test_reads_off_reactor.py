@@ -5,35 +5,26 @@ is stopped at its time limit with 504 query_timeout."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
-from pathlib import Path
 
-from twisted.trial import unittest
-
-from graft.testing.cluster import LocalCluster, Response
+from graft.testing.cluster import Response
+from graft.testing.process_case import ProcessTestCase
 
 ENDLESS = b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT max(x) FROM c"
 LIMIT = "10s"
 
 
-class ReadsOffTheReactorTests(unittest.TestCase):
+class ReadsOffTheReactorTests(ProcessTestCase):
     def setUp(self) -> None:
-        self.cluster = LocalCluster(Path(self.mktemp()), fsm="graft.fsm.sqlite:SQLiteStateMachine")
-        self.addCleanup(self.cluster.close)
-        self.cluster.start()
-        self.leader, self.term = self.cluster.wait_for_leader(timeout=15)
+        self.cluster = self.make_cluster(fsm="graft.fsm.sqlite:SQLiteStateMachine")
+        self.leader, self.term = self.cluster.wait_for_leader(timeout=30)
         self.follower = next(n for n in self.cluster.node_ids if n != self.leader)
         ok = self.cluster.request(self.leader, "POST", "/command", b"CREATE TABLE t (n INTEGER);")
         self.assertEqual(ok.status, 200, ok.body)
 
     def metric(self, node: str, name: str) -> float:
-        text = self.cluster.request(node, "GET", "/metrics", timeout=5).body.decode()
-        match = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
-        self.assertIsNotNone(match, f"{name} is not in {node}'s /metrics")
-        assert match is not None
-        return float(match.group(1))
+        return self.cluster.metric(node, name)
 
     def wait_until(self, condition: object, what: str, timeout: float = 30) -> None:
         give_up = time.monotonic() + timeout
@@ -60,7 +51,6 @@ class ReadsOffTheReactorTests(unittest.TestCase):
 
         thread = threading.Thread(target=endless, daemon=True)
         thread.start()
-        self.addCleanup(thread.join, 130)
         self.wait_until(
             lambda: self.metric(self.leader, "graft_queries_in_threads") == 1,
             "the endless query runs in a query thread of the leader",
@@ -86,6 +76,7 @@ class ReadsOffTheReactorTests(unittest.TestCase):
         self.assertEqual(self.metric(self.leader, "graft_queries_in_threads"), 1)
 
         thread.join(120)
+        self.assertFalse(thread.is_alive(), "the endless query's client never got an answer")
         (answer,) = outcome
         assert isinstance(answer, Response), answer
         self.assertEqual(answer.status, 504, answer.body)

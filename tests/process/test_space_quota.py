@@ -4,31 +4,19 @@ have compacted the logs. Also the modes of what a real node writes."""
 
 from __future__ import annotations
 
-import json
 import stat
 import time
-from pathlib import Path
 
-from twisted.trial import unittest
-
-from graft.testing.cluster import LocalCluster
+from graft.testing.kv import get, put
+from graft.testing.process_case import ProcessTestCase
 
 MIB = 1 << 20
 VALUE = "v" * 100_000  # each write adds about 100 KB to every replica's log
 
 
-def put(key: str, value: str) -> bytes:
-    return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def get(key: str) -> bytes:
-    return json.dumps({"op": "get", "key": key}).encode()
-
-
-class SpaceQuotaClusterTests(unittest.TestCase):
+class SpaceQuotaClusterTests(ProcessTestCase):
     def test_full_data_dirs_refuse_writes_but_the_cluster_stays_up(self) -> None:
-        cluster = LocalCluster(
-            Path(self.mktemp()),
+        cluster = self.make_cluster(
             extra={
                 "storage": {"quota_bytes": 2 * MIB},
                 # No automatic snapshot; the test takes them. Every 100 KB entry is a segment
@@ -36,9 +24,7 @@ class SpaceQuotaClusterTests(unittest.TestCase):
                 "snapshot": {"entries": 1_000_000, "trailing": 0, "segment_bytes": 4096},
             },
         )
-        self.addCleanup(cluster.close)
-        cluster.start()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        leader, _ = cluster.wait_for_leader(timeout=30)
 
         written = 0
         refused = None
@@ -104,10 +90,8 @@ class SpaceQuotaClusterTests(unittest.TestCase):
         """A follower whose data dir alone is over the quota (here: a large file put there)
         tells the leader over the peer channel, and the leader refuses writes naming it; once
         the file is gone the follower says so and writes go on."""
-        cluster = LocalCluster(Path(self.mktemp()), extra={"storage": {"quota_bytes": 2 * MIB}})
-        self.addCleanup(cluster.close)
-        cluster.start()
-        leader, _ = cluster.wait_for_leader(timeout=15)
+        cluster = self.make_cluster(extra={"storage": {"quota_bytes": 2 * MIB}})
+        leader, _ = cluster.wait_for_leader(timeout=30)
         follower = next(n for n in cluster.node_ids if n != leader)
         resp = cluster.request(leader, "POST", "/command", put("k", "1"))
         self.assertEqual(resp.status, 200, resp.body)

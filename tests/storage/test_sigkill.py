@@ -15,10 +15,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.storage import DurableLog
+from graft.testing.pipes import LineReader
 from tests.storage.sigkill_writer import data_for
 
 KILLS = int(os.environ.get("GRAFT_SIGKILL_RUNS", "20"))
 REPO = Path(__file__).resolve().parents[2]
+# One line of the writer's output: it reports every few milliseconds, so a minute is a hang.
+LINE_TIMEOUT_S = 60.0
 
 
 class SigkillTests(SynchronousTestCase):
@@ -33,16 +36,19 @@ class SigkillTests(SynchronousTestCase):
         )
         try:
             assert process.stdout is not None
-            opened_line = process.stdout.readline().decode()
+            # Every read is bounded: a writer that hangs fails the test instead of hanging it.
+            reader = LineReader(process.stdout)
+            opened_line = reader.readline(LINE_TIMEOUT_S).decode()
             self.assertTrue(opened_line.startswith("opened "), opened_line)
             opened = int(opened_line.split()[1])
-            seen = [process.stdout.readline() for _ in range(rng.randint(1, 150))]
+            seen = [reader.readline(LINE_TIMEOUT_S) for _ in range(rng.randint(1, 150))]
+            seen.append(reader.pending())
             process.send_signal(signal.SIGKILL)
             rest, errors = process.communicate(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
-                process.communicate()
+                process.communicate(timeout=30)
         self.assertEqual(process.returncode, -signal.SIGKILL, errors.decode()[-2000:])
         lines = b"".join(seen).decode().splitlines() + rest.decode().splitlines()
         reported = [

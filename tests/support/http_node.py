@@ -4,7 +4,6 @@ with canned replies, for the tests of graft.client and the graft command."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,11 +97,3 @@ def start_fake_node(test: SynchronousTestCase, default: Any = None) -> FakeNode:
     node = FakeNode(default)
     test.addCleanup(node.stop)
     return node
-
-
-def dead_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (the port was just released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
