@@ -19,7 +19,7 @@ from graft.testing.ports import hold_ports
 from graft.testing.process_case import ProcessTestCase
 
 # `graft ARGS...` as the installed command runs it.
-GRAFT = [sys.executable, "-c", "import sys; from graft.cli.app import main; sys.exit(main())"]
+GRAFT = [sys.executable, "-m", "graft.cli"]
 
 
 class MembershipProcessTests(ProcessTestCase):

@@ -25,7 +25,12 @@ API_TLS = {"cert": "certs/{id}.pem", "key": "certs/{id}.key", "client_ca": "cert
 
 def graft_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from graft.cli import main; sys.exit(main())", *args],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from graft.cli.app import main; sys.exit(main())",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -115,7 +120,8 @@ class StatusDocumentsTests(ProcessTestCase):
         statuses = cluster.wait_applied(index, cluster.node_ids)
         common = {
             "id", "role", "term", "leader", "leader_api", "commit", "applied", "first_index",
-            "last_index", "snapshot", "members", "peers_connected",
+            "last_index", "snapshot", "members", "peers_connected", "log_bytes", "fsm_bytes",
+            "certificate",
         }  # fmt: skip
         for node, status in statuses.items():
             keys = set(status) - {"last_check", "space"}
@@ -128,6 +134,8 @@ class StatusDocumentsTests(ProcessTestCase):
             self.assertGreaterEqual(status["last_index"], status["commit"])
             self.assertEqual(set(status["snapshot"]), {"index", "term"})
             self.assertEqual(status["members"], {"voters": ["n1", "n2", "n3"], "learners": []})
+            self.assertGreater(status["log_bytes"], 0)
+            self.assertGreater(status["certificate"]["not_after_unix"], time.time())
         progress: Any = statuses[leader]["progress"]
         self.assertEqual(set(progress), set(cluster.node_ids))  # the leader's own entry too
         for peer in progress.values():
