@@ -179,7 +179,7 @@ def make_service(
         rng=rng,
         on_peer_lost=node.peer_lost,
         max_frame_bytes=cfg.max_frame_bytes,
-        settings=cluster_settings(cfg),
+        settings=hello_settings(cfg, fsm_name),
         limits=connection_limits(cfg),
     )
     node.attach_peers(transport)
@@ -214,6 +214,15 @@ def api_service(
     api = StreamServerEndpointService(endpoint, site)
     api._raiseSynchronously = True  # a port already in use stops the node at start, loudly
     return api
+
+
+def hello_settings(cfg: ClusterConfig, fsm_name: str) -> dict[str, str]:
+    """The settings compared at the peer hello (graft.agreement), naming the FSM this node
+    really runs: an embedded node's own state machine, not the file's ``fsm.factory``, so that
+    nodes running different classes refuse each other rather than diverge."""
+    settings = cluster_settings(cfg)
+    settings["fsm.factory"] = fsm_name
+    return settings
 
 
 def warn_if_open_api(cfg: ClusterConfig, node_id: str) -> None:
