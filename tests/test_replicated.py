@@ -126,6 +126,9 @@ class Replicas(DriverCluster):
         ]
         results = self.result(node.submit(hostile))
         self.assertEqual([r.error is not None for r in results], [True] * len(hostile))
+        # Refused by the decoder's bounds, before the method could see them.
+        self.assertIn("more than 100 digits", results[6].error)
+        self.assertIn("nested deeper than 32 levels", results[7].error)
         self.assertEqual(self.fatal, [])
         self.assertEqual(self.result(self.replica(self.leader()).add(1))["value"], 1)
 
