@@ -94,9 +94,20 @@ def stop_reactor(reactor: Any) -> None:
 
 
 def make_service(
-    cfg: ClusterConfig, node_id: str, *, reactor: Any = None, join: bool = False
+    cfg: ClusterConfig,
+    node_id: str,
+    *,
+    reactor: Any = None,
+    join: bool = False,
+    fsm: StateMachine | None = None,
+    fsm_name: str | None = None,
+    http_api: bool = True,
 ) -> IService:
-    """Build one node's service tree. Raises ConfigError or StorageError before anything starts."""
+    """Build one node's service tree. Raises ConfigError or StorageError before anything starts.
+
+    A program embedding a node (graft.embed) passes its own ``fsm`` (and the ``fsm_name`` its
+    snapshots are recorded under) instead of the file's ``fsm`` section, and may leave the HTTP
+    API out (``http_api=False``)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -114,8 +125,11 @@ def make_service(
     )
     for note in storage.notes:
         log.warn("storage repaired at open: {note}", note=note)
-    fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
-    restore_fsm_from_snapshot(storage, fsm, cfg.fsm.factory)
+    if fsm is None:
+        fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
+        fsm_name = cfg.fsm.factory
+    fsm_name = fsm_name or type(fsm).__qualname__
+    restore_fsm_from_snapshot(storage, fsm, fsm_name)
     secure_data_dir(data_dir)
     rng = random.Random()
     monotonic = monotonic_ticks(reactor)
@@ -137,7 +151,7 @@ def make_service(
         api_scheme="https" if cfg.api.tls is not None else "http",
         snapshot_entries=cfg.snapshot.entries,
         snapshot_trailing=cfg.snapshot.trailing,
-        fsm_name=cfg.fsm.factory,
+        fsm_name=fsm_name,
         tick_waker=monotonic is time.monotonic,
     )
     node = build_node(
@@ -166,7 +180,7 @@ def make_service(
         rng=rng,
         on_peer_lost=node.peer_lost,
         max_frame_bytes=cfg.max_frame_bytes,
-        settings=cluster_settings(cfg),
+        settings=hello_settings(cfg, fsm_name),
         limits=connection_limits(cfg),
     )
     node.attach_peers(transport)
@@ -176,6 +190,19 @@ def make_service(
     )
     node.admit_while_joining()
 
+    top = GraftService(node)
+    transport.setServiceParent(top)
+    node.setServiceParent(top)
+    if http_api:
+        api_service(cfg, node_id, node, reactor).setServiceParent(top)
+    space.setServiceParent(top)
+    return cast(IService, top)
+
+
+def api_service(
+    cfg: ClusterConfig, node_id: str, node: GraftNode, reactor: Any
+) -> StreamServerEndpointService:
+    """The HTTP API on the node's api port (TLS when ``api.tls`` is set)."""
     me = cfg.peers[node_id]
     warn_if_open_api(cfg, node_id)
     site = make_api_site(node, cfg.api, reactor=reactor)
@@ -188,13 +215,16 @@ def make_service(
         )
     api = StreamServerEndpointService(endpoint, site)
     api._raiseSynchronously = True  # a port already in use stops the node at start, loudly
+    return api
 
-    top = GraftService(node)
-    transport.setServiceParent(top)
-    node.setServiceParent(top)
-    api.setServiceParent(top)
-    space.setServiceParent(top)
-    return cast(IService, top)
+
+def hello_settings(cfg: ClusterConfig, fsm_name: str) -> dict[str, str]:
+    """The settings compared at the peer hello (graft.agreement), naming the FSM this node
+    really runs: an embedded node's own state machine, not the file's ``fsm.factory``, so that
+    nodes running different classes refuse each other rather than diverge."""
+    settings = cluster_settings(cfg)
+    settings["fsm.factory"] = fsm_name
+    return settings
 
 
 def warn_if_open_api(cfg: ClusterConfig, node_id: str) -> None:
