@@ -139,7 +139,10 @@ function push(series, value) {
 function chart(name, series) {
   $(name + "-now").textContent = series[series.length - 1].toFixed(1);
   const top = Math.max(1, ...series);
-  const points = series.map((v, i) => (i * 120) / (CHART_POINTS - 1) + "," + (40 - (38 * v) / top)).join(" ");
+  const offset = CHART_POINTS - series.length; // the newest point at the right edge
+  const points = series
+    .map((v, i) => ((offset + i) * 120) / (CHART_POINTS - 1) + "," + (40 - (38 * v) / top))
+    .join(" ");
   const svg = $(name + "-chart");
   let line = svg.querySelector("polyline");
   if (!line) {
