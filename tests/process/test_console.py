@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from graft.api.auth import token_digest
 from graft.testing.chromium import Chromium, chromium_binary
 from graft.testing.cluster import LocalCluster
 
@@ -42,23 +43,47 @@ class ConsoleInBrowserTests(unittest.TestCase):
                 "`apt-get install -y -qq chromium` as root first): the console's browser test "
                 "did not run"
             )
-        base = Path(self.mktemp())
-        self.cluster = LocalCluster(base / "cluster", fsm="graft.fsm.sqlite:SQLiteStateMachine")
+        self.base = Path(self.mktemp())
+
+    def launch(self, tokens: dict[str, str] | None = None) -> None:
+        """A 3-node SQLite cluster (with these role: token pairs, if any) holding a table,
+        and a browser; ``self.node`` is a follower, whose console the test opens."""
+        extra = {}
+        if tokens:
+            digests = {role: [token_digest(token)] for role, token in tokens.items()}
+            extra = {"api": {"tokens": digests}}
+        self.cluster = LocalCluster(
+            self.base / "cluster",
+            fsm="graft.fsm.sqlite:SQLiteStateMachine",
+            extra=extra,
+            status_token=(tokens or {}).get("read"),
+        )
         self.addCleanup(self.cluster.close)
         self.cluster.start()
         self.leader, self.term = self.cluster.wait_for_leader(timeout=20)
         # The page is served by a follower, which outlives the leader's kill.
         self.node = next(n for n in self.cluster.node_ids if n != self.leader)
+        auth = {"Authorization": f"Bearer {tokens['write']}"} if tokens else {}
         created = self.cluster.request(
             self.leader,
             "POST",
             "/command",
             b"CREATE TABLE fruit (name TEXT, n INTEGER); INSERT INTO fruit VALUES ('apple', 3);",
+            headers=auth,
         )
         self.assertEqual(created.status, 200, created.body)
-        self.browser = Chromium(base / "browser")
+        self.browser = Chromium(self.base / "browser")
         self.addCleanup(self.browser.close)
-        self.shots = base
+        self.shots = self.base
+
+    def open_console(self) -> None:
+        self.browser.navigate(self.cluster.api_url(self.node) + "/ui")
+        self.wait_for(
+            lambda: self.browser.evaluate(
+                "location.pathname === '/ui' && document.readyState === 'complete'"
+            ),
+            "the console loaded",
+        )
 
     def members(self) -> list[dict[str, Any]]:
         shown: list[dict[str, Any]] = json.loads(self.browser.evaluate(MEMBERS_JS))
@@ -99,7 +124,8 @@ class ConsoleInBrowserTests(unittest.TestCase):
         return shown
 
     def test_console_follows_a_leader_kill_and_runs_queries(self) -> None:
-        self.browser.navigate(self.cluster.api_url(self.node) + "/ui")
+        self.launch()
+        self.open_console()
         self.wait_for(
             lambda: (
                 len(self.members()) == 3
@@ -149,3 +175,39 @@ class ConsoleInBrowserTests(unittest.TestCase):
         self.run_in_console("SELECT name, n FROM fruit ORDER BY n", "run-query")
         path = self.browser.screenshot(self.shots.resolve() / "console.png")
         print(f"console screenshot: {path}")
+
+    def test_token_prompt_and_leadership_transfer(self) -> None:
+        """With tokens on, the page asks for one and shows nothing until given it; with an
+        admin token, "Transfer leadership" (confirmed) moves the leadership, and the page
+        shows the new leader."""
+        tokens = {"read": "r-token", "write": "w-token", "admin": "a-token"}
+        self.launch(tokens)
+        self.open_console()
+        self.wait_for(
+            lambda: self.browser.evaluate("!document.getElementById('token-form').hidden"),
+            "the token prompt",
+        )
+        self.assertEqual(self.members(), [], "no cluster data without a token")
+        self.assertIn(
+            "401", self.browser.evaluate("document.getElementById('poll-state').textContent")
+        )
+        self.browser.evaluate("document.getElementById('token').focus()")
+        self.browser.insert_text(tokens["admin"])
+        self.browser.evaluate("document.getElementById('token-form').requestSubmit()")
+        self.wait_for(
+            lambda: len(self.members()) == 3 and self.leaders_shown() == [self.leader],
+            "the members once the token is given",
+        )
+        # The confirm() dialog answered yes, as an operator would.
+        self.browser.evaluate("window.confirm = () => true")
+        self.browser.evaluate("document.getElementById('transfer').click()")
+        self.wait_for(
+            lambda: self.browser.evaluate(
+                "document.getElementById('action-result').textContent.startsWith('done')"
+            ),
+            "the transfer answered",
+        )
+        self.wait_for(
+            lambda: len(self.leaders_shown()) == 1 and self.leaders_shown()[0] != self.leader,
+            "the new leader after the transfer",
+        )
