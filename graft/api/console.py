@@ -29,7 +29,7 @@ import json
 from importlib import resources
 from typing import Any, Protocol, cast
 
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorTCP
 from twisted.python.failure import Failure
@@ -178,7 +178,8 @@ class ConsoleRoutes(ApiBase):
         members = self._backend.members()
         ids = sorted(set(members.voters) | set(members.learners) | {own.id})
         authorization = request.getHeader(b"authorization")
-        gathered = await gatherResults([self._member(node, own.id, authorization) for node in ids])
+        mine = status_document(own)
+        gathered = await gatherResults([self._member(node, mine, authorization) for node in ids])
         for entry in gathered:
             entry["voter"] = entry["id"] in members.voters
             entry["learner"] = entry["id"] in members.learners
@@ -192,11 +193,13 @@ class ConsoleRoutes(ApiBase):
         request.setHeader(b"Cache-Control", b"no-store")
         return write_json(request, 200, document)
 
-    def _member(self, node: str, me: str, authorization: bytes | None) -> Deferred[Any]:
+    def _member(
+        self, node: str, mine: dict[str, Any], authorization: bytes | None
+    ) -> Deferred[Any]:
         url = self._backend.api_url(node)
         entry: dict[str, Any] = {"id": node, "api": url, "reachable": False, "error": None}
-        if node == me:
-            entry.update(reachable=True, status=status_document(self._backend.status()))
+        if node == mine["id"]:
+            entry.update(reachable=True, status=mine)
             return _now(entry)
         if url is None:
             entry.update(status=None, error="its API address is not known to this node")
@@ -210,8 +213,9 @@ class ConsoleRoutes(ApiBase):
             entry.update(status=None, error=_reason(failure))
             return entry
 
-        fetch = self._fetcher()
-        return fetch(url.rstrip("/") + "/status", authorization).addCallbacks(answered, failed)
+        # maybeDeferred: a URL the fetcher refuses at once is a reason too, not a 500.
+        asked = maybeDeferred(self._fetcher(), url.rstrip("/") + "/status", authorization)
+        return asked.addCallbacks(answered, failed)
 
     def _fetcher(self) -> StatusFetcher:
         if self._status_fetcher is None:

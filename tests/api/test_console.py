@@ -19,10 +19,13 @@ class FakeFetcher:
 
     def __init__(self, answers: dict[str, dict[str, Any]]) -> None:
         self.answers = answers
+        self.raises: dict[str, str] = {}  # url -> the message of an exception raised at once
         self.calls: list[tuple[str, bytes | None]] = []
 
     def __call__(self, url: str, authorization: bytes | None) -> Deferred[dict[str, Any]]:
         self.calls.append((url, authorization))
+        if url in self.raises:
+            raise ValueError(self.raises[url])
         if url in self.answers:
             return succeed(self.answers[url])
         return fail(ConnectionRefusedError("Connection was refused"))
@@ -86,6 +89,15 @@ class ConsoleTests(ApiTestCase):
         self.assertFalse(members["lovelace"]["reachable"])
         self.assertIn("API address is not known", members["lovelace"]["error"])
         self.assertEqual([url for url, _ in self.fetcher.calls].count(f"{_TURING}/status"), 0)
+
+    def test_a_fetch_that_raises_makes_the_member_unreachable_not_a_500(self) -> None:
+        self.fetcher.raises["https://10.0.0.3:8082/status"] = "no route to that address"
+        answer = self.call("GET", "/ui/cluster")
+        self.assertEqual(answer.status, 200, answer.body)
+        members = {m["id"]: m for m in answer.json()["members"]}
+        self.assertFalse(members["lovelace"]["reachable"])
+        self.assertEqual(members["lovelace"]["error"], "no route to that address")
+        self.assertTrue(members["ritchie"]["reachable"])
 
     def test_cluster_counts_this_nodes_writes_and_reads(self) -> None:
         self.assertEqual(self.call("POST", "/command", data=b"x").status, 200)
