@@ -13,7 +13,7 @@ FUZZ_REQUESTS ?= 100000
 FUZZ_SEED ?= 1
 TARGET ?=
 
-.PHONY: all venv test lint simulate bench run certs faults fuzz mutate clean
+.PHONY: all venv test browser lint simulate bench run certs faults fuzz mutate clean
 
 all: test
 
@@ -25,8 +25,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/trial -j $(TRIAL_JOBS) tests benchmarks.tests
+
+# The console's browser test (tests/process/test_console.py) drives Debian's chromium headless:
+# installed here when missing and possible (root with apt-get); otherwise that test skips and
+# says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	  echo "chromium could not be installed: tests/process/test_console.py will skip"
 
 # Import rules between layers (core pure, API off storage/transport, no harness in the
 # product): tests/layers.py.

@@ -53,6 +53,9 @@ class PluginTests(unittest.TestCase):
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertIn("graft/raft/node.py", names)
+        # The web console's files are package data of graft.api (graft.api.console reads them).
+        for name in ("index.html", "console.js", "console.css"):
+            self.assertIn(f"graft/api/console/{name}", names)
         # The harnesses (graft.testing: simulation, fault suite, test clusters) stay out of it.
         self.assertEqual([n for n in names if n.startswith("graft/testing/")], [])
 

@@ -24,6 +24,8 @@ Routes (every one but /health needs a token of at least the given role when toke
     GET /cluster/check            admin   replica consistency check: every member's FSM digest
                                           at one log index (graft.consistency); 200 with
                                           {"ok", "complete", "mismatch", "members", ...}
+    GET /ui, /ui/console.{js,css} open    the web console (graft.api.console)
+    GET /ui/cluster               read    every member's /status, gathered by this node
 
 Decisions beyond DESIGN.md:
 - A wrong method on a known path is 405 with code ``method_not_allowed`` and an ``Allow``
@@ -88,6 +90,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from graft.api.admin_routes import AdminRoutes
 from graft.api.auth import Role
 from graft.api.batch import batch_body, is_json
+from graft.api.console import ConsoleRoutes
 from graft.api.deadline import within
 from graft.api.params import QueryParams, decode_base64, parse_batch
 from graft.api.responses import (
@@ -116,7 +119,7 @@ from graft.errors import (
 _ROUTE_LIST = (
     "/command, /commands, /query, /status, /health, /ready, /metrics, /cluster/members, "
     "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown; rqlite's /db/execute, "
-    "/db/query, /db/request and /readyz"
+    "/db/query, /db/request and /readyz; the console at /ui"
 )
 # How long after a query's time limit the API stops waiting for the node's own answer.
 QUERY_GRACE_S = 1.0
@@ -132,7 +135,7 @@ _HOT_ROUTES = (
 )
 
 
-class GraftApi(AdminRoutes, RqliteRoutes):
+class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
     """The HTTP API of one node, over its ClusterBackend and ClusterAdmin."""
 
     app = routes
