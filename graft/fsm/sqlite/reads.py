@@ -295,16 +295,7 @@ class _Reader:
                 raise _too_large(max_bytes)
             return bytes(answer)
         except sqlite3.Error as e:
-            code = getattr(e, "sqlite_errorcode", None)
-            if code == sqlite3.SQLITE_INTERRUPT:
-                if closing():
-                    raise QueryRejected(f"the query was stopped: {SHUTTING_DOWN}") from None
-                raise QueryTimedOut("the query ran past its deadline and was stopped") from None
-            if code == sqlite3.SQLITE_TOOBIG:
-                raise _too_large(max_bytes) from None
-            failure = environment_failure(e)
-            if failure is not None:
-                raise failure from e
+            self._raise_whole_query_failure(e, closing, max_bytes)
             raise QueryRejected(self._explain(e)) from None
         finally:
             self._checking = False
