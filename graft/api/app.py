@@ -39,7 +39,7 @@ Decisions beyond DESIGN.md:
   Deferred without cancelling it: a proposed command may still commit after the 504.
 - A query's time limit is ``?timeout=`` (500ms, 10s, 2m; at most api.max_query_timeout_ms) or
   api.query_timeout_ms. The node stops a query at its limit (504 ``query_timeout``); the
-  API's own deadline for queries is the limit plus QUERY_GRACE_S, so the node's answer wins.
+  API's own deadline for queries is the limit plus serving.QUERY_GRACE_S, so the node's answer wins.
 - /ready answers ``{"ready": bool, "node", "leader"}``, 503 with Retry-After when not ready:
   it is a probe, not an error.
 - Batch results: ``result`` is the FSM's output parsed as JSON when its content type is JSON;
@@ -122,7 +122,6 @@ _ROUTE_LIST = (
     "/db/query, /db/request and /readyz; the console at /ui"
 )
 # How long after a query's time limit the API stops waiting for the node's own answer.
-QUERY_GRACE_S = 1.0
 # The hot routes, one table for both routers: path, methods, GraftApi method. Klein registers
 # them (so it answers a wrong method on these paths with its 405), and ApiRoot looks them up
 # by exact method and path without Klein's per-request routing (graft.api.root).
@@ -247,24 +246,13 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
             and not self._backend.is_leader()
         ):
             return self._redirect(request)
-        ms = self._settings.query_timeout_ms if time_limit is None else round(time_limit * 1000)
-        answer: Deferred[QueryResult] = within(
-            maybeDeferred(
-                self._backend.query,
-                query,
-                consistency,
-                min_index=min_index,
-                max_lag_ms=max_lag_ms,
-                timeout=time_limit,
-            ),
-            # The node stops the query at its limit and says so (504 query_timeout); this is
-            # the backstop for an answer that does not come back at all.
-            ms / 1000 + QUERY_GRACE_S,
-            self._reactor,
-            lambda: Timeout(
-                f"the query did not finish within {ms} ms (it changed nothing): retry, or "
-                "use consistency=weak if a possibly stale answer will do"
-            ),
+        answer = self.read_within(
+            query,
+            consistency,
+            time_limit,
+            min_index=min_index,
+            max_lag_ms=max_lag_ms,
+            advice=": retry, or use consistency=weak if a possibly stale answer will do",
         )
         return answer.addCallback(self._query_answered, request)
 

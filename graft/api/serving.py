@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -22,12 +22,13 @@ from twisted.web.server import Request
 
 from graft.api.admin import AdminBackend
 from graft.api.auth import Role, TokenAuthority
-from graft.api.deadline import TimeSource
+from graft.api.deadline import TimeSource, within
 from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
 from graft.api.responses import write_error
 from graft.api.settings import ApiSettings
-from graft.errors import Forbidden, GraftError, Internal
+from graft.driver.port import Consistency, QueryResult
+from graft.errors import Forbidden, GraftError, Internal, Timeout
 from graft.origin import normalize_origin
 
 _log = Logger()
@@ -83,6 +84,11 @@ def served(
     return decorate
 
 
+# The API's own deadline for a query is its time limit plus this, so the node's answer (504
+# query_timeout, said by the node) wins over the API's backstop.
+QUERY_GRACE_S = 1.0
+
+
 class ApiBase:
     """The node's backend, settings and clock, and what every route does with a request."""
 
@@ -94,6 +100,36 @@ class ApiBase:
         self._reactor = reactor
         self._auth = TokenAuthority(settings.tokens)
         self._metrics = http_metrics(backend.metrics)
+
+    def read_within(
+        self,
+        query: bytes,
+        consistency: Consistency,
+        time_limit: float | None,
+        *,
+        min_index: int | None = None,
+        max_lag_ms: int | None = None,
+        advice: str = "",
+    ) -> Deferred[QueryResult]:
+        """The backend's answer to ``query``, or Timeout a little after its time limit: the
+        node stops a query at its limit and says so (504 query_timeout); this is the backstop
+        for an answer that does not come back at all."""
+        ms = self._settings.query_timeout_ms if time_limit is None else round(time_limit * 1000)
+        return within(
+            maybeDeferred(
+                self._backend.query,
+                query,
+                consistency,
+                min_index=min_index,
+                max_lag_ms=max_lag_ms,
+                timeout=time_limit,
+            ),
+            ms / 1000 + QUERY_GRACE_S,
+            self._reactor,
+            lambda: Timeout(
+                f"the query did not finish within {ms} ms (it changed nothing){advice}"
+            ),
+        )
 
     def _failed(self, failure: Failure, request: Request) -> bytes | Failure:
         if failure.check(CancelledError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graft.api.app import QUERY_GRACE_S
+from graft.api.serving import QUERY_GRACE_S
 from graft.driver.port import Consistency, QueryResult
 from graft.errors import BadRequest, NoLeader, QueryTimeout, Timeout
 from tests.api.fakes import ApiTestCase, FakeBackend, QueryCall, Settings

@@ -47,9 +47,6 @@ from graft.api.serving import ApiBase, routes, served
 from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.errors import BadRequest, NoLeader, PayloadTooLarge, Timeout
 
-# As graft.api.app.QUERY_GRACE_S: the node stops a query at its limit and says so; the API
-# waits this much longer for that answer before its own 504.
-_QUERY_GRACE_S = 1.0
 _TEXT_TYPE = b"text/plain; charset=utf-8"
 
 
@@ -217,19 +214,7 @@ class RqliteRoutes(ApiBase):
         ):
             return self._rqlite_redirect(request)
         query = compact_json(sql_request(statements, transaction=params.has("transaction")))
-        ms = self._settings.query_timeout_ms if time_limit is None else round(time_limit * 1000)
-        answer: Deferred[QueryResult] = within(
-            maybeDeferred(
-                self._backend.query,
-                query,
-                consistency,
-                max_lag_ms=max_lag_ms,
-                timeout=time_limit,
-            ),
-            ms / 1000 + _QUERY_GRACE_S,
-            self._reactor,
-            lambda: Timeout(f"the query did not finish within {ms} ms (it changed nothing)"),
-        )
+        answer = self.read_within(query, consistency, time_limit, max_lag_ms=max_lag_ms)
 
         def answered(result: QueryResult) -> bytes:
             request.setHeader(b"Graft-Index", str(result.applied_index).encode("ascii"))
