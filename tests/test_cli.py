@@ -795,7 +795,8 @@ class DevProcessTests(CLITestCase):
         output = "\n".join(seen)
         self.assertIn(f"alpha  API http://127.0.0.1:{ports[3]}", output)
         self.assertIn("Ctrl-C stops all nodes.", output)
-        self.assertIn("beta  | ", output)
+        # Two nodes make the cluster ready; the third's prefixed lines may come after that.
+        self.wait_for_line(lines, "beta  | ", seen)
 
         created = run(
             ["command", "-c", str(path), "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');"]

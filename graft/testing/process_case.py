@@ -11,7 +11,8 @@ assertion with a text message), written to the test's log (``test.log``) and to 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +41,27 @@ class ProcessTestCase(unittest.SynchronousTestCase):
         if start:
             cluster.start()
         return cluster
+
+    def wait_for(
+        self,
+        condition: Callable[[], Any],
+        what: str,
+        timeout: float = 30,
+        *,
+        detail: Callable[[], str] | None = None,
+    ) -> Any:
+        """Poll ``condition`` until it gives a true value, and return that value; fail naming
+        ``what`` (and ``detail()``, e.g. a log that is not a cluster node's) after ``timeout``
+        seconds. The nodes' logs are added to the failure by the log dump."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                extra = f"\n{detail()}" if detail is not None else ""
+                self.fail(f"{what}: not within {timeout:g} s{extra}")
+            time.sleep(0.05)
 
     def clusters(self) -> list[LocalCluster]:
         """The clusters this test made, for the log dump."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 from graft.testing.cluster import Response
 from graft.testing.process_case import ProcessTestCase
@@ -25,12 +24,6 @@ class ReadsOffTheReactorTests(ProcessTestCase):
 
     def metric(self, node: str, name: str) -> float:
         return self.cluster.metric(node, name)
-
-    def wait_until(self, condition: object, what: str, timeout: float = 30) -> None:
-        give_up = time.monotonic() + timeout
-        while not condition():  # type: ignore[operator]
-            self.assertLess(time.monotonic(), give_up, f"gave up waiting until {what}")
-            time.sleep(0.02)
 
     def test_endless_query_leaves_the_leader_serving(self) -> None:
         """The unbounded WITH RECURSIVE sent to a follower at default consistency (so it runs on
@@ -51,7 +44,7 @@ class ReadsOffTheReactorTests(ProcessTestCase):
 
         thread = threading.Thread(target=endless, daemon=True)
         thread.start()
-        self.wait_until(
+        self.wait_for(
             lambda: self.metric(self.leader, "graft_queries_in_threads") == 1,
             "the endless query runs in a query thread of the leader",
         )

@@ -7,14 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-
-from twisted.trial import unittest
 
 from graft.cli.render import STATUS_UNREACHABLE_EXIT
-from graft.testing.cluster import LocalCluster
+from graft.testing.process_case import ProcessTestCase
 
 
 def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -26,19 +21,9 @@ def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class StatusProcessTests(unittest.TestCase):
+class StatusProcessTests(ProcessTestCase):
     def test_stopped_member_is_named_and_the_exit_code_says_so(self) -> None:
-        cluster = LocalCluster(Path(self.mktemp()), ("n1", "n2", "n3"))
-        self.addCleanup(cluster.close)
-        cluster.start()
+        cluster = self.make_cluster()
         leader, _ = cluster.wait_for_leader(timeout=30)
         url = cluster.api_url(leader)
 
@@ -58,7 +43,7 @@ class StatusProcessTests(unittest.TestCase):
         start = len(cluster.logs(leader))
         cluster.stop(stopped)
         line = f"cannot reach peer {stopped}"
-        wait_for(lambda: line in cluster.logs(leader)[start:], "the leader's line about it")
+        self.wait_for(lambda: line in cluster.logs(leader)[start:], "the leader's line about it")
 
         ran = graft_cli("status", "--url", url)
         self.assertEqual(ran.returncode, STATUS_UNREACHABLE_EXIT, ran.stdout + ran.stderr)
