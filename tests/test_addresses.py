@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.addresses import listen_interface
@@ -21,7 +25,7 @@ peers:
   delta:
     host: db4.example.net
     ports: {p2p: 7004, api: 8004}
-    listen: {p2p: 0.0.0.0, api: "::"}
+    listen: {p2p: 10.0.0.4, api: "::"}
 """
 
 
@@ -42,7 +46,7 @@ class ListenTests(SynchronousTestCase):
                 "alpha": ("10.0.0.1", "10.0.0.1"),
                 "beta": ("0.0.0.0", "0.0.0.0"),
                 "gamma": ("fd00::3", "fd00::3"),
-                "delta": ("0.0.0.0", "::"),
+                "delta": ("10.0.0.4", "::"),
             },
         )
         # The advertised host is unchanged by listen: it is what peers and clients use.
@@ -78,3 +82,46 @@ class CertificateNamesTests(SynchronousTestCase):
         self.assertIn("gamma's certificate names DNS:gamma, IP:fd00::3", result.output)
         self.assertIn("delta's certificate names DNS:delta, DNS:db4.example.net", result.output)
         self.assertNotIn("0.0.0.0", result.output)
+
+
+class ServiceBindTests(SynchronousTestCase):
+    def bound(self, text: str, node: str) -> dict[int, str]:
+        """port -> interface of every listener node's service opens, on a MemoryReactor."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from graft.certs import generate_certificates
+        from graft.service import make_service
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "cluster.yaml"
+        path.write_text(text)
+        generate_certificates(load_config(path))
+        calls: queue.Queue[tuple[Any, tuple[Any, ...], dict[str, Any]]] = queue.Queue()
+
+        class Reactor(MemoryReactorClock):
+            def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+                calls.put((f, args, kwargs))
+
+        reactor = Reactor()
+        service: Any = make_service(load_config(path), node, reactor=reactor)
+        service.startService()
+        bound = {port: interface for port, _, _, interface in reactor.tcpServers}
+        # Stop it, running what the storage thread hands back, so that no thread is left.
+        stopped: Deferred[None] = service.stopService()
+        while not stopped.called:
+            with contextlib.suppress(queue.Empty):
+                f, args, kwargs = calls.get(timeout=0.01)
+                f(*args, **kwargs)
+            reactor.advance(0.01)
+        return bound
+
+    def test_each_port_binds_its_listen_address(self) -> None:
+        """The peer port and the API bind peers.<id>.listen.p2p / .api, each its own."""
+        self.assertEqual(self.bound(_PEERS, "delta"), {7004: "10.0.0.4", 8004: "::"})
+
+    def test_without_listen_both_ports_follow_one_rule(self) -> None:
+        """Without listen: a named host binds every interface on both ports (the API used to
+        bind what the name resolved to), an IP host binds itself on both."""
+        self.assertEqual(self.bound(_PEERS, "beta"), {7002: "0.0.0.0", 8002: "0.0.0.0"})
+        self.assertEqual(self.bound(_PEERS, "gamma"), {7003: "fd00::3", 8003: "fd00::3"})
