@@ -9,7 +9,7 @@ certificate names) and, for each port, a listen address (``peers.<id>.listen.p2p
   ``::1`` -> ``::1``), so the nodes of `graft dev` share one machine;
 - every IPv4 interface (``0.0.0.0``) when it is a DNS name: a name may resolve to a loopback
   address on its own machine (Debian maps the host name to 127.0.1.1), which no other host can
-  reach. A node advertising a name that resolves to IPv6 only sets ``listen: {...: "::"}``.
+  reach. ``localhost`` is the exception: it binds 127.0.0.1, loopback as its name says.
 
 Kept outside graft.config and graft.transport so that both use this one function.
 """
@@ -27,6 +27,8 @@ def listen_interface(advertised: str, listen: str | None = None) -> str:
     """The address to bind: ``listen`` when configured, else the rule above for ``advertised``."""
     if listen is not None:
         return listen
+    if advertised.lower().rstrip(".") == "localhost":
+        return "127.0.0.1"  # a name, but loopback by definition: never wider
     try:
         ipaddress.ip_address(advertised)
     except ValueError:
