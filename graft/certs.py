@@ -63,6 +63,23 @@ def host_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+def node_names(node_id: str, host: str) -> list[x509.GeneralName]:
+    """The subjectAltName of a node's certificate: its id, and its advertised host (the
+    ``host`` peers and clients use; never a listen address such as 0.0.0.0)."""
+    names: list[x509.GeneralName] = [x509.DNSName(node_id)]
+    if host != node_id:
+        names.append(host_name(host))
+    return names
+
+
+def describe_names(node_id: str, host: str) -> str:
+    """The names of ``node_names`` as `graft certs` prints them: ``DNS:turing, IP:10.0.0.1``."""
+    return ", ".join(
+        f"IP:{name.value}" if isinstance(name, x509.IPAddress) else f"DNS:{name.value}"
+        for name in node_names(node_id, host)
+    )
+
+
 def generate_certificates(
     cfg: CertificateConfig, *, force: bool = False, if_missing: bool = False
 ) -> list[Path]:
@@ -207,9 +224,7 @@ def _node_certificate(
     ca_cert: x509.Certificate,
     cluster: str,
 ) -> x509.Certificate:
-    names: list[x509.GeneralName] = [x509.DNSName(node_id)]
-    if host != node_id:
-        names.append(host_name(host))
+    names = node_names(node_id, host)
     not_before, not_after = _validity(NODE_DAYS)
     subject = x509.Name(
         [

@@ -23,10 +23,12 @@ def is_loopback(host: str) -> bool:
 def open_api_warning(cfg: ClusterConfig, node_id: str) -> str | None:
     """The warning for ``node_id``'s API, or None when it is loopback-only or needs tokens."""
     peer = cfg.peers[node_id]
-    if any(cfg.api.tokens.values()) or is_loopback(peer.host):
+    # What the API binds decides, not the advertised host (peers.<id>.listen.api may differ).
+    if any(cfg.api.tokens.values()) or is_loopback(peer.api_interface):
         return None
+    bound = "" if peer.listen_api is None else f" (bound to {peer.api_interface})"
     return (
-        f"WARNING: the API of node {node_id} listens on {peer.host}:{peer.api_port}, beyond "
+        f"WARNING: the API of node {node_id} listens on {peer.host}:{peer.api_port}{bound}, beyond "
         "loopback, and api.tokens is not set: anyone who can reach that port can write, change "
         "the membership, shut the node down and download snapshots (the whole database). Set "
         "api.tokens (and api.tls), or give the node a loopback host."

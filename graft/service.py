@@ -182,6 +182,8 @@ def make_service(
         max_frame_bytes=cfg.max_frame_bytes,
         settings=hello_settings(cfg, fsm_name),
         limits=connection_limits(cfg),
+        # None: the rule of graft.addresses on the node's own address in the membership.
+        listen_interface=cfg.peer(node_id).listen_p2p,
     )
     node.attach_peers(transport)
     node.set_certificate_expiry(certificate_not_after(cfg.tls_for(node_id).cert))
@@ -208,10 +210,12 @@ def api_service(
     site = make_api_site(node, cfg.api, reactor=reactor)
     api_tls = cfg.api_tls_for(node_id)
     if api_tls is None:
-        endpoint: Any = endpoints.TCP4ServerEndpoint(reactor, me.api_port, interface=me.host)
+        endpoint: Any = endpoints.TCP4ServerEndpoint(
+            reactor, me.api_port, interface=me.api_interface
+        )
     else:
         endpoint = endpoints.SSL4ServerEndpoint(
-            reactor, me.api_port, _api_tls_context(api_tls), interface=me.host
+            reactor, me.api_port, _api_tls_context(api_tls), interface=me.api_interface
         )
     api = StreamServerEndpointService(endpoint, site)
     api._raiseSynchronously = True  # a port already in use stops the node at start, loudly

@@ -27,7 +27,13 @@ EVERY_SECTION: dict[str, Any] = {
     "node": "n1",
     "data_dir": "data/{id}",
     "timeouts": {"election": 350, "heartbeat": 35, "clock_drift": 0.1},
-    "peers": {"n1": {"host": "127.0.0.1", "ports": {"p2p": 7001, "api": 8001}}},
+    "peers": {
+        "n1": {
+            "host": "127.0.0.1",
+            "ports": {"p2p": 7001, "api": 8001},
+            "listen": {"p2p": "0.0.0.0", "api": "::"},
+        }
+    },
     "tls": {"ca": "certs/ca.pem"},
     "api": {
         "tls": {"cert": "a.pem", "key": "a.key", "client_ca": "ca.pem"},

@@ -78,3 +78,29 @@ class OpenApiWarningTests(SynchronousTestCase):
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["log_level"].name, "warn")
         self.assertIn("node ritchie listens on 10.0.0.2:8081", events[0]["text"])
+
+
+class ListenExposureTests(SynchronousTestCase):
+    def load(self, text: str) -> ClusterConfig:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "cluster.yaml"
+        path.write_text(text, encoding="utf-8")
+        return load_config(path)
+
+    def test_the_bound_address_decides(self) -> None:
+        """A loopback host whose API listens on 0.0.0.0 is open (the warning names the bound
+        address); a public host whose API listens on loopback is not; localhost binds
+        loopback."""
+        cfg = self.load(
+            "peers:\n"
+            "  a: {host: 127.0.0.1, ports: {p2p: 1, api: 2}, listen: {api: 0.0.0.0}}\n"
+            "  b: {host: db.example, ports: {p2p: 3, api: 4}, listen: {api: 127.0.0.1}}\n"
+            "  c: {host: localhost, ports: {p2p: 5, api: 6}}\n"
+        )
+        warning = open_api_warning(cfg, "a")
+        assert warning is not None
+        self.assertIn("listens on 127.0.0.1:2 (bound to 0.0.0.0)", warning)
+        self.assertIsNone(open_api_warning(cfg, "b"))
+        self.assertIsNone(open_api_warning(cfg, "c"))
+        self.assertEqual(cfg.peers["c"].api_interface, "127.0.0.1")

@@ -154,3 +154,14 @@ def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
         return
     for path in written:
         click.echo(f"wrote {shown_path(path)}")
+    echo_certificate_names(cfg, written)
+
+
+def echo_certificate_names(cfg: ClusterConfig, written: list[Path]) -> None:
+    """Say which names each new node certificate holds: peers and clients must reach the node
+    by one of them (its advertised host), or TLS verification fails."""
+    from graft.certs import describe_names
+
+    for node_id, peer in cfg.peers.items():
+        if cfg.tls_for(node_id).cert in written:
+            click.echo(f"{node_id}'s certificate names {describe_names(node_id, peer.host)}")

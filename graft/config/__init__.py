@@ -12,7 +12,7 @@ Keys (all optional except ``peers``)::
     node: turing                        # this node's id (or `--node` on the command line)
     data_dir: data/{id}
     timeouts: {election: 350, heartbeat: 35}            # milliseconds
-    peers: {ID: {host: H, ports: {p2p: P, api: P}}, ...}
+    peers: {ID: {host: H, ports: {p2p: P, api: P}, listen: {p2p: ADDR, api: ADDR}}, ...}
     tls: {ca: certs/ca.pem, cert: certs/{id}.pem, key: certs/{id}.key}
     api: {tls: {cert, key, client_ca}, tokens: {read|write|admin: [sha256 hex, ...]},
           max_body_bytes: 1048576, command_timeout_ms: 5000, query_timeout_ms: 5000,
@@ -40,6 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from graft.addresses import listen_interface
 from graft.origin import url_host
 from graft.raft.config import (
     DEFAULT_CLOCK_DRIFT,
@@ -89,9 +90,22 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerConfig:
     id: str
-    host: str
+    host: str  # the advertised host: what peers dial, clients use and the certificate names
     p2p_port: int
     api_port: int
+    # The addresses the ports listen on (peers.<id>.listen); None follows graft.addresses.
+    listen_p2p: str | None = None
+    listen_api: str | None = None
+
+    @property
+    def p2p_interface(self) -> str:
+        """The address the peer port binds (graft.addresses.listen_interface)."""
+        return listen_interface(self.host, self.listen_p2p)
+
+    @property
+    def api_interface(self) -> str:
+        """The address the HTTP API binds (graft.addresses.listen_interface)."""
+        return listen_interface(self.host, self.listen_api)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ and the checks that span sections (a forwarded command and an AppendEntries fit 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -233,7 +234,9 @@ class _ClusterReader(ApiSectionReader):
         return peers
 
     def peer(self, key: str, peer_id: str, value: Any) -> PeerConfig:
-        spec = self.mapping(key, value, ("host", "ports"), "a mapping {host, ports: {p2p, api}}")
+        spec = self.mapping(
+            key, value, ("host", "ports", "listen"), "a mapping {host, ports: {p2p, api}, listen}"
+        )
         if "host" not in spec:
             raise self.fail(f"{key}.host", "missing; expected a host name or IP address")
         host = self.string(f"{key}.host", spec["host"], "a host name or IP address")
@@ -256,7 +259,38 @@ class _ClusterReader(ApiSectionReader):
             numbers[service] = self.integer(
                 where, ports[service], minimum=1, maximum=65535, noun="port"
             )
-        return PeerConfig(id=peer_id, host=host, p2p_port=numbers["p2p"], api_port=numbers["api"])
+        listen = self.listen(f"{key}.listen", spec.get("listen"))
+        return PeerConfig(
+            id=peer_id,
+            host=host,
+            p2p_port=numbers["p2p"],
+            api_port=numbers["api"],
+            listen_p2p=listen.get("p2p"),
+            listen_api=listen.get("api"),
+        )
+
+    def listen(self, key: str, value: Any) -> dict[str, str]:
+        """peers.<id>.listen: the IP address each port binds, when not the advertised host's
+        (graft.addresses): e.g. {p2p: 0.0.0.0, api: "::"} for a node behind NAT or in a
+        container, advertising the name others use in `host`."""
+        if value is None:
+            return {}
+        section = self.mapping(key, value, ("p2p", "api"), "a mapping {p2p: ADDRESS, api: ADDRESS}")
+        addresses = {}
+        for service, address in section.items():
+            where = f"{key}.{service}"
+            text = self.string(where, address, "an IP address such as 0.0.0.0 or ::")
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                raise self.fail(
+                    where,
+                    f"{show(text)} is not an IP address; expected the address to bind, e.g. "
+                    "0.0.0.0 (every IPv4 interface), :: (every interface) or 10.0.0.5 "
+                    "(names belong in host, which peers and clients use)",
+                ) from None
+            addresses[service] = text
+        return addresses
 
     def tls(self, value: Any) -> TLSConfig:
         section = self.mapping("tls", value, ("ca", "cert", "key"), "a mapping {ca, cert, key}")

@@ -13,7 +13,6 @@ before TLS, and the first refusal of a run is logged.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from graft.addresses import listen_interface
 from graft.raft.messages import Message
 from graft.transport.dialer import Backoff, PeerDialer
 from graft.transport.errors import PeerUnavailable
@@ -190,7 +190,9 @@ class PeerTransport(Service):
         accept: Any = _AcceptFactory(self)  # zope interfaces are invisible to mypy
         factory: Any = PeerTLSFactory(self._contexts.server, False, accept, clock=self.reactor)
         self._port = self.reactor.listenTCP(
-            me.p2p_port, _AdmitFactory(self, factory), interface=self._interface(me.host)
+            me.p2p_port,
+            _AdmitFactory(self, factory),
+            interface=listen_interface(me.host, self._listen_interface),
         )
         for peer_id in self._peers:
             if peer_id != self.node_id:
@@ -482,12 +484,3 @@ class PeerTransport(Service):
     def _address_of(self, peer_id: str) -> str:
         address = self._peers.get(peer_id)
         return "an unknown address" if address is None else f"{address.host}:{address.p2p_port}"
-
-    @staticmethod
-    def _interface(host: str) -> str:
-        # Listen on the configured address when it is one; on every interface for a DNS name.
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return ""
-        return host
