@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -223,9 +223,10 @@ def _node_certificate(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     cluster: str,
+    days: int = NODE_DAYS,
 ) -> x509.Certificate:
     names = node_names(node_id, host)
-    not_before, not_after = _validity(NODE_DAYS)
+    not_before, not_after = _validity(days)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"graft cluster {cluster}"),
@@ -285,3 +286,82 @@ def certificate_not_after(path: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return cert.not_valid_after_utc.timestamp()
+
+
+def renew_certificates(
+    cfg: CertificateConfig,
+    node_ids: Sequence[str] = (),
+    *,
+    keep_keys: bool = False,
+    days: int = NODE_DAYS,
+) -> list[Path]:
+    """Issue new certificates, signed by the existing CA, for ``node_ids`` (default: every
+    peer); return the paths written. Each gets a new key unless ``keep_keys``, which signs the
+    node's existing key again. The key is written before the certificate: a node that reloads
+    in between finds a pair that does not fit and keeps its old one."""
+    _check_names(cfg)
+    wanted = list(node_ids) or list(cfg.peers)
+    unknown = [node_id for node_id in wanted if node_id not in cfg.peers]
+    if unknown:
+        raise CertificateError(
+            f"{', '.join(unknown)}: not among the config's peers ({', '.join(cfg.peers)})"
+        )
+    if days < 1:
+        raise CertificateError(f"--days {days}: a certificate must be valid for at least a day")
+    written: list[Path] = []
+    for node_id in wanted:
+        paths = cfg.tls_for(node_id)
+        ca_key, ca_cert = _signing_ca(paths.ca)
+        key = _existing_key(paths.key) if keep_keys else ec.generate_private_key(ec.SECP256R1())
+        cert = _node_certificate(
+            node_id, cfg.peers[node_id].host, key, ca_key, ca_cert, cfg.cluster, days
+        )
+        if not keep_keys:
+            _write(paths.key, _key_pem(key), private=True)
+            written.append(paths.key)
+        _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+        written.append(paths.cert)
+    return written
+
+
+def _signing_ca(ca_file: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA key beside ``ca_file`` and the certificate of the bundle that goes with it (a
+    bundle holds the old and the new CA during a rollover)."""
+    key_path = ca_key_path(ca_file)
+    try:
+        bundle = x509.load_pem_x509_certificates(ca_file.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except FileNotFoundError as e:
+        raise CertificateError(
+            f"{e.filename} not found: renew certificates where the CA is kept (ca.pem with "
+            "ca.key beside it)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CertificateError(f"cannot read the CA {ca_file} or its key {key_path}: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{key_path} is not an EC key, as `graft certs` makes them")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for cert in bundle:
+        mine = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if mine == public:
+            return key, cert
+    raise CertificateError(
+        f"no certificate in {ca_file} goes with the key {key_path}: put the CA's certificate "
+        "in the bundle"
+    )
+
+
+def _existing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise CertificateError(
+            f"cannot read the node key {path} ({e}): renew without --keep-key to make a new one"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{path} is not an EC key: renew without --keep-key")
+    return key

@@ -157,6 +157,14 @@ class NoSpace(GraftError):
     status = 507
 
 
+class ReloadFailed(GraftError):
+    """A reload (SIGHUP, POST /reload) found a file missing or invalid: the node goes on with
+    the certificates, keys and tokens it had; the message names the file."""
+
+    code = "reload_failed"
+    status = 409
+
+
 def shutting_down() -> NoLeader:
     """The refusal of a node that is stopping (503, retry elsewhere)."""
     return NoLeader(SHUTTING_DOWN)

@@ -6,6 +6,8 @@
       GraftNode       the Raft driver (graft.driver.wiring.build_node): storage, core, FSM
       API server      Klein app on ports.api
       SpaceMonitor    the data dir's space quota (graft.space)
+      ReloadOnSignal  SIGHUP reloads certificates, keys and API tokens (graft.reload)
+      ExpiryWarner    a daily warning from 30 days before the certificate expires
 
 Children start in that order. On stop (SIGTERM or POST /shutdown), a leader first hands its
 leadership to the most caught-up voter (GraftNode.hand_over); then the children stop in
@@ -20,30 +22,40 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet import endpoints, ssl
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from graft.agreement import cluster_settings
 from graft.api import make_api_site
+from graft.api.auth import TokenAuthority
 from graft.certs import certificate_not_after
 from graft.config import ClusterConfig, ConfigError
 from graft.driver.clock import ReactorTime
 from graft.driver.node import GraftNode
 from graft.driver.settings import DriverSettings
 from graft.driver.wiring import build_node
+from graft.errors import ReloadFailed
 from graft.exposure import open_api_warning
 from graft.fsm import StateMachine, create_state_machine
 from graft.metrics import NodeMetrics
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
+from graft.reload import (
+    ExpiryWarner,
+    NodeReloader,
+    ReloadOnSignal,
+    SwappableServerTLS,
+    api_tls_options,
+)
 from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
 from graft.storage.permissions import tighten_data_dir
@@ -192,30 +204,36 @@ def make_service(
     )
     node.admit_while_joining()
 
+    rotation = Rotation.build(cfg, node_id, node, transport, reactor)
+
     top = GraftService(node)
     transport.setServiceParent(top)
     node.setServiceParent(top)
     if http_api:
-        api_service(cfg, node_id, node, reactor).setServiceParent(top)
+        api_service(cfg, node_id, node, reactor, rotation).setServiceParent(top)
     space.setServiceParent(top)
+    rotation.on_signal.setServiceParent(top)
+    rotation.expiry.setServiceParent(top)
     return cast(IService, top)
 
 
 def api_service(
-    cfg: ClusterConfig, node_id: str, node: GraftNode, reactor: Any
+    cfg: ClusterConfig, node_id: str, node: GraftNode, reactor: Any, rotation: Rotation
 ) -> StreamServerEndpointService:
-    """The HTTP API on the node's api port (TLS when ``api.tls`` is set)."""
+    """The HTTP API on the node's api port (TLS when ``api.tls`` is set), with the tokens and
+    API certificate a reload swaps (``rotation``)."""
     me = cfg.peers[node_id]
     warn_if_open_api(cfg, node_id)
-    site = make_api_site(node, cfg.api, reactor=reactor)
-    api_tls = cfg.api_tls_for(node_id)
-    if api_tls is None:
+    site = make_api_site(
+        node, cfg.api, reactor=reactor, auth=rotation.tokens, reload=rotation.reloader.reload
+    )
+    if rotation.api_tls is None:
         endpoint: Any = endpoints.TCP4ServerEndpoint(
             reactor, me.api_port, interface=me.api_interface
         )
     else:
         endpoint = endpoints.SSL4ServerEndpoint(
-            reactor, me.api_port, _api_tls_context(api_tls), interface=me.api_interface
+            reactor, me.api_port, rotation.api_tls, interface=me.api_interface
         )
     api = StreamServerEndpointService(endpoint, site)
     api._raiseSynchronously = True  # a port already in use stops the node at start, loudly
@@ -229,6 +247,57 @@ def hello_settings(cfg: ClusterConfig, fsm_name: str) -> dict[str, str]:
     settings = cluster_settings(cfg)
     settings["fsm.factory"] = fsm_name
     return settings
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What rotates certificates and tokens in a running node (graft.reload): the token
+    authority and API TLS options a reload swaps, the reload itself (POST /reload and SIGHUP)
+    and the daily warning before the certificate expires."""
+
+    tokens: TokenAuthority
+    api_tls: SwappableServerTLS | None
+    reloader: NodeReloader
+    on_signal: ReloadOnSignal
+    expiry: ExpiryWarner
+
+    @classmethod
+    def build(
+        cls,
+        cfg: ClusterConfig,
+        node_id: str,
+        node: GraftNode,
+        transport: PeerTransport,
+        reactor: Any,
+    ) -> Rotation:
+        cert = cfg.tls_for(node_id).cert
+        expiry = ExpiryWarner(node_id, cert, certificate_not_after(cert), reactor)
+
+        def on_certificate(path: Path, not_after: float | None) -> None:
+            node.set_certificate_expiry(not_after)
+            expiry.update(path, not_after)
+
+        api_files = cfg.api_tls_for(node_id)
+        try:
+            api_tls = None if api_files is None else SwappableServerTLS(api_tls_options(api_files))
+        except ReloadFailed as e:
+            raise ConfigError(f"{cfg.path}: api.tls: {e}") from None
+        tokens = TokenAuthority(cfg.api.tokens)
+        reloader = NodeReloader(
+            config_path=cfg.path,
+            node_id=node_id,
+            transport=transport,
+            tokens=tokens,
+            api_tls=api_tls,
+            on_certificate=on_certificate,
+        )
+        return cls(
+            tokens=tokens,
+            api_tls=api_tls,
+            reloader=reloader,
+            on_signal=ReloadOnSignal(reloader.reload, reactor),
+            expiry=expiry,
+        )
 
 
 def warn_if_open_api(cfg: ClusterConfig, node_id: str) -> None:
@@ -301,11 +370,3 @@ def restore_fsm_from_snapshot(storage: DurableLog, fsm: StateMachine, fsm_name: 
     with data:
         log.info("restoring the FSM from the snapshot at index {index}", index=meta.index)
         fsm.restore(data)
-
-
-def _api_tls_context(files: Any) -> Any:
-    cert = ssl.PrivateCertificate.loadPEM(files.cert.read_text() + files.key.read_text())
-    if files.client_ca is None:
-        return cert.options()
-    ca = ssl.Certificate.loadPEM(files.client_ca.read_text())
-    return cert.options(ca)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -961,28 +962,99 @@ class LeaderAndSnapshotTests(CLITestCase):
         self.assertEqual((node.seen[0].method, node.seen[0].path), ("POST", "/cluster/snapshot"))
 
     def test_snapshot_save(self) -> None:
-        """`snapshot save FILE` writes the download to FILE and prints index, term and size."""
+        """`snapshot save FILE` downloads a recent enough snapshot as it is (no new one) and
+        prints index, term, size and the file's sha256."""
         data = b"SQLite format 3\x00" + bytes(5000)
-        headers = {"Graft-Snapshot-Index": "99", "Graft-Snapshot-Term": "4"}
-        node = start_fake_node(self, Reply(body=data, headers=headers))
+        node = start_fake_node(self, snapshot_node(data, snapshot_index=99, applied=120))
         target = self.tmpdir() / "backup.snap"
         result = run(["snapshot", "save", str(target), "--url", node.url])
         self.assertEqual(result.exit_code, 0, result.output)
         self.assertEqual(target.read_bytes(), data)
+        self.assertIn("saved the snapshot of ", result.stdout)
         self.assertIn("at index 99 (term 4) to ", result.stdout)
-        self.assertIn(f"backup.snap: {len(data)} bytes", result.stdout)
+        digest = hashlib.sha256(data).hexdigest()
+        self.assertIn(f"backup.snap: {len(data)} bytes, sha256 {digest}", result.stdout)
+        self.assertEqual(
+            [(s.method, s.path) for s in node.seen],
+            [("GET", "/status"), ("GET", "/cluster/snapshot")],
+        )
         result = run(["snapshot", "save", str(target), "--url", node.url, "--json"])
-        self.assertEqual(json.loads(result.stdout)["size"], len(data))
+        document = json.loads(result.stdout)
+        self.assertEqual(
+            (document["size"], document["sha256"], document["taken"]), (len(data), digest, False)
+        )
+
+    def test_snapshot_save_takes_one_when_there_is_none(self) -> None:
+        """On a node without a snapshot (a fresh cluster), `snapshot save` takes one there
+        first, then downloads it, and says so."""
+        node = start_fake_node(self, snapshot_node(b"data", snapshot_index=0, applied=3))
+        target = self.tmpdir() / "backup.snap"
+        result = run(["snapshot", "save", str(target), "--url", node.url])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertTrue(result.stdout.startswith("took and saved the snapshot of "), result.stdout)
+        self.assertEqual(
+            [(s.method, s.path) for s in node.seen],
+            [("GET", "/status"), ("POST", "/cluster/snapshot"), ("GET", "/cluster/snapshot")],
+        )
+        self.assertEqual(target.read_bytes(), b"data")
+
+    def test_snapshot_save_takes_one_when_too_far_behind(self) -> None:
+        """A snapshot more than --max-behind entries (default 1000) below the applied index is
+        replaced by a new one before the download; within the bound it is downloaded as is."""
+        node = start_fake_node(self, snapshot_node(b"data", snapshot_index=10, applied=1011))
+        target = self.tmpdir() / "backup.snap"
+        result = run(["snapshot", "save", str(target), "--url", node.url, "--json"])
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertTrue(json.loads(result.stdout)["taken"])
+        self.assertIn(("POST", "/cluster/snapshot"), [(s.method, s.path) for s in node.seen])
+        node.seen.clear()
+        args = ["snapshot", "save", str(target), "--url", node.url, "--max-behind", "1001"]
+        result = run(args)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertNotIn(("POST", "/cluster/snapshot"), [(s.method, s.path) for s in node.seen])
 
     def test_snapshot_save_from_a_named_node(self) -> None:
-        """--node picks that member of the config; a missing snapshot is one line."""
-        node = start_fake_node(self, error_reply(404, "not_found", "no snapshot yet: take one"))
+        """--node picks that member of the config; a failed download is one line and leaves
+        FILE absent."""
+        node = start_fake_node(
+            self, json_reply(200, {"applied": 7, "snapshot": {"index": 5, "term": 1}})
+        )
+        node.script = [
+            json_reply(200, {"applied": 7, "snapshot": {"index": 5, "term": 1}}),
+            error_reply(404, "not_found", "no snapshot yet: take one"),
+        ]
         path = write_config(self.tmpdir(), api_ports=(1, port_of(node.url), 2))
         target = path.parent / "backup.snap"
         result = run(["snapshot", "save", str(target), "-c", str(path), "--node", "beta"])
         self.assertOneLineError(result, "not_found (404): no snapshot yet")
         self.assertFalse(target.exists())
+        self.assertEqual(len(node.seen), 2)
+
+    def test_snapshot_save_refuses_a_status_without_indexes(self) -> None:
+        """A /status answer without snapshot.index and applied is one line, and nothing is
+        taken or written."""
+        node = start_fake_node(self, json_reply(200, {"id": "alpha"}))
+        target = self.tmpdir() / "backup.snap"
+        result = run(["snapshot", "save", str(target), "--url", node.url])
+        self.assertOneLineError(result, "without snapshot.index and applied")
         self.assertEqual(len(node.seen), 1)
+        self.assertFalse(target.exists())
+
+
+def snapshot_node(data: bytes, *, snapshot_index: int, applied: int) -> Callable[[Seen], Reply]:
+    """A fake node's answers for `snapshot save`: /status with these indexes, the take, and
+    ``data`` as the snapshot."""
+
+    def answer(seen: Seen) -> Reply:
+        if seen.path == "/status":
+            document = {"applied": applied, "snapshot": {"index": snapshot_index, "term": 4}}
+            return json_reply(200, document)
+        if seen.method == "POST":
+            return json_reply(200, {"index": applied, "term": 4})
+        headers = {"Graft-Snapshot-Index": str(snapshot_index or applied)}
+        return Reply(body=data, headers={**headers, "Graft-Snapshot-Term": "4"})
+
+    return answer
 
 
 class ShutdownTests(CLITestCase):

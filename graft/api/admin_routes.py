@@ -1,5 +1,5 @@
-"""The administration routes of the API: membership, leadership, snapshots, shutdown and the
-replica consistency check (graft.api.admin parses their bodies). Every one but reading the
+"""The administration routes of the API: membership, leadership, snapshots, shutdown, reload
+and the replica consistency check (graft.api.admin parses their bodies). Every one but reading the
 membership needs the admin role; each runs under ADMIN_TIMEOUT_S, not the command timeout."""
 
 # twisted.web is untyped; its calls are checked by the tests.
@@ -107,6 +107,18 @@ class AdminRoutes(ApiBase):
 
         request.notifyFinish().addBoth(stop)
         return write_json(request, 202, {"stopping": self._backend.node_id})
+
+    @routes.route("/reload", methods=["POST"], endpoint="reload")
+    @served("reload", Role.ADMIN)
+    async def reload(self, request: Request) -> bytes:
+        """Re-read this node's certificate, key, CA bundle and API tokens (as SIGHUP does);
+        new connections and requests use them. Raises ReloadFailed, changing nothing."""
+        if self._reload is None:
+            raise NotFound(
+                f"node {self._backend.node_id} was built without reloading: restart it to "
+                "use new certificates or tokens"
+            )
+        return write_json(request, 200, self._reload())
 
     # -- the replica consistency check -----------------------------------------------------
 

@@ -40,12 +40,12 @@ class TokenAuthority:
     """Decides whether an Authorization header value grants a role."""
 
     def __init__(self, tokens: Mapping[str, frozenset[str]]) -> None:
-        self._digests: list[tuple[bytes, Role]] = [
-            (digest.strip().lower().encode("ascii"), _ROLE_NAMES[role])
-            for role, digests in tokens.items()
-            if role in _ROLE_NAMES
-            for digest in digests
-        ]
+        self._digests = _digests(tokens)
+
+    def replace(self, tokens: Mapping[str, frozenset[str]]) -> None:
+        """Use these tokens from the next request on (a reload): a token no longer listed is
+        refused, a new one accepted. One assignment, so a request sees the old or the new set."""
+        self._digests = _digests(tokens)
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +76,15 @@ class TokenAuthority:
             if hmac.compare_digest(presented, digest) and (best is None or role > best):
                 best = role
         return best
+
+
+def _digests(tokens: Mapping[str, frozenset[str]]) -> list[tuple[bytes, Role]]:
+    return [
+        (digest.strip().lower().encode("ascii"), _ROLE_NAMES[role])
+        for role, digests in tokens.items()
+        if role in _ROLE_NAMES
+        for digest in digests
+    ]
 
 
 def _bearer_token(authorization: str | None) -> str | None:

@@ -93,12 +93,20 @@ class ApiBase:
     """The node's backend, settings and clock, and what every route does with a request."""
 
     def __init__(
-        self, backend: AdminBackend, settings: ApiSettings, *, reactor: TimeSource
+        self,
+        backend: AdminBackend,
+        settings: ApiSettings,
+        *,
+        reactor: TimeSource,
+        auth: TokenAuthority | None = None,
+        reload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._backend = backend
         self._settings = settings
         self._reactor = reactor
-        self._auth = TokenAuthority(settings.tokens)
+        # Given by the node when it reloads tokens (graft.reload): it swaps them in this one.
+        self._auth = auth if auth is not None else TokenAuthority(settings.tokens)
+        self._reload = reload
         self._metrics = http_metrics(backend.metrics)
 
     def read_within(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from graft import __version__
-from graft.cli import cluster, dev, node, offline
+from graft.cli import cluster, dev, node, offline, rotate
 from graft.cli.errors import GraftCLIError, GraftGroup
 
 
@@ -68,3 +68,5 @@ for _command in (
     offline.storage,
 ):
     main.add_command(_command)
+node.certs.add_command(rotate.renew)
+node.certs.add_command(rotate.reload)

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
+from graft.backup import DEFAULT_MAX_BEHIND, save_backup
 from graft.cli.connect import ClientSettings, make_client, node_url
 from graft.cli.errors import GraftCLIError
 from graft.cli.options import client_options, input_file_option
@@ -366,18 +367,29 @@ def snapshot_take(as_json: bool, **options: Any) -> None:
     "--node",
     "node_id",
     default=None,
-    help="Download from this member of the config (default: the first that answers).",
+    help="Back up this member of the config (default: the first that answers).",
+)
+@click.option(
+    "--max-behind",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_BEHIND,
+    show_default=True,
+    help="Take a new snapshot first when the latest is more than this many log entries "
+    "behind the node's applied index (or there is none); 0: always up to the applied index.",
 )
 @client_options(
     timeout=30.0, timeout_help="Seconds to wait for each piece of data (not the whole download)."
 )
-def snapshot_save(file: Path, node_id: str | None, as_json: bool, **options: Any) -> None:
-    """Download the latest snapshot to FILE, for backup (atomically: FILE is complete or
-    untouched). `graft restore FILE` seeds a node from it."""
+def snapshot_save(
+    file: Path, node_id: str | None, max_behind: int, as_json: bool, **options: Any
+) -> None:
+    """Back up a node to FILE: take a snapshot there when none is recent enough, then download
+    it (atomically: FILE is complete or untouched). `graft restore FILE` seeds a node from it."""
     settings = ClientSettings(**options)
     client = make_client(settings)
     url = node_url(settings, node_id) if node_id is not None else None
-    saved = client.save_snapshot(file, url=url)
+    backup = save_backup(client, file, url=url, max_behind=max_behind)
+    saved = backup.saved
     if as_json:
         document = {
             "node": saved.node,
@@ -386,12 +398,15 @@ def snapshot_save(file: Path, node_id: str | None, as_json: bool, **options: Any
             "term": saved.term,
             "fsm": saved.fsm,
             "size": saved.size,
+            "sha256": backup.sha256,
+            "taken": backup.taken,
         }
         click.echo(json.dumps(document))
         return
+    how = "took and saved" if backup.taken else "saved"
     click.echo(
-        f"saved the snapshot of {saved.node} at index {saved.index} (term {saved.term}) to "
-        f"{shown_path(saved.path)}: {saved.size} bytes"
+        f"{how} the snapshot of {saved.node} at index {saved.index} (term {saved.term}) to "
+        f"{shown_path(saved.path)}: {saved.size} bytes, sha256 {backup.sha256}"
     )
 
 

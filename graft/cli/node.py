@@ -127,7 +127,7 @@ def warn_open_api(
             say(warning)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @config_option()
 @click.option("--force", is_flag=True, help="Overwrite existing certificates and keys.")
 @click.option(
@@ -136,12 +136,22 @@ def warn_open_api(
     help="Keep the files that exist; sign only the missing nodes' certificates, with the "
     "existing CA (ca.key beside ca.pem). Nothing to do is a success.",
 )
-def certs(config_path: Path | None, force: bool, if_missing: bool) -> None:
+@click.pass_context
+def certs(ctx: click.Context, config_path: Path | None, force: bool, if_missing: bool) -> None:
     """Create the cluster CA and a certificate per node (at the config's tls paths).
 
     Run it where the CA is kept: each node's machine gets ca.pem and its own certificate and
     key, never ca.key (docs/operations.md, "Certificates: which machine gets which file").
+    `graft certs renew` issues new ones from that CA; `graft certs reload` has running nodes
+    use them (docs/operations.md, "Rotating certificates and tokens").
     """
+    if ctx.invoked_subcommand is not None:
+        if config_path is not None or force or if_missing:
+            raise GraftCLIError(
+                f"put the options after `{ctx.invoked_subcommand}`: "
+                f"graft certs {ctx.invoked_subcommand} -c FILE ..."
+            )
+        return
     if force and if_missing:
         raise GraftCLIError("--force and --if-missing contradict each other: pass one of them")
     cfg = cluster_config(config_path)

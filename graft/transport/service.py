@@ -160,7 +160,7 @@ class PeerTransport(Service):
         self.call_timeout = call_timeout
         self.stats = TransportStats()
         self._peers: dict[str, PeerAddress] = dict(peers)
-        self._contexts = TLSContexts(tls)  # read and built once, here: bad files fail early
+        self._contexts = TLSContexts(tls)  # read here, so bad files fail early; reload_tls
         self._on_message = on_message
         self._on_request = on_request
         self._on_peer_lost = on_peer_lost
@@ -456,6 +456,12 @@ class PeerTransport(Service):
             counts.by_host[connection.host] = left
         else:
             counts.by_host.pop(connection.host, None)
+
+    def reload_tls(self, tls: TLSPaths) -> None:
+        """Read the node's certificate, key and CA bundle again: connections made from now on
+        (accepted or dialled) use them; open ones keep theirs until they reconnect. Raises
+        TLSFilesError, keeping the current files, when one is missing or invalid."""
+        self._contexts.reload(tls)
 
     # -- internals ---------------------------------------------------------------------------
 
