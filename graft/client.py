@@ -11,13 +11,12 @@ ends the request once every member answered so or not at all. Never a 4xx (``sta
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
-It is one module of ~800 lines because the request loop, the error model and the cluster
+It is one module of ~670 lines because the request loop, the error model and the cluster
 operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -31,12 +30,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from graft.origin import url_host
+from graft.sql_form import SqlStatement, sql_request
 
 # How often a 307 may be followed before we suspect a loop between two nodes.
 MAX_REDIRECTS = 5
@@ -101,30 +99,6 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemberStatus:
-    """One member's ``GET /status`` answer, or why there is none."""
-
-    node: str
-    url: str
-    status: Mapping[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def reachable(self) -> bool:
-        return self.status is not None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClusterStatus:
-    """``GraftClient.cluster_status``: the membership document and the member it came from
-    (None when no member gave one), and each member's status row, voters first."""
-
-    membership: Mapping[str, Any] | None
-    asked: str | None
-    members: list[MemberStatus]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,56 +337,6 @@ class GraftClient:
             headers=_content_type(query),
         )
 
-    def status_all(self) -> list[MemberStatus]:
-        """GET /status from every member at once; an unreachable member is a row, not an error."""
-        return self._statuses([(self.name_of(url), url) for url in self.urls])
-
-    def cluster_status(self) -> ClusterStatus:
-        """The members as the cluster knows them (GET /cluster/members of the first member
-        that answers, learners and members added at run time included), then GET /status of
-        each at the address the cluster knows. When no member gives the membership, the
-        members are the URLs the client was given (``membership`` is then None)."""
-        for url in self.urls:
-            try:
-                document = self.request("GET", url + "/cluster/members").json()
-            except (ClientError, ValueError):
-                continue
-            members = _member_urls(document, url)
-            if members is not None:
-                # Name the members' URLs in messages by their ids.
-                self.names = {**self.names, **{u: n for n, u in members if u is not None}}
-                return ClusterStatus(
-                    membership=document, asked=url, members=self._statuses(members)
-                )
-        return ClusterStatus(
-            membership=None,
-            asked=None,
-            members=self._statuses([(self.name_of(url), url) for url in self.urls]),
-        )
-
-    def _statuses(self, members: Sequence[tuple[str, str | None]]) -> list[MemberStatus]:
-        """GET /status of each (node, url) at once; a member without a URL, or unreachable, is
-        a row with its error."""
-
-        def one(member: tuple[str, str | None]) -> MemberStatus:
-            node, url = member
-            if url is None:
-                return MemberStatus(
-                    node=node, url="", error=f"the cluster knows no API address for {node}"
-                )
-            try:
-                answer = self.request("GET", url + "/status").json()
-            except ClientError as err:
-                return MemberStatus(node=node, url=url, error=err.message)
-            except ValueError:
-                return MemberStatus(node=node, url=url, error="answered /status with non-JSON")
-            if not isinstance(answer, dict):
-                return MemberStatus(node=node, url=url, error="answered /status with non-object")
-            return MemberStatus(node=node, url=url, status=answer)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(len(members), 16))) as pool:
-            return list(pool.map(one, members))
-
     # -- cluster administration ----------------------------------------------------------------
     # Any member may be asked: a follower has the leader carry the operation out. Like commands,
     # they are retried only while nobody answers or there is no leader (nothing was accepted).
@@ -606,50 +530,12 @@ class GraftClient:
         raise last
 
 
-# A statement for ``execute``/``select``: SQL text alone, or with its parameters (a sequence for
-# ``?``, a mapping for ``:name``). Parameter values: None, bool, int, float, str, bytes (BLOB).
-SqlStatement = str | tuple[str, Sequence[Any] | Mapping[str, Any]]
-
-
-def sql_request(statements: Sequence[SqlStatement], transaction: bool | None = None) -> bytes:
-    """The JSON form of a command or query of the SQLite state machine:
-    ``{"statements": [{"sql": ..., "params": ...}], "transaction": ...}``, bytes as BLOBs."""
-    if isinstance(statements, str):
-        raise TypeError("statements must be a list of statements, not one string")
-    items: list[dict[str, Any]] = []
-    for statement in statements:
-        if isinstance(statement, str):
-            items.append({"sql": statement})
-            continue
-        sql, params = statement
-        if isinstance(params, Mapping):
-            bound: Any = {str(k): _sql_value(v) for k, v in params.items()}
-        else:
-            bound = [_sql_value(v) for v in params]
-        items.append({"sql": sql, "params": bound})
-    document: dict[str, Any] = {"statements": items}
-    if transaction is not None:
-        document["transaction"] = transaction
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
 def _content_type(body: bytes) -> dict[str, str]:
     """application/json for a body that is a JSON object (the SQLite FSM's JSON form, the kv
     FSM's commands), else the default text/plain."""
     if body.lstrip()[:1] == b"{":
         return {"Content-Type": "application/json"}
     return {}
-
-
-def _sql_value(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"blob": base64.b64encode(value).decode("ascii")}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(
-        f"cannot bind {type(value).__name__} as an SQL parameter; use None, bool, int, float, "
-        "str or bytes"
-    )
 
 
 def _results(response: Response) -> list[dict[str, Any]]:
@@ -662,28 +548,6 @@ def _results(response: Response) -> list[dict[str, Any]]:
             "state machine?",
         )
     return results
-
-
-def _member_urls(document: Any, asked: str) -> list[tuple[str, str | None]] | None:
-    """(id, API base URL) of each member of a GET /cluster/members answer, voters then
-    learners, with the scheme of the URL that answered; None if it is not such an answer."""
-    if not isinstance(document, dict):
-        return None
-    voters, learners = document.get("voters"), document.get("learners", [])
-    addresses = document.get("addresses")
-    if not isinstance(voters, list) or not voters or not isinstance(learners, list):
-        return None
-    if not isinstance(addresses, dict):
-        return None
-    scheme = urllib.parse.urlsplit(asked).scheme or "http"
-    members: list[tuple[str, str | None]] = []
-    for node in [*voters, *learners]:
-        address = addresses.get(node)
-        url = None
-        if isinstance(address, dict) and isinstance(address.get("api"), int):
-            url = f"{scheme}://{url_host(str(address.get('host')))}:{address['api']}"
-        members.append((str(node), url))
-    return members
 
 
 def _retryable(error: ClientError, codes: Sequence[str]) -> bool:

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from graft.cli import app, cluster, dev, join, render
 from graft.cli import node as node_commands
 from graft.cli.errors import DEBUG_ENV
-from graft.client import MemberStatus
+from graft.cluster_status import MemberStatus
 from graft.testing.ports import dead_url
 from tests.support.http_node import (
     Reply,

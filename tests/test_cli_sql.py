@@ -10,7 +10,8 @@ from click.testing import CliRunner, Result
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.cli import app
-from graft.client import GraftClient, sql_request
+from graft.client import GraftClient
+from graft.sql_form import sql_request
 from tests.support.http_node import json_reply, start_fake_node
 
 WRITE = {"results": [{"last_insert_id": 3, "rows_affected": 1}]}

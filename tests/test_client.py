@@ -11,6 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.client import ClientError, GraftClient, Unreachable
+from graft.cluster_status import status_all
 from graft.testing.ports import dead_url
 from tests.support.http_node import (
     Reply,
@@ -177,7 +178,7 @@ class StatusTests(SynchronousTestCase):
         b = start_fake_node(self, json_reply(200, {"id": "b", "role": "follower"}))
         dead = dead_url()
         names = {a.url: "a", dead: "c", b.url: "b"}
-        members = make_client([a.url, dead, b.url], names=names).status_all()
+        members = status_all(make_client([a.url, dead, b.url], names=names))
         self.assertEqual([m.node for m in members], ["a", "c", "b"])
         self.assertEqual([m.reachable for m in members], [True, False, True])
         self.assertEqual(members[0].status, {"id": "a", "role": "leader"})
@@ -188,7 +189,7 @@ class StatusTests(SynchronousTestCase):
     def test_status_non_json_is_a_row_error(self) -> None:
         """A member answering /status with something that is not JSON is shown as an error."""
         node = start_fake_node(self, Reply(body=b"<html>"))
-        [member] = make_client([node.url]).status_all()
+        [member] = status_all(make_client([node.url]))
         self.assertFalse(member.reachable)
         self.assertEqual(member.error, "answered /status with non-JSON")
 

@@ -30,6 +30,7 @@ from graft.cli.render import (
 )
 from graft.cli.sqlparams import param_options, with_params
 from graft.client import ClientError
+from graft.cluster_status import cluster_status
 
 
 def read_input(value: str | None, file: Path | None, what: str) -> bytes:
@@ -212,7 +213,7 @@ def status(as_json: bool, **options: Any) -> None:
     null when unknown.
     """
     client = make_client(ClientSettings(**options))
-    found = client.cluster_status()
+    found = cluster_status(client)
     statuses = found.members
     rows = status_rows(statuses, found.membership)
     last_check = newest_check(statuses)

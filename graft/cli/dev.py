@@ -20,6 +20,7 @@ from graft.cli.node import warn_open_api
 from graft.cli.options import cluster_config, config_option
 from graft.cli.render import shown_path, status_rows
 from graft.client import GraftClient
+from graft.cluster_status import status_all
 from graft.launcher import node_command
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class DevCluster:
         moment the demo is ready for the curl lines."""
         deadline = time.monotonic() + give_up_s
         while not self._stop.wait(poll_s) and time.monotonic() < deadline:
-            rows = status_rows(client.status_all())
+            rows = status_rows(status_all(client))
             named = [row.get("leader") for row in rows if row["reachable"] and row.get("leader")]
             for leader in set(named):
                 if named.count(leader) * 2 > len(rows):

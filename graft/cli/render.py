@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from graft.client import MemberStatus
+from graft.cluster_status import MemberStatus
 
 
 def shown_path(path: Path) -> str:

@@ -1,5 +1,5 @@
 """--param/-p and --param-json of `graft command` and `graft query`: bound parameters, sent in
-the SQLite state machine's JSON form (graft.client.sql_request)."""
+the SQLite state machine's JSON form (graft.sql_form.sql_request)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from graft.cli.errors import GraftCLIError
-from graft.client import sql_request
+from graft.sql_form import sql_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 
