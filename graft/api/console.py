@@ -5,7 +5,8 @@ Routes:
 
     GET /ui, /ui/                   open    the console's HTML page
     GET /ui/console.js, .css        open    its script and style sheet
-    GET /ui/cluster                 read    every member's /status, gathered by this node
+    GET /ui/cluster                 read    every member's /status, gathered by this node,
+                                            and this node's write counts and latencies
 
 The page and its files hold no cluster data, so they are served without a token; when tokens
 are configured the page asks for one, keeps it in the browser's sessionStorage (gone when the
@@ -189,6 +190,7 @@ class ConsoleRoutes(ApiBase):
             "time": self._reactor.seconds(),
             "members": gathered,
             "requests": self._request_counts(),
+            "write_latency": self._write_latency_buckets(),
         }
         request.setHeader(b"Cache-Control", b"no-store")
         return write_json(request, 200, document)
@@ -237,6 +239,24 @@ class ConsoleRoutes(ApiBase):
                 elif route in _READ_ROUTES:
                     reads += sample.value
         return {"writes": writes, "reads": reads}
+
+    def _write_latency_buckets(self) -> list[list[float | None]]:
+        """The cumulative histogram of this node's answered writes, as ``[upper bound in
+        seconds (None for +Inf), count]`` pairs: the page takes the difference between two
+        polls and reads p50/p99 of that interval off it, as Prometheus's histogram_quantile
+        does. A write's time here runs from routing the request to its committed, applied
+        answer, forwarding to the leader included: the commit latency a client of this node
+        sees."""
+        counts: dict[float, float] = {}
+        for family in self._metrics.latency.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_bucket"):
+                    continue
+                if sample.labels.get("route") not in _WRITE_ROUTES:
+                    continue
+                bound = float(sample.labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + sample.value
+        return [[None if b == float("inf") else b, counts[b]] for b in sorted(counts)]
 
 
 def _now(value: dict[str, Any]) -> Deferred[Any]:

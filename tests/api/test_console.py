@@ -106,6 +106,22 @@ class ConsoleTests(ApiTestCase):
         document = self.call("GET", "/ui/cluster").json()
         self.assertEqual(document["requests"], {"writes": 2.0, "reads": 1.0})
 
+    def test_cluster_gives_the_histogram_of_this_nodes_writes_only(self) -> None:
+        """The page reads p50/p99 off these buckets: cumulative, sorted by bound, ending
+        with +Inf (null), and counting writes (single and batched), never reads."""
+        empty = self.call("GET", "/ui/cluster").json()["write_latency"]
+        self.assertEqual(empty, [])
+        self.assertEqual(self.call("POST", "/command", data=b"x").status, 200)
+        self.assertEqual(self.call("POST", "/commands", data=b'["a", "b"]').status, 200)
+        self.assertEqual(self.call("GET", "/query?q=x").status, 200)
+        buckets = self.call("GET", "/ui/cluster").json()["write_latency"]
+        bounds = [bound for bound, _ in buckets]
+        self.assertIsNone(bounds[-1], "the last bucket is +Inf")
+        self.assertEqual(bounds[:-1], sorted(bounds[:-1]))
+        counts = [count for _, count in buckets]
+        self.assertEqual(counts, sorted(counts), "cumulative counts never fall")
+        self.assertEqual(counts[-1], 2.0, "two write requests, the query not among them")
+
     def test_page_posts_from_its_own_origin_pass(self) -> None:
         """The console's own POSTs carry the node's origin: the Origin check lets them in."""
         answer = self.call(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +21,34 @@ from twisted.trial import unittest
 
 from graft.api.auth import token_digest
 from graft.testing.chromium import Chromium, chromium_binary
-from graft.testing.cluster import LocalCluster
+from graft.testing.cluster import LocalCluster, free_ports
 
 # What the page shows: one entry per member row of the cluster view.
 MEMBERS_JS = """JSON.stringify([...document.querySelectorAll('#members tr[data-member]')].map(
   (r) => ({id: r.dataset.member, role: r.dataset.role, reachable: r.dataset.reachable,
            leader: r.classList.contains('leader')})))"""
 RESULT_JS = """JSON.stringify({
-  columns: [...document.querySelectorAll('#result-table th')].map((c) => c.textContent),
+  columns: [...document.querySelectorAll('#result-table th')].map((c) => c.dataset.column),
+  types: [...document.querySelectorAll('#result-table th')].map((c) => c.dataset.type),
   rows: [...document.querySelectorAll('#result-table tbody tr')].map(
     (r) => [...r.children].map((c) => c.textContent)),
   error: document.getElementById('query-error').hidden ? null
          : document.getElementById('query-error').textContent,
-  meta: document.getElementById('query-meta').textContent})"""
+  meta: document.getElementById('query-meta').textContent,
+  note: (document.querySelector('#result p') || {}).textContent || null})"""
+TIMELINE_JS = """JSON.stringify([...document.querySelectorAll('#timeline li')].map(
+  (li) => ({kind: li.dataset.kind, leader: li.dataset.leader, text: li.textContent})))"""
+LATENCY_POINTS_JS = """(document.querySelector('#latency-chart polyline.p50')
+  || {getAttribute: () => ''}).getAttribute('points')"""
+
+
+def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class ConsoleInBrowserTests(unittest.TestCase):
@@ -104,9 +122,14 @@ class ConsoleInBrowserTests(unittest.TestCase):
     def leaders_shown(self) -> list[str]:
         return [m["id"] for m in self.members() if m["role"] == "leader"]
 
-    def run_in_console(self, text: str, button: str) -> dict[str, Any]:
-        """Type ``text`` into the editor, press ``button`` and wait for the answer shown."""
+    def run_in_console(
+        self, text: str, button: str, *, params: str = "", form: str = "sql"
+    ) -> dict[str, Any]:
+        """Type ``text`` into the editor (with ``params`` in the parameters box, in the
+        ``form`` chosen), press ``button`` and wait for the answer shown."""
         self.browser.evaluate(
+            f"document.getElementById('params').value = {json.dumps(params)}; "
+            f"document.getElementById('form').value = {json.dumps(form)}; "
             "document.getElementById('sql').value = ''; "
             "document.getElementById('result').replaceChildren(); "
             "document.getElementById('query-meta').textContent = ''; "
@@ -154,23 +177,45 @@ class ConsoleInBrowserTests(unittest.TestCase):
         )
         banner = self.browser.evaluate("document.getElementById('banner').textContent")
         self.assertIn(f"{self.leader} is unreachable", banner)
-        timeline = self.browser.evaluate(
-            "[...document.querySelectorAll('#timeline li')].map((li) => li.dataset.leader)"
+        timeline = json.loads(self.browser.evaluate(TIMELINE_JS))
+        leaders = [entry["leader"] for entry in timeline if entry["kind"] == "leader"]
+        self.assertEqual(leaders[-1], self.leader, "the timeline starts with the first leader")
+        self.assertEqual(leaders[0], self.leaders_shown()[0], "and ends with the new one")
+        elections = [entry["text"] for entry in timeline if entry["kind"] == "election"]
+        self.assertTrue(
+            any(f"term {self.term} → " in text for text in elections),
+            f"the election after the kill is in the timeline: {timeline}",
         )
-        self.assertEqual(timeline[-1], self.leader, "the timeline starts with the first leader")
-        self.assertEqual(timeline[0], self.leaders_shown()[0], "and ends with the new one")
 
-        inserted = self.run_in_console("INSERT INTO fruit VALUES ('pear', 5);", "run-command")
+        # The SQL form: a bound parameter, typed columns, the statement's own error.
+        inserted = self.run_in_console(
+            "INSERT INTO fruit VALUES (?, ?)", "run-command", params='["pear", 5]'
+        )
         self.assertIsNone(inserted["error"], inserted)
+        self.assertIn("1 row(s) affected", inserted["note"])
         self.browser.evaluate("document.getElementById('consistency').value = 'strong'")
-        shown = self.run_in_console("SELECT name, n FROM fruit ORDER BY n", "run-query")
+        shown = self.run_in_console(
+            "SELECT name, n FROM fruit WHERE n >= :least ORDER BY n",
+            "run-query",
+            params='{"least": 3}',
+        )
         self.assertIsNone(shown["error"], shown)
         self.assertEqual(shown["columns"], ["name", "n"])
+        self.assertEqual(shown["types"], ["TEXT", "INTEGER"])
         self.assertEqual(shown["rows"], [["apple", "3"], ["pear", "5"]])
 
         refused = self.run_in_console("DELETE FROM fruit", "run-query")
         self.assertIsNotNone(refused["error"], "a write sent as a query is refused")
-        self.assertIn("400 ", refused["error"])
+        self.assertIn("the statement failed", refused["error"])
+        # The raw form: the body as typed, for any state machine; SQL text answers untyped.
+        raw = self.run_in_console("SELECT count(*) AS c FROM fruit", "run-query", form="raw")
+        self.assertEqual((raw["error"], raw["columns"], raw["rows"]), (None, ["c"], [["2"]]))
+
+        # The write just made shows in the latency chart (p50/p99 of the writes in a poll).
+        self.wait_for(
+            lambda: self.browser.evaluate(LATENCY_POINTS_JS),
+            "a point in the write-latency chart",
+        )
 
         self.run_in_console("SELECT name, n FROM fruit ORDER BY n", "run-query")
         path = self.browser.screenshot(self.shots.resolve() / "console.png")
@@ -211,3 +256,73 @@ class ConsoleInBrowserTests(unittest.TestCase):
             lambda: len(self.leaders_shown()) == 1 and self.leaders_shown()[0] != self.leader,
             "the new leader after the transfer",
         )
+
+        # Add a member from the console: it joins as a learner (its node never runs here, so
+        # the add answers member_unreachable), is shown, and is removed with its row's button.
+        p2p, api = free_ports(2)
+        for field, value in (("add-id", "n9"), ("add-host", "127.0.0.1")):
+            self.browser.evaluate(
+                f"document.getElementById({json.dumps(field)}).value = {json.dumps(value)}"
+            )
+        self.browser.evaluate(f"document.getElementById('add-p2p').value = '{p2p}'")
+        self.browser.evaluate(f"document.getElementById('add-api').value = '{api}'")
+        self.browser.evaluate("document.getElementById('action-result').textContent = ''")
+        self.browser.evaluate("document.getElementById('add-member').requestSubmit()")
+        self.wait_for(lambda: "n9" in [m["id"] for m in self.members()], "the added member n9")
+        self.wait_for(
+            lambda: self.browser.evaluate(
+                "document.getElementById('action-result').textContent.includes('member_unreachable')"
+            ),
+            "the add's answer: n9 is out of reach",
+        )
+        self.browser.evaluate("document.querySelector('button[data-remove=\"n9\"]').click()")
+        self.wait_for(
+            lambda: sorted(m["id"] for m in self.members()) == sorted(self.cluster.node_ids),
+            "n9 gone after its removal",
+        )
+
+        # Take a snapshot and download it through the console.
+        self.browser.evaluate("document.getElementById('snapshot').click()")
+        self.wait_for(
+            lambda: self.browser.evaluate(
+                "document.getElementById('action-result').textContent.startsWith('done')"
+            ),
+            "the snapshot taken",
+        )
+        downloads = (self.base / "downloads").resolve()
+        downloads.mkdir()
+        self.browser.call(
+            "Browser.setDownloadBehavior",
+            {"behavior": "allow", "downloadPath": str(downloads)},
+            session=False,
+        )
+        self.browser.evaluate("document.getElementById('download').click()")
+        self.wait_for(
+            lambda: [p for p in downloads.iterdir() if p.name.endswith(".snapshot")],
+            "the downloaded snapshot file",
+        )
+        saved = next(p for p in downloads.iterdir() if p.name.endswith(".snapshot"))
+        self.assertTrue(saved.name.startswith(f"graft-{self.node}-"), saved.name)
+        with saved.open("rb") as file:  # the SQLite FSM's snapshot is a database file
+            self.assertEqual(file.read(16), b"SQLite format 3\x00")
+
+    def test_a_certificate_that_expires_soon_shows_in_the_banner(self) -> None:
+        """A follower renewed with a 5-day certificate (`graft certs renew --days 5`, then
+        SIGHUP): the console flags it in its row and in the banner."""
+        self.launch()
+        self.open_console()
+        self.wait_for(lambda: len(self.members()) == 3, "the three members")
+        renewed = graft_cli(
+            "certs", "renew", self.node, "--days", "5", "-c", str(self.cluster.config_path)
+        )
+        self.assertEqual(renewed.returncode, 0, renewed.stderr)
+        self.cluster.signal(self.node, signal.SIGHUP)
+        banner_js = "document.getElementById('banner').textContent"
+        self.wait_for(
+            lambda: (
+                f"{self.node}'s certificate expires in 4 days" in self.browser.evaluate(banner_js)
+            ),
+            "the certificate banner",
+        )
+        others = [n for n in self.cluster.node_ids if n != self.node]
+        self.assertNotIn(f"{others[0]}'s certificate", self.browser.evaluate(banner_js))

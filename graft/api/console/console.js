@@ -7,9 +7,14 @@ const HISTORY_KEY = "graft-history";
 const POLL_MS = 1000;
 const BEHIND_ENTRIES = 100; // a member this many entries behind the leader's commit is flagged
 const CHART_POINTS = 120;
+const CERT_WARN_DAYS = 30; // as the node's own log warning
+const DAY_S = 86400;
 
 const $ = (id) => document.getElementById(id);
-const state = { leader: null, term: null, counts: null, at: null, writes: [], reads: [] };
+const state = {
+  leader: null, term: null, counts: null, at: null, writes: [], reads: [],
+  buckets: null, p50: [], p99: [], campaigns: new Set(), highestTerm: 0, node: null,
+};
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -57,6 +62,7 @@ async function poll() {
 }
 
 function render(doc) {
+  state.node = doc.node;
   $("served-by").textContent = "console of " + doc.node;
   const reachable = doc.members.filter((m) => m.reachable && m.status);
   const leaders = reachable.filter((m) => m.status.role === "leader");
@@ -93,16 +99,69 @@ function render(doc) {
     } else {
       lagCell.textContent = "-";
     }
-    row.append(lagCell, el("td", m.reachable ? "yes" : "no: " + (m.error || "unknown")));
+    row.append(lagCell, el("td", m.reachable ? "yes" : "no: " + (m.error || "unknown"), "reason"));
     if (!m.reachable) problems.push(m.id + " is unreachable (" + (m.error || "no answer") + ")");
+    const expiry = certificateNote(m, doc.time);
+    const certCell = el("td", expiry ? expiry.short : "-", expiry && expiry.warn ? "warn" : null);
+    if (expiry) certCell.title = expiry.text;
+    if (expiry && expiry.warn) problems.push(m.id + "'s certificate " + expiry.text);
+    const remove = el("button", "Remove", "small");
+    remove.type = "button";
+    remove.dataset.remove = m.id;
+    remove.addEventListener("click", () =>
+      act("/cluster/members/" + encodeURIComponent(m.id), "Remove " + m.id + " from the cluster?", "DELETE"));
+    const removeCell = el("td");
+    removeCell.append(remove);
+    row.append(certCell, removeCell);
     body.append(row);
   });
   if (!leader) problems.push("no leader is known: an election may be under way");
   const banner = $("banner");
   banner.hidden = problems.length === 0;
   banner.textContent = problems.join(" · ");
+  noteElections(reachable);
   noteLeader(leader);
   noteRates(doc);
+  noteLatency(doc.write_latency || []);
+}
+
+// A member's certificate: "expires in N days (date)", flagged within CERT_WARN_DAYS.
+function certificateNote(member, now) {
+  const cert = member.status && member.status.certificate;
+  if (!cert || typeof cert.not_after_unix !== "number") return null;
+  const days = Math.floor((cert.not_after_unix - now) / DAY_S);
+  const date = cert.not_after.slice(0, 10);
+  if (days < 0) return { warn: true, short: "expired", text: "has expired (" + date + ")" };
+  return {
+    warn: days < CERT_WARN_DAYS,
+    short: days + " days",
+    text: "expires in " + days + " days (" + date + ")",
+  };
+}
+
+function addToTimeline(text, kind, leader) {
+  const item = el("li", new Date().toLocaleTimeString() + "  " + text, kind);
+  item.dataset.kind = kind;
+  item.dataset.leader = leader || "";
+  $("timeline").prepend(item);
+  while ($("timeline").children.length > 50) $("timeline").lastChild.remove();
+}
+
+// Elections the page saw: a member standing as a (pre-)candidate, or a term that rose.
+function noteElections(reachable) {
+  reachable.forEach((m) => {
+    const role = m.status.role;
+    if (role !== "candidate" && role !== "pre-candidate") return;
+    const key = m.id + "@" + m.status.term;
+    if (state.campaigns.has(key)) return;
+    state.campaigns.add(key);
+    addToTimeline(m.id + " stands for election (" + role + ", term " + m.status.term + ")", "election", "");
+  });
+  const highest = Math.max(0, ...reachable.map((m) => m.status.term));
+  if (state.highestTerm && highest > state.highestTerm) {
+    addToTimeline("election: term " + state.highestTerm + " → " + highest, "election", "");
+  }
+  state.highestTerm = Math.max(state.highestTerm, highest);
 }
 
 function noteLeader(leader) {
@@ -111,11 +170,7 @@ function noteLeader(leader) {
   if (id === state.leader && (id === null || term === state.term)) return;
   state.leader = id;
   state.term = term;
-  const item = el("li", new Date().toLocaleTimeString() + "  " +
-    (id ? id + " leads in term " + term : "no leader"));
-  item.dataset.leader = id || "";
-  $("timeline").prepend(item);
-  while ($("timeline").children.length > 50) $("timeline").lastChild.remove();
+  addToTimeline(id ? id + " leads in term " + term : "no leader", "leader", id);
 }
 
 function noteRates(doc) {
@@ -131,6 +186,66 @@ function noteRates(doc) {
   state.at = now;
 }
 
+// p50/p99 of the writes answered between two polls, from the difference of two cumulative
+// histograms, interpolated linearly inside the bucket (as Prometheus's histogram_quantile).
+function noteLatency(buckets) {
+  const previous = state.buckets;
+  state.buckets = buckets;
+  if (!previous) return;
+  const before = new Map(previous.map(([bound, count]) => [String(bound), count]));
+  const delta = buckets.map(([bound, count]) => [bound, count - (before.get(String(bound)) || 0)]);
+  const total = delta.length ? delta[delta.length - 1][1] : 0;
+  const p50 = total > 0 ? quantile(delta, total, 0.5) : null;
+  const p99 = total > 0 ? quantile(delta, total, 0.99) : null;
+  push(state.p50, p50);
+  push(state.p99, p99);
+  $("p50-now").textContent = p50 === null ? "-" : p50.toFixed(1);
+  $("p99-now").textContent = p99 === null ? "-" : p99.toFixed(1);
+  drawLines($("latency-chart"), [state.p50, state.p99], ["p50", "p99"]);
+}
+
+function quantile(delta, total, q) {
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const [bound, count] of delta) {
+    if (count >= rank) {
+      if (bound === null) return lower * 1000; // beyond the last finite bound
+      const inBucket = count - below;
+      const part = inBucket > 0 ? (rank - below) / inBucket : 1;
+      return (lower + (bound - lower) * part) * 1000;
+    }
+    if (bound !== null) lower = bound;
+    below = count;
+  }
+  return lower * 1000;
+}
+
+function drawLines(svg, seriesList, names) {
+  const values = seriesList.flat().filter((v) => v !== null);
+  const top = Math.max(1, ...values);
+  seriesList.forEach((series, n) => {
+    const offset = CHART_POINTS - series.length;
+    const points = series
+      .map((v, i) => (v === null ? null : ((offset + i) * 120) / (CHART_POINTS - 1) + "," + (40 - (38 * v) / top)))
+      .filter((p) => p !== null);
+    if (points.length === 1) points.unshift(stepBack(points[0]));
+    let line = svg.querySelector("polyline." + names[n]);
+    if (!line) {
+      line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+      line.setAttribute("class", names[n]);
+      svg.append(line);
+    }
+    line.setAttribute("points", points.join(" "));
+  });
+}
+
+// A lone point draws nothing: give it a short segment ending at it.
+function stepBack(point) {
+  const [x, y] = point.split(",").map(Number);
+  return Math.max(0, x - 2) + "," + y;
+}
+
 function push(series, value) {
   series.push(value);
   if (series.length > CHART_POINTS) series.shift();
@@ -141,15 +256,15 @@ function chart(name, series) {
   const top = Math.max(1, ...series);
   const offset = CHART_POINTS - series.length; // the newest point at the right edge
   const points = series
-    .map((v, i) => ((offset + i) * 120) / (CHART_POINTS - 1) + "," + (40 - (38 * v) / top))
-    .join(" ");
+    .map((v, i) => ((offset + i) * 120) / (CHART_POINTS - 1) + "," + (40 - (38 * v) / top));
+  if (points.length === 1) points.unshift(stepBack(points[0]));
   const svg = $(name + "-chart");
   let line = svg.querySelector("polyline");
   if (!line) {
     line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     svg.append(line);
   }
-  line.setAttribute("points", points);
+  line.setAttribute("points", points.join(" "));
 }
 
 // -- the query console --------------------------------------------------------------------
@@ -157,17 +272,36 @@ function chart(name, series) {
 async function run(kind) {
   const text = $("sql").value.trim();
   if (!text) return;
-  remember(text);
+  const form = $("form").value;
+  const paramsText = $("params").value.trim();
+  remember({ text, params: paramsText, form });
   $("query-error").hidden = true;
   $("result").replaceChildren();
   $("query-meta").textContent = "running…";
+  let body = text;
+  const headers = {};
+  if (form === "sql") {
+    const statement = { sql: text };
+    if (paramsText) {
+      let params;
+      try { params = JSON.parse(paramsText); } catch (e) { params = undefined; }
+      if (params === null || typeof params !== "object") {
+        $("query-meta").textContent = "";
+        showError("the parameters must be a JSON list ([1, \"x\"]) or object ({\"name\": \"x\"})");
+        return;
+      }
+      statement.params = params;
+    }
+    body = JSON.stringify({ statements: [statement] });
+    headers["Content-Type"] = "application/json";
+  }
   let answer;
   try {
     if (kind === "query") {
-      const params = new URLSearchParams({ consistency: $("consistency").value });
-      answer = await api("/query?" + params, { method: "POST", body: text });
+      const query = new URLSearchParams({ consistency: $("consistency").value });
+      answer = await api("/query?" + query, { method: "POST", body, headers });
     } else {
-      answer = await api("/command", { method: "POST", body: text });
+      answer = await api("/command", { method: "POST", body, headers });
     }
   } catch (e) {
     $("query-meta").textContent = "";
@@ -180,7 +314,8 @@ async function run(kind) {
     showError(errorText(answer));
     return;
   }
-  showResult(answer.text);
+  if (form === "sql") showStatementResult(answer.text);
+  else showResult(answer.text);
 }
 
 function showError(text) {
@@ -188,64 +323,163 @@ function showError(text) {
   $("query-error").hidden = false;
 }
 
+// The JSON form's answer to one statement: rows with their declared types, what a write
+// changed, or the statement's own error (a 200: the command was committed all the same).
+function showStatementResult(text) {
+  let result = null;
+  try { result = JSON.parse(text).results[0]; } catch (e) { /* shown raw below */ }
+  if (!result) {
+    $("result").append(el("pre", text));
+    return;
+  }
+  if (typeof result.error === "string") {
+    showError("the statement failed: " + result.error +
+      (/one statement|second statement/i.test(result.error) ? " (use the raw form for a script)" : ""));
+    return;
+  }
+  if (Array.isArray(result.columns)) {
+    const types = Array.isArray(result.types) ? result.types : [];
+    showTable(result.columns, types, result.values || []);
+    return;
+  }
+  $("result").append(el("p", result.rows_affected + " row(s) affected; last insert id " +
+    (result.last_insert_id === null ? "none" : result.last_insert_id), "muted"));
+}
+
+function cellText(value) {
+  if (value === null) return "NULL";
+  if (typeof value === "object" && typeof value.blob === "string") {
+    return "BLOB (" + Math.floor((value.blob.length * 3) / 4) + " bytes)";
+  }
+  return value;
+}
+
+function showTable(columns, types, rows, note) {
+  const table = el("table");
+  table.id = "result-table";
+  const head = el("tr");
+  columns.forEach((c, i) => {
+    const th = el("th", c);
+    th.dataset.column = c;
+    th.dataset.type = types[i] || "";
+    if (types[i]) th.append(el("span", types[i], "type"));
+    head.append(th);
+  });
+  table.append(el("thead"), el("tbody"));
+  table.tHead.append(head);
+  rows.forEach((r) => {
+    const row = el("tr");
+    r.forEach((v) => row.append(el("td", cellText(v))));
+    table.tBodies[0].append(row);
+  });
+  $("result").append(table, el("p", rows.length + " row(s)" + (note ? "  " + note : ""), "muted"));
+}
+
 function showResult(text) {
   let doc = null;
   try { doc = JSON.parse(text); } catch (e) { /* not JSON: shown as text */ }
   if (doc && Array.isArray(doc.columns) && Array.isArray(doc.rows)) {
-    const table = el("table");
-    table.id = "result-table";
-    const head = el("tr");
-    doc.columns.forEach((c) => head.append(el("th", c)));
-    table.append(el("thead"), el("tbody"));
-    table.tHead.append(head);
-    doc.rows.forEach((r) => {
-      const row = el("tr");
-      r.forEach((v) => row.append(el("td", v === null ? "NULL" : v)));
-      table.tBodies[0].append(row);
-    });
     const extra = Object.assign({}, doc);
     delete extra.columns;
     delete extra.rows;
-    const note = el("p", doc.rows.length + " row(s)" +
-      (Object.keys(extra).length ? "  " + JSON.stringify(extra) : ""), "muted");
-    $("result").append(table, note);
+    showTable(doc.columns, [], doc.rows, Object.keys(extra).length ? JSON.stringify(extra) : "");
   } else {
     $("result").append(el("pre", doc === null ? text : JSON.stringify(doc, null, 2)));
   }
 }
 
-function remember(text) {
-  const history = loadHistory().filter((h) => h !== text);
-  history.unshift(text);
+// The history keeps what was run, with its parameters and form, in this browser only.
+function remember(entry) {
+  const same = (h) => h.text === entry.text && h.params === entry.params && h.form === entry.form;
+  const history = loadHistory().filter((h) => !same(h));
+  history.unshift(entry);
   localStorage.setItem(HISTORY_KEY, JSON.stringify(history.slice(0, 30)));
   showHistory();
 }
 
 function loadHistory() {
-  try { return JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]"); } catch (e) { return []; }
+  try {
+    const stored = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+    return stored
+      .map((h) => (typeof h === "string" ? { text: h, params: "", form: "raw" } : h))
+      .filter((h) => h && typeof h.text === "string");
+  } catch (e) { return []; }
 }
 
 function showHistory() {
   const list = $("history");
   list.replaceChildren();
   loadHistory().forEach((h) => {
-    const item = el("li", h);
-    item.addEventListener("click", () => { $("sql").value = h; });
+    const item = el("li", h.text + (h.params ? "   ← " + h.params : ""));
+    item.addEventListener("click", () => {
+      $("sql").value = h.text;
+      $("params").value = h.params || "";
+      $("form").value = h.form === "raw" ? "raw" : "sql";
+    });
     list.append(item);
   });
 }
 
 // -- operator actions (admin tokens) -------------------------------------------------------
 
-async function act(path, question) {
+async function act(path, question, method = "POST", body = "") {
   if (!confirm(question)) return;
   $("action-result").textContent = "…";
   try {
-    const answer = await api(path, { method: "POST", body: "" });
+    const answer = await api(path, { method, body });
     $("action-result").textContent = answer.status === 200 ? "done: " + answer.text : errorText(answer);
   } catch (e) {
     $("action-result").textContent = "the node did not answer: " + e.message;
   }
+}
+
+// Saves this node's latest snapshot as a file. Without a token the browser streams it
+// straight to disk; with one (a header a link cannot carry) it is fetched into memory first,
+// so for a large database `graft snapshot save` is the better tool.
+async function download() {
+  if (!confirm("Download this node's latest snapshot?")) return;
+  $("action-result").textContent = "…";
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  try {
+    const head = await fetch("/cluster/snapshot", {
+      method: "HEAD", cache: "no-store",
+      headers: token ? { Authorization: "Bearer " + token } : {},
+    });
+    if (head.status !== 200) {
+      const answer = await api("/cluster/snapshot");
+      $("action-result").textContent = errorText(answer);
+      return;
+    }
+    const name = "graft-" + (state.node || "node") + "-" +
+      (head.headers.get("Graft-Snapshot-Index") || "latest") + ".snapshot";
+    let href = "/cluster/snapshot";
+    if (token) {
+      const response = await fetch(href, { cache: "no-store", headers: { Authorization: "Bearer " + token } });
+      href = URL.createObjectURL(await response.blob());
+    }
+    const link = el("a");
+    link.href = href;
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    $("action-result").textContent = "done: saving " + name + " (" + head.headers.get("Content-Length") + " bytes)";
+  } catch (e) {
+    $("action-result").textContent = "the node did not answer: " + e.message;
+  }
+}
+
+function addMember(event) {
+  event.preventDefault();
+  const member = {
+    id: $("add-id").value.trim(),
+    host: $("add-host").value.trim(),
+    ports: { p2p: Number($("add-p2p").value), api: Number($("add-api").value) },
+  };
+  act("/cluster/members", "Add " + member.id + " (" + member.host + ") to the cluster? " +
+    "It joins as a learner and is promoted once its node runs and has caught up " +
+    "(docs/operations.md, adding a node).",
+  "POST", JSON.stringify(member));
 }
 
 function start() {
@@ -264,6 +498,8 @@ function start() {
     act("/cluster/leader", "Hand the leadership to the most caught-up other voter?"));
   $("snapshot").addEventListener("click", () =>
     act("/cluster/snapshot", "Take a snapshot on this node now and compact its log?"));
+  $("download").addEventListener("click", download);
+  $("add-member").addEventListener("submit", addMember);
   showHistory();
   poll();
 }
