@@ -146,17 +146,32 @@ class ConsoleInBrowserTests(unittest.TestCase):
         shown: dict[str, Any] = self.wait_for(answered, f"an answer to {text!r}")
         return shown
 
+    def settle(self) -> None:
+        """Wait until the page shows three reachable members and one leader, the one the
+        cluster reports too, and set ``self.leader`` and ``self.term`` to it: on a loaded
+        machine the first leader may lose an election before the page is up. The console
+        stays on a follower, so that it outlives the leader's kill."""
+
+        def agreed() -> tuple[str, int] | None:
+            members = self.members()
+            if len(members) != 3 or any(m["reachable"] != "true" for m in members):
+                return None
+            shown = self.leaders_shown()
+            leader, term = self.cluster.wait_for_leader(timeout=20)
+            return (leader, term) if shown == [leader] else None
+
+        self.leader, self.term = self.wait_for(
+            agreed, "three reachable members and exactly one leader"
+        )
+        if self.leader == self.node:
+            self.node = next(n for n in self.cluster.node_ids if n != self.leader)
+            self.open_console()
+            self.settle()
+
     def test_console_follows_a_leader_kill_and_runs_queries(self) -> None:
         self.launch()
         self.open_console()
-        self.wait_for(
-            lambda: (
-                len(self.members()) == 3
-                and self.leaders_shown() == [self.leader]
-                and all(m["reachable"] == "true" for m in self.members())
-            ),
-            f"three reachable members and exactly one leader, {self.leader}",
-        )
+        self.settle()
         leader_row = next(m for m in self.members() if m["id"] == self.leader)
         self.assertTrue(leader_row["leader"], "the leader's row is highlighted")
 
@@ -179,8 +194,8 @@ class ConsoleInBrowserTests(unittest.TestCase):
         self.assertIn(f"{self.leader} is unreachable", banner)
         timeline = json.loads(self.browser.evaluate(TIMELINE_JS))
         leaders = [entry["leader"] for entry in timeline if entry["kind"] == "leader"]
-        self.assertEqual(leaders[-1], self.leader, "the timeline starts with the first leader")
-        self.assertEqual(leaders[0], self.leaders_shown()[0], "and ends with the new one")
+        self.assertIn(self.leader, leaders, "the killed leader is in the timeline")
+        self.assertEqual(leaders[0], self.leaders_shown()[0], "which ends with the new one")
         elections = [entry["text"] for entry in timeline if entry["kind"] == "election"]
         self.assertTrue(
             any(f"term {self.term} → " in text for text in elections),
@@ -239,10 +254,7 @@ class ConsoleInBrowserTests(unittest.TestCase):
         self.browser.evaluate("document.getElementById('token').focus()")
         self.browser.insert_text(tokens["admin"])
         self.browser.evaluate("document.getElementById('token-form').requestSubmit()")
-        self.wait_for(
-            lambda: len(self.members()) == 3 and self.leaders_shown() == [self.leader],
-            "the members once the token is given",
-        )
+        self.settle()
         # The confirm() dialog answered yes, as an operator would.
         self.browser.evaluate("window.confirm = () => true")
         self.browser.evaluate("document.getElementById('transfer').click()")
