@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
 
 from graft.fsm.kv import KeyValueStateMachine
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster
 
 
 def put(key: str, value: str) -> bytes:
     return json.dumps({"op": "put", "key": key, "value": value}).encode()
-
-
-def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class SnapshotSaveTests(unittest.TestCase):

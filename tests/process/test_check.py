@@ -6,13 +6,12 @@ of `graft check`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster
 from graft.testing.process_case import ProcessTestCase
 
@@ -41,15 +40,6 @@ class DivergingSQLite(SQLiteStateMachine):
         if self._odd:
             command = command.replace(DIVERGE, b"diverged")
         return super().apply(command, index)
-
-
-def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class CheckProcessMixin:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ from twisted.trial import unittest
 
 from graft.api.auth import token_digest
 from graft.testing.chromium import Chromium, chromium_binary
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster, free_ports
 
 # What the page shows: one entry per member row of the cluster view.
@@ -40,15 +39,6 @@ TIMELINE_JS = """JSON.stringify([...document.querySelectorAll('#timeline li')].m
   (li) => ({kind: li.dataset.kind, leader: li.dataset.leader, text: li.textContent})))"""
 LATENCY_POINTS_JS = """(document.querySelector('#latency-chart polyline.p50')
   || {getAttribute: () => ''}).getAttribute('points')"""
-
-
-def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class ConsoleInBrowserTests(unittest.TestCase):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import http.client
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster, parse_metric
 from graft.testing.kv import get, put
 from graft.testing.process_case import ProcessTestCase
@@ -21,21 +20,6 @@ SQLITE_FSM = "graft.fsm.sqlite:SQLiteStateMachine"
 # api.tls with the nodes' own certificates (graft certs makes them: 127.0.0.1 is in each), and
 # the cluster CA as the only issuer of client certificates.
 API_TLS = {"cert": "certs/{id}.pem", "key": "certs/{id}.key", "client_ca": "certs/ca.pem"}
-
-
-def graft_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from graft.cli.app import main; sys.exit(main())",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
 
 
 class HttpsTests(ProcessTestCase):

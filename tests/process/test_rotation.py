@@ -4,12 +4,9 @@ then SIGHUP or `graft certs reload`, under a write load that must lose nothing."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,22 +14,12 @@ from cryptography import x509
 
 from graft.api.auth import token_digest
 from graft.config import load_config
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster
 from graft.testing.load import WriteLoad
 from graft.testing.process_case import ProcessTestCase
 
 RELOADED = "reloaded the certificate"
-
-
-def graft_cli(*args: str, env_token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = None if env_token is None else {**os.environ, "GRAFT_TOKEN": env_token}
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def serial_of(path: Path) -> int:

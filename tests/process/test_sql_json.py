@@ -5,24 +5,14 @@ check agreeing on every node afterwards."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
 
+from graft.testing.cli import graft_cli
 from graft.testing.cluster import LocalCluster
 
 JSON = {"Content-Type": "application/json"}
-
-
-def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class SqlJsonProcessTests(unittest.TestCase):

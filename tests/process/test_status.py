@@ -5,20 +5,10 @@ one node's URL); the leader logs once that it cannot reach the stopped node."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from graft.cli.render import STATUS_UNREACHABLE_EXIT
+from graft.testing.cli import graft_cli
 from graft.testing.process_case import ProcessTestCase
-
-
-def graft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from graft.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class StatusProcessTests(ProcessTestCase):
