@@ -526,6 +526,7 @@ class GraftClient:
         retry_codes: Sequence[str] = RETRYABLE,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        attempt_timeout: float | None = None,
     ) -> Response:
         if deadline is None:
             deadline = self.clock() + self.timeout
@@ -539,6 +540,8 @@ class GraftClient:
         while True:
             url = self.urls[turn % len(self.urls)]
             remaining = deadline - self.clock()
+            if attempt_timeout is not None:
+                remaining = min(remaining, attempt_timeout)
             try:
                 return self.request(
                     method, url + path, body=body, headers=headers, timeout=remaining

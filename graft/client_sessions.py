@@ -196,6 +196,7 @@ class SessionCommands:
                 headers={"Content-Type": "application/json"},
                 retry_codes=tuple(RETRIED),
                 deadline=deadline,
+                attempt_timeout=client.attempt_timeout,
             )
         except ClientError as error:
             if error.status == 404:

@@ -81,6 +81,24 @@ class ExactlyOnceTests(TestCase):
         self.assertEqual(len(stub.applied), 1)
 
     @defer.inlineCallbacks
+    def test_a_member_that_never_answers_is_left_for_the_next(self) -> Test:
+        """attempt_timeout bounds each try, the registration's too: a member that accepts
+        connections and never answers costs one such wait, not the whole deadline (real
+        clock: without the bound the first wait would use up the 5 s)."""
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        stub = start_session_stub(self)
+        client = GraftClient(
+            urls=[f"http://127.0.0.1:{silent.getsockname()[1]}", stub.url],
+            timeout=5.0,
+            attempt_timeout=0.5,
+        )
+        yield in_thread(client.command, b"a")
+        self.assertEqual(stub.applied, [("stub-1", 1, b"a")])
+
+    @defer.inlineCallbacks
     def test_a_redirect_keeps_the_session_headers(self) -> Test:
         """A follower's 307 is followed with the same session, number and floor."""
         stub = start_session_stub(self, members=2)
