@@ -183,6 +183,12 @@ class GraftClient:
 
         self._commands: SessionCommands = SessionCommands(self)
 
+    @property
+    def session_id(self) -> str | None:
+        """The id of the client session commands go under: None before the first command,
+        with ``session=False`` or when the cluster has no sessions."""
+        return self._commands.book.session_id
+
     # -- one request to one node -------------------------------------------------------------
 
     def name_of(self, url: str) -> str:
