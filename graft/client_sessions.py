@@ -64,9 +64,9 @@ RETRIED = frozenset(
 MAYBE_APPLIED = frozenset(
     {"timeout", "connection", "forwarding_failed", "http_502", "http_503", "http_504"}
 )
-# How often one command re-registers after 410 session_expired before it gives up: a fresh
-# session that is expired at once again means the cluster is misconfigured, not unlucky.
-MAX_REGISTRATIONS_PER_COMMAND = 3
+# How many sessions one command tries (a new one after each 410 session_expired) before it
+# gives up: a fresh session that is expired at once means a misconfigured cluster, not bad luck.
+MAX_SESSIONS_PER_COMMAND = 3
 
 
 @dataclass(eq=False)
@@ -166,18 +166,18 @@ class SessionCommands:
     def send(self, path: str, body: bytes, headers: Mapping[str, str], *, count: int) -> Response:
         client = self._client
         deadline = client.clock() + client.timeout
-        registrations = 0
+        sessions_tried = 0
         while True:
             ticket = self.book.take(count, lambda: self._register(deadline))
             if ticket is None:
                 # The cluster has no sessions: as graft.client sends commands without one.
                 return client._retrying("POST", path, body=body, headers=headers, deadline=deadline)
-            registrations += 1
+            sessions_tried += 1
             try:
                 return self._numbered(ticket, path, body, headers, deadline)
             except _Expired as expired:
                 # Not applied under the old session (the contract): a new one may send it.
-                if registrations >= MAX_REGISTRATIONS_PER_COMMAND or client.clock() >= deadline:
+                if sessions_tried >= MAX_SESSIONS_PER_COMMAND or client.clock() >= deadline:
                     raise expired.error from None
                 self.book.expired(ticket.session)
             finally:
