@@ -11,16 +11,21 @@ ends the request once every member answered so or not at all. Never a 4xx (``sta
 
 Only the standard library is used, so the CLI starts fast and needs no reactor.
 
-It is one module of ~670 lines because the request loop, the error model and the cluster
+Commands go under a client session by default (graft/client_sessions.py): numbered, so that
+a timeout, a dropped connection or a leader change is retried and still applied once.
+
+It is one module of ~700 lines because the request loop, the error model and the cluster
 operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -32,9 +37,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from graft.sql_form import SqlStatement, sql_request
+
+if TYPE_CHECKING:
+    from graft.client_sessions import SessionCommands
 
 # How often a 307 may be followed before we suspect a loop between two nodes.
 MAX_REDIRECTS = 5
@@ -76,6 +84,13 @@ class Unreachable(ClientError):
         super().__init__("unreachable", None, message)
 
 
+class OutcomeUnknown(ClientError):
+    """A command under a session whose outcome the client cannot learn: the cluster forgot
+    its result (``sequence_forgotten``), or a try may have been applied and no answer came
+    before the deadline. ``code`` and ``status`` are those of the last answer (or failure).
+    Sending the command again would be a new command: check with a query first."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """A successful (2xx) answer; ``url`` is where it finally came from, after redirects."""
@@ -99,6 +114,12 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    @property
+    def duplicate(self) -> bool:
+        """Whether a session's dedup answered: the command had been applied by an earlier try,
+        and this is its first result again (``Graft-Duplicate: true``)."""
+        return (self.header("Graft-Duplicate") or "").lower() == "true"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +160,15 @@ class GraftClient:
     # False: an unreachable member fails at once instead of being retried until the deadline
     # (for a caller that must know quickly, like `graft start --join`).
     retry_unreachable: bool = True
+    # Commands under a client session (exactly once, retried until the deadline); False sends
+    # them as before sessions: a timeout or a dropped connection ends the command, unknown.
+    session: bool = True
+    # The bound of each try of a command under a session, so that a node that accepts the
+    # connection and never answers is left for another; None: the time left to the deadline.
+    attempt_timeout: float | None = None
+    # A number in [0, 1) per pause: retries under a session wait between half and all of the
+    # backoff, so that clients a failure struck together do not retry together.
+    jitter: Callable[[], float] = random.random
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -148,6 +178,16 @@ class GraftClient:
         if self.ssl_context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
         self._opener = urllib.request.build_opener(*handlers)
+        # Imported here: graft.client_sessions builds on this module's error model.
+        from graft.client_sessions import SessionCommands
+
+        self._commands: SessionCommands = SessionCommands(self)
+
+    @property
+    def session_id(self) -> str | None:
+        """The id of the client session commands go under: None before the first command,
+        with ``session=False`` or when the cluster has no sessions."""
+        return self._commands.book.session_id
 
     # -- one request to one node -------------------------------------------------------------
 
@@ -272,10 +312,31 @@ class GraftClient:
     # -- operations across the cluster ---------------------------------------------------------
 
     def command(self, data: bytes) -> Response:
-        """POST /command. The node asked forwards to the leader itself; we only move on to the
-        next member when a node is unreachable, and retry RETRYABLE until the deadline. Other
-        failures are not retried: after a timeout the command may still commit."""
-        return self._retrying("POST", "/command", body=data, headers=_content_type(data))
+        """POST /command. The node asked forwards to the leader itself. Under a session (the
+        default) a timeout, a dropped connection and the other answers listed in
+        graft.client_sessions are retried on any member until the deadline, and the command
+        is applied once. Without one we only move on to the next member when a node is
+        unreachable, and retry RETRYABLE until the deadline; other failures are not retried:
+        after a timeout the command may still commit."""
+        return self._send_commands("/command", data, _content_type(data), count=1)
+
+    def commands(self, batch: Sequence[bytes]) -> Response:
+        """POST /commands: the commands in order, one log entry each, as one request (under a
+        session it takes one sequence number per command). The answer is the JSON array of
+        per-command results (docs/api.md)."""
+        if not batch:
+            raise ValueError("a batch needs at least one command")
+        body = json.dumps([_batch_element(command) for command in batch]).encode("utf-8")
+        return self._send_commands(
+            "/commands", body, {"Content-Type": "application/json"}, count=len(batch)
+        )
+
+    def _send_commands(
+        self, path: str, body: bytes, headers: Mapping[str, str], *, count: int
+    ) -> Response:
+        if self.session:
+            return self._commands.send(path, body, headers, count=count)
+        return self._retrying("POST", path, body=body, headers=headers)
 
     def execute(
         self, statements: Sequence[SqlStatement], *, transaction: bool = True
@@ -283,7 +344,10 @@ class GraftClient:
         """Run SQL ``statements`` with bound parameters as one command (the SQLite FSM's JSON
         form, see ``sql_request``); the result of each statement, in order, failed ones as
         ``{"error": ...}``. E.g. ``execute([("INSERT INTO t(a) VALUES (?)", [1])])``."""
-        return _results(self._json_post("/command", sql_request(statements, transaction)))
+        request = sql_request(statements, transaction)
+        return _results(
+            self._send_commands("/command", request, {"Content-Type": "application/json"}, count=1)
+        )
 
     def select(
         self,
@@ -467,8 +531,11 @@ class GraftClient:
         body: bytes | None,
         retry_codes: Sequence[str] = RETRYABLE,
         headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+        attempt_timeout: float | None = None,
     ) -> Response:
-        deadline = self.clock() + self.timeout
+        if deadline is None:
+            deadline = self.clock() + self.timeout
         backoff = FIRST_BACKOFF_S
         turn = 0
         last: ClientError | None = None
@@ -479,6 +546,8 @@ class GraftClient:
         while True:
             url = self.urls[turn % len(self.urls)]
             remaining = deadline - self.clock()
+            if attempt_timeout is not None:
+                remaining = min(remaining, attempt_timeout)
             try:
                 return self.request(
                     method, url + path, body=body, headers=headers, timeout=remaining
@@ -512,22 +581,27 @@ class GraftClient:
             self.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         assert last is not None
+        raise self.gave_up(last, quorum_answer)
+
+    def gave_up(self, last: ClientError, quorum_answer: ClientError | None) -> ClientError:
+        """The error to raise when retrying ended on ``last`` (``quorum_answer``: the
+        no_quorum answer it ended on, if it did)."""
         if quorum_answer is not None:
             # The node's message names the voters out of reach and what to do: no more advice.
-            raise ClientError(
+            return ClientError(
                 "no_quorum", quorum_answer.status, f"no quorum: {quorum_answer.message}"
             )
         if isinstance(last, Unreachable) and len(self.urls) > 1:
-            raise Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
+            return Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
         if last.code == "no_leader":
-            raise ClientError(
+            return ClientError(
                 "no_leader",
                 last.status,
                 f"the cluster had no leader for {self.timeout:g}s of retrying (last answer: "
                 f"{_without_retry_advice(last.message)}): check `graft status`; a majority of "
                 "the voters must be up and connected",
             )
-        raise last
+        return last
 
 
 def _content_type(body: bytes) -> dict[str, str]:
@@ -536,6 +610,14 @@ def _content_type(body: bytes) -> dict[str, str]:
     if body.lstrip()[:1] == b"{":
         return {"Content-Type": "application/json"}
     return {}
+
+
+def _batch_element(command: bytes) -> str | dict[str, str]:
+    """A command of a /commands batch: its text when it is UTF-8, else ``{"b64": ...}``."""
+    try:
+        return command.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(command).decode("ascii")}
 
 
 def _results(response: Response) -> list[dict[str, Any]]:

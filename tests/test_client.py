@@ -37,6 +37,9 @@ class FakeTime:
 
 
 def make_client(urls: list[str], *, timeout: float = 5.0, **kwargs: Any) -> GraftClient:
+    """A client on fake time; without a session unless ``session=True`` (these tests are of
+    the request loop as it is without one)."""
+    kwargs.setdefault("session", False)
     fake = FakeTime()
     return GraftClient(urls=urls, timeout=timeout, sleep=fake.sleep, clock=fake.clock, **kwargs)
 
@@ -78,7 +81,9 @@ class CommandTests(SynchronousTestCase):
         node = start_fake_node(self, Reply(body=b"ok"))
         node.script = [error_reply(503, "no_leader", "election in progress")] * 2
         fake = FakeTime()
-        client = GraftClient(urls=[node.url], timeout=5.0, sleep=fake.sleep, clock=fake.clock)
+        client = GraftClient(
+            urls=[node.url], timeout=5.0, sleep=fake.sleep, clock=fake.clock, session=False
+        )
         self.assertEqual(client.command(b"x").body, b"ok")
         self.assertEqual(len(node.seen), 3)
         self.assertEqual(fake.sleeps, [0.05, 0.1])

@@ -82,12 +82,19 @@ def raise_client_error(error: ClientError, doing: str) -> NoReturn:
 @click.argument("data", required=False)
 @input_file_option("command")
 @param_options
+@click.option(
+    "--no-session",
+    is_flag=True,
+    help="Send the command without a client session: a timeout or a dropped connection "
+    "then ends it with its outcome unknown, and it is not retried.",
+)
 @client_options()
 def command(
     data: str | None,
     file: Path | None,
     params: tuple[str, ...],
     param_json: str | None,
+    no_session: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -96,11 +103,17 @@ def command(
     For the default SQLite state machine a command is an SQL script, e.g.
     `graft command -f conf/demo.sql`, or one statement with bound parameters:
     `graft command "INSERT INTO users(name) VALUES (?)" -p "o'neil"`. Any member may be
-    asked: followers forward to the leader; while there is no leader the command is retried
-    until --timeout.
+    asked: followers forward to the leader.
+
+    The command goes under a client session: it is numbered, and until --timeout it is
+    retried on the members (no leader, a timeout, a dropped connection, a failed forward)
+    with the same number, so the cluster applies it at most once and a retry gets the first
+    answer. If the time runs out after a try that may have been applied, graft says the
+    outcome is unknown and exits 1: check with a query before sending it again. A cluster
+    without sessions gets it as with --no-session.
     """
     body = with_params(read_input(data, file, "command"), params, param_json)
-    client = make_client(ClientSettings(**options))
+    client = make_client(ClientSettings(**options), session=not no_session)
     try:
         response = client.command(body)
     except ClientError as error:
@@ -115,6 +128,12 @@ def command(
     print_output(response.body)
     if index is not None:
         click.echo(f"applied at index {index} (term {term}, leader {leader})", err=True)
+    if response.duplicate:
+        click.echo(
+            "an earlier try had applied the command: this is its first answer, not a second "
+            "application",
+            err=True,
+        )
     _fail_on_statement_errors(response.body)
 
 

@@ -30,10 +30,15 @@ class ClientSettings:
 
 
 def make_client(
-    settings: ClientSettings, *, option: str = "--url", retry_unreachable: bool = True
+    settings: ClientSettings,
+    *,
+    option: str = "--url",
+    retry_unreachable: bool = True,
+    session: bool = True,
 ) -> GraftClient:
     """A client for the members at ``settings.urls`` (named by ``option`` in errors), or else
-    for the config's peers, whose cluster CA is then the default --cacert."""
+    for the config's peers, whose cluster CA is then the default --cacert. ``session``: its
+    commands go under a client session (graft.client_sessions)."""
     names: dict[str, str] = {}
     cacert = settings.cacert
     if settings.urls:
@@ -54,6 +59,7 @@ def make_client(
         token=settings.token,
         ssl_context=_tls_context(urls, cacert, settings.cert, settings.key),
         retry_unreachable=retry_unreachable,
+        session=session,
     )
 
 

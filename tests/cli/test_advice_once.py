@@ -30,14 +30,15 @@ class AdviceOnceTests(CLITestCase):
         self.assertSaidOnce(result, "check with a query", "may still")
 
     def test_client_timeout_of_a_command(self) -> None:
-        """The client's own timeout (no answer in time) warns once too."""
+        """The client's own timeout (no answer in time) warns once too (without a session:
+        with one, the command would not have been sent)."""
         # A listening socket nobody accepts from: the connection is made, no answer comes.
         silent = socket.socket()
         self.addCleanup(silent.close)
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        result = run(["command", "--url", url, "--timeout", "0.3", "x"])
+        result = run(["command", "--url", url, "--no-session", "--timeout", "0.3", "x"])
         self.assertSaidOnce(result, "outcome is unknown")
         self.assertNotIn("may still be applied", result.stderr)
 

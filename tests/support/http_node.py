@@ -40,14 +40,24 @@ class Seen:
     headers: Mapping[str, str]
 
 
+# What a node from before client sessions answers to POST /sessions.
+NO_SESSIONS = error_reply(404, "not_found", "no route /sessions")
+
+
 class FakeNode:
     """A stdlib HTTP server in a thread. Replies are taken from ``script`` in order; when it is
-    empty, ``default`` answers (a Reply, or a function of the request)."""
+    empty, ``default`` answers (a Reply, or a function of the request).
+
+    ``POST /sessions`` is answered apart, by ``sessions`` (by default a 404, as a node from
+    before client sessions answers, so graft.client sends its commands without one), and kept
+    in ``registrations`` rather than ``seen``; ``sessions = None`` treats it like any path."""
 
     def __init__(self, default: Reply | Callable[[Seen], Reply] | None = None) -> None:
         self.script: list[Reply] = []
         self.default = default or Reply(status=200, body=b"ok")
         self.seen: list[Seen] = []
+        self.sessions: Reply | None = NO_SESSIONS
+        self.registrations: list[Seen] = []
         node = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,13 +69,7 @@ class FakeNode:
                     body=self.rfile.read(length),
                     headers={k.lower(): v for k, v in self.headers.items()},
                 )
-                node.seen.append(request)
-                if node.script:
-                    reply = node.script.pop(0)
-                elif callable(node.default):
-                    reply = node.default(request)
-                else:
-                    reply = node.default
+                reply = node.reply_to(request)
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -86,6 +90,17 @@ class FakeNode:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self._thread.start()
+
+    def reply_to(self, request: Seen) -> Reply:
+        if self.sessions is not None and request.path.startswith("/sessions"):
+            self.registrations.append(request)
+            return self.sessions
+        self.seen.append(request)
+        if self.script:
+            return self.script.pop(0)
+        if callable(self.default):
+            return self.default(request)
+        return self.default
 
     def stop(self) -> None:
         self._server.shutdown()
