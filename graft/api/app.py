@@ -7,6 +7,8 @@ Routes (every one but /health needs a token of at least the given role when toke
     POST /sessions                write   register a client session: {"session", "index"}
                                           (graft.api.sessions; /command and /commands take
                                           its Graft-Session/-Sequence/-Acked headers)
+    POST /cluster/sessions        admin   the cluster's session bounds, through the log:
+                                          {"idle_ms", "max_sessions", "max_results"}
     GET|POST /query, /query/      read    a query from the body or ?q= (not both)
     GET /status                   read    this node's view
     GET /health                   open    the process answers
@@ -121,9 +123,9 @@ from graft.errors import (
 )
 
 _ROUTE_LIST = (
-    "/command, /commands, /sessions, /query, /status, /health, /ready, /metrics, /cluster/members, "
-    "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown; rqlite's /db/execute, "
-    "/db/query, /db/request and /readyz; the console at /ui"
+    "/command, /commands, /sessions, /query, /status, /health, /ready, /metrics, "
+    "/cluster/members, /cluster/leader, /cluster/snapshot, /cluster/check, /cluster/sessions "
+    "and /shutdown; rqlite's /db/execute, /db/query, /db/request and /readyz; the console at /ui"
 )
 # How long after a query's time limit the API stops waiting for the node's own answer.
 # The hot routes, one table for both routers: path, methods, GraftApi method. Klein registers

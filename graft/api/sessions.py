@@ -1,5 +1,6 @@
-"""Client sessions over HTTP (docs/api.md, "Sessions"): ``POST /sessions``, and the headers
-that number a command (``Graft-Session``, ``Graft-Sequence``, ``Graft-Acked``).
+"""Client sessions over HTTP (docs/api.md, "Sessions"): ``POST /sessions``, the headers that
+number a command (``Graft-Session``, ``Graft-Sequence``, ``Graft-Acked``), and the cluster's
+session settings (``POST /cluster/sessions``, admin).
 
 The API only checks the headers and encodes the session operations (graft.sessions.envelope);
 the node decides duplicates, expiry and forgotten sequences when it applies them, the same on
@@ -20,11 +21,19 @@ from twisted.web.server import Request
 
 from graft.api.auth import Role
 from graft.api.deadline import within
+from graft.api.jsonin import load_json
 from graft.api.responses import write_json
 from graft.api.serving import ApiBase, routes, served
 from graft.driver.port import CommandResult
 from graft.errors import BadRequest, GraftError, SequenceForgotten, SessionExpired, Timeout
-from graft.sessions.envelope import MAX_SEQUENCE, SESSION_ID, encode_numbered, encode_register
+from graft.sessions.envelope import (
+    MAX_SEQUENCE,
+    SESSION_ID,
+    encode_numbered,
+    encode_register,
+    encode_settings,
+)
+from graft.sessions.table import SessionSettings
 
 SESSION_HEADER = b"graft-session"
 SEQUENCE_HEADER = b"graft-sequence"
@@ -115,8 +124,41 @@ def duplicate_header(request: Request, results: Sequence[CommandResult]) -> None
         request.setHeader(b"Graft-Duplicate", b"true")
 
 
+_SETTING_KEYS = {"idle_ms": 10**6, "max_sessions": 1, "max_results": 1}  # -> table units
+
+
+def parse_settings(body: bytes) -> SessionSettings:
+    """``{"idle_ms", "max_sessions", "max_results"}``, each optional (absent: unchanged; the
+    node checks the ranges when it applies them, the same on every node)."""
+    if not body.strip():
+        return SessionSettings(0, 0, 0)
+    try:
+        document = load_json(body, "the body")
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise BadRequest(
+            'the body is not a JSON object: send e.g. {"idle_ms": 600000, "max_sessions": 4096}'
+        )
+    unknown = sorted(set(document) - set(_SETTING_KEYS))
+    if unknown:
+        raise BadRequest(
+            f"unknown session settings {', '.join(map(json.dumps, unknown))}: the settings are "
+            "idle_ms, max_sessions and max_results"
+        )
+    values = {}
+    for key, unit in _SETTING_KEYS.items():
+        value = document.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**31:
+            if key in document:
+                raise BadRequest(f"{key}: {json.dumps(value)[:40]} is not a positive integer")
+            value = 0
+        values[key] = value * unit
+    return SessionSettings(values["idle_ms"], values["max_sessions"], values["max_results"])
+
+
 class SessionRoutes(ApiBase):
-    """Part of GraftApi: POST /sessions."""
+    """Part of GraftApi: POST /sessions and POST /cluster/sessions."""
 
     app = routes
 
@@ -136,6 +178,27 @@ class SessionRoutes(ApiBase):
                 "registered meanwhile is never used and expires)"
             ),
         )
+        return await self._operation_answered(request, answer)
+
+    @routes.route("/cluster/sessions", methods=["POST"], endpoint="session_settings")
+    @served("session_settings", Role.ADMIN)
+    async def session_settings(self, request: Request) -> bytes:
+        settings = parse_settings(self._body(request))
+        ms = self._settings.command_timeout_ms
+        answer: Deferred[list[CommandResult]] = within(
+            maybeDeferred(self._backend.submit_operations, [encode_settings(settings)]),
+            ms / 1000,
+            self._reactor,
+            lambda: Timeout(
+                f"the session settings were not applied within {ms} ms: they may still be; "
+                "send them again (the same settings twice change nothing)"
+            ),
+        )
+        return await self._operation_answered(request, answer)
+
+    async def _operation_answered(
+        self, request: Request, answer: Deferred[list[CommandResult]]
+    ) -> bytes:
         (result,) = await answer
         error = refusal_error(result)
         if error is not None:

@@ -5,6 +5,7 @@ An entry whose stamp has format ``SESSION_VERSION`` holds one of these after its
     1                                                      register a session
     2 | id length u8 | id | sequence u64 | acked u64 | command     a numbered command
     3 | idle_ns u64 | max_sessions u32 | max_results u32          the session settings
+                                                             (0: keep the current value)
 
 (little-endian). Plain commands keep stamp format 1, so a cluster that uses no sessions
 writes exactly the entries it wrote before. Pure: no I/O.

@@ -32,7 +32,13 @@ from typing import Any, BinaryIO, cast
 
 from graft.fsm.base import CommandRejected, StateMachine, begin_digest, begin_snapshot
 from graft.sessions.envelope import EnvelopeError, NumberedCommand, Register, SetSettings, decode
-from graft.sessions.table import SessionTable, StoredResult, TableFormatError, Verdict
+from graft.sessions.table import (
+    SessionSettings,
+    SessionTable,
+    StoredResult,
+    TableFormatError,
+    Verdict,
+)
 from graft.stamp import Stamp
 
 MAGIC = b"GRAFTSES"
@@ -155,10 +161,17 @@ def apply_operation(
         output = b'{"session":"%s","index":%d}' % (sid.encode("ascii"), index)
         return Applied(index, term, output=output)
     if isinstance(operation, SetSettings):
-        problems = operation.settings.problems()
+        # A zero field keeps the current value (an entry with none changes nothing).
+        asked, current = operation.settings, table.settings
+        settings = SessionSettings(
+            idle_ns=asked.idle_ns or current.idle_ns,
+            max_sessions=asked.max_sessions or current.max_sessions,
+            max_results=asked.max_results or current.max_results,
+        )
+        problems = settings.problems()
         if problems:
             return Applied(index, term, error="; ".join(problems), refusal="bad_request")
-        table.configure(operation.settings)
+        table.configure(settings)
         return Applied(index, term, output=_settings_json(table))
     return _numbered(table, operation, index, term, stamp, apply)
 
@@ -223,10 +236,11 @@ def _read_table(head: bytes, source: BinaryIO) -> SessionTable:
 
 def _settings_json(table: SessionTable) -> bytes:
     s = table.settings
-    return b'{"idle_ms":%d,"max_sessions":%d,"max_results":%d}' % (
+    return b'{"idle_ms":%d,"max_sessions":%d,"max_results":%d,"sessions":%d}' % (
         s.idle_ns // 10**6,
         s.max_sessions,
         s.max_results,
+        len(table),
     )
 
 

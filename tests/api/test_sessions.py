@@ -111,3 +111,31 @@ class SessionApiTests(ApiTestCase):
         self.call("POST", "/command", data=b"add")
         self.assertEqual(self.backend.submitted, [[b"add"], [b"add"]])
         self.assertEqual(self.backend.submitted_operations, [])
+
+
+class SessionSettingsApiTests(ApiTestCase):
+    def test_settings_go_through_the_log(self) -> None:
+        """POST /cluster/sessions proposes a settings entry; absent keys keep their values,
+        an empty body changes nothing and answers the settings."""
+        answer = self.call("POST", "/cluster/sessions", data=b'{"idle_ms": 60000}')
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(
+            answer.json(),
+            {"idle_ms": 60000, "max_sessions": 4096, "max_results": 256, "sessions": 0},
+        )
+        self.assertEqual(len(self.backend.submitted_operations), 1)
+        current = self.call("POST", "/cluster/sessions")
+        self.assertEqual(current.json()["idle_ms"], 60000)
+        self.assertEqual(self.backend.sessions.settings.idle_ns, 60 * 10**9)
+
+    def test_bad_settings_are_400(self) -> None:
+        for body in (
+            b'{"idle": 5}',
+            b'{"max_sessions": 0}',
+            b'{"max_results": "5"}',
+            b"[1]",
+            b'{"idle_ms": 10}',  # the node refuses it: under a second
+        ):
+            answer = self.call("POST", "/cluster/sessions", data=body)
+            self.assertEqual((answer.status, answer.error()["code"]), (400, "bad_request"), body)
+        self.assertEqual(self.backend.sessions.settings.idle_ns, 3600 * 10**9)

@@ -132,12 +132,18 @@ class ApplyTests(SynchronousTestCase):
         settings = SessionSettings(idle_ns=10 * S, max_sessions=2, max_results=8)
         answer = self.driver.op(envelope.encode_settings(settings))
         self.assertEqual(
-            json.loads(answer.output), {"idle_ms": 10_000, "max_sessions": 2, "max_results": 8}
+            json.loads(answer.output),
+            {"idle_ms": 10_000, "max_sessions": 2, "max_results": 8, "sessions": 0},
         )
         self.assertEqual(self.driver.machine.table.settings, settings)
         bad = self.driver.op(envelope.encode_settings(SessionSettings(idle_ns=1)))
         self.assertEqual(bad.refusal, "bad_request")
         self.assertEqual(self.driver.machine.table.settings, settings)
+        # Zero fields keep the current values.
+        self.driver.op(envelope.encode_settings(SessionSettings(0, 0, 3)))
+        self.assertEqual(
+            self.driver.machine.table.settings, SessionSettings(10 * S, 2, max_results=3)
+        )
 
 
 class SnapshotTests(SynchronousTestCase):
