@@ -102,6 +102,24 @@ class MemberUnreachable(GraftError):
     status = 409
 
 
+class SessionExpired(GraftError):
+    """A numbered command's client session is unknown or expired (idle too long, or evicted
+    from a full table): the command was not applied. 410: this session is gone for good; the
+    client registers a new one and sends the command again under it."""
+
+    code = "session_expired"
+    status = 410
+
+
+class SequenceForgotten(GraftError):
+    """A numbered command's sequence is below what its session acknowledged (or its result
+    was discarded): whether it was applied cannot be told. The client must not resend it
+    blindly; it reports an unknown outcome."""
+
+    code = "sequence_forgotten"
+    status = 409
+
+
 class ForwardingFailed(GraftError):
     """Forwarding a request to the leader failed in a way the peer channel did not foresee; the
     message names the cause. 502: this node acted as a gateway to the leader."""

@@ -25,6 +25,7 @@ from graft.raft.types import (
     SnapshotMeta,
     encode_membership,
 )
+from graft.sessions.machine import with_sessions
 from graft.storage import DurableLog
 from graft.storage.records import parse_segment_name
 from graft.storage.rejected import REJECTED_FILE, RejectedEntry, read_rejected, write_rejected
@@ -119,7 +120,11 @@ def restore_data_dir(cfg: ClusterConfig, node_id: str, snapshot_file: Path) -> S
 def _check_loads(cfg: ClusterConfig, snapshot_file: Path) -> None:
     """Refuse a file the configured FSM cannot restore, before writing anything."""
     with tempfile.TemporaryDirectory(prefix="graft-restore-check-") as scratch:
-        fsm = create_state_machine(cfg.fsm, data_dir=Path(scratch), base_dir=cfg.base_dir)
+        # A backup is a snapshot container (the session table, then the FSM's snapshot) or,
+        # from before sessions, the FSM's snapshot alone: the session layer reads both.
+        fsm = with_sessions(
+            create_state_machine(cfg.fsm, data_dir=Path(scratch), base_dir=cfg.base_dir)
+        )
         try:
             with snapshot_file.open("rb") as source:
                 fsm.restore(source)

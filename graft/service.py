@@ -56,6 +56,7 @@ from graft.reload import (
     SwappableServerTLS,
     api_tls_options,
 )
+from graft.sessions.machine import with_sessions
 from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
 from graft.storage.permissions import tighten_data_dir
@@ -141,6 +142,8 @@ def make_service(
         fsm = create_state_machine(cfg.fsm, data_dir=data_dir, base_dir=cfg.base_dir)
         fsm_name = cfg.fsm.factory
     fsm_name = fsm_name or type(fsm).__qualname__
+    # Snapshots hold the session table beside the FSM's own (graft.sessions.machine).
+    fsm = with_sessions(fsm)
     restore_fsm_from_snapshot(storage, fsm, fsm_name)
     secure_data_dir(data_dir)
     rng = random.Random()

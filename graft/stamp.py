@@ -11,6 +11,10 @@ the stamp (``apply_stamped``, graft.fsm.base) gives the same answer on every rep
 every replay. Entries written before stamps existed are NORMAL entries: their command is the
 whole data and they carry no stamp (the FSM gets None).
 
+Format 2 (``SESSION_VERSION``) has the same header followed by a session operation instead of
+a plain command (graft.sessions.envelope: a registration, a numbered command, the session
+settings); plain commands keep format 1.
+
 This module is pure (no clock, no random source): the driver supplies the values.
 """
 
@@ -20,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 STAMP_VERSION = 1  # what this build writes and reads
+SESSION_VERSION = 2  # the stamp, then a session operation (graft.sessions.envelope)
 _HEADER = struct.Struct("<BqQ")
 STAMP_SIZE = _HEADER.size  # 17
 
@@ -37,9 +42,9 @@ class Stamp:
     seed: int
 
 
-def encode_stamped(stamp: Stamp, command: bytes) -> bytes:
-    """The data of a STAMPED entry."""
-    return _HEADER.pack(STAMP_VERSION, stamp.time_ns, stamp.seed) + command
+def encode_stamped(stamp: Stamp, command: bytes, version: int = STAMP_VERSION) -> bytes:
+    """The data of a STAMPED entry (``SESSION_VERSION``: ``command`` is a session operation)."""
+    return _HEADER.pack(version, stamp.time_ns, stamp.seed) + command
 
 
 def decode_stamped(data: bytes) -> tuple[Stamp, bytes]:
@@ -53,13 +58,25 @@ def decode_stamped(data: bytes) -> tuple[Stamp, bytes]:
     if version != STAMP_VERSION:
         raise StampFormatError(
             f"the entry's stamp has format version {version}, this build reads "
-            f"{STAMP_VERSION}: it was written by a newer Graft; upgrade this node"
+            f"{STAMP_VERSION} and {SESSION_VERSION}: it was written by a newer Graft; "
+            "upgrade this node"
         )
     return Stamp(time_ns, seed), data[STAMP_SIZE:]
 
 
+def decode_any(data: bytes) -> tuple[Stamp, bytes, bool]:
+    """The stamp and the rest of a STAMPED entry's data, and whether the rest is a session
+    operation (format 2) rather than a plain command; StampFormatError if this build cannot
+    read it."""
+    if len(data) >= STAMP_SIZE and data[0] == SESSION_VERSION:
+        _, time_ns, seed = _HEADER.unpack_from(data)
+        return Stamp(time_ns, seed), data[STAMP_SIZE:], True
+    stamp, command = decode_stamped(data)
+    return stamp, command, False
+
+
 def stamp_time_ns(data: bytes) -> int | None:
     """The time of a STAMPED entry's data, or None if this build cannot read its stamp."""
-    if len(data) < STAMP_SIZE or data[0] != STAMP_VERSION:
+    if len(data) < STAMP_SIZE or data[0] not in (STAMP_VERSION, SESSION_VERSION):
         return None
     return int(_HEADER.unpack_from(data)[1])

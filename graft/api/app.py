@@ -4,6 +4,11 @@ Routes (every one but /health needs a token of at least the given role when toke
 
     POST /command, /command/      write   one command; the body is the FSM's answer
     POST /commands                write   a JSON batch; a JSON array of per-command results
+    POST /sessions                write   register a client session: {"session", "index"}
+                                          (graft.api.sessions; /command and /commands take
+                                          its Graft-Session/-Sequence/-Acked headers)
+    POST /cluster/sessions        admin   the cluster's session bounds, through the log:
+                                          {"idle_ms", "max_sessions", "max_results"}
     GET|POST /query, /query/      read    a query from the body or ?q= (not both)
     GET /status                   read    this node's view
     GET /health                   open    the process answers
@@ -103,6 +108,7 @@ from graft.api.responses import (
 from graft.api.root import ApiRoot, DirectHandler
 from graft.api.rqlite.routes import RqliteRoutes
 from graft.api.serving import routes, served, sized
+from graft.api.sessions import Numbering, SessionRoutes, duplicate_header, numbering, refusal_error
 from graft.api.settings import ApiSettings
 from graft.api.views import status_document
 from graft.driver.port import CommandResult, Consistency, QueryResult
@@ -117,9 +123,9 @@ from graft.errors import (
 )
 
 _ROUTE_LIST = (
-    "/command, /commands, /query, /status, /health, /ready, /metrics, /cluster/members, "
-    "/cluster/leader, /cluster/snapshot, /cluster/check and /shutdown; rqlite's /db/execute, "
-    "/db/query, /db/request and /readyz; the console at /ui"
+    "/command, /commands, /sessions, /query, /status, /health, /ready, /metrics, "
+    "/cluster/members, /cluster/leader, /cluster/snapshot, /cluster/check, /cluster/sessions "
+    "and /shutdown; rqlite's /db/execute, /db/query, /db/request and /readyz; the console at /ui"
 )
 # How long after a query's time limit the API stops waiting for the node's own answer.
 # The hot routes, one table for both routers: path, methods, GraftApi method. Klein registers
@@ -134,7 +140,7 @@ _HOT_ROUTES = (
 )
 
 
-class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
+class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
     """The HTTP API of one node, over its ClusterBackend and ClusterAdmin."""
 
     app = routes
@@ -158,13 +164,17 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
         if params.command_encoding_is_base64():
             body = decode_base64(body, "the command body")
         _require_nonempty([body])
+        numbered = numbering(request)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        return self._submit([body]).addCallback(self._command_answered, request)
+        return self._submit([body], numbered).addCallback(self._command_answered, request)
 
     def _command_answered(self, results: list[CommandResult], request: Request) -> bytes:
         (result,) = results
         self._command_headers(request, result)
+        duplicate_header(request, results)
+        if (refused := refusal_error(result)) is not None:
+            raise refused
         if result.error is not None:
             raise FSMRejected(result.error, index=result.index, term=result.term)
         request.setHeader(b"Content-Type", self._backend.content_type.encode("ascii"))
@@ -176,9 +186,10 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
         batch = parse_batch(self._body(request))
         _require_nonempty(batch)
         self._check_batch_size(batch)
+        numbered = numbering(request)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        return self._submit(batch).addCallback(self._batch_answered, request)
+        return self._submit(batch, numbered).addCallback(self._batch_answered, request)
 
     def _check_batch_size(self, batch: Sequence[bytes]) -> None:
         """Over api.limits.max_batch_commands is a 413: a 1 MiB body holds some 260,000 tiny
@@ -192,15 +203,27 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes):
 
     def _batch_answered(self, results: list[CommandResult], request: Request) -> bytes:
         self._command_headers(request, results[-1])
+        duplicate_header(request, results)
+        # A session that refused every command of the batch alike answers as for /command.
+        refused = refusal_error(results[0])
+        if refused is not None and all(r.refusal == results[0].refusal for r in results):
+            raise refused
         as_json = is_json(self._backend.content_type)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", JSON_TYPE)
         return batch_body(results, as_json)
 
-    def _submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+    def _submit(
+        self, commands: Sequence[bytes], numbered: Numbering | None = None
+    ) -> Deferred[list[CommandResult]]:
         ms = self._settings.command_timeout_ms
+        proposed = (
+            maybeDeferred(self._backend.submit, commands)
+            if numbered is None
+            else maybeDeferred(self._backend.submit_operations, numbered.operations(commands))
+        )
         answer = within(
-            maybeDeferred(self._backend.submit, commands),
+            proposed,
             ms / 1000,
             self._reactor,
             lambda: Timeout(f"the command was not applied within {ms} ms"),
@@ -359,7 +382,8 @@ def _query_time_limit(params: QueryParams, settings: ApiSettings) -> float | Non
 def _command_timeout(reason: str) -> Timeout:
     return Timeout(
         f"{reason}: the outcome is unknown and the command may still commit; check with a "
-        "query before resending a command that is not idempotent"
+        "query before resending a command that is not idempotent (or send it with session "
+        "headers, which make resending safe: docs/api.md, Sessions)"
     )
 
 

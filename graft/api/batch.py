@@ -45,7 +45,7 @@ def batch_body(results: Sequence[CommandResult], as_json: bool) -> bytes:
     parts: list[bytes] = []
     verbatim = _VERBATIM.fullmatch if as_json else None
     for result in results:
-        if verbatim is not None and result.error is None:
+        if verbatim is not None and result.error is None and not result.duplicate:
             match = verbatim(result.output)
             if match is not None and match[1] != match[2]:
                 parts.append(
@@ -80,8 +80,10 @@ def _output_json(output: bytes) -> Any:
 
 def _batch_entry(result: CommandResult, as_json: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"index": result.index, "term": result.term}
+    if result.duplicate:  # a session's replay of the first result (graft.api.sessions)
+        entry["duplicate"] = True
     if result.error is not None:
-        entry["error"] = {"code": FSMRejected.code, "message": result.error}
+        entry["error"] = {"code": result.refusal or FSMRejected.code, "message": result.error}
         return entry
     if as_json:
         value = _output_json(result.output)

@@ -19,7 +19,8 @@ from graft.fsm import CommandRejected, StateMachine, stamped_apply
 from graft.metrics import NodeMetrics
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, EntryKind, Membership, decode_membership
-from graft.stamp import StampFormatError, decode_stamped
+from graft.sessions.machine import Applied, with_sessions
+from graft.stamp import StampFormatError, decode_any
 from graft.storage.rejected import RejectedEntry
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -43,6 +44,7 @@ class Applier:
         self._raft = raft
         self._fsm = fsm
         self._apply_stamped = stamped_apply(fsm)
+        self._sessions = with_sessions(fsm)  # wiring.build_node hands the sessioned FSM
         self._clock = clock
         self._proposals = proposals
         self._applied = applied
@@ -76,16 +78,22 @@ class Applier:
         for entry in entries:
             index = entry.index
             output, error = b"", None
+            session: Applied | None = None
             kind = entry.kind
             if kind is stamped or kind is normal:
                 try:
                     if rejected and index in rejected:
                         self._check_rejected(entry)  # raises CommandRejected if marked
                     if kind is stamped:
-                        stamp, command = decode_stamped(entry.data)
+                        stamp, command, sessioned = decode_any(entry.data)
                         if stamp.time_ns > self.stamp_floor_ns:
                             self.stamp_floor_ns = stamp.time_ns
-                        output = apply_stamped(command, index, stamp)
+                        if sessioned:  # a client session's operation (graft.sessions)
+                            session = self._sessions.apply_operation(
+                                command, index, entry.term, stamp, apply_stamped
+                            )
+                        else:
+                            output = apply_stamped(command, index, stamp)
                     else:  # written before stamps: the FSM answers as it did then
                         output = apply_stamped(entry.data, index, None)
                 except CommandRejected as e:
@@ -109,7 +117,10 @@ class Applier:
                 self._digests.marker_applied(index, entry.data)
             if results is not None:
                 term = entry.term
-                result = make_command_result(index, term, leader, output, error)
+                if session is None:
+                    result = make_command_result(index, term, leader, output, error)
+                else:
+                    result = _session_result(session, leader)
                 results.append((index, term, result))
             if proposed_at:  # also once its waiter timed out, or the entry is not ours
                 started = proposed_at.pop(index, None)
@@ -173,3 +184,17 @@ class Applier:
             f"{self._raft.id}` on every node that stops at this entry, then restart them "
             "(docs/operations.md, poison entries).",
         )
+
+
+def _session_result(applied: Applied, leader: str) -> CommandResult:
+    """The answer to a session operation: a duplicate's carries the index and term of the
+    entry that first applied it."""
+    return CommandResult(
+        index=applied.index,
+        term=applied.term,
+        leader=leader,
+        output=applied.output,
+        error=applied.error,
+        refusal=applied.refusal,
+        duplicate=applied.duplicate,
+    )

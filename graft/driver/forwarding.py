@@ -35,6 +35,7 @@ from graft.wire.commands import (
     FORWARD_ADMIN,
     FORWARD_QUERY,
     FORWARD_QUERY_WITHIN,
+    FORWARD_SESSION_SUBMIT,
     FORWARD_SUBMIT,
     Command,
 )
@@ -80,22 +81,30 @@ def members_from_wire(raw: dict[str, Any]) -> MemberList:
 
 
 def result_to_wire(r: CommandResult) -> dict[str, Any]:
-    return {
+    wire = {
         "index": r.index,
         "term": r.term,
         "leader": r.leader,
         "output": r.output,
         "error": r.error,
     }
+    if r.refusal is not None:  # a session's answers only (older nodes never see them)
+        wire["refusal"] = r.refusal
+    if r.duplicate:
+        wire["duplicate"] = True
+    return wire
 
 
 def result_from_wire(raw: dict[str, Any]) -> CommandResult:
+    refusal = raw.get("refusal")
     return CommandResult(
         index=int(raw["index"]),
         term=int(raw["term"]),
         leader=str(raw["leader"]),
         output=bytes(raw["output"]),
         error=raw["error"],
+        refusal=None if refusal is None else str(refusal),
+        duplicate=raw.get("duplicate") is True,
     )
 
 
@@ -158,11 +167,20 @@ class Forwarder:
         """A NoQuorum naming the voters out of reach, when a majority of them is."""
         return quorum_lost(self._raft, self._peers.connected_peers())
 
-    def submit_on(self, leader: str, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+    def submit_on(
+        self, leader: str, commands: Sequence[bytes], *, sessioned: bool = False
+    ) -> Deferred[list[CommandResult]]:
+        # Session operations travel in a command of their own, so that forward_submit keeps
+        # its schema and a leader that does not know sessions refuses them (unknown_command).
+        name, key = (
+            (FORWARD_SESSION_SUBMIT.name, "operations")
+            if sessioned
+            else (FORWARD_SUBMIT.name, "commands")
+        )
         d: Deferred[Any] = self._peers.call(
             leader,
-            FORWARD_SUBMIT.name,
-            {"commands": list(commands)},
+            name,
+            {key: list(commands)},
             timeout=self._settings.command_timeout + 1.0,
         )
         d.addCallback(lambda answer: [result_from_wire(r) for r in answer["results"]])

@@ -236,6 +236,9 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
     def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
         return self._parts.proposer.submit(commands)
 
+    def submit_operations(self, operations: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+        return self._parts.proposer.submit(operations, sessioned=True)
+
     def query(
         self,
         query: bytes,

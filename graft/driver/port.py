@@ -28,17 +28,25 @@ class Consistency(enum.Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommandResult:
     """A command applied at ``index`` in ``term``: ``output`` is the FSM's answer, or ``error``
-    (the FSM's deterministic rejection message) when it refused the command."""
+    (the FSM's deterministic rejection message) when it refused the command.
+
+    A numbered command of a client session (graft.sessions) may also carry ``refusal``: the
+    error code when the session refused it (``session_expired``, ``sequence_forgotten``;
+    ``error`` then says why), and ``duplicate``: it was applied before, and this is the first
+    result again (``index``/``term`` are the entry that applied it)."""
 
     index: int
     term: int
     leader: str
     output: bytes = b""
     error: str | None = None
+    refusal: str | None = None
+    duplicate: bool = False
 
 
 _SET_RESULT_FIELDS = tuple(
-    CommandResult.__dict__[f].__set__ for f in ("index", "term", "leader", "output", "error")
+    CommandResult.__dict__[f].__set__
+    for f in ("index", "term", "leader", "output", "error", "refusal", "duplicate")
 )
 
 
@@ -49,12 +57,16 @@ def make_command_result(
     apply loop, which builds one per command: a frozen dataclass's __init__ sets each field
     through object.__setattr__, most of its cost; this sets the slots."""
     result: CommandResult = object.__new__(CommandResult)
-    set_index, set_term, set_leader, set_output, set_error = _SET_RESULT_FIELDS
+    set_index, set_term, set_leader, set_output, set_error, set_refusal, set_dup = (
+        _SET_RESULT_FIELDS
+    )
     set_index(result, index)
     set_term(result, term)
     set_leader(result, leader)
     set_output(result, output)
     set_error(result, error)
+    set_refusal(result, None)
+    set_dup(result, False)
     return result
 
 
@@ -134,6 +146,11 @@ class ClusterBackend(Protocol):
         """Append the commands (forwarding to the leader from a follower), wait until each is
         committed and applied, and return their results in order. Fails with NoLeader or
         Timeout as a whole; per-command FSM rejections are CommandResult.error."""
+        ...
+
+    def submit_operations(self, operations: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+        """``submit`` for client-session operations (graft.sessions.envelope: a registration,
+        numbered commands, the session settings): the same path, and one result each."""
         ...
 
     def query(

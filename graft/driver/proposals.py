@@ -22,6 +22,7 @@ from graft.raft.errors import NotLeader, ProposalDropped
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import EntryKind
+from graft.stamp import SESSION_VERSION, STAMP_VERSION
 from graft.waiters import ProposalWaiters
 
 
@@ -53,19 +54,22 @@ class Proposer:
         self._command_timeout = command_timeout
         self._stamper = stamper
 
-    def submit(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+    def submit(
+        self, commands: Sequence[bytes], *, sessioned: bool = False
+    ) -> Deferred[list[CommandResult]]:
+        """Propose ``commands`` (``sessioned``: session operations, graft.sessions.envelope)."""
         if self._lifecycle.stopping:
             return failed(shutting_down())
         if (refused := self._space.refusal()) is not None:
             return failed(refused)
         if self._raft.role is Role.LEADER:
-            return self._propose(commands)
+            return self._propose(commands, sessioned)
         d: Deferred[Any] = self._forwarder.route_to_leader()
         d.addCallback(
             lambda leader: (
-                self._propose(commands)
+                self._propose(commands, sessioned)
                 if leader == self._raft.id
-                else self._forwarder.submit_on(leader, commands)
+                else self._forwarder.submit_on(leader, commands, sessioned=sessioned)
             )
         )
         return d
@@ -77,7 +81,16 @@ class Proposer:
         d: Deferred[Any] = self.submit([bytes(c) for c in args["commands"]])
         return d.addCallback(lambda results: {"results": [result_to_wire(r) for r in results]})
 
-    def _propose(self, commands: Sequence[bytes]) -> Deferred[list[CommandResult]]:
+    def forwarded_operations(self, peer: str, args: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """forward_session_submit: a follower's client-session operations, on this leader."""
+        if self._raft.role is not Role.LEADER:
+            return failed(not_leader_any_more(self._raft.id))
+        d: Deferred[Any] = self.submit([bytes(c) for c in args["operations"]], sessioned=True)
+        return d.addCallback(lambda results: {"results": [result_to_wire(r) for r in results]})
+
+    def _propose(
+        self, commands: Sequence[bytes], sessioned: bool = False
+    ) -> Deferred[list[CommandResult]]:
         try:
             self._proposals.check_room(len(commands))
         except Overloaded as e:
@@ -85,7 +98,8 @@ class Proposer:
             return failed(e)
         try:
             # Stamped here, on the leader: a follower forwards its clients' commands unstamped.
-            stamped = self._stamper.stamp(commands)
+            version = SESSION_VERSION if sessioned else STAMP_VERSION
+            stamped = self._stamper.stamp(commands, version)
             indexes = self._raft.propose_batch(stamped, EntryKind.STAMPED)
         except NotLeader:
             self._metrics.proposals_failed.labels(reason="not_leader").inc()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from graft.raft.storage import LogStorage
 from graft.raft.types import Entry, EntryKind
-from graft.stamp import Stamp, encode_stamped, stamp_time_ns
+from graft.stamp import STAMP_VERSION, Stamp, encode_stamped, stamp_time_ns
 
 # How many entries the start-up scan for the latest stamp reads at a time.
 _SCAN_CHUNK = 512
@@ -29,13 +29,13 @@ class Stamper:
         self._seed = seed
         self.floor = 0  # the latest stamp time this node has seen in its log (0: none)
 
-    def stamp(self, commands: Sequence[bytes]) -> list[bytes]:
+    def stamp(self, commands: Sequence[bytes], version: int = STAMP_VERSION) -> list[bytes]:
         """The data of STAMPED entries for ``commands``: one time for the batch (no earlier
-        than the floor), a seed for each."""
+        than the floor), a seed for each (``SESSION_VERSION``: they are session operations)."""
         time_ns = max(self._wall_ns(), self.floor)
         self.floor = time_ns
         seed = self._seed
-        return [encode_stamped(Stamp(time_ns, seed()), command) for command in commands]
+        return [encode_stamped(Stamp(time_ns, seed()), c, version) for c in commands]
 
     def saw(self, entries: Sequence[Entry]) -> None:
         """Entries appended to this node's log: raise the floor to the latest stamp among

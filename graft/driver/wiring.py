@@ -43,6 +43,7 @@ from graft.driver.ticks import Ticks
 from graft.fsm import StateMachine, begin_digest
 from graft.metrics import NodeMetrics
 from graft.raft.node import RaftNode
+from graft.sessions.machine import with_sessions
 from graft.space import SPACE_REPORT
 from graft.waiters import IndexWaiters, ProposalWaiters
 from graft.wire.commands import (
@@ -53,6 +54,7 @@ from graft.wire.commands import (
     FORWARD_ADMIN,
     FORWARD_QUERY,
     FORWARD_QUERY_WITHIN,
+    FORWARD_SESSION_SUBMIT,
     FORWARD_SUBMIT,
     INSTALL_SNAPSHOT_CHUNK,
     REPLICA_DIGEST,
@@ -83,6 +85,9 @@ def build_node(
     writes as leader (a generator seeded from the OS when None), ``wall_ns`` their time (the
     clock's seconds when None: the reactor's is the wall clock)."""
     metrics = metrics or NodeMetrics()
+    # The session layer (graft.sessions) sits between the driver and the FSM: every part sees
+    # it as the FSM, so snapshots, restores and digests carry the session table too.
+    fsm = with_sessions(fsm)
     lifecycle = Lifecycle(stop_process or _nothing)
     port = PeerPort()
     if peers is not None:
@@ -234,6 +239,7 @@ def build_node(
     requests = PeerRequests(
         [
             (FORWARD_SUBMIT, proposer.forwarded),
+            (FORWARD_SESSION_SUBMIT, proposer.forwarded_operations),
             (FORWARD_QUERY, reads.forwarded),
             (FORWARD_QUERY_WITHIN, reads.forwarded),
             (INSTALL_SNAPSHOT_CHUNK, snapshots.receive_chunk),

@@ -97,6 +97,15 @@ FORWARD_SUBMIT = Command(
     errors=frozenset({"no_leader", "timeout", "bad_request"}),
 )
 
+FORWARD_SESSION_SUBMIT = Command(
+    name="forward_session_submit",
+    # A follower forwards client-session operations (graft.sessions.envelope) to the leader:
+    # registrations and numbered commands; one result per operation, in order.
+    arguments={"operations": list[bytes]},
+    response={"results": list[Any]},
+    errors=frozenset({"no_leader", "timeout", "bad_request"}),
+)
+
 FORWARD_QUERY = Command(
     name="forward_query",
     arguments={"query": bytes, "consistency": str, "min_index": int | None},
@@ -176,5 +185,6 @@ COMMANDS = CommandRegistry(
         INSTALL_SNAPSHOT_CHUNK,
         REPLICA_DIGEST,
         FORWARD_QUERY_WITHIN,
+        FORWARD_SESSION_SUBMIT,
     )
 )

@@ -27,8 +27,12 @@ from graft.driver.port import (
     PeerProgress,
     QueryResult,
 )
+from graft.fsm import CommandRejected
 from graft.raft.progress import ProgressState
 from graft.raft.types import MemberAddress
+from graft.sessions.machine import apply_operation
+from graft.sessions.table import SessionTable
+from graft.stamp import Stamp
 
 BASE = "http://127.0.0.1:8080"
 API_URLS = {
@@ -94,6 +98,12 @@ class FakeBackend:
         self.next_index = 10
         self.apply_lag = 0  # committed entries not applied yet: not ready while above 0
         self.submitted: list[list[bytes]] = []
+        # Client sessions: the operations submitted, the commands the "FSM" applied, the
+        # table and the stamp time (nanoseconds) of the next operations.
+        self.submitted_operations: list[list[bytes]] = []
+        self.applied: list[bytes] = []
+        self.sessions = SessionTable()
+        self.now_ns = 1_700_000_000 * 10**9
         self.queries: list[QueryCall] = []
         self.hold_commands = False
         self.hold_queries = False
@@ -172,6 +182,42 @@ class FakeBackend:
             self.pending_commands.append(pending)
             return pending
         return succeed(self.results_for(list(commands)))
+
+    def submit_operations(self, operations: Any) -> Deferred[list[CommandResult]]:
+        """Session operations, through the real session table (graft.sessions), stamped with
+        ``now_ns``; ``submitted_operations`` records them."""
+        self.submitted_operations.append(list(operations))
+        if self.failure is not None:
+            raise self.failure
+        results = []
+        for operation in operations:
+            index = self.next_index
+            self.next_index += 1
+            applied = apply_operation(
+                self.sessions, operation, index, self.term, Stamp(self.now_ns, index), self._apply
+            )
+            results.append(
+                CommandResult(
+                    index=applied.index,
+                    term=applied.term,
+                    leader=self.leader or "?",
+                    output=applied.output,
+                    error=applied.error,
+                    refusal=applied.refusal,
+                    duplicate=applied.duplicate,
+                )
+            )
+        if self.hold_commands:
+            pending: Deferred[list[CommandResult]] = Deferred()
+            self.pending_commands.append(pending)
+            return pending
+        return succeed(results)
+
+    def _apply(self, command: bytes, index: int, stamp: Stamp | None) -> bytes:
+        self.applied.append(command)
+        if command in self.rejected:
+            raise CommandRejected(f"rejected {command!r}")
+        return self.output_for(command)
 
     def query(
         self,

@@ -319,7 +319,9 @@ class MakeCommandResultTests(SynchronousTestCase):
         """make_command_result builds what CommandResult(...) builds, frozen, for every field
         CommandResult has (a field added without make_command_result fails here)."""
         names = [f.name for f in dataclasses.fields(CommandResult)]
-        self.assertEqual(names, ["index", "term", "leader", "output", "error"])
+        self.assertEqual(
+            names, ["index", "term", "leader", "output", "error", "refusal", "duplicate"]
+        )
         for error in (None, "refused"):
             made = make_command_result(4, 2, "turing", b"{}", error)
             self.assertIs(type(made), CommandResult)

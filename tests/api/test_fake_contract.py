@@ -21,6 +21,7 @@ from graft.api.views import members_document, status_document
 from graft.config import ApiConfig
 from graft.driver.port import CommandResult, Consistency, QueryResult
 from graft.raft.types import MemberAddress, Membership, SnapshotMeta
+from graft.sessions.envelope import encode_command, encode_register
 from graft.testing.kv import get, put
 from tests.api.fakes import FakeBackend, Settings
 from tests.support.driver import NODES, DriverCluster, MemoryDurable
@@ -161,6 +162,25 @@ class FakeBackendContractTests(DriverCluster):
             real_read = self.answer(self.real.query(get("k"), consistency))
             self.assertIsInstance(real_read, QueryResult)
             self.same(fake_read, real_read, f"query({consistency.value})")
+
+    def test_submit_operations(self) -> None:
+        """submit_operations() answers a registration, a numbered command, its duplicate and
+        a refusal with CommandResults of the same shapes on both."""
+        for backend in (self.fake, self.real):
+            (registered,) = self.answer(backend.submit_operations([encode_register()]))
+            sid = json.loads(registered.output)["session"]
+            ops = [
+                encode_command(sid, 1, 0, put("k", "3")),
+                encode_command(sid, 1, 0, put("k", "3")),
+                encode_command("1-0", 1, 0, put("k", "3")),
+            ]
+            results = self.answer(backend.submit_operations(ops))
+            self.assertEqual([r.duplicate for r in results], [False, True, False])
+            self.assertEqual(results[2].refusal, "session_expired")
+            if backend is self.fake:
+                fake = [registered, *results]
+            else:
+                self.same(fake, [registered, *results], "submit_operations()")
 
     def test_members(self) -> None:
         """members(): leader, voters, learners and each member's addresses."""

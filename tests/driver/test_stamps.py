@@ -174,7 +174,7 @@ class OldLogTests(DriverCluster):
     def test_a_newer_stamp_format_stops_the_node(self) -> None:
         """A stamped entry in a format this build does not read stops the node (rather than
         applying it some other way than the nodes that can read it)."""
-        newer = b"\x02" + encode_stamped(Stamp(T0 * 10**9, 1), b"SELECT 1")[1:]
+        newer = b"\x03" + encode_stamped(Stamp(T0 * 10**9, 1), b"SELECT 1")[1:]
         fsm = self.start_one([Entry(index=1, term=1, kind=EntryKind.STAMPED, data=newer)])
         self.wait_until(lambda: self.stopped, "the node stops")
         self.assertEqual(len(self.flushLoggedErrors(StampFormatError)), 1)

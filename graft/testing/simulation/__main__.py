@@ -54,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{sum(r.transfers_done for r in results)} of "
             f"{sum(r.transfers_asked for r in results)} transfers done, "
             f"{sum(r.memberships_committed for r in results)} membership changes committed, "
-            f"{sum(r.stale_leaders_checked for r in results)} stale-leader checks"
+            f"{sum(r.stale_leaders_checked for r in results)} stale-leader checks, "
+            f"{sum(r.session_commands for r in results)} session commands applied, "
+            f"{sum(r.session_resent for r in results)} resent, "
+            f"{sum(r.session_duplicates for r in results)} answered as duplicates"
         )
     failed = [r for r in results if r.violation is not None]
     for r in failed:

@@ -26,6 +26,7 @@ from graft.raft.types import Entry, EntryKind, Membership, NodeId, decode_member
 from graft.testing.simulation.checker import SafetyChecker
 from graft.testing.simulation.clocks import ClockModel
 from graft.testing.simulation.network import InFlight
+from graft.testing.simulation.sessions import SessionModel
 from graft.testing.simulation.streams import RngFactory, stream
 
 
@@ -99,6 +100,9 @@ class Cluster:
         self.transfers_done = 0
         # Per-node tick clocks (drift, lateness, stalls); None: every node ticks once a step.
         self.clocks: ClockModel | None = None
+        # The replicas' client-session tables (graft.testing.simulation.sessions), if the
+        # schedule has session clients.
+        self.sessions: SessionModel | None = None
         for nid in sorted({*self.ids, *learners}):
             storage = storages.get(nid) if storages is not None else None
             if storage is None:
@@ -144,6 +148,8 @@ class Cluster:
         sim.state = self.checker.snapshots[snap.index][1] if snap.index > 0 else 0
         sim.state_membership = snap.membership if snap.index > 0 else None
         self.checker.restarted(nid, snap.index)
+        if self.sessions is not None:
+            self.sessions.restored(nid, snap.index)
         self.note(f"start {nid}")
         return sim.node
 
@@ -301,6 +307,8 @@ class Cluster:
             sim.state = self.checker.snapshot_installed(nid, meta)
             sim.state_index = meta.index
             sim.state_membership = meta.membership
+            if self.sessions is not None:
+                self.sessions.restored(nid, meta.index)
             sim.storage.apply_snapshot(meta)
             self.note(f"{nid} installed snapshot {meta.index} term {meta.term}")
         if ready.hard_state is not None:
@@ -328,10 +336,13 @@ class Cluster:
         if ready.committed_entries:
             sim.applied.extend(ready.committed_entries)
             checker.applied(nid, node.term, ready.committed_entries, self.leaders())
+            sessions = self.sessions
             for entry in ready.committed_entries:
                 sim.state = hash((sim.state, entry.index, entry.term, entry.kind, entry.data))
                 if entry.kind is EntryKind.MEMBERSHIP:
                     sim.state_membership = decode_membership(entry.data)
+                elif sessions is not None:
+                    sessions.apply(nid, entry)
             sim.state_index = ready.committed_entries[-1].index
         for rs in ready.read_states:
             sim.read_answers[rs.context] = rs.index
@@ -363,6 +374,8 @@ class Cluster:
             return False
         term = storage.term(index)
         self.checker.snapshot_taken(nid, index, term, sim.state)
+        if self.sessions is not None:
+            self.sessions.snapshot_taken(nid, index)
         membership = sim.state_membership or self._base_config.bootstrap
         storage.compact(index, membership)
         self.note(f"{nid} compacted to {index}")

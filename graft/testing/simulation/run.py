@@ -35,6 +35,7 @@ from graft.testing.simulation.schedule import (
     reconfigure,
     transfer_at_random,
 )
+from graft.testing.simulation.sessions import SessionClients, SessionModel
 from graft.testing.simulation.streams import RngFactory, stream
 
 
@@ -51,6 +52,14 @@ class SimResult:
     transfers_done: int = 0
     memberships_committed: int = 0
     stale_leaders_checked: int = 0
+    # Client sessions: numbered commands applied, duplicates answered, commands resent.
+    session_commands: int = 0
+    session_duplicates: int = 0
+    session_resent: int = 0
+
+
+# The share of drawn schedules whose clients use sessions (graft.testing.simulation.sessions).
+SESSION_SHARE = 0.6
 
 
 def simulate_seed(
@@ -92,6 +101,10 @@ def simulate_seed(
     net = HostileNetwork(cluster, ids, p, rng, snap_rng)
     faults = NodeFaults(cluster, ids, p, rng, flap_rng, flap)
     clients = Clients(cluster, ids, p, seed, rng, marker_rng, markers, faults.down)
+    sessions_rng = stream(rng_factory, seed, "sessions")
+    if params is None and sessions_rng.random() < SESSION_SHARE:
+        cluster.sessions = SessionModel()
+        cluster.sessions.clients = clients.sessions = SessionClients(seed, sessions_rng)
     cluster.lease_probe = True
     spares = [f"n{k}" for k in range(p.nodes + 1, p.nodes + 3)]
     cut_rng = stream(rng_factory, seed, "cut")
@@ -189,6 +202,8 @@ def calm(cluster: Cluster, p: SimParams, seed: int, down: set[NodeId]) -> None:
 def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
     """What a run checked and exercised (the trace only with a violation, to replay it)."""
     checker = cluster.checker
+    sessions = cluster.sessions
+    clients = sessions.clients if sessions is not None else None
     return SimResult(
         seed=seed,
         violation=violation,
@@ -201,4 +216,7 @@ def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
         transfers_done=cluster.transfers_done,
         memberships_committed=checker.memberships_committed,
         stale_leaders_checked=checker.stale_leaders_checked,
+        session_commands=sessions.applied_commands if sessions is not None else 0,
+        session_duplicates=sessions.duplicates if sessions is not None else 0,
+        session_resent=clients.resent if clients is not None else 0,
     )

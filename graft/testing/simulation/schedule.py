@@ -19,6 +19,7 @@ from graft.raft.node import RaftNode
 from graft.raft.rng import Rng
 from graft.raft.types import Membership, NodeId
 from graft.testing.simulation.cluster import Cluster
+from graft.testing.simulation.sessions import SessionClients
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -411,6 +412,9 @@ class Clients:
         self.writing = True
         self.proposals = 0
         self.reads = 0
+        # Clients with sessions (graft.testing.simulation.sessions): they turn some writes
+        # into session operations, changing the entries' data only, never the schedule.
+        self.sessions: SessionClients | None = None
 
     def _target(self, leader_share: float) -> NodeId:
         """Clients mostly find a leader (any node that believes it leads)."""
@@ -430,6 +434,8 @@ class Clients:
             if nid not in self.down:
                 count = rng.randrange(1, 4)
                 datas = [f"{seed}:{self.proposals + k}".encode() for k in range(count)]
+                if self.sessions is not None:
+                    datas = self.sessions.wrap(datas, cluster.now)
                 try:
                     cluster.propose(nid, datas)
                     self.proposals += count
