@@ -1,21 +1,15 @@
 """graft.client's sessions on real `twist graft` processes: increments sent while the leader is
 SIGKILLed are each applied once, and a numbered command resent through a follower is answered
-with its first answer, not applied again.
-
-Skipped while the nodes have no client sessions (the server side of issue 18: graft/api/sessions
-and POST /sessions); the client's side alone is tested against a stub in
-tests/test_client_sessions.py."""
+with its first answer, not applied again. The client's side alone is tested against a stub in
+tests/test_client_sessions.py, the server's in tests/process/test_sessions.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import socket
 import threading
 from typing import Any
-
-from twisted.trial.unittest import SkipTest
 
 from graft.client import ClientError, GraftClient, OutcomeUnknown
 from graft.testing.process_case import ProcessTestCase
@@ -80,13 +74,10 @@ def _read_request(connection: socket.socket) -> bytes:
 
 class ClientSessionsOnRealNodesTests(ProcessTestCase):
     def setUp(self) -> None:
-        if importlib.util.find_spec("graft.api.sessions") is None:
-            raise SkipTest("the nodes have no client sessions yet (graft/api/sessions.py)")
         self.cluster = self.make_cluster(fsm=SQLITE)
         self.leader, _ = self.cluster.wait_for_leader(timeout=30)
         probe = self.cluster.request(self.leader, "POST", "/sessions", b"{}", JSON)
-        if probe.status == 404:
-            raise SkipTest("the nodes answer POST /sessions with 404: no client sessions yet")
+        self.assertEqual(probe.status, 200, probe.body)
         self.client = GraftClient(
             urls=[self.cluster.api_url(n) for n in self.cluster.node_ids], timeout=30.0
         )
