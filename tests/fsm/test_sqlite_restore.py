@@ -150,3 +150,26 @@ class DamagedSnapshotTests(RestoreTestCase):
         self.assertEqual(target.query(ROWS), source.query(ROWS))
         count = json.loads(target.query(b"SELECT count(*) FROM t"))["rows"]
         self.assertEqual(count, [[2000]])
+
+
+class CrashTests(RestoreTestCase):
+    def test_start_after_a_crash_mid_restore_or_mid_snapshot(self) -> None:
+        """A crash during a restore (its temp copy half written, or written and not yet moved
+        into place) or during a snapshot's copy leaves temp files beside the database; the
+        next start removes them and starts from an empty database, which the node then
+        restores from its stored snapshot and log."""
+        fsm = self.filled(100)
+        image = self.image(fsm)
+        directory = fsm._path.parent
+        fsm.close()
+        (directory / "fsm.sqlite3.restore-abc123").write_bytes(image[: len(image) // 2])
+        (directory / "fsm.sqlite3.restore-def456").write_bytes(image)
+        (directory / "fsm.sqlite3.snapshot-0a1b2c").write_bytes(image[:4096])
+        again = SQLiteStateMachine(data_dir=directory, base_dir=directory)
+        self.addCleanup(again.close)
+        self.assertEqual([p.name for p in directory.iterdir()], ["fsm.sqlite3"])
+        self.assertEqual(
+            json.loads(again.query(b"SELECT count(*) FROM sqlite_master"))["rows"], [[0]]
+        )
+        again.restore(self.in_file(image))
+        self.assertEqual(digest(again), digest(self.filled(100)))
