@@ -82,10 +82,15 @@ Snapshots
     main connection needs), ends the read transaction, streams the file to the sink and
     deletes it. While the reader is open the WAL cannot be reset, so it grows by what commands
     write meanwhile; the writer checkpoints it once the read transaction is over, from its own
-    thread, and ``journal_size_limit`` truncates the file when the WAL is next reset.
-    ``snapshot`` is ``begin_snapshot`` and its writer run at once. ``restore`` moves the
-    received file into place as the database (removing the old ``-wal`` and ``-shm``) rather
-    than copying it page by page.
+    thread, and ``journal_size_limit`` truncates the file when the WAL is next reset. The
+    reader maps the database file (``mmap_size``), so the backup reads it without a system
+    call per page. ``snapshot`` is ``begin_snapshot`` and its writer run at once.
+
+    ``restore`` copies the received bytes to a temp file beside the database (from a regular
+    file with ``copy_file_range``, the kernel's copy, else in chunks), checks its structure
+    (header, page size, whole pages, no fewer pages than its header counts: CorruptSnapshot
+    otherwise, and the live database is untouched), then moves it into place as the database
+    (removing the old ``-wal`` and ``-shm``) rather than copying it page by page.
 
 Failures
     An SQLite error caused by this machine rather than by the command (disk full, I/O error,
@@ -99,7 +104,6 @@ Calls must not overlap (the driver calls from one thread at a time), except
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -112,7 +116,7 @@ from graft.fsm.sqlite.jsonform import is_json_form
 from graft.fsm.sqlite.jsonrun import JsonCommands
 from graft.fsm.sqlite.reads import DEFAULT_QUERY_MAX_BYTES, ThreadedReads
 from graft.fsm.sqlite.rules import ALWAYS_NONDETERMINISTIC, DATE_FUNCTIONS
-from graft.fsm.sqlite.snapshots import COPY_CHUNK, SQLITE_HEADER, write_snapshot
+from graft.fsm.sqlite.snapshots import READER_MMAP_BYTES, check_image, copy_into, write_snapshot
 from graft.fsm.sqlite.sql import dumps, environment_failure, json_cell, one_statement, set_limits
 
 __all__ = ["SQLiteStateMachine"]
@@ -202,6 +206,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
+            reader.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             reader.execute("BEGIN")
             # BEGIN is deferred: the first read takes the WAL read mark that pins the state.
             reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -235,16 +240,13 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         fd, name = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name + ".restore-")
         copy = Path(name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(source, f, COPY_CHUNK)
+            try:
+                copy_into(source, fd)
+            finally:
+                os.close(fd)
             size = copy.stat().st_size
             if size:
-                with copy.open("rb") as f:
-                    if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                        raise CorruptSnapshot(
-                            "the snapshot is not an SQLite database; "
-                            "restore a snapshot taken by graft.fsm.sqlite"
-                        )
+                check_image(copy)
             self._conn.close()
             self._remove_files()
             if size:
