@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{sum(r.snapshots_installed for r in results)} snapshots installed, "
             f"{sum(r.transfers_done for r in results)} of "
             f"{sum(r.transfers_asked for r in results)} transfers done, "
-            f"{sum(r.memberships_committed for r in results)} membership changes committed, "
+            f"{sum(r.memberships_committed for r in results)} membership changes committed "
+            f"({sum(r.non_voter_changes for r in results)} non-voter changes proposed), "
             f"{sum(r.stale_leaders_checked for r in results)} stale-leader checks"
         )
     failed = [r for r in results if r.violation is not None]
