@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.trial.unittest import SkipTest
+
+from graft.cli import node as node_commands
 from graft.cli import render
 from tests.support.http_node import error_reply, json_reply, start_fake_node
-from tests.test_cli import CLITestCase, run
+from tests.test_cli import CLITestCase, run, write_join_config
 
 MEMBERS: dict[str, Any] = {
     "leader": "alpha",
@@ -98,3 +101,33 @@ class MemberRolesCLITests(CLITestCase):
         self.assertEqual(render._member_kind(MEMBERS, "delta"), "non-voter")
         self.assertEqual(render._member_kind(MEMBERS, "omega"), "learner")
         self.assertEqual(render._member_kind(MEMBERS, "gamma"), "voter")
+
+
+class JoinAsNonVoterTests(CLITestCase):
+    def setUp(self) -> None:
+        try:
+            from graft.certs import generate_certificates
+        except ImportError as e:
+            raise SkipTest(f"graft.certs is not available: {e}") from None
+        from graft.config import load_config
+
+        self.path = write_join_config(self.tmpdir())
+        generate_certificates(load_config(self.path))
+        self.started: list[Any] = []
+        self.patch(node_commands, "run_twist", self.started.append)
+
+    def test_start_join_non_voter(self) -> None:
+        """`graft start ID --join URL --non-voter` asks for a non-voter, then starts."""
+        added = dict(MEMBERS, learners=["delta"], non_voters=["delta"])
+        node = start_fake_node(self, json_reply(200, added))
+        args = ["start", "delta", "-c", str(self.path), "--join", node.url, "--non-voter"]
+        result = run(args)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(len(self.started), 1)
+        self.assertTrue(json.loads(node.seen[0].body)["non_voter"])
+        self.assertIn("as a non-voter", result.stderr)
+
+    def test_non_voter_needs_join(self) -> None:
+        result = run(["start", "delta", "-c", str(self.path), "--non-voter"])
+        self.assertOneLineError(result, "--non-voter goes with --join")
+        self.assertEqual(self.started, [])
