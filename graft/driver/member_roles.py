@@ -221,17 +221,10 @@ class MemberRoles:
         return self._m.members()
 
     def _check_address_free(self, node_id: str, address: MemberAddress) -> None:
+        wanted = (address.host, address.p2p_port)
         for other in self._m.membership.members:
             a = self._m.address_of(other)
-            if (
-                other != node_id
-                and a is not None
-                and (a.host, a.p2p_port)
-                == (
-                    address.host,
-                    address.p2p_port,
-                )
-            ):
+            if other != node_id and a is not None and (a.host, a.p2p_port) == wanted:
                 raise BadRequest(
                     f"{url_host(address.host)}:{address.p2p_port} is already the peer address "
                     f"of {other}; give {node_id} its own address"
