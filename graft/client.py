@@ -409,15 +409,42 @@ class GraftClient:
         """GET /cluster/members: ``{"leader", "voters", "learners", "addresses"}``."""
         return self._admin("GET", "/cluster/members", None, retry_codes=RETRYABLE_READS)
 
-    def add_member(self, node_id: str, host: str, p2p_port: int, api_port: int) -> dict[str, Any]:
+    def add_member(
+        self, node_id: str, host: str, p2p_port: int, api_port: int, *, non_voter: bool = False
+    ) -> dict[str, Any]:
         """POST /cluster/members; answers once the new member caught up and is a voter, so give
-        the client a timeout that allows for the catch-up."""
-        member = {"id": node_id, "host": host, "ports": {"p2p": p2p_port, "api": api_port}}
+        the client a timeout that allows for the catch-up. A non-voter (``non_voter``) is
+        answered once it is added; it catches up afterwards."""
+        member: dict[str, Any] = {
+            "id": node_id,
+            "host": host,
+            "ports": {"p2p": p2p_port, "api": api_port},
+        }
+        if non_voter:
+            member["non_voter"] = True
         return self._admin("POST", "/cluster/members", member)
+
+    def promote_member(self, node_id: str) -> dict[str, Any]:
+        """POST /cluster/members/{id}/promote: a learner (non-voter) becomes a voter."""
+        return self._admin("POST", _member_path(node_id) + "/promote")
+
+    def demote_member(self, node_id: str) -> dict[str, Any]:
+        """POST /cluster/members/{id}/demote: a voter becomes a non-voter."""
+        return self._admin("POST", _member_path(node_id) + "/demote")
+
+    def update_member(
+        self, node_id: str, host: str, p2p_port: int | None = None, api_port: int | None = None
+    ) -> dict[str, Any]:
+        """PUT /cluster/members/{id}: its new advertised addresses (a port left None is kept)."""
+        ports = {k: v for k, v in (("p2p", p2p_port), ("api", api_port)) if v is not None}
+        document: dict[str, Any] = {"host": host}
+        if ports:
+            document["ports"] = ports
+        return self._admin("PUT", _member_path(node_id), document)
 
     def remove_member(self, node_id: str) -> dict[str, Any]:
         """DELETE /cluster/members/{id}; answers the membership without it."""
-        return self._admin("DELETE", "/cluster/members/" + urllib.parse.quote(node_id, safe=""))
+        return self._admin("DELETE", _member_path(node_id))
 
     def transfer_leadership(self, target: str | None = None) -> dict[str, Any]:
         """POST /cluster/leader; answers ``{"leader", "term"}`` once leadership moved."""
@@ -746,3 +773,7 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _member_path(node_id: str) -> str:
+    return "/cluster/members/" + urllib.parse.quote(node_id, safe="")

@@ -81,6 +81,7 @@ class ForwardedAdminTests(DriverCluster):
                     "leader": leader,
                     "voters": kept,
                     "learners": [],
+                    "non_voters": [],
                     "addresses": {
                         n: {
                             "host": "127.0.0.1",

@@ -37,6 +37,16 @@ class NewMember:
     host: str
     p2p_port: int
     api_port: int
+    non_voter: bool = False  # a read replica: receives the log, never votes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewAddress:
+    """A member's new advertised addresses; a port that is None keeps the current one."""
+
+    host: str
+    p2p_port: int | None
+    api_port: int | None
 
 
 def node_id(value: Any, where: str) -> str:
@@ -47,9 +57,13 @@ def node_id(value: Any, where: str) -> str:
 
 
 def parse_new_member(body: bytes) -> NewMember:
-    """``{"id", "host", "ports": {"p2p", "api"}}`` and nothing else."""
+    """``{"id", "host", "ports": {"p2p", "api"}}``, optionally ``"non_voter": true``, and
+    nothing else."""
     document = _json_object(body, 'the member, e.g. {"id": "n4", "host": "10.0.0.4", ...}')
-    _only_keys(document, {"id", "host", "ports"}, "the member")
+    _only_keys(document, {"id", "host", "ports", "non_voter"}, "the member")
+    non_voter = document.get("non_voter", False)
+    if not isinstance(non_voter, bool):
+        raise BadRequest(f'"non_voter" {_show(non_voter)} is not true or false')
     for key in ("id", "host", "ports"):
         if key not in document:
             raise BadRequest(f'the member has no "{key}": send {{"id", "host", "ports"}}')
@@ -64,7 +78,34 @@ def parse_new_member(body: bytes) -> NewMember:
     api = _port(ports, "api")
     if p2p == api:
         raise BadRequest(f"ports.p2p and ports.api are both {p2p}: a node needs two ports")
-    return NewMember(node_id=node_id(document["id"], '"id"'), host=host, p2p_port=p2p, api_port=api)
+    return NewMember(
+        node_id=node_id(document["id"], '"id"'),
+        host=host,
+        p2p_port=p2p,
+        api_port=api,
+        non_voter=non_voter,
+    )
+
+
+def parse_new_address(body: bytes) -> NewAddress:
+    """``{"host", "ports": {"p2p", "api"}}``; "ports" and either port may be left out (the
+    member keeps that port). Nothing else."""
+    document = _json_object(body, 'the new address, e.g. {"host": "10.0.0.9"}')
+    _only_keys(document, {"host", "ports"}, "the new address")
+    if "host" not in document:
+        raise BadRequest('the new address has no "host": send {"host", "ports": {"p2p", "api"}}')
+    host = document["host"]
+    if not isinstance(host, str) or not _valid_host(host):
+        raise BadRequest(f'"host" {_show(host)} is not a host name or IP address')
+    ports = document.get("ports", {})
+    if not isinstance(ports, dict):
+        raise BadRequest(f'"ports" {_show(ports)} is not an object: send {{"p2p": N, "api": N}}')
+    _only_keys(ports, {"p2p", "api"}, '"ports"')
+    p2p = _port(ports, "p2p") if "p2p" in ports else None
+    api = _port(ports, "api") if "api" in ports else None
+    if p2p is not None and p2p == api:
+        raise BadRequest(f"ports.p2p and ports.api are both {p2p}: a node needs two ports")
+    return NewAddress(host=host, p2p_port=p2p, api_port=api)
 
 
 def parse_transfer_target(body: bytes) -> str | None:

@@ -14,7 +14,13 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from graft.api.admin import ADMIN_TIMEOUT_S, node_id, parse_new_member, parse_transfer_target
+from graft.api.admin import (
+    ADMIN_TIMEOUT_S,
+    node_id,
+    parse_new_address,
+    parse_new_member,
+    parse_transfer_target,
+)
 from graft.api.auth import Role
 from graft.api.deadline import within
 from graft.api.responses import write_json
@@ -40,10 +46,9 @@ class AdminRoutes(ApiBase):
     @served("add_member", Role.ADMIN)
     async def add_member(self, request: Request) -> bytes:
         member = parse_new_member(self._body(request))
+        add = self._backend.add_non_voter if member.non_voter else self._backend.add_member
         document = await self._administer(
-            lambda: self._backend.add_member(
-                member.node_id, member.host, member.p2p_port, member.api_port
-            ),
+            lambda: add(member.node_id, member.host, member.p2p_port, member.api_port),
             f"adding {member.node_id}",
             "it may still be catching up and be promoted later: check `graft members list` "
             "before retrying",
@@ -58,6 +63,48 @@ class AdminRoutes(ApiBase):
             lambda: self._backend.remove_member(target),
             f"removing {target}",
             "it may still be removed: check `graft members list` before retrying",
+        )
+        return write_json(request, 200, members_document(document))
+
+    # -- non-voters, promotion, demotion, addresses (graft.driver.member_roles) -------------
+
+    @routes.route(
+        "/cluster/members/<string:member>/promote", methods=["POST"], endpoint="promote_member"
+    )
+    @served("promote_member", Role.ADMIN)
+    async def promote_member(self, request: Request, member: str) -> bytes:
+        target = node_id(member, "the member")
+        document = await self._administer(
+            lambda: self._backend.promote_member(target),
+            f"promoting {target}",
+            "it may still be catching up and be promoted: check `graft members list`",
+        )
+        return write_json(request, 200, members_document(document))
+
+    @routes.route(
+        "/cluster/members/<string:member>/demote", methods=["POST"], endpoint="demote_member"
+    )
+    @served("demote_member", Role.ADMIN)
+    async def demote_member(self, request: Request, member: str) -> bytes:
+        target = node_id(member, "the member")
+        document = await self._administer(
+            lambda: self._backend.demote_member(target),
+            f"demoting {target}",
+            "it may still be demoted: check `graft members list` before retrying",
+        )
+        return write_json(request, 200, members_document(document))
+
+    @routes.route("/cluster/members/<string:member>", methods=["PUT"], endpoint="update_member")
+    @served("update_member", Role.ADMIN)
+    async def update_member(self, request: Request, member: str) -> bytes:
+        target = node_id(member, "the member")
+        address = parse_new_address(self._body(request))
+        document = await self._administer(
+            lambda: self._backend.update_member(
+                target, address.host, address.p2p_port, address.api_port
+            ),
+            f"updating {target}'s addresses",
+            "the change may still commit: check `graft members list` before retrying",
         )
         return write_json(request, 200, members_document(document))
 

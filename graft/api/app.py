@@ -16,8 +16,12 @@ Routes (every one but /health needs a token of at least the given role when toke
     GET /metrics                  read    Prometheus text format
     GET /cluster/members          read    the membership: leader, voters, learners, addresses
     POST /cluster/members         admin   {"id", "host", "ports": {"p2p", "api"}}: add (learner,
-                                          catch up, promote); answers the new membership
+                                          catch up, promote); "non_voter": true: a non-voter;
+                                          answers the new membership
     DELETE /cluster/members/{id}  admin   remove a member; answers the new membership
+    PUT /cluster/members/{id}     admin   {"host", "ports"?}: change its advertised addresses
+    POST /cluster/members/{id}/promote, .../demote
+                                  admin   learner (non-voter) to voter, voter to non-voter
     POST /cluster/leader          admin   optional {"id": target}: transfer; {"leader", "term"}
     POST /cluster/snapshot        admin   snapshot now and compact; {"index", "term"}
     GET /cluster/snapshot         admin   the latest snapshot as application/octet-stream, with

@@ -184,6 +184,7 @@ class ConsoleRoutes(ApiBase):
         for entry in gathered:
             entry["voter"] = entry["id"] in members.voters
             entry["learner"] = entry["id"] in members.learners
+            entry["non_voter"] = entry["id"] in members.non_voters
         document = {
             "node": own.id,
             "leader": own.leader,

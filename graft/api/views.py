@@ -21,7 +21,11 @@ def status_document(st: NodeStatus) -> dict[str, Any]:
         "first_index": st.first_index,
         "last_index": st.last_index,
         "snapshot": {"index": st.snapshot_index, "term": st.snapshot_term},
-        "members": {"voters": list(st.voters), "learners": list(st.learners)},
+        "members": {
+            "voters": list(st.voters),
+            "learners": list(st.learners),
+            "non_voters": list(st.non_voters),
+        },
         "peers_connected": list(st.peers_connected),
     }
     if st.last_check is not None:
@@ -64,6 +68,7 @@ def members_document(members: MemberList) -> dict[str, Any]:
         "leader": members.leader,
         "voters": list(members.voters),
         "learners": list(members.learners),
+        "non_voters": list(members.non_voters),  # learners that stay learners (read replicas)
         "addresses": {
             node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
             for node, a in members.addresses.items()

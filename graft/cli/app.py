@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from graft import __version__
-from graft.cli import cluster, dev, node, offline, rotate
+from graft.cli import cluster, dev, member_roles, node, offline, rotate
 from graft.cli.errors import GraftCLIError, GraftGroup
 
 
@@ -70,3 +70,5 @@ for _command in (
     main.add_command(_command)
 node.certs.add_command(rotate.renew)
 node.certs.add_command(rotate.reload)
+for _command in (member_roles.promote, member_roles.demote, member_roles.update):
+    cluster.members.add_command(_command)

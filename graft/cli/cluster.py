@@ -311,20 +311,42 @@ def members_list(as_json: bool, **options: Any) -> None:
 @click.option(
     "--api", "api_port", type=click.IntRange(1, 65535), required=True, help="Its API port."
 )
+@click.option(
+    "--non-voter",
+    is_flag=True,
+    help="Add it as a non-voter: it receives the log and serves reads, never votes and is "
+    "never promoted on its own (`graft members promote ID` makes it a voter).",
+)
 @client_options(
     timeout=180.0,
     timeout_help="Seconds to wait for the node to catch up and be promoted (a node gives up "
     "after 150 s at most; the change may still complete).",
 )
 def members_add(
-    node_id: str, host: str, p2p_port: int, api_port: int, as_json: bool, **options: Any
+    node_id: str,
+    host: str,
+    p2p_port: int,
+    api_port: int,
+    non_voter: bool,
+    as_json: bool,
+    **options: Any,
 ) -> None:
-    """Add node ID: it joins as a learner, catches up, then becomes a voter.
+    """Add node ID: it joins as a learner, catches up, then becomes a voter (with
+    --non-voter: stays a non-voter, a read replica).
 
     Start the new node (with its own config) so it can catch up: `graft start ID -c
     its.yaml --join URL` does both steps; this command only asks the cluster.
     """
     client = make_client(ClientSettings(**options))
+    if non_voter:
+        click.echo(f"adding {node_id} as a non-voter...", err=True)
+        document = client.add_member(node_id, host, p2p_port, api_port, non_voter=True)
+        click.echo(
+            f"{node_id} is a non-voter; it catches up once it runs: {membership_line(document)}",
+            err=True,
+        )
+        print_members(document, as_json)
+        return
     click.echo(
         f"adding {node_id} as a learner; it is promoted to voter once caught up...", err=True
     )

@@ -28,8 +28,11 @@ class JoinRequest:
     """The POST /cluster/members of `graft start --join`, answered in a thread: the leader
     answers only once the new node has caught up, which needs the node running."""
 
-    def __init__(self, client: GraftClient, node_id: str, peer: Any, url: str) -> None:
+    def __init__(
+        self, client: GraftClient, node_id: str, peer: Any, url: str, *, non_voter: bool = False
+    ) -> None:
         self._client = client
+        self._non_voter = non_voter
         self._node_id = node_id
         self._peer = peer
         self._url = url
@@ -44,7 +47,11 @@ class JoinRequest:
     def _ask(self) -> None:
         try:
             outcome: dict[str, Any] | ClientError = self._client.add_member(
-                self._node_id, self._peer.host, self._peer.p2p_port, self._peer.api_port
+                self._node_id,
+                self._peer.host,
+                self._peer.p2p_port,
+                self._peer.api_port,
+                non_voter=self._non_voter,
             )
         except ClientError as error:
             outcome = error
@@ -77,21 +84,24 @@ def join_cluster(
     token: str | None,
     cacert: Path | None,
     timeout: float,
+    non_voter: bool = False,
 ) -> JoinRequest:
-    """Ask the cluster at ``url`` to add ``node_id``; raise if it refuses within the window, else
-    return the request (its answer is printed when it comes)."""
+    """Ask the cluster at ``url`` to add ``node_id`` (as a non-voter with ``non_voter``); raise
+    if it refuses within the window, else return the request (its answer is printed when it
+    comes)."""
     url = checked_base_url(url, "--join")
     peer = cfg.peer(node_id)
     settings = ClientSettings(
         urls=(url,), timeout=timeout, token=token, cacert=cacert or cluster_ca(cfg, node_id)
     )
     client = make_client(settings, option="--join", retry_unreachable=False)
+    kind = "non-voter" if non_voter else "learner"
     click.echo(
         f"asking {url} to add {node_id} ({peer.host}, p2p port {peer.p2p_port}, api port "
-        f"{peer.api_port}) as a learner...",
+        f"{peer.api_port}) as a {kind}...",
         err=True,
     )
-    request = JoinRequest(client, node_id, peer, url)
+    request = JoinRequest(client, node_id, peer, url, non_voter=non_voter)
     request.send()
     outcome = request.early_outcome(JOIN_REFUSAL_WINDOW_S)
     if isinstance(outcome, ClientError) and outcome.code != MEMBER_UNREACHABLE:

@@ -53,6 +53,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="With --join: how long to wait for the promotion to voter before reporting failure.",
 )
+@click.option(
+    "--non-voter",
+    is_flag=True,
+    help="With --join: join as a non-voter (a read replica that never votes; "
+    "`graft members promote NODE` makes it a voter later).",
+)
 def start(
     node: str | None,
     config_path: Path | None,
@@ -62,6 +68,7 @@ def start(
     token: str | None,
     cacert: Path | None,
     join_timeout: float,
+    non_voter: bool,
 ) -> None:
     """Start a cluster node: NODE of the config, logging to stdout.
 
@@ -88,6 +95,7 @@ def start(
          joins as a learner; the leader promotes it to voter once it has caught up, and the
          outcome is printed when the cluster reports it.
       4. Later restarts: `graft start NEW -c new.yaml`, without --join.
+      With --non-voter in step 3 the node joins as a non-voter and stays one.
     """
     cfg = cluster_config(config_path, node)
     node_id = node or cfg.node
@@ -98,9 +106,17 @@ def start(
     cfg.peer(node_id)  # ConfigError listing the peers if unknown
     cfg.check_files(node_id)
     join: JoinRequest | None = None
+    if non_voter and join_url is None:
+        raise GraftCLIError("--non-voter goes with --join: it says how the node joins")
     if join_url is not None:
         join = join_cluster(
-            cfg, node_id, join_url, token=token, cacert=cacert, timeout=join_timeout
+            cfg,
+            node_id,
+            join_url,
+            token=token,
+            cacert=cacert,
+            timeout=join_timeout,
+            non_voter=non_voter,
         )
     warn_open_api(cfg, [node_id])
     # Twist's default log file is stdout.

@@ -120,8 +120,8 @@ def status_rows(
 ) -> list[dict[str, Any]]:
     """One JSON-ready row per member. ``lag`` is the leader's view (its last index minus the
     member's match index) when the leader answered, else how far the member's applied index is
-    behind the highest commit index seen. ``member`` is voter or learner as ``membership`` (a
-    GET /cluster/members answer) says, None without one."""
+    behind the highest commit index seen. ``member`` is voter, non-voter or learner as
+    ``membership`` (a GET /cluster/members answer) says, None without one."""
     leader_progress: Mapping[str, Any] = {}
     leader_id: str | None = None
     for member in members:
@@ -179,7 +179,8 @@ def status_rows(
 def _member_kind(membership: Mapping[str, Any] | None, node: str) -> str | None:
     if membership is None:
         return None
-    for key, kind in (("voters", "voter"), ("learners", "learner")):
+    # non_voters first: they are learners too (the ones that stay learners).
+    for key, kind in (("voters", "voter"), ("non_voters", "non-voter"), ("learners", "learner")):
         ids = membership.get(key)
         if isinstance(ids, list) and node in ids:
             return kind
@@ -304,27 +305,35 @@ def membership_line(document: Mapping[str, Any]) -> str:
         value = document.get(key)
         return ", ".join(map(str, value)) if isinstance(value, list) and value else "none"
 
+    non_voters = ""
+    if isinstance(document.get("non_voters"), list) and document["non_voters"]:
+        non_voters = f" (non-voters {names('non_voters')})"
     return (
-        f"voters {names('voters')}; learners {names('learners')}; "
+        f"voters {names('voters')}; learners {names('learners')}{non_voters}; "
         f"leader {document.get('leader') or 'unknown'}"
     )
 
 
 def member_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per member (voters, then learners) with its role and addresses."""
+    """One row per member (voters, then learners) with its role and addresses; a learner in
+    ``non_voters`` has the role non-voter."""
     leader = document.get("leader")
     addresses = document.get("addresses")
     addresses = addresses if isinstance(addresses, Mapping) else {}
+    non_voters = document.get("non_voters")
+    non_voters = non_voters if isinstance(non_voters, list) else []
     rows = []
     for key, role in (("voters", "voter"), ("learners", "learner")):
         ids = document.get(key)
         for member in ids if isinstance(ids, list) else []:
+            non_voter = role == "learner" and member in non_voters
+            role_here = "non-voter" if non_voter else role
             address = addresses.get(member)
             address = address if isinstance(address, Mapping) else {}
             rows.append(
                 {
                     "id": member,
-                    "role": "leader" if member == leader else role,
+                    "role": "leader" if member == leader else role_here,
                     "host": address.get("host"),
                     "p2p": address.get("p2p"),
                     "api": address.get("api"),

@@ -61,6 +61,7 @@ def members_to_wire(members: MemberList) -> dict[str, Any]:
         "leader": members.leader,
         "voters": list(members.voters),
         "learners": list(members.learners),
+        "non_voters": list(members.non_voters),
         "addresses": {
             node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
             for node, a in members.addresses.items()
@@ -73,6 +74,7 @@ def members_from_wire(raw: dict[str, Any]) -> MemberList:
         leader=raw["leader"],
         voters=tuple(raw["voters"]),
         learners=tuple(raw["learners"]),
+        non_voters=tuple(raw.get("non_voters", ())),  # absent from older nodes' answers
         addresses={
             node: MemberAddress(host=str(a["host"]), p2p_port=int(a["p2p"]), api_port=int(a["api"]))
             for node, a in raw["addresses"].items()

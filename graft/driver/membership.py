@@ -8,6 +8,7 @@ leadership to move.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -97,9 +98,10 @@ class MembershipManager:
         if (me := self.address_of(self._raft.id)) is not None:
             addresses[self._raft.id] = me
         log.info(
-            "membership is now voters {voters}, learners {learners}",
+            "membership is now voters {voters}, learners {learners}, non-voters {non_voters}",
             voters=",".join(sorted(membership.voters)),
-            learners=",".join(sorted(membership.learners)) or "-",
+            learners=",".join(sorted(membership.learners - membership.non_voters)) or "-",
+            non_voters=",".join(sorted(membership.non_voters)) or "-",
         )
         # Keep talking to departed members for a while: the answer to the request that removed
         # one may still have to travel over its connection.
@@ -142,6 +144,7 @@ class MembershipManager:
             leader=self._raft.leader,
             voters=tuple(sorted(m.voters)),
             learners=tuple(sorted(m.learners)),
+            non_voters=tuple(sorted(m.non_voters)),
             addresses={
                 node: a for node in sorted(m.members) if (a := self.address_of(node)) is not None
             },
@@ -185,6 +188,10 @@ class MembershipManager:
         m = self.membership
         if node_id in m.voters:
             raise BadRequest(f"{node_id} is already a voting member; nothing to do")
+        if node_id in m.non_voters:
+            raise BadRequest(
+                f"{node_id} is a non-voter; make it a voter with `graft members promote {node_id}`"
+            )
         address = MemberAddress(host=host, p2p_port=p2p_port, api_port=api_port)
         for other in m.members:
             a = self.address_of(other)
@@ -198,8 +205,8 @@ class MembershipManager:
                 "adding {id} at {host}:{port} as a learner", id=node_id, host=host, port=p2p_port
             )
             await self._change(
-                Membership(
-                    voters=m.voters,
+                replace(
+                    m,
                     learners=m.learners | {node_id},
                     addresses=_with_address(m.addresses, node_id, address),
                 )
@@ -235,11 +242,14 @@ class MembershipManager:
 
     async def _promote(self, node_id: str, address: MemberAddress) -> None:
         m = self.membership
-        if node_id not in m.learners:
-            return  # promoted meanwhile (by the background promotion), or removed
+        if node_id not in m.learners or node_id in m.non_voters:
+            # Promoted meanwhile (by the background promotion), removed, or made a non-voter,
+            # which only an operator's promotion makes a voter.
+            return
         log.info("{id} caught up; promoting it to voter", id=node_id)
         await self._change(
-            Membership(
+            replace(
+                m,
                 voters=m.voters | {node_id},
                 learners=m.learners - {node_id},
                 addresses=_with_address(m.addresses, node_id, address),
@@ -275,7 +285,7 @@ class MembershipManager:
         async def wait() -> None:
             try:
                 while self._raft.role is Role.LEADER and not self._lifecycle.stopping:
-                    if node_id not in self.membership.learners:
+                    if node_id not in self.membership.learners - self.membership.non_voters:
                         return
                     progress = self._raft.status().progress.get(node_id)
                     if progress is not None and progress.match >= target:
@@ -303,7 +313,13 @@ class MembershipManager:
         address = self.address_of(node_id)
         kept = tuple((n, a) for n, a in m.addresses if n != node_id)
         await self._change(
-            Membership(voters=m.voters - {node_id}, learners=m.learners - {node_id}, addresses=kept)
+            replace(
+                m,
+                voters=m.voters - {node_id},
+                learners=m.learners - {node_id},
+                non_voters=m.non_voters - {node_id},
+                addresses=kept,
+            )
         )
         log.info("removed {id} ({address})", id=node_id, address=address)
         return self.members()
@@ -371,10 +387,8 @@ class MembershipManager:
         for member in membership.members - addresses.keys():
             if (a := self.address_of(member)) is not None:
                 addresses[member] = a
-        return Membership(
-            voters=membership.voters,
-            learners=membership.learners,
-            addresses=tuple(sorted(addresses.items(), key=lambda pair: pair[0])),
+        return replace(
+            membership, addresses=tuple(sorted(addresses.items(), key=lambda pair: pair[0]))
         )
 
     async def _transfer(self, target: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from graft.driver.checks import ReplicaChecks
 from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import PeerRequests
 from graft.driver.lifecycle import Lifecycle
+from graft.driver.member_roles import MemberRoles
 from graft.driver.membership import MembershipManager
 from graft.driver.observe import Observations
 from graft.driver.peers import PeerChannel, PeerPort
@@ -79,6 +80,7 @@ class DriverParts:
     proposer: Proposer
     reads: Reads
     membership: MembershipManager
+    member_roles: MemberRoles
     snapshots: Snapshots
     checks: ReplicaChecks
     space: SpaceReporting
@@ -281,6 +283,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
             snapshot_term=st.snapshot.term,
             voters=tuple(sorted(st.membership.voters)),
             learners=tuple(sorted(st.membership.learners)),
+            non_voters=tuple(sorted(st.membership.non_voters)),
             peers_connected=tuple(sorted(p.peers.connected_peers())),
             last_check=p.checks.last,
             space=p.space.status(),
@@ -306,6 +309,24 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
 
     def remove_member(self, node_id: str) -> Deferred[MemberList]:
         return self._parts.membership.remove_member(node_id)
+
+    # -- non-voters, promotion, demotion, addresses (graft.driver.member_roles) -------------
+
+    def add_non_voter(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[MemberList]:
+        return self._parts.member_roles.add_non_voter(node_id, host, p2p_port, api_port)
+
+    def promote_member(self, node_id: str) -> Deferred[MemberList]:
+        return self._parts.member_roles.promote_member(node_id)
+
+    def demote_member(self, node_id: str) -> Deferred[MemberList]:
+        return self._parts.member_roles.demote_member(node_id)
+
+    def update_member(
+        self, node_id: str, host: str, p2p_port: int | None, api_port: int | None
+    ) -> Deferred[MemberList]:
+        return self._parts.member_roles.update_member(node_id, host, p2p_port, api_port)
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
         return self._parts.membership.transfer_leadership(target)

@@ -113,6 +113,7 @@ class NodeStatus:
     log_bytes: int | None = None  # the log's size on disk, when the storage can tell
     fsm_bytes: int | None = None  # the FSM's size, when it can tell
     certificate_not_after: float | None = None  # this node's peer certificate (Unix time)
+    non_voters: tuple[str, ...] = ()  # sorted; the learners that stay learners
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +124,9 @@ class MemberList:
     voters: tuple[str, ...]  # sorted
     learners: tuple[str, ...]  # sorted
     addresses: Mapping[str, MemberAddress] = field(default_factory=dict)  # by id, sorted
+    # The learners that stay learners (read replicas), sorted; the others are on their way
+    # to become voters.
+    non_voters: tuple[str, ...] = ()
 
 
 class ClusterBackend(Protocol):
@@ -202,6 +206,28 @@ class ClusterAdmin(Protocol):
 
     def remove_member(self, node_id: str) -> Deferred[MemberList]:
         """Remove a member (the leader hands over first if it is the one removed)."""
+        ...
+
+    def add_non_voter(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[MemberList]:
+        """Add a member that receives the log and serves reads but never votes; answers
+        members() once the change is committed (the member catches up afterwards)."""
+        ...
+
+    def promote_member(self, node_id: str) -> Deferred[MemberList]:
+        """Make a learner (a non-voter, or one still joining) a voter once it has caught up."""
+        ...
+
+    def demote_member(self, node_id: str) -> Deferred[MemberList]:
+        """Make a voter a non-voter (the leader hands over first if it is the one demoted)."""
+        ...
+
+    def update_member(
+        self, node_id: str, host: str, p2p_port: int | None, api_port: int | None
+    ) -> Deferred[MemberList]:
+        """Change a member's advertised addresses in the replicated membership (a port that
+        is None keeps the one the membership has); answers members() once committed."""
         ...
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:

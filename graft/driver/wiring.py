@@ -27,6 +27,7 @@ from graft.driver.forwarding import (
     members_to_wire,
 )
 from graft.driver.lifecycle import Lifecycle
+from graft.driver.member_roles import MemberRoles
 from graft.driver.membership import MembershipManager
 from graft.driver.node import DriverParts, GraftNode
 from graft.driver.observe import Observations
@@ -48,9 +49,13 @@ from graft.space import SPACE_REPORT
 from graft.waiters import IndexWaiters, ProposalWaiters
 from graft.wire.commands import (
     ADMIN_ADD_MEMBER,
+    ADMIN_ADD_NON_VOTER,
     ADMIN_CHECK,
+    ADMIN_DEMOTE_MEMBER,
+    ADMIN_PROMOTE_MEMBER,
     ADMIN_REMOVE_MEMBER,
     ADMIN_TRANSFER_LEADERSHIP,
+    ADMIN_UPDATE_MEMBER,
     FORWARD_ADMIN,
     FORWARD_QUERY,
     FORWARD_QUERY_WITHIN,
@@ -213,6 +218,7 @@ def build_node(
         lifecycle=lifecycle,
         settings=settings,
     )
+    member_roles = MemberRoles(membership)
     checks = ReplicaChecks(
         raft=raft,
         clock=clock,
@@ -234,6 +240,10 @@ def build_node(
             (ADMIN_REMOVE_MEMBER, membership.remove_here, members_to_wire),
             (ADMIN_TRANSFER_LEADERSHIP, membership.transfer_here, as_is),
             (ADMIN_CHECK, checks.check_here, as_is),
+            (ADMIN_ADD_NON_VOTER, member_roles.add_non_voter_here, members_to_wire),
+            (ADMIN_PROMOTE_MEMBER, member_roles.promote_here, members_to_wire),
+            (ADMIN_DEMOTE_MEMBER, member_roles.demote_here, members_to_wire),
+            (ADMIN_UPDATE_MEMBER, member_roles.update_here, members_to_wire),
         ],
     )
     requests = PeerRequests(
@@ -285,6 +295,7 @@ def build_node(
             proposer=proposer,
             reads=reads,
             membership=membership,
+            member_roles=member_roles,
             snapshots=snapshots,
             checks=checks,
             space=space,

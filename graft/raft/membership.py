@@ -26,7 +26,10 @@ class MembershipChanges(Reads):
         """Propose a new membership; it takes effect on every node as soon as it is appended.
 
         One change at a time (the previous one must be committed), adding or removing at most
-        one voter; learners may be added or removed freely, or promoted one at a time.
+        one voter; learners may be added or removed freely, or promoted one at a time, and a
+        voter demoted to learner (a leader that demotes itself leads until the change commits,
+        then steps down, as one that removes itself). Non-voters are learners (a subset of
+        them) to the core.
         """
         self._check_can_propose()
         if not self._committed_in_term():
@@ -48,6 +51,8 @@ class MembershipChanges(Reads):
             raise MembershipChangeRefused("a membership needs at least one voter")
         if membership.voters & membership.learners:
             raise MembershipChangeRefused("a node is either a voter or a learner, not both")
+        if not membership.non_voters <= membership.learners:
+            raise MembershipChangeRefused("a non-voter is a learner; list it among the learners")
         index = self._log.last_index() + 1
         self._append_entries([(EntryKind.MEMBERSHIP, encode_membership(membership))])
         return index

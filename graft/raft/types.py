@@ -74,6 +74,11 @@ class MemberAddress:
 class Membership:
     """The cluster configuration: who votes and who only receives the log.
 
+    ``non_voters`` are the learners meant to stay learners (read replicas): to the core they
+    are learners like any other (they receive the log and never count for an election, a
+    commit or a read round); the driver never promotes them on its own, only when an operator
+    asks. Learners outside it are on their way to becoming voters.
+
     ``addresses`` is for the driver (the core ignores it): members added at run time are in no
     node's config file, so their addresses travel with the membership through the log and
     snapshots. A member without an address here falls back to the config file's ``peers``.
@@ -82,6 +87,7 @@ class Membership:
     voters: frozenset[NodeId] = field(default_factory=frozenset)
     learners: frozenset[NodeId] = field(default_factory=frozenset)
     addresses: tuple[tuple[NodeId, MemberAddress], ...] = ()
+    non_voters: frozenset[NodeId] = field(default_factory=frozenset)  # a subset of learners
 
     @property
     def members(self) -> frozenset[NodeId]:
@@ -103,6 +109,10 @@ def membership_to_dict(membership: Membership) -> dict[str, Any]:
         "voters": sorted(membership.voters),
         "learners": sorted(membership.learners),
     }
+    # Only when there are any, so that the bytes of every membership without non-voters (all
+    # those written before they existed) stay the same.
+    if membership.non_voters:
+        out["non_voters"] = sorted(membership.non_voters)
     if membership.addresses:
         out["addresses"] = {
             node: {"host": a.host, "p2p": a.p2p_port, "api": a.api_port}
@@ -116,9 +126,14 @@ def membership_from_dict(raw: object) -> Membership:
     if not isinstance(raw, dict):
         raise ValueError("a membership must be a mapping with voters and learners")
     voters, learners = raw.get("voters"), raw.get("learners")
-    for name, ids in (("voters", voters), ("learners", learners)):
+    non_voters = raw.get("non_voters", [])
+    for name, ids in (("voters", voters), ("learners", learners), ("non_voters", non_voters)):
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"membership {name} must be a list of node ids")
+    assert isinstance(voters, list) and isinstance(learners, list)
+    assert isinstance(non_voters, list)
+    if not set(non_voters) <= set(learners):
+        raise ValueError("membership non_voters must all be learners")
     addresses: list[tuple[NodeId, MemberAddress]] = []
     raw_addresses = raw.get("addresses", {})
     if not isinstance(raw_addresses, dict):
@@ -133,11 +148,11 @@ def membership_from_dict(raw: object) -> Membership:
             raise ValueError(f"membership address of {node!r} must be {{host, p2p, api}}")
         address = MemberAddress(host=a["host"], p2p_port=a["p2p"], api_port=a["api"])
         addresses.append((node, address))
-    assert isinstance(voters, list) and isinstance(learners, list)
     return Membership(
         voters=frozenset(voters),
         learners=frozenset(learners),
         addresses=tuple(sorted(addresses, key=lambda pair: pair[0])),
+        non_voters=frozenset(non_voters),
     )
 
 

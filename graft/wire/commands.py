@@ -143,6 +143,21 @@ ADMIN_TRANSFER_LEADERSHIP = Command(
     name="transfer_leadership", arguments={"id": str | None}, response={}
 )
 ADMIN_CHECK = Command(name="check", arguments={}, response={})  # a replica consistency check
+# A member that receives the log and serves reads but never votes (a read replica).
+ADMIN_ADD_NON_VOTER = Command(
+    name="add_non_voter",
+    arguments={"id": str, "host": str, "p2p": int, "api": int},
+    response={},
+)
+ADMIN_PROMOTE_MEMBER = Command(name="promote_member", arguments={"id": str}, response={})
+ADMIN_DEMOTE_MEMBER = Command(name="demote_member", arguments={"id": str}, response={})
+# A member's advertised addresses, changed in the replicated membership (a port left out,
+# nil, keeps the one the membership has).
+ADMIN_UPDATE_MEMBER = Command(
+    name="update_member",
+    arguments={"id": str, "host": str, "p2p": int | None, "api": int | None},
+    response={},
+)
 
 INSTALL_SNAPSHOT_CHUNK = Command(
     name="install_snapshot_chunk",

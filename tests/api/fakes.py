@@ -27,6 +27,7 @@ from graft.driver.port import (
     PeerProgress,
     QueryResult,
 )
+from graft.errors import NotFound
 from graft.fsm import CommandRejected
 from graft.raft.progress import ProgressState
 from graft.raft.types import MemberAddress
@@ -119,6 +120,7 @@ class FakeBackend:
         # Administration: the membership, what was asked, and how to answer.
         self.voters = ["turing", "ritchie", "lovelace"]
         self.learners: list[str] = []
+        self.non_voters: list[str] = []  # a subset of learners
         self.addresses: dict[str, dict[str, Any]] = {
             "turing": {"host": "127.0.0.1", "p2p": 9080, "api": 8080},
             "ritchie": {"host": "127.0.0.1", "p2p": 9081, "api": 8081},
@@ -281,6 +283,7 @@ class FakeBackend:
             snapshot_term=0,
             voters=tuple(sorted(self.voters)),
             learners=tuple(sorted(self.learners)),
+            non_voters=tuple(sorted(self.non_voters)),
             peers_connected=tuple(sorted(m for m in self.addresses if m != self._node_id)),
             progress=progress,
             log_bytes=0,  # as the in-memory node's storage and kv FSM, which tell their sizes
@@ -300,6 +303,7 @@ class FakeBackend:
             leader=self.leader,
             voters=tuple(self.voters),
             learners=tuple(self.learners),
+            non_voters=tuple(self.non_voters),
             addresses={
                 k: MemberAddress(host=v["host"], p2p_port=v["p2p"], api_port=v["api"])
                 for k, v in self.addresses.items()
@@ -336,6 +340,62 @@ class FakeBackend:
             return self.members()
 
         result: Deferred[MemberList] = self._admin(("remove", node_id), change)
+        return result
+
+    def add_non_voter(
+        self, node_id: str, host: str, p2p_port: int, api_port: int
+    ) -> Deferred[MemberList]:
+        def change() -> MemberList:
+            self.learners.append(node_id)
+            self.non_voters.append(node_id)
+            self.addresses[node_id] = {"host": host, "p2p": p2p_port, "api": api_port}
+            return self.members()
+
+        result: Deferred[MemberList] = self._admin(
+            ("add_non_voter", node_id, host, p2p_port, api_port), change
+        )
+        return result
+
+    def promote_member(self, node_id: str) -> Deferred[MemberList]:
+        def change() -> MemberList:
+            if node_id not in self.learners:
+                raise NotFound(f"{node_id} is not a learner")
+            self.learners.remove(node_id)
+            if node_id in self.non_voters:
+                self.non_voters.remove(node_id)
+            self.voters.append(node_id)
+            return self.members()
+
+        result: Deferred[MemberList] = self._admin(("promote", node_id), change)
+        return result
+
+    def demote_member(self, node_id: str) -> Deferred[MemberList]:
+        def change() -> MemberList:
+            if node_id not in self.voters:
+                raise NotFound(f"{node_id} is not a voter")
+            self.voters.remove(node_id)
+            self.learners.append(node_id)
+            self.non_voters.append(node_id)
+            return self.members()
+
+        result: Deferred[MemberList] = self._admin(("demote", node_id), change)
+        return result
+
+    def update_member(
+        self, node_id: str, host: str, p2p_port: int | None, api_port: int | None
+    ) -> Deferred[MemberList]:
+        def change() -> MemberList:
+            old = self.addresses[node_id]
+            self.addresses[node_id] = {
+                "host": host,
+                "p2p": old["p2p"] if p2p_port is None else p2p_port,
+                "api": old["api"] if api_port is None else api_port,
+            }
+            return self.members()
+
+        result: Deferred[MemberList] = self._admin(
+            ("update", node_id, host, p2p_port, api_port), change
+        )
         return result
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:

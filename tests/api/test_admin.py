@@ -151,6 +151,91 @@ class MembersTests(ApiTestCase):
         self.assertEqual(answer.header("Retry-After"), "2")
 
 
+class MemberRolesTests(ApiTestCase):
+    """Non-voters, promotion, demotion and address updates (graft.driver.member_roles)."""
+
+    def test_add_non_voter(self) -> None:
+        """ "non_voter": true adds through add_non_voter; the answer lists it as a learner and
+        a non-voter; false is a plain add."""
+        member = dict(NEW_MEMBER, non_voter=True)
+        answer = self.call("POST", "/cluster/members", data=body(member))
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(
+            self.backend.admin_calls, [("add_non_voter", "hopper", "10.0.0.4", 9083, 8083)]
+        )
+        self.assertEqual(answer.json()["non_voters"], ["hopper"])
+        self.assertEqual(answer.json()["learners"], ["hopper"])
+        member = dict(NEW_MEMBER, id="knuth", non_voter=False)
+        self.assertEqual(self.call("POST", "/cluster/members", data=body(member)).status, 200)
+        self.assertEqual(self.backend.admin_calls[-1][0], "add")
+
+    def test_non_voter_flag_is_a_boolean(self) -> None:
+        for value in ("yes", 1, None):
+            member = dict(NEW_MEMBER, non_voter=value)
+            answer = self.call("POST", "/cluster/members", data=body(member))
+            self.assertIn("non_voter", self.assertError(answer, 400, "bad_request")["message"])
+        self.assertEqual(self.backend.admin_calls, [])
+
+    def test_promote_and_demote(self) -> None:
+        """POST .../demote and .../promote call the backend and answer the new membership."""
+        answer = self.call("POST", "/cluster/members/ritchie/demote")
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(answer.json()["non_voters"], ["ritchie"])
+        self.assertNotIn("ritchie", answer.json()["voters"])
+        answer = self.call("POST", "/cluster/members/ritchie/promote")
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertIn("ritchie", answer.json()["voters"])
+        self.assertEqual(answer.json()["non_voters"], [])
+        self.assertEqual(self.backend.admin_calls, [("demote", "ritchie"), ("promote", "ritchie")])
+        self.assertError(self.call("POST", "/cluster/members/NOPE/promote"), 400, "bad_request")
+        self.backend.admin_failure = NotFound("hopper is not a member")
+        self.assertError(self.call("POST", "/cluster/members/hopper/demote"), 404, "not_found")
+
+    def test_update_addresses(self) -> None:
+        """PUT /cluster/members/{id} passes the host and the ports given (None for those left
+        out) and answers the new membership."""
+        answer = self.call("PUT", "/cluster/members/lovelace", data=body({"host": "db3.example"}))
+        self.assertEqual(answer.status, 200, answer.body)
+        self.assertEqual(
+            answer.json()["addresses"]["lovelace"],
+            {"host": "db3.example", "p2p": 9082, "api": 8082},
+        )
+        change = {"host": "10.0.0.9", "ports": {"p2p": 9182}}
+        self.assertEqual(
+            self.call("PUT", "/cluster/members/lovelace", data=body(change)).status, 200
+        )
+        self.assertEqual(
+            self.backend.admin_calls,
+            [
+                ("update", "lovelace", "db3.example", None, None),
+                ("update", "lovelace", "10.0.0.9", 9182, None),
+            ],
+        )
+
+    def test_update_validation(self) -> None:
+        """Malformed new addresses are 400 naming the problem; the backend is not asked."""
+        cases: list[tuple[bytes, str]] = [
+            (b"", "not JSON"),
+            (body({}), '"host"'),
+            (body({"host": "bad host"}), "host"),
+            (body({"host": "h", "id": "x"}), "unknown keys"),
+            (body({"host": "h", "ports": {"p2p": 0}}), "ports.p2p"),
+            (body({"host": "h", "ports": {"p2p": 9000, "api": 9000}}), "two ports"),
+            (body({"host": "h", "ports": {"peer": 9000}}), "unknown keys"),
+            (body({"host": "h", "ports": 9000}), "not an object"),
+        ]
+        for data, fragment in cases:
+            answer = self.call("PUT", "/cluster/members/lovelace", data=data)
+            detail = self.assertError(answer, 400, "bad_request")
+            self.assertIn(fragment, detail["message"], data)
+        self.assertError(
+            self.call("PUT", "/cluster/members/Lovelace", data=body({"host": "h"})),
+            400,
+            "bad_request",
+        )
+        self.assertEqual(self.backend.admin_calls, [])
+
+
 class LeaderTests(ApiTestCase):
     def test_transfer_to_target(self) -> None:
         """POST /cluster/leader {"id": X} transfers to X and answers leader and term."""

@@ -86,9 +86,20 @@ class ConsoleTests(ApiTestCase):
         self.assertFalse(members["hopper"]["reachable"])
         self.assertIn("refused", members["hopper"]["error"])
         self.assertEqual((members["hopper"]["learner"], members["hopper"]["voter"]), (True, False))
+        self.assertFalse(members["hopper"]["non_voter"])
         self.assertFalse(members["lovelace"]["reachable"])
         self.assertIn("API address is not known", members["lovelace"]["error"])
         self.assertEqual([url for url, _ in self.fetcher.calls].count(f"{_TURING}/status"), 0)
+
+    def test_cluster_marks_non_voters(self) -> None:
+        self.backend.learners = ["hopper"]
+        self.backend.non_voters = ["hopper"]
+        self.backend.api_urls["hopper"] = "http://127.0.0.1:8083"
+        members = {m["id"]: m for m in self.call("GET", "/ui/cluster").json()["members"]}
+        self.assertEqual(
+            (members["hopper"]["learner"], members["hopper"]["non_voter"]), (True, True)
+        )
+        self.assertFalse(members["ritchie"]["non_voter"])
 
     def test_a_fetch_that_raises_makes_the_member_unreachable_not_a_500(self) -> None:
         self.fetcher.raises["https://10.0.0.3:8082/status"] = "no route to that address"

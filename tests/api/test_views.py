@@ -26,6 +26,7 @@ STATUS = NodeStatus(
     voters=("a", "b"),
     learners=("c",),
     peers_connected=("b",),
+    non_voters=("c",),
 )
 
 
@@ -45,7 +46,7 @@ class ViewTests(SynchronousTestCase):
                 "first_index": 3,
                 "last_index": 13,
                 "snapshot": {"index": 2, "term": 1},
-                "members": {"voters": ["a", "b"], "learners": ["c"]},
+                "members": {"voters": ["a", "b"], "learners": ["c"], "non_voters": ["c"]},
                 "peers_connected": ["b"],
             },
         )
@@ -106,15 +107,17 @@ class ViewTests(SynchronousTestCase):
         members = MemberList(
             leader=None,
             voters=("a", "b"),
-            learners=(),
+            learners=("c",),
             addresses={"a": MemberAddress(host="::1", p2p_port=9000, api_port=8000)},
+            non_voters=("c",),
         )
         self.assertEqual(
             members_document(members),
             {
                 "leader": None,
                 "voters": ["a", "b"],
-                "learners": [],
+                "learners": ["c"],
+                "non_voters": ["c"],
                 "addresses": {"a": {"host": "::1", "p2p": 9000, "api": 8000}},
             },
         )

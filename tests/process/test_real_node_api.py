@@ -117,7 +117,9 @@ class StatusDocumentsTests(ProcessTestCase):
             self.assertGreaterEqual(status["commit"], index)
             self.assertGreaterEqual(status["last_index"], status["commit"])
             self.assertEqual(set(status["snapshot"]), {"index", "term"})
-            self.assertEqual(status["members"], {"voters": ["n1", "n2", "n3"], "learners": []})
+            self.assertEqual(
+                status["members"], {"voters": ["n1", "n2", "n3"], "learners": [], "non_voters": []}
+            )
             self.assertGreater(status["log_bytes"], 0)
             self.assertGreater(status["certificate"]["not_after_unix"], time.time())
         progress: Any = statuses[leader]["progress"]

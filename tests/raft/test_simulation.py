@@ -224,6 +224,38 @@ class PlantedBugTests(unittest.SynchronousTestCase):
         self.assertIn("linearizability", str(violation))
 
 
+class PlantedNonVoterBugTests(unittest.SynchronousTestCase):
+    """The schedules with non-voters catch a leader that counts them toward a commit."""
+
+    def test_commit_counting_non_voters_is_caught(self) -> None:
+        def counts_learners(self: RaftNode) -> bool:
+            # _maybe_commit as it would be with non-voters counted like voters.
+            members = self._membership.members
+            matches = sorted(
+                (
+                    self._log.persisted_index() if p == self._id else self._progress[p].match
+                    for p in members
+                    if p == self._id or p in self._progress
+                ),
+                reverse=True,
+            )
+            quorum = self._membership.quorum()
+            if len(matches) < quorum:
+                return False
+            index = matches[quorum - 1]
+            if index <= self._log.committed or self._log.term_or_none(index) != self._term:
+                return False
+            self._log.commit_to(index)
+            return True
+
+        seed = 356  # a schedule with non-voters (the non_voters stream draws them)
+        self.assertIsNone(simulate_seed(seed, Random).violation)
+        self.patch(RaftNode, "_maybe_commit", counts_learners)
+        violation = simulate_seed(seed, Random).violation
+        self.assertIsNotNone(violation)
+        self.assertIn("leader completeness", str(violation))
+
+
 class StreamTests(unittest.SynchronousTestCase):
     """Named random streams (graft.testing.simulation.streams)."""
 

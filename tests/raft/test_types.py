@@ -73,3 +73,23 @@ class MembershipAddressTests(unittest.TestCase):
         for raw in bad:
             with self.assertRaises(ValueError):
                 membership_from_dict(raw)
+
+
+class NonVoterEncodingTests(unittest.TestCase):
+    def test_non_voters_round_trip(self) -> None:
+        """Non-voters travel with the membership; a membership without any encodes as before
+        they existed (same bytes), and one that names a non-voter outside the learners is
+        refused."""
+        m = Membership(
+            voters=frozenset({"a"}), learners=frozenset({"b", "c"}), non_voters=frozenset({"c"})
+        )
+        self.assertEqual(decode_membership(encode_membership(m)), m)
+        self.assertIn(b'"non_voters":["c"]', encode_membership(m))
+        plain = Membership(voters=frozenset({"a"}), learners=frozenset({"b"}))
+        self.assertEqual(encode_membership(plain), b'{"voters":["a"],"learners":["b"]}')
+        for raw in (
+            {"voters": ["a"], "learners": [], "non_voters": ["b"]},
+            {"voters": ["a"], "learners": ["b"], "non_voters": "b"},
+        ):
+            with self.assertRaises(ValueError):
+                membership_from_dict(raw)

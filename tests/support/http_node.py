@@ -77,7 +77,7 @@ class FakeNode:
                 self.end_headers()
                 self.wfile.write(reply.body)
 
-            do_GET = do_POST = do_DELETE = _answer
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean

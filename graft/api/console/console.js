@@ -84,7 +84,7 @@ function render(doc) {
     if (leader && m.id === leader.id) row.className = "leader";
     if (!m.reachable) row.className = "unreachable";
     const name = el("td", m.id);
-    if (m.learner) name.append(el("span", "learner", "mark"));
+    if (m.learner) name.append(el("span", m.non_voter ? "non-voter" : "learner", "mark"));
     if (m.id === doc.node) name.append(el("span", "this node", "mark"));
     row.append(name, el("td", role, "role"));
     row.append(el("td", st ? st.term : "-"), el("td", st ? st.commit : "-"), el("td", st ? st.applied : "-"));

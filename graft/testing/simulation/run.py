@@ -5,7 +5,8 @@ drops, delays, duplicates and reordering, partitions that heal, crashes and rest
 proposals and reads, snapshots, leadership transfers to any voter (lagging, crashed or cut
 off), and membership changes (learners that catch up and are promoted, voter removal, removal
 of the leader itself, sometimes followed by a cut that leaves it with one voter, which reads
-through it while the others may elect and commit), then a calm phase that must elect a leader
+through it while the others may elect and commit; non-voters added, read from, promoted, and
+voters demoted, the leader among them), then a calm phase that must elect a leader
 and commit (liveness).
 
 It never builds a random source itself: the caller passes a factory (``random.Random``), and
@@ -52,6 +53,7 @@ class SimResult:
     transfers_done: int = 0
     memberships_committed: int = 0
     stale_leaders_checked: int = 0
+    non_voter_changes: int = 0
     # Client sessions: numbered commands applied, duplicates answered, commands resent.
     session_commands: int = 0
     session_duplicates: int = 0
@@ -108,7 +110,14 @@ def simulate_seed(
     cluster.lease_probe = True
     spares = [f"n{k}" for k in range(p.nodes + 1, p.nodes + 3)]
     cut_rng = stream(rng_factory, seed, "cut")
-    members = MembershipOps(cluster, ids, spares, ops_rng, cut_rng)
+    # Half the schedules with membership changes also add non-voters, promote and demote
+    # (a stream of their own: the other schedules stay as they were). The upper half, which
+    # leaves the seeds named in tests (74, 401, 4288) as they were.
+    nv_rng = stream(rng_factory, seed, "non_voters")
+    use_non_voters = params is None and p.membership > 0 and nv_rng.random() >= 0.5
+    members = MembershipOps(
+        cluster, ids, spares, ops_rng, cut_rng, nv_rng if use_non_voters else None
+    )
     try:
         for _ in range(p.chaos_ticks):
             # The order of the parts is part of the schedule: each draws from a stream some
@@ -122,6 +131,7 @@ def simulate_seed(
             if p.membership and ops_rng.random() < p.membership:
                 members.step()
             members.tick()
+            members.non_voter_reads()
             if p.compact:
                 for nid in ids:
                     if snap_rng.random() < p.compact:
@@ -134,8 +144,8 @@ def simulate_seed(
         calm(cluster, p, seed, faults.down)
     except Violation as exc:
         cluster.note(f"VIOLATION {exc}")
-        return sim_result(seed, cluster, str(exc))
-    return sim_result(seed, cluster, None)
+        return sim_result(seed, cluster, str(exc), members.non_voter_changes)
+    return sim_result(seed, cluster, None, members.non_voter_changes)
 
 
 def build_cluster(
@@ -199,7 +209,9 @@ def calm(cluster: Cluster, p: SimParams, seed: int, down: set[NodeId]) -> None:
     )
 
 
-def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
+def sim_result(
+    seed: int, cluster: Cluster, violation: str | None, non_voter_changes: int = 0
+) -> SimResult:
     """What a run checked and exercised (the trace only with a violation, to replay it)."""
     checker = cluster.checker
     sessions = cluster.sessions
@@ -219,4 +231,5 @@ def sim_result(seed: int, cluster: Cluster, violation: str | None) -> SimResult:
         session_commands=sessions.applied_commands if sessions is not None else 0,
         session_duplicates=sessions.duplicates if sessions is not None else 0,
         session_resent=clients.resent if clients is not None else 0,
+        non_voter_changes=non_voter_changes,
     )

@@ -154,6 +154,11 @@ class MembershipOps:
     or by the leader proposing its own removal (the core keeps leading until that commits,
     then steps down). Voters stay between 2 and 5.
 
+    With ``non_voter_rng`` (the non_voters stream), a joiner is sometimes added as a
+    non-voter, which is never promoted as a joiner is; now and then a non-voter is promoted
+    or dropped, or a voter (the leader too) demoted to non-voter; and ``non_voter_reads``
+    reads from non-voters through ReadIndex.
+
     With ``cut_rng``, a leader of four voters sometimes proposes its own removal and is then
     cut off with one voter: first it stops hearing the other two (they still get the entry, it
     cannot commit it), a few ticks later the cut is whole, and it holds (heals undone) for a
@@ -170,12 +175,15 @@ class MembershipOps:
         spares: list[NodeId],
         rng: Rng,
         cut_rng: Rng | None = None,
+        non_voter_rng: Rng | None = None,
     ):
         self.cluster = cluster
         self.ids = ids  # the schedule's node list: joiners are appended, so faults reach them
         self.spares = spares
         self.rng = rng
         self.cut_rng = cut_rng
+        self.non_voter_rng = non_voter_rng
+        self.non_voter_changes = 0  # proposed: non-voters added, promoted, removed; demotions
         self.retiring: NodeId | None = None
         # A cut begun by _cut_off: (ticks one-way, ticks whole, the leader's side).
         self.cut_pending: tuple[int, int, set[NodeId]] | None = None
@@ -209,9 +217,10 @@ class MembershipOps:
             leader.propose_membership(new)
         except RaftError:
             return False
+        non_voters = f" non-voters {sorted(new.non_voters)}" if new.non_voters else ""
         self.cluster.note(
             f"{leader.id} proposes {why}: voters {sorted(new.voters)} learners "
-            f"{sorted(new.learners)}"
+            f"{sorted(new.learners)}{non_voters}"
         )
         self.cluster.process(leader.id)
         return True
@@ -234,27 +243,28 @@ class MembershipOps:
             if old not in m.voters:
                 self.retiring = None
             elif leader.id != old:
-                self._propose(
-                    leader, Membership(voters=m.voters - {old}, learners=m.learners), "removal"
-                )
+                self._propose(leader, replace(m, voters=m.voters - {old}), "removal")
             else:
                 target = self._most_caught_up(leader)
                 if target is not None:
                     self.cluster.transfer(leader.id, target)  # the handover timed out: again
             return
-        if m.learners:
-            learner = sorted(m.learners)[rng.randrange(0, len(m.learners))]
+        joining = m.learners - m.non_voters  # learners on their way to become voters
+        if joining:
+            learner = sorted(joining)[rng.randrange(0, len(joining))]
             pr = leader.status().progress.get(learner)
             if pr is not None and pr.match >= leader.log.committed:
-                new = Membership(voters=m.voters | {learner}, learners=m.learners - {learner})
+                new = replace(m, voters=m.voters | {learner}, learners=m.learners - {learner})
                 self._propose(leader, new, f"promotion of {learner}")
             elif rng.random() < 0.05:
-                new = Membership(voters=m.voters, learners=m.learners - {learner})
+                new = replace(m, learners=m.learners - {learner})
                 self._propose(leader, new, f"dropping learner {learner}")
+            return
+        if self.non_voter_rng is not None and self._non_voter_step(leader, m):
             return
         cut = self.cut_rng
         if cut is not None and len(m.voters) == 4 and cut.random() < 0.7:
-            new = Membership(voters=m.voters - {leader.id}, learners=m.learners)
+            new = replace(m, voters=m.voters - {leader.id})
             if self._propose(leader, new, f"removal of itself ({leader.id}), then a cut"):
                 self._cut_off(leader.id, sorted(new.voters))
             return
@@ -262,18 +272,24 @@ class MembershipOps:
         outside = [n for n in self.ids if n not in m.members] + self.spares[:1]
         if choice < 0.4 and len(m.voters) < 5 and outside:
             joiner = outside[rng.randrange(0, len(outside))]
-            new = Membership(voters=m.voters, learners=m.learners | {joiner})
+            new = replace(m, learners=m.learners | {joiner})
+            nv = self.non_voter_rng
+            what = f"learner {joiner}"
+            if nv is not None and nv.random() < 0.5:
+                new = replace(new, non_voters=m.non_voters | {joiner})
+                what = f"non-voter {joiner}"
             if joiner not in self.cluster.nodes:
                 self.cluster.add_node(joiner)
                 self.spares.remove(joiner)
                 self.ids.append(joiner)
-            self._propose(leader, new, f"learner {joiner}")
+            if self._propose(leader, new, what) and new.non_voters != m.non_voters:
+                self.non_voter_changes += 1
         elif len(m.voters) < 3:
             return
         elif choice < 0.7:
             others = sorted(m.voters - {leader.id})
             victim = others[rng.randrange(0, len(others))]
-            new = Membership(voters=m.voters - {victim}, learners=m.learners)
+            new = replace(m, voters=m.voters - {victim})
             self._propose(leader, new, f"removal of {victim}")
         elif choice < 0.85:
             target = self._most_caught_up(leader)
@@ -281,8 +297,67 @@ class MembershipOps:
                 self.retiring = leader.id
                 self.cluster.note(f"replacing leader {leader.id}: hand over to {target} first")
         else:
-            new = Membership(voters=m.voters - {leader.id}, learners=m.learners)
+            new = replace(m, voters=m.voters - {leader.id})
             self._propose(leader, new, f"removal of itself ({leader.id})")
+
+    def _non_voter_step(self, leader: RaftNode, m: Membership) -> bool:
+        """From the non_voters stream, now and then: promote a caught-up non-voter, drop one,
+        or demote a voter (the leader itself among them: it leads until the change commits,
+        then steps down and stays a non-voter). Voters stay between 2 and 5. Whether it did
+        something (then the step is over)."""
+        nv = self.non_voter_rng
+        assert nv is not None
+        if nv.random() >= 0.5:
+            return False
+        if m.non_voters and nv.random() < 0.6:
+            member = sorted(m.non_voters)[nv.randrange(0, len(m.non_voters))]
+            pr = leader.status().progress.get(member)
+            caught_up = pr is not None and pr.match >= leader.log.committed
+            if caught_up and len(m.voters) < 5 and nv.random() < 0.7:
+                new = replace(
+                    m,
+                    voters=m.voters | {member},
+                    learners=m.learners - {member},
+                    non_voters=m.non_voters - {member},
+                )
+                return self._note_non_voter(
+                    self._propose(leader, new, f"promotion of non-voter {member}")
+                )
+            if nv.random() < 0.2:
+                new = replace(m, learners=m.learners - {member}, non_voters=m.non_voters - {member})
+                return self._note_non_voter(
+                    self._propose(leader, new, f"removal of non-voter {member}")
+                )
+            return False
+        if len(m.voters) < 3 or self.retiring is not None:
+            return False
+        voters = sorted(m.voters)
+        member = voters[nv.randrange(0, len(voters))]
+        new = replace(
+            m,
+            voters=m.voters - {member},
+            learners=m.learners | {member},
+            non_voters=m.non_voters | {member},
+        )
+        return self._note_non_voter(self._propose(leader, new, f"demotion of {member}"))
+
+    def _note_non_voter(self, proposed: bool) -> bool:
+        self.non_voter_changes += proposed
+        return proposed
+
+    def non_voter_reads(self) -> None:
+        """From the non_voters stream: now and then a ReadIndex read on a live non-voter,
+        which must see every write committed before it (checked like any read)."""
+        nv = self.non_voter_rng
+        if nv is None or nv.random() >= 0.05:
+            return
+        leader = self.cluster.leader()
+        if leader is None or not leader.membership.non_voters:
+            return
+        members = sorted(leader.membership.non_voters)
+        nid = members[nv.randrange(0, len(members))]
+        if any(n.id == nid for n in self.cluster.alive()):
+            self.cluster.read(nid, f"nv:{nid}:{self.cluster.now}".encode())
 
     def _cut_off(self, leader: NodeId, voters: list[NodeId]) -> None:
         """Cut the leader off with one of the voters it leaves (the others are a quorum)."""
