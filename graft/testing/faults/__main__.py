@@ -57,7 +57,13 @@ def preflight() -> str | None:
 
 
 def run_one(
-    index: int, seed: int, duration: float, nodes: int, clients: int, out: Path
+    index: int,
+    seed: int,
+    duration: float,
+    nodes: int,
+    clients: int,
+    out: Path,
+    workload: str = "kv",
 ) -> dict[str, Any]:
     """One run in its own namespace; its verdict (or a harness-error verdict)."""
     run_dir = out / f"run-{index:02d}-seed-{seed}"
@@ -73,7 +79,7 @@ def run_one(
             ns.create()
             cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.testing.faults.run"]
             cmd += ["--seed", str(seed), "--duration", str(duration), "--out", str(run_dir)]
-            cmd += ["--nodes", str(nodes), "--clients", str(clients)]
+            cmd += ["--nodes", str(nodes), "--clients", str(clients), "--workload", workload]
             with (run_dir / "driver.log").open("a") as log:
                 code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         except HarnessError as e:
@@ -103,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=5, choices=(3, 5))
     parser.add_argument("--clients", type=int, default=10, help="concurrent client threads")
     parser.add_argument("--out", type=Path, default=None, help="where the run directories go")
+    parser.add_argument(
+        "--workload",
+        choices=("kv", "lock"),
+        default="kv",
+        help="kv: HTTP clients on the kv FSM, checked for linearizability; lock: three "
+        "processes running examples/lock.py, checked for fencing (--nodes/--clients unused)",
+    )
     args = parser.parse_args(argv)
     if os.environ.get(SKIP_ENV):
         print(f"fault suite skipped ({SKIP_ENV} is set)")
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.runs):
             started = time.monotonic()
-            v = run_one(i, seed + i, args.duration, args.nodes, args.clients, out)
+            v = run_one(i, seed + i, args.duration, args.nodes, args.clients, out, args.workload)
             verdicts.append(v)
             print(_summary_line(i, v, time.monotonic() - started), flush=True)
     except KeyboardInterrupt:
@@ -133,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         _cleanup()
     totals = _totals(verdicts)
     (out / "campaign.json").write_text(json.dumps({"totals": totals, "runs": verdicts}, indent=2))
+    if args.workload == "lock":
+        print(_lock_totals_line(verdicts, out))
     print(
         f"{totals['runs']} runs, {totals['operations']} operations, {totals['faults']} faults, "
         f"{totals['unknown']} unknown outcomes, {totals['anomalies']} anomalies, "
@@ -146,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
     if "harness_error" in v:
         return f"run {index} seed {v['seed']}: HARNESS ERROR {v['harness_error']}"
+    if v.get("workload") == "lock":
+        return _lock_summary_line(index, v, seconds)
     c = v["counts"]
     state = "ok" if v["ok"] else f"{len(v['anomalies'])} ANOMALIES"
     line = (
@@ -158,6 +175,32 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
     for a in v.get("anomalies", [])[:5]:
         line += f"\n  {a['kind']}: {a['message']}"
     return line
+
+
+def _lock_summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
+    c = v["counts"]
+    state = "ok" if v["ok"] else f"{len(v['anomalies'])} ANOMALIES"
+    line = (
+        f"run {index} seed {v['seed']}: {state}; {c['grants']} grants of {c['acquires']} "
+        f"acquires, last token {c['final_token']}; writes {c['writes_accepted']} accepted, "
+        f"{c['writes_fenced']} fenced; {c['overlaps']} overlapping holds "
+        f"({c['overlaps_fenced']} fenced); {c['faults']} faults, {seconds:.0f}s; {v['dir']}"
+    )
+    line += _replica_check_note(v.get("replica_check"))
+    for a in v.get("anomalies", [])[:5]:
+        line += f"\n  {a['kind']}: {a['message']}"
+    return line
+
+
+def _lock_totals_line(verdicts: list[dict[str, Any]], out: Path) -> str:
+    done = [v["counts"] for v in verdicts if "counts" in v]
+    keys = ("grants", "writes_accepted", "writes_fenced", "overlaps", "overlaps_fenced")
+    total = {k: sum(c.get(k, 0) for c in done) for k in keys}
+    return (
+        f"lock: {total['grants']} grants, {total['writes_accepted']} writes accepted, "
+        f"{total['writes_fenced']} fenced, {total['overlaps']} overlapping holds "
+        f"({total['overlaps_fenced']} with the older holder fenced)"
+    )
 
 
 def _replica_check_note(check: dict[str, Any] | None) -> str:

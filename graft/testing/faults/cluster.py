@@ -94,23 +94,20 @@ class FaultCluster:
         self.log_path(node).parent.mkdir(exist_ok=True)
         log = open(self.log_path(node), "ab")  # noqa: SIM115 (closed in close())
         self._logs.append(log)
-        cmd = [
-            sys.executable,
-            "-m",
-            "graft.testing.faults.node_main",
-            "--bind",
-            self.addresses[node],
-        ]
-        cmd += ["--clock-file", str(self.clock_file(node))]
-        cmd += twist_args(self.config_path, node)
         self.processes[node] = subprocess.Popen(
-            cmd,
+            self.node_command(node),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.base,
             start_new_session=True,
             env=self.node_env(node),
         )
+
+    def node_command(self, node: str) -> list[str]:
+        """The command line of ``node``'s process: `twist graft` under the fault hooks."""
+        cmd = [sys.executable, "-m", "graft.testing.faults.node_main", "--bind"]
+        cmd += [self.addresses[node], "--clock-file", str(self.clock_file(node))]
+        return cmd + twist_args(self.config_path, node)
 
     def node_env(self, node: str) -> dict[str, str]:
         """The node process's environment: the harness's, plus the fault hooks' settings."""

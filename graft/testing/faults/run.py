@@ -1,6 +1,7 @@
 """One fault run, executed inside its network namespace (started by graft.testing.faults.__main__).
 
     python -m graft.testing.faults.run --seed S --duration D --out DIR [--nodes N] [--clients C]
+        [--workload kv|lock]
 
 Order: start the nodes and wait for a leader; start the status poller and the clients; inject
 faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
@@ -40,6 +41,9 @@ from graft.testing.faults.workload import Workload, WorkloadConfig, monotonic_cl
 QUIET_SECONDS = 5.0
 REPLICA_CHECK_SECONDS = 60.0
 FINAL_CLIENT = "final"
+# kv: clients put/cas/get on the kv FSM over HTTP (this module); lock: examples/lock.py's Lock
+# embedded in three processes, with a guarded resource (lock_run).
+WORKLOADS = ("kv", "lock")
 
 
 def wait_for_leader(cluster: FaultCluster, timeout: float) -> str | None:
@@ -243,10 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--workload", choices=WORKLOADS, default="kv")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        verdict = run_once(args.out, args.seed, args.duration, args.nodes, args.clients)
+        if args.workload == "lock":
+            from graft.testing.faults.lock_run import run_lock_once  # it imports this module
+
+            verdict = run_lock_once(args.out, args.seed, args.duration)
+        else:
+            verdict = run_once(args.out, args.seed, args.duration, args.nodes, args.clients)
     except HarnessError as e:
         print(f"harness error: {e}", file=sys.stderr)
         return 2
