@@ -68,6 +68,7 @@ for _command in (
     offline.storage,
 ):
     main.add_command(_command)
+cluster.snapshot.add_command(offline.snapshot_extract)
 node.certs.add_command(rotate.renew)
 node.certs.add_command(rotate.reload)
 for _command in (member_roles.promote, member_roles.demote, member_roles.update):

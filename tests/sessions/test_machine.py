@@ -16,7 +16,6 @@ from graft.fsm import CommandRejected, CorruptSnapshot, digest, stamped_apply
 from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.sessions import envelope
-from graft.sessions.extract import main as extract_main
 from graft.sessions.machine import (
     MAGIC,
     SessionedMachine,
@@ -26,6 +25,7 @@ from graft.sessions.machine import (
 )
 from graft.sessions.table import SessionSettings
 from graft.stamp import Stamp
+from tests.test_cli import run
 
 S = 10**9
 
@@ -198,8 +198,9 @@ class SnapshotTests(SynchronousTestCase):
         self.assertNotEqual(digest(a.machine), digest(b.machine))
 
     def test_sqlite_inside_the_container_extracts_to_a_database(self) -> None:
-        """The SQLite FSM's part of a container is a plain database (extract_fsm, and
-        python -m graft.sessions.extract)."""
+        """The SQLite FSM's part of a container is a plain database (extract_fsm, through
+        `graft snapshot extract`); the command refuses to overwrite a file or to read a
+        damaged container, and leaves no partial file behind."""
         fsm = SQLiteStateMachine(data_dir=self.mktemp())
         self.addCleanup(fsm.close)
         driver = Driver(SessionedMachine(fsm))
@@ -208,7 +209,17 @@ class SnapshotTests(SynchronousTestCase):
         base = Path(self.mktemp())
         base.mkdir()
         (base / "snap").write_bytes(_snapshot(driver.machine))
-        self.assertEqual(extract_main([str(base / "snap"), str(base / "db")]), 0)
+        extracted = run(["snapshot", "extract", str(base / "snap"), str(base / "db")])
+        self.assertEqual(extracted.exit_code, 0, extracted.output)
+        self.assertIn("wrote the state machine's snapshot", extracted.output)
+        again = run(["snapshot", "extract", str(base / "snap"), str(base / "db")])
+        self.assertEqual(again.exit_code, 1, again.output)
+        self.assertIn("exists: name a new file", again.output)
+        (base / "cut").write_bytes(_snapshot(driver.machine)[:20])
+        damaged = run(["snapshot", "extract", str(base / "cut"), str(base / "db2")])
+        self.assertEqual(damaged.exit_code, 1, damaged.output)
+        self.assertIn("cannot extract", damaged.output)
+        self.assertFalse((base / "db2").exists(), "no partial file is left")
         with sqlite3.connect(base / "db") as db:
             self.assertEqual(db.execute("SELECT x FROM t").fetchall(), [(42,)])
         db.close()
