@@ -7,7 +7,7 @@ import io
 import json
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,6 +89,14 @@ class WriterTests(SynchronousTestCase):
         self.assertRaises(ChildProcessError, os.waitpid, write.pid, os.WNOHANG)
         self.assertRaises(SnapshotWriteFailed, write, io.BytesIO())
 
+    def test_closed_thread_writer_releases_the_overlay(self) -> None:
+        """close() on an unused thread writer lets commands merge the overlay back."""
+        fsm = filled(-1)
+        fsm.begin_snapshot().close()  # type: ignore[attr-defined]
+        for i in range(20):
+            fsm.apply(put("after", str(i)), 1000 + i)
+        self.assertIsNone(fsm._overlay)
+
     def test_child_killed(self) -> None:
         """A child that dies before finishing gives SnapshotWriteFailed, not a short file
         taken for a snapshot."""
@@ -97,7 +105,14 @@ class WriterTests(SynchronousTestCase):
         assert isinstance(write, ForkedWriter)
         os.kill(write.pid, signal.SIGKILL)
         error = self.assertRaises(SnapshotWriteFailed, write, io.BytesIO())
-        self.assertIn(str(write.pid), str(error))
+        self.assertIn(f"process {write.pid} exited with status -9", str(error))
+
+    def test_child_failure(self) -> None:
+        """A child that raises (here on a value that is not a string) exits with status 1,
+        which the writer reports; the child says why on stderr."""
+        write = ForkedWriter(cast(dict[str, str], {"a": 1}))
+        error = self.assertRaises(SnapshotWriteFailed, write, io.BytesIO())
+        self.assertIn(f"process {write.pid} exited with status 1", str(error))
 
     def test_child_leaves_without_running_the_parent_code(self) -> None:
         """The child exits by os._exit: atexit handlers and buffered files of the parent do
@@ -154,6 +169,7 @@ class ReaderTests(SynchronousTestCase):
             (head + b'"a":"1"\n{"count":2}\n', "counts 2 keys but 1"),
             (head + b'"a":"1"\n{"count":1}\n"b":"2"\n', "after its end record"),
             (head + b'"a":"1"\n', "end record is missing"),
+            (head + b'"a":"1"\n{"count":1}\nmore', "ends inside a line"),
             (head + b'"a":"\xc3\xa9"\n{"count":1}\n', "not ASCII"),
             (head + b'"a":"\\ud800"\n{"count":1}\n', "surrogate"),
             (head + b'"a":' + b"[" * 100_000 + b'\n{"count":1}\n', "not valid JSON"),
@@ -167,6 +183,20 @@ class ReaderTests(SynchronousTestCase):
         for data, words in cases:
             with self.subTest(data=data[:80]):
                 self.assertCorrupt(data, words)
+
+    def test_checks_span_blocks(self) -> None:
+        """Order and count hold across blocks, not only within one: with a block of a few
+        bytes, keys out of order (or a key twice) in two blocks are refused; a valid file
+        still reads."""
+        self.patch(kv_snapshot, "_READ_CHUNK", 9)
+        head = b'{"format":"graft.kv/2"}\n'
+        for data in [
+            head + b'"b":"1"\n"a":"2"\n{"count":2}\n',
+            head + b'"a":"1"\n"a":"2"\n{"count":2}\n',
+        ]:
+            with self.subTest(data=data):
+                self.assertCorrupt(data, "increasing order")
+        self.assertEqual(read_records(io.BytesIO(valid())), {"a": "1", "b": "2", "c": "3"})
 
     def test_line_longer_than_the_limit(self) -> None:
         """A line past MAX_RECORD_BYTES is refused before it is all in memory."""
