@@ -205,8 +205,9 @@ class SnapshotConfig:
 class StorageConfig:
     # The space quota of the data dir (etcd's NOSPACE alarm): at this size the node refuses new
     # writes with 507 no_space until it is below again; 0 turns it off. 8 GiB: a data dir holds
-    # about twice the FSM's size (the database and its latest snapshot) plus a few log
-    # segments, so this fits an FSM of 3-4 GiB; size it to a fraction of the disk (e.g. 50-70%)
+    # about twice the FSM's size (the database and its latest snapshot) plus the log since
+    # that snapshot (at most snapshot.max_log_bytes, a quarter of this), so this fits an FSM
+    # of about 3 GiB; size it to a fraction of the disk (e.g. 50-70%)
     # so that the alarm, not a full disk, is what stops writes.
     quota_bytes: int = 8 * 1024 * _MIB
 
