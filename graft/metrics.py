@@ -106,6 +106,7 @@ class NodeMetrics:
             registry=r,
         )
         self._add_operator_metrics(r)
+        self._add_snapshot_policy_metrics(r)
         # The standard process_* and python_* series every Prometheus exporter has.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -194,5 +195,34 @@ class NodeMetrics:
         self.certificate_expiry = Gauge(
             "graft_certificate_expiry_timestamp_seconds",
             "When this node's peer certificate expires (notAfter, Unix time); 0 if unknown.",
+            registry=r,
+        )
+
+    def _add_snapshot_policy_metrics(self, r: CollectorRegistry) -> None:
+        """The inputs of the snapshot rule (graft.driver.snapshot_policy) and the last
+        snapshot's cost."""
+        self.snapshot_log_bytes = Gauge(
+            "graft_snapshot_log_bytes",
+            "Bytes of log applied since this node's latest snapshot.",
+            registry=r,
+        )
+        self.snapshot_threshold_bytes = Gauge(
+            "graft_snapshot_threshold_bytes",
+            "graft_snapshot_log_bytes at which the next snapshot is taken (snapshot.log_ratio "
+            "x the latest snapshot's size; snapshot.entries entries must also have passed).",
+            registry=r,
+        )
+        self.snapshot_last_bytes = Gauge(
+            "graft_snapshot_last_bytes", "Size of this node's latest snapshot file.", registry=r
+        )
+        self.snapshot_last_duration = Gauge(
+            "graft_snapshot_last_duration_seconds",
+            "How long this node's latest own snapshot took to write, in all.",
+            registry=r,
+        )
+        self.snapshot_last_pause = Gauge(
+            "graft_snapshot_last_pause_seconds",
+            "How long this node's latest own snapshot held the reactor thread (pinning the "
+            "state, e.g. the kv FSM's fork).",
             registry=r,
         )

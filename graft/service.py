@@ -165,6 +165,8 @@ def make_service(
         bootstrap=raft_config.bootstrap,
         api_scheme="https" if cfg.api.tls is not None else "http",
         snapshot_entries=cfg.snapshot.entries,
+        snapshot_log_ratio=cfg.snapshot.log_ratio,
+        snapshot_max_log_bytes=cfg.snapshot_max_log_bytes,
         snapshot_trailing=cfg.snapshot.trailing,
         fsm_name=fsm_name,
         tick_waker=monotonic is time.monotonic,

@@ -264,6 +264,28 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "{file}: snapshot.entries: 0 is not positive; expected a positive integer",
     ),
     (
+        "snapshot.log_ratio negative",
+        "snapshot: {log_ratio: -1}\n" + PEERS,
+        "{file}: snapshot.log_ratio: -1 is outside [0, 1000]; expected a multiple of the last "
+        "snapshot's size such as 4 (0: snapshot every snapshot.entries entries)",
+    ),
+    (
+        "snapshot.max_log_bytes negative",
+        "snapshot: {max_log_bytes: -1}\n" + PEERS,
+        "{file}: snapshot.max_log_bytes: -1 is out of range; expected an integer >= 0",
+    ),
+    (
+        "snapshot.log_ratio not a number",
+        'snapshot: {log_ratio: "4x"}\n' + PEERS,
+        '{file}: snapshot.log_ratio: "4x" is a string; expected a number such as 4',
+    ),
+    (
+        "snapshot.log_ratio NaN",
+        "snapshot: {log_ratio: .nan}\n" + PEERS,
+        "{file}: snapshot.log_ratio: NaN is outside [0, 1000]; expected a multiple of the last "
+        "snapshot's size such as 4 (0: snapshot every snapshot.entries entries)",
+    ),
+    (
         "api body limit larger than a peer frame",
         "api: {max_body_bytes: 20000000}\n" + PEERS,
         "{file}: api.max_body_bytes: 20000000 does not fit in a peer frame; "
@@ -345,6 +367,9 @@ class GoodConfigTests(SynchronousTestCase):
         self.assertEqual(cfg.fsm.factory, DEFAULT_FSM_FACTORY)
         self.assertEqual(cfg.snapshot.entries, 10000)
         self.assertEqual(cfg.snapshot.trailing, 1000)
+        self.assertEqual(cfg.snapshot.log_ratio, 4.0)
+        self.assertEqual(cfg.snapshot.max_log_bytes, 0)
+        self.assertEqual(cfg.snapshot_max_log_bytes, 2 << 30)  # a quarter of the 8 GiB quota
         self.assertEqual(cfg.transport.max_frame_bytes, 16 << 20)
         self.assertEqual(cfg.raft.max_inflight, 64)
         self.assertEqual(cfg.api.max_body_bytes, 1 << 20)
@@ -412,7 +437,7 @@ class GoodConfigTests(SynchronousTestCase):
               command_timeout_ms: 100
               query_timeout_ms: 200
             fsm: {{factory: "graft.fsm.kv:KeyValueStateMachine", options: {{}}}}
-            snapshot: {{entries: 50, trailing: 0}}
+            snapshot: {{entries: 50, log_ratio: 2.5, max_log_bytes: 4096, trailing: 0}}
             transport: {{max_frame_bytes: 1048576}}
             raft: {{max_msg_entries: 10, max_msg_bytes: 2048, max_inflight: 4}}
             """
@@ -438,7 +463,10 @@ class GoodConfigTests(SynchronousTestCase):
             (4096, 100, 200),
         )
         self.assertEqual(cfg.fsm.factory, "graft.fsm.kv:KeyValueStateMachine")
-        self.assertEqual((cfg.snapshot.entries, cfg.snapshot.trailing), (50, 0))
+        self.assertEqual(
+            (cfg.snapshot.entries, cfg.snapshot.log_ratio, cfg.snapshot.trailing), (50, 2.5, 0)
+        )
+        self.assertEqual(cfg.snapshot_max_log_bytes, 4096)
         self.assertEqual(cfg.max_frame_bytes, 1 << 20)
         self.assertEqual(
             (cfg.raft.max_msg_entries, cfg.raft.max_msg_bytes, cfg.raft.max_inflight), (10, 2048, 4)

@@ -148,3 +148,20 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.assertGreater(meta.index, index)
         self.assertEqual(self.node._parts.snapshots.index, meta.index)
         self.assertEqual(self.node._parts.applier.proposed_at, {})
+
+    def test_writer_unused_when_superseded_is_released(self) -> None:
+        """Storage refuses the node's own snapshot before writing it (the leader's, newer, was
+        installed first): the FSM's writer is closed in the worker (a forked writer's child is
+        reaped, a thread writer's overlay released) rather than left pinned for good."""
+        taken: list[object] = []
+        self.node.take_snapshot().addBoth(taken.append)
+        meta, path = self.received()
+        self.node._parts.snapshots.install(meta, path)
+        self.storage.write_pending()
+        self.run_worker()  # the save: refused before it calls the writer
+        self.storage.write_pending()
+        self.assertEqual(len(self.calls), 1)
+        _, close, _ = self.calls[0]
+        self.assertEqual(getattr(close, "__name__", None), "close")
+        self.run_worker()
+        self.assertEqual(taken, [{"index": meta.index, "term": meta.term}])

@@ -21,7 +21,8 @@ Keys (all optional except ``peers``)::
                    max_read_waiters: 10000, max_connections: 512, request_deadline_ms: 10000},
           allowed_origins: ["https://console.example.com", ...]}
     fsm: {factory: "module:Name", options: {...}}   or the seed's   fsm: {init: F, eval: F}
-    snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
+    snapshot: {entries: 10000, log_ratio: 4, max_log_bytes: 0, trailing: 1000,
+               segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216, max_connections: 256,
                 max_connections_per_address: 16, max_unauthenticated: 32}
     storage: {quota_bytes: 8589934592}                 # 0 turns the space quota off
@@ -186,8 +187,13 @@ class FSMConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotConfig:
-    # Take a snapshot once this many entries were applied since the last one.
+    # A snapshot is taken once the log applied since the last one is log_ratio times that
+    # snapshot's size (graft.driver.snapshot_policy), and never before `entries` entries.
     entries: int = 10000
+    log_ratio: float = 4.0
+    # ... or once the log since the last one is this large, whatever its size, so the data dir
+    # stays under its quota; 0: a quarter of storage.quota_bytes (no cap if that is off).
+    max_log_bytes: int = 0
     # Entries kept in the log below the snapshot index, so slow followers catch up from the log.
     trailing: int = 1000
     # The log's segment files roll at this size; compaction deletes whole segments, so this is
@@ -199,8 +205,9 @@ class SnapshotConfig:
 class StorageConfig:
     # The space quota of the data dir (etcd's NOSPACE alarm): at this size the node refuses new
     # writes with 507 no_space until it is below again; 0 turns it off. 8 GiB: a data dir holds
-    # about twice the FSM's size (the database and its latest snapshot) plus a few log
-    # segments, so this fits an FSM of 3-4 GiB; size it to a fraction of the disk (e.g. 50-70%)
+    # about twice the FSM's size (the database and its latest snapshot) plus the log since
+    # that snapshot (at most snapshot.max_log_bytes, a quarter of this), so this fits an FSM
+    # of about 3 GiB; size it to a fraction of the disk (e.g. 50-70%)
     # so that the alarm, not a full disk, is what stops writes.
     quota_bytes: int = 8 * 1024 * _MIB
 
@@ -248,6 +255,11 @@ class ClusterConfig:
     @property
     def max_frame_bytes(self) -> int:
         return self.transport.max_frame_bytes
+
+    @property
+    def snapshot_max_log_bytes(self) -> int:
+        """snapshot.max_log_bytes, its 0 read as a quarter of the space quota."""
+        return self.snapshot.max_log_bytes or self.storage.quota_bytes // 4
 
     def peer(self, node_id: str) -> PeerConfig:
         """The peer ``node_id`` of the file; ConfigError naming the known peers otherwise."""

@@ -353,13 +353,19 @@ class _ClusterReader(ApiSectionReader):
         section = self.mapping(
             "snapshot",
             value,
-            ("entries", "trailing", "segment_bytes"),
-            "a mapping {entries, trailing, segment_bytes}",
+            ("entries", "log_ratio", "max_log_bytes", "trailing", "segment_bytes"),
+            "a mapping {entries, log_ratio, max_log_bytes, trailing, segment_bytes}",
         )
         default = SnapshotConfig()
         return SnapshotConfig(
             entries=self.integer(
                 "snapshot.entries", section.get("entries", default.entries), minimum=1
+            ),
+            log_ratio=self.snapshot_log_ratio(section.get("log_ratio", default.log_ratio)),
+            max_log_bytes=self.integer(
+                "snapshot.max_log_bytes",
+                section.get("max_log_bytes", default.max_log_bytes),
+                minimum=0,
             ),
             trailing=self.integer(
                 "snapshot.trailing", section.get("trailing", default.trailing), minimum=0
@@ -370,6 +376,19 @@ class _ClusterReader(ApiSectionReader):
                 minimum=4096,
             ),
         )
+
+    def snapshot_log_ratio(self, ratio: Any) -> float:
+        """snapshot.log_ratio: log bytes per byte of the last snapshot before the next one."""
+        key = "snapshot.log_ratio"
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            raise self.wrong_type(key, ratio, "a number such as 4")
+        if not 0 <= ratio <= 1000:
+            raise self.fail(
+                key,
+                f"{show(ratio)} is outside [0, 1000]; expected a multiple of the last "
+                "snapshot's size such as 4 (0: snapshot every snapshot.entries entries)",
+            )
+        return float(ratio)
 
     def transport(self, value: Any) -> TransportConfig:
         keys = (

@@ -263,7 +263,7 @@ class ReadyPipeline:
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         if self.stages.applier.apply(entries):
-            self.stages.snapshots.maybe_snapshot()
+            self.stages.snapshots.maybe_snapshot(entries)
 
     def _schedule_early_sends(self) -> None:
         """While no Ready may be taken (two wait on the disk, or a snapshot is installed), send

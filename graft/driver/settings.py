@@ -20,7 +20,12 @@ class DriverSettings:
     election_seconds: float | None = None  # None: ten ticks
     static_addresses: Mapping[str, MemberAddress] = field(default_factory=dict)  # config file
     bootstrap: Membership | None = None  # the membership a fresh data dir starts with
-    snapshot_entries: int = 0  # a snapshot every so many applied entries (0: never)
+    # Snapshot rule (graft.driver.snapshot_policy): at least snapshot_entries entries since
+    # the last one (0: never), and log bytes since >= snapshot_log_ratio x its size or
+    # >= snapshot_max_log_bytes (0: no cap).
+    snapshot_entries: int = 0
+    snapshot_log_ratio: float = 0.0
+    snapshot_max_log_bytes: int = 0
     snapshot_trailing: int = 0  # entries kept in the log below a snapshot
     fsm_name: str = ""
     catch_up_timeout: float = 120.0  # how long a new member may take to catch up

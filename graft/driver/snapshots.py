@@ -5,7 +5,7 @@ from the leader, and streaming this node's to a follower (graft.driver.snapshot_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +20,7 @@ from graft.driver.outcomes import failed
 from graft.driver.peers import PeerPort
 from graft.driver.pipeline import DurableStorage
 from graft.driver.settings import DriverSettings
+from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
 from graft.errors import BadRequest, GraftError
 from graft.fsm import StateMachine, begin_snapshot
@@ -27,7 +28,7 @@ from graft.metrics import NodeMetrics
 from graft.raft.messages import InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
-from graft.raft.types import SnapshotMeta, membership_to_dict
+from graft.raft.types import Entry, SnapshotMeta, membership_to_dict
 from graft.storage.errors import SnapshotSuperseded
 from graft.waiters import IndexWaiters
 
@@ -68,6 +69,18 @@ class Snapshots:
         self._sending: dict[str, float] = {}  # follower -> when its snapshot started to leave
         self.index = storage.snapshot_meta().index  # the latest snapshot's index
         self._taking: Deferred[dict[str, Any]] | None = None
+        self._policy = SnapshotPolicy(
+            min_entries=settings.snapshot_entries,
+            log_ratio=settings.snapshot_log_ratio,
+            max_log_bytes=settings.snapshot_max_log_bytes,
+        )
+        # Log bytes applied since this process started, and that count as of the latest
+        # snapshot's index: their difference is the rule's log_bytes_since.
+        self._applied_bytes = 0
+        self._bytes_at_snapshot = 0
+        info = storage.snapshot_info()
+        self._last_snapshot_bytes = info.size if info is not None else 0
+        self._show_policy()
         self._sender = SnapshotSender(
             peers=peers,
             latest=self._latest_local,
@@ -108,6 +121,7 @@ class Snapshots:
             if self._receiver is not None:
                 self._receiver.installed(meta)
             self.index = meta.index
+            self._snapshot_done(self._applied_bytes)
             self._applier.skipped_to(meta.index, meta.membership, meta.stamp_floor_ns)
             self._metrics.snapshots_installed.inc()
             self._metrics.snapshot_install_duration.observe(time.perf_counter() - started)
@@ -160,12 +174,38 @@ class Snapshots:
 
     # -- this node's own -----------------------------------------------------------------------
 
-    def maybe_snapshot(self) -> None:
-        every = self._settings.snapshot_entries
-        if every > 0 and self._taking is None and self._applied.applied - self.index >= every:
+    def maybe_snapshot(self, entries: Sequence[Entry] = ()) -> None:
+        """``entries`` were just applied: take a snapshot if the rule says it is time
+        (graft.driver.snapshot_policy)."""
+        self._applied_bytes += log_bytes(entries)
+        since = self._applied_bytes - self._bytes_at_snapshot
+        self._metrics.snapshot_log_bytes.set(since)
+        if self._taking is None and snapshot_due(
+            self._policy,
+            entries_since=self._applied.applied - self.index,
+            log_bytes_since=since,
+            last_snapshot_bytes=self._last_snapshot_bytes,
+        ):
             self.take().addErrback(
                 lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
             )
+
+    def _snapshot_done(self, applied_bytes: int) -> None:
+        """A snapshot (this node's or the leader's) is now the latest: the rule counts from
+        it, ``applied_bytes`` being the count of log bytes applied as of its index."""
+        self._bytes_at_snapshot = max(self._bytes_at_snapshot, applied_bytes)
+        info = self._storage.snapshot_info()
+        if info is not None:
+            self._last_snapshot_bytes = info.size
+        self._show_policy()
+
+    def _show_policy(self) -> None:
+        self._metrics.snapshot_log_bytes.set(self._applied_bytes - self._bytes_at_snapshot)
+        self._metrics.snapshot_last_bytes.set(self._last_snapshot_bytes)
+        threshold = self._policy.log_ratio * self._last_snapshot_bytes
+        if self._policy.max_log_bytes > 0:
+            threshold = min(threshold, self._policy.max_log_bytes)
+        self._metrics.snapshot_threshold_bytes.set(threshold)
 
     def take(self) -> Deferred[dict[str, Any]]:
         """Snapshot the FSM at the applied index (the copy is written off the reactor thread
@@ -191,18 +231,40 @@ class Snapshots:
             membership=self._applier.applied_membership,
             stamp_floor_ns=self._applier.stamp_floor_ns,
         )
+        timer = time.perf_counter()
         write = begin_snapshot(self._fsm)
+        self._metrics.snapshot_last_pause.set(time.perf_counter() - timer)
+        applied_bytes = self._applied_bytes
         started = self._clock.seconds()
+        called = []
+
+        def write_once(sink: BinaryIO) -> None:
+            called.append(True)
+            write(sink)
+
         d: Deferred[Any] = self._run_in_thread(
-            self._storage.save_snapshot, meta, self._settings.fsm_name, write
+            self._storage.save_snapshot, meta, self._settings.fsm_name, write_once
         )
 
-        timer = time.perf_counter()
+        def release(failure: Failure) -> Failure:
+            # Storage refused the snapshot before writing it: let the FSM drop what it pinned
+            # (a writer's child process, a copy-on-write overlay).
+            close = getattr(write, "close", None)
+            if not called and close is not None:
+                self._run_in_thread(close).addErrback(
+                    lambda f: log.failure("releasing an unused snapshot writer", failure=f)
+                )
+            return failure
+
+        d.addErrback(release)
 
         def compact(_: object) -> Deferred[None]:
             self.index = max(self.index, meta.index)
+            self._snapshot_done(applied_bytes)
+            took = time.perf_counter() - timer
             self._metrics.snapshots_taken.inc()
-            self._metrics.snapshot_take_duration.observe(time.perf_counter() - timer)
+            self._metrics.snapshot_take_duration.observe(took)
+            self._metrics.snapshot_last_duration.set(took)
             log.info(
                 "snapshot at index {index} (term {term}) written in {seconds:.2f} s",
                 index=meta.index,

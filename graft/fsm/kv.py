@@ -14,26 +14,28 @@ field missing or extra, a key written twice, a value that is not a string, text 
 UTF-16 surrogate escape ("\\ud800"), or more than KV_MAX_CONTAINERS JSON arrays and objects
 (counted before decoding) is refused with CommandRejected/QueryRejected and changes nothing.
 
-The snapshot is the whole map as one JSON object, keys sorted so that equal states give equal
-bytes. ``begin_snapshot`` takes no copy: it hands the dict to the writer and, until the writer
-is done, commands write to an overlay (copy on write) in front of it; once the writer is done,
-the overlay is merged back a few entries per command. (Copying a million-key dict would hold
-the reactor thread for a tenth of a second or more.) The writer sorts and encodes in small
-pieces, so the reactor thread waits at most a piece's worth of GIL time at once, never the
-whole encoding.
+The snapshot is the whole map in the ``graft.kv/2`` format of graft.fsm.kv_snapshot (sorted
+records, one per line, so that equal states give equal bytes), written off the reactor thread
+and read back record by record. A map of ``fork_min_keys`` keys or more is written by a forked
+child process from a copy-on-write image (the module docstring of graft.fsm.kv_snapshot says
+why and at what price); the reactor only pays for the fork. A smaller map is written by a
+worker thread: ``begin_snapshot`` takes no copy, it hands the dict to the writer and, until
+the writer is done, commands write to an overlay (copy on write) in front of it; once the
+writer is done, the overlay is merged back a few entries per command. The thread writer sorts
+and encodes in small pieces, so the reactor thread waits at most a piece's worth of GIL time.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from graft.fsm.base import CommandRejected, CorruptSnapshot, QueryRejected
+from graft.fsm.base import CommandRejected, QueryRejected
+from graft.fsm.kv_snapshot import ForkedWriter, ThreadWriter, can_fork, read_records
 from graft.fsm.limits import KV_MAX_CONTAINERS
 
 __all__ = ["KeyValueStateMachine"]
@@ -45,9 +47,9 @@ _COMMANDS = {
     "delete": frozenset({"key"}),
 }
 _QUERIES = {"get": frozenset({"key"})}
-_SNAPSHOT_FORMAT = "graft.kv/1"
-# Entries sorted or encoded per call into C code: each call holds the GIL, so keep it short.
-_PIECE = 2000
+# Maps this large or larger are snapshotted by a forked child (graft.fsm.kv_snapshot): below,
+# encoding in a thread costs less than the fork (tens of ms at 20,000 keys).
+FORK_MIN_KEYS = 20_000
 # Overlay entries merged into the map per command once no writer reads the map any more.
 _MERGE_PER_COMMAND = 64
 
@@ -239,8 +241,17 @@ class KeyValueStateMachine:
 
     content_type = "application/json"
 
-    def __init__(self, *, data_dir: Path | None = None, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        base_dir: Path | None = None,
+        fork_min_keys: int = FORK_MIN_KEYS,
+    ) -> None:
         del data_dir, base_dir  # the state lives in memory; snapshots and the log persist it
+        # Snapshots of maps this large or larger are written by a forked child; 0: always,
+        # a negative number: never (a thread writes them).
+        self._fork_min_keys = fork_min_keys
         self._data: dict[str, str] = {}
         # While snapshot writers read self._data it must not change: changes go here instead,
         # None meaning deleted. None when there is no overlay.
@@ -288,42 +299,22 @@ class KeyValueStateMachine:
         self.begin_snapshot()(sink)
 
     def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        if 0 <= self._fork_min_keys <= len(self._data) and can_fork():
+            # The child gets the map and the overlay as they are now; nothing to pin here.
+            return ForkedWriter(self._data, self._overlay)
         if self._overlay is not None and self._merge(len(self._overlay)) is not None:
             # An earlier writer still reads the map: give this one a map of its own (a copy,
             # the slow path, only when snapshots overlap).
             self._data = self._merged()
             self._overlay = None
             self._readers = []
-        data = self._data
         done = threading.Event()
         self._readers.append(done)
         self._overlay = {}
-
-        def write(sink: BinaryIO) -> None:
-            try:
-                _write_snapshot(data, sink)
-            finally:
-                done.set()
-
-        return write
+        return ThreadWriter(self._data, done)
 
     def restore(self, source: BinaryIO) -> None:
-        try:
-            document = json.loads(source.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptSnapshot(f"the kv snapshot is not valid JSON ({e})") from None
-        data = document.get("data") if isinstance(document, dict) else None
-        if (
-            not isinstance(document, dict)
-            or document.get("format") != _SNAPSHOT_FORMAT
-            or not isinstance(data, dict)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items())
-        ):
-            raise CorruptSnapshot(
-                f"the snapshot is not a {_SNAPSHOT_FORMAT} snapshot; "
-                "restore one taken by graft.fsm.kv"
-            )
-        self._data = dict(data)
+        self._data = read_records(source)  # CorruptSnapshot leaves the state as it was
         self._overlay = None
         self._readers = []  # a writer still running keeps the old map to itself
 
@@ -376,28 +367,3 @@ class KeyValueStateMachine:
             else:
                 merged[key] = value
         return merged
-
-
-def _sorted_keys(data: dict[str, str]) -> Iterator[str]:
-    """The keys in sorted order, sorted piecewise and merged (one sorted() of a million keys
-    would hold the GIL for most of a second)."""
-    keys = list(data)
-    runs = [sorted(keys[i : i + _PIECE]) for i in range(0, len(keys), _PIECE)]
-    return heapq.merge(*runs)
-
-
-def _write_snapshot(data: dict[str, str], sink: BinaryIO) -> None:
-    """The bytes of ``json.dumps({"format": ..., "data": data}, sort_keys=True,
-    separators=(",", ":"))``, written piece by piece."""
-    encode = json.encoder.encode_basestring_ascii
-    sink.write(b'{"data":{')
-    piece: list[str] = []
-    first = True
-    for key in _sorted_keys(data):
-        piece.append(f"{encode(key)}:{encode(data[key])}")
-        if len(piece) == _PIECE:
-            sink.write(((",", "")[first] + ",".join(piece)).encode("ascii"))
-            piece, first = [], False
-    if piece:
-        sink.write(((",", "")[first] + ",".join(piece)).encode("ascii"))
-    sink.write(b'},"format":' + encode(_SNAPSHOT_FORMAT).encode("ascii") + b"}")

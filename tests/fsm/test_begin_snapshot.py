@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import begin_snapshot
 from graft.fsm.kv import KeyValueStateMachine
+from graft.fsm.kv_snapshot import read_records
 from graft.fsm.script import ScriptStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.testing.kv import put
@@ -101,7 +102,7 @@ class HelperTests(SynchronousTestCase):
         fsm.apply(put("a", "2"), 2)
         sink = io.BytesIO()
         write(sink)
-        self.assertEqual(json.loads(sink.getvalue())["data"], {"a": "1"})
+        self.assertEqual(read_records(io.BytesIO(sink.getvalue())), {"a": "1"})
 
 
 class KeyValueTests(SynchronousTestCase):
@@ -129,18 +130,28 @@ class KeyValueTests(SynchronousTestCase):
         )
         self.assertEqual(restored.query(b'{"op": "get", "key": "new0"}'), b'{"value":null}')
 
-    def test_format_is_unchanged(self) -> None:
-        """The piecewise writer gives the bytes of one sorted, compact json.dumps of the map."""
-        fsm = KeyValueStateMachine()
+    def test_format_is_sorted_lines(self) -> None:
+        """The piecewise thread writer gives a header line, one sorted ``"key":"value"`` line
+        per key (ASCII JSON) and the count, the same bytes as the forked writer."""
+        fsm = KeyValueStateMachine(fork_min_keys=-1)
+        forked = KeyValueStateMachine(fork_min_keys=0)
         for i in range(4500):  # more than two pieces, keys inserted out of order
-            fsm.apply(put(f'{(i * 7919) % 4500}"\\\n\u2603', str(i)), i + 1)
+            command = put(f'{(i * 7919) % 4500}"\\\n\u2603', str(i))
+            fsm.apply(command, i + 1)
+            forked.apply(command, i + 1)
         sink = io.BytesIO()
         fsm.begin_snapshot()(sink)
-        data = json.loads(sink.getvalue())["data"]
-        document = {"format": "graft.kv/1", "data": data}
-        expected = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        self.assertEqual(sink.getvalue(), expected)
+        data = read_records(io.BytesIO(sink.getvalue()))
+        lines = [
+            json.dumps({"format": "graft.kv/2"}, separators=(",", ":")),
+            *(f"{json.dumps(k)}:{json.dumps(data[k])}" for k in sorted(data)),
+            '{"count":4500}',
+        ]
+        self.assertEqual(sink.getvalue(), "".join(line + "\n" for line in lines).encode())
         self.assertEqual(len(data), 4500)
+        other = io.BytesIO()
+        forked.begin_snapshot()(other)
+        self.assertEqual(other.getvalue(), sink.getvalue())
 
 
 KV_STEPS = st.lists(
@@ -168,7 +179,7 @@ class KeyValueCopyOnWriteTests(SynchronousTestCase):
         def written(write: Callable[[BinaryIO], None]) -> dict[str, Any]:
             sink = io.BytesIO()
             write(sink)
-            data: dict[str, Any] = json.loads(sink.getvalue())["data"]
+            data: dict[str, Any] = read_records(io.BytesIO(sink.getvalue()))
             return data
 
         for index, (op, key, value) in enumerate([*steps, ("write", "all", "")], start=1):

@@ -1,0 +1,92 @@
+"""graft.driver.snapshot_policy: the snapshot trigger rule and the log bytes it counts."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
+from graft.raft.types import Entry, EntryKind
+from graft.storage.records import encode_records
+
+RATIO = SnapshotPolicy(min_entries=100, log_ratio=4.0)
+
+
+def due(policy: SnapshotPolicy, entries: int, log: int, last: int) -> bool:
+    return snapshot_due(
+        policy, entries_since=entries, log_bytes_since=log, last_snapshot_bytes=last
+    )
+
+
+class SnapshotDueTests(SynchronousTestCase):
+    def test_ratio_of_the_last_snapshot(self) -> None:
+        """Past the entry floor, a snapshot is due once the log since the last one reaches
+        log_ratio times that snapshot's size, not a byte before."""
+        self.assertFalse(due(RATIO, 5000, 3_999_999, 1_000_000))
+        self.assertTrue(due(RATIO, 5000, 4_000_000, 1_000_000))
+        self.assertTrue(due(RATIO, 5000, 9_000_000, 1_000_000))
+
+    def test_entry_floor(self) -> None:
+        """Fewer than min_entries entries since the last snapshot: never due, however much
+        log (a tiny state does not snapshot every few entries); the first snapshot (size 0)
+        comes at the floor."""
+        self.assertFalse(due(RATIO, 99, 10**9, 10))
+        self.assertTrue(due(RATIO, 100, 1, 0))
+        self.assertFalse(due(RATIO, 99, 1, 0))
+
+    def test_cost_per_byte_does_not_grow_with_the_state(self) -> None:
+        """Writes that each add a key to the state: with the ratio rule the bytes snapshotted
+        per byte of log written stay below 1 as the state grows, where the entry count alone
+        makes them grow with the state (twice the keys, twice the cost per write)."""
+        ratio = _cost(SnapshotPolicy(min_entries=1000, log_ratio=4.0), [100_000, 200_000])
+        self.assertLess(max(ratio), 1.0)
+        count = _cost(SnapshotPolicy(min_entries=1000, log_ratio=0.0), [100_000, 200_000])
+        self.assertGreater(count[0], 10)
+        self.assertGreater(count[1], 1.8 * count[0])
+
+    def test_log_cap(self) -> None:
+        """max_log_bytes: due once that much log was written even if the ratio is not
+        reached (a large state must not fill the disk with log); the entry floor still holds."""
+        policy = SnapshotPolicy(min_entries=100, log_ratio=4.0, max_log_bytes=1000)
+        self.assertFalse(due(policy, 5000, 999, 10**6))
+        self.assertTrue(due(policy, 5000, 1000, 10**6))
+        self.assertFalse(due(policy, 99, 10**6, 10**6))
+
+    def test_zero_ratio_is_the_entry_count(self) -> None:
+        """log_ratio 0: a snapshot every min_entries entries (the entry rule alone)."""
+        policy = SnapshotPolicy(min_entries=100, log_ratio=0.0)
+        self.assertTrue(due(policy, 100, 0, 10**9))
+        self.assertFalse(due(policy, 99, 10**9, 0))
+
+    def test_off(self) -> None:
+        """min_entries 0 turns automatic snapshots off."""
+        self.assertFalse(due(SnapshotPolicy(min_entries=0), 10**9, 10**12, 0))
+
+
+class LogBytesTests(SynchronousTestCase):
+    def test_what_the_segments_hold(self) -> None:
+        """log_bytes is the size of the entries' records in a segment file."""
+        entries = [
+            Entry(index=i, term=2, kind=EntryKind.STAMPED, data=b"x" * (i * 37 % 300))
+            for i in range(1, 60)
+        ]
+        self.assertEqual(log_bytes(entries), len(encode_records(entries)))
+        self.assertEqual(log_bytes([]), 0)
+
+
+def _cost(policy: SnapshotPolicy, checkpoints: list[int]) -> list[float]:
+    """Snapshot bytes per log byte written so far, at each checkpoint (a count of unique-key
+    puts: 200 bytes of log each, 130 bytes of snapshot each)."""
+    entry_bytes, key_bytes = 200, 130
+    state = last = log = entries = written = snapshotted = 0
+    out = []
+    for puts in range(1, checkpoints[-1] + 1):
+        state += key_bytes
+        log += entry_bytes
+        entries += 1
+        written += entry_bytes
+        if due(policy, entries, log, last):
+            snapshotted += state
+            last, log, entries = state, 0, 0
+        if puts in checkpoints:
+            out.append(snapshotted / written)
+    return out
