@@ -269,12 +269,14 @@ class _Prefixed(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        # Fills the buffer from the prefix and then the stream in one call: readers such as
+        # the kv FSM's read(n) a fixed-size header and take a short read for the file's end.
         view = memoryview(buffer).cast("B")
-        if self._prefix:
-            n = min(len(view), len(self._prefix))
-            view[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        n = min(len(view), len(self._prefix))
+        view[:n] = self._prefix[:n]
+        self._prefix = self._prefix[n:]
+        if n < len(view):
+            data = self._rest.read(len(view) - n)
+            view[n : n + len(data)] = data
+            n += len(data)
+        return n
