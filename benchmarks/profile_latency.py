@@ -1,0 +1,218 @@
+"""Latency side by side: Graft (kv) and etcd, unique keys and 100-byte values, one run.
+
+    .venv/bin/python -m benchmarks.profile_latency --seconds 10 --scenarios c1,c16,c64,batch
+    .venv/bin/python -m benchmarks.profile_latency --profile c64   # py-spy on Graft's leader
+
+A developer's tool for the write path (issue 16): every request writes a key never written
+before, with a 100-byte value, so the state grows as users' would; `batch` sends 100 such
+puts per request (Graft's /commands, etcd's txn). Each scenario runs against each system in
+turn on the same machine; the output gives the figures and Graft's ratios to etcd, with the
+load average. `--profile SCENARIO` samples Graft's leader with py-spy (`pip install py-spy`;
+a dev-time tool, not a dependency) while that scenario runs and prints where the time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite.etcd_system import EtcdSystem
+from benchmarks.suite.graft_system import GraftSystem
+from benchmarks.suite.loadgen import LoadResult, Target, collect, run_load, start_load
+from benchmarks.suite.system import ReplicatedSystem
+from graft.testing.cluster import LocalCluster
+
+VALUE_BYTES = 100
+BATCH = 100
+CONCURRENCY = {"c1": 1, "c16": 16, "c64": 64, "batch": 16}
+
+
+def _value(i: int) -> str:
+    return f"{i:010d}".ljust(VALUE_BYTES, "v")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _bodies(system: str, scenario: str, prefix: str, count: int) -> Iterator[str]:
+    per = BATCH if scenario == "batch" else 1
+    for b in range(count):
+        keys = [(f"{prefix}-{b * per + j:09d}", _value(b * per + j)) for j in range(per)]
+        if system == "graft":
+            puts = [
+                json.dumps({"op": "put", "key": k, "value": v}, separators=(",", ":"))
+                for k, v in keys
+            ]
+            yield json.dumps(puts, separators=(",", ":")) if per > 1 else puts[0]
+        else:
+            etcd = [{"key": _b64(k), "value": _b64(v)} for k, v in keys]
+            body = {"success": [{"requestPut": p} for p in etcd]} if per > 1 else etcd[0]
+            yield json.dumps(body, separators=(",", ":"))
+
+
+def _path(system: str, scenario: str) -> str:
+    if system == "graft":
+        return "/commands" if scenario == "batch" else "/command"
+    return "/v3/kv/txn" if scenario == "batch" else "/v3/kv/put"
+
+
+def _count(scenario: str, seconds: float) -> int:
+    # More bodies than requests at rates well above what this machine reaches: wrk cycles them.
+    rate = 600 if scenario == "batch" else {"c1": 2000, "c16": 8000, "c64": 10000}[scenario]
+    return int(rate * seconds)
+
+
+def _profile_leader(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [
+            *(spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"),
+            *("--format", "raw", "-o", str(out), "--threads", "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _summarise_profile(path: Path, top: int = 25) -> str:
+    """Self time and inclusive time per function, per thread, from py-spy's raw output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        count = int(n)
+        total += count
+        threads[frames[0]] += count
+        own[frames[-1]] += count
+        for frame in set(frames[1:]):
+            inclusive[frame] += count
+    lines = [f"samples {total}"]
+    lines += [f"  thread {t}: {c / total:6.1%}" for t, c in threads.most_common(6)]
+    lines.append("self:")
+    lines += [f"  {c / total:6.1%} {f}" for f, c in own.most_common(top)]
+    lines.append("inclusive:")
+    lines += [f"  {c / total:6.1%} {f}" for f, c in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+class TunedGraft(GraftSystem):
+    """Graft with extra config sections (e.g. ``{"storage": {"inline_fsync": false}}``)."""
+
+    def __init__(self, base: Path, extra: dict[str, Any]) -> None:
+        super().__init__(base)
+        self._extra = extra
+
+    def start(self) -> None:
+        self.cluster = LocalCluster(self._base, extra=self._extra)
+        self.cluster.start()
+        self.leader(timeout=30)
+
+
+def run_scenario(
+    system: ReplicatedSystem,
+    name: str,
+    scenario: str,
+    seconds: float,
+    workdir: Path,
+    prefix: str,
+    profile: bool,
+) -> LoadResult:
+    leader = system.leader()
+    bodies = workdir / f"{name}-{scenario}.txt"
+    with bodies.open("w") as f:
+        for body in _bodies(name, scenario, prefix, _count(scenario, seconds)):
+            f.write(body + "\n")
+    url = system.base_url(leader) + _path(name, scenario)
+    targets = [Target(url=url, connections=CONCURRENCY[scenario])]
+    spy = None
+    if profile and isinstance(system, GraftSystem):
+        spy = _profile_leader(system.pid(leader), seconds, workdir / f"profile-{scenario}.txt")
+    try:
+        if spy is None:
+            return run_load(targets, seconds=seconds, method="POST", bodies_file=bodies)
+        result = collect(start_load(targets, seconds=seconds, method="POST", bodies_file=bodies))
+        spy.wait(30)
+        print(_summarise_profile(workdir / f"profile-{scenario}.txt"))
+        return result
+    finally:
+        bodies.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_latency")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--scenarios", default="c1,c16,c64,batch")
+    parser.add_argument("--systems", default="graft,etcd")
+    parser.add_argument("--profile", default="", help="scenarios to sample Graft's leader in")
+    parser.add_argument("--repetitions", type=int, default=1)
+    parser.add_argument("--graft-config", default="{}", help="extra config sections, JSON")
+    args = parser.parse_args(argv)
+    scenarios = args.scenarios.split(",")
+    profiled = set(filter(None, args.profile.split(",")))
+    results: dict[tuple[str, str], list[LoadResult]] = {}
+    with tempfile.TemporaryDirectory(prefix="graft-latency-") as tmp:
+        workdir = Path(tmp)
+        for name in args.systems.split(","):
+            base = workdir / name
+            system: ReplicatedSystem = (
+                TunedGraft(base, json.loads(args.graft_config))
+                if name == "graft"
+                else EtcdSystem(base)
+            )
+            system.start()
+            try:
+                for rep in range(args.repetitions):
+                    for scenario in scenarios:
+                        result = run_scenario(
+                            system,
+                            name,
+                            scenario,
+                            args.seconds,
+                            workdir,
+                            f"{scenario}{rep}",
+                            scenario in profiled and rep == 0,
+                        )
+                        results.setdefault((name, scenario), []).append(result)
+                        per = BATCH if scenario == "batch" else 1
+                        print(
+                            f"{name:6} {scenario:6} {result.ok_per_second * per:9.0f} ops/s "
+                            f"p50 {result.percentile_ms(50):7.2f} ms "
+                            f"p99 {result.percentile_ms(99):7.2f} ms "
+                            f"failures {result.failures}  load {os.getloadavg()[0]:.2f}",
+                            flush=True,
+                        )
+            finally:
+                system.close()
+    if {"graft", "etcd"} <= set(args.systems.split(",")):
+        print("graft / etcd (medians):")
+        for scenario in scenarios:
+            g, e = results[("graft", scenario)], results[("etcd", scenario)]
+
+            def med(rs: list[LoadResult], f: str) -> float:
+                values = sorted(
+                    r.ok_per_second if f == "rate" else r.percentile_ms(float(f)) for r in rs
+                )
+                return values[len(values) // 2]
+
+            print(
+                f"  {scenario:6} throughput {med(g, 'rate') / med(e, 'rate'):5.2f}x  "
+                f"p50 {med(g, '50') / med(e, '50'):5.2f}x  p99 {med(g, '99') / med(e, '99'):5.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
