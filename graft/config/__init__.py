@@ -24,7 +24,8 @@ Keys (all optional except ``peers``)::
     snapshot: {entries: 10000, trailing: 1000, segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216, max_connections: 256,
                 max_connections_per_address: 16, max_unauthenticated: 32}
-    storage: {quota_bytes: 8589934592}                 # 0 turns the space quota off
+    storage: {quota_bytes: 8589934592,                 # 0 turns the space quota off
+              inline_fsync: true}                      # fsync on the reactor while fast
     raft: {max_msg_entries: 1024, max_msg_bytes: 1048576, max_inflight: 64}
 
 This module holds the objects and ``load_config``; the reading is in ``reader`` (the YAML
@@ -203,6 +204,9 @@ class StorageConfig:
     # segments, so this fits an FSM of 3-4 GiB; size it to a fraction of the disk (e.g. 50-70%)
     # so that the alarm, not a full disk, is what stops writes.
     quota_bytes: int = 8 * 1024 * _MIB
+    # Small writes of an idle node fsync on the reactor thread while the disk is fast
+    # (graft.storage.inline_fsync has the rule); false sends every write to the writer thread.
+    inline_fsync: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
