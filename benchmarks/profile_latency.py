@@ -129,7 +129,7 @@ def run_scenario(
     seconds: float,
     workdir: Path,
     prefix: str,
-    profile: bool,
+    profile: Path | None,
 ) -> LoadResult:
     leader = system.leader()
     bodies = workdir / f"{name}-{scenario}.txt"
@@ -139,14 +139,14 @@ def run_scenario(
     url = system.base_url(leader) + _path(name, scenario)
     targets = [Target(url=url, connections=CONCURRENCY[scenario])]
     spy = None
-    if profile and isinstance(system, GraftSystem):
-        spy = _profile_leader(system.pid(leader), seconds, workdir / f"profile-{scenario}.txt")
+    if profile is not None and isinstance(system, GraftSystem):
+        spy = _profile_leader(system.pid(leader), seconds, profile)
     try:
         if spy is None:
             return run_load(targets, seconds=seconds, method="POST", bodies_file=bodies)
         result = collect(start_load(targets, seconds=seconds, method="POST", bodies_file=bodies))
         spy.wait(30)
-        print(_summarise_profile(workdir / f"profile-{scenario}.txt"))
+        print(_summarise_profile(profile))  # type: ignore[arg-type]
         return result
     finally:
         bodies.unlink(missing_ok=True)
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", default="graft,etcd")
     parser.add_argument("--profile", default="", help="scenarios to sample Graft's leader in")
     parser.add_argument("--repetitions", type=int, default=1)
+    parser.add_argument(
+        "--profile-dir", type=Path, default=None, help="keep py-spy's raw samples here"
+    )
     parser.add_argument("--graft-config", default="{}", help="extra config sections, JSON")
     args = parser.parse_args(argv)
     scenarios = args.scenarios.split(",")
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
                             args.seconds,
                             workdir,
                             f"{scenario}{rep}",
-                            scenario in profiled and rep == 0,
+                            (args.profile_dir or workdir) / f"profile-{scenario}.txt"
+                            if scenario in profiled and rep == 0
+                            else None,
                         )
                         results.setdefault((name, scenario), []).append(result)
                         per = BATCH if scenario == "batch" else 1
