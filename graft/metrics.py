@@ -237,9 +237,9 @@ class _InlineFsyncCollector(Collector):
         )
         mode = GaugeMetricFamily(
             "graft_inline_fsync_mode",
-            "1 while small writes of an idle node fsync on the reactor thread, 0 while every "
-            "write goes to the writer thread (slow or stalling disk, or storage.inline_fsync "
-            "off).",
+            "1 while the disk is fast enough for a follower's small writes to fsync on the "
+            "reactor thread, 0 while every write goes to the writer thread (slow or stalling "
+            "disk, or storage.inline_fsync off).",
         )
         switches = CounterMetricFamily(
             "graft_inline_fsync_switches", "Times the inline fsync mode changed."

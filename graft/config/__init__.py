@@ -204,7 +204,7 @@ class StorageConfig:
     # segments, so this fits an FSM of 3-4 GiB; size it to a fraction of the disk (e.g. 50-70%)
     # so that the alarm, not a full disk, is what stops writes.
     quota_bytes: int = 8 * 1024 * _MIB
-    # Small writes of an idle node fsync on the reactor thread while the disk is fast
+    # A follower's small writes, while idle, fsync on the reactor thread while the disk is fast
     # (graft.storage.inline_fsync has the rule); false sends every write to the writer thread.
     inline_fsync: bool = True
 

@@ -6,12 +6,16 @@ is most of the difference to a node that writes in place. So a node writes on th
 thread, blocking it for the fsync, when all of these hold (``choose_inline``, pure):
 
 - inline fsync is enabled (``storage.inline_fsync``, on by default);
+- the node does not lead: a leader whose reactor waits on a stalling disk sends no
+  heartbeats and costs the cluster an election, a follower's costs nothing (the leader and the
+  other followers carry on, and pre-vote keeps it from disrupting them when it wakes). At one
+  client the leader's own fsync is not what the client waits for anyway: it runs while the
+  entries travel to the followers and back;
 - the last ``WINDOW`` (100) fsyncs are known, and their p99 is under ``MAX_P99`` (2 ms): the
   reactor is never held long by a disk that has been fast;
 - none of them took ``STALL`` (50 ms) or more, and no such stall happened in the last
   ``HOLD_OFF`` (300 s): after one slow fsync the node stays on the writer thread for five
-  minutes, so a stalling disk blocks the reactor at most once (the first stall, which may
-  cost an election if it hits the leader), not once per recovery;
+  minutes, so a stalling disk blocks the reactor once, not once per recovery;
 - the write is small (``MAX_BYTES``, 64 KiB of records): a large one is a loaded node's
   group commit, which the writer thread overlaps with the reactor's work;
 - nothing is queued for the writer thread or waiting to be reported (writes complete in
@@ -78,15 +82,23 @@ def choose_inline(
     last_stall: float | None,
     size: int,
     writer_idle: bool,
+    leading: bool,
 ) -> bool:
     """True: write this one on the reactor thread; False: hand it to the writer thread."""
-    return writer_idle and size <= rule.max_bytes and inline_allowed(rule, recent, now, last_stall)
+    return (
+        not leading
+        and writer_idle
+        and size <= rule.max_bytes
+        and inline_allowed(rule, recent, now, last_stall)
+    )
 
 
 class InlineFsync:
     """The recent fsync times and what was decided, for one log.
 
-    ``observe`` runs on whichever thread fsynced; the rest on the reactor thread."""
+    ``observe`` runs on whichever thread fsynced; the rest on the reactor thread. The mode
+    (``inline``, as /metrics shows it) is the disk's verdict; a leader's writes are threaded
+    whatever it says."""
 
     def __init__(self, rule: InlineFsyncRule, clock: Callable[[], float] = time.monotonic) -> None:
         self.rule = rule
@@ -94,6 +106,7 @@ class InlineFsync:
         self._lock = threading.Lock()
         self._recent: deque[float] = deque(maxlen=rule.window)
         self._last_stall: float | None = None
+        self.leading = False  # set by the driver when this node's role changes
         self.inline = False  # the mode at the last decision
         self.inline_writes = 0
         self.threaded_writes = 0
@@ -124,6 +137,7 @@ class InlineFsync:
             last_stall=last_stall,
             size=size,
             writer_idle=writer_idle,
+            leading=self.leading,
         )
         if chosen:
             self.inline_writes += 1

@@ -105,7 +105,7 @@ class DurableLog:
         self._unfired = 0  # submitted ops whose Deferred has not fired yet
         self._carried: HardState | None = None  # a commit-only change for the next write
         self._flush_call: Any = None
-        # Small writes of an idle node on the reactor thread while the disk is fast
+        # A follower's small writes on the reactor thread while the disk is fast
         # (graft.storage.inline_fsync); only with a writer thread to fall back on.
         self.inline_fsync = inline_fsync if threaded else None
         self._thread = (
@@ -423,6 +423,11 @@ class DurableLog:
         self._pending.append(op)
         if self._flush_call is None and op.event is None:
             self._flush_call = self._reactor.callLater(0, self.write_pending)
+
+    def set_leading(self, leading: bool) -> None:
+        """The driver says whether this node leads: a leader never fsyncs inline."""
+        if self.inline_fsync is not None:
+            self.inline_fsync.leading = leading
 
     def _write_inline(self, op: WriteOp) -> None:
         """Write ``op`` here, on the reactor thread, and fire its Deferred before returning.

@@ -35,6 +35,7 @@ def choose(recent: list[float], **overrides: object) -> bool:
         "last_stall": None,
         "size": 1000,
         "writer_idle": True,
+        "leading": False,
     }
     args.update(overrides)
     return choose_inline(RULE, recent, **args)  # type: ignore[arg-type]
@@ -65,6 +66,9 @@ class RuleTests(SynchronousTestCase):
 
     def test_busy_writer(self) -> None:
         self.assertFalse(choose(FAST, writer_idle=False))
+
+    def test_a_leader_never_writes_inline(self) -> None:
+        self.assertFalse(choose(FAST, leading=True))
 
     def test_disabled(self) -> None:
         off = InlineFsyncRule(enabled=False)
@@ -219,6 +223,17 @@ class InlineLogTests(TestCase):
         self.assertEqual(log.inline_fsync.stalls, 1)
         self.assertFalse(log.inline_fsync.inline)
         self.assertEqual(log.inline_fsync.switches, 2)
+
+    @defer.inlineCallbacks
+    def test_a_leader_writes_on_the_thread(self) -> Generator[defer.Deferred[Any], Any, None]:
+        log = self.open(InlineFsyncRule(window=3, max_p99=10.0, stall=10.0))
+        yield self.warm_up(log, 3)
+        log.set_leading(True)
+        led = log.persist(None, [entry(4)])
+        self.assertFalse(led.called)
+        yield led
+        log.set_leading(False)
+        self.assertTrue(log.persist(None, [entry(5)]).called)
 
     @defer.inlineCallbacks
     def test_disabled_never_inline(self) -> Generator[defer.Deferred[Any], Any, None]:
