@@ -35,6 +35,13 @@ from graft.testing.cluster import LocalCluster
 VALUE_BYTES = 100
 BATCH = 100
 CONCURRENCY = {"c1": 1, "c16": 16, "c64": 64, "batch": 16}
+# Graft's configurations to compare (``--systems graft,graft-threaded,etcd``): config sections
+# over --graft-config.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "graft": {},
+    "graft-threaded": {"storage": {"inline_fsync": False}},  # every fsync on the writer thread
+    "graft-nosnap": {"snapshot": {"entries": 100_000_000}},  # no snapshot during the run
+}
 
 
 def _value(i: int) -> str:
@@ -156,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_latency")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--scenarios", default="c1,c16,c64,batch")
-    parser.add_argument("--systems", default="graft,etcd")
+    parser.add_argument(
+        "--systems", default="graft,etcd", help=f"etcd and any of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--profile", default="", help="scenarios to sample Graft's leader in")
     parser.add_argument("--repetitions", type=int, default=1)
     parser.add_argument(
@@ -167,34 +176,36 @@ def main(argv: list[str] | None = None) -> None:
     scenarios = args.scenarios.split(",")
     profiled = set(filter(None, args.profile.split(",")))
     results: dict[tuple[str, str], list[LoadResult]] = {}
+    names = args.systems.split(",")
     with tempfile.TemporaryDirectory(prefix="graft-latency-") as tmp:
         workdir = Path(tmp)
-        for name in args.systems.split(","):
+        for name in names:
             base = workdir / name
-            system: ReplicatedSystem = (
-                TunedGraft(base, json.loads(args.graft_config))
-                if name == "graft"
-                else EtcdSystem(base)
-            )
+            system: ReplicatedSystem
+            if name.startswith("graft"):
+                extra = {**json.loads(args.graft_config), **VARIANTS[name]}
+                system = TunedGraft(base, extra)
+            else:
+                system = EtcdSystem(base)
             system.start()
             try:
                 for rep in range(args.repetitions):
                     for scenario in scenarios:
                         result = run_scenario(
                             system,
-                            name,
+                            "graft" if name.startswith("graft") else name,
                             scenario,
                             args.seconds,
                             workdir,
                             f"{scenario}{rep}",
-                            (args.profile_dir or workdir) / f"profile-{scenario}.txt"
+                            (args.profile_dir or workdir) / f"profile-{name}-{scenario}.txt"
                             if scenario in profiled and rep == 0
                             else None,
                         )
                         results.setdefault((name, scenario), []).append(result)
                         per = BATCH if scenario == "batch" else 1
                         print(
-                            f"{name:6} {scenario:6} {result.ok_per_second * per:9.0f} ops/s "
+                            f"{name:14} {scenario:6} {result.ok_per_second * per:9.0f} ops/s "
                             f"p50 {result.percentile_ms(50):7.2f} ms "
                             f"p99 {result.percentile_ms(99):7.2f} ms "
                             f"failures {result.failures}  load {os.getloadavg()[0]:.2f}",
@@ -202,20 +213,28 @@ def main(argv: list[str] | None = None) -> None:
                         )
             finally:
                 system.close()
-    if {"graft", "etcd"} <= set(args.systems.split(",")):
-        print("graft / etcd (medians):")
+    if "etcd" in names:
+        _print_ratios(results, [n for n in names if n != "etcd"], scenarios)
+
+
+def _median(results: list[LoadResult], what: str) -> float:
+    values = sorted(
+        r.ok_per_second if what == "rate" else r.percentile_ms(float(what)) for r in results
+    )
+    return values[len(values) // 2]
+
+
+def _print_ratios(
+    results: dict[tuple[str, str], list[LoadResult]], names: list[str], scenarios: list[str]
+) -> None:
+    print("ratio to etcd (medians; throughput: higher is better, latency: lower is better):")
+    for name in names:
         for scenario in scenarios:
-            g, e = results[("graft", scenario)], results[("etcd", scenario)]
-
-            def med(rs: list[LoadResult], f: str) -> float:
-                values = sorted(
-                    r.ok_per_second if f == "rate" else r.percentile_ms(float(f)) for r in rs
-                )
-                return values[len(values) // 2]
-
+            g, e = results[(name, scenario)], results[("etcd", scenario)]
+            rate, p50, p99 = (_median(g, w) / _median(e, w) for w in ("rate", "50", "99"))
             print(
-                f"  {scenario:6} throughput {med(g, 'rate') / med(e, 'rate'):5.2f}x  "
-                f"p50 {med(g, '50') / med(e, '50'):5.2f}x  p99 {med(g, '99') / med(e, '99'):5.2f}x"
+                f"  {name:14} {scenario:6} throughput {rate:5.2f}x  p50 {p50:5.2f}x  "
+                f"p99 {p99:5.2f}x"
             )
 
 
