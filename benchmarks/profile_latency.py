@@ -17,10 +17,12 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                             else None,
                         )
                         results.setdefault((name, scenario), []).append(result)
+                        if isinstance(system, GraftSystem):
+                            print(f"  log writes: {_log_writes(system)}")
                         per = BATCH if scenario == "batch" else 1
                         print(
                             f"{name:14} {scenario:6} {result.ok_per_second * per:9.0f} ops/s "
@@ -215,6 +219,26 @@ def main(argv: list[str] | None = None) -> None:
                 system.close()
     if "etcd" in names:
         _print_ratios(results, [n for n in names if n != "etcd"], scenarios)
+
+
+def _log_writes(system: GraftSystem) -> str:
+    """Each node's log writes so far, inline/threaded (graft_log_writes_total)."""
+    cluster = system.cluster
+    assert cluster is not None
+    parts = []
+    for node in cluster.alive():
+        text = call_text(cluster.api_url(node) + "/metrics")
+        found = dict(re.findall(r'graft_log_writes_total\{path="(\w+)"\} ([0-9.e+]+)', text))
+        parts.append(f"{node} {found.get('inline', '?')}/{found.get('threaded', '?')}")
+    return ", ".join(parts)
+
+
+def call_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
 
 
 def _median(results: list[LoadResult], what: str) -> float:
