@@ -41,7 +41,7 @@ CONCURRENCY = {"c1": 1, "c16": 16, "c64": 64, "batch": 16}
 # over --graft-config.
 VARIANTS: dict[str, dict[str, Any]] = {
     "graft": {},
-    "graft-threaded": {"storage": {"inline_fsync": False}},  # every fsync on the writer thread
+    "graft-inline": {"storage": {"inline_fsync": True}},  # followers may fsync inline
     "graft-nosnap": {"snapshot": {"entries": 100_000_000}},  # no snapshot during the run
 }
 

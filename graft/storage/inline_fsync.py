@@ -5,7 +5,8 @@ reactor wake-up (``callFromThread``), about as much as a fast disk's fsync; at o
 is most of the difference to a node that writes in place. So a node writes on the reactor
 thread, blocking it for the fsync, when all of these hold (``choose_inline``, pure):
 
-- inline fsync is enabled (``storage.inline_fsync``, on by default);
+- inline fsync is enabled (``storage.inline_fsync``; off by default: on the benchmark
+  machine it did not lower the c=1 latency, docs/benchmarks.md "Latency");
 - the node does not lead: a leader whose reactor waits on a stalling disk sends no
   heartbeats and costs the cluster an election, a follower's costs nothing (the leader and the
   other followers carry on, and pre-vote keeps it from disrupting them when it wakes). At one
