@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,6 +14,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Snapshots take from milliseconds (a small state) to minutes (gigabytes over the network).
 _SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
@@ -226,3 +231,59 @@ class NodeMetrics:
             "state, e.g. the kv FSM's fork).",
             registry=r,
         )
+
+    def watch_inline_fsync(self, stats: Callable[[], InlineFsyncStats | None]) -> None:
+        """Show the adaptive inline fsync (graft.storage.inline_fsync) at each scrape: where
+        the log's writes went, the current mode, its switches and the stalls that caused them."""
+        register_inline_fsync(self.registry, stats)
+
+
+def register_inline_fsync(
+    registry: CollectorRegistry, stats: Callable[[], InlineFsyncStats | None]
+) -> None:
+    """The inline fsync's series in ``registry`` (NodeMetrics.watch_inline_fsync)."""
+    registry.register(_InlineFsyncCollector(stats))
+
+
+class InlineFsyncStats(Protocol):
+    inline: bool
+    inline_writes: int
+    threaded_writes: int
+    switches: int
+    stalls: int
+
+
+class _InlineFsyncCollector(Collector):
+    def __init__(self, stats: Callable[[], InlineFsyncStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        writes = CounterMetricFamily(
+            "graft_log_writes",
+            "Log writes by where they were fsynced: inline (on the reactor thread, while the "
+            "disk is fast) or threaded (the writer thread).",
+            labels=["path"],
+        )
+        mode = GaugeMetricFamily(
+            "graft_inline_fsync_mode",
+            "1 while the disk is fast enough for a follower's small writes to fsync on the "
+            "reactor thread, 0 while every write goes to the writer thread (slow or stalling "
+            "disk, or storage.inline_fsync off).",
+        )
+        switches = CounterMetricFamily(
+            "graft_inline_fsync_switches", "Times the inline fsync mode changed."
+        )
+        stalls = CounterMetricFamily(
+            "graft_fsync_stalls",
+            "Log fsyncs of 50 ms or more; each keeps writes on the writer thread for 300 s.",
+        )
+        if stats is not None:
+            writes.add_metric(["inline"], stats.inline_writes)
+            writes.add_metric(["threaded"], stats.threaded_writes)
+            mode.add_metric([], 1 if stats.inline else 0)
+            switches.add_metric([], stats.switches)
+            stalls.add_metric([], stats.stalls)
+        else:
+            mode.add_metric([], 0)
+        yield from (writes, mode, switches, stalls)

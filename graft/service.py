@@ -59,6 +59,7 @@ from graft.reload import (
 from graft.sessions.machine import with_sessions
 from graft.space import SpaceMonitor, SpaceQuota
 from graft.storage import DurableLog
+from graft.storage.inline_fsync import InlineFsyncRule
 from graft.storage.permissions import tighten_data_dir
 from graft.storage.rejected import read_rejected
 from graft.transport import ConnectionLimits, PeerTransport
@@ -135,7 +136,9 @@ def make_service(
         reactor=reactor,
         segment_bytes=cfg.snapshot.segment_bytes,
         on_fsync=metrics.fsync_latency.observe,
+        inline_fsync=InlineFsyncRule(enabled=cfg.storage.inline_fsync),
     )
+    metrics.watch_inline_fsync(lambda: storage.inline_fsync)
     for note in storage.notes:
         log.warn("storage repaired at open: {note}", note=note)
     if fsm is None:

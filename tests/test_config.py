@@ -588,3 +588,22 @@ class ClockDriftConfigTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, self.load, bad)
             self.assertIn("timeouts.clock_drift", str(error))
             self.assertIn(problem, str(error))
+
+
+class InlineFsyncConfigTests(SynchronousTestCase):
+    def load(self, storage: str) -> ClusterConfig:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "cluster.yaml"
+        path.write_text(f"storage: {storage}\n" + PEERS, encoding="utf-8")
+        return load_config(path)
+
+    def test_inline_fsync(self) -> None:
+        """storage.inline_fsync: off by default, a boolean, nothing else."""
+        self.assertFalse(self.load("{}").storage.inline_fsync)
+        self.assertTrue(self.load("{inline_fsync: true}").storage.inline_fsync)
+        self.assertFalse(self.load("{inline_fsync: false}").storage.inline_fsync)
+        for bad in ("{inline_fsync: 1}", "{inline_fsync: fast}"):
+            error = self.assertRaises(ConfigError, self.load, bad)
+            self.assertIn("storage.inline_fsync", str(error))
+            self.assertIn("expected true or false", str(error))

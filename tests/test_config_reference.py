@@ -45,7 +45,7 @@ EVERY_SECTION: dict[str, Any] = {
     "snapshot": {},
     "transport": {},
     "raft": {},
-    "storage": {},
+    "storage": {"inline_fsync": True},
 }
 
 

@@ -338,7 +338,7 @@ class StorageConfigTests(unittest.SynchronousTestCase):
             ("storage: {quota_bytes: -1}", "storage.quota_bytes: -1 is out of range"),
             ("storage: {quota_bytes: 1GB}", 'storage.quota_bytes: "1GB" is a string'),
             ("storage: {quota: 1}", "storage.quota: unknown key; did you mean"),
-            ("storage: 5", "storage: 5 is an integer; expected a mapping {quota_bytes}"),
+            ("storage: 5", "storage: 5 is an integer; expected a mapping {quota_bytes, "),
         ):
             with self.assertRaises(ConfigError) as caught:
                 self.load(text)

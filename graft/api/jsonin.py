@@ -1,10 +1,14 @@
 """Parsing the API's own JSON bodies (/commands batches, administration) with explicit bounds.
 
-json.loads recurses once per nesting level, so ``[`` x 5000 ends in RecursionError (a 500,
-and how deep it may go depends on the stack); an integer of thousands of digits costs time or
-raises past Python's digit limit. Both are checked here on the bytes, before and while
-parsing, and refused as 400 ``bad_request``: the API's bodies nest two levels and hold small
-numbers, so the bounds are far above any valid body.
+json.loads recurses once per nesting level, so ``[`` x 5000 ends in RecursionError (a 500
+unless caught, and how deep it may go depends on the stack); an integer of thousands of digits
+costs time or raises past Python's digit limit. Both are refused as 400 ``bad_request``: the
+integers while parsing, the depth after it (the decoder's RecursionError counts as too deep;
+a body is at most ``api.max_body_bytes``, so parsing first is bounded). A body that is not
+JSON is scanned on its bytes, so that a deep one is still called deep. The API's bodies nest
+two levels and hold small numbers, so the bounds are far above any valid body. Parsing first
+keeps a /commands batch, whose commands are JSON text full of brackets inside strings, to one
+pass (scanning its strings before parsing cost 2-3 times the parse).
 """
 
 from __future__ import annotations
@@ -63,7 +67,34 @@ def load_json(body: bytes, what: str) -> Any:
     """``json.loads(body)`` with the depth and integer size bounded: BadRequest naming ``what``
     (e.g. "the batch") when a bound is passed; ValueError (UnicodeDecodeError included) for a
     body that is not JSON, for the caller to describe."""
-    problem = nesting_too_deep(body)
-    if problem is not None:
-        raise BadRequest(f"{what} is refused: {problem}")
-    return json.loads(body, parse_int=_bounded_int)
+    try:
+        document = json.loads(body, parse_int=_bounded_int)
+    except RecursionError:  # the decoder's own guard, well before the C stack runs out
+        document = _TOO_DEEP
+    except ValueError:
+        problem = nesting_too_deep(body)  # a bomb that is not JSON either: say it is deep
+        if problem is not None:
+            raise BadRequest(f"{what} is refused: {problem}") from None
+        raise
+    if document is _TOO_DEEP or _deeper_than(document, MAX_JSON_DEPTH):
+        raise BadRequest(f"{what} is refused: it nests deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+_TOO_DEEP = object()
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether a parsed document nests deeper than ``limit`` (the outermost array or object
+    is level 1). Iterative, and it stops at the limit: cost at most linear in the document."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in value if isinstance(child, list | dict))
+    return False

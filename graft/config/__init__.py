@@ -25,7 +25,8 @@ Keys (all optional except ``peers``)::
                segment_bytes: 67108864}
     transport: {max_frame_bytes: 16777216, max_connections: 256,
                 max_connections_per_address: 16, max_unauthenticated: 32}
-    storage: {quota_bytes: 8589934592}                 # 0 turns the space quota off
+    storage: {quota_bytes: 8589934592,                 # 0 turns the space quota off
+              inline_fsync: false}                     # true: followers fsync inline
     raft: {max_msg_entries: 1024, max_msg_bytes: 1048576, max_inflight: 64}
 
 This module holds the objects and ``load_config``; the reading is in ``reader`` (the YAML
@@ -210,6 +211,10 @@ class StorageConfig:
     # of about 3 GiB; size it to a fraction of the disk (e.g. 50-70%)
     # so that the alarm, not a full disk, is what stops writes.
     quota_bytes: int = 8 * 1024 * _MIB
+    # A follower's small writes, while idle, fsync on the reactor thread while the disk is fast
+    # (graft.storage.inline_fsync has the rule). Off by default: on the benchmark machine it
+    # did not lower the c=1 latency (docs/benchmarks.md, "Latency").
+    inline_fsync: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -436,11 +436,23 @@ class _ClusterReader(ApiSectionReader):
         )
 
     def storage(self, value: Any) -> StorageConfig:
-        section = self.mapping("storage", value, ("quota_bytes",), "a mapping {quota_bytes}")
+        section = self.mapping(
+            "storage",
+            value,
+            ("quota_bytes", "inline_fsync"),
+            "a mapping {quota_bytes, inline_fsync}",
+        )
         return StorageConfig(
             quota_bytes=self.integer(
                 "storage.quota_bytes",
                 section.get("quota_bytes", StorageConfig().quota_bytes),
                 minimum=0,
-            )
+            ),
+            inline_fsync=self.storage_inline_fsync(section),
         )
+
+    def storage_inline_fsync(self, section: dict[str, Any]) -> bool:
+        value = section.get("inline_fsync", StorageConfig().inline_fsync)
+        if not isinstance(value, bool):
+            raise self.wrong_type("storage.inline_fsync", value, "true or false")
+        return value

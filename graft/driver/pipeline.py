@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -73,6 +73,14 @@ class DurableStorage(LogStorage, Protocol):
     def install_snapshot(self, meta: SnapshotMeta, path: Path, fsm_name: str = "") -> Any: ...
 
     def close(self) -> Deferred[None]: ...
+
+
+@runtime_checkable
+class LeadershipAware(Protocol):
+    """A storage whose writes depend on whether this node leads (the durable log's inline
+    fsync is for followers only: graft.storage.inline_fsync)."""
+
+    def set_leading(self, leading: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,9 @@ class ReadyPipeline:
         self._durable_term = raft.term  # the term in storage's hard state
         self._role = raft.role
         self._leader = raft.leader
+        self._set_leading = storage.set_leading if isinstance(storage, LeadershipAware) else None
+        if self._set_leading is not None:
+            self._set_leading(raft.role is Role.LEADER)
 
     def connect(self, stages: Stages) -> None:
         """The one step that completes the wiring (graft.driver.wiring)."""
@@ -175,6 +186,9 @@ class ReadyPipeline:
         stages = self.stages
         ready = self._raft.ready()
         self._early_wanted = False  # the Ready took every message
+        if ready.soft_state is not None and self._set_leading is not None:
+            # Before this Ready's write: a new leader's first entry is already a leader's.
+            self._set_leading(ready.soft_state.role is Role.LEADER)
         if ready.entries:
             stages.stamper.saw(ready.entries)  # the floor of this node's stamps, if it leads
         if ready.snapshot is not None:

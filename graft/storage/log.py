@@ -41,6 +41,7 @@ from graft.raft.types import (
 from graft.storage.columns import EntryColumns
 from graft.storage.errors import SnapshotSuperseded, StorageError
 from graft.storage.files import FileSystem, OSFileSystem
+from graft.storage.inline_fsync import InlineFsync, InlineFsyncRule
 from graft.storage.records import encode_records, parse_segment_name
 from graft.storage.recovery import recover
 from graft.storage.segments import SegmentSet, repair
@@ -81,6 +82,7 @@ class DurableLog:
         snapshots: SnapshotStore,
         snapshot: SnapshotInfo | None,
         notes: list[str],
+        inline_fsync: InlineFsync | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.notes = notes  # repairs made at open, for the operator's log
@@ -103,6 +105,9 @@ class DurableLog:
         self._unfired = 0  # submitted ops whose Deferred has not fired yet
         self._carried: HardState | None = None  # a commit-only change for the next write
         self._flush_call: Any = None
+        # A follower's small writes on the reactor thread while the disk is fast
+        # (graft.storage.inline_fsync); only with a writer thread to fall back on.
+        self.inline_fsync = inline_fsync if threaded else None
         self._thread = (
             WriterThread(writer, on_done=self._batch_written, on_stopped=self._writer_stopped)
             if threaded
@@ -123,6 +128,7 @@ class DurableLog:
         commit_interval: float = 0.1,
         on_fsync: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        inline_fsync: InlineFsyncRule | None = None,
     ) -> DurableLog:
         """Open (creating if needed) the data dir of ``node_id`` and replay it.
 
@@ -134,6 +140,10 @@ class DurableLog:
         each log fsync, on the writer thread; ``commit_interval`` bounds how often a change of
         only the commit index rewrites the hard state file (see ``graft.storage.writer``);
         ``clock`` is the monotonic clock that interval is measured with.
+
+        ``inline_fsync`` enables the adaptive inline fsync with these thresholds (see
+        ``graft.storage.inline_fsync``; threaded mode only); None writes every batch on the
+        writer thread.
 
         ``threaded=False`` does the writes on the calling thread instead of a writer thread:
         each reactor turn's persists are written by one ``reactor.callLater(0, ...)`` (with a
@@ -153,13 +163,14 @@ class DurableLog:
                 files.unlink(data_dir / name)  # a crash interrupted an atomic replace
         snapshots = SnapshotStore(files, data_dir)
         found = recover(files, data_dir, snapshots, clean=True)
+        tracker = InlineFsync(inline_fsync, clock) if inline_fsync is not None else None
         disk = SegmentSet(
             files,
             data_dir,
             segment_bytes=segment_bytes,
             segments=found.replay.segments,
             next_index=found.next_index,
-            on_fsync=on_fsync,
+            on_fsync=_observers(tracker, on_fsync),
         )
         repair(files, data_dir, found.replay)
         if found.discard:
@@ -185,6 +196,7 @@ class DurableLog:
             snapshots=snapshots,
             snapshot=found.snapshot,
             notes=found.notes,
+            inline_fsync=tracker,
         )
 
     # -- LogStorage: reads, from memory ------------------------------------------------------
@@ -264,9 +276,14 @@ class DurableLog:
         deferred: Deferred[None] = Deferred()
         # Encoded here, so that under load it overlaps the writer thread's current fsync.
         records = encode_records(entries) if entries else None
-        self._submit(
-            WriteOp(hard_state=hard_state, entries=entries, records=records, deferred=deferred)
-        )
+        op = WriteOp(hard_state=hard_state, entries=entries, records=records, deferred=deferred)
+        inline = self.inline_fsync
+        if inline is not None and inline.choose(
+            len(records) if records is not None else 0, writer_idle=self._unfired == 0
+        ):
+            self._write_inline(op)
+        else:
+            self._submit(op)
         return deferred
 
     def append_sync(self, entries: Sequence[Entry]) -> None:
@@ -407,6 +424,27 @@ class DurableLog:
         if self._flush_call is None and op.event is None:
             self._flush_call = self._reactor.callLater(0, self.write_pending)
 
+    def set_leading(self, leading: bool) -> None:
+        """The driver says whether this node leads: a leader never fsyncs inline."""
+        if self.inline_fsync is not None:
+            self.inline_fsync.leading = leading
+
+    def _write_inline(self, op: WriteOp) -> None:
+        """Write ``op`` here, on the reactor thread, and fire its Deferred before returning.
+        Only while nothing is queued for the writer thread (which then sleeps on its empty
+        queue, so the disk has one user) and nothing is left to report, so order holds."""
+        if self._carried is not None:
+            if op.hard_state is None:
+                op.hard_state = self._carried
+            self._carried = None
+        self._unfired += 1
+        failure: BaseException | None = None
+        try:
+            self._writer.write([op])
+        except Exception as error:  # as on the writer thread: this and every later op fails
+            failure = error
+        self._batch_written([op], failure, self._writer.disk.last_index, here=True)
+
     def write_pending(self) -> None:
         """Synchronous mode: write everything queued now, as one batch, on this thread."""
         if self._flush_call is not None:
@@ -438,9 +476,10 @@ class DurableLog:
             op.then(op.result)
 
     def _batch_written(
-        self, batch: list[WriteOp], error: BaseException | None, durable: int
+        self, batch: list[WriteOp], error: BaseException | None, durable: int, here: bool = False
     ) -> None:
-        """Called where the batch was written (the writer thread, or the caller)."""
+        """Called where the batch was written (the writer thread, or the caller: then, or with
+        ``here``, the Deferreds fire at once)."""
         failure = self._failure
         if error is not None and failure is None:
             failure = StorageError(
@@ -460,7 +499,7 @@ class DurableLog:
                 deferred_ops.append(op)
         if not deferred_ops:
             return
-        if self._thread is None:
+        if self._thread is None or here:
             self._fire(deferred_ops, failure)
         else:
             self._reactor.callFromThread(self._fire, deferred_ops, failure)
@@ -510,6 +549,21 @@ class DurableLog:
             self._closed.errback(StorageError(f"{self.data_dir}: closing the log failed ({error})"))
         else:
             self._closed.callback(None)
+
+
+def _observers(
+    tracker: InlineFsync | None, on_fsync: Callable[[float], None] | None
+) -> Callable[[float], None] | None:
+    """What each fsync's duration goes to: the inline fsync's window and the caller's."""
+    if tracker is None or on_fsync is None:
+        return on_fsync if tracker is None else tracker.observe
+    observe = tracker.observe
+
+    def both(seconds: float) -> None:
+        observe(seconds)
+        on_fsync(seconds)
+
+    return both
 
 
 def _check_or_write_identity(

@@ -120,3 +120,18 @@ class OverloadedTests(ApiTestCase):
             detail = self.assertError(answer, 503, "overloaded")
             self.assertEqual(detail["message"], "10000 reads are waiting: retry shortly")
             self.assertEqual(answer.header("Retry-After"), "1")
+
+
+class ParsedDepthTests(ApiTestCase):
+    """The depth bound holds for valid JSON the decoder parses whole (deeper than 16, far
+    below the recursion limit), wherever the deep part is, and on a dict's values too."""
+
+    def test_valid_json_past_the_bound_is_refused(self) -> None:
+        for body in (
+            b"[" * 17 + b"]" * 17,
+            b'["a", ' + b"[" * 16 + b"]" * 16 + b', "b"]',
+            b'[{"b64": ' + b'{"x": ' * 16 + b"1" + b"}" * 16 + b"}]",
+        ):
+            detail = self.assertError(self.call("POST", "/commands", data=body), 400, "bad_request")
+            self.assertIn("nests deeper than 16 levels", detail["message"])
+        self.assertEqual(self.backend.submitted, [])

@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 from twisted.trial.unittest import SkipTest
 
 from graft.api import make_api_resource
+from graft.metrics import register_inline_fsync
 from graft.space import SpaceMonitor, SpaceQuota
+from graft.storage.inline_fsync import InlineFsync, InlineFsyncRule
 from tests.api.fakes import Settings
 from tests.support.driver import DriverCluster
 
@@ -59,6 +61,8 @@ class MetricsReferenceTests(DriverCluster):
         data_dir = Path(self.mktemp())
         SpaceMonitor(SpaceQuota(0, node_id="a", data_dir=data_dir), data_dir, clock=self.clock,
                      registry=registry)  # fmt: skip
+        # graft.service wires the durable log's inline fsync (an in-memory node has none).
+        register_inline_fsync(registry, lambda: InlineFsync(InlineFsyncRule()))
         table = documented()
         exported = registered(registry)
         self.assertEqual(sorted(set(exported) - set(table)), [], "exported, not in the docs")
