@@ -103,6 +103,16 @@ def _versions(systems: list[ReplicatedSystem]) -> dict[str, str]:
     )
     if git.returncode == 0:
         out["graft_commit"] = git.stdout.strip()
+    # The last few commits with their parents: a run from a scratch branch with other
+    # branches merged in shows what was merged.
+    history = subprocess.run(
+        ["git", "log", "--first-parent", "-n", "3", "--format=%h (parents %p) %s"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    if history.returncode == 0:
+        out["graft_history"] = " | ".join(history.stdout.strip().splitlines())
     for system in systems:
         out[system.name] = system.version()
     return out
