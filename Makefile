@@ -50,8 +50,11 @@ lint: $(STAMP)
 simulate: $(STAMP)
 	$(BIN)/python -m graft.testing.simulation --seeds $(SEEDS)
 
+# `make bench SCENARIOS=growth` runs the 10-minute-per-system growth scenario (not in the
+# default set); SYSTEMS=graft,etcd picks systems; BENCH_ARGS passes any other option.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+	  $(if $(SYSTEMS),--systems $(SYSTEMS)) $(BENCH_ARGS)
 
 # Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
 # WORKLOAD=lock runs examples/lock.py in three processes and checks its fencing tokens.

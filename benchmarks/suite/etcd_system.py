@@ -16,11 +16,14 @@ from benchmarks.suite.errors import BenchmarkSetupError
 from benchmarks.suite.http import call, call_json, wait_until
 from benchmarks.suite.system import (
     BATCH,
+    BODIES,
+    KEY64_SLOT,
     KEYS,
     ProcessSystem,
     RequestShape,
     compact,
     key_name,
+    value_text,
 )
 from graft.testing.cluster import HOST, free_ports
 
@@ -31,6 +34,11 @@ def _b64(text: str) -> str:
 
 def _put(key: str, value: str) -> dict[str, str]:
     return {"key": _b64(key), "value": _b64(value)}
+
+
+def _put_new(value: str) -> dict[str, str]:
+    """A put to a key the driver makes up (it fills the placeholder with a base64 key)."""
+    return {"key": KEY64_SLOT, "value": _b64(value)}
 
 
 def etcd_binary() -> str:
@@ -95,20 +103,20 @@ class EtcdSystem(ProcessSystem):
 
         return str(wait_until(agreed, timeout=timeout, what="an etcd leader agreed by all members"))
 
-    def put_shape(self) -> RequestShape:
-        return RequestShape(
-            method="POST",
-            path="/v3/kv/put",
-            bodies=tuple(compact(_put(key_name(i), f"value-{i}")) for i in range(KEYS)),
-        )
+    def data_path(self, node: str) -> Path:
+        return self._base / node
+
+    def put_shape(self, unique: bool = True) -> RequestShape:
+        if unique:
+            bodies = tuple(compact(_put_new(value_text(i))) for i in range(BODIES))
+        else:
+            bodies = tuple(compact(_put(key_name(i), value_text(i))) for i in range(KEYS))
+        return RequestShape(method="POST", path="/v3/kv/put", bodies=bodies)
 
     def batch_shape(self) -> RequestShape:
         bodies = []
-        for b in range(KEYS // BATCH * 2):
-            puts = [
-                {"requestPut": _put(key_name(b * BATCH + j), f"batch-{b}-{j}")}
-                for j in range(BATCH)
-            ]
+        for b in range(BODIES // BATCH):
+            puts = [{"requestPut": _put_new(value_text(b * BATCH + j))} for j in range(BATCH)]
             bodies.append(compact({"success": puts}))
         return RequestShape(method="POST", path="/v3/kv/txn", bodies=tuple(bodies))
 

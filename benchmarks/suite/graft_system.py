@@ -1,8 +1,11 @@
 """Graft under test: three `twist graft` processes through graft.testing.cluster.LocalCluster.
 
-kv FSM, the durable log with fsync on, mutual TLS between peers (LocalCluster generates the
-CA and certificates), the seed's timeouts (election 350 ms, heartbeat 35 ms). The HTTP API is
-plain HTTP on loopback, as etcd's client gateway is here.
+The kv FSM (system "graft") or the SQLite FSM (system "graft-sqlite": one table
+``bench(k TEXT PRIMARY KEY, v TEXT)``, written and read through the JSON form with bound
+parameters, as applications do); the durable log with fsync on, the default snapshot
+settings, mutual TLS between peers (LocalCluster generates the CA and certificates), the
+seed's timeouts (election 350 ms, heartbeat 35 ms). The HTTP API is plain HTTP on loopback,
+as etcd's client gateway is here.
 """
 
 from __future__ import annotations
@@ -10,31 +13,55 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
+from benchmarks.suite.errors import BenchmarkError
 from benchmarks.suite.http import call, call_json, wait_until
 from benchmarks.suite.system import (
     BATCH,
+    BODIES,
+    KEY_SLOT,
     KEYS,
     ReplicatedSystem,
     RequestShape,
     compact,
     key_name,
+    value_text,
 )
 from graft.testing.cluster import LocalCluster
 
+FSM_FACTORIES = {
+    "kv": "graft.fsm.kv:KeyValueStateMachine",
+    "sqlite": "graft.fsm.sqlite:SQLiteStateMachine",
+}
+SQLITE_SCHEMA = "CREATE TABLE IF NOT EXISTS bench(k TEXT PRIMARY KEY, v TEXT NOT NULL)"
+SQLITE_UPSERT = "INSERT INTO bench(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v"
+SQLITE_SELECT = "SELECT v FROM bench WHERE k = ?"
 
-def _put(key: str, value: str) -> str:
+
+def _kv_put(key: str, value: str) -> str:
     return compact({"op": "put", "key": key, "value": value})
 
 
+def _sqlite_put(key: str, value: str) -> str:
+    return compact({"statements": [{"sql": SQLITE_UPSERT, "params": [key, value]}]})
+
+
 class GraftSystem(ReplicatedSystem):
-    name = "graft"
     durable = True
 
-    def __init__(self, base: Path, *, election_ms: int = 350, heartbeat_ms: int = 35) -> None:
+    def __init__(
+        self, base: Path, *, election_ms: int = 350, heartbeat_ms: int = 35, fsm: str = "kv"
+    ) -> None:
+        if fsm not in FSM_FACTORIES:
+            raise ValueError(f"fsm must be one of {sorted(FSM_FACTORIES)}, not {fsm!r}")
+        self.name = "graft" if fsm == "kv" else f"graft-{fsm}"
+        self._fsm = fsm
         self._base = base
         self._election_ms = election_ms
         self._heartbeat_ms = heartbeat_ms
         self.cluster: LocalCluster | None = None
+
+    def _put(self, key: str, value: str) -> str:
+        return _kv_put(key, value) if self._fsm == "kv" else _sqlite_put(key, value)
 
     def _cluster(self) -> LocalCluster:
         if self.cluster is None:
@@ -43,10 +70,19 @@ class GraftSystem(ReplicatedSystem):
 
     def start(self) -> None:
         self.cluster = LocalCluster(
-            self._base, election_ms=self._election_ms, heartbeat_ms=self._heartbeat_ms
+            self._base,
+            fsm=FSM_FACTORIES[self._fsm],
+            election_ms=self._election_ms,
+            heartbeat_ms=self._heartbeat_ms,
         )
         self.cluster.start()
-        self.leader(timeout=30)
+        leader = self.leader(timeout=30)
+        if self._fsm == "sqlite":
+            status, body = call(
+                self.base_url(leader) + "/command", SQLITE_SCHEMA.encode(), timeout=30
+            )
+            if status != 200:
+                raise BenchmarkError(f"creating the bench table failed: {status} {body[:200]!r}")
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -60,6 +96,9 @@ class GraftSystem(ReplicatedSystem):
 
     def pid(self, node: str) -> int:
         return self._cluster().processes[node].pid
+
+    def data_path(self, node: str) -> Path:
+        return self._cluster().data_dir(node)
 
     def leader(self, timeout: float = 15) -> str:
         cluster = self._cluster()
@@ -76,30 +115,35 @@ class GraftSystem(ReplicatedSystem):
 
         return str(wait_until(agreed, timeout=timeout, what="a Graft leader agreed by all nodes"))
 
-    def put_shape(self) -> RequestShape:
-        return RequestShape(
-            method="POST",
-            path="/command",
-            bodies=tuple(_put(key_name(i), f"value-{i}") for i in range(KEYS)),
-        )
+    def put_shape(self, unique: bool = True) -> RequestShape:
+        if unique:
+            bodies = tuple(self._put(KEY_SLOT, value_text(i)) for i in range(BODIES))
+        else:
+            bodies = tuple(self._put(key_name(i), value_text(i)) for i in range(KEYS))
+        return RequestShape(method="POST", path="/command", bodies=bodies)
 
     def batch_shape(self) -> RequestShape:
         bodies = []
-        for b in range(KEYS // BATCH * 2):
-            commands = [_put(key_name(b * BATCH + j), f"batch-{b}-{j}") for j in range(BATCH)]
+        for b in range(BODIES // BATCH):
+            commands = [self._put(KEY_SLOT, value_text(b * BATCH + j)) for j in range(BATCH)]
             bodies.append(compact(commands))
         return RequestShape(method="POST", path="/commands", bodies=tuple(bodies))
 
     def read_shape(self, strong: bool) -> RequestShape:
         consistency = "strong" if strong else "default"
+        if self._fsm == "kv":
+            queries = [compact({"op": "get", "key": key_name(i)}) for i in range(KEYS)]
+        else:
+            queries = [
+                compact({"statements": [{"sql": SQLITE_SELECT, "params": [key_name(i)]}]})
+                for i in range(KEYS)
+            ]
         return RequestShape(
-            method="POST",
-            path=f"/query?consistency={consistency}",
-            bodies=tuple(compact({"op": "get", "key": key_name(i)}) for i in range(KEYS)),
+            method="POST", path=f"/query?consistency={consistency}", bodies=tuple(queries)
         )
 
     def probe_write(self, node: str, sequence: int, timeout: float) -> bool:
-        body = _put(f"probe-{sequence % KEYS}", str(sequence)).encode()
+        body = self._put(f"probe-{sequence % KEYS}", str(sequence)).encode()
         status, _ = call(self.base_url(node) + "/command", body, timeout=timeout)
         return status == 200
 
@@ -117,7 +161,7 @@ class GraftSystem(ReplicatedSystem):
         return {
             "election_ms": self._election_ms,
             "heartbeat_ms": self._heartbeat_ms,
-            "fsm": "graft.fsm.kv:KeyValueStateMachine",
+            "fsm": FSM_FACTORIES[self._fsm],
             "fsync": True,
             "peer_tls": "mutual TLS",
             "config_yaml": cluster.config_path.read_text(),

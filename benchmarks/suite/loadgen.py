@@ -1,12 +1,17 @@
 """The one load generator for every system: wrk, driven by wrk_driver.lua.
 
-A load is a method, a URL and a list of request bodies (one per line in a file, cycled so keys
-rotate). Several wrk processes may run at once (reads spread over three nodes); their latency
-histograms are merged exactly, so percentiles over the whole load are true percentiles.
+A load is a method, a URL and a list of request bodies (one per line in a file, cycled). A body
+may hold key placeholders (KEY_SLOT, KEY64_SLOT in benchmarks.suite.system) that the driver
+fills with keys no request sent before: every wrk process gets its own key prefix
+(new_key_prefix), so keys stay unique across processes, repetitions and scenarios. Several wrk
+processes may run at once (reads spread over three nodes); their latency histograms are merged
+exactly, so percentiles over the whole load are true percentiles.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +22,16 @@ from pathlib import Path
 from benchmarks.suite.errors import BenchmarkSetupError
 
 LUA_SCRIPT = Path(__file__).with_name("wrk_driver.lua")
+# Keys are a 12-character prefix and a 12-digit counter: 24 bytes (a multiple of 3, so their
+# base64 has no padding). The prefix: "u", this run's random token, a process counter, "-".
+KEY_BYTES = 24
+_RUN_TOKEN = os.urandom(3).hex()
+_PROCESSES = itertools.count()
+
+
+def new_key_prefix() -> str:
+    """A key prefix no other wrk process of this run (or, almost surely, of another) uses."""
+    return f"u{_RUN_TOKEN}{next(_PROCESSES) % 0x10000:04x}-"
 
 
 def wrk_binary() -> str:
@@ -83,8 +98,15 @@ def write_bodies(bodies: Sequence[str], directory: Path) -> Path:
 
 
 def wrk_command(
-    target: Target, *, seconds: float, method: str, bodies_file: Path, timeout_s: float = 10
+    target: Target,
+    *,
+    seconds: float,
+    method: str,
+    bodies_file: Path,
+    timeout_s: float = 10,
+    key_prefix: str | None = None,
 ) -> list[str]:
+    # -t1 always: each wrk thread has its own Lua state and so its own key counter.
     return [
         wrk_binary(),
         "-t1",
@@ -97,6 +119,7 @@ def wrk_command(
         "--",
         method,
         str(bodies_file),
+        key_prefix or new_key_prefix(),
     ]
 
 

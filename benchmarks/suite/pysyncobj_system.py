@@ -13,7 +13,16 @@ from pathlib import Path
 
 from benchmarks.suite.errors import BenchmarkSetupError
 from benchmarks.suite.http import call, call_json, wait_until
-from benchmarks.suite.system import KEYS, ProcessSystem, RequestShape, compact, key_name
+from benchmarks.suite.system import (
+    BODIES,
+    KEY_SLOT,
+    KEYS,
+    ProcessSystem,
+    RequestShape,
+    compact,
+    key_name,
+    value_text,
+)
 from graft.testing.cluster import HOST, free_ports
 
 INSTALL_HINT = (
@@ -84,12 +93,15 @@ class PySyncObjSystem(ProcessSystem):
 
         return str(wait_until(agreed, timeout=timeout, what="a PySyncObj leader agreed by all"))
 
-    def put_shape(self) -> RequestShape:
-        return RequestShape(
-            method="POST",
-            path="/put",
-            bodies=tuple(compact({"key": key_name(i), "value": f"value-{i}"}) for i in range(KEYS)),
-        )
+    def data_path(self, node: str) -> Path:
+        return self._base / (node + ".journal")
+
+    def put_shape(self, unique: bool = True) -> RequestShape:
+        if unique:
+            puts = [{"key": KEY_SLOT, "value": value_text(i)} for i in range(BODIES)]
+        else:
+            puts = [{"key": key_name(i), "value": value_text(i)} for i in range(KEYS)]
+        return RequestShape(method="POST", path="/put", bodies=tuple(compact(p) for p in puts))
 
     def probe_write(self, node: str, sequence: int, timeout: float) -> bool:
         body = compact({"key": f"probe-{sequence % KEYS}", "value": str(sequence)}).encode()

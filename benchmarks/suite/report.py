@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.suite.failover import GIVE_UP_S
 from benchmarks.suite.scenarios import WRITE_CONCURRENCY, median_of
-from benchmarks.suite.svg import line_chart
+from benchmarks.suite.svg import line_chart, panels
 
 LOAD_KEYS = ("ok_per_s", "p50_ms", "p99_ms", "entries_per_s")
 
@@ -173,6 +173,8 @@ def _fmt(value: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Benchmark run {result['started']}", ""]
     m = result["machine"]
+    if not result["medians"]:
+        return _growth_only_markdown(result, lines)
     lines += [
         f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"kernel {m['kernel']}, data on {m['data_filesystem']}; fsync of a 4 KiB append "
@@ -209,6 +211,8 @@ def markdown(result: dict[str, Any]) -> str:
             )
     for system, error in result.get("errors", {}).items():
         lines += ["", f"**{system} stopped early**: {error}; its later figures are missing."]
+    if result.get("growth"):
+        lines += growth_markdown(result["growth"])
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in result["versions"].items()]
     lines += ["", "PySyncObj's journal is never fsynced: its writes are not durable.", ""]
@@ -238,17 +242,23 @@ def _series(med: dict[str, dict[str, Any]], key: str) -> dict[str, list[tuple[fl
 
 
 def write_files(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """The results file, its Markdown, and the plots of what ran: the write plots when short
+    scenarios ran, ``<stem>-growth.svg`` (or ``<stem>.svg`` for a growth-only run, whose stem
+    already ends in -growth) when the growth scenario did."""
     out_dir.mkdir(parents=True, exist_ok=True)
     med = result["medians"]
-    paths = {
-        "json": out_dir / f"{stem}.json",
-        "md": out_dir / f"{stem}.md",
-        "throughput": out_dir / f"{stem}-throughput.svg",
-        "p50": out_dir / f"{stem}-latency-p50.svg",
-        "p99": out_dir / f"{stem}-latency-p99.svg",
-    }
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
     paths["md"].write_text(markdown(result))
+    if result.get("growth"):
+        name = f"{stem}.svg" if stem.endswith("-growth") else f"{stem}-growth.svg"
+        paths["growth"] = out_dir / name
+        paths["growth"].write_text(growth_svg(result["growth"]))
+    if not med:
+        return list(paths.values())
+    paths["throughput"] = out_dir / f"{stem}-throughput.svg"
+    paths["p50"] = out_dir / f"{stem}-latency-p50.svg"
+    paths["p99"] = out_dir / f"{stem}-latency-p99.svg"
     paths["throughput"].write_text(
         line_chart(
             "Writes, one command per request",
@@ -268,3 +278,182 @@ def write_files(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
 
 def as_dicts(items: list[Target]) -> list[dict[str, Any]]:
     return [asdict(t) for t in items]
+
+
+# -- growth ---------------------------------------------------------------------------------
+
+GROWTH_FLAT = 0.9  # last minute's throughput at least this share of the first minute's
+GROWTH_P99_VS_ETCD = 1.5  # Graft's last-minute p99 at most this multiple of etcd's
+
+
+def growth_targets(growth: dict[str, dict[str, Any]]) -> list[Target]:
+    """Issue 16's growth targets for each Graft system that ran: throughput flat from the
+    first minute to the last, and the last minute's p99 against etcd's."""
+    out = []
+    etcd = growth.get("etcd", {}).get("summary", {})
+    for system in (s for s in growth if s.startswith("graft")):
+        summary = growth[system].get("summary", {})
+        first, last = summary.get("first_ok_per_s"), summary.get("last_ok_per_s")
+        ratio = summary.get("last_over_first")
+        out.append(
+            Target(
+                name=f"growth {system}: last minute's throughput vs its first",
+                graft=last,
+                reference_name=f"{system} first minute",
+                reference=first,
+                unit="req/s",
+                ratio=ratio,
+                want=f">= {GROWTH_FLAT}",
+                met=None if ratio is None else ratio >= GROWTH_FLAT,
+            )
+        )
+        p99, etcd_p99 = summary.get("last_p99_ms"), etcd.get("last_p99_ms")
+        p99_ratio = round(p99 / etcd_p99, 3) if p99 is not None and etcd_p99 else None
+        out.append(
+            Target(
+                name=f"growth {system}: last minute's p99 vs etcd's",
+                graft=p99,
+                reference_name="etcd last minute",
+                reference=etcd_p99,
+                unit="ms",
+                ratio=p99_ratio,
+                want=f"<= {GROWTH_P99_VS_ETCD}",
+                met=None if p99_ratio is None else p99_ratio <= GROWTH_P99_VS_ETCD,
+            )
+        )
+    return out
+
+
+def _nodes(values: dict[str, float | None] | None) -> str:
+    if not values:
+        return "n/a"
+    return " / ".join(_fmt(v) for v in values.values())
+
+
+def growth_markdown(growth: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["", "## Growth: writes of new keys, per minute", ""]
+    lines += [
+        "| target (issue 16) | Graft | reference | ratio | wanted | met |",
+        "|---|---:|---:|---:|---:|:--:|",
+    ]
+    for t in growth_targets(growth):
+        met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
+        lines.append(
+            f"| {t.name} | {_fmt(t.graft)} {t.unit} | {t.reference_name}: "
+            f"{_fmt(t.reference)} | {_fmt(t.ratio)} | {t.want} | {met} |"
+        )
+    systems = list(growth)
+    minutes = max((len(g.get("minutes", [])) for g in growth.values()), default=0)
+    lines += ["", "Side by side (req/s, p99 ms, data dir of the three nodes MB):", ""]
+    lines.append("| minute | " + " | ".join(systems) + " |")
+    lines.append("|---:|" + "---:|" * len(systems))
+    for m in range(minutes):
+        cells = []
+        for system in systems:
+            rows = growth[system].get("minutes", [])
+            if m < len(rows):
+                r = rows[m]
+                cells.append(
+                    f"{_fmt(r['ok_per_s'])}, {_fmt(r['p99_ms'])}, {_fmt(r['data_total_mb'])}"
+                )
+            else:
+                cells.append("")
+        lines.append(f"| {m + 1} | " + " | ".join(cells) + " |")
+    for system, g in growth.items():
+        lines += [
+            "",
+            f"### {system}",
+            "",
+            f"c={g['concurrency']}, {g['seconds']} s in loads of {g['interval_s']} s; load "
+            f"average (1 min, 5 min) {g['load_average_start']} at the start, "
+            f"{g.get('load_average_end')} at the end.",
+            "",
+            "| minute | req/s | p50 ms | p99 ms | failures | RSS MB per node (end) | "
+            "RSS MB per node (peak) | data MB per node | data MB total |",
+            "|---:|---:|---:|---:|---:|---|---|---|---:|",
+        ]
+        for r in g.get("minutes", []):
+            lines.append(
+                f"| {r['minute']} | {_fmt(r['ok_per_s'])} | {_fmt(r['p50_ms'])} | "
+                f"{_fmt(r['p99_ms'])} | {r['failures']} | {_nodes(r['rss_mb'])} | "
+                f"{_nodes(r['rss_max_mb'])} | {_nodes(r['data_mb'])} | "
+                f"{_fmt(r['data_total_mb'])} |"
+            )
+        if g.get("error"):
+            lines += ["", f"**Stopped early**: {g['error']}"]
+    return lines
+
+
+def _growth_only_markdown(result: dict[str, Any], lines: list[str]) -> str:
+    m = result["machine"]
+    lines.append(
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"kernel {m['kernel']}, data on {m['data_filesystem']}; fsync of a 4 KiB append "
+        f"p50 {m['fsync']['p50_ms']} ms, p99 {m['fsync']['p99_ms']} ms. Load average "
+        f"(1 min, 5 min) at start {m['load_average_at_start']}, at end "
+        f"{m.get('load_average_at_end')}."
+    )
+    lines += growth_markdown(result.get("growth", {}))
+    for system, error in result.get("errors", {}).items():
+        lines += ["", f"**{system} stopped early**: {error}"]
+    lines += ["", "## Versions", ""]
+    lines += [f"- {k}: {v}" for k, v in result["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _largest(values: dict[str, float | None] | None) -> float | None:
+    present = [v for v in (values or {}).values() if v is not None]
+    return max(present) if present else None
+
+
+def growth_series(
+    growth: dict[str, dict[str, Any]], figure: Any
+) -> dict[str, list[tuple[float, float]]]:
+    """{system: [(minute, value), ...]} of ``figure(row)`` where it is not None."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for system, g in growth.items():
+        points = []
+        for row in g.get("minutes", []):
+            value = figure(row)
+            if value is not None:
+                points.append((float(row["minute"]), float(value)))
+        if points:
+            out[system] = points
+    return out
+
+
+def growth_svg(growth: dict[str, dict[str, Any]]) -> str:
+    """Four panels over the minutes: throughput, p99, the largest node's RSS, data on disk."""
+    interval = next((g.get("interval_s") for g in growth.values()), 60)
+    x_label = "minute" if interval == 60 else f"interval of {interval} s"
+    charts = [
+        line_chart(
+            "Throughput per minute (new keys, c=16)",
+            x_label,
+            "acknowledged req/s",
+            growth_series(growth, lambda r: r["ok_per_s"]),
+            log_x=False,
+        ),
+        line_chart(
+            "Write latency p99 per minute",
+            x_label,
+            "ms",
+            growth_series(growth, lambda r: r["p99_ms"]),
+            log_x=False,
+        ),
+        line_chart(
+            "RSS of the largest node (peak in the minute)",
+            x_label,
+            "MB",
+            growth_series(growth, lambda r: _largest(r["rss_max_mb"])),
+            log_x=False,
+        ),
+        line_chart(
+            "Data dirs of the three nodes on disk",
+            x_label,
+            "MB",
+            growth_series(growth, lambda r: r["data_total_mb"]),
+            log_x=False,
+        ),
+    ]
+    return panels(charts, columns=2)

@@ -1,8 +1,9 @@
 """`python -m benchmarks` (what `make bench` runs): every system, every scenario, one report.
 
 Order: the machine (with an fsync probe), the Klein ceiling, the load generator's own ceiling
-against etcd's trivial /version handler, then Graft, etcd and PySyncObj one after another (each
-alone on the machine while it is measured), then the report.
+against etcd's trivial /version handler, then the systems one after another (each alone on the
+machine while it is measured; the growth scenario, when asked for, on a fresh cluster of each
+after its short scenarios), then the report.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmarks.suite import report
 from benchmarks.suite.errors import BenchmarkError
 from benchmarks.suite.etcd_system import EtcdSystem, etcd_binary
 from benchmarks.suite.graft_system import GraftSystem
+from benchmarks.suite.growth import run_growth
 from benchmarks.suite.klein_ceiling import KleinCeiling
 from benchmarks.suite.loadgen import Target, wrk_binary
 from benchmarks.suite.machine import describe
@@ -31,8 +33,13 @@ from benchmarks.suite.pysyncobj_system import PySyncObjSystem, ensure_pysyncobj
 from benchmarks.suite.scenarios import WRITE_CONCURRENCY, Recorder, run_system, warm_up
 from benchmarks.suite.system import ReplicatedSystem, RequestShape
 
-SYSTEMS = ("graft", "etcd", "pysyncobj")
-SCENARIOS = ("writes", "reads", "batch", "failover")
+SYSTEMS = ("graft", "graft-sqlite", "etcd", "pysyncobj")
+SCENARIOS = ("writes", "reads", "batch", "failover", "growth")
+# What runs without --scenarios / --systems: the short scenarios (~13 min) on these systems;
+# growth (10 min per system) only when asked for, on GROWTH_SYSTEMS.
+DEFAULT_SCENARIOS = ("writes", "reads", "batch", "failover")
+SHORT_SYSTEMS = ("graft", "etcd", "pysyncobj")
+GROWTH_SYSTEMS = ("graft", "graft-sqlite", "etcd")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -45,13 +52,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repetitions", type=int, default=3, help="runs per figure (3)")
     parser.add_argument(
         "--systems",
-        default=",".join(SYSTEMS),
-        help=f"comma-separated subset of {','.join(SYSTEMS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: "
+        f"{','.join(SHORT_SYSTEMS)} for the short scenarios, {','.join(GROWTH_SYSTEMS)} "
+        "for growth)",
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but growth)",
+    )
+    parser.add_argument(
+        "--growth-seconds",
+        type=int,
+        default=600,
+        help="how long the growth scenario writes, per system (600)",
+    )
+    parser.add_argument(
+        "--growth-interval",
+        type=int,
+        default=60,
+        help="seconds per reported interval of the growth scenario (60: per minute)",
     )
     parser.add_argument(
         "--no-ceiling", action="store_true", help="skip the Klein and load-generator ceilings"
@@ -82,6 +103,16 @@ def _versions(systems: list[ReplicatedSystem]) -> dict[str, str]:
     )
     if git.returncode == 0:
         out["graft_commit"] = git.stdout.strip()
+    # The last few commits with their parents: a run from a scratch branch with other
+    # branches merged in shows what was merged.
+    history = subprocess.run(
+        ["git", "log", "--first-parent", "-n", "3", "--format=%h (parents %p) %s"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    if history.returncode == 0:
+        out["graft_history"] = " | ".join(history.stdout.strip().splitlines())
     for system in systems:
         out[system.name] = system.version()
     return out
@@ -94,7 +125,8 @@ def _load_average() -> list[float]:
 
 
 def _ceilings(recorder: Recorder, klein: KleinCeiling, workdir: Path, with_etcd: bool) -> None:
-    shape = RequestShape(method="POST", path="", bodies=('{"op":"put","key":"k","value":"v"}',))
+    # bodies the size of Graft's kv puts (the Klein endpoint reads and ignores them)
+    shape = GraftSystem(workdir / "unused").put_shape()
     recorder.load("klein", "warm-up", [Target(url=klein.url, connections=16)], shape, repetitions=1)
     recorder.runs["klein"].pop("warm-up")
     for c in WRITE_CONCURRENCY:
@@ -115,17 +147,51 @@ def _ceilings(recorder: Recorder, klein: KleinCeiling, workdir: Path, with_etcd:
             etcd.close()
 
 
+def plan(systems: str | None, scenarios: set[str]) -> dict[str, set[str]]:
+    """{system: its scenarios}, in SYSTEMS order. Given systems run every given scenario;
+    otherwise the short scenarios run on SHORT_SYSTEMS and growth on GROWTH_SYSTEMS."""
+    short = scenarios - {"growth"}
+    out: dict[str, set[str]] = {}
+    given = None if systems is None else [s for s in systems.split(",") if s]
+    for name in SYSTEMS:
+        if given is not None:
+            if name in given:
+                out[name] = set(scenarios)
+            continue
+        mine = (short if name in SHORT_SYSTEMS else set()) | (
+            scenarios & {"growth"} if name in GROWTH_SYSTEMS else set()
+        )
+        if mine:
+            out[name] = mine
+    return out
+
+
+def _make(name: str, base: Path) -> ReplicatedSystem:
+    if name == "graft-sqlite":
+        return GraftSystem(base, fsm="sqlite")
+    makers: dict[str, type[GraftSystem | EtcdSystem | PySyncObjSystem]] = {
+        "graft": GraftSystem,
+        "etcd": EtcdSystem,
+        "pysyncobj": PySyncObjSystem,
+    }
+    return makers[name](base)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = [s for s in args.systems.split(",") if s]
     scenarios = {s for s in args.scenarios.split(",") if s}
-    unknown = (set(wanted) - set(SYSTEMS)) | (scenarios - set(SCENARIOS))
+    given = set() if args.systems is None else {s for s in args.systems.split(",") if s}
+    unknown = (given - set(SYSTEMS)) | (scenarios - set(SCENARIOS))
     if unknown:
         print(f"unknown system or scenario {sorted(unknown)}; see --help", file=sys.stderr)
         return 2
+    planned = plan(args.systems, scenarios)
+    wanted = list(planned)
+    # The ceilings are the references of the short scenarios' targets; growth has none.
+    ceilings = not args.no_ceiling and bool(scenarios - {"growth"})
     try:
         wrk_binary()
-        if "etcd" in wanted or not args.no_ceiling:
+        if "etcd" in wanted or ceilings:
             etcd_binary()
         if "pysyncobj" in wanted:
             ensure_pysyncobj(args.install_peers)
@@ -138,37 +204,41 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder(seconds=args.seconds, repetitions=args.repetitions, workdir=workdir)
     machine = describe(workdir)
     print(f"machine: {machine['cores']} cores, fsync p50 {machine['fsync']['p50_ms']} ms")
-    makers = {"graft": GraftSystem, "etcd": EtcdSystem, "pysyncobj": PySyncObjSystem}
     used: list[ReplicatedSystem] = []
     settings: dict[str, Any] = {}
     phase_load: dict[str, dict[str, list[float]]] = {}
     errors: dict[str, str] = {}
+    growth: dict[str, Any] = {}
     clock = time.monotonic()
     klein_log = open(workdir / "klein.log", "ab")  # noqa: SIM115 (closed below)
     klein = KleinCeiling(klein_log)
     try:
-        if not args.no_ceiling:
+        if ceilings:
             print("ceilings")
             klein.start()  # and it stays up: Graft's loads are paired with it rep by rep
             recorder.ceiling_url = klein.url
             _ceilings(recorder, klein, workdir, with_etcd=True)
-        for name in wanted:
-            system = makers[name](workdir / name)
-            print(f"{name}: starting")
-            used.append(system)
-            phase_load[name] = {"start": _load_average()}
-            try:
-                system.start()
-                settings[name] = system.settings()
-                run_system(system, recorder, scenarios)
-            except (BenchmarkError, TimeoutError) as error:
-                # One system failing (a peer that never settles) must not cost the figures
-                # already measured: the run is recorded with what it has and the error.
-                errors[name] = str(error)
-                print(f"{name}: stopped early: {error}")
-            finally:
-                system.close()
-                phase_load[name]["end"] = _load_average()
+        for name, mine in planned.items():
+            short = mine - {"growth"}
+            if short:
+                system = _make(name, workdir / name)
+                print(f"{name}: starting")
+                used.append(system)
+                phase_load[name] = {"start": _load_average()}
+                try:
+                    system.start()
+                    settings[name] = system.settings()
+                    run_system(system, recorder, short)
+                except (BenchmarkError, TimeoutError) as error:
+                    # One system failing (a peer that never settles) must not cost the figures
+                    # already measured: the run is recorded with what it has and the error.
+                    errors[name] = str(error)
+                    print(f"{name}: stopped early: {error}")
+                finally:
+                    system.close()
+                    phase_load[name]["end"] = _load_average()
+            if "growth" in mine:
+                _growth_phase(name, workdir, args, used, settings, growth, errors)
     finally:
         klein.close()
         klein_log.close()
@@ -177,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_average_at_end"] = _load_average()
     machine["load_average_by_phase"] = phase_load
     med = report.medians(recorder.runs)
+    short_run = bool(scenarios - {"growth"})
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - clock, 1),
@@ -186,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             "repetitions": args.repetitions,
             "systems": wanted,
             "scenarios": sorted(scenarios),
+            "plan": {name: sorted(mine) for name, mine in planned.items()},
+            "growth_seconds": args.growth_seconds if "growth" in scenarios else None,
+            "growth_interval": args.growth_interval if "growth" in scenarios else None,
+            "workload": "writes put keys never written before (24 bytes) with 100-byte values; "
+            "reads read 1000 keys the warm-up wrote with 100-byte values",
             "per_system": settings,
             "notes": [
                 "wrk -t1 (one load-generator thread); latency is per request, wrk's own clock",
@@ -202,14 +278,50 @@ def main(argv: list[str] | None = None) -> int:
         "commands": recorder.commands,
         "runs": recorder.runs,
         "medians": med,
-        "targets": report.as_dicts(report.targets(med)),
+        "targets": report.as_dicts(report.targets(med)) if short_run else [],
         "errors": errors,
     }
-    stem = started.strftime("%Y-%m-%d")
+    if growth:
+        result["growth"] = growth
+        result["growth_targets"] = report.as_dicts(report.growth_targets(growth))
+    stem = started.strftime("%Y-%m-%d") + ("" if short_run else "-growth")
     for path in report.write_files(result, args.out, stem):
         print(f"wrote {path}")
     print(report.markdown(result))
     return 0
 
 
-__all__ = ["main", "warm_up"]
+def _growth_phase(
+    name: str,
+    workdir: Path,
+    args: argparse.Namespace,
+    used: list[ReplicatedSystem],
+    settings: dict[str, Any],
+    growth: dict[str, Any],
+    errors: dict[str, str],
+) -> None:
+    """The growth scenario on a fresh cluster of ``name``; its data is deleted afterwards (a
+    10-minute run leaves gigabytes)."""
+    base = workdir / f"{name}-growth"
+    system = _make(name, base)
+    print(f"{name}: starting for growth ({args.growth_seconds} s)")
+    if not any(s.name == name for s in used):
+        used.append(system)
+    try:
+        system.start()
+        settings.setdefault(name, system.settings())
+        growth[name] = run_growth(
+            system, workdir, seconds=args.growth_seconds, interval=args.growth_interval
+        )
+        if "error" in growth[name]:
+            errors[f"{name}/growth"] = growth[name]["error"]
+    except (BenchmarkError, TimeoutError) as error:
+        errors[f"{name}/growth"] = str(error)
+        print(f"{name}: growth stopped early: {error}")
+    finally:
+        system.close()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+__all__ = ["main", "plan", "warm_up"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import shlex
 import statistics
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.suite.failover import run_trial
+from benchmarks.suite.http import call
 from benchmarks.suite.loadgen import LoadResult, Target, run_load, spread, write_bodies, wrk_command
 from benchmarks.suite.system import BATCH, ReplicatedSystem, RequestShape
 
@@ -49,7 +51,13 @@ class Recorder:
             pair = [Target(url=self.ceiling_url, connections=t.connections) for t in targets]
         self.commands[f"{system}/{scenario}"] = [
             shlex.join(
-                wrk_command(t, seconds=self.seconds, method=shape.method, bodies_file=bodies)
+                wrk_command(
+                    t,
+                    seconds=self.seconds,
+                    method=shape.method,
+                    bodies_file=bodies,
+                    key_prefix="<a prefix of its own per wrk process>",
+                )
             )
             for t in targets
         ]
@@ -89,8 +97,9 @@ def _summary(result: LoadResult, per_request: int) -> dict[str, Any]:
 
 
 def warm_up(system: ReplicatedSystem, workdir: Path, seconds: float = 2) -> None:
-    """Write every key once and let caches, JITs and connections settle; not recorded."""
-    shape = system.put_shape()
+    """Write every key the reads read and let caches, JITs and connections settle; not
+    recorded."""
+    shape = system.put_shape(unique=False)
     bodies = write_bodies(shape.bodies, workdir)
     try:
         url = system.base_url(system.leader()) + shape.path
@@ -104,6 +113,21 @@ def warm_up(system: ReplicatedSystem, workdir: Path, seconds: float = 2) -> None
         bodies.unlink(missing_ok=True)
 
 
+def seed_reads(system: ReplicatedSystem, threads: int = 16) -> int:
+    """Write each key the reads read once more, one request per key (16 at a time), so that
+    every read finds its key however little of it the timed warm-up reached on a busy
+    machine; the number of writes that failed."""
+    shape = system.put_shape(unique=False)
+    url = system.base_url(system.leader()) + shape.path
+
+    def put(body: str) -> bool:
+        status, _ = call(url, body.encode(), method=shape.method, timeout=30)
+        return 200 <= status < 300
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sum(not ok for ok in pool.map(put, shape.bodies))
+
+
 def run_system(system: ReplicatedSystem, recorder: Recorder, scenarios: set[str]) -> None:
     name = system.name
     warm_up(system, recorder.workdir)
@@ -114,6 +138,9 @@ def run_system(system: ReplicatedSystem, recorder: Recorder, scenarios: set[str]
             target = Target(url=system.base_url(leader) + put.path, connections=c)
             recorder.load(name, f"write_c{c}", [target], put, paired=name == "graft" and c > 1)
     if "reads" in scenarios:
+        failed = seed_reads(system)
+        if failed:
+            recorder.progress(f"  {name:10} {failed} of the read keys could not be written")
         strong = system.read_shape(strong=True)
         if strong is not None:
             urls = [system.base_url(n) + strong.path for n in system.node_ids()]

@@ -1,4 +1,5 @@
-"""A small hand-written SVG line chart: series of (x, y) on a log-x axis, no dependencies."""
+"""A small hand-written SVG line chart: series of (x, y) on a log2 or linear x axis, and
+several charts side by side in one document (`panels`); no dependencies."""
 
 from __future__ import annotations
 
@@ -26,16 +27,20 @@ def line_chart(
     x_label: str,
     y_label: str,
     series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    log_x: bool = True,
 ) -> str:
-    """An SVG document; x is drawn on a log2 scale (concurrency 1, 16, 64)."""
+    """An SVG document; x is drawn on a log2 scale (concurrency 1, 16, 64) unless ``log_x``
+    is false (minutes 1..10)."""
     xs = sorted({x for points in series.values() for x, _ in points})
     y_max = _nice_max(max((y for points in series.values() for _, y in points), default=1.0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    lo, hi = math.log2(min(xs or [1])), math.log2(max(xs or [2]))
+    scale = math.log2 if log_x else float
+    lo, hi = scale(min(xs or [1])), scale(max(xs or [2]))
     span = (hi - lo) or 1.0
 
     def px(x: float) -> float:
-        return LEFT + (math.log2(x) - lo) / span * plot_w
+        return LEFT + (scale(x) - lo) / span * plot_w
 
     def py(y: float) -> float:
         return TOP + plot_h - y / y_max * plot_h
@@ -83,5 +88,23 @@ def line_chart(
             f'y2="{legend_y}" stroke="{colour}" stroke-width="2"/>'
             f'<text x="{WIDTH - RIGHT + 40}" y="{legend_y + 4}">{escape(name)}</text>'
         )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def panels(charts: Sequence[str], columns: int = 2) -> str:
+    """Charts made by line_chart laid out in a grid, as one SVG document."""
+    rows = max(1, math.ceil(len(charts) / columns))
+    width, height = WIDTH * min(columns, max(len(charts), 1)), HEIGHT * rows
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    for i, chart in enumerate(charts):
+        x, y = WIDTH * (i % columns), HEIGHT * (i // columns)
+        if not chart.startswith("<svg "):
+            raise ValueError("a panel must be an SVG document from line_chart")
+        out.append(f'<svg x="{x}" y="{y}" ' + chart[len("<svg ") :].rstrip("\n"))
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -8,18 +8,36 @@ a single probe write for failover timing, and kill/restart of one node.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-KEYS = 1000  # writes rotate over this many keys, so state stays small and reads find them
+KEYS = 1000  # the keys the warm-up writes and the reads read; writes insert new keys
 BATCH = 100
+VALUE_BYTES = 100  # every written value, in the single puts and in the batches
+BODIES = 1000  # request bodies per load (their values differ; the keys come from the driver)
+# Placeholders the wrk driver replaces, per occurrence, with a key never sent before (the
+# second in base64, for etcd); see benchmarks/suite/wrk_driver.lua and loadgen.KEY_BYTES.
+KEY_SLOT = "@KEY@"
+KEY64_SLOT = "@KEY64@"
 
 
 def key_name(i: int) -> str:
     return f"bench-{i % KEYS:04d}"
+
+
+def value_text(i: int) -> str:
+    """A VALUE_BYTES-character value that differs from one ``i`` to the next (hex of hashes,
+    so it is printable and needs no escaping in JSON, SQL or base64)."""
+    out = ""
+    block = 0
+    while len(out) < VALUE_BYTES:
+        out += hashlib.sha256(f"{i}/{block}".encode()).hexdigest()
+        block += 1
+    return out[:VALUE_BYTES]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +74,9 @@ class ReplicatedSystem(abc.ABC):
         """The node every live node agrees leads (waits for one)."""
 
     @abc.abstractmethod
-    def put_shape(self) -> RequestShape: ...
+    def put_shape(self, unique: bool = True) -> RequestShape:
+        """Single puts of VALUE_BYTES values: to keys never written before (KEY_SLOT
+        placeholders) or, with ``unique=False``, to the KEYS keys the reads read."""
 
     def batch_shape(self) -> RequestShape | None:
         return None
@@ -81,6 +101,15 @@ class ReplicatedSystem(abc.ABC):
 
     def settings(self) -> dict[str, object]:
         return {}
+
+    def pid(self, node: str) -> int:
+        """The process id of the node (for its RSS)."""
+        raise NotImplementedError
+
+    def data_path(self, node: str) -> Path:
+        """Where the node keeps its data: a directory (or a file) whose size the growth
+        scenario reports."""
+        raise NotImplementedError
 
 
 class ProcessSystem(ReplicatedSystem):

@@ -1,25 +1,38 @@
-"""The benchmark suite's own logic: percentiles, merging, spreading, targets, plots, and how
-a failed failover trial is recorded.
+"""The benchmark suite's own logic: percentiles, merging, spreading, targets, plots, how
+a failed failover trial is recorded, and the wrk driver's unique keys.
 
 .venv/bin/trial benchmarks.tests
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import subprocess
 import sys
+import threading
 import time
 import xml.dom.minidom
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from benchmarks.suite import report, scenarios
 from benchmarks.suite.failover import FailoverTrial
-from benchmarks.suite.loadgen import LoadResult, collect, spread, write_bodies
+from benchmarks.suite.loadgen import (
+    KEY_BYTES,
+    LoadResult,
+    Target,
+    collect,
+    run_load,
+    spread,
+    write_bodies,
+)
 from benchmarks.suite.svg import line_chart
-from benchmarks.suite.system import ProcessSystem, RequestShape
+from benchmarks.suite.system import KEY64_SLOT, KEY_SLOT, ProcessSystem, RequestShape
 
 
 class _FakeWrk(subprocess.Popen[str]):
@@ -218,7 +231,7 @@ class _Sleepers(ProcessSystem):
     def leader(self, timeout: float = 15) -> str:
         return self._names[0]
 
-    def put_shape(self) -> RequestShape:
+    def put_shape(self, unique: bool = True) -> RequestShape:
         return RequestShape(method="POST", path="/", bodies=("",))
 
     def probe_write(self, node: str, sequence: int, timeout: float) -> bool:
@@ -257,3 +270,84 @@ def _wait_for_lines(log: Path, count: int) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{log} never held {count} lines: {log.read_text()!r}")
         time.sleep(0.02)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    bodies: list[bytes]
+    lock: threading.Lock
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            self.bodies.append(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # wrk resets its connections when its time is up
+
+
+class UniqueKeyTests(SynchronousTestCase):
+    """The wrk driver itself, against a small HTTP server on 127.0.0.1 that keeps the bodies."""
+
+    def setUp(self) -> None:
+        try:
+            subprocess.run(["wrk", "-v"], capture_output=True)
+        except FileNotFoundError:
+            raise SkipTest("wrk is not installed (apt-get install -y wrk)") from None
+        bodies: list[bytes] = []
+        handler = type("Handler", (_Recorder,), {"bodies": bodies, "lock": threading.Lock()})
+        self.server = _QuietServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(self.server.shutdown)
+        self.received = bodies
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+
+    def _load(self, lines: list[str]) -> None:
+        path = write_bodies(lines, self.directory)
+        url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        run_load([Target(url=url, connections=2)], seconds=1, method="POST", bodies_file=path)
+
+    def test_every_key_is_new_across_requests_bodies_and_loads(self) -> None:
+        """Each placeholder becomes a 24-byte key no request sent before, in two loads in a
+        row; the base64 placeholder carries a key of the same form; keys of one body differ."""
+        lines = [
+            json.dumps({"key": KEY_SLOT, "value": "a"}),
+            json.dumps([{"k": KEY_SLOT}, {"k": KEY_SLOT}]),
+            json.dumps({"key": KEY64_SLOT, "value": "b"}),
+        ]
+        self._load(lines)
+        self._load(lines)
+        keys: list[str] = []
+        for raw in self.received:
+            body = json.loads(raw)
+            if isinstance(body, list):
+                keys += [item["k"] for item in body]
+            elif body["value"] == "b":
+                keys.append(base64.b64decode(body["key"], validate=True).decode())
+            else:
+                keys.append(body["key"])
+        self.assertGreater(len(self.received), 30)
+        self.assertEqual(len(keys), len(set(keys)))
+        self.assertTrue(all(len(k) == KEY_BYTES for k in keys), keys[:5])
+        self.assertTrue(all(re.fullmatch(r"u[0-9a-f]{10}-\d{12}", k) for k in keys), keys[:5])
+        prefixes = {k[:12] for k in keys}
+        self.assertEqual(len(prefixes), 2)  # one per wrk process
+
+    def test_a_body_without_placeholders_is_sent_as_it_is(self) -> None:
+        self._load(['{"key":"fixed","value":"@KEY"}'])
+        self.assertTrue(self.received)
+        self.assertEqual(set(self.received), {b'{"key":"fixed","value":"@KEY"}'})
