@@ -116,7 +116,12 @@ def scenario(cluster: HostsCluster, client: Client) -> None:
         raise AssertionError(f"reloading n3's certificate: {code} {body}")
     new_base = f"http://{MOVED_NAME}:{API_PORT}"
     code, body = request("PUT", url("n1", "/cluster/members/n3"), {"host": MOVED_NAME})
-    if code != 200 or body["addresses"]["n3"]["host"] != MOVED_NAME:
+    if code == 504:
+        # When n3 leads, n1 forwards the move to it and drops its connection to n3's old
+        # address as the change applies, so the answer can be lost: the 504 says to check the
+        # member list, which is what the loop after the move does (seen once in CI).
+        pass
+    elif code != 200 or body["addresses"]["n3"]["host"] != MOVED_NAME:
         raise AssertionError(f"moving n3: {code} {body}")
     old = cluster.network.hosts["n3"]
     run(["ip", "-n", n3_ns, "addr", "del", f"{old}/24", "dev", "eth0"])
