@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from graft.client import (
-    FIRST_BACKOFF_S,
-    MAX_BACKOFF_S,
     ClientError,
     OutcomeUnknown,
     Response,
     Unreachable,
 )
+from graft.client_requests import FIRST_BACKOFF_S, MAX_BACKOFF_S
 
 if TYPE_CHECKING:
     from graft.client import GraftClient
