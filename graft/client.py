@@ -1,21 +1,19 @@
-"""A small synchronous HTTP client for Graft's API, used by the ``graft`` command.
+"""Graft's Python client: the operations of the HTTP API, as ``graft`` and programs use them.
 
-It speaks the API's error model (DESIGN.md section 5): an error body
-``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
-status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
-list when a node is down, and retries what retrying can fix until the deadline (RETRYABLE:
-``no_leader``, which means the request was not accepted and an election is probably under
-way). ``no_quorum`` sends it on to the next member at once (it may be in the majority) and
-ends the request once every member answered so or not at all. Never a 4xx (``stale``,
-``min_index_beyond_log``, ...): the same request gets the same answer.
+This is the public API module: users write ``from graft.client import GraftClient,
+ClientError, OutcomeUnknown, Unreachable, Response, SavedSnapshot`` (docs/api.md). The
+exceptions are defined in graft/client_errors.py and Response in graft/client_requests.py;
+they are imported here because they are part of this API (``__all__``), not left behind for
+old callers. Graft's own modules import them from where they are defined.
 
-Only the standard library is used, so the CLI starts fast and needs no reactor.
-
+:class:`GraftClient` is a :class:`~graft.client_requests.RequestLoop` (the members, the
+connection settings, redirects, retries, backoff, deadline) with the operations on top:
+commands, queries, SQL, membership and the other admin calls, snapshot download, shutdown.
 Commands go under a client session by default (graft/client_sessions.py): numbered, so that
 a timeout, a dropped connection or a leader change is retried and still applied once.
 
-It is one module of ~700 lines because the request loop, the error model and the cluster
-operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
+Only the standard library is used, so the CLI starts fast and needs no reactor; the CLI's
+use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
@@ -30,14 +28,12 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from graft.client_errors import ClientError, OutcomeUnknown, Unreachable
 from graft.client_requests import RETRYABLE, RETRYABLE_READS, RequestLoop, Response
+from graft.client_sessions import SessionCommands
 from graft.sql_form import SqlStatement, sql_request
-
-if TYPE_CHECKING:
-    from graft.client_sessions import SessionCommands
 
 __all__ = [
     "ClientError",
@@ -63,15 +59,19 @@ class SavedSnapshot:
 
 @dataclass(kw_only=True)
 class GraftClient(RequestLoop):
+    """The operations of Graft's HTTP API on the members at ``urls``.
+
+    Made with the RequestLoop's fields (``urls``, ``names``, ``timeout``, ``token``,
+    ``ssl_context``, ``sleep``, ``clock``, ``retry_unreachable``, ``attempt_timeout``,
+    ``jitter``) and ``session``.
+    """
+
     # Commands under a client session (exactly once, retried until the deadline); False sends
     # them as before sessions: a timeout or a dropped connection ends the command, unknown.
     session: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # Imported here: graft.client_sessions builds on this module's error model.
-        from graft.client_sessions import SessionCommands
-
         self._commands: SessionCommands = SessionCommands(self)
 
     @property
@@ -107,7 +107,7 @@ class GraftClient(RequestLoop):
     ) -> Response:
         if self.session:
             return self._commands.send(path, body, headers, count=count)
-        return self._retrying("POST", path, body=body, headers=headers)
+        return self.retrying("POST", path, body=body, headers=headers)
 
     def execute(
         self, statements: Sequence[SqlStatement], *, transaction: bool = True
@@ -140,7 +140,7 @@ class GraftClient(RequestLoop):
     def _json_post(
         self, path: str, body: bytes, retry_codes: Sequence[str] = ("no_leader",)
     ) -> Response:
-        return self._retrying(
+        return self.retrying(
             "POST",
             path,
             body=body,
@@ -164,7 +164,7 @@ class GraftClient(RequestLoop):
         if max_lag_ms is not None:
             params["max_lag_ms"] = str(max_lag_ms)
         path = "/query?" + urllib.parse.urlencode(params)
-        return self._retrying(
+        return self.retrying(
             "POST",
             path,
             body=query,
@@ -312,7 +312,7 @@ class GraftClient(RequestLoop):
         # A POST without a body still sends an empty one, with a length, for strict proxies.
         if body is None and method == "POST":
             body = b""
-        response = self._retrying(
+        response = self.retrying(
             method,
             path,
             body=body,

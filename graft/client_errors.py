@@ -1,8 +1,15 @@
-"""The errors of graft.client: what a failed request raises."""
+"""What graft.client raises, and how an error answer or a failed connection becomes it.
+
+The API's error body ``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with
+that code and the HTTP status; a connection that fails becomes one with a code of the
+client's own. Users import these from graft.client; the client's modules from here.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 
 
 class ClientError(Exception):
@@ -10,7 +17,9 @@ class ClientError(Exception):
 
     ``code`` is the API's error code (``no_leader``, ``timeout``, ...) or one of the client's own:
     ``unreachable`` (nothing listens there), ``connection`` (the connection failed mid-way: the
-    outcome of a command is unknown), ``http_error`` (a non-JSON error answer).
+    outcome of a command is unknown), ``timeout``, ``tls``, ``http_<status>`` (an error answer
+    without the API's error body), ``redirect_loop``, ``bad_answer`` (a 2xx that is not what the
+    API answers).
     ``status`` is the HTTP status, or None when there was no HTTP answer.
     """
 
@@ -40,13 +49,43 @@ class OutcomeUnknown(ClientError):
     Sending the command again would be a new command: check with a query first."""
 
 
+def transport_error(node: str, base: str, reason: object) -> ClientError:
+    """The ClientError for a request to ``node`` (at ``base``) that got no HTTP answer because
+    of ``reason`` (an OSError, an HTTPException, a URLError's reason)."""
+    if isinstance(reason, ConnectionRefusedError | socket.gaierror):
+        return Unreachable(
+            f"node {node} at {base} is unreachable ({_describe(reason)}): check that it is "
+            "running and that the URL or config is right"
+        )
+    if isinstance(reason, TimeoutError):
+        return ClientError(
+            "timeout",
+            None,
+            f"node {node} at {base} did not answer in time: retry with a larger --timeout; "
+            "a command's outcome is unknown, check before re-sending it",
+        )
+    if isinstance(reason, ssl.SSLError):
+        return ClientError(
+            "tls",
+            None,
+            f"TLS with node {node} at {base} failed ({_describe(reason)}): pass the API's "
+            "CA with --cacert (and --cert/--key if it wants a client certificate)",
+        )
+    return ClientError(
+        "connection",
+        None,
+        f"connection to node {node} at {base} failed ({_describe(reason)}): retry; a "
+        "command's outcome is unknown, check before re-sending it",
+    )
+
+
 def _describe(reason: object) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
     return str(reason) or type(reason).__name__
 
 
-def _error_from_answer(status: int, body: bytes, node: str) -> ClientError:
+def error_from_answer(status: int, body: bytes, node: str) -> ClientError:
     """Build the ClientError for a non-2xx answer, from the API's JSON error body if present."""
     code, message, index = f"http_{status}", "", None
     try:

@@ -1,4 +1,19 @@
-"""graft.client's request loop: one request to one node, and the retrying across members."""
+"""graft.client's request loop: how a request reaches the cluster, whatever it asks.
+
+:class:`RequestLoop` holds the members and the connection settings, and sends one request to
+one node (``request``): it follows 307/308 redirects itself (urllib refuses to re-send a POST
+body), keeping the token only for a member or the same origin, and turns an error answer or a
+failed connection into a ClientError (graft/client_errors.py). ``retrying`` sends a request
+to the members in turn until the deadline: it walks the list when a node is down and retries
+what retrying can fix (RETRYABLE: ``no_leader``, which means the request was not accepted and
+an election is probably under way), with exponential backoff. ``no_quorum`` sends it on to
+the next member at once (it may be in the majority) and ends the request once every member
+answered so or not at all. Never a 4xx (``stale``, ``min_index_beyond_log``, ...): the same
+request gets the same answer. ``gave_up`` words the error that ends it.
+
+GraftClient (graft/client.py) derives from it and adds the operations; the numbered commands
+of a session (graft/client_sessions.py) use ``request`` and ``gave_up`` with their own loop.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +22,6 @@ import http.client
 import json
 import random
 import re
-import socket
 import ssl
 import time
 import urllib.error
@@ -17,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from graft.client_errors import ClientError, Unreachable, _describe, _error_from_answer
+from graft.client_errors import ClientError, Unreachable, error_from_answer, transport_error
 
 # How often a 307 may be followed before we suspect a loop between two nodes.
 MAX_REDIRECTS = 5
@@ -164,9 +178,7 @@ class RequestLoop:
                             all_headers.pop("Authorization", None)
                         url = target
                         continue
-                    raise _error_from_answer(
-                        answer.code, answer.read(), self.name_of(url)
-                    ) from None
+                    raise error_from_answer(answer.code, answer.read(), self.name_of(url)) from None
             except urllib.error.URLError as failure:
                 raise self._transport_error(url, failure.reason) from None
             except (OSError, http.client.HTTPException) as failure:
@@ -196,35 +208,9 @@ class RequestLoop:
         return origin == _origin(current) or origin in {_origin(u) for u in self.urls}
 
     def _transport_error(self, url: str, reason: object) -> ClientError:
-        node = self.name_of(url)
-        base = _base_url(url)
-        if isinstance(reason, ConnectionRefusedError | socket.gaierror):
-            return Unreachable(
-                f"node {node} at {base} is unreachable ({_describe(reason)}): check that it is "
-                "running and that the URL or config is right"
-            )
-        if isinstance(reason, TimeoutError):
-            return ClientError(
-                "timeout",
-                None,
-                f"node {node} at {base} did not answer in time: retry with a larger --timeout; "
-                "a command's outcome is unknown, check before re-sending it",
-            )
-        if isinstance(reason, ssl.SSLError):
-            return ClientError(
-                "tls",
-                None,
-                f"TLS with node {node} at {base} failed ({_describe(reason)}): pass the API's "
-                "CA with --cacert (and --cert/--key if it wants a client certificate)",
-            )
-        return ClientError(
-            "connection",
-            None,
-            f"connection to node {node} at {base} failed ({_describe(reason)}): retry; a "
-            "command's outcome is unknown, check before re-sending it",
-        )
+        return transport_error(self.name_of(url), _base_url(url), reason)
 
-    def _retrying(
+    def retrying(
         self,
         method: str,
         path: str,
@@ -235,6 +221,9 @@ class RequestLoop:
         deadline: float | None = None,
         attempt_timeout: float | None = None,
     ) -> Response:
+        """Send the request to the members in turn until it is answered, retrying
+        ``retry_codes`` and unreachable members until ``deadline`` (default: the client's
+        timeout from now); each try waits at most ``attempt_timeout`` if given."""
         if deadline is None:
             deadline = self.clock() + self.timeout
         backoff = FIRST_BACKOFF_S
