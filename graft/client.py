@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from graft.client_errors import ClientError, OutcomeUnknown, Unreachable
-from graft.client_requests import RETRYABLE, RETRYABLE_READS, RequestLoop, Response
+from graft.client_requests import RETRYABLE, RETRYABLE_READS, RequestLoop, Response, int_header
 from graft.client_sessions import SessionCommands
 from graft.sql_form import SqlStatement, sql_request
 
@@ -269,7 +269,7 @@ class GraftClient(RequestLoop):
         headers = {"Accept": "application/octet-stream"}
         with self._open("GET", base + "/cluster/snapshot", headers=headers) as (raw, final):
             node = self.name_of(final)
-            expected = _int_header(raw.headers.get("Content-Length"))
+            expected = int_header(raw.headers.get("Content-Length"))
             temp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed or removed below)
                 dir=destination.parent, prefix=f".{destination.name}.", suffix=".part", delete=False
             )
@@ -295,8 +295,8 @@ class GraftClient(RequestLoop):
                 node=node,
                 path=destination,
                 size=size,
-                index=_int_header(raw.headers.get("Graft-Snapshot-Index")),
-                term=_int_header(raw.headers.get("Graft-Snapshot-Term")),
+                index=int_header(raw.headers.get("Graft-Snapshot-Index")),
+                term=int_header(raw.headers.get("Graft-Snapshot-Term")),
                 fsm=raw.headers.get("Graft-Snapshot-Fsm"),
             )
 
@@ -363,15 +363,6 @@ def _json_object(response: Response) -> dict[str, Any]:
             "node's API?",
         )
     return document
-
-
-def _int_header(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 COPY_CHUNK_BYTES = 1024 * 1024

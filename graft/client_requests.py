@@ -58,13 +58,7 @@ class Response:
         return self.headers.get(name.lower())
 
     def header_int(self, name: str) -> int | None:
-        value = self.header(name)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            return None
+        return int_header(self.header(name))
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -292,6 +286,16 @@ class RequestLoop:
                 "the voters must be up and connected",
             )
         return last
+
+
+def int_header(value: str | None) -> int | None:
+    """A header's value as an int; None when it is absent or not a number."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _retryable(error: ClientError, codes: Sequence[str]) -> bool:
