@@ -11,8 +11,9 @@ the next member at once (it may be in the majority) and ends the request once ev
 answered so or not at all. Never a 4xx (``stale``, ``min_index_beyond_log``, ...): the same
 request gets the same answer. ``gave_up`` words the error that ends it.
 
-GraftClient (graft/client.py) derives from it and adds the operations; the numbered commands
-of a session (graft/client_sessions.py) use ``request`` and ``gave_up`` with their own loop.
+GraftClient (graft/client.py) derives from it and adds the operations; the commands of a
+session (graft/client_sessions.py) register with ``retrying`` and are sent by a loop of their
+own over ``request``, which ends with ``gave_up`` too.
 """
 
 from __future__ import annotations
