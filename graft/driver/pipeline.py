@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from graft import devtrace
 from graft.driver.clock import DelayedCall, ReactorTime
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.peers import PeerPort
 from graft.metrics import NodeMetrics
 from graft.raft.messages import (
     AppendEntries,
+    AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
@@ -185,6 +187,8 @@ class ReadyPipeline:
             return
         stages = self.stages
         ready = self._raft.ready()
+        if devtrace.ON:
+            _trace_ready(ready)
         self._early_wanted = False  # the Ready took every message
         if ready.soft_state is not None and self._set_leading is not None:
             # Before this Ready's write: a new leader's first entry is already a leader's.
@@ -216,6 +220,8 @@ class ReadyPipeline:
             else:
                 later.append(message)
         self._peers.send_all(entries)
+        if devtrace.ON and entries and ready.entries:
+            devtrace.mark("ae.sent", ready.entries[-1].index)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
@@ -226,6 +232,8 @@ class ReadyPipeline:
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
             write = self._storage.persist(ready.hard_state, ready.entries)
+            if devtrace.ON and ready.entries:
+                devtrace.mark("persist.submit", ready.entries[-1].index)
 
         def writes(_: object) -> Deferred[None] | None:
             if self._lifecycle.stopping:  # after a fatal error: nothing more is acknowledged
@@ -276,6 +284,8 @@ class ReadyPipeline:
         return False
 
     def _apply(self, entries: Sequence[Entry]) -> None:
+        if devtrace.ON:
+            devtrace.mark("apply", entries[-1].index)
         if self.stages.applier.apply(entries):
             self.stages.snapshots.maybe_snapshot(entries)
 
@@ -305,6 +315,8 @@ class ReadyPipeline:
 
     def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1
+        if devtrace.ON and ready.entries:
+            devtrace.mark("persisted", ready.entries[-1].index)
         if ready.entries:
             self._writes_from.popleft()
         if ready.snapshot is not None:
@@ -321,6 +333,8 @@ class ReadyPipeline:
             else:
                 plain.append(message)
         self._peers.send_all(plain)
+        if devtrace.ON and ready.entries and plain:
+            devtrace.mark("resp.sent", ready.entries[-1].index)
         if ready.soft_state is not None:
             stages.reads.answer_confirmed(ready)
             self._on_soft_state(ready)
@@ -384,6 +398,8 @@ class Inbox:
         # after it, never with a backlog of ticks that elapsed before it arrived.
         self._ticks.catch_up()
         self._reads.heard(message)
+        if devtrace.ON:
+            _trace_received(message)
         if isinstance(message, _MAKE_EARLY_MESSAGES):
             self._pipeline.want_early()
         self._raft.step(message)
@@ -411,3 +427,18 @@ class Inbox:
 
 # Received messages after which the core may queue messages that leave between Readies.
 _MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
+
+
+def _trace_ready(ready: Ready) -> None:
+    """The developer's tracer (graft.devtrace): a Ready's new and committed entries."""
+    if ready.entries:
+        devtrace.mark("ready.entries", ready.entries[-1].index)
+    if ready.committed_entries:
+        devtrace.mark("ready.commit", ready.committed_entries[-1].index)
+
+
+def _trace_received(message: Message) -> None:
+    if isinstance(message, AppendEntries) and message.entries:
+        devtrace.mark("inbox.ae", message.entries[-1].index)
+    elif isinstance(message, AppendEntriesResponse) and message.success:
+        devtrace.mark(f"inbox.resp.{message.sender}", message.match_index)
