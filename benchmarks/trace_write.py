@@ -150,6 +150,12 @@ def timeline(
         else:
             anchor = node.at(how[7:], index)
             ns = None if anchor is None else node.before(stage, anchor)
+        if stage == "writer.woke":
+            # A write fsynced inline (graft.storage.inline_fsync) wakes no thread: the step
+            # is then empty, at the fsync's start.
+            queued = out[label.replace("writer thread woke", "log write queued")][0]
+            if ns is None or ns < queued:
+                ns = node.at("fsync.start", index)
         if ns is None:
             return None
         out[label] = (ns, role)

@@ -106,6 +106,17 @@ class TimelineTests(SynchronousTestCase):
         self.assertEqual(line["L http answer written"][0], 360_000)
         self.assertEqual(len(line), len(STAGES) + 2)
 
+    def test_an_inline_fsync_wakes_no_thread(self) -> None:
+        leader = _leader()
+        stamps = [(55, "peer.data", -1), (60, "inbox.ae", 5), (70, "ready.entries", 5)]
+        stamps += [(80, "persist.submit", 5), (90, "fsync.start", 5), (250, "fsync.end", 5)]
+        stamps += [(260, "persisted", 5), (270, "resp.sent", 5)]
+        # An earlier write's wake-up, before this write was queued, is not this one's.
+        inline = _trace([(1, "writer.woke", -1), *stamps])
+        line = timeline(5, 0, 400_000, leader, [inline])
+        assert line is not None
+        self.assertEqual(line["F writer thread woke"][0], 90_000)
+
     def test_a_missing_stage_drops_the_write(self) -> None:
         self.assertIsNone(timeline(6, 0, 400_000, _leader(), [_follower(0)]))
 
