@@ -224,9 +224,15 @@ def run(
             complete.append(line)
             first = min(followers, key=lambda f: f.at("resp.sent", index) or 1 << 62)
             follower_of.append(first)
+    start, end = client[0][0], client[-1][1]
     return {
         "writes": writes,
         "complete": len(complete),
+        "cpu_per_write": {
+            ("leader " if node == leader else "follower ") + node: reactor_cpu(trace, start, end)
+            / len(client)
+            for node, trace in traces.items()
+        },
         "load": (load_before, load_after),
         "timelines": complete,
         "turns": count_turns(complete, traces[leader], follower_of),
@@ -281,7 +287,18 @@ def summarise(result: dict[str, Any], traces: dict[str, NodeTrace] | None = None
         f"client round trip: p50 {statistics.median(total):.0f} us, "
         f"p90 {statistics.quantiles(total, n=10)[-1] if len(total) > 1 else total[0]:.0f} us"
     )
+    for node, cpu in sorted(result.get("cpu_per_write", {}).items()):
+        out.append(f"reactor CPU per write, {node}: {cpu:.0f} us")
     return "\n".join(out)
+
+
+def reactor_cpu(trace: NodeTrace, start: int, end: int) -> float:
+    """The reactor thread's CPU microseconds between its first and last turn in the span."""
+    turns = trace.times.get("turn", [])
+    i, j = bisect.bisect_left(turns, start), bisect.bisect_right(turns, end) - 1
+    if j <= i:
+        return 0.0
+    return (trace.cpu[turns[j]] - trace.cpu[turns[i]]) / 1000
 
 
 def count_turns(

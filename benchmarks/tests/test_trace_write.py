@@ -11,7 +11,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.trace_write import STAGES, NodeTrace, count_turns, summarise, timeline
+from benchmarks.trace_write import (
+    STAGES,
+    NodeTrace,
+    count_turns,
+    reactor_cpu,
+    summarise,
+    timeline,
+)
 from graft import devtrace
 
 
@@ -131,3 +138,8 @@ class TimelineTests(SynchronousTestCase):
         result = {"writes": 1, "complete": 1, "load": ((1.0, 1.0, 1.0),) * 2}
         text = summarise({**result, "timelines": [line], "turns": turns})
         self.assertIn("L commit Ready", text)
+
+    def test_reactor_cpu_spans_the_turns_inside(self) -> None:
+        leader = _leader()  # turns at 35 and 330 us; the CPU clock runs with the wall clock
+        self.assertEqual(reactor_cpu(leader, 0, 400_000), 295.0)
+        self.assertEqual(reactor_cpu(leader, 40_000, 400_000), 0.0)  # one turn: no span
