@@ -27,6 +27,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from graft import devtrace
 from graft.api.responses import error_document, json_bytes
 from graft.errors import GraftError, Overloaded, PayloadTooLarge
 
@@ -156,6 +157,8 @@ class ApiChannel(HTTPChannel):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if devtrace.ON:
+            devtrace.mark("api.data")
         # A request starts with its first byte; bytes that arrive while one is being handled
         # are buffered and fed here again once it is done, starting the next one's clock.
         if self._deadline is None and data and not self._handlingRequest:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from graft import devtrace
 from graft.socket_flush import flush_now
 
 _log = Logger()
@@ -43,6 +44,8 @@ class ApiRoot(Resource):
         self._fallback = fallback
 
     def render(self, request: Request) -> Any:
+        if devtrace.ON:
+            devtrace.mark("api.render")
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             fallback: Any = self._fallback  # IResource is a zope interface mypy cannot call
@@ -74,6 +77,8 @@ def _write(body: bytes, request: Request) -> None:
     request.finish()
     if channel is not None:  # the answer leaves now, not after the reactor's next poll
         flush_now(channel.transport)
+    if devtrace.ON:
+        devtrace.mark("api.written")
 
 
 def _dropped(failure: Failure) -> None:

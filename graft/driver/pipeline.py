@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from graft import devtrace
 from graft.driver.clock import DelayedCall, ReactorTime
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.peers import PeerPort
 from graft.metrics import NodeMetrics
 from graft.raft.messages import (
     AppendEntries,
+    AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
@@ -118,6 +120,7 @@ class ReadyPipeline:
         self._metrics = metrics
         self._stages: Stages | None = None
         self._scheduled: DelayedCall | None = None
+        self._taking = False  # inside _process_ready (schedule_now then only schedules)
         # Readies taken from the core whose writes are not all done, at most this many: the next
         # Ready's writes queue behind the current fsync instead of waiting for it (the writer
         # thread keeps them in order), and every Ready still finishes in the order it was taken.
@@ -179,12 +182,39 @@ class ReadyPipeline:
         if self._raft.has_ready():
             self._scheduled = self._clock.callLater(0, self._process_ready)
 
+    def schedule_now(self) -> None:
+        """Take the core's Ready in this reactor turn when no write is in flight, instead of on
+        the next turn; otherwise as ``schedule``.
+
+        For what starts or finishes a write's round trip (a proposal, an AppendEntries on a
+        follower, an answer to one on the leader, this node's own write done): at low load the
+        extra turn is only latency on the write's path (benchmarks/trace_write.py counts them),
+        while with a write in flight the next turn still gathers what arrives meanwhile into
+        one Ready. Never re-entered: inside a Ready's processing it only schedules."""
+        if self._in_flight == 0 and not self._taking and self._may_take_ready():
+            if self._raft.has_ready():
+                if self._scheduled is not None:
+                    self._scheduled.cancel()
+                    self._scheduled = None
+                self._process_ready()
+            return
+        self.schedule()
+
     def _process_ready(self) -> None:
+        self._taking = True
+        try:
+            self._take_ready()
+        finally:
+            self._taking = False
+
+    def _take_ready(self) -> None:
         self._scheduled = None
         if not self._may_take_ready() or not self._raft.has_ready():
             return
         stages = self.stages
         ready = self._raft.ready()
+        if devtrace.ON:
+            _trace_ready(ready)
         self._early_wanted = False  # the Ready took every message
         if ready.soft_state is not None and self._set_leading is not None:
             # Before this Ready's write: a new leader's first entry is already a leader's.
@@ -216,6 +246,8 @@ class ReadyPipeline:
             else:
                 later.append(message)
         self._peers.send_all(entries)
+        if devtrace.ON and entries and ready.entries:
+            devtrace.mark("ae.sent", ready.entries[-1].index)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
@@ -226,6 +258,8 @@ class ReadyPipeline:
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
             write = self._storage.persist(ready.hard_state, ready.entries)
+            if devtrace.ON and ready.entries:
+                devtrace.mark("persist.submit", ready.entries[-1].index)
 
         def writes(_: object) -> Deferred[None] | None:
             if self._lifecycle.stopping:  # after a fatal error: nothing more is acknowledged
@@ -276,6 +310,8 @@ class ReadyPipeline:
         return False
 
     def _apply(self, entries: Sequence[Entry]) -> None:
+        if devtrace.ON:
+            devtrace.mark("apply", entries[-1].index)
         if self.stages.applier.apply(entries):
             self.stages.snapshots.maybe_snapshot(entries)
 
@@ -305,6 +341,8 @@ class ReadyPipeline:
 
     def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1
+        if devtrace.ON and ready.entries:
+            devtrace.mark("persisted", ready.entries[-1].index)
         if ready.entries:
             self._writes_from.popleft()
         if ready.snapshot is not None:
@@ -321,6 +359,8 @@ class ReadyPipeline:
             else:
                 plain.append(message)
         self._peers.send_all(plain)
+        if devtrace.ON and ready.entries and plain:
+            devtrace.mark("resp.sent", ready.entries[-1].index)
         if ready.soft_state is not None:
             stages.reads.answer_confirmed(ready)
             self._on_soft_state(ready)
@@ -331,7 +371,7 @@ class ReadyPipeline:
         self._raft.advance(ready)
         stages.membership.follow_core()
         self._update_gauges()
-        self.schedule()
+        self.schedule_now()
 
     def _on_soft_state(self, ready: Ready) -> None:
         soft = ready.soft_state
@@ -384,10 +424,15 @@ class Inbox:
         # after it, never with a backlog of ticks that elapsed before it arrived.
         self._ticks.catch_up()
         self._reads.heard(message)
+        if devtrace.ON:
+            _trace_received(message)
         if isinstance(message, _MAKE_EARLY_MESSAGES):
             self._pipeline.want_early()
         self._raft.step(message)
-        self._pipeline.schedule()
+        if isinstance(message, _WRITE_PATH_MESSAGES):
+            self._pipeline.schedule_now()
+        else:
+            self._pipeline.schedule()
 
     def peer_lost(self, peer: str) -> None:
         """An authenticated connection to ``peer`` closed: if it is the leader, it may have
@@ -409,5 +454,23 @@ class Inbox:
         self._raft.report_unreachable(peer)
 
 
+# Received messages on a write's round trip: the Ready they make is taken in the same turn
+# when no write is in flight (ReadyPipeline.schedule_now).
+_WRITE_PATH_MESSAGES = (AppendEntries, AppendEntriesResponse)
 # Received messages after which the core may queue messages that leave between Readies.
 _MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
+
+
+def _trace_ready(ready: Ready) -> None:
+    """The developer's tracer (graft.devtrace): a Ready's new and committed entries."""
+    if ready.entries:
+        devtrace.mark("ready.entries", ready.entries[-1].index)
+    if ready.committed_entries:
+        devtrace.mark("ready.commit", ready.committed_entries[-1].index)
+
+
+def _trace_received(message: Message) -> None:
+    if isinstance(message, AppendEntries) and message.entries:
+        devtrace.mark("inbox.ae", message.entries[-1].index)
+    elif isinstance(message, AppendEntriesResponse) and message.success:
+        devtrace.mark(f"inbox.resp.{message.sender}", message.match_index)

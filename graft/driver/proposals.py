@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from graft import devtrace
 from graft.driver.apply import Applier
 from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import Forwarder, result_to_wire
@@ -107,6 +108,8 @@ class Proposer:
         except ProposalDropped:
             self._metrics.proposals_failed.labels(reason="transfer").inc()
             return failed(NoLeader("leadership is being transferred; retry shortly"))
+        if devtrace.ON:
+            devtrace.mark("propose", indexes[-1])
         term = self._raft.term
         self._metrics.proposals.inc(len(indexes))
         self._space.note_proposed(commands)
@@ -115,5 +118,5 @@ class Proposer:
         d: Deferred[Any] = self._proposals.add_batch(
             indexes[0], len(indexes), term, self._command_timeout, timed_out
         )
-        self._pipeline.schedule()
+        self._pipeline.schedule_now()
         return d
