@@ -310,6 +310,15 @@ class ReadyPipeline:
         return False
 
     def _apply(self, entries: Sequence[Entry]) -> None:
+        restores = self.stages.snapshots.restores
+        if restores.busy:  # the FSM is being restored from a snapshot: apply after it, in order
+            restores.after(lambda: self._apply_now(entries))
+        else:
+            self._apply_now(entries)
+
+    def _apply_now(self, entries: Sequence[Entry]) -> None:
+        if self._lifecycle.stopping:
+            return
         if devtrace.ON:
             devtrace.mark("apply", entries[-1].index)
         if self.stages.applier.apply(entries):
