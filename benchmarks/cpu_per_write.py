@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 for n, spy in spies:
                     spy.wait(60)
                     print(f"--- py-spy {n} ({'leader' if n == leader else 'follower'})")
-                    print(_summarise_profile(args.profile_dir / f"{n}.txt"))  # type: ignore[operator]
+                    print(_summarise_profile(args.profile_dir / f"{n}.txt"))
         finally:
             system.close()
 
