@@ -140,11 +140,12 @@ class _Refusal(Protocol):
 
 class ApiChannel(HTTPChannel):
     """HTTP/1.1 only (the API never negotiates HTTP/2, so twisted.web's protocol-choosing
-    wrapper would only add a call per read), with the local address asked of the kernel once
+    wrapper would only add a call per read), with the local and remote addresses built once
     per connection instead of once per request. It counts itself in its Site's open
     connections and holds each request to the Site's request deadline."""
 
     _host: Any = None
+    _peer: Any = None
     _deadline: Any = None  # the pending call that ends a request too slow to arrive
     _counted = False
 
@@ -200,6 +201,12 @@ class ApiChannel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self) -> Any:
+        # Every Request asks (Request.__init__); TCP builds a new address object each time.
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
 
 class ApiSite(Site):

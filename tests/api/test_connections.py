@@ -141,6 +141,36 @@ class RequestDeadlineTests(_Connections):
         self.assertFalse(transport.disconnecting)
 
 
+class _CountingTransport(StringTransport):
+    """Counts how often the channel asks for the connection's addresses."""
+
+    peer_calls = 0
+    host_calls = 0
+
+    def getPeer(self) -> Any:
+        self.peer_calls += 1
+        return super().getPeer()
+
+    def getHost(self) -> Any:
+        self.host_calls += 1
+        return super().getHost()
+
+
+class AddressTests(_Connections):
+    def test_addresses_are_asked_once_per_connection(self) -> None:
+        """Every request learns the client's and the local address, but the channel asks its
+        transport once per connection (the answers cannot change while it is open)."""
+        channel = self.site.buildProtocol(PEER)
+        transport = _CountingTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        self.open.append((channel, transport))
+        for _ in range(3):
+            channel.dataReceived(GET_HEALTH)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(channel.getPeer(), PEER)
+        self.assertEqual((transport.peer_calls, transport.host_calls), (1, 1))
+
+
 class _Client(protocol.Protocol):
     def __init__(self, request: bytes) -> None:
         self.request = request
