@@ -21,12 +21,16 @@ timeout governs it).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web import resource
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 
+from graft.api.http_date import DateCache
 from graft.api.responses import error_document, json_bytes
 from graft.errors import GraftError, Overloaded, PayloadTooLarge
 
@@ -52,8 +56,12 @@ def origin_form(target: bytes) -> bytes:
     return rest[slash:]
 
 
+_DATES = DateCache()
+
+
 class BoundedRequest(Request):
-    """A Request that refuses a body longer than its Site's ``max_body_bytes``."""
+    """A Request that refuses a body longer than its Site's ``max_body_bytes``, and takes its
+    ``Date`` header from a per-second cache (``process``)."""
 
     _received = 0
     _refused = False
@@ -88,6 +96,29 @@ class BoundedRequest(Request):
         if self._refused:
             return  # answered already; the resource must not see a truncated body
         super().requestReceived(command, origin_form(path), version)
+
+    def process(self) -> None:
+        """twisted.web's ``Request.process`` step for step (default headers, the paths, the
+        resource, its encoder, render), except that the ``Date`` value comes from a cache
+        that formats it once a second rather than once a request."""
+        channel: Any = self.channel
+        self.site = channel.site
+        self.setHeader(b"Server", version)
+        self.setHeader(b"Date", _DATES.now())
+        self.prepath = []
+        self.postpath = [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            found = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _refuse(self, limit: int) -> None:
         """Answer 413 straight on the transport (the request line and headers are all the
