@@ -11,8 +11,11 @@ per round runs wrk (unique 24-byte keys, 100-byte values, POST /command on the l
 utime+stime of each node from /proc/PID/stat before and after, plus the CPU of waited-for
 children (the kv snapshot's forked writer). It prints milliseconds of CPU per acknowledged
 write for the leader and each follower, with the load average: wall-clock rates move with
-other load on the machine, CPU per write much less. ``--profile-dir`` samples every node with
-py-spy in the first round (`pip install py-spy`; a dev-time tool) and prints its top frames.
+other load on the machine, CPU per write much less. What the nodes spend with no load at all
+(ticks, heartbeats; measured for ``--idle-seconds`` first) weighs on each write more when
+other load slows the rate down, so the sum is also given without it ("above idle").
+``--profile-dir`` samples every node with py-spy in the first round (`pip install py-spy`; a
+dev-time tool) and prints its top frames.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.profile_latency import TunedGraft, _profile_leader, _summarise_profile, call_text
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--graft-config", default="{}", help="extra config sections, JSON")
     parser.add_argument("--profile-dir", type=Path, default=None)
+    parser.add_argument("--idle-seconds", type=float, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="graft-cpu-") as tmp:
         system = TunedGraft(Path(tmp) / "graft", json.loads(args.graft_config))
@@ -63,6 +68,17 @@ def main(argv: list[str] | None = None) -> None:
             pids = {n: system.pid(n) for n in nodes}
             bodies = write_bodies(system.put_shape(unique=True).bodies, Path(tmp))
             target = Target(url=system.base_url(leader) + "/command", connections=args.connections)
+            # What the nodes spend with no load (ticks, heartbeats): at a low rate it would
+            # weigh on every write, so each round also reports CPU per write without it.
+            idle_start = {n: cpu_seconds(p) for n, p in pids.items()}
+            time.sleep(args.idle_seconds)
+            idle_rate = {
+                n: sum(cpu_seconds(p)[:2]) - sum(idle_start[n][:2]) for n, p in pids.items()
+            }
+            idle_rate = {n: v / args.idle_seconds for n, v in idle_rate.items()}
+            print(
+                "idle CPU ms/s: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in idle_rate.items())
+            )
             for round_ in range(args.rounds):
                 spies = []
                 if args.profile_dir is not None and round_ == 0:
@@ -74,19 +90,24 @@ def main(argv: list[str] | None = None) -> None:
                 urls = {n: system.base_url(n) for n in nodes}
                 batches = {n: log_writes(u) for n, u in urls.items()}
                 before = {n: cpu_seconds(p) for n, p in pids.items()}
+                started = time.monotonic()
                 result = collect(
                     start_load([target], seconds=args.seconds, method="POST", bodies_file=bodies)
                 )
                 after = {n: cpu_seconds(p) for n, p in pids.items()}
+                elapsed = time.monotonic() - started
                 batches = {n: log_writes(u) - batches[n] for n, u in urls.items()}
                 writes = max(result.requests - result.failures, 1)
                 parts = []
                 total = 0.0
+                marginal = 0.0
                 for n in nodes:
+                    marginal -= idle_rate[n] * elapsed * 1000 / writes
                     user, system_, child = (
                         (a - b) * 1000 / writes for a, b in zip(after[n], before[n], strict=True)
                     )
                     total += user + system_ + child
+                    marginal += user + system_ + child
                     role = "leader" if n == leader else "follower"
                     per_batch = writes / max(batches[n], 1)
                     parts.append(
@@ -96,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"round {round_}: {writes} writes {result.ok_per_second:.0f}/s "
                     f"p99 {result.percentile_ms(99):.1f} ms failures {result.failures}; "
-                    f"CPU ms/write (user+sys+children) {', '.join(parts)}; sum {total:.3f}; "
+                    f"CPU ms/write (user+sys+children) {', '.join(parts)}; sum {total:.3f}, "
+                    f"above idle {marginal:.3f}; "
                     f"load {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
