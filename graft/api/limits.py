@@ -178,6 +178,7 @@ class ApiChannel(HTTPChannel):
     _host: Any = None
     _peer: Any = None
     _deadline: Any = None  # the pending call that ends a request too slow to arrive
+    _receiving = False  # a request's first bytes came and its last ones have not
     _counted = False
 
     def connectionMade(self) -> None:
@@ -190,18 +191,29 @@ class ApiChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         # A request starts with its first byte; bytes that arrive while one is being handled
         # are buffered and fed here again once it is done, starting the next one's clock.
-        if self._deadline is None and data and not self._handlingRequest:
+        if not self._receiving and data and not self._handlingRequest:
+            self._receiving = True
+        super().dataReceived(data)
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """Start the request's deadline if it is still arriving once this read is parsed: most
+        requests arrive whole in one read, and a timer set and cancelled within the same call
+        cost every request a delayed call. The clock still starts at the request's first
+        read (these bytes were parsed at once, in the same reactor turn)."""
+        if self._receiving and self._deadline is None:
             seconds = getattr(getattr(self, "site", None), "request_deadline_s", None)
             if seconds:
                 call_later: Any = self.callLater
                 self._deadline = call_later(seconds, self._too_slow, seconds)
-        super().dataReceived(data)
 
     def allContentReceived(self) -> None:
+        self._receiving = False
         self._stop_deadline()
         super().allContentReceived()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._receiving = False
         self._stop_deadline()
         if self._counted:
             self._counted = False
@@ -219,6 +231,7 @@ class ApiChannel(HTTPChannel):
         """The request did not arrive whole in time: 408 and close (no request of this
         connection is being answered, so the transport is free to write on)."""
         self._deadline = None
+        self._receiving = False
         error = RequestTimeout(
             f"the request did not arrive whole within {seconds:g} s of its first byte "
             "(api.limits.request_deadline_ms): send it at once"
