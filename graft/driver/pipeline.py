@@ -127,6 +127,8 @@ class ReadyPipeline:
         self._in_flight = 0
         self._max_in_flight = max(1, readies_in_flight)
         self.finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
+        # (term, is_leader, commit, applied, last index) as the gauges show them.
+        self._gauges_shown: tuple[int, ...] = (-1, -1, -1, -1, -1)
         # A call of _send_early on the next turn, while no Ready may be taken (see there), and
         # whether the core may hold messages for it: set by what makes heartbeats, their
         # answers or read-index traffic (a tick, such a message, a read), cleared when they
@@ -405,13 +407,19 @@ class ReadyPipeline:
         self._leader = soft.leader
 
     def _update_gauges(self) -> None:
-        st = self._raft.status()
+        # After every Ready: read the few numbers (status() builds every peer's progress) and
+        # set only the gauges that changed (each set takes the gauge's lock).
+        raft = self._raft
+        values = (raft.term, 1 if raft.role is Role.LEADER else 0, *raft.indexes())
+        shown = self._gauges_shown
+        if values == shown:
+            return
         m = self._metrics
-        m.term.set(st.term)
-        m.is_leader.set(1 if st.role is Role.LEADER else 0)
-        m.commit_index.set(st.commit)
-        m.applied_index.set(st.applied)
-        m.last_index.set(st.last_index)
+        gauges = (m.term, m.is_leader, m.commit_index, m.applied_index, m.last_index)
+        for gauge, value, old in zip(gauges, values, shown, strict=True):
+            if value != old:
+                gauge.set(value)
+        self._gauges_shown = values
 
 
 class Inbox:
