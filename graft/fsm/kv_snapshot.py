@@ -45,10 +45,12 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn
 
 from graft.fsm.base import CorruptSnapshot
+from graft.pause_journal import note
 
 __all__ = [
     "FORMAT",
@@ -139,6 +141,7 @@ class ForkedWriter:
         self, data: Mapping[str, str], overlay: Mapping[str, str | None] | None = None
     ) -> None:
         read_fd, write_fd = os.pipe()
+        started = time.perf_counter()
         try:
             pid = os.fork()
         except BaseException:
@@ -148,6 +151,7 @@ class ForkedWriter:
         if pid == 0:  # the child
             _child(data, overlay, read_fd, write_fd)
         os.close(write_fd)
+        note("fork", ms=round((time.perf_counter() - started) * 1000, 2), keys=len(data))
         self.pid = pid
         self._read_fd: int | None = read_fd
         self._lock = threading.Lock()
@@ -164,6 +168,7 @@ class ForkedWriter:
                     tail = (tail + chunk)[-64:]
         finally:
             code = self._reap()
+            note("fork_writer_done", pid=self.pid, status=code)
         if code != 0:
             raise SnapshotWriteFailed(
                 f"the snapshot writer process {self.pid} exited with status {code}; "
