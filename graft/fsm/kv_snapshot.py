@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn
 
 from graft.fsm.base import CorruptSnapshot
+from graft.fsm.kv_map import ShardedMap
 from graft.pause_journal import note
 
 __all__ = [
@@ -217,15 +218,14 @@ def _child(
         # Sockets, the log's files, the listening ports: none stays open in the child.
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, max(write_fd + 2, os.sysconf("SC_OPEN_MAX")))
-        state = data
+        # One plain dict: the writer reads each key once, and a dict's lookups are C calls.
+        state = data.to_dict() if isinstance(data, ShardedMap) else dict(data)
         if overlay:  # commands since an earlier writer's begin: apply them to the child's copy
-            merged = dict(data)
             for key, value in overlay.items():
                 if value is None:
-                    merged.pop(key, None)
+                    state.pop(key, None)
                 else:
-                    merged[key] = value
-            state = merged
+                    state[key] = value
         with open(write_fd, "wb", buffering=_READ_CHUNK) as out:
             write_records(state, sorted(state), out)
         code = 0
