@@ -22,8 +22,10 @@ value's reference count, so up to about the map's size). Delta snapshots (a base
 compacted in the background) were the alternative; they would still encode the whole map on
 every compaction in this interpreter, and they complicate restore and install. The child
 closes every file descriptor it does not need, puts the default signal handlers back, turns
-the garbage collector off, and leaves by ``os._exit`` (no atexit, no Twisted, no flushing of
-the node's buffers) whatever happens. A small map (below ``fork_min_keys``) is written by a
+the garbage collector off, lowers its own priority (``WRITER_NICE``: three nodes forking at
+the same index would otherwise take a 2-core machine's CPU from their reactors for seconds),
+and leaves by ``os._exit`` (no atexit, no Twisted, no flushing of the node's buffers)
+whatever happens. A small map (below ``fork_min_keys``) is written by a
 thread instead (``write_records`` over ``sorted_in_pieces``), where a fork would cost more
 than the encoding, and on platforms without ``os.fork``.
 
@@ -77,6 +79,9 @@ _READ_CHUNK = 512 * 1024
 # default) and JSON's \\u escapes can make text up to six times longer.
 MAX_RECORD_BYTES = 128 * 1024 * 1024
 _encode = json.encoder.encode_basestring_ascii
+# How much nicer (lower priority) than the node the forked writer runs: it gets the CPU the
+# node leaves, so a snapshot takes longer on a saturated machine but delays no command.
+WRITER_NICE = 10
 
 
 class SnapshotWriteFailed(Exception):
@@ -211,6 +216,10 @@ def _child(
     try:
         os.close(read_fd)
         gc.disable()  # a collection would touch (copy) every object's page for nothing
+        # Below the node's threads: the nodes of a cluster fork at the same index, and on a
+        # busy machine their writers would take the CPU their reactors need (tail latency).
+        with contextlib.suppress(OSError):
+            os.nice(WRITER_NICE)
         if threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(-1)  # the node's reactor wakes on it
             for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
