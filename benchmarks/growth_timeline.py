@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime
@@ -30,6 +31,7 @@ from benchmarks.suite.graft_system import GraftSystem
 from benchmarks.suite.loadgen import Target, run_load, write_bodies
 from benchmarks.suite.scenarios import warm_up
 from graft.pause_journal import ENVIRONMENT
+from graft.testing.cluster import LocalCluster
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}) ")
 _LOG_EVENTS = {
@@ -93,11 +95,28 @@ def _node_cell(events: list[dict[str, Any]], logs: list[tuple[float, str]]) -> s
     return " ".join(parts)
 
 
+def _snapshot_later(cluster: LocalCluster, nodes: list[str], delay: float) -> None:
+    """Ask every node for a snapshot at once, ``delay`` seconds from now (threads)."""
+
+    def take(node: str) -> None:
+        time.sleep(delay)
+        cluster.request(node, "POST", "/cluster/snapshot", timeout=120)
+
+    for node in nodes:
+        threading.Thread(target=take, args=(node,), daemon=True).start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=180)
     parser.add_argument("--window", type=int, default=2)
     parser.add_argument("--prefill-seconds", type=int, default=0)
+    parser.add_argument(
+        "--snapshot-at",
+        type=float,
+        help="seconds into the timed load at which every node is asked for a snapshot "
+        "(POST /cluster/snapshot), to see one without waiting for the snapshot rule",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="graft-timeline-"))
@@ -122,6 +141,8 @@ def main() -> None:
         shape = system.put_shape()
         bodies = write_bodies(shape.bodies, base)
         began = time.time()
+        if args.snapshot_at is not None and system.cluster is not None:
+            _snapshot_later(system.cluster, system.node_ids(), args.snapshot_at)
         while time.time() - began < args.seconds:
             start = time.time()
             load = run_load(
