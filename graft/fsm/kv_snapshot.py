@@ -227,14 +227,18 @@ def _child(
         # Sockets, the log's files, the listening ports: none stays open in the child.
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, max(write_fd + 2, os.sysconf("SC_OPEN_MAX")))
-        # One plain dict: the writer reads each key once, and a dict's lookups are C calls.
-        state = data.to_dict() if isinstance(data, ShardedMap) else dict(data)
-        if overlay:  # commands since an earlier writer's begin: apply them to the child's copy
-            for key, value in overlay.items():
+        state: Mapping[str, str] = data
+        if isinstance(data, ShardedMap) or overlay:
+            # A plain dict of the child's own: the writer reads each key once and a dict's
+            # lookups are C calls; the overlay (commands since an earlier writer's begin)
+            # is applied to it.
+            flat = data.to_dict() if isinstance(data, ShardedMap) else dict(data)
+            for key, value in (overlay or {}).items():
                 if value is None:
-                    state.pop(key, None)
+                    flat.pop(key, None)
                 else:
-                    state[key] = value
+                    flat[key] = value
+            state = flat
         with open(write_fd, "wb", buffering=_READ_CHUNK) as out:
             write_records(state, sorted(state), out)
         code = 0
