@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from graft.fsm.base import CommandRejected, QueryRejected
+from graft.fsm.kv_map import MASK, ShardedMap
 from graft.fsm.kv_snapshot import ForkedWriter, ThreadWriter, can_fork, read_records
 from graft.fsm.limits import KV_MAX_CONTAINERS
 
@@ -252,7 +253,8 @@ class KeyValueStateMachine:
         # Snapshots of maps this large or larger are written by a forked child; 0: always,
         # a negative number: never (a thread writes them).
         self._fork_min_keys = fork_min_keys
-        self._data: dict[str, str] = {}
+        # Split by hash so that no resize copies the whole map (graft.fsm.kv_map says why).
+        self._data = ShardedMap()
         # While snapshot writers read self._data it must not change: changes go here instead,
         # None meaning deleted. None when there is no overlay.
         self._overlay: dict[str, str | None] | None = None
@@ -263,9 +265,9 @@ class KeyValueStateMachine:
         del index
         op, key, expect, value = _command(command)
         if self._overlay is None and op == "put":  # the common case, without the overlay's calls
-            data = self._data
-            current = data.get(key)
-            data[key] = value  # type: ignore[assignment]  # a put's value is a string
+            shard = self._data.shards[hash(key) & MASK]
+            current = shard.get(key)
+            shard[key] = value  # type: ignore[assignment]  # a put's value is a string
             return _prev(current)
         if self._overlay is not None:
             self._merge(_MERGE_PER_COMMAND)
@@ -286,7 +288,7 @@ class KeyValueStateMachine:
         """The UTF-8 length of every key and value (for metrics and status); one pass over
         the map, so read it at scrape time, not per command."""
         data = self._data if self._overlay is None else self._merged()
-        return sum(len(k.encode()) + len(v.encode()) for k, v in data.items())
+        return sum(len(k.encode()) + len(v.encode()) for k, v in data.pairs())
 
     def query(self, query: bytes) -> bytes:
         try:
@@ -314,12 +316,13 @@ class KeyValueStateMachine:
         return ThreadWriter(self._data, done)
 
     def restore(self, source: BinaryIO) -> None:
-        self._data = read_records(source)  # CorruptSnapshot leaves the state as it was
+        # CorruptSnapshot leaves the state as it was.
+        self._data = ShardedMap(read_records(source))
         self._overlay = None
         self._readers = []  # a writer still running keeps the old map to itself
 
     def close(self) -> None:
-        self._data = {}
+        self._data = ShardedMap()
         self._overlay = None
         self._readers = []
 
@@ -328,7 +331,7 @@ class KeyValueStateMachine:
     def _get(self, key: str) -> str | None:
         if self._overlay is not None and key in self._overlay:
             return self._overlay[key]
-        return self._data.get(key)
+        return self._data.shards[hash(key) & MASK].get(key)
 
     def _set(self, key: str, value: str | None) -> None:
         if self._overlay is not None:
@@ -358,9 +361,9 @@ class KeyValueStateMachine:
             self._overlay = None
         return self._overlay
 
-    def _merged(self) -> dict[str, str]:
+    def _merged(self) -> ShardedMap:
         """A new map holding the map with the overlay applied."""
-        merged = dict(self._data)
+        merged = self._data.copy()
         for key, value in (self._overlay or {}).items():
             if value is None:
                 merged.pop(key, None)
