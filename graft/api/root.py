@@ -51,7 +51,9 @@ class ApiRoot(Resource):
             fallback: Any = self._fallback  # IResource is a zope interface mypy cannot call
             return fallback.render(request)
         answer = handler(request)
-        if answer.called:  # answered at once (an error, a lease read): the client is still here
+        if answer.called and not answer.paused:
+            # Answered at once (an error, a lease read): the client is still here. A Deferred
+            # that is called but paused waits on another, and is answered later, below.
             answer.addCallbacks(_write, _dropped, callbackArgs=(request,))
             return NOT_DONE_YET
         connected = [True]
@@ -72,6 +74,8 @@ class ApiRoot(Resource):
 
 
 def _write(body: bytes, request: Request) -> None:
+    if request._disconnected:  # the client left as the answer came: nobody to write to
+        return
     channel = request.channel
     request.write(body)
     request.finish()
