@@ -270,6 +270,9 @@ class Snapshots:
         d: Deferred[Any] = self._run_in_thread(
             self._storage.save_snapshot, meta, self._settings.fsm_name, write_once
         )
+        # Marked as under way before any callback is added: a save that has already failed
+        # runs ``finished`` below at once, which must find it marked to clear it.
+        self._taking = d
 
         def release(failure: Failure) -> Failure:
             # Storage refused the snapshot before writing it: let the FSM drop what it pinned
@@ -306,7 +309,6 @@ class Snapshots:
         d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
         d.addErrback(self._superseded)
         d.addBoth(finished)
-        self._taking = d
         out: Deferred[dict[str, Any]] = Deferred()
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
         return out
