@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from graft import devtrace
 from graft.driver.clock import DelayedCall, ReactorTime
+from graft.driver.commit_hold import CommitHold
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.peers import PeerPort
 from graft.metrics import NodeMetrics
@@ -138,6 +139,8 @@ class ReadyPipeline:
         # A Ready that installs a received snapshot is taken alone: storage adopts the
         # snapshot only when its turn comes, so nothing after it may be queued early.
         self._installing = False
+        # A leader's commit-only AppendEntries wait briefly for entries to carry their commit.
+        self._commit_hold = CommitHold(clock, peers.send_all)
         # Readies in flight whose committed entries wait for their write: while there are
         # any, later Readies apply after theirs too, so entries are applied in order.
         self._applies_waiting = 0
@@ -169,6 +172,7 @@ class ReadyPipeline:
             if call is not None and call.active():
                 call.cancel()
         self._scheduled = None
+        self._commit_hold.stop()
 
     def want_early(self) -> None:
         self._early_wanted = True
@@ -235,7 +239,9 @@ class ReadyPipeline:
         # Entries go first, then the committed entries are applied (clients answered), then the
         # messages that only carry the commit index: at low load a commit's Ready carries no new
         # entries, and its client need not wait for those sends. All leave before the write
-        # below wakes the storage thread, which would contend for the GIL with them.
+        # below wakes the storage thread, which would contend for the GIL with them. A
+        # commit-only AppendEntries waits a few milliseconds for the next entries to the same
+        # follower, which carry its commit index instead (graft.driver.commit_hold).
         entries: list[Message] = []
         commit_only: list[Message] = []
         later: list[Message] = []
@@ -247,7 +253,7 @@ class ReadyPipeline:
                     commit_only.append(message)
             else:
                 later.append(message)
-        self._peers.send_all(entries)
+        self._peers.send_all(self._commit_hold.carried(entries) + entries)
         if devtrace.ON and entries and ready.entries:
             devtrace.mark("ae.sent", ready.entries[-1].index)
         self._in_flight += 1
@@ -255,7 +261,7 @@ class ReadyPipeline:
         # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
         received = stages.snapshots.claim_received(ready.snapshot)
         applied = self._apply_before_write(ready)
-        self._peers.send_all(commit_only)
+        self._peers.send_all(self._commit_hold.hold(commit_only))
         write: Deferred[None] | None = None
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.

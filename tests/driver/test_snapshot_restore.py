@@ -173,6 +173,8 @@ class SnapshotRestoreTests(DriverCluster):
         is done, then catches up."""
         follower, fsm = self.follower, self.fsms[self.follower]
         node = self.network.nodes[follower]
+        # Settled first: the leader's commit index reaches an idle follower a moment later.
+        self.wait_applied(follower, self.network.nodes[self.leader_id].status().commit)
         applied_before = node.status().applied
         taken = self.cut_off_then_snapshot(follower)
         self.wait_restore_held(follower)
