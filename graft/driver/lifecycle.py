@@ -45,10 +45,6 @@ class Scheduler(Protocol):
         """Take the core's next Ready on the next reactor turn, if it has one."""
         ...
 
-    def schedule_now(self) -> None:
-        """Take the core's next Ready now if no write is in flight, else as ``schedule``."""
-        ...
-
     def want_early(self) -> None:
         """The core may hold messages that leave between Readies (heartbeats, reads)."""
         ...

@@ -121,7 +121,6 @@ class ReadyPipeline:
         self._metrics = metrics
         self._stages: Stages | None = None
         self._scheduled: DelayedCall | None = None
-        self._taking = False  # inside _process_ready (schedule_now then only schedules)
         # Readies taken from the core whose writes are not all done, at most this many: the next
         # Ready's writes queue behind the current fsync instead of waiting for it (the writer
         # thread keeps them in order), and every Ready still finishes in the order it was taken.
@@ -188,32 +187,7 @@ class ReadyPipeline:
         if self._raft.has_ready():
             self._scheduled = self._clock.callLater(0, self._process_ready)
 
-    def schedule_now(self) -> None:
-        """Take the core's Ready in this reactor turn when no write is in flight, instead of on
-        the next turn; otherwise as ``schedule``.
-
-        For what starts or finishes a write's round trip (a proposal, an AppendEntries on a
-        follower, an answer to one on the leader, this node's own write done): at low load the
-        extra turn is only latency on the write's path (benchmarks/trace_write.py counts them),
-        while with a write in flight the next turn still gathers what arrives meanwhile into
-        one Ready. Never re-entered: inside a Ready's processing it only schedules."""
-        if self._in_flight == 0 and not self._taking and self._may_take_ready():
-            if self._raft.has_ready():
-                if self._scheduled is not None:
-                    self._scheduled.cancel()
-                    self._scheduled = None
-                self._process_ready()
-            return
-        self.schedule()
-
     def _process_ready(self) -> None:
-        self._taking = True
-        try:
-            self._take_ready()
-        finally:
-            self._taking = False
-
-    def _take_ready(self) -> None:
         self._scheduled = None
         if not self._may_take_ready() or not self._raft.has_ready():
             return
@@ -388,7 +362,7 @@ class ReadyPipeline:
         self._raft.advance(ready)
         stages.membership.follow_core()
         self._update_gauges()
-        self.schedule_now()
+        self.schedule()
 
     def _on_soft_state(self, ready: Ready) -> None:
         soft = ready.soft_state
@@ -452,10 +426,7 @@ class Inbox:
         if isinstance(message, _MAKE_EARLY_MESSAGES):
             self._pipeline.want_early()
         self._raft.step(message)
-        if isinstance(message, _WRITE_PATH_MESSAGES):
-            self._pipeline.schedule_now()
-        else:
-            self._pipeline.schedule()
+        self._pipeline.schedule()
 
     def peer_lost(self, peer: str) -> None:
         """An authenticated connection to ``peer`` closed: if it is the leader, it may have
@@ -477,9 +448,6 @@ class Inbox:
         self._raft.report_unreachable(peer)
 
 
-# Received messages on a write's round trip: the Ready they make is taken in the same turn
-# when no write is in flight (ReadyPipeline.schedule_now).
-_WRITE_PATH_MESSAGES = (AppendEntries, AppendEntriesResponse)
 # Received messages after which the core may queue messages that leave between Readies.
 _MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
 

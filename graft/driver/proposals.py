@@ -118,5 +118,5 @@ class Proposer:
         d: Deferred[Any] = self._proposals.add_batch(
             indexes[0], len(indexes), term, self._command_timeout, timed_out
         )
-        self._pipeline.schedule_now()
+        self._pipeline.schedule()
         return d

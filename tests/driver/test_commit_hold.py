@@ -54,7 +54,7 @@ class CommitHoldTests(DriverCluster):
         return len(done)
 
     def test_one_append_per_follower_per_batch_under_load(self) -> None:
-        self.closed_loop(clients=4, writes=200, think=0.001)
+        self.closed_loop(clients=4, writes=200, think=0)
         with_entries = [m for m in self.sent if m.entries]
         empty = [m for m in self.sent if not m.entries]
         # Every batch's entries carry the previous batch's commit: only the last batch's
