@@ -6,28 +6,20 @@ looks at the node while the restore is under way."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from graft.driver.node import GraftNode
 from graft.driver.port import Consistency
 from graft.errors import NoLeader
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
-from graft.metrics import NodeMetrics
 from graft.raft.ready import Role
-from graft.raft.types import Membership
-from graft.service import restore_fsm_from_snapshot
-from graft.storage import DurableLog
 from graft.testing.kv import put
-from tests.support.driver import NODES, DriverCluster, MemoryDurable, Network
+from tests.support.driver import NODES
+from tests.support.snapshot_cluster import VALUE, KvSnapshotCluster
 
-MEMBERS = Membership(voters=frozenset(NODES))
-VALUE = "v" * 100
 GET_FIRST = b'{"op":"get","key":"key000000"}'
 
 
@@ -74,83 +66,35 @@ class RecordingKv(KeyValueStateMachine):
         super().close()
 
 
-class SnapshotRestoreTests(DriverCluster):
+class SnapshotRestoreTests(KvSnapshotCluster):
     def setUp(self) -> None:
-        self.base = Path(self.mktemp())
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages = {}
-        self.logs: dict[str, DurableLog] = {}
-        self.fsms: dict[str, RecordingKv] = {}
         self.threads: dict[str, HeldRestores] = {}
+        self.recording: dict[str, RecordingKv] = {}  # self.fsms, with their type
         self.stopped: dict[str, int] = {}
         self.addCleanup(self._release_all)
-        self.addCleanup(self._stop)
-        for seed, node_id in enumerate(NODES):
-            self.start(node_id, seed)
-        self.leader_id = self.leader()
+        self.start_cluster()
         self.follower = next(n for n in NODES if n != self.leader_id)
-        self.written = 0
 
     def _release_all(self) -> None:
         for thread in self.threads.values():
             while thread.held:
                 thread.release()
 
-    def start(self, node_id: str, seed: int) -> GraftNode:
-        log = DurableLog.open(
-            self.base / node_id,
-            node_id=node_id,
-            cluster="test",
-            segment_bytes=4096,
-            reactor=self.clock,
-            threaded=False,
-        )
-        fsm = RecordingKv()
-        restore_fsm_from_snapshot(log, fsm, "kv")
-        self.logs[node_id], self.fsms[node_id] = log, fsm
-        self.threads[node_id] = HeldRestores()
-        self.stopped[node_id] = 0
-        incoming = self.base / f"{node_id}-incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
+    def make_fsm(self, node_id: str) -> RecordingKv:
+        self.recording[node_id] = RecordingKv()
+        return self.recording[node_id]
 
-        def stop_process() -> None:
+    def worker(self, node_id: str) -> HeldRestores:
+        self.threads[node_id] = HeldRestores()
+        return self.threads[node_id]
+
+    def stop_process(self, node_id: str) -> Callable[[], None]:
+        self.stopped[node_id] = 0
+
+        def stop() -> None:
             self.stopped[node_id] += 1
 
-        return self.add_node(
-            node_id,
-            MEMBERS,
-            seed=seed,
-            fsm=lambda: fsm,
-            storage=cast(Callable[[], MemoryDurable], lambda: log),
-            run_in_thread=self.threads[node_id],
-            stop_process=stop_process,
-            incoming_dir=incoming,
-            metrics=NodeMetrics(),
-            snapshot_entries=50,
-            snapshot_log_ratio=4.0,
-            snapshot_trailing=0,
-            fsm_name="kv",
-        )
-
-    def write(self, count: int) -> None:
-        node = self.network.nodes[self.leader_id]
-        for start in range(self.written, self.written + count, 50):
-            batch = [put(f"key{i:06d}", VALUE) for i in range(start, start + 50)]
-            results = self.result(node.submit(batch))
-            self.assertIsInstance(results, list, str(results))
-        self.written += count
-
-    def cut_off_then_snapshot(self, node_id: str, count: int = 1000) -> int:
-        """Isolate ``node_id`` while the leader writes ``count`` keys and compacts past it,
-        then heal; returns the leader's snapshot index."""
-        behind = self.logs[node_id].last_index()
-        self.network.isolate(node_id)
-        self.write(count)
-        leader_log = self.logs[self.leader_id]
-        self.wait_until(lambda: leader_log.first_index() > behind + 1, "the leader compacts")
-        self.network.heal()
-        return leader_log.snapshot_meta().index
+        return stop
 
     def wait_restore_held(self, node_id: str, count: int = 1) -> None:
         thread = self.threads[node_id]
@@ -161,17 +105,12 @@ class SnapshotRestoreTests(DriverCluster):
         key = f"key{self.written - 1:06d}"
         return fsm.query(f'{{"op":"get","key":"{key}"}}'.encode())
 
-    def agree(self, node_id: str) -> None:
-        leader = self.network.nodes[self.leader_id]
-        self.wait_applied(node_id, leader.status().applied, seconds=10)
-        self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
-
     def test_follower_serves_while_restoring(self) -> None:
         """While the FSM's restore runs, the follower answers heartbeats (no election, the
         leader counts it active), acknowledges the snapshot and persists the appends after it,
         answers /status (not ready); but applies nothing and serves no read until the restore
         is done, then catches up."""
-        follower, fsm = self.follower, self.fsms[self.follower]
+        follower, fsm = self.follower, self.recording[self.follower]
         node = self.network.nodes[follower]
         # Settled first: the leader's commit index reaches an idle follower a moment later.
         self.wait_applied(follower, self.network.nodes[self.leader_id].status().commit)
@@ -215,12 +154,12 @@ class SnapshotRestoreTests(DriverCluster):
     def test_failed_restore_stops_the_node(self) -> None:
         """A restore that raises (a disk error mid-file) stops the node, and nothing is
         applied to the FSM after it, whatever commits meanwhile."""
-        follower, fsm = self.follower, self.fsms[self.follower]
+        follower, fsm = self.follower, self.recording[self.follower]
         fsm.fail = True
         self.cut_off_then_snapshot(follower)
         self.wait_restore_held(follower)
         self.write(100)
-        during = self.fsms[self.leader_id].query(b'{"op":"get","key":"key001099"}')
+        during = self.recording[self.leader_id].query(b'{"op":"get","key":"key001099"}')
         self.threads[follower].release()
         self.assertEqual(self.stopped[follower], 1)
         node = self.network.nodes[follower]
@@ -238,7 +177,7 @@ class SnapshotRestoreTests(DriverCluster):
         """A newer snapshot arrives while the first is restored: storage adopts it, its restore
         waits for the first (never two at once), both run in order and the follower ends with
         the leader's state."""
-        follower, fsm = self.follower, self.fsms[self.follower]
+        follower, fsm = self.follower, self.recording[self.follower]
         first = self.cut_off_then_snapshot(follower)
         self.wait_restore_held(follower)
         second = self.cut_off_then_snapshot(follower, count=1500)
@@ -278,18 +217,18 @@ class SnapshotRestoreTests(DriverCluster):
         self.assertEqual(self.leader_id, follower)
         self.advance(0.5)
         self.assertEqual(done, [])
-        self.assertEqual(self.fsms[follower].query(GET_FIRST), b'{"value":null}')
+        self.assertEqual(self.recording[follower].query(GET_FIRST), b'{"value":null}')
         self.threads[follower].release()
         self.wait_until(lambda: done, "the write is answered")
         self.assertIsInstance(done[0], list, str(done[0]))
         other = next(n for n in NODES if n not in (old, follower))
         self.wait_applied(other, leader.status().applied)
-        self.assertEqual(digest(self.fsms[other]), digest(self.fsms[follower]))
+        self.assertEqual(digest(self.recording[other]), digest(self.recording[follower]))
 
     def test_stop_while_restoring_closes_the_fsm_after_it(self) -> None:
         """The node is stopped while its FSM is restored: the FSM is closed only once the
         restore's thread is done (it cannot be interrupted), and nothing is applied after."""
-        follower, fsm = self.follower, self.fsms[self.follower]
+        follower, fsm = self.follower, self.recording[self.follower]
         self.cut_off_then_snapshot(follower)
         self.wait_restore_held(follower)
         self.write(100)
