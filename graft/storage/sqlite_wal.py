@@ -118,3 +118,29 @@ def fold_wal(
             on_page(written)
     target.truncate(size * page_size)
     return written
+
+
+def compact_wal(source: BinaryIO, sink: BinaryIO) -> int:
+    """Write to ``sink`` the WAL in ``source`` reduced to what a fold uses: the newest
+    committed image of each page, one frame each in page order, the last one the commit
+    (with the database size). A page that many commands changed is written once, not once per
+    command. Returns the frames written (0 and nothing written when nothing was committed).
+
+    The frames keep the WAL's layout and salts; their checksums are not recomputed (a fold
+    does not read them, and the store's CRC32 covers the whole delta), so SQLite itself
+    would not replay the result."""
+    source.seek(0)
+    page_size, pages, size = plan_fold(source)
+    numbers = sorted(n for n in pages if n <= size)
+    if not numbers:
+        return 0
+    source.seek(0)
+    header = source.read(WAL_HEADER_BYTES)
+    sink.write(header)
+    salts = header[16:24]
+    for i, number in enumerate(numbers):
+        commit = size if i == len(numbers) - 1 else 0
+        source.seek(pages[number])
+        sink.write(struct.pack(">II", number, commit) + salts + bytes(8))
+        sink.write(source.read(page_size))
+    return len(numbers)

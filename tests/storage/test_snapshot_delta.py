@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from graft.raft.types import SnapshotMeta
 from graft.storage import DeltaRefused, SnapshotBusy
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
-from graft.storage.sqlite_wal import fold_wal
+from graft.storage.sqlite_wal import compact_wal, fold_wal
 from tests.storage.faultfs import Crash, FaultyFileSystem
 
 DIR = Path("/data/n1")
@@ -335,3 +335,22 @@ class FoldTests(SynchronousTestCase):
         self.assertNotEqual(once, base)
         self.assertEqual(files.read_bytes(DIR / "half"), once)
         self.assertEqual(files.read_bytes(DIR / "twice"), once)
+
+    def test_a_compacted_delta_folds_to_the_same_bytes(self) -> None:
+        """A delta compacted to the newest image of each committed page (what the SQLite FSM
+        hands the store) is smaller than the WAL and folds to the same bytes, also for a WAL
+        with uncommitted frames after its last commit."""
+        base, deltas, _states = history(1, spill=True)
+        files = FaultyFileSystem()
+        files.makedirs(DIR)
+        compacted = io.BytesIO()
+        self.assertGreater(compact_wal(io.BytesIO(deltas[0]), compacted), 0)
+        self.assertLess(len(compacted.getvalue()), len(deltas[0]))
+        for name, delta in (("raw", deltas[0]), ("compacted", compacted.getvalue())):
+            handle = files.create(DIR / name)
+            handle.write(base)
+            handle.close()
+            target = files.open_update(DIR / name)
+            fold_wal(io.BytesIO(delta), target)
+            target.close()
+        self.assertEqual(files.read_bytes(DIR / "raw"), files.read_bytes(DIR / "compacted"))
