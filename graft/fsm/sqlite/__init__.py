@@ -70,7 +70,8 @@ Storage
     The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
     starts: the node rebuilds the state from its snapshot and log, which are the durable truth,
     so the file needs no durability of its own (``synchronous=OFF``). It is in WAL mode so that
-    a snapshot can read the database while commands go on writing it.
+    a snapshot can read the database while commands go on writing it, and so that a
+    snapshot can be the pages written since the previous one (delta snapshots, below).
 
 Snapshots
     A snapshot is an SQLite database file (in rollback-journal mode, so that any ``sqlite3``
@@ -85,6 +86,21 @@ Snapshots
     thread, and ``journal_size_limit`` truncates the file when the WAL is next reset. The
     reader maps the database file (``mmap_size``), so the backup reads it without a system
     call per page. ``snapshot`` is ``begin_snapshot`` and its writer run at once.
+
+    Delta snapshots (``begin_incremental_snapshot(base)``, what the driver calls): the
+    database's WAL is not checkpointed automatically (``wal_autocheckpoint=0``, from the
+    first such snapshot on), so it holds every page written since the previous snapshot. A
+    delta is those pages: on the calling thread, between two commands, the WAL's committed
+    frames are copied by the kernel to a temp file, then the WAL is checkpointed and
+    truncated (TRUNCATE, busy timeout 0: a query's open read transaction leaves it as it is
+    and the next delta repeats these frames, which folding tolerates); the writer, in a
+    worker thread, hands the store the newest image of each page
+    (graft.storage.sqlite_wal.compact_wal), and the store folds them into its full copy. A
+    delta is taken only when ``base`` is the token of this FSM's previous snapshot and no
+    restore or plain ``begin_snapshot`` came between; otherwise the snapshot is whole, as
+    above, after emptying the WAL so that the next delta starts from it. Deltas cost what
+    changed since the previous snapshot (the copy and the checkpoint on the calling thread
+    too), not the database's size.
 
     ``restore`` copies the received bytes to a temp file beside the database (from a regular
     file with ``copy_file_range``, the kernel's copy, else in chunks), checks its structure
@@ -106,17 +122,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from graft.fsm.base import CorruptSnapshot, FSMFailure, QueryRejected
+from graft.fsm.base import CorruptSnapshot, FSMFailure, IncrementalSnapshot, QueryRejected
 from graft.fsm.sqlite.digest import begin_sqlite_digest
 from graft.fsm.sqlite.jsonform import is_json_form
 from graft.fsm.sqlite.jsonrun import JsonCommands
 from graft.fsm.sqlite.reads import DEFAULT_QUERY_MAX_BYTES, ThreadedReads
 from graft.fsm.sqlite.rules import ALWAYS_NONDETERMINISTIC, DATE_FUNCTIONS
-from graft.fsm.sqlite.snapshots import READER_MMAP_BYTES, check_image, copy_into, write_snapshot
+from graft.fsm.sqlite.snapshots import (
+    READER_MMAP_BYTES,
+    capture_wal,
+    check_image,
+    copy_into,
+    reset_wal,
+    write_snapshot,
+)
 from graft.fsm.sqlite.sql import dumps, environment_failure, json_cell, one_statement, set_limits
 
 __all__ = ["SQLiteStateMachine"]
@@ -124,6 +148,10 @@ __all__ = ["SQLiteStateMachine"]
 # The WAL file is truncated to this size when it is reset after having grown (e.g. during a
 # snapshot); below it, its space is reused rather than given back.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def _nothing() -> None:
+    pass
 
 
 class SQLiteStateMachine(JsonCommands, ThreadedReads):
@@ -170,6 +198,9 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         # small steps with a callback between them.
         self._backup_pages = -1
         self._backup_progress: Callable[[int, int, int], object] | None = None
+        # The token of the last snapshot begun with begin_incremental_snapshot, while the WAL
+        # still holds every frame committed since that snapshot's state (None otherwise).
+        self._chain: str | None = None
         self._init_readers(query_max_bytes)
         self._remove_files()
         self._remove_leftovers()
@@ -203,6 +234,38 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         self.begin_snapshot()(sink)
 
     def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        # Its writer checkpoints the WAL when done: frames the next delta needs may go.
+        self._chain = None
+        return self._begin_full(checkpoint=True)
+
+    def begin_incremental_snapshot(self, base: str | None) -> IncrementalSnapshot:
+        """A delta (the WAL's committed frames since the snapshot whose token is ``base``)
+        when ``base`` is the token this FSM handed out last, else a whole snapshot; see the
+        module docstring ("Snapshots")."""
+        token = uuid.uuid4().hex
+        delta = None
+        if base is not None and base == self._chain:
+            delta = capture_wal(self._conn, self._path, self._path.name + ".delta-")
+        if delta is not None:
+            self._chain = token
+            return IncrementalSnapshot(write=delta, delta=True, token=token, close=delta.close)
+        # From here on only a delta's capture checkpoints the WAL: every frame committed
+        # after the state the whole snapshot pins stays in it for the next delta. Emptied
+        # first, so that the next delta holds only what commits after this snapshot.
+        try:
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            reset_wal(self._conn)
+        except sqlite3.Error as e:
+            raise environment_failure(e) or FSMFailure(
+                f"SQLite could not start a snapshot ({e}); check the data dir {self._path.parent}"
+            ) from e
+        write = self._begin_full(checkpoint=False)
+        self._chain = token
+        return IncrementalSnapshot(
+            write=write, delta=False, token=token, close=getattr(write, "close", _nothing)
+        )
+
+    def _begin_full(self, *, checkpoint: bool) -> Callable[[BinaryIO], None]:
         reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
@@ -223,7 +286,14 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
 
         def write(sink: BinaryIO) -> None:
             write_snapshot(
-                reader, directory, prefix, sink, cookie=cookie, pages=pages, progress=progress
+                reader,
+                directory,
+                prefix,
+                sink,
+                cookie=cookie,
+                pages=pages,
+                progress=progress,
+                checkpoint=checkpoint,
             )
 
         return write
@@ -234,6 +304,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         with self._readers_lock:
             self._generation += 1
             self._drop_idle_readers()
+            self._chain = None  # the new database's WAL follows no snapshot of ours
             self._replace_database(source)
 
     def _replace_database(self, source: BinaryIO) -> None:
@@ -296,7 +367,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
 
     def _remove_leftovers(self) -> None:
         """Temp files of snapshots and restores cut short by a crash."""
-        for pattern in (".snapshot-*", ".restore-*"):
+        for pattern in (".snapshot-*", ".restore-*", ".delta-*"):
             for path in self._path.parent.glob(self._path.name + pattern):
                 path.unlink(missing_ok=True)
 

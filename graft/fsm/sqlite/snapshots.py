@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from graft.fsm.base import CorruptSnapshot, FSMFailure
 from graft.fsm.sqlite.sql import environment_failure
+from graft.storage.sqlite_wal import BadDelta, compact_wal
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Bytes 18 and 19 of the header: the file format write and read versions, 2 in WAL mode and 1
@@ -31,6 +32,9 @@ _ROLLBACK_FORMAT = b"\x01\x01"
 # own old value plus one; the snapshot carries the source's, so that a restored replica answers
 # PRAGMA schema_version like one that replayed the log.
 _SCHEMA_COOKIE_OFFSET = 40
+# The WAL file: a 32-byte header, then frames of a 24-byte header and one page.
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
 # The database header is the first 100 bytes of page 1.
 _HEADER_SIZE = 100
 COPY_CHUNK = 1024 * 1024
@@ -54,10 +58,13 @@ def write_snapshot(
     cookie: int,
     pages: int,
     progress: Callable[[int, int, int], object] | None,
+    checkpoint: bool = True,
 ) -> None:
     """Copy the state pinned by ``reader``'s read transaction to ``sink``, then release it.
 
-    Runs in a worker thread while the main connection goes on committing.
+    Runs in a worker thread while the main connection goes on committing. Without
+    ``checkpoint`` the WAL is left as it is: the next delta snapshot must still find in it
+    every frame committed after the pinned state (see ``capture_wal``).
     """
     copy: Path | None = None
     try:
@@ -78,7 +85,8 @@ def write_snapshot(
             target.close()
         # Free the WAL first: the file holds the state now.
         reader.execute("ROLLBACK")
-        reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if checkpoint:
+            reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
         with copy.open("r+b") as f:
             if copy.stat().st_size >= len(SQLITE_HEADER):  # not a database with no page
                 f.seek(_FORMAT_VERSION_OFFSET)
@@ -96,6 +104,103 @@ def write_snapshot(
         reader.close()
         if copy is not None:
             copy.unlink(missing_ok=True)
+
+
+class DeltaWriter:
+    """Writes a captured WAL (a temp file) to the sink once, compacted to the newest image of
+    each page (graft.storage.sqlite_wal.compact_wal), then deletes it."""
+
+    def __init__(self, copy: Path, *, busy: bool) -> None:
+        self.copy = copy
+        # The WAL could not be reset (a reader's open transaction): the next delta repeats
+        # this one's frames, which folding tolerates (whole page images, applied in order).
+        self.busy = busy
+
+    def __call__(self, sink: BinaryIO) -> None:
+        try:
+            with self.copy.open("rb") as f:
+                compact_wal(f, sink)
+        except BadDelta as e:
+            raise FSMFailure(
+                f"the WAL copied for a snapshot is malformed ({e}); restart the node to "
+                "rebuild its database"
+            ) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.copy.unlink(missing_ok=True)
+
+
+def reset_wal(conn: sqlite3.Connection) -> bool:
+    """Checkpoint the WAL into the database and truncate it, without waiting for readers
+    (busy timeout 0): True if a reader's open transaction kept it from being reset."""
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
+
+
+def capture_wal(conn: sqlite3.Connection, path: Path, prefix: str) -> DeltaWriter | None:
+    """The delta of a snapshot in delta mode: the committed frames of ``path``'s WAL, copied
+    now, on the calling thread (the reactor's, between two commands, so nothing commits
+    meanwhile); then the WAL is checkpointed and truncated, so that the next delta holds
+    only what commits from now on. None if the database is not in WAL mode.
+
+    The copy is made by the kernel (copy_file_range) and the checkpoint writes each changed
+    page once into the database file, without fsync (``synchronous=OFF``): both cost what
+    changed since the last snapshot, not the database's size. The TRUNCATE checkpoint does
+    not wait for readers (busy timeout 0): when a query's read transaction keeps the WAL
+    from being reset, the frames stay and the next delta repeats them, which is harmless.
+    """
+    directory = path.parent
+    wal = path.with_name(path.name + "-wal")
+    _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames < 0:
+        return None
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+    copy = Path(name)
+    try:
+        try:
+            if frames > 0:
+                with wal.open("rb") as source:
+                    header = source.read(_WAL_HEADER)
+                    (page_size,) = struct.unpack(">I", header[8:12])
+                    length = _WAL_HEADER + frames * (_FRAME_HEADER + page_size)
+                    _copy_range(source.fileno(), fd, length, path)
+        finally:
+            os.close(fd)
+        busy = reset_wal(conn)
+    except sqlite3.Error as e:
+        copy.unlink(missing_ok=True)
+        raise environment_failure(e) or FSMFailure(
+            f"SQLite could not write the snapshot ({e}); check the data dir {directory}"
+        ) from e
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return DeltaWriter(copy, busy=bool(busy))
+
+
+def _copy_range(source: int, target: int, length: int, path: Path) -> None:
+    """The first ``length`` bytes of ``source`` into ``target``: by the kernel
+    (copy_file_range) where the file system allows, else through a buffer."""
+    offset = 0
+    while offset < length:
+        try:
+            copied = os.copy_file_range(source, target, length - offset, offset, offset)
+        except OSError:
+            copied = os.pwrite(
+                target, os.pread(source, min(COPY_CHUNK, length - offset), offset), offset
+            )
+        if not copied:
+            raise FSMFailure(
+                f"the WAL of {path} ends before its last committed frame; restart the node "
+                "to rebuild its database"
+            )
+        offset += copied
 
 
 def copy_into(source: BinaryIO, target: int) -> None:

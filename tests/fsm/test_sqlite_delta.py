@@ -1,0 +1,186 @@
+"""The SQLite FSM's delta snapshots: its WAL's frames since its previous snapshot, folded by
+the snapshot store (graft.storage.snapshots, delta mode) into an image equal to the state
+pinned when the snapshot began."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from graft.fsm import IncrementalSnapshot, digest
+from graft.fsm.sqlite import SQLiteStateMachine
+from graft.raft.types import SnapshotMeta
+from graft.storage.files import OSFileSystem
+from graft.storage.snapshots import SnapshotStore
+
+ROWS = b"SELECT id, name, length(v) FROM t ORDER BY id"
+
+
+class DeltaTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fsm = self.make()
+        self.index = 0
+        self.apply(b"CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, v BLOB)")
+        self.apply(b"CREATE INDEX t_name ON t(name)")
+        self.fill(0)
+        node = Path(self.mktemp())
+        node.mkdir()
+        self.store = SnapshotStore(OSFileSystem(), node)
+        self.store.load()
+
+    def make(self) -> SQLiteStateMachine:
+        data_dir = Path(self.mktemp())
+        fsm = SQLiteStateMachine(data_dir=data_dir, base_dir=data_dir)
+        self.addCleanup(fsm.close)
+        return fsm
+
+    def apply(self, command: bytes) -> None:
+        self.index += 1
+        self.fsm.apply(command, self.index)
+
+    def fill(self, round: int) -> None:
+        self.apply(
+            b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+            b"INSERT INTO t (name, v) SELECT 'r%d-' || i, zeroblob(120) FROM n" % round
+        )
+        self.apply(b"UPDATE t SET v = zeroblob(10) WHERE id %% 7 = %d" % (round % 7))
+        self.apply(b"DELETE FROM t WHERE id %% 13 = %d" % (round % 13))
+
+    def begin(self) -> IncrementalSnapshot:
+        latest = self.store.load(clean=False)
+        return self.fsm.begin_incremental_snapshot(latest.chain if latest else None)
+
+    def save(self, plan: IncrementalSnapshot, base: str | None) -> None:
+        meta = SnapshotMeta(index=self.index, term=1)
+        if plan.delta:
+            assert base is not None
+            self.store.save_delta(meta, "sqlite", plan.write, base_chain=base, chain=plan.token)
+        else:
+            self.store.save(meta, "sqlite", plan.write, chain=plan.token)
+
+    def snapshot(self) -> tuple[bool, bytes, str]:
+        """Take a snapshot through the store; then change the state further while the writer
+        has not run yet. Whether it was a delta, the rows and digest it must hold."""
+        latest = self.store.load(clean=False)
+        base = latest.chain if latest else None
+        plan = self.fsm.begin_incremental_snapshot(base)
+        rows, state = self.fsm.query(ROWS), digest(self.fsm)
+        self.fill(self.index)  # after the pinned point: not in this snapshot
+        self.save(plan, base)
+        return plan.delta, rows, state
+
+    def restored(self) -> SQLiteStateMachine:
+        latest = self.store.load()
+        assert latest is not None
+        replica = self.make()
+        with self.store.open(latest) as source:
+            replica.restore(source)
+        return replica
+
+
+class DeltaSnapshotTests(DeltaTestCase):
+    def test_deltas_fold_to_the_pinned_state(self) -> None:
+        """The first snapshot is whole, the next ones deltas; each stored image, restored
+        into a new replica, holds the rows and the digest the FSM had when the snapshot
+        began, although commands changed it before the writer ran."""
+        kinds = []
+        for _ in range(4):
+            delta, rows, state = self.snapshot()
+            kinds.append(delta)
+            replica = self.restored()
+            self.assertEqual(replica.query(ROWS), rows)
+            self.assertEqual(digest(replica), state)
+            self.assertEqual(
+                replica.query(b"PRAGMA schema_version"), self.fsm.query(b"PRAGMA schema_version")
+            )
+        self.assertEqual(kinds, [False, True, True, True])
+
+    def test_a_delta_costs_what_changed(self) -> None:
+        """A delta holds each changed page once: after one row changed by many commands it
+        is a few pages, a small fraction of the database and of the WAL it was taken from."""
+        for _ in range(20):
+            self.fill(self.index)
+        latest = self.store.load(clean=False)
+        self.save(self.begin(), latest.chain if latest else None)
+        for i in range(200):
+            self.apply(b"UPDATE t SET name = 'changed %d' WHERE id = (SELECT max(id) FROM t)" % i)
+        wal = self.fsm._path.with_name(self.fsm._path.name + "-wal").stat().st_size
+        plan = self.begin()
+        self.assertTrue(plan.delta)
+        sink = _Counter()
+        plan.write(sink)  # type: ignore[arg-type]
+        self.assertLess(sink.size * 20, self.fsm.size_bytes())
+        self.assertLess(sink.size * 20, wal)
+
+    def test_whole_snapshot_when_the_chain_is_broken(self) -> None:
+        """A whole snapshot, not a delta: when the store's latest snapshot is not the FSM's
+        last one (another token, none), after a restore, and after a plain begin_snapshot
+        (whose writer checkpoints the WAL)."""
+        self.snapshot()
+        latest = self.store.load(clean=False)
+        assert latest is not None and latest.chain is not None
+        self.assertFalse(self.fsm.begin_incremental_snapshot("another").delta)
+        self.assertFalse(self.fsm.begin_incremental_snapshot(None).delta)
+        plan = self.fsm.begin_incremental_snapshot(None)
+        self.assertTrue(self.fsm.begin_incremental_snapshot(plan.token).delta)
+
+        plan = self.fsm.begin_incremental_snapshot(None)
+        self.fsm.begin_snapshot()(_Counter())  # type: ignore[arg-type]
+        self.assertFalse(self.fsm.begin_incremental_snapshot(plan.token).delta)
+
+        plan = self.fsm.begin_incremental_snapshot(None)
+        with self.store.open(latest) as source:
+            self.fsm.restore(source)
+        self.assertFalse(self.fsm.begin_incremental_snapshot(plan.token).delta)
+
+    def test_a_reader_does_not_block_the_capture(self) -> None:
+        """A query's open read transaction keeps the WAL from being reset: the capture does
+        not wait for it (even with a long busy timeout on the connection), and the next
+        delta, which repeats the frames left in the WAL, still folds to the right state."""
+        self.snapshot()
+        self.fill(self.index)
+        self.fsm._conn.execute("PRAGMA busy_timeout=600000")
+        reader = sqlite3.connect(f"file:{self.fsm._path}?mode=ro", uri=True)
+        self.addCleanup(reader.close)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchone()
+        result: list[IncrementalSnapshot] = []
+        thread = threading.Thread(target=lambda: result.append(self.begin()))
+        thread.start()
+        thread.join(60)
+        self.assertFalse(thread.is_alive(), "the capture waited for the reader")
+        plan = result[0]
+        self.assertTrue(plan.delta)
+        self.assertTrue(plan.write.busy)  # type: ignore[attr-defined]
+        latest = self.store.load(clean=False)
+        assert latest is not None
+        self.save(plan, latest.chain)
+        reader.execute("ROLLBACK")
+        delta, rows, state = self.snapshot()
+        self.assertTrue(delta)
+        replica = self.restored()
+        self.assertEqual(replica.query(ROWS), rows)
+        self.assertEqual(digest(replica), state)
+
+    def test_an_unused_delta_is_released(self) -> None:
+        """``close`` on a delta never written deletes its captured copy."""
+        self.snapshot()
+        self.fill(self.index)
+        plan = self.begin()
+        self.assertTrue(plan.delta)
+        copies = list(self.fsm._path.parent.glob("*.delta-*"))
+        self.assertEqual(len(copies), 1)
+        plan.close()
+        self.assertEqual(list(self.fsm._path.parent.glob("*.delta-*")), [])
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
