@@ -4,10 +4,11 @@ from the leader, and streaming this node's to a follower (graft.driver.snapshot_
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -22,14 +23,15 @@ from graft.driver.pipeline import DurableStorage
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
-from graft.errors import BadRequest, GraftError
-from graft.fsm import StateMachine, begin_snapshot
+from graft.errors import BadRequest, GraftError, SnapshotBusy
+from graft.fsm import IncrementalSnapshot, StateMachine, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.messages import InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import Entry, SnapshotMeta, membership_to_dict
-from graft.storage.errors import SnapshotSuperseded
+from graft.storage.errors import DeltaRefused, SnapshotSuperseded
+from graft.storage.errors import SnapshotBusy as StorageBusy
 from graft.waiters import IndexWaiters
 
 log = Logger(namespace="graft.node")
@@ -147,6 +149,7 @@ class Snapshots:
             size=info.size,
             path=info.data_path,
             crc32=info.crc32,
+            open=self._image_opener(info),
         )
 
     def _report(self, peer: str, ok: bool) -> None:
@@ -170,7 +173,16 @@ class Snapshots:
             "size": info.size,
             "membership": membership_to_dict(info.meta.membership),
         }
-        return manifest, open(info.data_path, "rb")
+        opener = self._image_opener(info)
+        if opener is None:
+            return manifest, open(info.data_path, "rb")
+        try:
+            return manifest, opener()
+        except StorageBusy:
+            raise SnapshotBusy(
+                f"snapshot {info.meta.index} is being updated with the latest changes; "
+                "retry in a second"
+            ) from None
 
     # -- this node's own -----------------------------------------------------------------------
 
@@ -232,7 +244,7 @@ class Snapshots:
             stamp_floor_ns=self._applier.stamp_floor_ns,
         )
         timer = time.perf_counter()
-        write = begin_snapshot(self._fsm)
+        write, save = self._begin_write()
         self._metrics.snapshot_last_pause.set(time.perf_counter() - timer)
         applied_bytes = self._applied_bytes
         started = self._clock.seconds()
@@ -242,9 +254,10 @@ class Snapshots:
             called.append(True)
             write(sink)
 
-        d: Deferred[Any] = self._run_in_thread(
-            self._storage.save_snapshot, meta, self._settings.fsm_name, write_once
-        )
+        d: Deferred[Any] = self._run_in_thread(save, meta, self._settings.fsm_name, write_once)
+        # Set before the callbacks: a save that fails at once (a refused delta) runs
+        # ``finished`` below while they are added, which must clear it.
+        self._taking = d
 
         def release(failure: Failure) -> Failure:
             # Storage refused the snapshot before writing it: let the FSM drop what it pinned
@@ -280,8 +293,8 @@ class Snapshots:
         d.addCallback(compact)
         d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
         d.addErrback(self._superseded)
+        d.addErrback(self._delta_refused)
         d.addBoth(finished)
-        self._taking = d
         out: Deferred[dict[str, Any]] = Deferred()
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
         return out
@@ -297,3 +310,58 @@ class Snapshots:
             index=current.index,
         )
         return {"index": current.index, "term": current.term}
+
+    # -- delta snapshots (graft.storage.snapshots, delta mode) ---------------------------------
+
+    def _begin_write(self) -> tuple[Callable[[BinaryIO], None], Callable[..., None]]:
+        """Pin the FSM's state: its writer, and the storage call that saves what it writes.
+
+        An FSM with ``begin_incremental_snapshot`` (SQLite) over a storage with
+        ``save_snapshot_delta`` writes a delta over the latest snapshot when that snapshot is
+        its own last one (the chain token the storage recorded), else a whole snapshot that
+        starts a new chain; other FSMs write whole snapshots, as always."""
+        incremental = getattr(self._fsm, "begin_incremental_snapshot", None)
+        save_delta = getattr(self._storage, "save_snapshot_delta", None)
+        if incremental is None or save_delta is None:
+            return begin_snapshot(self._fsm), self._storage.save_snapshot
+        info = self._storage.snapshot_info()
+        base = getattr(info, "chain", None)
+        plan: IncrementalSnapshot = incremental(base)
+        writer = _ClosableWriter(plan.write, plan.close)
+        if plan.delta and base is not None:
+            self._metrics.snapshots_delta.inc()
+            return writer, functools.partial(save_delta, base_chain=base, chain=plan.token)
+        # A storage with save_snapshot_delta (DurableLog) takes the chain token here too.
+        save_full = cast(Any, self._storage).save_snapshot
+        return writer, functools.partial(save_full, chain=plan.token)
+
+    def _delta_refused(self, failure: Failure) -> dict[str, Any]:
+        """The storage kept no delta (its latest snapshot is not the one the delta follows,
+        e.g. one the leader sent meanwhile): the FSM's next snapshot is a whole one."""
+        failure.trap(DeltaRefused)
+        current = self._storage.snapshot_meta()
+        log.info(
+            "delta snapshot dropped: {reason}; keeping snapshot {index}",
+            reason=failure.value,
+            index=current.index,
+        )
+        return {"index": current.index, "term": current.term}
+
+    def _image_opener(self, info: Any) -> Callable[[], BinaryIO] | None:
+        """Opens ``info``'s data file so that no delta is folded into it while it is read
+        (a send to a follower, a download), where the storage folds deltas."""
+        open_image = getattr(self._storage, "open_snapshot_image", None)
+        if open_image is None:
+            return None
+        return functools.partial(open_image, info)
+
+
+class _ClosableWriter:
+    """An FSM's snapshot writer with the ``close`` that ``take`` calls when it never runs."""
+
+    def __init__(self, write: Callable[[BinaryIO], None], close: Callable[[], None]) -> None:
+        self._write = write
+        self.close = close
+
+    def __call__(self, sink: BinaryIO) -> None:
+        self._write(sink)
