@@ -4,6 +4,7 @@ pinned when the snapshot began."""
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import IncrementalSnapshot, digest
+from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.raft.types import SnapshotMeta
+from graft.sessions.machine import MAGIC, with_sessions
 from graft.storage.files import OSFileSystem
 from graft.storage.snapshots import SnapshotStore
 
@@ -210,3 +213,32 @@ class _Counter:
     def write(self, data: bytes) -> int:
         self.size += len(data)
         return len(data)
+
+
+class SessionedDeltaTests(DeltaTestCase):
+    def test_sessions_make_every_snapshot_whole(self) -> None:
+        """Behind the session layer (as the driver runs every FSM), SQLite's deltas are used
+        while no session exists; once one does, every snapshot is the whole container with
+        the session table, never a delta that would leave the table out."""
+        machine = with_sessions(self.fsm)
+        plan = machine.begin_incremental_snapshot(None)
+        self.assertFalse(plan.delta)
+        plan.close()
+        plan = machine.begin_incremental_snapshot(None)
+        follow = machine.begin_incremental_snapshot(plan.token)
+        self.assertTrue(follow.delta)
+        follow.close()
+        plan.close()
+        machine.table.register(index=self.index, seed=1, now_ns=1)
+        plan = machine.begin_incremental_snapshot(None)
+        again = machine.begin_incremental_snapshot(plan.token)
+        self.assertFalse(again.delta)
+        sink = io.BytesIO()
+        again.write(sink)
+        self.assertTrue(sink.getvalue().startswith(MAGIC))
+        plan.close()
+
+    def test_no_incremental_snapshots_for_other_fsms(self) -> None:
+        """The session layer offers begin_incremental_snapshot only over an FSM that has it."""
+        machine = with_sessions(KeyValueStateMachine())
+        self.assertIsNone(getattr(machine, "begin_incremental_snapshot", None))
