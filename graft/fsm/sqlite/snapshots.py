@@ -10,6 +10,7 @@ backup (read through a memory map, not page by page) and one sequential copy.
 
 from __future__ import annotations
 
+import array
 import os
 import sqlite3
 import stat
@@ -35,6 +36,12 @@ _SCHEMA_COOKIE_OFFSET = 40
 # The WAL file: a 32-byte header, then frames of a 24-byte header and one page.
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
+# The wal-index (-shm): a 136-byte header, then the page number of each frame, 4062 in the
+# first 32 KiB block and 4096 at the start of each next one (sqlite.org/walformat.html).
+_SHM_HEADER = 136
+_SHM_BLOCK = 32768
+_SHM_FIRST = 4062
+_SHM_PER_BLOCK = 4096
 # The database header is the first 100 bytes of page 1.
 _HEADER_SIZE = 100
 COPY_CHUNK = 1024 * 1024
@@ -144,19 +151,22 @@ def reset_wal(conn: sqlite3.Connection) -> bool:
 
 
 def capture_wal(conn: sqlite3.Connection, path: Path, prefix: str) -> DeltaWriter | None:
-    """The delta of a snapshot in delta mode: the committed frames of ``path``'s WAL, copied
-    now, on the calling thread (the reactor's, between two commands, so nothing commits
-    meanwhile); then the WAL is checkpointed and truncated, so that the next delta holds
-    only what commits from now on. None if the database is not in WAL mode.
+    """The delta of a snapshot in delta mode: the newest committed frame of each page in
+    ``path``'s WAL, copied now, on the calling thread (the reactor's, between two commands,
+    so nothing commits meanwhile); then the WAL is checkpointed and truncated, so that the
+    next delta holds only what commits from now on. None if the database is not in WAL mode.
 
-    The copy is made by the kernel (copy_file_range) and the checkpoint writes each changed
-    page once into the database file, without fsync (``synchronous=OFF``): both cost what
-    changed since the last snapshot, not the database's size. The TRUNCATE checkpoint does
-    not wait for readers (busy timeout 0): when a query's read transaction keeps the WAL
-    from being reset, the frames stay and the next delta repeats them, which is harmless.
+    The frames are found through the wal-index and checked against their headers
+    (``_copy_newest``), else the whole WAL is copied by the kernel; the checkpoint writes
+    each changed page once into the database file, without fsync (``synchronous=OFF``):
+    both cost what changed since the last snapshot, not the database's size. The TRUNCATE
+    checkpoint does not wait for readers (busy timeout 0): when a query's read transaction
+    keeps the WAL from being reset, the frames stay and the next delta repeats them, which
+    is harmless.
     """
     directory = path.parent
     wal = path.with_name(path.name + "-wal")
+    shm = path.with_name(path.name + "-shm")
     _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     if frames < 0:
         return None
@@ -168,8 +178,10 @@ def capture_wal(conn: sqlite3.Connection, path: Path, prefix: str) -> DeltaWrite
                 with wal.open("rb") as source:
                     header = source.read(_WAL_HEADER)
                     (page_size,) = struct.unpack(">I", header[8:12])
-                    length = _WAL_HEADER + frames * (_FRAME_HEADER + page_size)
-                    _copy_range(source.fileno(), fd, length, path)
+                    if not _copy_newest(source.fileno(), shm, fd, header, frames):
+                        os.ftruncate(fd, 0)
+                        length = _WAL_HEADER + frames * (_FRAME_HEADER + page_size)
+                        _copy_range(source.fileno(), fd, length, path)
         finally:
             os.close(fd)
         busy = reset_wal(conn)
@@ -182,6 +194,65 @@ def capture_wal(conn: sqlite3.Connection, path: Path, prefix: str) -> DeltaWrite
         copy.unlink(missing_ok=True)
         raise
     return DeltaWriter(copy, busy=bool(busy))
+
+
+def _copy_newest(wal: int, shm: Path, target: int, header: bytes, frames: int) -> bool:
+    """Copy into ``target`` a compacted WAL (as graft.storage.sqlite_wal.compact_wal writes)
+    of the first ``frames`` frames of the WAL open at ``wal``: only the newest frame of each
+    page, found through the wal-index (the ``-shm`` file, sqlite.org/walformat.html: after
+    its 136-byte header, the page number of each frame, 4062 in the first 32 KiB block and
+    4096 in each next one, native byte order). So the calling thread copies what changed,
+    not every version of every page the commands wrote.
+
+    Every frame copied is checked against its own header in the WAL (page number, salts,
+    and the commit on the last frame); False, with ``target`` to be discarded, if anything
+    does not fit: the caller then copies the WAL as it is."""
+    (page_size,) = struct.unpack(">I", header[8:12])
+    frame_bytes = _FRAME_HEADER + page_size
+    try:
+        with shm.open("rb") as f:
+            index = f.read(_SHM_BLOCK * ((frames + _SHM_FIRST - 1) // _SHM_PER_BLOCK + 1))
+    except OSError:
+        return False
+    pages = array.array("I")
+    first = index[_SHM_HEADER : _SHM_HEADER + 4 * min(frames, _SHM_FIRST)]
+    pages.frombytes(first)
+    block = 1
+    while len(pages) < frames:
+        start = block * _SHM_BLOCK
+        take = min(frames - len(pages), _SHM_PER_BLOCK)
+        chunk = index[start : start + 4 * take]
+        if len(chunk) != 4 * take:
+            return False
+        pages.frombytes(chunk)
+        block += 1
+    if len(pages) != frames:
+        return False
+    newest = dict(zip(pages, range(1, frames + 1), strict=True))  # the last frame wins
+    last = os.pread(wal, _FRAME_HEADER, _WAL_HEADER + (frames - 1) * frame_bytes)
+    size = struct.unpack(">I", last[4:8])[0] if len(last) == _FRAME_HEADER else 0
+    if not size or last[8:16] != header[16:24]:
+        return False
+    numbers = sorted(n for n in newest if 0 < n <= size)
+    if not numbers:
+        return False
+    out = [header]
+    for i, number in enumerate(numbers):
+        frame = newest[number]
+        offset = _WAL_HEADER + (frame - 1) * frame_bytes
+        data = os.pread(wal, frame_bytes, offset)
+        if len(data) != frame_bytes or data[8:16] != header[16:24]:
+            return False
+        if struct.unpack(">I", data[:4])[0] != number:
+            return False
+        commit = size if i == len(numbers) - 1 else 0
+        out.append(struct.pack(">II", number, commit) + header[16:24] + bytes(8))
+        out.append(data[_FRAME_HEADER:])
+    blob = b"".join(out)
+    view = memoryview(blob)
+    while view:
+        view = view[os.write(target, view) :]
+    return True
 
 
 def _copy_range(source: int, target: int, length: int, path: Path) -> None:
