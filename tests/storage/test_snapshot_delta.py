@@ -17,7 +17,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.types import SnapshotMeta
-from graft.storage import DeltaRefused, SnapshotBusy
+from graft.storage import DeltaRefused, SnapshotBusy, check_data_dir
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
 from graft.storage.sqlite_wal import compact_wal, fold_wal
 from tests.storage.faultfs import Crash, FaultyFileSystem
@@ -211,7 +211,8 @@ class DeltaModeTests(SynchronousTestCase):
     def test_read_only_load_assembles_a_pending_snapshot(self) -> None:
         """After a crash between the pending manifest and the end of the fold, a read-only
         load (``graft check``, log dumps) reports the new snapshot, changes no file, and
-        ``open`` assembles its image from the base and the delta."""
+        ``open`` assembles its image from the base and the delta; check_data_dir says the
+        fold is left for the next start."""
         for step in ("manifest-written", "base-moved"):
             files = self.files.copy()
             files.makedirs(DIR)
@@ -228,6 +229,9 @@ class DeltaModeTests(SynchronousTestCase):
                     meta(20), "sqlite", writer(self.deltas[0]), base_chain="c10", chain="c20"
                 )
             listing = snapshot_files(files)
+            report = check_data_dir(DIR, files=files)
+            self.assertTrue(report.ok, report.lines)
+            self.assertIn("fold the snapshot's delta", "\n".join(report.lines))
             looker = SnapshotStore(files, DIR)
             info = looker.load(clean=False)
             assert info is not None and info.pending is not None
