@@ -194,6 +194,16 @@ class DeltaSnapshotTests(DeltaTestCase):
         self.assertEqual(replica.query(ROWS), rows)
         self.assertEqual(digest(replica), state)
 
+    def test_an_unused_whole_snapshot_is_released(self) -> None:
+        """``close`` on a whole snapshot never written ends its pinned read transaction, so
+        the WAL can be reset again."""
+        plan = self.begin()
+        self.assertFalse(plan.delta)
+        self.fill(self.index)
+        self.assertTrue(snapshots.reset_wal(self.fsm._conn))  # busy: the reader pins it
+        plan.close()
+        self.assertFalse(snapshots.reset_wal(self.fsm._conn))
+
     def test_an_unused_delta_is_released(self) -> None:
         """``close`` on a delta never written deletes its captured copy."""
         self.snapshot()

@@ -150,8 +150,20 @@ __all__ = ["SQLiteStateMachine"]
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-def _nothing() -> None:
-    pass
+class _WholeWriter:
+    """A whole snapshot's writer, and ``close`` to release its pinned reader if it never
+    runs (the driver calls it when storage refuses the snapshot first): an open read
+    transaction would keep the WAL from being reset."""
+
+    def __init__(self, write: Callable[[BinaryIO], None], reader: sqlite3.Connection) -> None:
+        self._write = write
+        self._reader = reader
+
+    def __call__(self, sink: BinaryIO) -> None:
+        self._write(sink)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class SQLiteStateMachine(JsonCommands, ThreadedReads):
@@ -261,11 +273,9 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
             ) from e
         write = self._begin_full(checkpoint=False)
         self._chain = token
-        return IncrementalSnapshot(
-            write=write, delta=False, token=token, close=getattr(write, "close", _nothing)
-        )
+        return IncrementalSnapshot(write=write, delta=False, token=token, close=write.close)
 
-    def _begin_full(self, *, checkpoint: bool) -> Callable[[BinaryIO], None]:
+    def _begin_full(self, *, checkpoint: bool) -> _WholeWriter:
         reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
@@ -296,7 +306,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
                 checkpoint=checkpoint,
             )
 
-        return write
+        return _WholeWriter(write, reader)
 
     def restore(self, source: BinaryIO) -> None:
         # No reader may start a read on the old file once it is replaced; reads already under
