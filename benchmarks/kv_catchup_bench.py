@@ -4,6 +4,8 @@ pause, duration, size, memory) and a stopped follower's catch-up from it (restor
 3 nodes, kv FSM, fsync and mutual TLS on, default election/heartbeat. One follower is stopped,
 the state written through /commands batches of 1,000, a snapshot taken so the follower's
 missing log is compacted away, and the follower restarted while one client keeps writing.
+The follower's /health is polled every 20 ms meanwhile: its longest answer and longest gap
+between answers show how long its reactor stalled (installing the snapshot included).
 Exits non-zero if the follower did not catch up by a snapshot or the nodes' data differ. Run:
 
     python -m benchmarks.kv_catchup_bench [--keys 500000]
@@ -45,6 +47,44 @@ def metric(cluster: LocalCluster, node: str, name: str) -> float:
 
 def rss_mib(cluster: LocalCluster, node: str) -> float:
     return metric(cluster, node, "process_resident_memory_bytes") / 2**20
+
+
+class HealthProbe:
+    """Asks a node's /health every 20 ms from a thread: once it first answers, the longest
+    answer and the longest gap between two answers show how long its reactor stalled (a
+    snapshot's restore on the reactor thread shows as one long gap)."""
+
+    def __init__(self, cluster: LocalCluster, node: str) -> None:
+        self._cluster, self._node = cluster, node
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.answers = 0
+        self.longest_answer = 0.0
+        self.longest_gap = 0.0
+
+    def _run(self) -> None:
+        last: float | None = None
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                ok = self._cluster.request(self._node, "GET", "/health", timeout=30).status == 200
+            except OSError:
+                ok = False
+            now = time.monotonic()
+            if ok:
+                self.answers += 1
+                self.longest_answer = max(self.longest_answer, now - t)
+                if last is not None:
+                    self.longest_gap = max(self.longest_gap, now - last)
+                last = now
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
@@ -110,6 +150,8 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
     target = status(cluster, leader)["commit"]
     t_start = time.monotonic()
     cluster.start(follower)
+    probe = HealthProbe(cluster, follower)
+    probe.start()
     while True:
         fst = cluster.status(follower, timeout=2)
         if fst and fst["applied"] >= target:
@@ -118,6 +160,7 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
             raise SystemExit(f"{follower} not caught up in {args.timeout}s: {fst}")
         time.sleep(0.05)
     catchup = time.monotonic() - t_start
+    probe.stop()
     stop.set()
     writer.join(30)
     install = metric(cluster, follower, "graft_snapshot_install_duration_seconds_sum")
@@ -146,6 +189,11 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
     print(f"leader log          first_index {st['first_index']}, snapshot {st['snapshot']}")
     print(f"catch-up            {catchup:.2f} s (restore/install {install:.2f} s)")
     print(f"follower RSS        {follower_rss:.0f} MiB after catching up")
+    print(
+        f"follower /health    {probe.answers} answers while catching up; longest answer "
+        f"{probe.longest_answer * 1e3:.0f} ms, longest gap between answers "
+        f"{probe.longest_gap * 1e3:.0f} ms (polled every 20 ms)"
+    )
     if latencies:
         print(
             f"writes during       {len(latencies)} ok, {failed} failed, median "

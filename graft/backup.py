@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.client import ClientError, GraftClient, SavedSnapshot, Unreachable
+from graft.client import GraftClient, SavedSnapshot
+from graft.client_errors import ClientError, Unreachable
 
 # Entries the latest snapshot may lag the applied index and still count as recent.
 DEFAULT_MAX_BEHIND = 1000

@@ -1,21 +1,19 @@
-"""A small synchronous HTTP client for Graft's API, used by the ``graft`` command.
+"""Graft's Python client: the operations of the HTTP API, as ``graft`` and programs use them.
 
-It speaks the API's error model (DESIGN.md section 5): an error body
-``{"error": {"code", "message"}}`` becomes a :class:`ClientError` with that code and the HTTP
-status. It follows 307 redirects itself (urllib refuses to re-send a POST body), walks the member
-list when a node is down, and retries what retrying can fix until the deadline (RETRYABLE:
-``no_leader``, which means the request was not accepted and an election is probably under
-way). ``no_quorum`` sends it on to the next member at once (it may be in the majority) and
-ends the request once every member answered so or not at all. Never a 4xx (``stale``,
-``min_index_beyond_log``, ...): the same request gets the same answer.
+This is the public API module: users write ``from graft.client import GraftClient,
+ClientError, OutcomeUnknown, Unreachable, Response, SavedSnapshot`` (docs/api.md). The
+exceptions are defined in graft/client_errors.py and Response in graft/client_requests.py;
+they are imported here because they are part of this API (``__all__``), not left behind for
+old callers. Graft's own modules import them from where they are defined.
 
-Only the standard library is used, so the CLI starts fast and needs no reactor.
-
+:class:`GraftClient` is a :class:`~graft.client_requests.RequestLoop` (the members, the
+connection settings, redirects, retries, backoff, deadline) with the operations on top:
+commands, queries, SQL, membership and the other admin calls, snapshot download, shutdown.
 Commands go under a client session by default (graft/client_sessions.py): numbered, so that
 a timeout, a dropped connection or a leader change is retried and still applied once.
 
-It is one module of ~700 lines because the request loop, the error model and the cluster
-operations share the same few private helpers; the CLI's use of it lives in graft/cli/.
+Only the standard library is used, so the CLI starts fast and needs no reactor; the CLI's
+use of it lives in graft/cli/.
 """
 
 from __future__ import annotations
@@ -25,101 +23,26 @@ import contextlib
 import http.client
 import json
 import os
-import random
-import re
-import socket
-import ssl
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from graft.client_errors import ClientError, OutcomeUnknown, Unreachable
+from graft.client_requests import RETRYABLE, RETRYABLE_READS, RequestLoop, Response, int_header
+from graft.client_sessions import SessionCommands
 from graft.sql_form import SqlStatement, sql_request
 
-if TYPE_CHECKING:
-    from graft.client_sessions import SessionCommands
-
-# How often a 307 may be followed before we suspect a loop between two nodes.
-MAX_REDIRECTS = 5
-# Backoff between no_leader retries: starts short (elections take a few hundred ms).
-FIRST_BACKOFF_S = 0.05
-MAX_BACKOFF_S = 1.0
-# The answers every request retries: nothing was done, and an election that ends or a member
-# in the majority (the walk moves on to the next URL) can do better.
-RETRYABLE = ("no_leader", "no_quorum")
-# Reads also retry a timeout: they change nothing.
-RETRYABLE_READS = (*RETRYABLE, "timeout")
-
-
-class ClientError(Exception):
-    """An error answer from a node, or a failure to get one.
-
-    ``code`` is the API's error code (``no_leader``, ``timeout``, ...) or one of the client's own:
-    ``unreachable`` (nothing listens there), ``connection`` (the connection failed mid-way: the
-    outcome of a command is unknown), ``http_error`` (a non-JSON error answer).
-    ``status`` is the HTTP status, or None when there was no HTTP answer.
-    """
-
-    def __init__(self, code: str, status: int | None, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.message = message
-        # Set for fsm_error: the index the rejected command was committed at.
-        self.index: int | None = None
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class Unreachable(ClientError):
-    """Nothing answered at the URL (connection refused, unknown host): safe to try elsewhere."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("unreachable", None, message)
-
-
-class OutcomeUnknown(ClientError):
-    """A command under a session whose outcome the client cannot learn: the cluster forgot
-    its result (``sequence_forgotten``), or a try may have been applied and no answer came
-    before the deadline. ``code`` and ``status`` are those of the last answer (or failure).
-    Sending the command again would be a new command: check with a query first."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Response:
-    """A successful (2xx) answer; ``url`` is where it finally came from, after redirects."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    url: str
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def header_int(self, name: str) -> int | None:
-        value = self.header(name)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            return None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def duplicate(self) -> bool:
-        """Whether a session's dedup answered: the command had been applied by an earlier try,
-        and this is its first result again (``Graft-Duplicate: true``)."""
-        return (self.header("Graft-Duplicate") or "").lower() == "true"
+__all__ = [
+    "ClientError",
+    "GraftClient",
+    "OutcomeUnknown",
+    "Response",
+    "SavedSnapshot",
+    "Unreachable",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,53 +57,21 @@ class SavedSnapshot:
     fsm: str | None
 
 
-class NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Turn every redirect into an HTTPError, so the caller sees the 307 itself (the client
-    re-sends method and body; a test harness checks the redirect). The one such handler."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 @dataclass(kw_only=True)
-class GraftClient:
-    """Talks to the members at ``urls`` (API base URLs such as ``http://127.0.0.1:8080``).
+class GraftClient(RequestLoop):
+    """The operations of Graft's HTTP API on the members at ``urls``.
 
-    ``names`` maps a base URL to its node id for messages; ``timeout`` bounds a whole operation,
-    retries included. ``sleep`` and ``clock`` are injectable so tests need not wait.
+    Made with the RequestLoop's fields (``urls``, ``names``, ``timeout``, ``token``,
+    ``ssl_context``, ``sleep``, ``clock``, ``retry_unreachable``, ``attempt_timeout``,
+    ``jitter``) and ``session``.
     """
 
-    urls: Sequence[str]
-    names: Mapping[str, str] = field(default_factory=dict)
-    timeout: float = 10.0
-    token: str | None = None
-    ssl_context: ssl.SSLContext | None = None
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
-    # False: an unreachable member fails at once instead of being retried until the deadline
-    # (for a caller that must know quickly, like `graft start --join`).
-    retry_unreachable: bool = True
     # Commands under a client session (exactly once, retried until the deadline); False sends
     # them as before sessions: a timeout or a dropped connection ends the command, unknown.
     session: bool = True
-    # The bound of each try of a command under a session, so that a node that accepts the
-    # connection and never answers is left for another; None: the time left to the deadline.
-    attempt_timeout: float | None = None
-    # A number in [0, 1) per pause: retries under a session wait between half and all of the
-    # backoff, so that clients a failure struck together do not retry together.
-    jitter: Callable[[], float] = random.random
 
     def __post_init__(self) -> None:
-        if not self.urls:
-            raise ValueError("GraftClient needs at least one URL")
-        self.urls = [url.rstrip("/") for url in self.urls]
-        handlers: list[urllib.request.BaseHandler] = [NoRedirects()]
-        if self.ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
-        self._opener = urllib.request.build_opener(*handlers)
-        # Imported here: graft.client_sessions builds on this module's error model.
-        from graft.client_sessions import SessionCommands
-
+        super().__post_init__()
         self._commands: SessionCommands = SessionCommands(self)
 
     @property
@@ -188,126 +79,6 @@ class GraftClient:
         """The id of the client session commands go under: None before the first command,
         with ``session=False`` or when the cluster has no sessions."""
         return self._commands.book.session_id
-
-    # -- one request to one node -------------------------------------------------------------
-
-    def name_of(self, url: str) -> str:
-        base = _base_url(url)
-        return self.names.get(base, base)
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Response:
-        """Send one request, following up to MAX_REDIRECTS 307/308 answers with the same method
-        and body. Raises ClientError for every non-2xx answer and every transport failure."""
-        with self._open(method, url, body=body, headers=headers, timeout=timeout) as (raw, final):
-            try:
-                data = raw.read()
-            except (OSError, http.client.HTTPException) as failure:
-                raise self._transport_error(final, failure) from None
-            return Response(
-                status=raw.status,
-                headers={k.lower(): v for k, v in raw.headers.items()},
-                body=data,
-                url=final,
-            )
-
-    @contextlib.contextmanager
-    def _open(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Iterator[tuple[Any, str]]:
-        """The open 2xx answer (body not read yet) and the URL it finally came from."""
-        per_try = self.timeout if timeout is None else timeout
-        all_headers = {"Accept": "application/json"}
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        if body is not None:
-            all_headers["Content-Type"] = "text/plain"
-        all_headers.update(headers or {})
-        for _ in range(MAX_REDIRECTS + 1):
-            req = urllib.request.Request(url, data=body, headers=all_headers, method=method)
-            try:
-                raw = self._opener.open(req, timeout=max(per_try, 0.01))
-            except urllib.error.HTTPError as answer:
-                with answer:
-                    location = answer.headers.get("Location")
-                    if answer.code in (307, 308) and location:
-                        target = urllib.parse.urljoin(url, location)
-                        if not self._may_carry_credentials(url, target):
-                            all_headers.pop("Authorization", None)
-                        url = target
-                        continue
-                    raise _error_from_answer(
-                        answer.code, answer.read(), self.name_of(url)
-                    ) from None
-            except urllib.error.URLError as failure:
-                raise self._transport_error(url, failure.reason) from None
-            except (OSError, http.client.HTTPException) as failure:
-                raise self._transport_error(url, failure) from None
-            with raw:
-                yield raw, url
-            return
-        raise ClientError(
-            "redirect_loop",
-            None,
-            f"more than {MAX_REDIRECTS} redirects starting at {self.name_of(url)}: the nodes "
-            "disagree about the leader; retry in a moment or check `graft status`",
-        )
-
-    def _may_carry_credentials(self, current: str, target: str) -> bool:
-        """Whether a redirect from ``current`` to ``target`` may keep the Authorization header:
-        only to the same origin or to one of the members the client was given, and never from
-        https to http. Anything else (a node's Location pointing elsewhere, by mistake or by
-        an attacker) would hand the token to a stranger, or send it in clear text."""
-        if urllib.parse.urlsplit(current).scheme.lower() == "https" and (
-            urllib.parse.urlsplit(target).scheme.lower() != "https"
-        ):
-            return False
-        origin = _origin(target)
-        if origin is None:
-            return False
-        return origin == _origin(current) or origin in {_origin(u) for u in self.urls}
-
-    def _transport_error(self, url: str, reason: object) -> ClientError:
-        node = self.name_of(url)
-        base = _base_url(url)
-        if isinstance(reason, ConnectionRefusedError | socket.gaierror):
-            return Unreachable(
-                f"node {node} at {base} is unreachable ({_describe(reason)}): check that it is "
-                "running and that the URL or config is right"
-            )
-        if isinstance(reason, TimeoutError):
-            return ClientError(
-                "timeout",
-                None,
-                f"node {node} at {base} did not answer in time: retry with a larger --timeout; "
-                "a command's outcome is unknown, check before re-sending it",
-            )
-        if isinstance(reason, ssl.SSLError):
-            return ClientError(
-                "tls",
-                None,
-                f"TLS with node {node} at {base} failed ({_describe(reason)}): pass the API's "
-                "CA with --cacert (and --cert/--key if it wants a client certificate)",
-            )
-        return ClientError(
-            "connection",
-            None,
-            f"connection to node {node} at {base} failed ({_describe(reason)}): retry; a "
-            "command's outcome is unknown, check before re-sending it",
-        )
 
     # -- operations across the cluster ---------------------------------------------------------
 
@@ -336,7 +107,7 @@ class GraftClient:
     ) -> Response:
         if self.session:
             return self._commands.send(path, body, headers, count=count)
-        return self._retrying("POST", path, body=body, headers=headers)
+        return self.retrying("POST", path, body=body, headers=headers)
 
     def execute(
         self, statements: Sequence[SqlStatement], *, transaction: bool = True
@@ -369,7 +140,7 @@ class GraftClient:
     def _json_post(
         self, path: str, body: bytes, retry_codes: Sequence[str] = ("no_leader",)
     ) -> Response:
-        return self._retrying(
+        return self.retrying(
             "POST",
             path,
             body=body,
@@ -393,7 +164,7 @@ class GraftClient:
         if max_lag_ms is not None:
             params["max_lag_ms"] = str(max_lag_ms)
         path = "/query?" + urllib.parse.urlencode(params)
-        return self._retrying(
+        return self.retrying(
             "POST",
             path,
             body=query,
@@ -498,7 +269,7 @@ class GraftClient:
         headers = {"Accept": "application/octet-stream"}
         with self._open("GET", base + "/cluster/snapshot", headers=headers) as (raw, final):
             node = self.name_of(final)
-            expected = _int_header(raw.headers.get("Content-Length"))
+            expected = int_header(raw.headers.get("Content-Length"))
             temp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed or removed below)
                 dir=destination.parent, prefix=f".{destination.name}.", suffix=".part", delete=False
             )
@@ -524,8 +295,8 @@ class GraftClient:
                 node=node,
                 path=destination,
                 size=size,
-                index=_int_header(raw.headers.get("Graft-Snapshot-Index")),
-                term=_int_header(raw.headers.get("Graft-Snapshot-Term")),
+                index=int_header(raw.headers.get("Graft-Snapshot-Index")),
+                term=int_header(raw.headers.get("Graft-Snapshot-Term")),
                 fsm=raw.headers.get("Graft-Snapshot-Fsm"),
             )
 
@@ -541,7 +312,7 @@ class GraftClient:
         # A POST without a body still sends an empty one, with a length, for strict proxies.
         if body is None and method == "POST":
             body = b""
-        response = self._retrying(
+        response = self.retrying(
             method,
             path,
             body=body,
@@ -549,86 +320,6 @@ class GraftClient:
             headers={"Content-Type": "application/json"},
         )
         return _json_object(response)
-
-    def _retrying(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: bytes | None,
-        retry_codes: Sequence[str] = RETRYABLE,
-        headers: Mapping[str, str] | None = None,
-        deadline: float | None = None,
-        attempt_timeout: float | None = None,
-    ) -> Response:
-        if deadline is None:
-            deadline = self.clock() + self.timeout
-        backoff = FIRST_BACKOFF_S
-        turn = 0
-        last: ClientError | None = None
-        # A no_quorum answer, and the answers since that no retry changes soon (no_quorum, or
-        # none at all): once every member has given one, waiting does not help.
-        quorum_answer: ClientError | None = None
-        hopeless = 0
-        while True:
-            url = self.urls[turn % len(self.urls)]
-            remaining = deadline - self.clock()
-            if attempt_timeout is not None:
-                remaining = min(remaining, attempt_timeout)
-            try:
-                return self.request(
-                    method, url + path, body=body, headers=headers, timeout=remaining
-                )
-            except Unreachable as err:
-                last = err
-                turn += 1
-                hopeless += 1
-                if quorum_answer is not None and hopeless >= len(self.urls):
-                    break
-                # Walk the whole list before pausing: another member may be up.
-                if turn % len(self.urls) != 0:
-                    continue
-                if not self.retry_unreachable:
-                    break
-            except ClientError as err:
-                if not _retryable(err, retry_codes):
-                    raise
-                last = err
-                turn += 1
-                if err.code == "no_quorum":
-                    # Another member may be in the majority: ask it now.
-                    quorum_answer = err
-                    hopeless += 1
-                    if hopeless >= len(self.urls):
-                        break
-                    continue
-                quorum_answer, hopeless = None, 0
-            if self.clock() + backoff >= deadline:
-                break
-            self.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-        assert last is not None
-        raise self.gave_up(last, quorum_answer)
-
-    def gave_up(self, last: ClientError, quorum_answer: ClientError | None) -> ClientError:
-        """The error to raise when retrying ended on ``last`` (``quorum_answer``: the
-        no_quorum answer it ended on, if it did)."""
-        if quorum_answer is not None:
-            # The node's message names the voters out of reach and what to do: no more advice.
-            return ClientError(
-                "no_quorum", quorum_answer.status, f"no quorum: {quorum_answer.message}"
-            )
-        if isinstance(last, Unreachable) and len(self.urls) > 1:
-            return Unreachable(f"no member answered ({len(self.urls)} tried, last: {last.message})")
-        if last.code == "no_leader":
-            return ClientError(
-                "no_leader",
-                last.status,
-                f"the cluster had no leader for {self.timeout:g}s of retrying (last answer: "
-                f"{_without_retry_advice(last.message)}): check `graft status`; a majority of "
-                "the voters must be up and connected",
-            )
-        return last
 
 
 def _content_type(body: bytes) -> dict[str, str]:
@@ -659,64 +350,6 @@ def _results(response: Response) -> list[dict[str, Any]]:
     return results
 
 
-def _retryable(error: ClientError, codes: Sequence[str]) -> bool:
-    """Whether a retry may get another answer: one of ``codes``, and never a 4xx (the same
-    request gets the same refusal)."""
-    if error.status is not None and 400 <= error.status < 500:
-        return False
-    return error.code in codes
-
-
-def _without_retry_advice(message: str) -> str:
-    """A node's message without its closing "retry" advice, for a client that has retried."""
-    return re.sub(r"[;:,]\s*retry( shortly)?\.?$", "", message.rstrip())
-
-
-def _base_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of a URL, default ports filled in; None if it has no host."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if not parts.hostname:
-        return None
-    return scheme, parts.hostname, port or {"http": 80, "https": 443}.get(scheme, 0)
-
-
-def _describe(reason: object) -> str:
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
-
-
-def _error_from_answer(status: int, body: bytes, node: str) -> ClientError:
-    """Build the ClientError for a non-2xx answer, from the API's JSON error body if present."""
-    code, message, index = f"http_{status}", "", None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        error = parsed["error"]
-        code = str(error.get("code") or code)
-        message = str(error.get("message") or "")
-        raw_index = error.get("index", parsed.get("index"))
-        index = raw_index if isinstance(raw_index, int) else None
-    else:
-        text = body.decode("utf-8", "replace").strip().splitlines()
-        message = text[0][:200] if text else f"HTTP {status} with an empty body"
-    err = ClientError(code, status, f"{node}: {code} ({status}): {message}")
-    err.index = index
-    return err
-
-
 def _json_object(response: Response) -> dict[str, Any]:
     try:
         document = response.json()
@@ -730,15 +363,6 @@ def _json_object(response: Response) -> dict[str, Any]:
             "node's API?",
         )
     return document
-
-
-def _int_header(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 COPY_CHUNK_BYTES = 1024 * 1024

@@ -27,19 +27,9 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from graft.client import (
-    FIRST_BACKOFF_S,
-    MAX_BACKOFF_S,
-    ClientError,
-    OutcomeUnknown,
-    Response,
-    Unreachable,
-)
-
-if TYPE_CHECKING:
-    from graft.client import GraftClient
+from graft.client_errors import ClientError, OutcomeUnknown, Unreachable
+from graft.client_requests import FIRST_BACKOFF_S, MAX_BACKOFF_S, RequestLoop, Response
 
 # A session id as the cluster hands it out (the contract: ASCII, at most 64 characters).
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -157,9 +147,9 @@ class _Expired(Exception):
 
 
 class SessionCommands:
-    """Sends the commands of one :class:`GraftClient` under its session."""
+    """Sends the commands of one client (a GraftClient) under its session."""
 
-    def __init__(self, client: GraftClient) -> None:
+    def __init__(self, client: RequestLoop) -> None:
         self._client = client
         self.book = SessionBook()
 
@@ -171,7 +161,7 @@ class SessionCommands:
             ticket = self.book.take(count, lambda: self._register(deadline))
             if ticket is None:
                 # The cluster has no sessions: as graft.client sends commands without one.
-                return client._retrying("POST", path, body=body, headers=headers, deadline=deadline)
+                return client.retrying("POST", path, body=body, headers=headers, deadline=deadline)
             sessions_tried += 1
             try:
                 return self._numbered(ticket, path, body, headers, deadline)
@@ -189,7 +179,7 @@ class SessionCommands:
         unused session behind, which expires: harmless."""
         client = self._client
         try:
-            response = client._retrying(
+            response = client.retrying(
                 "POST",
                 "/sessions",
                 body=b"{}",
@@ -221,14 +211,14 @@ class SessionCommands:
         deadline: float,
     ) -> Response:
         """Send the request of ``ticket`` until it is answered: on the members in turn, as
-        graft.client's request loop does, but retrying everything in RETRIED."""
+        RequestLoop.retrying does, but retrying everything in RETRIED."""
         client = self._client
         urls = client.urls
         backoff = FIRST_BACKOFF_S
         turn = 0
         last: ClientError | None = None
         maybe_applied = False
-        # As in GraftClient._retrying: a no_quorum answer, and the answers since that waiting
+        # As in RequestLoop.retrying: a no_quorum answer, and the answers since that waiting
         # does not change soon (no_quorum, or none at all).
         quorum_answer: ClientError | None = None
         hopeless = 0

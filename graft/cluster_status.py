@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from graft.client import ClientError, GraftClient
+from graft.client import GraftClient
+from graft.client_errors import ClientError
 from graft.origin import url_host
 
 

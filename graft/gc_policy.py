@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gc
 
+from graft import pause_journal
+
 # Allocations (less frees) before a young collection; CPython's default is 700.
 YOUNG_THRESHOLD = 50_000
 # Young collections before the middle generation is collected too; CPython's default is 10.
@@ -32,3 +34,4 @@ def apply_node_policy() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, old)
     gc.collect()
     gc.freeze()
+    pause_journal.enable_from_environment()

@@ -33,6 +33,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from graft import devtrace
 from graft.agreement import cluster_settings
 from graft.api import make_api_site
 from graft.api.auth import TokenAuthority
@@ -126,6 +127,7 @@ def make_service(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    devtrace.watch_reactor(reactor)
     cfg.check_files(node_id)
     data_dir = cfg.data_dir(node_id)
     metrics = NodeMetrics()

@@ -11,7 +11,9 @@ stands (top level, in a function, under TYPE_CHECKING), is checked against the r
   through the driver);
 - no product module (anything outside graft.testing) imports graft.testing: the harnesses
   (simulation, fault suite, test clusters) are used by tests, benchmarks and ``make``
-  targets only, and are left out of the wheel.
+  targets only, and are left out of the wheel;
+- the Python client (graft.client and its graft.client_* modules) imports no Twisted and no
+  node-side layer: it runs in the user's program, standard library only.
 
 Imports built from strings (importlib) are not seen.
 """
@@ -55,6 +57,26 @@ RULES = (
         forbidden=("graft.testing",),
         exempt=("graft.testing",),
         why="the product never imports a test harness",
+    ),
+    *(
+        Rule(
+            layer=module,
+            forbidden=("twisted", "klein", "graft"),
+            allowed=(
+                "graft.client",
+                "graft.client_errors",
+                "graft.client_requests",
+                "graft.client_sessions",
+                "graft.sql_form",
+            ),
+            why="the client runs in the user's program: standard library only",
+        )
+        for module in (
+            "graft.client",
+            "graft.client_errors",
+            "graft.client_requests",
+            "graft.client_sessions",
+        )
     ),
 )
 

@@ -433,3 +433,24 @@ class RedirectCredentialTests(SynchronousTestCase):
         self.assertTrue(may("https://a.example/x", "https://A.example:443/y"))
         self.assertFalse(may("https://a.example:8443/x", "https://c.example:8443/y"))
         self.assertFalse(may("http://b.example:8080/x", "http://b.example:8081/y"))
+
+
+class PublicNamesTests(SynchronousTestCase):
+    def test_documented_names_import_from_graft_client(self) -> None:
+        """What users import from graft.client (docs/api.md) is there, listed in its
+        ``__all__``, and is the very class Graft's own modules raise and return."""
+        import graft.client
+        import graft.client_errors
+        import graft.client_requests
+
+        documented = {
+            "GraftClient": graft.client.GraftClient,
+            "ClientError": graft.client_errors.ClientError,
+            "OutcomeUnknown": graft.client_errors.OutcomeUnknown,
+            "Unreachable": graft.client_errors.Unreachable,
+            "Response": graft.client_requests.Response,
+            "SavedSnapshot": graft.client.SavedSnapshot,
+        }
+        for name, defined in documented.items():
+            self.assertIs(getattr(graft.client, name, None), defined, name)
+        self.assertEqual(set(graft.client.__all__), set(documented))

@@ -91,3 +91,25 @@ class LayerRuleTests(unittest.SynchronousTestCase):
                 "graft/service.py:1: graft.service imports graft.testing.faults.disk",
             ],
         )
+
+    def test_client_uses_only_the_standard_library(self) -> None:
+        """The client modules may import each other, graft.sql_form and the standard library;
+        Twisted or a node-side layer breaks the rule. graft.client_xyz is not graft.client."""
+        found = self.plant(
+            {
+                "graft/client.py": "from graft.client_requests import RequestLoop\n"
+                "from graft.sql_form import sql_request\nimport json\n",
+                "graft/client_requests.py": "from twisted.internet import reactor\n",
+                "graft/client_errors.py": "from graft.errors import GraftError\n",
+                "graft/client_sessions.py": "import klein\nfrom graft.client import X\n",
+            }
+        )
+        self.assertEqual(
+            [line.split(" (")[0] for line in found],
+            [
+                "graft/client_errors.py:1: graft.client_errors imports graft.errors.GraftError",
+                "graft/client_requests.py:1: graft.client_requests imports "
+                "twisted.internet.reactor",
+                "graft/client_sessions.py:1: graft.client_sessions imports klein",
+            ],
+        )

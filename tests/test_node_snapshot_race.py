@@ -74,6 +74,12 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         outcome = maybeDeferred(f, *args)
         outcome.addBoth(lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
 
+    def run_restore(self) -> None:
+        """The worker thread's turn for the FSM's restore from the installed snapshot."""
+        names = [getattr(f, "__name__", None) for _, f, _ in self.calls]
+        self.calls.insert(0, self.calls.pop(names.index("restore_fsm")))
+        self.run_worker()
+
     def received(self) -> tuple[SnapshotMeta, Path]:
         """A snapshot from the leader, well past this node's applied index."""
         applied = self.node._parts.applied.applied
@@ -115,6 +121,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         self.run_worker()
         self.storage.write_pending()  # the writer's turn: the install
         self.storage.write_pending()  # the compaction the old code queued after its save
+        self.run_restore()
         self.check_received_wins(meta, taken)
 
     def test_install_written_before_the_snapshot_file(self) -> None:
@@ -132,6 +139,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         store._lock = _HookedLock(store._lock, install_now)  # type: ignore[assignment]
         self.run_worker()
         self.storage.write_pending()
+        self.run_restore()
         self.check_received_wins(meta, taken)
 
     def test_proposals_skipped_by_an_installed_snapshot_are_forgotten(self) -> None:
@@ -145,6 +153,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         meta, path = self.received()
         self.node._parts.snapshots.install(meta, path)
         self.storage.write_pending()
+        self.run_restore()
         self.assertGreater(meta.index, index)
         self.assertEqual(self.node._parts.snapshots.index, meta.index)
         self.assertEqual(self.node._parts.applier.proposed_at, {})
@@ -158,6 +167,7 @@ class SnapshotInstallRaceTests(unittest.TestCase):
         meta, path = self.received()
         self.node._parts.snapshots.install(meta, path)
         self.storage.write_pending()
+        self.run_restore()
         self.run_worker()  # the save: refused before it calls the writer
         self.storage.write_pending()
         self.assertEqual(len(self.calls), 1)

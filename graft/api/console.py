@@ -230,7 +230,7 @@ class ConsoleRoutes(ApiBase):
         """Commands and queries this node's API has answered since it started, for the
         console's rate charts (it differentiates them between polls)."""
         writes = reads = 0.0
-        for family in self._metrics.requests.collect():
+        for family in (self._metrics.requests_family(),):
             for sample in family.samples:
                 if not sample.name.endswith("_total"):
                     continue
@@ -249,7 +249,7 @@ class ConsoleRoutes(ApiBase):
         answer, forwarding to the leader included: the commit latency a client of this node
         sees."""
         counts: dict[float, float] = {}
-        for family in self._metrics.latency.collect():
+        for family in (self._metrics.latency_family(),):
             for sample in family.samples:
                 if not sample.name.endswith("_bucket"):
                     continue

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from graft import devtrace
 from graft.socket_flush import flush_now
 
 _log = Logger()
@@ -43,12 +44,16 @@ class ApiRoot(Resource):
         self._fallback = fallback
 
     def render(self, request: Request) -> Any:
+        if devtrace.ON:
+            devtrace.mark("api.render")
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             fallback: Any = self._fallback  # IResource is a zope interface mypy cannot call
             return fallback.render(request)
         answer = handler(request)
-        if answer.called:  # answered at once (an error, a lease read): the client is still here
+        if answer.called and not answer.paused:
+            # Answered at once (an error, a lease read): the client is still here. A Deferred
+            # that is called but paused waits on another, and is answered later, below.
             answer.addCallbacks(_write, _dropped, callbackArgs=(request,))
             return NOT_DONE_YET
         connected = [True]
@@ -69,11 +74,15 @@ class ApiRoot(Resource):
 
 
 def _write(body: bytes, request: Request) -> None:
+    if request._disconnected:  # the client left as the answer came: nobody to write to
+        return
     channel = request.channel
     request.write(body)
     request.finish()
     if channel is not None:  # the answer leaves now, not after the reactor's next poll
         flush_now(channel.transport)
+    if devtrace.ON:
+        devtrace.mark("api.written")
 
 
 def _dropped(failure: Failure) -> None:

@@ -29,7 +29,7 @@ from graft.cli.render import (
     table,
 )
 from graft.cli.sqlparams import param_options, with_params
-from graft.client import ClientError
+from graft.client_errors import ClientError
 from graft.cluster_status import cluster_status
 
 

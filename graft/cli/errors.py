@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from graft.client import ClientError
+from graft.client_errors import ClientError
 
 # Set to see the traceback of an unexpected error (a bug) instead of the one-line summary.
 DEBUG_ENV = "GRAFT_DEBUG"

@@ -11,7 +11,8 @@ import click
 from graft.cli.connect import ClientSettings, checked_base_url, cluster_ca, make_client
 from graft.cli.errors import GraftCLIError
 from graft.cli.render import membership_line
-from graft.client import ClientError, GraftClient
+from graft.client import GraftClient
+from graft.client_errors import ClientError
 
 if TYPE_CHECKING:
     from graft.config import ClusterConfig

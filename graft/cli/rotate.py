@@ -15,7 +15,7 @@ from graft.cli.connect import ClientSettings, make_client, node_url
 from graft.cli.errors import GraftCLIError
 from graft.cli.options import client_options, cluster_config, config_option
 from graft.cli.render import shown_path
-from graft.client import ClientError
+from graft.client_errors import ClientError
 
 
 @click.command("renew")

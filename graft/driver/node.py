@@ -140,6 +140,8 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
                 p.query_pool.stop()
             return p.storage.close()
 
+        # A restore in its thread cannot be interrupted: the FSM closes after it.
+        pending.addBoth(lambda _: p.snapshots.restores.idle())
         pending.addBoth(close)
         return pending
 
@@ -276,7 +278,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
             leader=st.leader,
             leader_api=p.membership.api_url(st.leader) if st.leader else None,
             commit=st.commit,
-            applied=st.applied,
+            applied=self._applied_index(st.applied),
             first_index=st.first_index,
             last_index=st.last_index,
             snapshot_index=st.snapshot.index,
@@ -295,7 +297,13 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
 
     def is_ready(self) -> bool:
         st = self._raft.status()
-        return st.leader is not None and st.applied >= st.commit
+        return st.leader is not None and self._applied_index(st.applied) >= st.commit
+
+    def _applied_index(self, core_applied: int) -> int:
+        """What the FSM holds: the core counts a received snapshot, and the entries after
+        it, as applied once handed over, but the FSM holds them only after the snapshot's
+        restore (graft.driver.restores), which the driver's applied index follows."""
+        return min(core_applied, self._parts.applied.applied)
 
     # -- ClusterAdmin ------------------------------------------------------------------------
 

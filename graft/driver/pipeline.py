@@ -26,12 +26,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from graft import devtrace
 from graft.driver.clock import DelayedCall, ReactorTime
+from graft.driver.commit_hold import CommitHold
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.peers import PeerPort
 from graft.metrics import NodeMetrics
 from graft.raft.messages import (
     AppendEntries,
+    AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
@@ -124,6 +127,8 @@ class ReadyPipeline:
         self._in_flight = 0
         self._max_in_flight = max(1, readies_in_flight)
         self.finished: Deferred[None] = succeed(None)  # fires when the last Ready taken is done
+        # (term, is_leader, commit, applied, last index) as the gauges show them.
+        self._gauges_shown: tuple[int, ...] = (-1, -1, -1, -1, -1)
         # A call of _send_early on the next turn, while no Ready may be taken (see there), and
         # whether the core may hold messages for it: set by what makes heartbeats, their
         # answers or read-index traffic (a tick, such a message, a read), cleared when they
@@ -133,6 +138,8 @@ class ReadyPipeline:
         # A Ready that installs a received snapshot is taken alone: storage adopts the
         # snapshot only when its turn comes, so nothing after it may be queued early.
         self._installing = False
+        # A leader's commit-only AppendEntries wait briefly for entries to carry their commit.
+        self._commit_hold = CommitHold(clock, peers.send_all)
         # Readies in flight whose committed entries wait for their write: while there are
         # any, later Readies apply after theirs too, so entries are applied in order.
         self._applies_waiting = 0
@@ -164,6 +171,7 @@ class ReadyPipeline:
             if call is not None and call.active():
                 call.cancel()
         self._scheduled = None
+        self._commit_hold.stop()
 
     def want_early(self) -> None:
         self._early_wanted = True
@@ -185,6 +193,8 @@ class ReadyPipeline:
             return
         stages = self.stages
         ready = self._raft.ready()
+        if devtrace.ON:
+            _trace_ready(ready)
         self._early_wanted = False  # the Ready took every message
         if ready.soft_state is not None and self._set_leading is not None:
             # Before this Ready's write: a new leader's first entry is already a leader's.
@@ -203,7 +213,9 @@ class ReadyPipeline:
         # Entries go first, then the committed entries are applied (clients answered), then the
         # messages that only carry the commit index: at low load a commit's Ready carries no new
         # entries, and its client need not wait for those sends. All leave before the write
-        # below wakes the storage thread, which would contend for the GIL with them.
+        # below wakes the storage thread, which would contend for the GIL with them. A
+        # commit-only AppendEntries waits a few milliseconds for the next entries to the same
+        # follower, which carry its commit index instead (graft.driver.commit_hold).
         entries: list[Message] = []
         commit_only: list[Message] = []
         later: list[Message] = []
@@ -215,17 +227,21 @@ class ReadyPipeline:
                     commit_only.append(message)
             else:
                 later.append(message)
-        self._peers.send_all(entries)
+        self._peers.send_all(self._commit_hold.carried(entries) + entries)
+        if devtrace.ON and entries and ready.entries:
+            devtrace.mark("ae.sent", ready.entries[-1].index)
         self._in_flight += 1
         self._installing = ready.snapshot is not None
         # Claimed now, so a newer snapshot completing meanwhile cannot remove this one's file.
         received = stages.snapshots.claim_received(ready.snapshot)
         applied = self._apply_before_write(ready)
-        self._peers.send_all(commit_only)
+        self._peers.send_all(self._commit_hold.hold(commit_only))
         write: Deferred[None] | None = None
         if ready.snapshot is None and (ready.hard_state is not None or ready.entries):
             # Queued now, behind the writes of the Readies still in flight.
             write = self._storage.persist(ready.hard_state, ready.entries)
+            if devtrace.ON and ready.entries:
+                devtrace.mark("persist.submit", ready.entries[-1].index)
 
         def writes(_: object) -> Deferred[None] | None:
             if self._lifecycle.stopping:  # after a fatal error: nothing more is acknowledged
@@ -276,6 +292,17 @@ class ReadyPipeline:
         return False
 
     def _apply(self, entries: Sequence[Entry]) -> None:
+        restores = self.stages.snapshots.restores
+        if restores.busy:  # the FSM is being restored from a snapshot: apply after it, in order
+            restores.after(lambda: self._apply_now(entries))
+        else:
+            self._apply_now(entries)
+
+    def _apply_now(self, entries: Sequence[Entry]) -> None:
+        if self._lifecycle.stopping:
+            return
+        if devtrace.ON:
+            devtrace.mark("apply", entries[-1].index)
         if self.stages.applier.apply(entries):
             self.stages.snapshots.maybe_snapshot(entries)
 
@@ -305,6 +332,8 @@ class ReadyPipeline:
 
     def _after_persist(self, ready: Ready, messages: list[Message], *, applied: bool) -> None:
         self._in_flight -= 1
+        if devtrace.ON and ready.entries:
+            devtrace.mark("persisted", ready.entries[-1].index)
         if ready.entries:
             self._writes_from.popleft()
         if ready.snapshot is not None:
@@ -321,6 +350,8 @@ class ReadyPipeline:
             else:
                 plain.append(message)
         self._peers.send_all(plain)
+        if devtrace.ON and ready.entries and plain:
+            devtrace.mark("resp.sent", ready.entries[-1].index)
         if ready.soft_state is not None:
             stages.reads.answer_confirmed(ready)
             self._on_soft_state(ready)
@@ -356,13 +387,19 @@ class ReadyPipeline:
         self._leader = soft.leader
 
     def _update_gauges(self) -> None:
-        st = self._raft.status()
+        # After every Ready: read the few numbers (status() builds every peer's progress) and
+        # set only the gauges that changed (each set takes the gauge's lock).
+        raft = self._raft
+        values = (raft.term, 1 if raft.role is Role.LEADER else 0, *raft.indexes())
+        shown = self._gauges_shown
+        if values == shown:
+            return
         m = self._metrics
-        m.term.set(st.term)
-        m.is_leader.set(1 if st.role is Role.LEADER else 0)
-        m.commit_index.set(st.commit)
-        m.applied_index.set(st.applied)
-        m.last_index.set(st.last_index)
+        gauges = (m.term, m.is_leader, m.commit_index, m.applied_index, m.last_index)
+        for gauge, value, old in zip(gauges, values, shown, strict=True):
+            if value != old:
+                gauge.set(value)
+        self._gauges_shown = values
 
 
 class Inbox:
@@ -384,6 +421,8 @@ class Inbox:
         # after it, never with a backlog of ticks that elapsed before it arrived.
         self._ticks.catch_up()
         self._reads.heard(message)
+        if devtrace.ON:
+            _trace_received(message)
         if isinstance(message, _MAKE_EARLY_MESSAGES):
             self._pipeline.want_early()
         self._raft.step(message)
@@ -411,3 +450,18 @@ class Inbox:
 
 # Received messages after which the core may queue messages that leave between Readies.
 _MAKE_EARLY_MESSAGES = (Heartbeat, HeartbeatResponse, ReadIndexRequest)
+
+
+def _trace_ready(ready: Ready) -> None:
+    """The developer's tracer (graft.devtrace): a Ready's new and committed entries."""
+    if ready.entries:
+        devtrace.mark("ready.entries", ready.entries[-1].index)
+    if ready.committed_entries:
+        devtrace.mark("ready.commit", ready.committed_entries[-1].index)
+
+
+def _trace_received(message: Message) -> None:
+    if isinstance(message, AppendEntries) and message.entries:
+        devtrace.mark("inbox.ae", message.entries[-1].index)
+    elif isinstance(message, AppendEntriesResponse) and message.success:
+        devtrace.mark(f"inbox.resp.{message.sender}", message.match_index)

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from graft import devtrace
 from graft.driver.apply import Applier
 from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import Forwarder, result_to_wire
@@ -107,6 +108,8 @@ class Proposer:
         except ProposalDropped:
             self._metrics.proposals_failed.labels(reason="transfer").inc()
             return failed(NoLeader("leadership is being transferred; retry shortly"))
+        if devtrace.ON:
+            devtrace.mark("propose", indexes[-1])
         term = self._raft.term
         self._metrics.proposals.inc(len(indexes))
         self._space.note_proposed(commands)

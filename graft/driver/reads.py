@@ -21,6 +21,7 @@ from graft.driver.forwarding import Forwarder, forwarded_time_limit
 from graft.driver.lifecycle import Lifecycle, Scheduler
 from graft.driver.outcomes import failed
 from graft.driver.port import Consistency, QueryResult
+from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.ticks import Ticks
 from graft.errors import (
@@ -77,6 +78,7 @@ class Reads:
         metrics: NodeMetrics,
         settings: DriverSettings,
         run_query: RunQuery,
+        restores: FsmRestores | None = None,
     ) -> None:
         self._raft = raft
         self._fsm = fsm
@@ -89,6 +91,7 @@ class Reads:
         self._metrics = metrics
         self._settings = settings
         self._run_query = run_query
+        self._restores = restores
         # Reads waiting for a quorum's confirmation, by their read context.
         self.pending: dict[bytes, Deferred[int]] = {}
         # Read contexts differ between runs of this node, so that a leader's answer to a read
@@ -318,9 +321,9 @@ class Reads:
 
     def _read_at(self, query: bytes, index: int, limit: TimeLimit) -> Deferred[QueryResult]:
         d: Deferred[Any] = self._applied.wait(
-            index,
+            self._after_restores(index),
             self._time_left(limit),
-            lambda: Timeout(f"{self._raft.id} did not apply up to index {index} in time; retry"),
+            lambda: self._not_applied(index),
         )
 
         def run(applied: int) -> QueryResult | Deferred[QueryResult]:
@@ -335,6 +338,23 @@ class Reads:
 
         d.addCallback(run)
         return d
+
+    def _after_restores(self, index: int) -> int:
+        """The applied index a read at ``index`` waits for: while the FSM is restored from a
+        snapshot (graft.driver.restores), at least that snapshot's, so no read sees the FSM
+        before the restore is done."""
+        if self._restores is not None and self._restores.busy:
+            return max(index, self._restores.restoring_to)
+        return index
+
+    def _not_applied(self, index: int) -> Timeout:
+        if self._restores is not None and self._restores.busy:
+            return Timeout(
+                f"{self._raft.id} is still restoring its state from snapshot "
+                f"{self._restores.restoring_to} sent by the leader; retry, or read from "
+                "another node"
+            )
+        return Timeout(f"{self._raft.id} did not apply up to index {index} in time; retry")
 
     def _time_left(self, limit: TimeLimit) -> float:
         left: float = limit.deadline - self._clock.seconds()

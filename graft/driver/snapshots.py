@@ -20,6 +20,7 @@ from graft.driver.lifecycle import Scheduler
 from graft.driver.outcomes import failed
 from graft.driver.peers import PeerPort
 from graft.driver.pipeline import DurableStorage
+from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
@@ -55,6 +56,7 @@ class Snapshots:
         settings: DriverSettings,
         run_in_thread: RunInThread,
         receiver: SnapshotReceiver | None,
+        restores: FsmRestores,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._raft = raft
@@ -67,6 +69,8 @@ class Snapshots:
         self._settings = settings
         self._run_in_thread = run_in_thread
         self._receiver = receiver
+        # Restores of received snapshots, in a thread; applies and reads wait for them.
+        self.restores = restores
         self._metrics = metrics or NodeMetrics()
         self._sending: dict[str, float] = {}  # follower -> when its snapshot started to leave
         self.index = storage.snapshot_meta().index  # the latest snapshot's index
@@ -107,30 +111,49 @@ class Snapshots:
         return self._receiver.take(meta)
 
     def install(self, meta: SnapshotMeta, path: Path | None) -> Deferred[None]:
-        """The core restored from a snapshot the leader sent: make it this node's log and state
-        before anything that depends on it (the acknowledgement) leaves."""
+        """The core restored from a snapshot the leader sent: make it this node's log before
+        anything that depends on it (the acknowledgement) leaves. Fires once storage holds it
+        durably (what the acknowledgement claims); the FSM is then restored from it in a thread
+        (graft.driver.restores), applies and reads waiting for that."""
         if path is None:
             return fail(
                 RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
             )
         started = time.perf_counter()
         d: Deferred[None] = self._storage.install_snapshot(meta, path, self._settings.fsm_name)
+        d.addCallback(lambda _: self._restore(meta, path, started))
+        return d
 
-        def restore(_: object) -> None:
+    def _restore(self, meta: SnapshotMeta, path: Path, started: float) -> None:
+        """Queue the FSM's restore from ``path``, the file storage just installed."""
+
+        took: list[float] = []
+
+        def restore_fsm() -> None:  # in a worker thread; the reactor keeps serving
+            began = time.perf_counter()
             with path.open("rb") as source:
                 self._fsm.restore(source)
+            took.append(time.perf_counter() - began)
+
+        def done() -> None:
             path.unlink(missing_ok=True)
             if self._receiver is not None:
                 self._receiver.installed(meta)
-            self.index = meta.index
+            self.index = max(self.index, meta.index)
             self._snapshot_done(self._applied_bytes)
             self._applier.skipped_to(meta.index, meta.membership, meta.stamp_floor_ns)
             self._metrics.snapshots_installed.inc()
             self._metrics.snapshot_install_duration.observe(time.perf_counter() - started)
-            log.info("installed snapshot {index} from the leader", index=meta.index)
+            log.info(
+                "installed snapshot {index} from the leader (FSM restored in {seconds:.2f} s, "
+                "off the reactor thread)",
+                index=meta.index,
+                seconds=took[0] if took else 0.0,
+            )
 
-        d.addCallback(restore)
-        return d
+        self.restores.restore(
+            meta.index, restore_fsm, done, f"restoring the FSM from snapshot {meta.index}"
+        )
 
     # -- to a follower -----------------------------------------------------------------------
 
@@ -222,6 +245,8 @@ class Snapshots:
     def take(self) -> Deferred[dict[str, Any]]:
         """Snapshot the FSM at the applied index (the copy is written off the reactor thread
         while commands keep applying), then drop log segments below it."""
+        if self.restores.busy:  # never while the FSM is being restored: after it
+            return self.restores.idle().addCallback(lambda _: self.take())
         if self._taking is not None:
             # One at a time: wait for the one under way, then take one at the new applied index.
             after: Deferred[Any] = Deferred()
@@ -255,8 +280,9 @@ class Snapshots:
             write(sink)
 
         d: Deferred[Any] = self._run_in_thread(save, meta, self._settings.fsm_name, write_once)
-        # Set before the callbacks: a save that fails at once (a refused delta) runs
-        # ``finished`` below while they are added, which must clear it.
+        # Marked as under way before any callback is added: a save that has already failed
+        # (a refused delta) runs ``finished`` below at once, which must find it marked to
+        # clear it.
         self._taking = d
 
         def release(failure: Failure) -> Failure:

@@ -35,6 +35,7 @@ from graft.driver.peers import PeerChannel, PeerPort
 from graft.driver.pipeline import DurableStorage, Inbox, ReadyPipeline, Stages
 from graft.driver.proposals import Proposer
 from graft.driver.reads import Reads, RunQuery, query_pool
+from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_transfer import SnapshotReceiver
 from graft.driver.snapshots import RunInThread, Snapshots
@@ -169,6 +170,7 @@ def build_node(
         command_timeout=settings.command_timeout,
         stamper=stamper,
     )
+    restores = FsmRestores(lifecycle=lifecycle, run_in_thread=run_in_thread)
     reads = Reads(
         raft=raft,
         fsm=fsm,
@@ -181,6 +183,7 @@ def build_node(
         metrics=metrics,
         settings=settings,
         run_query=run_query,
+        restores=restores,
     )
     inbox = Inbox(raft=raft, ticks=ticks, reads=reads, pipeline=pipeline)
     receiver = (
@@ -206,6 +209,7 @@ def build_node(
         settings=settings,
         run_in_thread=run_in_thread,
         receiver=receiver,
+        restores=restores,
         metrics=metrics,
     )
     membership = MembershipManager(

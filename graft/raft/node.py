@@ -298,6 +298,12 @@ class RaftNode(Elections):
 
     # -- status -----------------------------------------------------------------------------
 
+    def indexes(self) -> tuple[int, int, int]:
+        """(commit, applied, last index): what ``status()`` says of them, without building the
+        whole status (the driver updates its gauges from these after every Ready)."""
+        log = self._log
+        return log.committed, log.applied, log.last_index()
+
     def status(self) -> Status:
         log = self._log
         progress: dict[NodeId, PeerProgress] = {}

@@ -39,7 +39,7 @@ from graft.raft.types import (
     SnapshotMeta,
     decode_membership,
 )
-from graft.storage.columns import EntryColumns
+from graft.storage.columns import EntryColumns, release_in_slices
 from graft.storage.errors import SnapshotSuperseded, StorageError
 from graft.storage.files import FileSystem, OSFileSystem
 from graft.storage.inline_fsync import InlineFsync, InlineFsyncRule
@@ -434,8 +434,9 @@ class DurableLog:
 
         def dropped(first_on_disk: int) -> None:
             if first_on_disk > self._first:
-                self._entries.drop_front(first_on_disk - self._first)
+                garbage = self._entries.drop_front(first_on_disk - self._first)
                 self._first = first_on_disk
+                release_in_slices(garbage, self._reactor.callLater)
 
         deferred: Deferred[None] = Deferred()
         self._submit(

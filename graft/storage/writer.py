@@ -26,6 +26,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from graft import devtrace
 from graft.raft.types import Entry, HardState
 from graft.storage.files import FileSystem
 from graft.storage.segments import SegmentSet
@@ -71,6 +72,8 @@ class BatchWriter:
         self._last_commit_write = float("-inf")
 
     def write(self, batch: Sequence[WriteOp]) -> None:
+        if devtrace.ON:
+            devtrace.mark("write.start", self.disk.last_index)
         force = False
         for op in batch:
             if op.entries:
@@ -81,7 +84,11 @@ class BatchWriter:
             if op.action is not None:
                 self.disk.sync()
                 op.result = op.action(self.disk)
+        if devtrace.ON:
+            devtrace.mark("fsync.start", self.disk.last_index)
         self.disk.sync()
+        if devtrace.ON:
+            devtrace.mark("fsync.end", self.disk.last_index)
         self._write_hard_state(force=force)
 
     def _write_hard_state(self, *, force: bool) -> None:
@@ -140,6 +147,8 @@ class WriterThread:
         stopping = False
         while not (stopping and queue.empty()):
             batch = [queue.get()]  # sleeps only while nothing is queued
+            if devtrace.ON:
+                devtrace.mark("writer.woke")
             while not queue.empty():  # then takes everything queued so far
                 batch.append(queue.get())
             if _STOP in batch:

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from graft import devtrace
 from graft.agreement import compare_settings
 from graft.raft.messages import MESSAGE_TYPES, Message
 from graft.socket_flush import flush_now
@@ -152,6 +153,8 @@ class PeerConnection(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if devtrace.ON:
+            devtrace.mark("peer.data")
         try:
             frames = self._decoder.feed(data)
         except ProtocolError as e:

@@ -141,6 +141,69 @@ class RequestDeadlineTests(_Connections):
         self.assertFalse(transport.disconnecting)
 
 
+class DeadlineTimerTests(_Connections):
+    def deadline_timers(self) -> list[Any]:
+        """Every delayed call ever made for a request deadline (active or not)."""
+        return [call for name, call in self.made if name == "_too_slow"]
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.made: list[tuple[str, Any]] = []  # (function name, call): a cancel drops func
+        call_later = self.clock.callLater
+
+        def recording(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+            call = call_later(delay, f, *args, **kwargs)
+            self.made.append((getattr(f, "__name__", ""), call))
+            return call
+
+        self.clock.callLater = recording  # type: ignore[method-assign,assignment]
+
+    def test_request_arriving_whole_sets_no_timer(self) -> None:
+        """Requests whose bytes come in one read are answered without a deadline timer ever
+        being set; one that is still arriving after its first read gets one at once."""
+        channel, transport = self.connect()
+        for _ in range(3):
+            channel.dataReceived(GET_HEALTH)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(self.deadline_timers(), [])
+        channel.dataReceived(GET_HEALTH[:10])
+        (timer,) = self.deadline_timers()
+        self.assertTrue(timer.active())
+        channel.dataReceived(GET_HEALTH[10:])
+        self.assertFalse(timer.active())
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 4)
+
+
+class _CountingTransport(StringTransport):
+    """Counts how often the channel asks for the connection's addresses."""
+
+    peer_calls = 0
+    host_calls = 0
+
+    def getPeer(self) -> Any:
+        self.peer_calls += 1
+        return super().getPeer()
+
+    def getHost(self) -> Any:
+        self.host_calls += 1
+        return super().getHost()
+
+
+class AddressTests(_Connections):
+    def test_addresses_are_asked_once_per_connection(self) -> None:
+        """Every request learns the client's and the local address, but the channel asks its
+        transport once per connection (the answers cannot change while it is open)."""
+        channel = self.site.buildProtocol(PEER)
+        transport = _CountingTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        self.open.append((channel, transport))
+        for _ in range(3):
+            channel.dataReceived(GET_HEALTH)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertEqual(channel.getPeer(), PEER)
+        self.assertEqual((transport.peer_calls, transport.host_calls), (1, 1))
+
+
 class _Client(protocol.Protocol):
     def __init__(self, request: bytes) -> None:
         self.request = request

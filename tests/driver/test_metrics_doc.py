@@ -44,7 +44,9 @@ def registered(registry: CollectorRegistry) -> dict[str, tuple[str, frozenset[st
         names = tuple(getattr(collector, "_labelnames", ()))
         for family in collector.collect():
             name = family.name + "_total" if family.type == "counter" else family.name
-            labels = {k for s in family.samples for k in s.labels} | set(names)
+            # A collector's own families (graft.api.http_metrics) declare theirs on the family.
+            declared = set(getattr(family, "_labelnames", ()))
+            labels = {k for s in family.samples for k in s.labels} | set(names) | declared
             out[name] = (family.type, frozenset(labels - {"le"}))
     return out
 

@@ -88,6 +88,40 @@ class NodeApiTests(DriverCluster):
         self.assertEqual(json.loads(body), {"ready": False, "node": "d", "leader": None})
         self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"1"])
 
+    def test_index_gauges_follow_every_node(self) -> None:
+        """After more writes, each node's term, leader flag, commit, applied and last index
+        gauges are its status's, on the followers too (the gauges are set only on change)."""
+        leader = self.network.nodes[self.leader_id]
+        for i in range(5):
+            self.result(leader.submit([put(f"g{i}", str(i))]))
+        self.wait_until(
+            lambda: all(
+                n.status().applied == leader.status().commit for n in self.network.nodes.values()
+            ),
+            "every node applied the writes",
+        )
+        for node_id, node in self.network.nodes.items():
+            _, _, body = self.get(node, "/metrics")
+            samples = {
+                s.name: s.value
+                for family in text_string_to_metric_families(body.decode())
+                for s in family.samples
+                if not s.labels
+            }
+            status = node.status()
+            shown = tuple(
+                samples[f"graft_{name}"]
+                for name in ("term", "is_leader", "commit_index", "applied_index", "last_index")
+            )
+            expected = (
+                status.term,
+                int(node_id == self.leader_id),
+                status.commit,
+                status.applied,
+                status.last_index,
+            )
+            self.assertEqual(shown, expected, node_id)
+
     def test_metrics_are_the_nodes(self) -> None:
         """GET /metrics is the node's registry in Prometheus text: the leader reports itself
         leader, its term, and commit and applied indexes that match its status."""

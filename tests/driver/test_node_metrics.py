@@ -228,3 +228,22 @@ class SnapshotMetricsTests(unittest.TestCase):
             "the failed transfer counted",
         )
         self.assertEqual(scrape(self.node)[("graft_snapshot_send_duration_seconds_count", ())], 1)
+
+    def test_a_snapshot_that_fails_at_once_does_not_stop_later_ones(self) -> None:
+        """A save that fails before any thread runs it (here: at once) leaves no snapshot
+        marked as under way: the next one is taken."""
+        save = self.storage.save_snapshot
+
+        def refuse(*args: Any) -> Any:
+            self.storage.save_snapshot = save  # type: ignore[method-assign]
+            raise OSError("disk full")
+
+        self.storage.save_snapshot = refuse  # type: ignore[method-assign,assignment]
+        first: list[Any] = []
+        self.node.take_snapshot().addBoth(first.append)
+        self.assertIsInstance(first[0], Failure)
+        first[0].trap(OSError)
+        second: list[Any] = []
+        self.node.take_snapshot().addBoth(second.append)
+        self.storage.write_pending()
+        self.assertEqual(second, [{"index": 6, "term": 1}])

@@ -5,93 +5,13 @@ rebuilds its state from its own snapshot and the log after it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, cast
-
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
-
-from graft.driver.node import GraftNode
-from graft.fsm import digest
-from graft.fsm.kv import KeyValueStateMachine
-from graft.metrics import NodeMetrics
-from graft.raft.types import Membership
-from graft.service import restore_fsm_from_snapshot
-from graft.storage import DurableLog
-from graft.testing.kv import put
-from tests.support.driver import NODES, DriverCluster, MemoryDurable, Network
-
-MEMBERS = Membership(voters=frozenset(NODES))
-VALUE = "v" * 100
+from tests.support.driver import NODES
+from tests.support.snapshot_cluster import VALUE, KvSnapshotCluster
 
 
-def run_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """The worker thread, on the test's thread: the snapshot is written at once."""
-    return maybeDeferred(f, *args)
-
-
-class SnapshotCatchUpTests(DriverCluster):
+class SnapshotCatchUpTests(KvSnapshotCluster):
     def setUp(self) -> None:
-        self.base = Path(self.mktemp())
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages = {}
-        self.logs: dict[str, DurableLog] = {}
-        self.fsms: dict[str, KeyValueStateMachine] = {}
-        self.metrics: dict[str, NodeMetrics] = {}
-        self.addCleanup(self._stop)
-        for seed, node_id in enumerate(NODES):
-            self.start(node_id, seed)
-        self.leader_id = self.leader()
-        self.written = 0
-
-    def start(self, node_id: str, seed: int) -> GraftNode:
-        """Open the node's log, restore its FSM from its snapshot (as graft.service does) and
-        start it."""
-        log = DurableLog.open(
-            self.base / node_id,
-            node_id=node_id,
-            cluster="test",
-            segment_bytes=4096,
-            reactor=self.clock,
-            threaded=False,
-        )
-        fsm = KeyValueStateMachine(fork_min_keys=0)  # the forked writer, whatever the size
-        restore_fsm_from_snapshot(log, fsm, "kv")
-        self.logs[node_id], self.fsms[node_id] = log, fsm
-        self.metrics[node_id] = NodeMetrics()
-        incoming = self.base / f"{node_id}-incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        return self.add_node(
-            node_id,
-            MEMBERS,
-            seed=seed,
-            fsm=lambda: fsm,
-            storage=cast(Callable[[], MemoryDurable], lambda: log),
-            run_in_thread=run_now,
-            incoming_dir=incoming,
-            metrics=self.metrics[node_id],
-            snapshot_entries=50,
-            snapshot_log_ratio=4.0,
-            snapshot_trailing=0,
-            fsm_name="kv",
-        )
-
-    def write(self, count: int) -> None:
-        """``count`` puts of new keys through the leader, in batches, each applied."""
-        node = self.network.nodes[self.leader_id]
-        for start in range(self.written, self.written + count, 50):
-            batch = [put(f"key{i:06d}", VALUE) for i in range(start, start + 50)]
-            results = self.result(node.submit(batch))
-            self.assertIsInstance(results, list, results)
-        self.written += count
-
-    def agree(self, node_id: str) -> None:
-        """``node_id`` applied what the leader did and holds the same state (digest)."""
-        leader = self.network.nodes[self.leader_id]
-        self.wait_applied(node_id, leader.status().applied, seconds=10)
-        self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
+        self.start_cluster()
 
     def test_lagging_follower_catches_up_by_snapshot(self) -> None:
         """A follower cut off while the leader snapshots and compacts past it gets the

@@ -328,7 +328,7 @@ class _CheckCluster:
         self.asked = 0
 
     def request(self, node: str, method: str, path: str, timeout: float = 4.0) -> Any:
-        from graft.client import Response
+        from graft.client_requests import Response
 
         assert (method, path) == ("GET", "/cluster/check")
         answer = self.answers[min(self.asked, len(self.answers) - 1)]

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.fsm import CommandRejected, CorruptSnapshot, QueryRejected
 from graft.fsm.kv import _COMMANDS, KeyValueStateMachine, _command, _Malformed, _parse
+from graft.fsm.kv_map import ShardedMap
 
 
 def cmd(**fields: Any) -> bytes:
@@ -165,6 +166,67 @@ class SnapshotTests(SynchronousTestCase):
             with self.subTest(data=data):
                 self.assertRaises(CorruptSnapshot, fsm.restore, io.BytesIO(data))
         self.assertEqual(fsm.query(cmd(op="get", key="a")), b'{"value":"1"}')
+
+
+def utf8_size(fsm: KeyValueStateMachine) -> int:
+    """The size the FSM reports, counted the slow way: every key and value in its snapshot."""
+    sink = io.BytesIO()
+    fsm.snapshot(sink)
+    copy = KeyValueStateMachine()
+    copy.restore(io.BytesIO(sink.getvalue()))
+    return sum(len(k.encode()) + len(v.encode()) for k, v in copy._data.pairs())
+
+
+class SizeTests(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["put", "delete", "cas", "snapshot"]),
+                st.sampled_from(["a", "b", "é", "ключ"]),
+                st.sampled_from(["1", "22", "ü", "∑∑"]),
+            ),
+            max_size=40,
+        )
+    )
+    def test_size_follows_every_change(self, steps: list[tuple[str, str, str]]) -> None:
+        """size_bytes (kept as commands apply, not counted at each call) equals the UTF-8
+        length of every key and value, across puts, deletes, cas and a snapshot's overlay;
+        and after a restore."""
+        fsm = KeyValueStateMachine(fork_min_keys=-1)
+        writers = []
+        for index, (op, key, value) in enumerate(steps, 1):
+            if op == "snapshot":  # a thread writer pins the map; changes go to the overlay
+                writers.append(fsm.begin_snapshot())
+            elif op == "cas":
+                fsm.apply(cmd(op="cas", key=key, expect=value, value=value + "x"), index)
+            elif op == "delete":
+                fsm.apply(cmd(op="delete", key=key), index)
+            else:
+                fsm.apply(cmd(op="put", key=key, value=value), index)
+            self.assertEqual(fsm.size_bytes(), utf8_size(fsm))
+        for write in writers:
+            write(io.BytesIO())
+        restored = KeyValueStateMachine()
+        restored.apply(cmd(op="put", key="stale", value="x"), 1)
+        restored.restore(io.BytesIO(image(fsm)))
+        self.assertEqual(restored.size_bytes(), fsm.size_bytes())
+        fsm.close()
+        self.assertEqual(fsm.size_bytes(), 0)
+
+    def test_size_is_not_counted_at_each_call(self) -> None:
+        """GET /status and /metrics read the size every second: it must not walk the map
+        (at a million keys a walk held the reactor long enough to lose elections)."""
+        fsm = KeyValueStateMachine()
+        fsm.apply(cmd(op="put", key="a", value="1"), 1)
+
+        def walked(*args: Any) -> Any:
+            raise AssertionError("size_bytes walked the map")
+
+        self.patch(ShardedMap, "pairs", walked)
+        self.patch(ShardedMap, "__iter__", walked)
+        self.patch(ShardedMap, "items", walked)
+        self.assertEqual(fsm.size_bytes(), 2)
 
 
 def decoded(data: bytes) -> tuple[str, str, str | None, str | None] | str:

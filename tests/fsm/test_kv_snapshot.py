@@ -130,6 +130,20 @@ class WriterTests(SynchronousTestCase):
             os.close(read_fd)
         self.assertEqual(data, b"parent's unflushed text")
 
+    def test_child_runs_at_a_lower_priority(self) -> None:
+        """The child writes at WRITER_NICE below the node (here: it writes its niceness)."""
+        write_records = kv_snapshot.write_records
+
+        def niceness(data: Any, keys: Any, sink: Any) -> None:
+            write_records({"nice": str(os.nice(0))}, ["nice"], sink)
+
+        self.patch(kv_snapshot, "write_records", niceness)
+        sink = io.BytesIO()
+        ForkedWriter({"a": "1"})(sink)
+        sink.seek(0)
+        expected = min(os.nice(0) + kv_snapshot.WRITER_NICE, 19)
+        self.assertEqual(read_records(sink), {"nice": str(expected)})
+
 
 def valid() -> bytes:
     return image(filled(-1, {"a": "1", "b": "2", "c": "3"}))

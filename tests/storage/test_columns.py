@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.types import Entry, EntryKind
-from graft.storage.columns import EntryColumns
+from graft.storage.columns import RELEASE_SLICE, EntryColumns, release_in_slices
 
 
 def entries(first: int, count: int) -> list[Entry]:
@@ -40,8 +41,9 @@ class EntryColumnsTests(SynchronousTestCase):
         columns = EntryColumns(stored)
         columns.truncate(6)
         columns.extend(entries(7, 2))
-        columns.drop_front(4)
+        dropped = columns.drop_front(4)
         self.assertEqual(columns.entries(0, len(columns), 5), stored[4:6] + entries(7, 2))
+        self.assertEqual(dropped, [e.data for e in stored[:4]])
 
     def test_the_collector_tracks_no_entry(self) -> None:
         """The columns are a fixed handful of containers, whatever their length, and none of
@@ -53,3 +55,22 @@ class EntryColumnsTests(SynchronousTestCase):
         (data,) = [o for o in held if isinstance(o, list)]
         self.assertEqual(len(data), 1000)
         self.assertFalse(any(gc.is_tracked(item) for item in data))
+
+    def test_dropped_entries_are_freed_a_slice_a_turn(self) -> None:
+        """A compaction's dropped data is freed RELEASE_SLICE items per reactor turn, not in
+        one call that holds the reactor thread for a million frees."""
+        turns: list[tuple[Any, ...]] = []
+
+        def call_later(delay: float, f: Any, *args: Any) -> None:
+            self.assertEqual(delay, 0)
+            turns.append((f, *args))
+
+        garbage = [bytes([i % 256]) * 8 for i in range(2 * RELEASE_SLICE + 5)]
+        release_in_slices(garbage, call_later)
+        self.assertEqual(len(garbage), RELEASE_SLICE + 5)
+        f, *args = turns.pop()
+        f(*args)
+        self.assertEqual(len(garbage), 5)
+        f, *args = turns.pop()
+        f(*args)
+        self.assertEqual((garbage, turns), ([], []))

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import yaml
 
-from graft.client import Response
+from graft.client_requests import Response
 from graft.config import DEFAULT_ELECTION_MS, DEFAULT_HEARTBEAT_MS
 from graft.launcher import twist_args
 from graft.testing.faults.disk import ENV as FSYNC_STALL_ENV
