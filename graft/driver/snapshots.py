@@ -79,7 +79,12 @@ class Snapshots:
             min_entries=settings.snapshot_entries,
             log_ratio=settings.snapshot_log_ratio,
             max_log_bytes=settings.snapshot_max_log_bytes,
+            wal_floor_bytes=settings.snapshot_wal_floor_bytes,
         )
+        # The FSM's WAL size (an FSM that has one: SQLite), and that size as the latest
+        # snapshot left it: their difference is the rule's wal_bytes_since.
+        self._wal_bytes: Callable[[], int] | None = getattr(fsm, "wal_bytes", None)
+        self._wal_at_snapshot = 0
         # Log bytes applied since this process started, and that count as of the latest
         # snapshot's index: their difference is the rule's log_bytes_since.
         self._applied_bytes = 0
@@ -220,6 +225,7 @@ class Snapshots:
             entries_since=self._applied.applied - self.index,
             log_bytes_since=since,
             last_snapshot_bytes=self._last_snapshot_bytes,
+            wal_bytes_since=self._wal_since(),
         ):
             self.take().addErrback(
                 lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
@@ -229,10 +235,23 @@ class Snapshots:
         """A snapshot (this node's or the leader's) is now the latest: the rule counts from
         it, ``applied_bytes`` being the count of log bytes applied as of its index."""
         self._bytes_at_snapshot = max(self._bytes_at_snapshot, applied_bytes)
+        if self._wal_bytes is not None:
+            # What the snapshot left in the WAL (commands applied while it was written, or
+            # frames a query's open read kept from being reset) counts from here.
+            self._wal_at_snapshot = self._wal_bytes()
         info = self._storage.snapshot_info()
         if info is not None:
             self._last_snapshot_bytes = info.size
         self._show_policy()
+
+    def _wal_since(self) -> int:
+        """How much the FSM's WAL grew since the latest snapshot (0 without one)."""
+        if self._wal_bytes is None:
+            return 0
+        size = self._wal_bytes()
+        # Reset below that size since (a restore replaced the database): count from there.
+        self._wal_at_snapshot = min(self._wal_at_snapshot, size)
+        return size - self._wal_at_snapshot
 
     def _show_policy(self) -> None:
         self._metrics.snapshot_log_bytes.set(self._applied_bytes - self._bytes_at_snapshot)

@@ -31,7 +31,9 @@ def run_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return maybeDeferred(f, *args)
 
 
-class SQLiteDeltaSnapshotTests(DriverCluster):
+class SQLiteDriverCase(DriverCluster):
+    """Nodes on DurableLogs with the SQLite FSM; the snapshot settings by subclass."""
+
     def setUp(self) -> None:
         self.base = Path(self.mktemp())
         self.clock = Clock()
@@ -72,11 +74,12 @@ class SQLiteDeltaSnapshotTests(DriverCluster):
             run_in_thread=run_now,
             incoming_dir=incoming,
             metrics=self.metrics[node_id],
-            snapshot_entries=40,
-            snapshot_log_ratio=0.0,
-            snapshot_trailing=0,
             fsm_name="sqlite",
+            **self.snapshot_settings(),
         )
+
+    def snapshot_settings(self) -> dict[str, Any]:
+        return {"snapshot_entries": 40, "snapshot_log_ratio": 0.0, "snapshot_trailing": 0}
 
     def submit(self, commands: list[bytes]) -> None:
         node = self.network.nodes[self.leader_id]
@@ -100,6 +103,8 @@ class SQLiteDeltaSnapshotTests(DriverCluster):
         self.wait_applied(node_id, leader.status().applied, seconds=10)
         self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
 
+
+class SQLiteDeltaSnapshotTests(SQLiteDriverCase):
     def test_deltas_then_catch_up_from_the_full_copy(self) -> None:
         """The leader's snapshots after its first are deltas; a follower cut off while it
         compacts receives the full copy (the deltas folded in), installs it and holds the
@@ -189,3 +194,29 @@ class SQLiteDeltaSnapshotTests(DriverCluster):
         store.step = busy_open
         self.write(120)  # a whole snapshot (the dropped delta broke the chain), then deltas
         self.assertIn("refused", folded)
+
+
+class SQLiteWalTriggerTests(SQLiteDriverCase):
+    """The WAL's growth as a snapshot trigger (graft.driver.snapshot_policy.wal_bound), with
+    the entry and log rules set so that they never fire."""
+
+    def snapshot_settings(self) -> dict[str, Any]:
+        return {
+            "snapshot_entries": 10**9,
+            "snapshot_log_ratio": 10**6,
+            "snapshot_trailing": 0,
+            "snapshot_wal_floor_bytes": 256 * 1024,
+        }
+
+    def test_the_wal_passing_its_bound_takes_a_snapshot(self) -> None:
+        """Writes grow the leader's WAL past the bound: it snapshots (whole, then deltas),
+        and its WAL stays near the bound instead of growing with everything written."""
+        metrics = self.metrics[self.leader_id]
+        fsm = self.fsms[self.leader_id]
+        peak = 0
+        for _ in range(10):
+            self.write(100)
+            peak = max(peak, fsm.wal_bytes())
+        self.assertGreaterEqual(metrics.snapshots_delta._value.get(), 2)
+        self.assertLess(peak, 2 * 256 * 1024 + 512 * 1024)
+        self.assertGreater(self.logs[self.leader_id].snapshot_meta().index, 0)

@@ -182,6 +182,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
     ) -> None:
         del base_dir  # nothing to resolve
         self._path = Path(data_dir) / filename
+        self._wal_path = self._path.with_name(self._path.name + "-wal")
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._foreign_keys = foreign_keys
         # What the authorizer lets through: "internal" (our own statements), "command", "query".
@@ -361,6 +362,15 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
             path = self._path.with_name(self._path.name + suffix)
             total += path.stat().st_size if path.exists() else 0
         return total
+
+    def wal_bytes(self) -> int:
+        """The size of the write-ahead log file (one stat): the driver's snapshot rule takes a
+        snapshot when it has grown enough (graft.driver.snapshot_policy), since in delta
+        mode only a snapshot empties it."""
+        try:
+            return os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            return 0
 
     # --- the replica consistency check ------------------------------------------------------
 
