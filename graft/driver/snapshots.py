@@ -288,7 +288,7 @@ class Snapshots:
             stamp_floor_ns=self._applier.stamp_floor_ns,
         )
         timer = time.perf_counter()
-        write, save = self._begin_write()
+        write, save, capture = self._begin_write()
         self._metrics.snapshot_last_pause.set(time.perf_counter() - timer)
         applied_bytes = self._applied_bytes
         started = self._clock.seconds()
@@ -298,7 +298,7 @@ class Snapshots:
             called.append(True)
             write(sink)
 
-        d: Deferred[Any] = self._run_in_thread(save, meta, self._settings.fsm_name, write_once)
+        d: Deferred[Any] = self._save(capture, save, meta, write_once)
         # Marked as under way before any callback is added: a save that has already failed
         # (a refused delta) runs ``finished`` below at once, which must find it marked to
         # clear it.
@@ -358,8 +358,11 @@ class Snapshots:
 
     # -- delta snapshots (graft.storage.snapshots, delta mode) ---------------------------------
 
-    def _begin_write(self) -> tuple[Callable[[BinaryIO], None], Callable[..., None]]:
-        """Pin the FSM's state: its writer, and the storage call that saves what it writes.
+    def _begin_write(
+        self,
+    ) -> tuple[Callable[[BinaryIO], None], Callable[..., None], _Capture | None]:
+        """Pin the FSM's state: its writer, the storage call that saves what it writes, and
+        for a delta with a capture in steps (SQLite's), its ``prepare`` and ``finish``.
 
         An FSM with ``begin_incremental_snapshot`` (SQLite) over a storage with
         ``save_snapshot_delta`` writes a delta over the latest snapshot when that snapshot is
@@ -368,17 +371,47 @@ class Snapshots:
         incremental = getattr(self._fsm, "begin_incremental_snapshot", None)
         save_delta = getattr(self._storage, "save_snapshot_delta", None)
         if incremental is None or save_delta is None:
-            return begin_snapshot(self._fsm), self._storage.save_snapshot
+            return begin_snapshot(self._fsm), self._storage.save_snapshot, None
         info = self._storage.snapshot_info()
         base = getattr(info, "chain", None)
         plan: IncrementalSnapshot = incremental(base)
         writer = _ClosableWriter(plan.write, plan.close)
         if plan.delta and base is not None:
             self._metrics.snapshots_delta.inc()
-            return writer, functools.partial(save_delta, base_chain=base, chain=plan.token)
+            capture = None
+            if plan.prepare is not None and plan.finish is not None:
+                capture = (plan.prepare, plan.finish)
+            save = functools.partial(save_delta, base_chain=base, chain=plan.token)
+            return writer, save, capture
         # A storage with save_snapshot_delta (DurableLog) takes the chain token here too.
         save_full = cast(Any, self._storage).save_snapshot
-        return writer, functools.partial(save_full, chain=plan.token)
+        return writer, functools.partial(save_full, chain=plan.token), None
+
+    def _save(
+        self,
+        capture: _Capture | None,
+        save: Callable[..., None],
+        meta: SnapshotMeta,
+        write: Callable[[BinaryIO], None],
+    ) -> Deferred[Any]:
+        """Run ``save`` in a worker thread; for a delta captured in steps, first its
+        ``prepare`` in a worker thread and its ``finish`` on this one (it resets the FSM's
+        WAL: never while a restore runs, after it), so that the reactor thread only does
+        what was written while the worker thread copied."""
+        if capture is None:
+            return self._run_in_thread(save, meta, self._settings.fsm_name, write)
+        prepare, finish = capture
+        d: Deferred[Any] = self._run_in_thread(prepare)
+        d.addCallback(lambda _: self.restores.idle())
+        d.addCallback(lambda _: self._finish_capture(finish))
+        d.addCallback(lambda _: self._run_in_thread(save, meta, self._settings.fsm_name, write))
+        return d
+
+    def _finish_capture(self, finish: Callable[[], None]) -> None:
+        timer = time.perf_counter()
+        finish()
+        # The reactor's share of the snapshot: the pin at its start and this step.
+        self._metrics.snapshot_last_pause.inc(time.perf_counter() - timer)
 
     def _delta_refused(self, failure: Failure) -> dict[str, Any]:
         """The storage kept no delta (its latest snapshot is not the one the delta follows,
@@ -399,6 +432,9 @@ class Snapshots:
         if open_image is None:
             return None
         return functools.partial(open_image, info)
+
+
+_Capture = tuple[Callable[[], None], Callable[[], None]]  # a delta's prepare and finish
 
 
 class _ClosableWriter:

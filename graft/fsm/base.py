@@ -165,6 +165,12 @@ class IncrementalSnapshot:
     delta: bool
     token: str
     close: Callable[[], None]
+    # A delta's capture in two more steps, when given: ``prepare`` in a worker thread
+    # before ``write`` (the copy of what changed, off the thread that applies commands), then
+    # ``finish`` on that thread, between two commands (resets what the capture read), then
+    # ``write``. ``write`` runs ``prepare`` itself if it was not run.
+    prepare: Callable[[], None] | None = None
+    finish: Callable[[], None] | None = None
 
 
 # --- the replica consistency check -------------------------------------------------------------

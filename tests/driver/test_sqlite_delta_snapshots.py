@@ -42,6 +42,7 @@ class SQLiteDriverCase(DriverCluster):
         self.logs: dict[str, DurableLog] = {}
         self.fsms: dict[str, SQLiteStateMachine] = {}
         self.metrics: dict[str, NodeMetrics] = {}
+        self.in_thread: list[str] = []
         self.addCleanup(self._stop)
         for seed, node_id in enumerate(NODES):
             self.start(node_id, seed)
@@ -71,7 +72,7 @@ class SQLiteDriverCase(DriverCluster):
             seed=seed,
             fsm=lambda: fsm,
             storage=cast(Callable[[], MemoryDurable], lambda: log),
-            run_in_thread=run_now,
+            run_in_thread=self.run_in_thread,
             incoming_dir=incoming,
             metrics=self.metrics[node_id],
             fsm_name="sqlite",
@@ -80,6 +81,12 @@ class SQLiteDriverCase(DriverCluster):
 
     def snapshot_settings(self) -> dict[str, Any]:
         return {"snapshot_entries": 40, "snapshot_log_ratio": 0.0, "snapshot_trailing": 0}
+
+    def run_in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """The worker thread, on the test's thread (``run_now``); the names of the functions
+        run "in a thread" are kept."""
+        self.in_thread.append(getattr(getattr(f, "func", f), "__name__", repr(f)))
+        return run_now(f, *args)
 
     def submit(self, commands: list[bytes]) -> None:
         node = self.network.nodes[self.leader_id]
@@ -138,6 +145,19 @@ class SQLiteDeltaSnapshotTests(SQLiteDriverCase):
         self.assertEqual(
             installed.snapshots_delta._value.get(), installed.snapshots_taken._value.get() - 1
         )
+
+    def test_a_delta_is_copied_in_a_worker_thread(self) -> None:
+        """A delta's capture copies the pages in a worker thread (its ``prepare``), then its
+        ``finish`` resets the WAL on the reactor thread, then the store saves it in a worker
+        thread again: the reactor thread never runs the copy."""
+        self.write(100)
+        metrics = self.metrics[self.leader_id]
+        self.wait_until(lambda: metrics.snapshots_delta._value.get() >= 1, "a delta")
+        self.assertIn("prepare", self.in_thread)
+        self.assertNotIn("finish", self.in_thread)
+        after = self.in_thread[self.in_thread.index("prepare") + 1 :]
+        self.assertIn("save_snapshot_delta", after)
+        self.assertLess(self.fsms[self.leader_id].wal_bytes(), 512 * 1024)
 
     def test_restarted_node_restores_the_folded_snapshot(self) -> None:
         """A follower that took delta snapshots is stopped and started again: it restores the

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.fsm import IncrementalSnapshot, digest
+from graft.fsm import FSMFailure, IncrementalSnapshot, digest
 from graft.fsm.kv import KeyValueStateMachine
-from graft.fsm.sqlite import SQLiteStateMachine, snapshots
+from graft.fsm.sqlite import SQLiteStateMachine, wal_capture
 from graft.raft.types import SnapshotMeta
 from graft.sessions.machine import MAGIC, with_sessions
 from graft.storage.files import OSFileSystem
@@ -57,7 +57,11 @@ class DeltaTestCase(SynchronousTestCase):
         return self.fsm.begin_incremental_snapshot(latest.chain if latest else None)
 
     def save(self, plan: IncrementalSnapshot, base: str | None) -> None:
+        """Save ``plan`` as the driver does: a delta's ``prepare`` and ``finish`` first."""
         meta = SnapshotMeta(index=self.index, term=1)
+        if plan.prepare is not None and plan.finish is not None:
+            plan.prepare()
+            plan.finish()
         if plan.delta:
             assert base is not None
             self.store.save_delta(meta, "sqlite", plan.write, base_chain=base, chain=plan.token)
@@ -111,18 +115,20 @@ class DeltaSnapshotTests(DeltaTestCase):
     def test_a_delta_costs_what_changed(self) -> None:
         """A delta holds each changed page once: after one row changed by many commands it
         is a few pages, a small fraction of the database and of the WAL it was taken from;
-        and the capture empties the WAL."""
+        and the capture empties the WAL once it is finished, not before."""
         self.take()  # whole
         for _ in range(20):
             self.fill(self.index)
         self.take()  # a delta of the fills: the next one must not repeat them
         for i in range(200):
             self.apply(b"UPDATE t SET name = 'changed %d' WHERE id = (SELECT max(id) FROM t)" % i)
-        wal_path = self.fsm._path.with_name(self.fsm._path.name + "-wal")
-        wal = wal_path.stat().st_size
+        wal = self.fsm.wal_bytes()
         plan = self.begin()
         self.assertTrue(plan.delta)
-        self.assertEqual(wal_path.stat().st_size, 0)  # reset: the next delta starts empty
+        assert plan.prepare is not None and plan.finish is not None
+        plan.prepare()
+        plan.finish()
+        self.assertEqual(self.fsm.wal_bytes(), 0)  # reset: the next delta starts empty
         sink = _Counter()
         plan.write(sink)  # type: ignore[arg-type]
         self.assertLess(sink.size * 20, self.fsm.size_bytes())
@@ -168,7 +174,8 @@ class DeltaSnapshotTests(DeltaTestCase):
     def test_a_reader_does_not_block_the_capture(self) -> None:
         """A query's open read transaction keeps the WAL from being reset: the capture does
         not wait for it (even with a long busy timeout on the connection), and the next
-        delta, which repeats the frames left in the WAL, still folds to the right state."""
+        delta, which starts after the frames left in the WAL, still folds to the right
+        state."""
         self.snapshot()
         self.fill(self.index)
         self.fsm._conn.execute("PRAGMA busy_timeout=600000")
@@ -176,17 +183,16 @@ class DeltaSnapshotTests(DeltaTestCase):
         self.addCleanup(reader.close)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM t").fetchone()
-        result: list[IncrementalSnapshot] = []
-        thread = threading.Thread(target=lambda: result.append(self.begin()))
+        latest = self.store.load(clean=False)
+        assert latest is not None
+        plan = self.begin()
+        self.assertTrue(plan.delta)
+        thread = threading.Thread(target=lambda: self.save(plan, latest.chain))
         thread.start()
         thread.join(60)
         self.assertFalse(thread.is_alive(), "the capture waited for the reader")
-        plan = result[0]
-        self.assertTrue(plan.delta)
         self.assertTrue(plan.write.busy)  # type: ignore[attr-defined]
-        latest = self.store.load(clean=False)
-        assert latest is not None
-        self.save(plan, latest.chain)
+        self.fill(self.index)
         reader.execute("ROLLBACK")
         delta, rows, state = self.snapshot()
         self.assertTrue(delta)
@@ -200,18 +206,21 @@ class DeltaSnapshotTests(DeltaTestCase):
         plan = self.begin()
         self.assertFalse(plan.delta)
         self.fill(self.index)
-        self.assertTrue(snapshots.reset_wal(self.fsm._conn))  # busy: the reader pins it
+        self.assertTrue(wal_capture.reset_wal(self.fsm._conn))  # busy: the reader pins it
         plan.close()
-        self.assertFalse(snapshots.reset_wal(self.fsm._conn))
+        self.assertFalse(wal_capture.reset_wal(self.fsm._conn))
 
     def test_an_unused_delta_is_released(self) -> None:
-        """``close`` on a delta never written deletes its captured copy."""
+        """``close`` on a delta never written ends its pinned read (the WAL can be reset
+        again) and deletes its prepared copy."""
         self.snapshot()
         self.fill(self.index)
         plan = self.begin()
         self.assertTrue(plan.delta)
-        copies = list(self.fsm._path.parent.glob("*.delta-*"))
-        self.assertEqual(len(copies), 1)
+        assert plan.prepare is not None
+        self.assertTrue(wal_capture.reset_wal(self.fsm._conn))  # busy: the capture pins it
+        plan.prepare()
+        self.assertEqual(len(list(self.fsm._path.parent.glob("*.delta-*"))), 1)
         plan.close()
         self.assertEqual(list(self.fsm._path.parent.glob("*.delta-*")), [])
 
@@ -263,6 +272,8 @@ class CaptureTests(DeltaTestCase):
             self.apply(b"UPDATE t SET name = 'n%d' WHERE id = 7" % i)
         wal = self.fsm._path.with_name(self.fsm._path.name + "-wal").stat().st_size
         plan = self.begin()
+        assert plan.prepare is not None
+        plan.prepare()
         copy = plan.write.copy  # type: ignore[attr-defined]
         self.assertLess(copy.stat().st_size * 10, wal)
         rows, state = self.fsm.query(ROWS), digest(self.fsm)
@@ -272,19 +283,138 @@ class CaptureTests(DeltaTestCase):
         replica = self.restored()
         self.assertEqual((replica.query(ROWS), digest(replica)), (rows, state))
 
-    def test_without_the_wal_index_the_whole_wal_is_copied(self) -> None:
-        """When the wal-index cannot be used, the WAL is copied as it is and the delta still
-        folds to the pinned state."""
-        self.patch(snapshots, "_copy_newest", lambda *args: False)
-        self.take()
-        for _ in range(3):
-            self.fill(self.index)
-        wal = self.fsm._path.with_name(self.fsm._path.name + "-wal").stat().st_size
-        plan = self.begin()
-        self.assertEqual(plan.write.copy.stat().st_size, wal)  # type: ignore[attr-defined]
-        rows, state = self.fsm.query(ROWS), digest(self.fsm)
+
+class CaptureStepsTests(DeltaTestCase):
+    """The capture in its three steps (graft.fsm.sqlite.wal_capture): the reactor's part
+    reads no page, commands committed while the worker thread copies go to the next delta,
+    and a restore in between abandons the capture."""
+
+    def chain(self) -> str:
         latest = self.store.load(clean=False)
-        assert latest is not None
-        self.save(plan, latest.chain)
+        assert latest is not None and latest.chain is not None
+        return latest.chain
+
+    def test_the_calling_thread_copies_only_what_came_during_the_copy(self) -> None:
+        """``begin`` reads no WAL frame; ``prepare`` reads the snapshot's frames; ``finish``
+        reads only the frames committed after the snapshot (the commands run between)."""
+        self.take()
+        for _ in range(5):
+            self.fill(self.index)
+        calls: list[tuple[str, int, int]] = []
+        original = wal_capture.write_frames
+
+        def recording(path: Path, start: int, mark: wal_capture.WalMark, *rest: object) -> int:
+            calls.append((step[0], start, mark.frames))
+            return original(path, start, mark, *rest)  # type: ignore[arg-type]
+
+        self.patch(wal_capture, "write_frames", recording)
+        step = ["begin"]
+        plan = self.begin()
+        assert plan.prepare is not None and plan.finish is not None
+        self.assertEqual(calls, [])
+        step[0] = "prepare"
+        plan.prepare()
+        self.fill(self.index)  # while the worker thread would copy
+        step[0] = "finish"
+        plan.finish()
+        [(_, _, pinned), (name, start, last)] = calls
+        self.assertEqual(name, "finish")
+        self.assertGreater(last, 0)
+        self.assertLess(last - start + 1, pinned)  # the three commands' frames, not all
+
+    def test_commands_during_the_copy_go_to_the_next_delta(self) -> None:
+        """Commands committed after the snapshot's pin, before and after its copy, are not
+        in it; the WAL is then reset, and the next delta holds them (from the carry). The
+        copy's checkpoint stops at the pinned frames: past them, the next write would start
+        the WAL over and lose the frames committed before the copy from the next delta."""
+        self.take()
+        self.fill(self.index)
+        base = self.chain()
+        plan = self.begin()
+        rows, state = self.fsm.query(ROWS), digest(self.fsm)
+        assert plan.prepare is not None and plan.finish is not None
+        for i in range(3):  # rows on pages of their own, which nothing writes again
+            self.apply(b"INSERT INTO t (name, v) VALUES ('big %d', zeroblob(9000))" % i)
+        plan.prepare()
+        self.fill(self.index)
+        plan.finish()
+        self.assertEqual(plan.write.busy, False)  # type: ignore[attr-defined]
+        self.save(plan, base)
         replica = self.restored()
         self.assertEqual((replica.query(ROWS), digest(replica)), (rows, state))
+        delta, rows, state = self.snapshot()
+        self.assertTrue(delta)
+        replica = self.restored()
+        self.assertEqual((replica.query(ROWS), digest(replica)), (rows, state))
+
+    def test_the_wal_started_over_before_finish(self) -> None:
+        """No command came during the copy, so its checkpoint left every frame in the
+        database and the next write starts the WAL over (new salts): ``finish`` carries
+        that new WAL's frames, and the next snapshot is a delta with them."""
+        self.take()
+        self.fill(self.index)
+        base = self.chain()
+        plan = self.begin()
+        assert plan.prepare is not None and plan.finish is not None
+        plan.prepare()
+        before = wal_capture.read_mark(self.fsm._shm_path)
+        self.fill(self.index)
+        after = wal_capture.read_mark(self.fsm._shm_path)
+        assert before is not None and after is not None
+        self.assertNotEqual(before.salts, after.salts)  # it started over
+        plan.finish()
+        self.save(plan, base)
+        delta, rows, state = self.snapshot()
+        self.assertTrue(delta)
+        replica = self.restored()
+        self.assertEqual((replica.query(ROWS), digest(replica)), (rows, state))
+
+    def test_a_restore_abandons_the_capture(self) -> None:
+        """A restore between ``begin`` and ``prepare`` ends the capture's pinned read at once
+        and ``prepare`` then fails rather than read the new database's files; its temp files
+        are gone, the commands after the restore are kept, and the next snapshot is whole."""
+        self.take()
+        self.fill(self.index)
+        plan = self.begin()
+        assert plan.prepare is not None
+        latest = self.store.load()
+        assert latest is not None
+        with self.store.open(latest) as source:
+            self.fsm.restore(source)
+        self.assertIsNone(plan.write._reader)  # type: ignore[attr-defined]
+        rows = self.fsm.query(ROWS)
+        self.fill(self.index)
+        with self.assertRaises(FSMFailure):
+            plan.prepare()
+        self.assertNotEqual(self.fsm.query(ROWS), rows)  # the commands after it are there
+        self.assertEqual(list(self.fsm._path.parent.glob("*.delta-*")), [])
+        self.assertFalse(self.fsm.begin_incremental_snapshot(plan.token).delta)
+
+    def test_commands_while_a_real_thread_copies(self) -> None:
+        """Rounds of deltas whose ``prepare`` runs in a real thread while this one applies
+        commands (as the reactor does): each folded snapshot holds exactly the pinned
+        state, and the WAL stays small instead of growing with every round."""
+        self.take()
+        for round in range(6):
+            for _ in range(3):
+                self.fill(self.index)
+            base = self.chain()
+            plan = self.begin()
+            rows, state = self.fsm.query(ROWS), digest(self.fsm)
+            assert plan.prepare is not None and plan.finish is not None
+            thread = threading.Thread(target=plan.prepare)
+            thread.start()
+            applied = 0
+            while thread.is_alive() or applied < 2:
+                # New rows: pages filled now are not written again by later commands.
+                self.apply(
+                    b"INSERT INTO t (name, v) VALUES ('during %d-%d', zeroblob(200))"
+                    % (round, applied)
+                )
+                applied += 1
+            thread.join()
+            plan.finish()
+            self.save(plan, base)
+            replica = self.restored()
+            self.assertEqual((replica.query(ROWS), digest(replica)), (rows, state))
+            self.assertLess(self.fsm.wal_bytes(), 4 * 1024 * 1024)
