@@ -16,8 +16,9 @@ database's size. The steps, each durable before the next:
    the delta (its size and CRC32). From here on I is the latest snapshot;
 3. B's data file is renamed to I's (so that nothing else reads it) and the delta folded into
    it in place, then fsynced;
-4. the manifest of I is rewritten as a whole snapshot (size, CRC32 of the folded file), and
-   B's manifest and the delta are deleted.
+4. the manifest of I is rewritten as a whole snapshot (size, CRC32 of the folded file, and
+   of each of its blocks: only the blocks the fold wrote are read again, the rest keep B's
+   CRC32s, graft.storage.block_crc), and B's manifest and the delta are deleted.
 
 A crash before 2 leaves B, and the leftovers are deleted at the next start; after 2, ``load``
 finishes the fold: folding writes whole page images, so folding again over a file a crash
@@ -48,6 +49,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from graft.raft.types import SnapshotMeta, membership_from_dict, membership_to_dict
+from graft.storage.block_crc import (
+    BLOCK_BYTES,
+    BlockSums,
+    TouchedBlocks,
+    decode_blocks,
+    encode_blocks,
+)
 from graft.storage.errors import (
     CorruptionError,
     DeltaRefused,
@@ -98,6 +106,9 @@ class SnapshotInfo:
     # Set only while a delta is being folded (and by ``load(clean=False)`` after a crash
     # in the middle of one): size and crc32 are then 0, the data file not yet whole.
     pending: PendingDelta | None = None
+    # The CRC32 of each BLOCK_BYTES block of the data (graft.storage.block_crc), so that a
+    # fold re-reads only the blocks it wrote; None in manifests written without them.
+    blocks: tuple[int, ...] | None = None
 
 
 def _stem(index: int, term: int) -> str:
@@ -112,13 +123,13 @@ def _parse_stem(name: str) -> tuple[int, int] | None:
 
 
 class _ChecksumSink(io.RawIOBase):
-    """Forwards writes to a file of the file layer, counting bytes and a CRC32 on the way."""
+    """Forwards writes to a file of the file layer, counting bytes and the CRC32 of each
+    block on the way (the whole file's follows from them)."""
 
     def __init__(self, handle: WritableFile) -> None:
         super().__init__()
         self._handle = handle
-        self.size = 0
-        self.crc32 = 0
+        self.sums = BlockSums()
 
     def writable(self) -> bool:
         return True
@@ -126,8 +137,7 @@ class _ChecksumSink(io.RawIOBase):
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         data = bytes(b)
         self._handle.write(data)
-        self.size += len(data)
-        self.crc32 = zlib.crc32(data, self.crc32)
+        self.sums.update(data)
         return len(data)
 
 
@@ -217,6 +227,7 @@ class SnapshotStore:
                 manifest_path=path,
                 chain=None if chain is None else str(chain),
                 pending=pending,
+                blocks=_blocks(body.get("blocks"), int(body["size"])),
             )
         except (KeyError, TypeError, ValueError):
             raise CorruptionError(path, 0, "snapshot manifest fields are missing") from None
@@ -287,8 +298,8 @@ class SnapshotStore:
         with self._lock:
             self._check_newer(meta)
             stem = _stem(meta.index, meta.term)
-            size, crc = self._write_file(self._dir / (stem + _DATA_SUFFIX), write)
-            return self._commit(meta, fsm_name, stem, size, crc, chain)
+            size, crc, blocks = self._write_file(self._dir / (stem + _DATA_SUFFIX), write)
+            return self._commit(meta, fsm_name, stem, size, crc, chain, blocks)
 
     def _check_newer(self, meta: SnapshotMeta) -> None:
         if meta.index <= self._newest:
@@ -296,8 +307,11 @@ class SnapshotStore:
                 f"snapshot {meta.index} is not newer than snapshot {self._newest} on disk"
             )
 
-    def _write_file(self, path: Path, write: Callable[[BinaryIO], object]) -> tuple[int, int]:
-        """Fill ``path`` through ``write`` (temp file, fsync, rename): its size and CRC32."""
+    def _write_file(
+        self, path: Path, write: Callable[[BinaryIO], object]
+    ) -> tuple[int, int, tuple[int, ...]]:
+        """Fill ``path`` through ``write`` (temp file, fsync, rename): its size, CRC32 and
+        blocks' CRC32s."""
         tmp = path.with_name(path.name + ".tmp")
         handle = self._files.create(tmp)
         try:
@@ -309,7 +323,8 @@ class SnapshotStore:
         finally:
             handle.close()
         self._files.rename(tmp, path)
-        return sink.size, sink.crc32
+        blocks, crc = sink.sums.result()
+        return sink.sums.size, crc, blocks
 
     def save_delta(
         self,
@@ -338,7 +353,7 @@ class SnapshotStore:
                 )
             stem = _stem(meta.index, meta.term)
             delta_path = self._dir / (stem + _DELTA_SUFFIX)
-            size, crc = self._write_file(delta_path, write)
+            size, crc, _ = self._write_file(delta_path, write)
             self._files.sync_dir(self._dir)
             self.step("delta-written")
             try:
@@ -367,7 +382,7 @@ class SnapshotStore:
             self._newest = meta.index
             self._latest = info
             self.step("manifest-written")
-            return self._fold(info)
+            return self._fold(info, base.blocks)
 
     def _check_delta(self, delta_path: Path, base: SnapshotInfo) -> None:
         """DeltaRefused unless the delta is a WAL whose pages fit the base's."""
@@ -408,44 +423,57 @@ class SnapshotStore:
             with self._leases:
                 self._folding = False
 
-    def _fold(self, info: SnapshotInfo) -> SnapshotInfo:
-        """Steps 3 and 4 of a delta save (also run by ``load`` after a crash)."""
+    def _fold(self, info: SnapshotInfo, base_blocks: tuple[int, ...] | None = None) -> SnapshotInfo:
+        """Steps 3 and 4 of a delta save (also run by ``load`` after a crash, without
+        ``base_blocks``). With the base's blocks' CRC32s, the new ones come from re-reading
+        only the blocks the fold wrote; else from reading the whole folded file."""
         pending = info.pending
         assert pending is not None
         if not self._files.exists(info.data_path):
             self._files.rename(pending.base_path, info.data_path)
             self._files.sync_dir(self._dir)
             self.step("base-moved")
-        self._fold_into(info.data_path, pending)
+        sums = self._fold_into(info.data_path, pending, base_blocks)
         self.step("folded")
-        size, crc = self._checksum(info.data_path)
+        size = self._files.size(info.data_path)
+        if sums is not None and len(sums[0]) == -(-size // BLOCK_BYTES):
+            blocks, crc = sums
+        else:
+            size, crc, blocks = self._checksum(info.data_path)
         stem = _stem(info.meta.index, info.meta.term)
-        return self._commit(info.meta, info.fsm_name, stem, size, crc, info.chain)
+        return self._commit(info.meta, info.fsm_name, stem, size, crc, info.chain, blocks)
 
-    def _fold_into(self, path: Path, pending: PendingDelta) -> None:
+    def _fold_into(
+        self, path: Path, pending: PendingDelta, base_blocks: tuple[int, ...] | None = None
+    ) -> tuple[tuple[int, ...], int] | None:
+        """Fold the delta into ``path`` and fsync it; with ``base_blocks`` (valid for the
+        base's size), the folded file's blocks' CRC32s and CRC32."""
         with self._files.open_read(pending.delta_path) as delta:
             crc = 0
             while chunk := delta.read(_CHUNK):
                 crc = zlib.crc32(chunk, crc)
             if crc != pending.delta_crc32:
                 raise CorruptionError(pending.delta_path, 0, "snapshot delta checksum mismatch")
-            target = self._files.open_update(path)
+            if base_blocks is not None and len(base_blocks) != -(-pending.base_size // BLOCK_BYTES):
+                base_blocks = None
+            target = TouchedBlocks(self._files.open_update(path), pending.base_size)
             try:
                 try:
                     fold_wal(delta, target, on_page=lambda n: self.step("fold-page"))
                 except BadDelta as e:
                     raise CorruptionError(pending.delta_path, 0, str(e)) from None
                 target.sync()
+                return None if base_blocks is None else target.refolded(base_blocks)
             finally:
                 target.close()
 
-    def _checksum(self, path: Path) -> tuple[int, int]:
-        size = crc = 0
+    def _checksum(self, path: Path) -> tuple[int, int, tuple[int, ...]]:
+        sums = BlockSums()
         with self._files.open_read(path) as source:
             while chunk := source.read(_CHECKSUM_CHUNK):
-                crc = zlib.crc32(chunk, crc)  # releases the GIL for large chunks
-                size += len(chunk)
-        return size, crc
+                sums.update(chunk)  # zlib releases the GIL for large pieces
+        blocks, crc = sums.result()
+        return sums.size, crc, blocks
 
     def install(self, meta: SnapshotMeta, fsm_name: str, source: Path) -> SnapshotInfo:
         """Copy a received snapshot file in as the newest snapshot."""
@@ -469,6 +497,8 @@ class SnapshotStore:
         }
         if info.chain is not None:
             body["chain"] = info.chain
+        if info.blocks is not None:
+            body["blocks"] = {"bytes": BLOCK_BYTES, "crc32": encode_blocks(info.blocks)}
         pending = info.pending
         if pending is not None:
             base = _parse_stem(pending.base_path.name.partition(".")[0])
@@ -491,6 +521,7 @@ class SnapshotStore:
         size: int,
         crc: int,
         chain: str | None = None,
+        blocks: tuple[int, ...] | None = None,
     ) -> SnapshotInfo:
         info = SnapshotInfo(
             meta=meta,
@@ -500,6 +531,7 @@ class SnapshotStore:
             data_path=self._dir / (stem + _DATA_SUFFIX),
             manifest_path=self._dir / (stem + _MANIFEST_SUFFIX),
             chain=chain,
+            blocks=blocks,
         )
         self._write_manifest(info)
         self._newest = meta.index
@@ -570,6 +602,15 @@ class SnapshotStore:
                 fold_wal(delta, _TempTarget(image))
             except BadDelta as e:
                 raise CorruptionError(pending.delta_path, 0, str(e)) from None
+
+
+def _blocks(field: Any, size: int) -> tuple[int, ...] | None:
+    """A manifest's block CRC32s, if they are of this store's block size and fit ``size``
+    (else None: the next fold reads the whole file). ValueError if malformed."""
+    if field is None or int(field["bytes"]) != BLOCK_BYTES:
+        return None
+    blocks = decode_blocks(str(field["crc32"]))
+    return blocks if len(blocks) == -(-size // BLOCK_BYTES) else None
 
 
 class _TempTarget:

@@ -7,10 +7,12 @@ point and keep either only what was fsynced or everything written so far.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sqlite3
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from graft.raft.types import SnapshotMeta
 from graft.storage import DeltaRefused, SnapshotBusy, check_data_dir
+from graft.storage.block_crc import BLOCK_BYTES, BlockSums
 from graft.storage.snapshots import SnapshotInfo, SnapshotStore
 from graft.storage.sqlite_wal import compact_wal, fold_wal
 from tests.storage.faultfs import Crash, FaultyFileSystem
@@ -358,3 +361,85 @@ class FoldTests(SynchronousTestCase):
             fold_wal(io.BytesIO(delta), target)
             target.close()
         self.assertEqual(files.read_bytes(DIR / "raw"), files.read_bytes(DIR / "compacted"))
+
+
+def large_history() -> tuple[bytes, bytes, Rows]:
+    """A database of many 256 KiB blocks, and the WAL of one row changed in its middle."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "db.sqlite3"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        conn.execute(
+            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s "
+            "WHERE i < 10000) SELECT randomblob(300) FROM s"
+        )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        base = path.read_bytes()
+        conn.execute("UPDATE t SET v = randomblob(300) WHERE id = 5000")
+        delta = path.with_name(path.name + "-wal").read_bytes()
+        rows = conn.execute("SELECT * FROM t ORDER BY id").fetchall()
+        conn.close()
+        return base, delta, rows
+
+
+class BlockChecksumTests(SynchronousTestCase):
+    """The manifest's CRC32 per block (graft.storage.block_crc): a fold re-reads only the
+    blocks it wrote, and the whole file's CRC32 stays right."""
+
+    def setUp(self) -> None:
+        self.base, self.delta, self.rows = large_history()
+        self.files = FaultyFileSystem()
+        self.files.makedirs(DIR)
+        self.store = SnapshotStore(self.files, DIR)
+        self.store.load()
+        self.store.save(meta(10), "sqlite", writer(self.base), chain="c10")
+        self.read = 0
+        open_update = self.files.open_update
+
+        def counting(path: Path) -> Any:
+            target = open_update(path)
+            pread = target.pread
+
+            def counted(size: int, offset: int) -> bytes:
+                data = pread(size, offset)
+                self.read += len(data)
+                return bytes(data)
+
+            target.pread = counted  # type: ignore[method-assign]
+            return target
+
+        self.files.open_update = counting  # type: ignore[method-assign]
+
+    def folded(self) -> tuple[SnapshotInfo, bytes]:
+        info = self.store.save_delta(
+            meta(20), "sqlite", writer(self.delta), base_chain="c10", chain="c20"
+        )
+        with self.store.open(info) as source:  # checks the manifest's CRC32
+            image = source.read()
+        return info, image
+
+    def test_a_fold_reads_only_the_blocks_it_wrote(self) -> None:
+        """One row changed in a database of 10+ blocks: the fold reads a few blocks of the
+        full copy, not the whole file, and the manifest's CRC32s are the file's."""
+        self.assertGreater(len(self.base), 10 * BLOCK_BYTES)
+        self.patch(SnapshotStore, "_checksum", lambda *a: self.fail("read the whole file"))
+        info, image = self.folded()
+        self.assertEqual(rows_of(image), self.rows)
+        self.assertEqual(info.crc32, zlib.crc32(image))
+        self.assertEqual(info.blocks, BlockSums.of(image))
+        self.assertLessEqual(self.read, 3 * BLOCK_BYTES + 100)
+        reloaded = SnapshotStore(self.files, DIR).load()
+        assert reloaded is not None
+        self.assertEqual(reloaded.blocks, info.blocks)
+
+    def test_a_base_without_block_checksums_is_read_whole(self) -> None:
+        """A base whose manifest has no block CRC32s (written before them): the fold reads
+        the whole file once, and the new manifest has them."""
+        latest = self.store._latest
+        assert latest is not None
+        self.store._latest = dataclasses.replace(latest, blocks=None)
+        info, image = self.folded()
+        self.assertEqual(info.crc32, zlib.crc32(image))
+        self.assertEqual(info.blocks, BlockSums.of(image))
