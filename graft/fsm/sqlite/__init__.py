@@ -313,7 +313,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
                 f"{self._path.parent}"
             ) from e
         if not kept and self._chain == token:
-            self._chain = None  # the WAL was restarted under the capture: next one whole
+            self._chain = None  # the wal-index could not be read: the next one is whole
 
     def _begin_full(self, *, checkpoint: bool) -> _WholeWriter:
         reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)

@@ -258,7 +258,7 @@ class WalCapture:
 
     def finish(self, conn: sqlite3.Connection) -> bool:
         """Move the frames committed since the capture began to the carry and reset the WAL.
-        False if the WAL was restarted meanwhile (the next snapshot must be whole)."""
+        False if the wal-index cannot be read (the next snapshot must be whole)."""
         cursor = self._cursor
         if cursor.pending is not self or not self.prepared:
             return True  # abandoned (a restore breaks the chain itself), or never prepared
@@ -266,9 +266,9 @@ class WalCapture:
         mark = read_mark(self._path.with_name(self._path.name + "-shm"))
         if mark is None:
             return False
-        # The WAL restarted from its start since the reader ended (a write found every frame
-        # checkpointed: all were the capture's, as the pinned reader kept the checkpoint to
-        # them): what it holds now all came after the snapshot.
+        # If the WAL started over since the reader ended (other salts: a write found every
+        # frame checkpointed, and the pinned reader kept the checkpoint to the capture's
+        # frames), all it holds now came after the snapshot.
         first = self.mark.frames + 1 if mark.salts == self.mark.salts else 1
         if first == self.mark.frames + 1 and mark.frames < self.mark.frames:
             return False
