@@ -186,3 +186,11 @@ class ReloadFailed(GraftError):
 def shutting_down() -> NoLeader:
     """The refusal of a node that is stopping (503, retry elsewhere)."""
     return NoLeader(SHUTTING_DOWN)
+
+
+class SnapshotBusy(Overloaded):
+    """The latest snapshot's file is being changed (a delta folded into it): nothing was read;
+    retry after ``retry_after`` seconds (an Overloaded, so the answer says Retry-After)."""
+
+    code = "snapshot_busy"
+    status = 503

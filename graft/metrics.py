@@ -168,6 +168,12 @@ class NodeMetrics:
         self.snapshots_taken = Counter(
             "graft_snapshots_taken", "Snapshots this node took of its own FSM.", registry=r
         )
+        self.snapshots_delta = Counter(
+            "graft_snapshots_delta",
+            "Snapshots this node began as a delta (the SQLite FSM's WAL since its previous "
+            "one) to fold into its full copy.",
+            registry=r,
+        )
         self.snapshot_take_duration = Histogram(
             "graft_snapshot_take_duration_seconds",
             "From starting a snapshot of this node's FSM to the snapshot being on disk.",

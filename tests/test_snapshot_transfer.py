@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, Snap
 from graft.errors import BadRequest
 from graft.raft.messages import InstallSnapshot
 from graft.raft.types import Membership, SnapshotMeta
+from graft.storage import SnapshotBusy
 from graft.transport import PeerUnavailable
 
 # With a stamp floor: the receiver's InstallSnapshot must carry the leader's.
@@ -217,6 +219,58 @@ class TransferTests(unittest.TestCase):
         self.receiver.installed(SnapshotMeta(index=200, term=3))
         self.assertEqual(self.files(), [])
 
+    def test_reads_through_open_and_closes_it(self) -> None:
+        """The sender reads through the snapshot's ``open`` when it has one (the store's
+        open_image, which holds delta folds off until the file is closed): the file comes
+        from ``open`` (not ``path``, which does not exist here), whole, and is closed when
+        the transfer ends."""
+        opened: list[_Tracked] = []
+
+        def open_image() -> _Tracked:
+            opened.append(_Tracked(self.data))
+            return opened[-1]
+
+        self.sender = SnapshotSender(
+            peers=self.link,
+            latest=lambda: LocalSnapshot(
+                meta=META,
+                fsm_name="kv",
+                size=len(self.data),
+                path=self.source.with_name("missing"),
+                crc32=self.crc,
+                open=open_image,
+            ),
+            report=lambda peer, ok: self.reports.append((peer, ok)),
+        )
+        self.sender.send(self.message)
+        self.assertEqual(self.reports, [("b", True)])
+        path = self.receiver.take(META)
+        assert path is not None
+        self.assertEqual(path.read_bytes(), self.data)
+        self.assertEqual([f.closed for f in opened], [True])
+
+    def test_busy_snapshot_is_a_failed_send(self) -> None:
+        """When ``open`` refuses (a fold is running), the send fails and is retried later."""
+
+        def busy() -> _Tracked:
+            raise SnapshotBusy("being folded")
+
+        self.sender = SnapshotSender(
+            peers=self.link,
+            latest=lambda: LocalSnapshot(
+                meta=META,
+                fsm_name="kv",
+                size=len(self.data),
+                path=self.source,
+                crc32=self.crc,
+                open=busy,
+            ),
+            report=lambda peer, ok: self.reports.append((peer, ok)),
+        )
+        self.sender.send(self.message)
+        self.assertEqual(self.reports, [("b", False)])
+        self.flushLoggedErrors(SnapshotBusy)
+
 
 def chunk(
     *,
@@ -243,3 +297,7 @@ def chunk(
         "crc32": crc if crc is not None else zlib.crc32(data) if done else 0,
         "stamp_floor_ns": 0,
     }
+
+
+class _Tracked(io.BytesIO):
+    pass

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from graft.raft.types import Entry
 from graft.storage.records import RECORD_HEADER_SIZE
 
-__all__ = ["SnapshotPolicy", "log_bytes", "snapshot_due"]
+__all__ = ["WAL_FLOOR_BYTES", "SnapshotPolicy", "log_bytes", "snapshot_due", "wal_bound"]
+
+WAL_FLOOR_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,21 +36,41 @@ class SnapshotPolicy:
     min_entries: int  # 0: no automatic snapshots
     log_ratio: float = 0.0  # 0: the entry count alone decides
     max_log_bytes: int = 0  # a snapshot once this much log was written, whatever the ratio
+    wal_ratio: float = 1.0  # the FSM's WAL grown by this x the last snapshot: a snapshot
+    wal_floor_bytes: int = WAL_FLOOR_BYTES  # ... but never below this
 
 
 def snapshot_due(
-    policy: SnapshotPolicy, *, entries_since: int, log_bytes_since: int, last_snapshot_bytes: int
+    policy: SnapshotPolicy,
+    *,
+    entries_since: int,
+    log_bytes_since: int,
+    last_snapshot_bytes: int,
+    wal_bytes_since: int = 0,
 ) -> bool:
     """True when a snapshot should be taken now.
 
     ``entries_since`` and ``log_bytes_since``: the entries applied since the last snapshot's
     index and the bytes they take in the log; ``last_snapshot_bytes``: the size of the last
-    snapshot's file (0 before the first one)."""
-    if policy.min_entries <= 0 or entries_since < policy.min_entries:
+    snapshot's file (0 before the first one); ``wal_bytes_since``: how much the FSM's WAL
+    grew since the last snapshot (0 for an FSM without one)."""
+    if policy.min_entries <= 0 or entries_since <= 0:
+        return False
+    if wal_bytes_since >= wal_bound(policy, last_snapshot_bytes):
+        return True
+    if entries_since < policy.min_entries:
         return False
     if 0 < policy.max_log_bytes <= log_bytes_since:
         return True
     return log_bytes_since >= policy.log_ratio * last_snapshot_bytes
+
+
+def wal_bound(policy: SnapshotPolicy, last_snapshot_bytes: int) -> int:
+    """The WAL growth since the last snapshot at which a snapshot is due (module docstring)."""
+    bound = int(policy.wal_ratio * last_snapshot_bytes)
+    if policy.max_log_bytes > 0:
+        bound = min(bound, policy.max_log_bytes)
+    return max(policy.wal_floor_bytes, bound)
 
 
 def log_bytes(entries: Sequence[Entry]) -> int:

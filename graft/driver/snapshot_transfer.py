@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -54,6 +54,9 @@ class LocalSnapshot:
     size: int
     path: Path
     crc32: int  # of the whole file, from the snapshot's manifest
+    # Opens the file so that it does not change while read (the store's delta mode folds
+    # into it in place otherwise); None: open ``path``.
+    open: Callable[[], BinaryIO] | None = None
 
 
 class SnapshotSender:
@@ -117,7 +120,7 @@ class SnapshotSender:
             peer=peer,
             offset=offset,
         )
-        with snapshot.path.open("rb") as source:
+        with snapshot.open() if snapshot.open is not None else snapshot.path.open("rb") as source:
             while True:
                 source.seek(offset)
                 data = source.read(CHUNK_BYTES)

@@ -4,10 +4,11 @@ from the leader, and streaming this node's to a follower (graft.driver.snapshot_
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -23,14 +24,15 @@ from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
-from graft.errors import BadRequest, GraftError
-from graft.fsm import StateMachine, begin_snapshot
+from graft.errors import BadRequest, GraftError, SnapshotBusy
+from graft.fsm import IncrementalSnapshot, StateMachine, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.messages import InstallSnapshot
 from graft.raft.node import RaftNode
 from graft.raft.ready import Role
 from graft.raft.types import Entry, SnapshotMeta, membership_to_dict
-from graft.storage.errors import SnapshotSuperseded
+from graft.storage.errors import DeltaRefused, SnapshotSuperseded
+from graft.storage.errors import SnapshotBusy as StorageBusy
 from graft.waiters import IndexWaiters
 
 log = Logger(namespace="graft.node")
@@ -77,7 +79,12 @@ class Snapshots:
             min_entries=settings.snapshot_entries,
             log_ratio=settings.snapshot_log_ratio,
             max_log_bytes=settings.snapshot_max_log_bytes,
+            wal_floor_bytes=settings.snapshot_wal_floor_bytes,
         )
+        # The FSM's WAL size (an FSM that has one: SQLite), and that size as the latest
+        # snapshot left it: their difference is the rule's wal_bytes_since.
+        self._wal_bytes: Callable[[], int] | None = getattr(fsm, "wal_bytes", None)
+        self._wal_at_snapshot = 0
         # Log bytes applied since this process started, and that count as of the latest
         # snapshot's index: their difference is the rule's log_bytes_since.
         self._applied_bytes = 0
@@ -170,6 +177,7 @@ class Snapshots:
             size=info.size,
             path=info.data_path,
             crc32=info.crc32,
+            open=self._image_opener(info),
         )
 
     def _report(self, peer: str, ok: bool) -> None:
@@ -193,7 +201,16 @@ class Snapshots:
             "size": info.size,
             "membership": membership_to_dict(info.meta.membership),
         }
-        return manifest, open(info.data_path, "rb")
+        opener = self._image_opener(info)
+        if opener is None:
+            return manifest, open(info.data_path, "rb")
+        try:
+            return manifest, opener()
+        except StorageBusy:
+            raise SnapshotBusy(
+                f"snapshot {info.meta.index} is being updated with the latest changes; "
+                "retry in a second"
+            ) from None
 
     # -- this node's own -----------------------------------------------------------------------
 
@@ -208,6 +225,7 @@ class Snapshots:
             entries_since=self._applied.applied - self.index,
             log_bytes_since=since,
             last_snapshot_bytes=self._last_snapshot_bytes,
+            wal_bytes_since=self._wal_since(),
         ):
             self.take().addErrback(
                 lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
@@ -217,10 +235,23 @@ class Snapshots:
         """A snapshot (this node's or the leader's) is now the latest: the rule counts from
         it, ``applied_bytes`` being the count of log bytes applied as of its index."""
         self._bytes_at_snapshot = max(self._bytes_at_snapshot, applied_bytes)
+        if self._wal_bytes is not None:
+            # What the snapshot left in the WAL (commands applied while it was written, or
+            # frames a query's open read kept from being reset) counts from here.
+            self._wal_at_snapshot = self._wal_bytes()
         info = self._storage.snapshot_info()
         if info is not None:
             self._last_snapshot_bytes = info.size
         self._show_policy()
+
+    def _wal_since(self) -> int:
+        """How much the FSM's WAL grew since the latest snapshot (0 without one)."""
+        if self._wal_bytes is None:
+            return 0
+        size = self._wal_bytes()
+        # Reset below that size since (a restore replaced the database): count from there.
+        self._wal_at_snapshot = min(self._wal_at_snapshot, size)
+        return size - self._wal_at_snapshot
 
     def _show_policy(self) -> None:
         self._metrics.snapshot_log_bytes.set(self._applied_bytes - self._bytes_at_snapshot)
@@ -257,7 +288,7 @@ class Snapshots:
             stamp_floor_ns=self._applier.stamp_floor_ns,
         )
         timer = time.perf_counter()
-        write = begin_snapshot(self._fsm)
+        write, save, capture = self._begin_write()
         self._metrics.snapshot_last_pause.set(time.perf_counter() - timer)
         applied_bytes = self._applied_bytes
         started = self._clock.seconds()
@@ -267,11 +298,10 @@ class Snapshots:
             called.append(True)
             write(sink)
 
-        d: Deferred[Any] = self._run_in_thread(
-            self._storage.save_snapshot, meta, self._settings.fsm_name, write_once
-        )
+        d: Deferred[Any] = self._save(capture, save, meta, write_once)
         # Marked as under way before any callback is added: a save that has already failed
-        # runs ``finished`` below at once, which must find it marked to clear it.
+        # (a refused delta) runs ``finished`` below at once, which must find it marked to
+        # clear it.
         self._taking = d
 
         def release(failure: Failure) -> Failure:
@@ -308,6 +338,7 @@ class Snapshots:
         d.addCallback(compact)
         d.addCallback(lambda _: {"index": meta.index, "term": meta.term})
         d.addErrback(self._superseded)
+        d.addErrback(self._delta_refused)
         d.addBoth(finished)
         out: Deferred[dict[str, Any]] = Deferred()
         d.addBoth(lambda r: out.callback(r) if not isinstance(r, Failure) else out.errback(r))
@@ -324,3 +355,94 @@ class Snapshots:
             index=current.index,
         )
         return {"index": current.index, "term": current.term}
+
+    # -- delta snapshots (graft.storage.snapshots, delta mode) ---------------------------------
+
+    def _begin_write(
+        self,
+    ) -> tuple[Callable[[BinaryIO], None], Callable[..., None], _Capture | None]:
+        """Pin the FSM's state: its writer, the storage call that saves what it writes, and
+        for a delta with a capture in steps (SQLite's), its ``prepare`` and ``finish``.
+
+        An FSM with ``begin_incremental_snapshot`` (SQLite) over a storage with
+        ``save_snapshot_delta`` writes a delta over the latest snapshot when that snapshot is
+        its own last one (the chain token the storage recorded), else a whole snapshot that
+        starts a new chain; other FSMs write whole snapshots, as always."""
+        incremental = getattr(self._fsm, "begin_incremental_snapshot", None)
+        save_delta = getattr(self._storage, "save_snapshot_delta", None)
+        if incremental is None or save_delta is None:
+            return begin_snapshot(self._fsm), self._storage.save_snapshot, None
+        info = self._storage.snapshot_info()
+        base = getattr(info, "chain", None)
+        plan: IncrementalSnapshot = incremental(base)
+        writer = _ClosableWriter(plan.write, plan.close)
+        if plan.delta and base is not None:
+            self._metrics.snapshots_delta.inc()
+            capture = None
+            if plan.prepare is not None and plan.finish is not None:
+                capture = (plan.prepare, plan.finish)
+            save = functools.partial(save_delta, base_chain=base, chain=plan.token)
+            return writer, save, capture
+        # A storage with save_snapshot_delta (DurableLog) takes the chain token here too.
+        save_full = cast(Any, self._storage).save_snapshot
+        return writer, functools.partial(save_full, chain=plan.token), None
+
+    def _save(
+        self,
+        capture: _Capture | None,
+        save: Callable[..., None],
+        meta: SnapshotMeta,
+        write: Callable[[BinaryIO], None],
+    ) -> Deferred[Any]:
+        """Run ``save`` in a worker thread; for a delta captured in steps, first its
+        ``prepare`` in a worker thread and its ``finish`` on this one (it resets the FSM's
+        WAL: never while a restore runs, after it), so that the reactor thread only does
+        what was written while the worker thread copied."""
+        if capture is None:
+            return self._run_in_thread(save, meta, self._settings.fsm_name, write)
+        prepare, finish = capture
+        d: Deferred[Any] = self._run_in_thread(prepare)
+        d.addCallback(lambda _: self.restores.idle())
+        d.addCallback(lambda _: self._finish_capture(finish))
+        d.addCallback(lambda _: self._run_in_thread(save, meta, self._settings.fsm_name, write))
+        return d
+
+    def _finish_capture(self, finish: Callable[[], None]) -> None:
+        timer = time.perf_counter()
+        finish()
+        # The reactor's share of the snapshot: the pin at its start and this step.
+        self._metrics.snapshot_last_pause.inc(time.perf_counter() - timer)
+
+    def _delta_refused(self, failure: Failure) -> dict[str, Any]:
+        """The storage kept no delta (its latest snapshot is not the one the delta follows,
+        e.g. one the leader sent meanwhile): the FSM's next snapshot is a whole one."""
+        failure.trap(DeltaRefused)
+        current = self._storage.snapshot_meta()
+        log.info(
+            "delta snapshot dropped: {reason}; keeping snapshot {index}",
+            reason=failure.value,
+            index=current.index,
+        )
+        return {"index": current.index, "term": current.term}
+
+    def _image_opener(self, info: Any) -> Callable[[], BinaryIO] | None:
+        """Opens ``info``'s data file so that no delta is folded into it while it is read
+        (a send to a follower, a download), where the storage folds deltas."""
+        open_image = getattr(self._storage, "open_snapshot_image", None)
+        if open_image is None:
+            return None
+        return functools.partial(open_image, info)
+
+
+_Capture = tuple[Callable[[], None], Callable[[], None]]  # a delta's prepare and finish
+
+
+class _ClosableWriter:
+    """An FSM's snapshot writer with the ``close`` that ``take`` calls when it never runs."""
+
+    def __init__(self, write: Callable[[BinaryIO], None], close: Callable[[], None]) -> None:
+        self._write = write
+        self.close = close
+
+    def __call__(self, sink: BinaryIO) -> None:
+        self._write(sink)

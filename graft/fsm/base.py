@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from graft.stamp import Stamp
@@ -143,6 +144,33 @@ def begin_snapshot(fsm: StateMachine) -> Callable[[BinaryIO], None]:
         sink.write(image)
 
     return write
+
+
+# --- incremental snapshots -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IncrementalSnapshot:
+    """What ``begin_incremental_snapshot(base)`` returns (an optional FSM method, the SQLite
+    FSM's): the writer, to run in a worker thread as ``begin_snapshot``'s; whether it writes
+    a *delta* (only what changed since the snapshot whose token is ``base``, in a format the
+    snapshot store folds: an SQLite WAL) or a whole snapshot; and this snapshot's own token,
+    which the store records and the next call receives as ``base``.
+
+    The FSM writes a delta only when ``base`` is the token it handed out last and nothing
+    broke the chain since (a restore, a plain ``begin_snapshot``). ``close`` releases what
+    the writer holds if it is never run."""
+
+    write: Callable[[BinaryIO], None]
+    delta: bool
+    token: str
+    close: Callable[[], None]
+    # A delta's capture in two more steps, when given: ``prepare`` in a worker thread
+    # before ``write`` (the copy of what changed, off the thread that applies commands), then
+    # ``finish`` on that thread, between two commands (resets what the capture read), then
+    # ``write``. ``write`` runs ``prepare`` itself if it was not run.
+    prepare: Callable[[], None] | None = None
+    finish: Callable[[], None] | None = None
 
 
 # --- the replica consistency check -------------------------------------------------------------

@@ -15,7 +15,10 @@ snapshots, restores, digests and queries need no other change:
   empty (no session, default settings) the snapshot is the FSM's alone, so a cluster that
   never used sessions writes the snapshots it wrote before. ``extract_fsm``
   copies the FSM's own part out (e.g. the plain SQLite database of a `graft snapshot save`);
-- ``begin_digest`` is the FSM's digest while no session was ever used, else a digest of both.
+- ``begin_digest`` is the FSM's digest while no session was ever used, else a digest of both;
+- ``begin_incremental_snapshot`` (only where the inner FSM has it: SQLite's delta snapshots)
+  is the inner FSM's while the table is empty; once it is not, every snapshot is a whole
+  container, so that the stored snapshot always holds the table.
 
 Pure: no Twisted (the simulation applies operations with it as the driver does).
 """
@@ -26,11 +29,18 @@ import hashlib
 import io
 import shutil
 import struct
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
-from graft.fsm.base import CommandRejected, StateMachine, begin_digest, begin_snapshot
+from graft.fsm.base import (
+    CommandRejected,
+    IncrementalSnapshot,
+    StateMachine,
+    begin_digest,
+    begin_snapshot,
+)
 from graft.sessions.envelope import EnvelopeError, NumberedCommand, Register, SetSettings, decode
 from graft.sessions.table import (
     SessionSettings,
@@ -68,6 +78,10 @@ class Applied:
     duplicate: bool = False
 
 
+def _nothing() -> None:
+    pass
+
+
 class SessionedMachine:
     """A StateMachine with the session table in front of it (see the module's text)."""
 
@@ -81,7 +95,27 @@ class SessionedMachine:
     def __getattr__(self, name: str) -> Any:
         # The inner FSM's optional methods (apply_stamped, query_in_thread, ...) and
         # attributes, as graft.fsm's helpers look them up with getattr.
+        if name == "begin_incremental_snapshot":
+            # Only where the inner FSM has it, and never the inner one itself: its deltas
+            # would leave the session table out of the stored snapshot.
+            getattr(self.inner, name)
+            return self._begin_incremental_snapshot
         return getattr(self.inner, name)
+
+    def _begin_incremental_snapshot(self, base: str | None) -> IncrementalSnapshot:
+        """The inner FSM's delta snapshots while no session was ever used (its snapshot is
+        then the stored one, as in ``begin_snapshot``); afterwards a whole snapshot, the
+        container, each time (its token is no FSM's, so the next one is whole too)."""
+        if self.table.empty:
+            inner: Any = self.inner
+            return cast(IncrementalSnapshot, inner.begin_incremental_snapshot(base))
+        write = self.begin_snapshot()
+        return IncrementalSnapshot(
+            write=write,
+            delta=False,
+            token=uuid.uuid4().hex,
+            close=getattr(write, "close", _nothing),
+        )
 
     def apply(self, command: bytes, index: int) -> bytes:
         return self.inner.apply(command, index)

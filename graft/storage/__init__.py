@@ -7,6 +7,7 @@ A data dir holds::
     log-<first index>.seg           the log, in segments of ``segment_bytes``
     snap-<index>-<term>.data        the newest snapshot's bytes
     snap-<index>-<term>.manifest    its index, term, membership, FSM name, size, CRC32
+    snap-<index>-<term>.delta       an SQLite WAL delta being folded into .data (delta mode)
     rejected-entries                entries an operator marked rejected (graft skip-entry)
 
 The directory is 0700 and every file in it 0600 (``permissions``).
@@ -15,13 +16,16 @@ Modules: ``records`` (the segment format), ``segments`` (segment files: replay, 
 truncate, delete), ``state_files`` (identity, hard state), ``snapshots``, ``recovery`` (what
 a data dir holds, checked), ``writer`` (group commit on the writer thread), ``log``
 (``DurableLog``, the core's ``LogStorage``), ``inspect`` (``check_data_dir``, ``dump_log``),
-``files`` (the file layer, swappable for crash tests), ``permissions`` (who may read a data
-dir), ``rejected`` (the poison entries an operator marked rejected).
+``sqlite_wal`` (folding an SQLite WAL delta into a snapshot), ``files`` (the file layer,
+swappable for crash tests), ``permissions`` (who may read a data dir), ``rejected`` (the
+poison entries an operator marked rejected).
 """
 
 from graft.storage.errors import (
     CorruptionError,
+    DeltaRefused,
     IdentityMismatch,
+    SnapshotBusy,
     SnapshotSuperseded,
     StorageError,
 )
@@ -32,8 +36,10 @@ from graft.storage.snapshots import SnapshotInfo
 __all__ = [
     "CheckReport",
     "CorruptionError",
+    "DeltaRefused",
     "DurableLog",
     "IdentityMismatch",
+    "SnapshotBusy",
     "SnapshotInfo",
     "SnapshotSuperseded",
     "StorageError",

@@ -31,3 +31,13 @@ class IdentityMismatch(StorageError):
 class SnapshotSuperseded(ValueError):
     """A snapshot being saved is not newer than one this node already has (typically one the
     leader sent while the save was under way): the save is dropped and the newer one kept."""
+
+
+class DeltaRefused(ValueError):
+    """A delta snapshot cannot be saved on top of the store's latest snapshot (it is not the
+    base the FSM named, the delta is malformed, or readers kept the full copy busy): nothing
+    was kept, and the FSM's next snapshot must be a whole one."""
+
+
+class SnapshotBusy(StorageError):
+    """The latest snapshot's data file is being folded (delta mode); open it again shortly."""

@@ -34,6 +34,18 @@ class WritableFile(Protocol):
     def close(self) -> None: ...
 
 
+class UpdatableFile(WritableFile, Protocol):
+    """A file written in place (the snapshot store folds a delta into its full copy)."""
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes from ``offset``."""
+        ...
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset``, extending the file if need be."""
+        ...
+
+
 class FileSystem(Protocol):
     def makedirs(self, path: Path) -> None: ...
 
@@ -53,6 +65,10 @@ class FileSystem(Protocol):
 
     def create(self, path: Path) -> WritableFile:
         """Create an empty file, replacing any file of that name."""
+        ...
+
+    def open_update(self, path: Path) -> UpdatableFile:
+        """Open an existing file for reading and writing in place."""
         ...
 
     def rename(self, src: Path, dst: Path) -> None:
@@ -83,6 +99,15 @@ class _OSFile:
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
 
     def close(self) -> None:
         os.close(self._fd)
@@ -116,6 +141,9 @@ class OSFileSystem:
     def create(self, path: Path) -> WritableFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
         return _OSFile(os.open(path, flags, FILE_MODE))
+
+    def open_update(self, path: Path) -> UpdatableFile:
+        return _OSFile(os.open(path, os.O_RDWR))
 
     def rename(self, src: Path, dst: Path) -> None:
         os.replace(src, dst)

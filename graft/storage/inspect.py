@@ -55,10 +55,21 @@ def check_data_dir(path: Path | str, *, files: FileSystem | None = None) -> Chec
             report.lines.append("snapshot: none")
         else:
             store.open(info).close()  # verifies the data's checksum
-            report.lines.append(
-                f"snapshot: index {info.meta.index}, term {info.meta.term}, fsm "
-                f"{info.fsm_name!r}, {info.size} bytes, checksum ok"
-            )
+            if info.pending is None:
+                report.lines.append(
+                    f"snapshot: index {info.meta.index}, term {info.meta.term}, fsm "
+                    f"{info.fsm_name!r}, {info.size} bytes, checksum ok"
+                )
+            else:
+                report.lines.append(
+                    f"snapshot: index {info.meta.index}, term {info.meta.term}, fsm "
+                    f"{info.fsm_name!r}, a delta of {info.pending.delta_size} bytes over "
+                    f"{info.pending.base_size} bytes, checksums ok"
+                )
+                report.lines.append(
+                    "repair at next start: fold the snapshot's delta into its data file "
+                    "(a snapshot save was cut short)"
+                )
         for segment in found.replay.segments:
             span = (
                 f"entries {segment.first_index}..{segment.last_index}"

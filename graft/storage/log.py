@@ -14,9 +14,10 @@ Snapshots are files beside the log (``graft.storage.snapshots``); compaction del
 segments below a snapshot, so the in-memory list starts at the first kept segment, which may
 be below the snapshot index.
 
-Threads: call everything on the reactor thread, except ``save_snapshot``/``open_snapshot``
-(blocking; call them from a worker thread) and the ``*_sync`` methods (blocking; for tools and
-tests, not to be mixed with ``persist`` from another thread).
+Threads: call everything on the reactor thread, except ``save_snapshot``,
+``save_snapshot_delta`` and ``open_snapshot`` (blocking; call them from a worker thread) and
+the ``*_sync`` methods (blocking; for tools and tests, not to be mixed with ``persist`` from
+another thread).
 """
 
 from __future__ import annotations
@@ -314,7 +315,12 @@ class DurableLog:
     # -- snapshots and compaction ------------------------------------------------------------
 
     def save_snapshot(
-        self, meta: SnapshotMeta, fsm_name: str, write: Callable[[BinaryIO], object]
+        self,
+        meta: SnapshotMeta,
+        fsm_name: str,
+        write: Callable[[BinaryIO], object],
+        *,
+        chain: str | None = None,
     ) -> None:
         """Write a snapshot of the FSM (``write`` fills the file) durably; the previous one is
         deleted once this one is. Blocking: call it from a worker thread.
@@ -325,19 +331,48 @@ class DurableLog:
         deleted when the received one is, and the log's view of its snapshot stays the newer
         one. Without that, the log could claim snapshot N while its entries start after M > N
         (a node that can neither vote nor campaign), or lose M's file (one that cannot start).
+        ``chain``: the FSM's token for this snapshot, named by a later delta as its base.
         """
         if meta.index <= self._snapshot_meta.index:
             raise SnapshotSuperseded(
                 f"snapshot {meta.index} is not newer than {self._snapshot_meta.index}"
             )
-        info = self._snapshots.save(meta, fsm_name, write)
+        self._adopt(self._snapshots.save(meta, fsm_name, write, chain=chain))
+
+    def save_snapshot_delta(
+        self,
+        meta: SnapshotMeta,
+        fsm_name: str,
+        write: Callable[[BinaryIO], object],
+        *,
+        base_chain: str,
+        chain: str,
+    ) -> None:
+        """As ``save_snapshot``, the FSM writing only what changed since the snapshot whose
+        chain token is ``base_chain`` (an SQLite WAL; ``SnapshotStore.save_delta``), which
+        the store folds into its full copy. DeltaRefused (nothing kept) if that snapshot is
+        no longer the latest: the FSM must then write a whole one."""
+        if meta.index <= self._snapshot_meta.index:
+            raise SnapshotSuperseded(
+                f"snapshot {meta.index} is not newer than {self._snapshot_meta.index}"
+            )
+        info = self._snapshots.save_delta(meta, fsm_name, write, base_chain=base_chain, chain=chain)
+        self._adopt(info)
+
+    def _adopt(self, info: SnapshotInfo) -> None:
         with self._snapshot_lock:
-            if meta.index <= self._snapshot_meta.index:
+            if info.meta.index <= self._snapshot_meta.index:
                 raise SnapshotSuperseded(
-                    f"snapshot {meta.index} was overtaken by {self._snapshot_meta.index}"
+                    f"snapshot {info.meta.index} was overtaken by {self._snapshot_meta.index}"
                 )
             self._snapshot_info = info
             self._snapshot_meta = info.meta
+
+    def open_snapshot_image(self, info: SnapshotInfo) -> BinaryIO:
+        """``info``'s data file for sending or downloading whole (not checked; callable from
+        any thread): no delta is folded into it until it is closed. SnapshotBusy while one
+        is (try again shortly)."""
+        return self._snapshots.open_image(info)
 
     def snapshot_info(self) -> SnapshotInfo | None:
         """The durable snapshot's manifest (FSM name, size, checksum), if any."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
+from graft.driver.snapshot_policy import (
+    WAL_FLOOR_BYTES,
+    SnapshotPolicy,
+    log_bytes,
+    snapshot_due,
+    wal_bound,
+)
 from graft.raft.types import Entry, EntryKind
 from graft.storage.records import encode_records
 
@@ -60,6 +66,67 @@ class SnapshotDueTests(SynchronousTestCase):
     def test_off(self) -> None:
         """min_entries 0 turns automatic snapshots off."""
         self.assertFalse(due(SnapshotPolicy(min_entries=0), 10**9, 10**12, 0))
+
+
+class WalTriggerTests(SynchronousTestCase):
+    """The FSM's WAL as a trigger: its growth since the last snapshot against wal_bound."""
+
+    def wal_due(self, policy: SnapshotPolicy, entries: int, wal: int, last: int) -> bool:
+        return snapshot_due(
+            policy,
+            entries_since=entries,
+            log_bytes_since=0,
+            last_snapshot_bytes=last,
+            wal_bytes_since=wal,
+        )
+
+    def test_bound_is_the_last_snapshot_with_a_floor(self) -> None:
+        """The WAL may grow by the last snapshot's size (1 GB here), not a byte more; a
+        small database's WAL by the 64 MiB floor."""
+        self.assertFalse(self.wal_due(RATIO, 5000, 10**9 - 1, 10**9))
+        self.assertTrue(self.wal_due(RATIO, 5000, 10**9, 10**9))
+        self.assertFalse(self.wal_due(RATIO, 5000, WAL_FLOOR_BYTES - 1, 10**6))
+        self.assertTrue(self.wal_due(RATIO, 5000, WAL_FLOOR_BYTES, 10**6))
+        self.assertEqual(wal_bound(RATIO, 0), WAL_FLOOR_BYTES)
+
+    def test_not_held_back_by_the_entry_floor(self) -> None:
+        """A few commands that rewrite large tables fill the WAL: due after fewer than
+        min_entries entries, but not with none, nor with automatic snapshots off."""
+        self.assertTrue(self.wal_due(RATIO, 1, 10**9, 10**6))
+        self.assertFalse(self.wal_due(RATIO, 0, 10**9, 10**6))
+        self.assertFalse(self.wal_due(SnapshotPolicy(min_entries=0), 10**6, 10**12, 10**6))
+
+    def test_log_cap_bounds_it_above_the_floor(self) -> None:
+        """max_log_bytes (the space quota's share) caps the bound, but not below the floor."""
+        capped = SnapshotPolicy(min_entries=100, log_ratio=4.0, max_log_bytes=200 * 2**20)
+        self.assertEqual(wal_bound(capped, 10**9), 200 * 2**20)
+        small = SnapshotPolicy(min_entries=100, log_ratio=4.0, max_log_bytes=1000)
+        self.assertEqual(wal_bound(small, 10**9), WAL_FLOOR_BYTES)
+
+    def test_wal_work_per_byte_does_not_grow_with_the_state(self) -> None:
+        """Writes that each add 9 KB of WAL pages and 130 bytes of state, snapshotted only
+        by the log rule, then with the WAL trigger too: the WAL grows with everything written
+        (far past the database's size) without it, and stays within the bound with it."""
+        for trigger, limit in ((False, None), (True, 1.0)):
+            state = last = wal = log = entries = peak = 0
+            for _ in range(200_000):
+                state += 130
+                wal += 9000
+                log += 200
+                entries += 1
+                peak = max(peak, wal)
+                if snapshot_due(
+                    RATIO,
+                    entries_since=entries,
+                    log_bytes_since=log,
+                    last_snapshot_bytes=last,
+                    wal_bytes_since=wal if trigger else 0,
+                ):
+                    last, wal, log, entries = state, 0, 0, 0
+            if limit is None:
+                self.assertGreater(peak, 10 * state)
+            else:
+                self.assertLessEqual(peak, max(WAL_FLOOR_BYTES, limit * state) + 9000)
 
 
 class LogBytesTests(SynchronousTestCase):

@@ -54,6 +54,18 @@ class _MemoryFile:
         self._fs.point("truncate")
         del self._inode.data[size:]
 
+    def pread(self, size: int, offset: int) -> bytes:
+        return bytes(self._inode.data[offset : offset + size])
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        assert not self.closed, "write to a closed file"
+        end = offset + len(data)
+        if end > len(self._inode.data):
+            self._inode.data += bytes(end - len(self._inode.data))
+        self._inode.data[offset:end] = data
+        self._fs.last_written = None  # not an append: no torn-prefix model for it
+        self._fs.point(f"pwrite {len(data)}")
+
     def close(self) -> None:
         self.closed = True
 
@@ -119,6 +131,9 @@ class FaultyFileSystem:
         inode = _Inode()
         self.names[path] = inode
         return _MemoryFile(self, inode)
+
+    def open_update(self, path: Path) -> _MemoryFile:
+        return _MemoryFile(self, self._inode(path))
 
     def rename(self, src: Path, dst: Path) -> None:
         self.point(f"rename {Path(src).name}")

@@ -70,7 +70,8 @@ Storage
     The database file is ``data_dir/fsm.sqlite3``. It is deleted and created empty when the FSM
     starts: the node rebuilds the state from its snapshot and log, which are the durable truth,
     so the file needs no durability of its own (``synchronous=OFF``). It is in WAL mode so that
-    a snapshot can read the database while commands go on writing it.
+    a snapshot can read the database while commands go on writing it, and so that a
+    snapshot can be the pages written since the previous one (delta snapshots, below).
 
 Snapshots
     A snapshot is an SQLite database file (in rollback-journal mode, so that any ``sqlite3``
@@ -85,6 +86,22 @@ Snapshots
     thread, and ``journal_size_limit`` truncates the file when the WAL is next reset. The
     reader maps the database file (``mmap_size``), so the backup reads it without a system
     call per page. ``snapshot`` is ``begin_snapshot`` and its writer run at once.
+
+    Delta snapshots (``begin_incremental_snapshot(base)``, what the driver calls): the
+    database's WAL is not checkpointed automatically (``wal_autocheckpoint=0``, from the
+    first such snapshot on), so it holds every page written since the previous snapshot. A
+    delta is the newest image of each of those pages, captured in three steps
+    (graft.fsm.sqlite.wal_capture): on the calling thread, between two commands, only a read
+    transaction that pins the state and the WAL's last committed frame; in a worker thread
+    (the plan's ``prepare``) the copy of the pages, found through the wal-index, and the
+    checkpoint of those frames; on the calling thread again (``finish``) the frames committed
+    meanwhile set aside for the next delta and the WAL reset to start over (its file keeps
+    its size, ``journal_size_limit`` -1 in delta mode). The store folds the pages
+    into its full copy. A delta is taken only when ``base`` is the token of this FSM's
+    previous snapshot and no restore or plain ``begin_snapshot`` came between; otherwise the
+    snapshot is whole, as above, and the next delta starts at the WAL frame after the state
+    it pins. Deltas cost what changed since the previous snapshot, not the database's size,
+    and the calling thread's part costs what was written while the worker thread copied.
 
     ``restore`` copies the received bytes to a temp file beside the database (from a regular
     file with ``copy_file_range``, the kernel's copy, else in chunks), checks its structure
@@ -106,24 +123,55 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from graft.fsm.base import CorruptSnapshot, FSMFailure, QueryRejected
+from graft.fsm.base import CorruptSnapshot, FSMFailure, IncrementalSnapshot, QueryRejected
 from graft.fsm.sqlite.digest import begin_sqlite_digest
 from graft.fsm.sqlite.jsonform import is_json_form
 from graft.fsm.sqlite.jsonrun import JsonCommands
 from graft.fsm.sqlite.reads import DEFAULT_QUERY_MAX_BYTES, ThreadedReads
 from graft.fsm.sqlite.rules import ALWAYS_NONDETERMINISTIC, DATE_FUNCTIONS
-from graft.fsm.sqlite.snapshots import READER_MMAP_BYTES, check_image, copy_into, write_snapshot
+from graft.fsm.sqlite.snapshots import (
+    READER_MMAP_BYTES,
+    check_image,
+    copy_into,
+    write_snapshot,
+)
 from graft.fsm.sqlite.sql import dumps, environment_failure, json_cell, one_statement, set_limits
+from graft.fsm.sqlite.wal_capture import (
+    WalCapture,
+    WalCursor,
+    abandon,
+    begin_capture,
+    mark_whole,
+    read_mark,
+)
 
 __all__ = ["SQLiteStateMachine"]
 
 # The WAL file is truncated to this size when it is reset after having grown (e.g. during a
 # snapshot); below it, its space is reused rather than given back.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class _WholeWriter:
+    """A whole snapshot's writer, and ``close`` to release its pinned reader if it never
+    runs (the driver calls it when storage refuses the snapshot first): an open read
+    transaction would keep the WAL from being reset."""
+
+    def __init__(self, write: Callable[[BinaryIO], None], reader: sqlite3.Connection) -> None:
+        self._write = write
+        self._reader = reader
+
+    def __call__(self, sink: BinaryIO) -> None:
+        self._write(sink)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class SQLiteStateMachine(JsonCommands, ThreadedReads):
@@ -142,6 +190,8 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
     ) -> None:
         del base_dir  # nothing to resolve
         self._path = Path(data_dir) / filename
+        self._wal_path = self._path.with_name(self._path.name + "-wal")
+        self._shm_path = self._path.with_name(self._path.name + "-shm")
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._foreign_keys = foreign_keys
         # What the authorizer lets through: "internal" (our own statements), "command", "query".
@@ -170,6 +220,13 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         # small steps with a callback between them.
         self._backup_pages = -1
         self._backup_progress: Callable[[int, int, int], object] | None = None
+        # The token of the last snapshot begun with begin_incremental_snapshot, while the WAL
+        # still holds every frame committed since that snapshot's state (None otherwise).
+        self._chain: str | None = None
+        # Where the next delta starts in the WAL, and the lock a capture's worker thread and
+        # a restore take (graft.fsm.sqlite.wal_capture).
+        self._wal_cursor = WalCursor()
+        self._capture_lock = threading.RLock()
         self._init_readers(query_max_bytes)
         self._remove_files()
         self._remove_leftovers()
@@ -203,6 +260,62 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
         self.begin_snapshot()(sink)
 
     def begin_snapshot(self) -> Callable[[BinaryIO], None]:
+        # Its writer checkpoints the WAL when done: frames the next delta needs may go.
+        self._chain = None
+        abandon(self._wal_cursor)
+        return self._begin_full(checkpoint=True)
+
+    def begin_incremental_snapshot(self, base: str | None) -> IncrementalSnapshot:
+        """A delta (the WAL's committed frames since the snapshot whose token is ``base``)
+        when ``base`` is the token this FSM handed out last, else a whole snapshot; see the
+        module docstring ("Snapshots")."""
+        token = uuid.uuid4().hex
+        try:
+            if base is not None and base == self._chain:
+                capture = begin_capture(
+                    self._path, self._wal_cursor, self._capture_lock, self._path.name + ".delta-"
+                )
+                if capture is not None:
+                    self._chain = token
+                    return IncrementalSnapshot(
+                        write=capture,
+                        delta=True,
+                        token=token,
+                        close=capture.close,
+                        prepare=capture.prepare,
+                        finish=lambda: self._finish_capture(capture, token),
+                    )
+            # From here on only a delta's capture checkpoints the WAL: every frame committed
+            # after the state the whole snapshot pins stays in it for the next delta, which
+            # starts at the frame after that state.
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            # The WAL file keeps its size after a capture resets it (wal_capture.restart_wal):
+            # no truncation back to _WAL_SIZE_LIMIT at the first commit after it either.
+            self._conn.execute("PRAGMA journal_size_limit=-1")
+            write = self._begin_full(checkpoint=False)
+            mark_whole(self._path, self._wal_cursor)
+        except sqlite3.Error as e:
+            raise environment_failure(e) or FSMFailure(
+                f"SQLite could not start a snapshot ({e}); check the data dir {self._path.parent}"
+            ) from e
+        self._chain = token
+        return IncrementalSnapshot(write=write, delta=False, token=token, close=write.close)
+
+    def _finish_capture(self, capture: WalCapture, token: str) -> None:
+        """A delta's capture read its frames: set aside those committed since, reset the WAL
+        (on the calling thread, between two commands)."""
+        try:
+            kept = capture.finish(self._conn)
+        except sqlite3.Error as e:
+            self._chain = None
+            raise environment_failure(e) or FSMFailure(
+                f"SQLite could not reset its WAL after a snapshot ({e}); check the data dir "
+                f"{self._path.parent}"
+            ) from e
+        if not kept and self._chain == token:
+            self._chain = None  # the wal-index could not be read: the next one is whole
+
+    def _begin_full(self, *, checkpoint: bool) -> _WholeWriter:
         reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             reader.execute("PRAGMA synchronous=OFF")  # its checkpoint need not fsync either
@@ -223,17 +336,27 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
 
         def write(sink: BinaryIO) -> None:
             write_snapshot(
-                reader, directory, prefix, sink, cookie=cookie, pages=pages, progress=progress
+                reader,
+                directory,
+                prefix,
+                sink,
+                cookie=cookie,
+                pages=pages,
+                progress=progress,
+                checkpoint=checkpoint,
             )
 
-        return write
+        return _WholeWriter(write, reader)
 
     def restore(self, source: BinaryIO) -> None:
         # No reader may start a read on the old file once it is replaced; reads already under
         # way finish on the state they pinned, which was current when they started.
-        with self._readers_lock:
+        with self._readers_lock, self._capture_lock:
             self._generation += 1
             self._drop_idle_readers()
+            self._chain = None  # the new database's WAL follows no snapshot of ours
+            abandon(self._wal_cursor)  # a capture must not read the new files
+            self._wal_cursor.drop_carry()
             self._replace_database(source)
 
     def _replace_database(self, source: BinaryIO) -> None:
@@ -269,6 +392,9 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
             copy.unlink(missing_ok=True)
 
     def close(self) -> None:
+        with self._capture_lock:
+            abandon(self._wal_cursor)
+            self._wal_cursor.drop_carry()
         self._close_readers()
         self._conn.close()
         self._dates.close()
@@ -280,6 +406,19 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
             path = self._path.with_name(self._path.name + suffix)
             total += path.stat().st_size if path.exists() else 0
         return total
+
+    def wal_bytes(self) -> int:
+        """The bytes of the write-ahead log's frames not yet checkpointed (one read of the
+        wal-index header): the driver's snapshot rule takes a snapshot when they are enough
+        (graft.driver.snapshot_policy), since in delta mode only a snapshot checkpoints
+        them. The file itself may be longer: a reset WAL is rewritten from its start."""
+        mark = read_mark(self._shm_path)
+        if mark is not None:
+            return mark.pending_bytes
+        try:
+            return os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            return 0
 
     # --- the replica consistency check ------------------------------------------------------
 
@@ -296,7 +435,7 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
 
     def _remove_leftovers(self) -> None:
         """Temp files of snapshots and restores cut short by a crash."""
-        for pattern in (".snapshot-*", ".restore-*"):
+        for pattern in (".snapshot-*", ".restore-*", ".delta-*"):
             for path in self._path.parent.glob(self._path.name + pattern):
                 path.unlink(missing_ok=True)
 

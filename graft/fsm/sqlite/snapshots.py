@@ -54,10 +54,13 @@ def write_snapshot(
     cookie: int,
     pages: int,
     progress: Callable[[int, int, int], object] | None,
+    checkpoint: bool = True,
 ) -> None:
     """Copy the state pinned by ``reader``'s read transaction to ``sink``, then release it.
 
-    Runs in a worker thread while the main connection goes on committing.
+    Runs in a worker thread while the main connection goes on committing. Without
+    ``checkpoint`` the WAL is left as it is: the next delta snapshot must still find in it
+    every frame committed after the pinned state (graft.fsm.sqlite.wal_capture).
     """
     copy: Path | None = None
     try:
@@ -78,7 +81,8 @@ def write_snapshot(
             target.close()
         # Free the WAL first: the file holds the state now.
         reader.execute("ROLLBACK")
-        reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if checkpoint:
+            reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
         with copy.open("r+b") as f:
             if copy.stat().st_size >= len(SQLITE_HEADER):  # not a database with no page
                 f.seek(_FORMAT_VERSION_OFFSET)
