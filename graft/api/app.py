@@ -229,7 +229,7 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
         answer = within(
             proposed,
             ms / 1000,
-            self._reactor,
+            self._deadlines,
             lambda: Timeout(f"the command was not applied within {ms} ms"),
         )
 

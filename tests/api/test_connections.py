@@ -149,14 +149,16 @@ class DeadlineTimerTests(_Connections):
     def setUp(self) -> None:
         super().setUp()
         self.made: list[tuple[str, Any]] = []  # (function name, call): a cancel drops func
-        call_later = self.clock.callLater
+        # A connection's timers go through its Site's Deadlines (graft.deadlines).
+        deadlines: Any = self.site.deadlines
+        call_later = deadlines.callLater
 
         def recording(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
             call = call_later(delay, f, *args, **kwargs)
             self.made.append((getattr(f, "__name__", ""), call))
             return call
 
-        self.clock.callLater = recording  # type: ignore[method-assign,assignment]
+        deadlines.callLater = recording
 
     def test_request_arriving_whole_sets_no_timer(self) -> None:
         """Requests whose bytes come in one read are answered without a deadline timer ever
