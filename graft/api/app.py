@@ -236,7 +236,7 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
         answer = within(
             proposed,
             ms / 1000,
-            self._deadlines,
+            self._reactor,
             lambda: Timeout(f"the command was not applied within {ms} ms"),
         )
 

@@ -34,7 +34,6 @@ from graft import devtrace
 from graft.api.http_date import DateCache
 from graft.api.request_done import DoneHooks
 from graft.api.responses import error_document, json_bytes
-from graft.deadlines import Deadlines
 from graft.errors import GraftError, Overloaded, PayloadTooLarge
 
 
@@ -281,18 +280,13 @@ class ApiSite(Site):
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
         self.open_connections = 0
-        # Each connection's idle timeout and request deadline are set and cancelled per
-        # request: on one reactor timer (graft.deadlines).
-        self.deadlines = Deadlines(self.reactor)
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.max_connections is not None and self.open_connections >= self.max_connections:
             refusal = _Refusal(self.max_connections)
             refusal.factory = self
             return refusal
-        channel = super().buildProtocol(addr)
-        channel.callLater = self.deadlines.callLater
-        return channel
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         """No access log line per request: at command rates it costs more than it tells, and

@@ -28,7 +28,6 @@ from graft.api.limits import too_large
 from graft.api.request_done import when_done
 from graft.api.responses import write_error
 from graft.api.settings import ApiSettings
-from graft.deadlines import Deadlines
 from graft.driver.port import Consistency, QueryResult
 from graft.errors import Forbidden, GraftError, Internal, Timeout
 from graft.origin import normalize_origin
@@ -106,9 +105,6 @@ class ApiBase:
         self._backend = backend
         self._settings = settings
         self._reactor = reactor
-        # The API's deadlines for commands and queries, set per request and almost always
-        # cancelled: on one reactor timer (graft.deadlines).
-        self._deadlines = Deadlines(reactor)
         # Given by the node when it reloads tokens (graft.reload): it swaps them in this one.
         self._auth = auth if auth is not None else TokenAuthority(settings.tokens)
         self._reload = reload
@@ -138,7 +134,7 @@ class ApiBase:
                 timeout=time_limit,
             ),
             ms / 1000 + QUERY_GRACE_S,
-            self._deadlines,
+            self._reactor,
             lambda: Timeout(
                 f"the query did not finish within {ms} ms (it changed nothing){advice}"
             ),

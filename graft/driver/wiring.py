@@ -16,7 +16,6 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThread, deferToThreadPool
 
 from graft.consistency import DigestBook
-from graft.deadlines import Deadlines
 from graft.driver.apply import Applier
 from graft.driver.checks import ReplicaChecks
 from graft.driver.clock import ReactorTime
@@ -103,8 +102,7 @@ def build_node(
     pool = query_pool(settings.query_threads)
     if run_query is None:
         run_query = partial(deferToThreadPool, cast(IReactorFromThreads, clock), pool)
-    # A proposal's deadline is set per request and almost always cancelled: on one timer.
-    proposals = ProposalWaiters(Deadlines(clock))
+    proposals = ProposalWaiters(clock)
     applied = IndexWaiters(clock, applied=raft.status().applied)
     pipeline = ReadyPipeline(
         raft=raft,

@@ -149,16 +149,14 @@ class DeadlineTimerTests(_Connections):
     def setUp(self) -> None:
         super().setUp()
         self.made: list[tuple[str, Any]] = []  # (function name, call): a cancel drops func
-        # A connection's timers go through its Site's Deadlines (graft.deadlines).
-        deadlines: Any = self.site.deadlines
-        call_later = deadlines.callLater
+        call_later = self.clock.callLater
 
         def recording(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
             call = call_later(delay, f, *args, **kwargs)
             self.made.append((getattr(f, "__name__", ""), call))
             return call
 
-        deadlines.callLater = recording
+        self.clock.callLater = recording  # type: ignore[method-assign,assignment]
 
     def test_request_arriving_whole_sets_no_timer(self) -> None:
         """Requests whose bytes come in one read are answered without a deadline timer ever
