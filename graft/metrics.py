@@ -17,6 +17,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from graft.reactor_metrics import ReactorCounter, ReactorHistogram
+
 # Snapshots take from milliseconds (a small state) to minutes (gigabytes over the network).
 _SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
@@ -46,7 +48,8 @@ class NodeMetrics:
         self.commit_index = Gauge("graft_commit_index", "Highest committed index.", registry=r)
         self.applied_index = Gauge("graft_applied_index", "Highest applied index.", registry=r)
         self.last_index = Gauge("graft_last_index", "Last index in the local log.", registry=r)
-        self.proposals = Counter(
+        # Updated on every write: without prometheus_client's lock (graft.reactor_metrics).
+        self.proposals = ReactorCounter(
             "graft_proposals", "Commands proposed on this node as leader.", registry=r
         )
         self.proposals_failed = Counter(
@@ -56,7 +59,7 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
-        self.commit_latency = Histogram(
+        self.commit_latency = ReactorHistogram(
             "graft_commit_latency_seconds",
             "From proposal to applied, for commands proposed on this node.",
             buckets=_LATENCY_BUCKETS,
@@ -148,7 +151,7 @@ class NodeMetrics:
             "Commands proposed on this node and waiting to be applied.",
             registry=r,
         )
-        self.apply_duration = Histogram(
+        self.apply_duration = ReactorHistogram(
             "graft_apply_duration_seconds",
             "Duration of applying one batch of committed entries to the FSM.",
             buckets=_LATENCY_BUCKETS,

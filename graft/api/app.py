@@ -83,7 +83,7 @@ Decisions beyond DESIGN.md:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -171,7 +171,7 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
         numbered = numbering(request)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        return self._submit([body], numbered).addCallback(self._command_answered, request)
+        return self._submit([body], numbered, self._command_answered, request)
 
     def _command_answered(self, results: list[CommandResult], request: Request) -> bytes:
         (result,) = results
@@ -193,7 +193,7 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
         numbered = numbering(request)
         if params.flag("redirect") and not self._backend.is_leader():
             return self._redirect(request)
-        return self._submit(batch, numbered).addCallback(self._batch_answered, request)
+        return self._submit(batch, numbered, self._batch_answered, request)
 
     def _check_batch_size(self, batch: Sequence[bytes]) -> None:
         """Over api.limits.max_batch_commands is a 413: a 1 MiB body holds some 260,000 tiny
@@ -218,8 +218,15 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
         return batch_body(results, as_json)
 
     def _submit(
-        self, commands: Sequence[bytes], numbered: Numbering | None = None
-    ) -> Deferred[list[CommandResult]]:
+        self,
+        commands: Sequence[bytes],
+        numbered: Numbering | None = None,
+        answered: Callable[[list[CommandResult], Any], Any] | None = None,
+        request: Request | None = None,
+    ) -> Deferred[Any]:
+        """The commands' results, or ``answered(results, request)`` if given: called in the
+        same callback as the count check, since each callback of a Deferred costs the leader
+        CPU on every write."""
         ms = self._settings.command_timeout_ms
         proposed = (
             maybeDeferred(self._backend.submit, commands)
@@ -233,12 +240,12 @@ class GraftApi(ConsoleRoutes, AdminRoutes, RqliteRoutes, SessionRoutes):
             lambda: Timeout(f"the command was not applied within {ms} ms"),
         )
 
-        def counted(results: list[CommandResult]) -> list[CommandResult]:
+        def counted(results: list[CommandResult]) -> Any:
             if len(results) != len(commands):
                 raise RuntimeError(
                     f"backend answered {len(results)} results for {len(commands)} commands"
                 )
-            return results
+            return results if answered is None else answered(results, request)
 
         def timed_out(failure: Failure) -> Failure:
             failure.trap(Timeout)

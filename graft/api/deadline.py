@@ -68,5 +68,5 @@ def within(
         settle(Failure(expired()))
 
     timer: Timer = reactor.callLater(seconds, expire)
-    work.addBoth(lambda outcome: settle(outcome))
+    work.addBoth(settle)
     return answer

@@ -28,10 +28,11 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site, version
+from twisted.web.server import Site, version
 
 from graft import devtrace
 from graft.api.http_date import DateCache
+from graft.api.request_done import DoneHooks
 from graft.api.responses import error_document, json_bytes
 from graft.errors import GraftError, Overloaded, PayloadTooLarge
 
@@ -60,9 +61,10 @@ def origin_form(target: bytes) -> bytes:
 _DATES = DateCache()
 
 
-class BoundedRequest(Request):
-    """A Request that refuses a body longer than its Site's ``max_body_bytes``, and takes its
-    ``Date`` header from a per-second cache (``process``)."""
+class BoundedRequest(DoneHooks):
+    """A Request that refuses a body longer than its Site's ``max_body_bytes``, takes its
+    ``Date`` header from a per-second cache (``process``) and calls its done hooks without
+    Deferreds (graft.api.request_done)."""
 
     _received = 0
     _refused = False

@@ -22,6 +22,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from graft import devtrace
+from graft.api.request_done import when_done
 from graft.socket_flush import flush_now
 
 _log = Logger()
@@ -58,7 +59,9 @@ class ApiRoot(Resource):
             return NOT_DONE_YET
         connected = [True]
 
-        def left(reason: Failure) -> None:
+        def left(reason: Failure | None) -> None:
+            if reason is None:
+                return  # answered
             # The client went away: stop waiting (the deadline's timer stops; the backend's
             # work, a proposal say, goes on).
             connected[0] = False
@@ -68,7 +71,7 @@ class ApiRoot(Resource):
             if connected[0]:
                 _write(body, request)
 
-        request.notifyFinish().addErrback(left)
+        when_done(request, left)
         answer.addCallbacks(respond, _dropped)
         return NOT_DONE_YET
 

@@ -25,6 +25,7 @@ from graft.api.auth import Role, TokenAuthority
 from graft.api.deadline import TimeSource, within
 from graft.api.http_metrics import http_metrics
 from graft.api.limits import too_large
+from graft.api.request_done import when_done
 from graft.api.responses import write_error
 from graft.api.settings import ApiSettings
 from graft.driver.port import Consistency, QueryResult
@@ -230,7 +231,7 @@ class ApiBase:
                 seconds=self._reactor.seconds() - started,
             )
 
-        request.notifyFinish().addBoth(record)
+        when_done(request, record)
 
 
 def sized(body: bytes | IResource, request: Request) -> bytes | IResource:
