@@ -7,80 +7,36 @@ a download holds folds off."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
 
-from graft.driver.node import GraftNode
 from graft.errors import SnapshotBusy
-from graft.fsm import digest
 from graft.fsm.sqlite import SQLiteStateMachine
-from graft.metrics import NodeMetrics
-from graft.raft.types import Membership
-from graft.service import restore_fsm_from_snapshot
-from graft.storage import DurableLog
-from tests.support.driver import NODES, DriverCluster, MemoryDurable, Network
-
-MEMBERS = Membership(voters=frozenset(NODES))
+from tests.support.driver import NODES
+from tests.support.snapshot_cluster import RunInThread, SnapshotCluster, run_now
 
 
-def run_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """The worker thread, on the test's thread: the snapshot is written at once."""
-    return maybeDeferred(f, *args)
-
-
-class SQLiteDriverCase(DriverCluster):
+class SQLiteDriverCase(SnapshotCluster):
     """Nodes on DurableLogs with the SQLite FSM; the snapshot settings by subclass."""
 
+    fsm_name = "sqlite"
+
     def setUp(self) -> None:
-        self.base = Path(self.mktemp())
-        self.clock = Clock()
-        self.network = Network(self.clock)
-        self.storages = {}
-        self.logs: dict[str, DurableLog] = {}
-        self.fsms: dict[str, SQLiteStateMachine] = {}
-        self.metrics: dict[str, NodeMetrics] = {}
         self.in_thread: list[str] = []
-        self.addCleanup(self._stop)
-        for seed, node_id in enumerate(NODES):
-            self.start(node_id, seed)
-        self.leader_id = self.leader()
-        self.written = 0
+        self.start_cluster()
         self.submit([b"CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT)"])
 
-    def start(self, node_id: str, seed: int) -> GraftNode:
-        log = DurableLog.open(
-            self.base / node_id,
-            node_id=node_id,
-            cluster="test",
-            segment_bytes=4096,
-            reactor=self.clock,
-            threaded=False,
-        )
+    def make_fsm(self, node_id: str) -> SQLiteStateMachine:
         fsm = SQLiteStateMachine(data_dir=self.base / f"{node_id}-fsm")
         self.addCleanup(fsm.close)
-        restore_fsm_from_snapshot(log, fsm, "sqlite")
-        self.logs[node_id], self.fsms[node_id] = log, fsm
-        self.metrics[node_id] = NodeMetrics()
-        incoming = self.base / f"{node_id}-incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        return self.add_node(
-            node_id,
-            MEMBERS,
-            seed=seed,
-            fsm=lambda: fsm,
-            storage=cast(Callable[[], MemoryDurable], lambda: log),
-            run_in_thread=self.run_in_thread,
-            incoming_dir=incoming,
-            metrics=self.metrics[node_id],
-            fsm_name="sqlite",
-            **self.snapshot_settings(),
-        )
+        return fsm
 
     def snapshot_settings(self) -> dict[str, Any]:
         return {"snapshot_entries": 40, "snapshot_log_ratio": 0.0, "snapshot_trailing": 0}
+
+    def worker(self, node_id: str) -> RunInThread:
+        return self.run_in_thread
 
     def run_in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """The worker thread, on the test's thread (``run_now``); the names of the functions
@@ -104,11 +60,6 @@ class SQLiteDriverCase(DriverCluster):
                 ]
             )
         self.written += count
-
-    def agree(self, node_id: str) -> None:
-        leader = self.network.nodes[self.leader_id]
-        self.wait_applied(node_id, leader.status().applied, seconds=10)
-        self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
 
 
 class SQLiteDeltaSnapshotTests(SQLiteDriverCase):

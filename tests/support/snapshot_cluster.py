@@ -1,7 +1,7 @@
-"""KvSnapshotCluster: three driver nodes on real DurableLogs (temp dirs, writes on the test's
-Clock) with the kv FSM and the snapshot ratio rule, for tests of snapshots end to end: taking,
-compacting, sending, installing and restoring. Subclasses choose each node's FSM, worker
-thread and stop_process."""
+"""SnapshotCluster: three driver nodes on real DurableLogs (temp dirs, writes on the test's
+Clock), for tests of snapshots end to end: taking, compacting, sending, installing and
+restoring. Subclasses choose the FSM, the snapshot settings, each node's worker thread and
+stop_process; KvSnapshotCluster is the kv FSM under the snapshot ratio rule."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def run_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return maybeDeferred(f, *args)
 
 
-class KvSnapshotCluster(DriverCluster):
+class SnapshotCluster(DriverCluster):
     """Call ``start_cluster()`` from setUp; ``self.leader_id`` then leads."""
+
+    fsm_name = "kv"  # what restore_fsm_from_snapshot and the driver call the FSM
 
     def start_cluster(self) -> None:
         self.base = Path(self.mktemp())
@@ -42,7 +44,7 @@ class KvSnapshotCluster(DriverCluster):
         self.network = Network(self.clock)
         self.storages = {}
         self.logs: dict[str, DurableLog] = {}
-        self.fsms: dict[str, KeyValueStateMachine] = {}
+        self.fsms: dict[str, Any] = {}
         self.metrics: dict[str, NodeMetrics] = {}
         self.addCleanup(self._stop)
         for seed, node_id in enumerate(NODES):
@@ -52,8 +54,11 @@ class KvSnapshotCluster(DriverCluster):
 
     # What a subclass may choose per node.
 
-    def make_fsm(self, node_id: str) -> KeyValueStateMachine:
-        return KeyValueStateMachine(fork_min_keys=0)  # the forked writer, whatever the size
+    def make_fsm(self, node_id: str) -> Any:
+        raise NotImplementedError
+
+    def snapshot_settings(self) -> dict[str, Any]:
+        return {}
 
     def worker(self, node_id: str) -> RunInThread:
         return run_now
@@ -73,7 +78,7 @@ class KvSnapshotCluster(DriverCluster):
             threaded=False,
         )
         fsm = self.make_fsm(node_id)
-        restore_fsm_from_snapshot(log, fsm, "kv")
+        restore_fsm_from_snapshot(log, fsm, self.fsm_name)
         self.logs[node_id], self.fsms[node_id] = log, fsm
         self.metrics[node_id] = NodeMetrics()
         incoming = self.base / f"{node_id}-incoming"
@@ -91,12 +96,26 @@ class KvSnapshotCluster(DriverCluster):
             run_in_thread=self.worker(node_id),
             incoming_dir=incoming,
             metrics=self.metrics[node_id],
-            snapshot_entries=50,
-            snapshot_log_ratio=4.0,
-            snapshot_trailing=0,
-            fsm_name="kv",
+            fsm_name=self.fsm_name,
+            **self.snapshot_settings(),
             **extra,
         )
+
+    def agree(self, node_id: str) -> None:
+        """``node_id`` applied what the leader did and holds the same state (digest)."""
+        leader = self.network.nodes[self.leader_id]
+        self.wait_applied(node_id, leader.status().applied, seconds=10)
+        self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
+
+
+class KvSnapshotCluster(SnapshotCluster):
+    """The kv FSM (its forked writer at any size) under the snapshot ratio rule."""
+
+    def make_fsm(self, node_id: str) -> KeyValueStateMachine:
+        return KeyValueStateMachine(fork_min_keys=0)
+
+    def snapshot_settings(self) -> dict[str, Any]:
+        return {"snapshot_entries": 50, "snapshot_log_ratio": 4.0, "snapshot_trailing": 0}
 
     def write(self, count: int) -> None:
         """``count`` puts of new keys through the leader, in batches, each applied."""
@@ -117,9 +136,3 @@ class KvSnapshotCluster(DriverCluster):
         self.wait_until(lambda: leader_log.first_index() > behind + 1, "the leader compacts")
         self.network.heal()
         return leader_log.snapshot_meta().index
-
-    def agree(self, node_id: str) -> None:
-        """``node_id`` applied what the leader did and holds the same state (digest)."""
-        leader = self.network.nodes[self.leader_id]
-        self.wait_applied(node_id, leader.status().applied, seconds=10)
-        self.assertEqual(digest(self.fsms[node_id]), digest(self.fsms[self.leader_id]))
