@@ -62,7 +62,8 @@ from graft.storage.errors import (
     SnapshotBusy,
     SnapshotSuperseded,
 )
-from graft.storage.files import FileSystem, WritableFile, write_atomic
+from graft.storage.files import FileSystem, write_atomic
+from graft.storage.snapshot_io import ChecksumSink, Leased, TempTarget
 from graft.storage.sqlite_wal import BadDelta, fold_wal, plan_fold
 from graft.storage.state_files import decode_checked, encode_checked
 
@@ -120,25 +121,6 @@ def _parse_stem(name: str) -> tuple[int, int] | None:
     if len(parts) != 3 or parts[0] != "snap" or not (parts[1].isdigit() and parts[2].isdigit()):
         return None
     return int(parts[1]), int(parts[2])
-
-
-class _ChecksumSink(io.RawIOBase):
-    """Forwards writes to a file of the file layer, counting bytes and the CRC32 of each
-    block on the way (the whole file's follows from them)."""
-
-    def __init__(self, handle: WritableFile) -> None:
-        super().__init__()
-        self._handle = handle
-        self.sums = BlockSums()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        data = bytes(b)
-        self._handle.write(data)
-        self.sums.update(data)
-        return len(data)
 
 
 class SnapshotStore:
@@ -315,7 +297,7 @@ class SnapshotStore:
         tmp = path.with_name(path.name + ".tmp")
         handle = self._files.create(tmp)
         try:
-            sink = _ChecksumSink(handle)
+            sink = ChecksumSink(handle)
             buffered = io.BufferedWriter(cast(Any, sink), _CHUNK)
             write(cast(BinaryIO, buffered))
             buffered.flush()
@@ -549,7 +531,7 @@ class SnapshotStore:
                 )
             source = self._files.open_read(info.data_path)
             self._readers += 1
-        return cast(BinaryIO, _Leased(source, self._release_reader))
+        return cast(BinaryIO, Leased(source, self._release_reader))
 
     def _release_reader(self) -> None:
         with self._leases:
@@ -599,7 +581,7 @@ class SnapshotStore:
             if zlib.crc32(delta.read()) != pending.delta_crc32:
                 raise CorruptionError(pending.delta_path, 0, "snapshot delta checksum mismatch")
             try:
-                fold_wal(delta, _TempTarget(image))
+                fold_wal(delta, TempTarget(image))
             except BadDelta as e:
                 raise CorruptionError(pending.delta_path, 0, str(e)) from None
 
@@ -611,60 +593,3 @@ def _blocks(field: Any, size: int) -> tuple[int, ...] | None:
         return None
     blocks = decode_blocks(str(field["crc32"]))
     return blocks if len(blocks) == -(-size // BLOCK_BYTES) else None
-
-
-class _TempTarget:
-    """A temp file as the target of a fold (``UpdatableFile``)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def pread(self, size: int, offset: int) -> bytes:
-        self._f.seek(offset)
-        return bytes(self._f.read(size))
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        self._f.seek(offset)
-        self._f.write(data)
-
-    def write(self, data: bytes) -> None:
-        self._f.seek(0, 2)
-        self._f.write(data)
-
-    def truncate(self, size: int) -> None:
-        self._f.truncate(size)
-
-    def sync(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        pass
-
-
-class _Leased:
-    """A data file a reader holds: closing it (once) lets folds go ahead."""
-
-    def __init__(self, source: BinaryIO, release: Callable[[], None]) -> None:
-        self._source = source
-        self._release: Callable[[], None] | None = release
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._source, name)
-
-    def close(self) -> None:
-        try:
-            self._source.close()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-    def __enter__(self) -> _Leased:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self._release is not None:
-            self.close()
