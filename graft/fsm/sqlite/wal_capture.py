@@ -323,21 +323,22 @@ def restart_wal(conn: sqlite3.Connection) -> bool:
     transaction kept it from that. The file keeps its size (its pages are rewritten in
     place): truncating it would cost the kernel's freeing of its cached pages, about 20 ms
     per 40 MB, on the calling thread."""
-    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    conn.execute("PRAGMA busy_timeout=0")
-    try:
-        return bool(conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0])
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
+    return _checkpoint_now(conn, "RESTART")
 
 
 def reset_wal(conn: sqlite3.Connection) -> bool:
     """Checkpoint the WAL into the database and truncate it, without waiting for readers
     (busy timeout 0): True if a reader's open transaction kept it from being reset."""
+    return _checkpoint_now(conn, "TRUNCATE")
+
+
+def _checkpoint_now(conn: sqlite3.Connection, mode: str) -> bool:
+    """``PRAGMA wal_checkpoint(mode)`` with a busy timeout of 0: True if SQLite reports it
+    was kept from completing."""
     timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     conn.execute("PRAGMA busy_timeout=0")
     try:
-        return bool(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+        return bool(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
     finally:
         conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
