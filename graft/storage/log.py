@@ -1,6 +1,6 @@
 """DurableLog: the node's log, hard state and snapshots on disk, read from memory.
 
-One class of ~520 lines on purpose: the in-memory entry list, the queue to the writer thread
+One class of ~560 lines on purpose: the in-memory entry list, the queue to the writer thread
 and compaction share one set of indexes whose invariants are easier to check in one place.
 
 Theory of operation. ``open`` replays the data dir synchronously and keeps every entry since
