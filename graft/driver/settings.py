@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from graft.driver.snapshot_policy import WAL_FLOOR_BYTES
+from graft.driver.snapshot_policy import WAL_BOUND_BYTES
 from graft.raft.types import MemberAddress, Membership
 
 
@@ -28,9 +28,9 @@ class DriverSettings:
     snapshot_log_ratio: float = 0.0
     snapshot_max_log_bytes: int = 0
     snapshot_trailing: int = 0  # entries kept in the log below a snapshot
-    # The least growth of the FSM's WAL that makes a snapshot due (snapshot_policy.wal_bound);
+    # The growth of the FSM's WAL that makes a snapshot due (graft.driver.snapshot_policy);
     # not a config key: tests lower it.
-    snapshot_wal_floor_bytes: int = WAL_FLOOR_BYTES
+    snapshot_wal_bytes: int = WAL_BOUND_BYTES
     fsm_name: str = ""
     catch_up_timeout: float = 120.0  # how long a new member may take to catch up
     # How long a new member may stay out of the leader's reach before add_member says so:

@@ -79,7 +79,7 @@ class Snapshots:
             min_entries=settings.snapshot_entries,
             log_ratio=settings.snapshot_log_ratio,
             max_log_bytes=settings.snapshot_max_log_bytes,
-            wal_floor_bytes=settings.snapshot_wal_floor_bytes,
+            wal_bytes=settings.snapshot_wal_bytes,
         )
         # The FSM's WAL size (an FSM that has one: SQLite), and that size as the latest
         # snapshot left it: their difference is the rule's wal_bytes_since.

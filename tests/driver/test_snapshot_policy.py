@@ -5,11 +5,10 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.driver.snapshot_policy import (
-    WAL_FLOOR_BYTES,
+    WAL_BOUND_BYTES,
     SnapshotPolicy,
     log_bytes,
     snapshot_due,
-    wal_bound,
 )
 from graft.raft.types import Entry, EntryKind
 from graft.storage.records import encode_records
@@ -80,34 +79,33 @@ class WalTriggerTests(SynchronousTestCase):
             wal_bytes_since=wal,
         )
 
-    def test_bound_is_the_last_snapshot_with_a_floor(self) -> None:
-        """The WAL may grow by the last snapshot's size (1 GB here), not a byte more; a
-        small database's WAL by the 64 MiB floor."""
-        self.assertFalse(self.wal_due(RATIO, 5000, 10**9 - 1, 10**9))
-        self.assertTrue(self.wal_due(RATIO, 5000, 10**9, 10**9))
-        self.assertFalse(self.wal_due(RATIO, 5000, WAL_FLOOR_BYTES - 1, 10**6))
-        self.assertTrue(self.wal_due(RATIO, 5000, WAL_FLOOR_BYTES, 10**6))
-        self.assertEqual(wal_bound(RATIO, 0), WAL_FLOOR_BYTES)
+    def test_bound_is_fixed_whatever_the_state(self) -> None:
+        """The WAL may grow by 64 MiB, not a byte more, whether the last snapshot was 1 MB or
+        1 GB: the WAL's pages on disk do not grow with the database."""
+        for last in (10**6, 10**9, 10**11):
+            self.assertFalse(self.wal_due(RATIO, 5000, WAL_BOUND_BYTES - 1, last))
+            self.assertTrue(self.wal_due(RATIO, 5000, WAL_BOUND_BYTES, last))
+        self.assertEqual(WAL_BOUND_BYTES, 64 * 2**20)
 
     def test_not_held_back_by_the_entry_floor(self) -> None:
         """A few commands that rewrite large tables fill the WAL: due after fewer than
         min_entries entries, but not with none, nor with automatic snapshots off."""
-        self.assertTrue(self.wal_due(RATIO, 1, 10**9, 10**6))
+        self.assertTrue(self.wal_due(RATIO, 1, WAL_BOUND_BYTES, 10**6))
         self.assertFalse(self.wal_due(RATIO, 0, 10**9, 10**6))
         self.assertFalse(self.wal_due(SnapshotPolicy(min_entries=0), 10**6, 10**12, 10**6))
 
-    def test_log_cap_bounds_it_above_the_floor(self) -> None:
-        """max_log_bytes (the space quota's share) caps the bound, but not below the floor."""
-        capped = SnapshotPolicy(min_entries=100, log_ratio=4.0, max_log_bytes=200 * 2**20)
-        self.assertEqual(wal_bound(capped, 10**9), 200 * 2**20)
+    def test_the_log_cap_does_not_lower_it(self) -> None:
+        """max_log_bytes caps the log between snapshots, not the WAL: a 1,000-byte cap does
+        not make every command's WAL pages a snapshot."""
         small = SnapshotPolicy(min_entries=100, log_ratio=4.0, max_log_bytes=1000)
-        self.assertEqual(wal_bound(small, 10**9), WAL_FLOOR_BYTES)
+        self.assertFalse(self.wal_due(small, 50, WAL_BOUND_BYTES - 1, 10**9))
 
-    def test_wal_work_per_byte_does_not_grow_with_the_state(self) -> None:
-        """Writes that each add 9 KB of WAL pages and 130 bytes of state, snapshotted only
-        by the log rule, then with the WAL trigger too: the WAL grows with everything written
-        (far past the database's size) without it, and stays within the bound with it."""
-        for trigger, limit in ((False, None), (True, 1.0)):
+    def test_the_wal_stays_within_the_bound_as_the_state_grows(self) -> None:
+        """Writes that each add 9 KB of WAL pages and 130 bytes of state (26 MB in all),
+        snapshotted only by the log rule, then with the WAL trigger too: the WAL grows with
+        everything written (far past the database's size) without it, and never past the
+        bound with it."""
+        for trigger in (False, True):
             state = last = wal = log = entries = peak = 0
             for _ in range(200_000):
                 state += 130
@@ -123,10 +121,10 @@ class WalTriggerTests(SynchronousTestCase):
                     wal_bytes_since=wal if trigger else 0,
                 ):
                     last, wal, log, entries = state, 0, 0, 0
-            if limit is None:
-                self.assertGreater(peak, 10 * state)
+            if trigger:
+                self.assertLessEqual(peak, WAL_BOUND_BYTES + 9000)
             else:
-                self.assertLessEqual(peak, max(WAL_FLOOR_BYTES, limit * state) + 9000)
+                self.assertGreater(peak, 10 * state)
 
 
 class LogBytesTests(SynchronousTestCase):

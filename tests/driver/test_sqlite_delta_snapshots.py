@@ -168,7 +168,7 @@ class SQLiteDeltaSnapshotTests(SQLiteDriverCase):
 
 
 class SQLiteWalTriggerTests(SQLiteDriverCase):
-    """The WAL's growth as a snapshot trigger (graft.driver.snapshot_policy.wal_bound), with
+    """The WAL's growth as a snapshot trigger (graft.driver.snapshot_policy), with
     the entry and log rules set so that they never fire."""
 
     def snapshot_settings(self) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class SQLiteWalTriggerTests(SQLiteDriverCase):
             "snapshot_entries": 10**9,
             "snapshot_log_ratio": 10**6,
             "snapshot_trailing": 0,
-            "snapshot_wal_floor_bytes": 256 * 1024,
+            "snapshot_wal_bytes": 256 * 1024,
         }
 
     def test_the_wal_passing_its_bound_takes_a_snapshot(self) -> None:

@@ -134,6 +134,27 @@ class DeltaSnapshotTests(DeltaTestCase):
         self.assertLess(sink.size * 20, self.fsm.size_bytes())
         self.assertLess(sink.size * 20, wal)
 
+    def test_the_wal_file_shrinks_at_the_first_commit_after_a_delta(self) -> None:
+        """The WAL grew by megabytes between two snapshots; after the delta's capture reset
+        it, the next command's commit cuts the file to what that commit wrote, so the pages
+        of the earlier frames leave the page cache without being written to disk."""
+        self.take()  # whole
+        self.apply(
+            b"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+            b"INSERT INTO t (name, v) SELECT 'big' || i, zeroblob(3000) FROM n"
+        )
+        wal = self.fsm._path.with_name(self.fsm._path.name + "-wal")
+        self.assertGreater(wal.stat().st_size, 6 * 2**20)
+        self.assertTrue(self.take())
+        self.apply(b"UPDATE t SET name = 'after' WHERE id = 1")
+        self.assertGreater(wal.stat().st_size, 0)  # cut, not emptied (see the FSM's docstring)
+        self.assertLess(wal.stat().st_size, 64 * 1024)
+        delta, rows, state = self.snapshot()  # and the next delta still holds that command
+        self.assertTrue(delta)
+        replica = self.restored()
+        self.assertEqual(replica.query(ROWS), rows)
+        self.assertEqual(digest(replica), state)
+
     def test_changes_larger_than_an_autocheckpoint_are_kept(self) -> None:
         """Between two snapshots commands write more pages than SQLite's automatic
         checkpoint would let the WAL hold (1,000 by default) and go on writing: the delta

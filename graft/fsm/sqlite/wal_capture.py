@@ -320,9 +320,8 @@ class WalCapture:
 def restart_wal(conn: sqlite3.Connection) -> bool:
     """Checkpoint the WAL into the database so that the next write starts it over from its
     first frame, without waiting for readers (busy timeout 0): True if a reader's open
-    transaction kept it from that. The file keeps its size (its pages are rewritten in
-    place): truncating it would cost the kernel's freeing of its cached pages, about 20 ms
-    per 40 MB, on the calling thread."""
+    transaction kept it from that. The file keeps its size until that write, which cuts it
+    (the FSM's ``journal_size_limit``)."""
     return _checkpoint_now(conn, "RESTART")
 
 
