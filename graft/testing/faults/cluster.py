@@ -57,7 +57,10 @@ class FaultCluster:
         election_ms: int = DEFAULT_ELECTION_MS,
         heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         snapshot_entries: int = 2000,
+        fsm: str = "graft.fsm.kv:KeyValueStateMachine",
+        snapshot: dict[str, Any] | None = None,
     ) -> None:
+        """``snapshot``: the config's whole ``snapshot`` section, instead of only ``entries``."""
         self.base = base.resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
@@ -70,9 +73,9 @@ class FaultCluster:
                 for node, addr in self.addresses.items()
             },
             "data_dir": "data/{id}",
-            "fsm": {"factory": "graft.fsm.kv:KeyValueStateMachine"},
+            "fsm": {"factory": fsm},
             "api": {"command_timeout_ms": 2000, "query_timeout_ms": 2000},
-            "snapshot": {"entries": snapshot_entries},
+            "snapshot": snapshot if snapshot is not None else {"entries": snapshot_entries},
         }
         self.config_path = self.base / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -144,6 +147,11 @@ class FaultCluster:
         proc = self.processes.get(node)
         return proc is not None and proc.poll() is None
 
+    def process_id(self, node: str) -> int | None:
+        """The id of ``node``'s current process, None if it was never started."""
+        proc = self.processes.get(node)
+        return proc.pid if proc is not None else None
+
     def exit_codes(self) -> dict[str, int | None]:
         return {node: proc.poll() for node, proc in self.processes.items()}
 
@@ -174,6 +182,14 @@ class FaultCluster:
         self, node: str, method: str, path: str, body: bytes | None = None, timeout: float = 4.0
     ) -> Response:
         return http_request(self.addresses[node], API_PORT, method, path, body, timeout)
+
+    def metrics(self, node: str, timeout: float = 0.5) -> str | None:
+        """``node``'s /metrics page, or None when it does not answer."""
+        try:
+            reply = self.request(node, "GET", "/metrics", timeout=timeout)
+        except OSError:
+            return None
+        return reply.body.decode("utf-8", "replace") if reply.status == 200 else None
 
     def status(self, node: str, timeout: float = 0.5) -> dict[str, Any] | None:
         try:
