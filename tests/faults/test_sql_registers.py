@@ -1,7 +1,8 @@
 """The fault suite's SQL workload (graft.testing.faults.sql_registers): the request bodies,
 their answers from a real SQLite FSM read back as the register model's outputs (the same as
 the kv FSM's for the same operations), malformed answers refused, and the snapshot counts that
-make a run without a delta snapshot fail (graft.testing.faults.snapshot_counts)."""
+make a run without a delta snapshot fail (graft.testing.faults.snapshot_counts, from the node
+logs)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,7 @@ from graft.fsm.sqlite import SQLiteStateMachine
 from graft.testing.faults.checker import check_linearizability
 from graft.testing.faults.history import OpRecord
 from graft.testing.faults.run import malformed_answers
-from graft.testing.faults.snapshot_counts import (
-    SnapshotCounter,
-    coverage_anomalies,
-    log_counts,
-    parse_counters,
-    summarize,
-)
+from graft.testing.faults.snapshot_counts import count_lines, coverage_anomalies, snapshot_counts
 from graft.testing.faults.sql_registers import SETUP, MalformedAnswer, SqlRequests
 from graft.testing.faults.workload import KvRequests, Workload, WorkloadConfig
 from graft.testing.linearizability import Operation, step
@@ -255,71 +250,48 @@ class WorkloadRecordTests(unittest.SynchronousTestCase):
         self.assertEqual([a.kind for a in anomalies], ["not_linearizable"])
 
 
-METRICS = """# HELP graft_snapshots_taken_total Snapshots this node took of its own FSM.
-# TYPE graft_snapshots_taken_total counter
-graft_snapshots_taken_total 7.0
-graft_snapshots_taken_created 1.7e+09
-graft_snapshots_delta_total 5.0
-graft_snapshots_installed_total 1.0
+LOG = """\
+2026-12-06T17:07:03+0000 [graft.node#info] snapshot at index 100 (term 1) written in 0.02 s, whole
+2026-12-06T17:07:04+0000 [graft.node#info] snapshot at index 200 (term 1) written in 0.01 s, a delta
+2026-12-06T17:07:05+0000 [graft.node#info] snapshot at index 300 (term 1) written in 0.01 s, a delta
+2026-12-06T17:07:06+0000 [graft.service#info] restoring the FSM from the snapshot at index 300
+2026-12-06T17:07:07+0000 [graft.snapshot#info] received snapshot 500 (581632 bytes) from n2
+2026-12-06T17:07:07+0000 [graft.node#info] installed snapshot 500 from the leader (FSM restored \
+in 0.03 s, off the reactor thread)
+2026-12-06T17:07:08+0000 [graft.node#info] delta snapshot dropped: not the latest; keeping 500
+2026-12-06T17:07:09+0000 [graft.node#critical] the core installed snapshot 600 but no file arrived
+2026-12-06T17:07:10+0000 [graft.node#info] snapshot at index 700 (term 2) written in 0.02 s, whole
 """
 
 
 class SnapshotCountTests(unittest.SynchronousTestCase):
-    def test_parse(self) -> None:
-        self.assertEqual(parse_counters(METRICS), {"taken": 7, "delta": 5, "installed": 1})
-        self.assertEqual(parse_counters(""), {"taken": 0, "delta": 0, "installed": 0})
-
-    def test_counts_add_up_over_restarts(self) -> None:
-        """A node's counters restart at 0 with its process: the totals keep what the old
-        process had counted (told apart by process id), and a node that does not answer or
-        changes process while being asked leaves the totals as they were."""
-        pages: dict[str, str | None] = {"n1": METRICS, "n2": None}
-        pids: dict[str, int | None] = {"n1": 100, "n2": 200}
-        counter = SnapshotCounter(["n1", "n2"], pages.get, pids.get)
-        counter.poll_once()
-        pids["n1"] = 101
-        pages["n1"] = "graft_snapshots_taken_total 2.0\ngraft_snapshots_delta_total 1.0\n"
-        counter.poll_once()
-        totals = counter.totals()
-        self.assertEqual(totals["n1"], {"taken": 9, "delta": 6, "installed": 1})
-        self.assertEqual(totals["n2"], {"taken": 0, "delta": 0, "installed": 0})
-
-    def test_summary_and_the_coverage_rule(self) -> None:
-        """whole = taken - kept deltas; installs and restart restores are counted; a run with
-        no delta snapshot is an anomaly, one with a delta is not."""
+    def test_counts_from_the_node_logs(self) -> None:
+        """Whole and delta snapshots, installs, restores and dropped deltas are counted per
+        node from its log (a missing log counts nothing) and summed."""
         base = Path(self.mktemp())
         base.mkdir()
-        (base / "n1.log").write_text(
-            "restoring the FSM from the snapshot at index 300\n"
-            "delta snapshot dropped: not the latest; keeping snapshot 400\n"
-        )
-        logs = log_counts({"n1": base / "n1.log", "n2": base / "missing.log"})
-        metrics = {
-            "n1": {"taken": 9, "delta": 6, "installed": 1},
-            "n2": {"taken": 2, "delta": 0, "installed": 2},
-        }
-        summary = summarize(metrics, logs)
+        (base / "n1.log").write_text(LOG)
+        (base / "n2.log").write_text(LOG.splitlines()[0] + "\n")
+        counts = snapshot_counts({"n1": base / "n1.log", "n2": base / "n2.log", "n3": base / "x"})
         self.assertEqual(
+            counts["per_node"]["n1"],
             {
-                k: summary[k]
-                for k in (
-                    "taken",
-                    "whole",
-                    "delta",
-                    "delta_dropped",
-                    "installed",
-                    "restored_at_start",
-                )
-            },
-            {
-                "taken": 11,
-                "whole": 6,
-                "delta": 6,
-                "delta_dropped": 1,
-                "installed": 3,
+                "taken": 4,
+                "whole": 2,
+                "delta": 2,
+                "installed": 1,
                 "restored_at_start": 1,
+                "delta_dropped": 1,
             },
         )
-        self.assertEqual(coverage_anomalies(summary), [])
-        none = summarize({"n1": {"taken": 4, "delta": 0, "installed": 0}}, {})
-        self.assertEqual([a.kind for a in coverage_anomalies(none)], ["no_delta_snapshots"])
+        self.assertEqual((counts["taken"], counts["whole"], counts["delta"]), (5, 3, 2))
+        self.assertEqual(counts["per_node"]["n3"]["taken"], 0)
+
+    def test_a_run_without_a_delta_fails(self) -> None:
+        """No delta snapshot in any log is the no_delta_snapshots anomaly; one is enough."""
+        only_whole = count_lines(LOG.splitlines()[0])
+        self.assertEqual(
+            [a.kind for a in coverage_anomalies({**only_whole, "per_node": {}})],
+            ["no_delta_snapshots"],
+        )
+        self.assertEqual(coverage_anomalies(count_lines(LOG)), [])

@@ -196,10 +196,11 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
 
 def _snapshot_note(s: dict[str, Any]) -> str:
     """The SQLite run's snapshot counts (graft.testing.faults.snapshot_counts)."""
+    dropped = f", {s['delta_dropped']} deltas dropped" if s["delta_dropped"] else ""
     return (
-        f"snapshots: {s['taken']} taken ({s['whole']} whole, {s['delta']} delta begun, "
-        f"{s['delta_dropped']} delta dropped), {s['installed']} installed from the leader, "
-        f"{s['restored_at_start']} restored at a restart"
+        f"snapshots: {s['taken']} taken ({s['whole']} whole, {s['delta']} deltas{dropped}), "
+        f"{s['installed']} installed from the leader, {s['restored_at_start']} restored at a "
+        "restart"
     )
 
 

@@ -147,11 +147,6 @@ class FaultCluster:
         proc = self.processes.get(node)
         return proc is not None and proc.poll() is None
 
-    def process_id(self, node: str) -> int | None:
-        """The id of ``node``'s current process, None if it was never started."""
-        proc = self.processes.get(node)
-        return proc.pid if proc is not None else None
-
     def exit_codes(self) -> dict[str, int | None]:
         return {node: proc.poll() for node, proc in self.processes.items()}
 
@@ -182,14 +177,6 @@ class FaultCluster:
         self, node: str, method: str, path: str, body: bytes | None = None, timeout: float = 4.0
     ) -> Response:
         return http_request(self.addresses[node], API_PORT, method, path, body, timeout)
-
-    def metrics(self, node: str, timeout: float = 0.5) -> str | None:
-        """``node``'s /metrics page, or None when it does not answer."""
-        try:
-            reply = self.request(node, "GET", "/metrics", timeout=timeout)
-        except OSError:
-            return None
-        return reply.body.decode("utf-8", "replace") if reply.status == 200 else None
 
     def status(self, node: str, timeout: float = 0.5) -> dict[str, Any] | None:
         try:

@@ -14,7 +14,8 @@ is clean, 1 on an anomaly, 2 when the harness itself failed.
 sql_registers; its table is created through /command before the clients start), with
 snapshots every SQLITE_SNAPSHOT["entries"] entries so that whole snapshots, delta snapshots and
 installs on lagging nodes all happen within the run; the verdict's ``snapshots`` counts them
-(graft.testing.faults.snapshot_counts) and a run without a delta snapshot fails.
+from the node logs (graft.testing.faults.snapshot_counts) and a run without a delta snapshot
+fails.
 """
 
 from __future__ import annotations
@@ -42,12 +43,7 @@ from graft.testing.faults.history import OpRecord, StatusSample, write_jsonl
 from graft.testing.faults.nemesis import Nemesis, StatusPoller
 from graft.testing.faults.netns import HarnessError, NetworkFaults
 from graft.testing.faults.report import write_timeline
-from graft.testing.faults.snapshot_counts import (
-    SnapshotCounter,
-    coverage_anomalies,
-    log_counts,
-    summarize,
-)
+from graft.testing.faults.snapshot_counts import coverage_anomalies, snapshot_counts
 from graft.testing.faults.sql_registers import SQLITE_FSM, SqlRequests
 from graft.testing.faults.workload import (
     MALFORMED,
@@ -68,9 +64,16 @@ WORKLOADS = ("kv", "lock")
 FSMS = ("kv", "sqlite")
 # The SQLite run's snapshot settings: a snapshot every 100 applied entries whatever the log's
 # size (log_ratio 0), so each node takes one every few seconds of the run (each chain's first
-# whole, the rest deltas); 50 entries kept below a snapshot, so a node down or cut off for a
-# few seconds is sent the leader's snapshot instead of the log.
-SQLITE_SNAPSHOT: dict[str, Any] = {"entries": 100, "log_ratio": 0, "trailing": 50}
+# whole, the rest deltas); 50 entries kept below a snapshot, and log segments of 16 KiB (about
+# 60 entries; compaction frees whole segments, and at the default 64 MiB it frees none in a
+# minute), so a node down or cut off for a few seconds is sent the leader's snapshot instead
+# of the log.
+SQLITE_SNAPSHOT: dict[str, Any] = {
+    "entries": 100,
+    "log_ratio": 0,
+    "trailing": 50,
+    "segment_bytes": 16384,
+}
 SETUP_SECONDS = 20.0
 
 
@@ -254,9 +257,6 @@ def run_once(
     poller = StatusPoller(cluster, clock)
     workload = Workload(cluster, WorkloadConfig(clients=clients), seed, clock, requests)
     nemesis = Nemesis(cluster, network, poller, rng, clock)
-    counter = None
-    if fsm == "sqlite":
-        counter = SnapshotCounter(cluster.node_ids, cluster.metrics, cluster.process_id)
     anomalies: list[Anomaly] = []
     check: dict[str, Any] | None = None
     started = time.time()
@@ -267,8 +267,6 @@ def run_once(
             raise HarnessError(f"the fresh cluster elected no leader within 30 s; see {out}/logs/")
         send_setup(cluster, requests)
         poller.start()
-        if counter is not None:
-            counter.start()
         workload.start()
         nemesis.run(duration)
         nemesis.final_heal()
@@ -277,8 +275,6 @@ def run_once(
         anomalies += final_checks(cluster, workload)
         check, check_anomalies = replica_check(cluster)
         anomalies += check_anomalies
-        if counter is not None:
-            counter.stop()  # its last reading: every node up, after the heal
         for node, code in cluster.exit_codes().items():
             if code is not None:
                 anomalies.append(
@@ -289,8 +285,6 @@ def run_once(
                 )
     finally:
         poller.stop()
-        if counter is not None:
-            counter.stop()
         network.heal()
         cluster.close()
         history = sorted(workload.history, key=lambda r: r.invoke)
@@ -302,9 +296,8 @@ def run_once(
     anomalies += check_weak_reads(history, nemesis.events)
     anomalies += malformed_answers(history)
     snapshots = None
-    if counter is not None:
-        logs = log_counts({n: cluster.log_path(n) for n in cluster.node_ids})
-        snapshots = summarize(counter.totals(), logs)
+    if fsm == "sqlite":
+        snapshots = snapshot_counts({n: cluster.log_path(n) for n in cluster.node_ids})
         anomalies += coverage_anomalies(snapshots)
     counts = {
         "operations": sum(1 for r in history if r.client != FINAL_CLIENT),
