@@ -18,7 +18,7 @@ from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.testing.faults.checker import check_linearizability
 from graft.testing.faults.history import OpRecord
-from graft.testing.faults.run import malformed_answers
+from graft.testing.faults.run import malformed_answers, send_setup
 from graft.testing.faults.snapshot_counts import count_lines, coverage_anomalies, snapshot_counts
 from graft.testing.faults.sql_registers import SETUP, MalformedAnswer, SqlRequests
 from graft.testing.faults.workload import KvRequests, Workload, WorkloadConfig
@@ -129,6 +129,20 @@ class AgainstTheFSMTests(unittest.SynchronousTestCase):
         self.assertTrue(any(self.apply("get", k)["value"] for k in ("k0", "k1", "k2")))
 
 
+class BeforeTheTableTests(unittest.SynchronousTestCase):
+    def test_weak_read_of_a_state_without_the_table(self) -> None:
+        """A state older than the setup command answers a read "no such table": every
+        register absent, so null for a weak read (which may be that stale); at strong or
+        default consistency it is a malformed answer."""
+        fsm = SQLiteStateMachine(data_dir=self.mktemp())
+        self.addCleanup(fsm.close)
+        sql = SqlRequests()
+        answer = json.loads(fsm.query(sql.body("get", "k", value=None, expect=None)))
+        self.assertEqual(sql.output("get", answer, weak=True), {"value": None})
+        self.assertRaises(MalformedAnswer, sql.output, "get", answer)
+        self.assertRaises(MalformedAnswer, sql.output, "cas", answer, weak=True)
+
+
 class MalformedAnswerTests(unittest.SynchronousTestCase):
     def test_answers_without_a_meaning_are_refused(self) -> None:
         """A statement's error, a row count other than 0 or 1, several rows, a value that is
@@ -165,6 +179,46 @@ class FakeCluster:
     ) -> Response:
         self.sent.append((path, body))
         return Response(status=200, headers={"graft-index": "9"}, body=self.body, url=path)
+
+
+class SetupCluster:
+    """A leader that commits the setup at index 5 and followers that apply it a poll later."""
+
+    node_ids = ["n1", "n2"]
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | None] = []
+        self.polls = 0
+
+    def request(
+        self, node: str, method: str, path: str, body: bytes | None = None, timeout: float = 4.0
+    ) -> Response:
+        self.sent.append(body)
+        answer = b'{"results": [{"rows_affected": 0}]}'
+        return Response(status=200, headers={"graft-index": "5"}, body=answer, url=path)
+
+    def status(self, node: str, timeout: float = 0.5) -> dict[str, Any]:
+        self.polls += 1
+        applied = 5 if node == "n1" or self.polls > 6 else 4
+        return {
+            "id": node,
+            "role": "leader" if node == "n1" else "follower",
+            "leader": "n1",
+            "applied": applied,
+        }
+
+
+class SetupTests(unittest.SynchronousTestCase):
+    def test_setup_is_applied_everywhere_before_the_history(self) -> None:
+        """The setup command goes to the leader once, and send_setup returns only once every
+        node has applied its index; the kv workload sends nothing."""
+        cluster = SetupCluster()
+        send_setup(cluster, SqlRequests())  # type: ignore[arg-type]
+        self.assertEqual(cluster.sent, [SETUP])
+        self.assertGreater(cluster.polls, 6)
+        kv_cluster = SetupCluster()
+        send_setup(kv_cluster, KvRequests())  # type: ignore[arg-type]
+        self.assertEqual(kv_cluster.sent, [])
 
 
 class WorkloadRecordTests(unittest.SynchronousTestCase):

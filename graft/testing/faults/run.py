@@ -184,30 +184,42 @@ def replica_check(
 
 def send_setup(cluster: FaultCluster, requests: Requests, timeout: float = SETUP_SECONDS) -> None:
     """Send the workload's setup command (the SQL table) through the leader, before the history
-    starts; HarnessError if no node applies it without error within ``timeout``. The command is
-    idempotent, so retrying after an unknown outcome is safe."""
+    starts, and wait until every node has applied it; HarnessError if it is not applied without
+    error within ``timeout``. The command is idempotent, so retrying after an unknown outcome is
+    safe."""
     if requests.setup is None:
         return
     deadline = time.monotonic() + timeout
+    index = _commit_setup(cluster, requests.setup, deadline)
+    while time.monotonic() < deadline:
+        applied = [(cluster.status(n) or {}).get("applied") or 0 for n in cluster.node_ids]
+        if min(applied) >= index:
+            return
+        time.sleep(0.1)
+    raise HarnessError(f"not every node applied the setup command (index {index}) in {timeout} s")
+
+
+def _commit_setup(cluster: FaultCluster, setup: bytes, deadline: float) -> int:
+    """The log index of the setup command, committed and applied through the leader."""
     last = "no answer"
     while time.monotonic() < deadline:
         leader = wait_for_leader(cluster, max(0.1, deadline - time.monotonic()))
         if leader is None:
             break
         try:
-            reply = cluster.request(leader, "POST", "/command", requests.setup, timeout=4.0)
+            reply = cluster.request(leader, "POST", "/command", setup, timeout=4.0)
         except OSError as e:
             last = f"{type(e).__name__}: {e}"
             continue
         if reply.status == 200:
             results = reply.json().get("results", [])
             failed = [r for r in results if "error" in r]
-            if not failed:
-                return
-            raise HarnessError(f"the workload's setup command failed: {failed}")
+            if failed:
+                raise HarnessError(f"the workload's setup command failed: {failed}")
+            return int(reply.headers["graft-index"])
         last = f"{reply.status} {reply.body[:200]!r}"
         time.sleep(0.2)
-    raise HarnessError(f"the workload's setup command did not commit in {timeout} s: {last}")
+    raise HarnessError(f"the workload's setup command did not commit in time: {last}")
 
 
 def malformed_answers(records: list[OpRecord]) -> list[Anomaly]:

@@ -14,6 +14,10 @@ get; these are the same operations expressed as requests in the SQLite FSM's JSO
   Both statements run in the command's one transaction, so the value read is the one the
   conditional write left, not a later one.
 - get K: the query ``SELECT v`` of K (no row: null), at the consistency the client picked.
+  A ``weak`` read may be answered from a state older than the table (a follower that has not
+  applied the setup command yet, a restarted node before it replays it): its "no such table:
+  registers" is that state's answer, every register absent, so null, which the weak-read
+  check accepts as it does kv's null. At ``strong`` and ``default`` it is an anomaly.
 
 No statement writes a NULL ``v`` and there is no delete, so "no row" and the model's null are
 the same thing. Values travel as bound parameters, never in SQL text.
@@ -77,6 +81,10 @@ SETUP = json.dumps(
 ).encode()
 
 
+# A query's answer from a state in which the table does not exist yet.
+_BEFORE_THE_TABLE = {"results": [{"error": "no such table: registers"}]}
+
+
 class MalformedAnswer(ValueError):
     """A 200 answer that is not the shape the request's statements must produce."""
 
@@ -106,9 +114,12 @@ class SqlRequests:
             raise ValueError(f"unknown operation kind {kind!r}; expected put, cas or get")
         return json.dumps({"statements": statements}).encode()
 
-    def output(self, kind: str, answer: Any) -> dict[str, Any]:
+    def output(self, kind: str, answer: Any, *, weak: bool = False) -> dict[str, Any]:
         """The register model's output (graft.testing.faults.checker.to_operations reads
-        ``prev``, ``ok`` and ``value``) for the FSM's ``answer`` to ``kind``'s request."""
+        ``prev``, ``ok`` and ``value``) for the FSM's ``answer`` to ``kind``'s request;
+        ``weak``: the answer is a weak read's (module docstring)."""
+        if weak and kind == "get" and answer == _BEFORE_THE_TABLE:
+            return {"value": None}
         results = _results(answer, 1 if kind == "get" else 2)
         if kind == "get":
             return {"value": _value(results[0])}

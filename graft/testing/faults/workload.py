@@ -53,8 +53,9 @@ class Requests(Protocol):
 
     def body(self, kind: str, key: str, *, value: str | None, expect: str | None) -> bytes: ...
 
-    def output(self, kind: str, answer: Any) -> dict[str, Any]:
-        """The model's output for the FSM's JSON answer; MalformedAnswer if it has no meaning."""
+    def output(self, kind: str, answer: Any, *, weak: bool = False) -> dict[str, Any]:
+        """The model's output for the FSM's JSON answer (``weak``: to a weak read);
+        MalformedAnswer if it has no meaning."""
         ...
 
 
@@ -74,8 +75,8 @@ class KvRequests:
             fields = {"op": "cas", "key": key, "expect": expect, "value": value}
         return json.dumps(fields).encode()
 
-    def output(self, kind: str, answer: Any) -> dict[str, Any]:
-        del kind
+    def output(self, kind: str, answer: Any, *, weak: bool = False) -> dict[str, Any]:
+        del kind, weak
         if not isinstance(answer, dict):
             raise MalformedAnswer(f"expected a JSON object, got {answer!r}")
         return answer
@@ -202,7 +203,7 @@ class Workload:
             if reply.status == 200:
                 try:
                     answer = reply.json()
-                    output = self.requests.output(kind, answer)
+                    output = self.requests.output(kind, answer, weak=consistency == "weak")
                 except (ValueError, MalformedAnswer) as e:
                     # Recorded as is; the run reports it (run.malformed_answers).
                     error = f"{MALFORMED}: {e}"
