@@ -305,27 +305,32 @@ class WorkloadRecordTests(unittest.SynchronousTestCase):
 
 
 LOG = """\
+2026-12-06T17:07:02+0000 [graft.node#info] node n1 starting in term 0: log 1..0, commit 0
 2026-12-06T17:07:03+0000 [graft.node#info] snapshot at index 100 (term 1) written in 0.02 s, whole
 2026-12-06T17:07:04+0000 [graft.node#info] snapshot at index 200 (term 1) written in 0.01 s, a delta
 2026-12-06T17:07:05+0000 [graft.node#info] snapshot at index 300 (term 1) written in 0.01 s, a delta
 2026-12-06T17:07:06+0000 [graft.service#info] restoring the FSM from the snapshot at index 300
+2026-12-06T17:07:06+0000 [graft.node#info] node n1 starting in term 1: log 301..310, commit 0
 2026-12-06T17:07:07+0000 [graft.snapshot#info] received snapshot 500 (581632 bytes) from n2
 2026-12-06T17:07:07+0000 [graft.node#info] installed snapshot 500 from the leader (FSM restored \
 in 0.03 s, off the reactor thread)
 2026-12-06T17:07:08+0000 [graft.node#info] delta snapshot dropped: not the latest; keeping 500
 2026-12-06T17:07:09+0000 [graft.node#critical] the core installed snapshot 600 but no file arrived
 2026-12-06T17:07:10+0000 [graft.node#info] snapshot at index 700 (term 2) written in 0.02 s, whole
+2026-12-06T17:07:11+0000 [graft.node#info] installed snapshot 900 from the leader (FSM restored \
+in 0.03 s, off the reactor thread)
 """
 
 
 class SnapshotCountTests(unittest.SynchronousTestCase):
     def test_counts_from_the_node_logs(self) -> None:
-        """Whole and delta snapshots, installs, restores and dropped deltas are counted per
-        node from its log (a missing log counts nothing) and summed."""
+        """Whole and delta snapshots, installs (those on a node that had written a snapshot
+        of its own since it started apart), restores and dropped deltas are counted per node
+        from its log (a missing log counts nothing) and summed."""
         base = Path(self.mktemp())
         base.mkdir()
         (base / "n1.log").write_text(LOG)
-        (base / "n2.log").write_text(LOG.splitlines()[0] + "\n")
+        (base / "n2.log").write_text(LOG.splitlines()[1] + "\n")
         counts = snapshot_counts({"n1": base / "n1.log", "n2": base / "n2.log", "n3": base / "x"})
         self.assertEqual(
             counts["per_node"]["n1"],
@@ -333,7 +338,8 @@ class SnapshotCountTests(unittest.SynchronousTestCase):
                 "taken": 4,
                 "whole": 2,
                 "delta": 2,
-                "installed": 1,
+                "installed": 2,
+                "installed_live": 1,
                 "restored_at_start": 1,
                 "delta_dropped": 1,
             },
@@ -343,7 +349,7 @@ class SnapshotCountTests(unittest.SynchronousTestCase):
 
     def test_a_run_without_a_delta_fails(self) -> None:
         """No delta snapshot in any log is the no_delta_snapshots anomaly; one is enough."""
-        only_whole = count_lines(LOG.splitlines()[0])
+        only_whole = count_lines(LOG.splitlines()[1])
         self.assertEqual(
             [a.kind for a in coverage_anomalies({**only_whole, "per_node": {}})],
             ["no_delta_snapshots"],

@@ -199,14 +199,22 @@ def _snapshot_note(s: dict[str, Any]) -> str:
     dropped = f", {s['delta_dropped']} deltas dropped" if s["delta_dropped"] else ""
     return (
         f"snapshots: {s['taken']} taken ({s['whole']} whole, {s['delta']} deltas{dropped}), "
-        f"{s['installed']} installed from the leader, {s['restored_at_start']} restored at a "
-        "restart"
+        f"{s['installed']} installed from the leader ({s.get('installed_live', 0)} on a node "
+        f"amid its own deltas), {s['restored_at_start']} restored at a restart"
     )
 
 
 def _snapshot_totals_line(verdicts: list[dict[str, Any]]) -> str:
     done = [v["snapshots"] for v in verdicts if "snapshots" in v]
-    keys = ("taken", "whole", "delta", "delta_dropped", "installed", "restored_at_start")
+    keys = (
+        "taken",
+        "whole",
+        "delta",
+        "delta_dropped",
+        "installed",
+        "installed_live",
+        "restored_at_start",
+    )
     return "sqlite " + _snapshot_note({k: sum(s.get(k, 0) for s in done) for k in keys})
 
 

@@ -62,17 +62,17 @@ FINAL_CLIENT = "final"
 WORKLOADS = ("kv", "lock")
 # The FSM the kv workload runs on: kv's own commands, or the same operations in SQL.
 FSMS = ("kv", "sqlite")
-# The SQLite run's snapshot settings: a snapshot every 100 applied entries whatever the log's
-# size (log_ratio 0), so each node takes one every few seconds of the run (each chain's first
-# whole, the rest deltas); 50 entries kept below a snapshot, and log segments of 16 KiB (about
-# 60 entries; compaction frees whole segments, and at the default 64 MiB it frees none in a
-# minute), so a node down or cut off for a few seconds is sent the leader's snapshot instead
-# of the log.
+# The SQLite run's snapshot settings: a snapshot every 50 applied entries whatever the log's
+# size (log_ratio 0), so each node takes one every second or so (each chain's first whole, the
+# rest deltas); no entries kept below a snapshot, and log segments of 4 KiB (about 15 entries;
+# compaction frees whole segments, and at the default 64 MiB it frees none in a minute), so
+# that a node killed, paused or cut off is sent the leader's snapshot instead of the log, also
+# while it is alive and may be in the middle of a delta of its own.
 SQLITE_SNAPSHOT: dict[str, Any] = {
-    "entries": 100,
+    "entries": 50,
     "log_ratio": 0,
-    "trailing": 50,
-    "segment_bytes": 16384,
+    "trailing": 0,
+    "segment_bytes": 4096,
 }
 SETUP_SECONDS = 20.0
 

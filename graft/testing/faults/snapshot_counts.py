@@ -8,7 +8,10 @@ loses what the last process counted):
   (graft.driver.snapshots): snapshots of the node's own FSM on disk, the first of each chain
   whole, the others the WAL pages changed since, folded into the store's full copy;
 - ``installed``: "installed snapshot I from the leader": a node that was behind the leader's
-  log received the leader's (folded) file and restored its FSM from it;
+  log received the leader's (folded) file and restored its FSM from it; ``installed_live``
+  counts those on a node that had written a snapshot of its own since it started ("node N
+  starting in term"): a node paused or cut off in the middle of its own chain of deltas, not
+  one just restarted;
 - ``restored_at_start``: "restoring the FSM from the snapshot at index I" (graft.service): a
   restarted node restored from its own snapshot file;
 - ``delta_dropped``: "delta snapshot dropped": a delta storage refused (the next is whole).
@@ -35,17 +38,25 @@ LOG_LINES = {
     "delta_dropped": "delta snapshot dropped",
 }
 _ENDINGS = {"whole": ", whole", "delta": ", a delta"}
-KEYS = ("taken", *LOG_LINES)
+_STARTING = "] node "  # and " starting in term " (graft.driver: a process starts)
+KEYS = ("taken", *LOG_LINES, "installed_live")
 
 
 def count_lines(text: str) -> dict[str, int]:
     """Each counter over one node's log text; ``taken`` is whole + delta."""
     counts = dict.fromkeys(KEYS, 0)
+    own_since_start = False  # a snapshot of its own written since the process started
     for line in text.splitlines():
         line = line.rstrip()
+        if _STARTING in line and " starting in term " in line:
+            own_since_start = False
         for key, needle in LOG_LINES.items():
             if needle in line and line.endswith(_ENDINGS.get(key, "")):
                 counts[key] += 1
+                if key in _ENDINGS:
+                    own_since_start = True
+                elif key == "installed" and own_since_start:
+                    counts["installed_live"] += 1
     counts["taken"] = counts["whole"] + counts["delta"]
     return counts
 
