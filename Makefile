@@ -8,6 +8,7 @@ RUNS ?= 1
 DURATION ?= 60
 SEED ?=
 WORKLOAD ?= kv
+FSM ?= kv
 CONFIG ?= conf/cluster.yaml
 TRIAL_JOBS ?= 2
 FUZZ_REQUESTS ?= 100000
@@ -58,8 +59,9 @@ bench: $(STAMP)
 
 # Real processes in a network namespace with partitions, kills, pauses and netem; needs root.
 # WORKLOAD=lock runs examples/lock.py in three processes and checks its fencing tokens.
+# FSM=sqlite runs the kv workload in SQL on the SQLite FSM, with frequent delta snapshots.
 faults: $(STAMP)
-	$(BIN)/python -m graft.testing.faults --runs $(RUNS) --duration $(DURATION) --workload $(WORKLOAD) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m graft.testing.faults --runs $(RUNS) --duration $(DURATION) --workload $(WORKLOAD) $(if $(filter-out kv,$(FSM)),--fsm $(FSM)) $(if $(SEED),--seed $(SEED))
 
 # Random HTTP requests against a live 3-node kv and SQLite cluster on 127.0.0.1 (not in CI:
 # `make test` runs a few hundred of them); prints status counts, node deaths, replica equality.

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent, globalLogPublisher
 
 from graft.errors import SnapshotBusy
 from graft.fsm.sqlite import SQLiteStateMachine
@@ -191,3 +192,27 @@ class SQLiteWalTriggerTests(SQLiteDriverCase):
         self.assertGreaterEqual(metrics.snapshots_delta._value.get(), 2)
         self.assertLess(peak, 2 * 256 * 1024 + 512 * 1024)
         self.assertGreater(self.logs[self.leader_id].snapshot_meta().index, 0)
+
+
+class SQLiteSnapshotLogTests(SQLiteDriverCase):
+    def test_log_line_says_whole_or_delta(self) -> None:
+        """Each snapshot's log line ends with how it was written: each node's first
+        "whole", the next ones "a delta" (the fault suite counts them from the node logs)."""
+        logged: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "graft.node" and "kind" in event:
+                logged.append(formatEvent(event))
+
+        observer: Any = observe
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.write(200)
+        metrics = self.metrics[self.leader_id]
+        self.wait_until(lambda: metrics.snapshots_delta._value.get() >= 2, "two deltas")
+        lines = [line for line in logged if "written in" in line]
+        kinds = [line.rsplit(", ", 1)[-1] for line in lines]
+        self.assertEqual(kinds[0], "whole", lines)
+        self.assertEqual(set(kinds), {"whole", "a delta"}, lines)
+        self.assertLessEqual(kinds.count("whole"), len(NODES), lines)
+        self.assertGreaterEqual(kinds.count("a delta"), 2, lines)

@@ -64,6 +64,7 @@ def run_one(
     clients: int,
     out: Path,
     workload: str = "kv",
+    fsm: str = "kv",
 ) -> dict[str, Any]:
     """One run in its own namespace; its verdict (or a harness-error verdict)."""
     run_dir = out / f"run-{index:02d}-seed-{seed}"
@@ -80,6 +81,7 @@ def run_one(
             cmd = [*ns.exec_prefix(), sys.executable, "-m", "graft.testing.faults.run"]
             cmd += ["--seed", str(seed), "--duration", str(duration), "--out", str(run_dir)]
             cmd += ["--nodes", str(nodes), "--clients", str(clients), "--workload", workload]
+            cmd += ["--fsm", fsm]
             with (run_dir / "driver.log").open("a") as log:
                 code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         except HarnessError as e:
@@ -116,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         help="kv: HTTP clients on the kv FSM, checked for linearizability; lock: three "
         "processes running examples/lock.py, checked for fencing (--nodes/--clients unused)",
     )
+    parser.add_argument(
+        "--fsm",
+        choices=("kv", "sqlite"),
+        default="kv",
+        help="the kv workload's FSM: kv (its JSON commands) or sqlite (the same operations in "
+        "SQL, with frequent whole and delta snapshots; docs/faults.md)",
+    )
     args = parser.parse_args(argv)
+    if args.workload == "lock" and args.fsm != "kv":
+        parser.error("--fsm applies to the kv workload; the lock workload has its own FSM")
     if os.environ.get(SKIP_ENV):
         print(f"fault suite skipped ({SKIP_ENV} is set)")
         return 0
@@ -136,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.runs):
             started = time.monotonic()
-            v = run_one(i, seed + i, args.duration, args.nodes, args.clients, out, args.workload)
+            v = run_one(
+                i, seed + i, args.duration, args.nodes, args.clients, out, args.workload, args.fsm
+            )
             verdicts.append(v)
             print(_summary_line(i, v, time.monotonic() - started), flush=True)
     except KeyboardInterrupt:
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "campaign.json").write_text(json.dumps({"totals": totals, "runs": verdicts}, indent=2))
     if args.workload == "lock":
         print(_lock_totals_line(verdicts, out))
+    if args.fsm == "sqlite":
+        print(_snapshot_totals_line(verdicts))
     print(
         f"{totals['runs']} runs, {totals['operations']} operations, {totals['faults']} faults, "
         f"{totals['unknown']} unknown outcomes, {totals['anomalies']} anomalies, "
@@ -172,9 +187,35 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
         f"{v['dir']}/timeline.html"
     )
     line += _replica_check_note(v.get("replica_check"))
+    if "snapshots" in v:
+        line += "; " + _snapshot_note(v["snapshots"])
     for a in v.get("anomalies", [])[:5]:
         line += f"\n  {a['kind']}: {a['message']}"
     return line
+
+
+def _snapshot_note(s: dict[str, Any]) -> str:
+    """The SQLite run's snapshot counts (graft.testing.faults.snapshot_counts)."""
+    dropped = f", {s['delta_dropped']} deltas dropped" if s["delta_dropped"] else ""
+    return (
+        f"snapshots: {s['taken']} taken ({s['whole']} whole, {s['delta']} deltas{dropped}), "
+        f"{s['installed']} installed from the leader ({s.get('installed_live', 0)} on a node "
+        f"amid its own deltas), {s['restored_at_start']} restored at a restart"
+    )
+
+
+def _snapshot_totals_line(verdicts: list[dict[str, Any]]) -> str:
+    done = [v["snapshots"] for v in verdicts if "snapshots" in v]
+    keys = (
+        "taken",
+        "whole",
+        "delta",
+        "delta_dropped",
+        "installed",
+        "installed_live",
+        "restored_at_start",
+    )
+    return "sqlite " + _snapshot_note({k: sum(s.get(k, 0) for s in done) for k in keys})
 
 
 def _lock_summary_line(index: int, v: dict[str, Any], seconds: float) -> str:

@@ -57,7 +57,10 @@ class FaultCluster:
         election_ms: int = DEFAULT_ELECTION_MS,
         heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         snapshot_entries: int = 2000,
+        fsm: str = "graft.fsm.kv:KeyValueStateMachine",
+        snapshot: dict[str, Any] | None = None,
     ) -> None:
+        """``snapshot``: the config's whole ``snapshot`` section, instead of only ``entries``."""
         self.base = base.resolve()
         self.base.mkdir(parents=True, exist_ok=True)
         self.node_ids = [f"n{i}" for i in range(1, size + 1)]
@@ -70,9 +73,9 @@ class FaultCluster:
                 for node, addr in self.addresses.items()
             },
             "data_dir": "data/{id}",
-            "fsm": {"factory": "graft.fsm.kv:KeyValueStateMachine"},
+            "fsm": {"factory": fsm},
             "api": {"command_timeout_ms": 2000, "query_timeout_ms": 2000},
-            "snapshot": {"entries": snapshot_entries},
+            "snapshot": snapshot if snapshot is not None else {"entries": snapshot_entries},
         }
         self.config_path = self.base / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -36,6 +36,9 @@ class OpRecord:
     error: str | None = None  # the error code from the body, or the exception
     output: dict[str, Any] | None = None  # the FSM's answer on 200
     index: int | None = None  # Graft-Index: the command's index, or the applied index of a read
+    # The FSM's own answer on 200 when ``output`` is its translation into the register model's
+    # terms (SQL: graft.testing.faults.sql_registers); None for kv, whose answer is ``output``.
+    answer: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,7 @@
 """One fault run, executed inside its network namespace (started by graft.testing.faults.__main__).
 
     python -m graft.testing.faults.run --seed S --duration D --out DIR [--nodes N] [--clients C]
-        [--workload kv|lock]
+        [--workload kv|lock] [--fsm kv|sqlite]
 
 Order: start the nodes and wait for a leader; start the status poller and the clients; inject
 faults for `duration` seconds; heal everything; let the clients run on a healthy cluster for a
@@ -9,6 +9,13 @@ quiet period; stop them; then the final checks (every key read at `strong` throu
 and at `weak` with min_index on every node; then the replica consistency check, GET
 /cluster/check: digests that differ fail the run); write the run directory; exit 0 when the verdict
 is clean, 1 on an anomaly, 2 when the harness itself failed.
+
+``--fsm sqlite`` runs the same workload on the SQLite FSM, in SQL (graft.testing.faults.
+sql_registers; its table is created through /command before the clients start), with
+snapshots every SQLITE_SNAPSHOT["entries"] entries so that whole snapshots, delta snapshots and
+installs on lagging nodes all happen within the run; the verdict's ``snapshots`` counts them
+from the node logs (graft.testing.faults.snapshot_counts) and a run without a delta snapshot
+fails.
 """
 
 from __future__ import annotations
@@ -36,7 +43,16 @@ from graft.testing.faults.history import OpRecord, StatusSample, write_jsonl
 from graft.testing.faults.nemesis import Nemesis, StatusPoller
 from graft.testing.faults.netns import HarnessError, NetworkFaults
 from graft.testing.faults.report import write_timeline
-from graft.testing.faults.workload import Workload, WorkloadConfig, monotonic_clock
+from graft.testing.faults.snapshot_counts import coverage_anomalies, snapshot_counts
+from graft.testing.faults.sql_registers import SQLITE_FSM, SqlRequests
+from graft.testing.faults.workload import (
+    MALFORMED,
+    KvRequests,
+    Requests,
+    Workload,
+    WorkloadConfig,
+    monotonic_clock,
+)
 
 QUIET_SECONDS = 5.0
 REPLICA_CHECK_SECONDS = 60.0
@@ -44,6 +60,21 @@ FINAL_CLIENT = "final"
 # kv: clients put/cas/get on the kv FSM over HTTP (this module); lock: examples/lock.py's Lock
 # embedded in three processes, with a guarded resource (lock_run).
 WORKLOADS = ("kv", "lock")
+# The FSM the kv workload runs on: kv's own commands, or the same operations in SQL.
+FSMS = ("kv", "sqlite")
+# The SQLite run's snapshot settings: a snapshot every 50 applied entries whatever the log's
+# size (log_ratio 0), so each node takes one every second or so (each chain's first whole, the
+# rest deltas); no entries kept below a snapshot, and log segments of 4 KiB (about 15 entries;
+# compaction frees whole segments, and at the default 64 MiB it frees none in a minute), so
+# that a node killed, paused or cut off is sent the leader's snapshot instead of the log, also
+# while it is alive and may be in the middle of a delta of its own.
+SQLITE_SNAPSHOT: dict[str, Any] = {
+    "entries": 50,
+    "log_ratio": 0,
+    "trailing": 0,
+    "segment_bytes": 4096,
+}
+SETUP_SECONDS = 20.0
 
 
 def wait_for_leader(cluster: FaultCluster, timeout: float) -> str | None:
@@ -151,6 +182,65 @@ def replica_check(
         time.sleep(pause)
 
 
+def send_setup(cluster: FaultCluster, requests: Requests, timeout: float = SETUP_SECONDS) -> None:
+    """Send the workload's setup command (the SQL table) through the leader, before the history
+    starts, and wait until every node has applied it; HarnessError if it is not applied without
+    error within ``timeout``. The command is idempotent, so retrying after an unknown outcome is
+    safe."""
+    if requests.setup is None:
+        return
+    deadline = time.monotonic() + timeout
+    index = _commit_setup(cluster, requests.setup, deadline)
+    while time.monotonic() < deadline:
+        applied = [(cluster.status(n) or {}).get("applied") or 0 for n in cluster.node_ids]
+        if min(applied) >= index:
+            return
+        time.sleep(0.1)
+    raise HarnessError(f"not every node applied the setup command (index {index}) in {timeout} s")
+
+
+def _commit_setup(cluster: FaultCluster, setup: bytes, deadline: float) -> int:
+    """The log index of the setup command, committed and applied through the leader."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        leader = wait_for_leader(cluster, max(0.1, deadline - time.monotonic()))
+        if leader is None:
+            break
+        try:
+            reply = cluster.request(leader, "POST", "/command", setup, timeout=4.0)
+        except OSError as e:
+            last = f"{type(e).__name__}: {e}"
+            continue
+        if reply.status == 200:
+            results = reply.json().get("results", [])
+            failed = [r for r in results if "error" in r]
+            if failed:
+                raise HarnessError(f"the workload's setup command failed: {failed}")
+            return int(reply.headers["graft-index"])
+        last = f"{reply.status} {reply.body[:200]!r}"
+        time.sleep(0.2)
+    raise HarnessError(f"the workload's setup command did not commit in time: {last}")
+
+
+def malformed_answers(records: list[OpRecord]) -> list[Anomaly]:
+    """An answer the workload could not read as the model's output (graft.testing.faults.
+    sql_registers: a statement's error, a row count no single-key write can have, ...)."""
+    bad = [r for r in records if (r.error or "").startswith(MALFORMED)]
+    if not bad:
+        return []
+    first = bad[0]
+    return [
+        Anomaly(
+            kind="malformed_answer",
+            message=f"{len(bad)} answers with status 200 have no meaning for the register "
+            f"model; the first: #{first.id} {first.kind} {first.key} on {first.node}: "
+            f"{first.error} (the FSM answered {first.answer!r})",
+            key=first.key,
+            ops=tuple(r.id for r in bad[:10]),
+        )
+    ]
+
+
 def longest_leaderless(samples: list[StatusSample]) -> float:
     """The longest stretch (seconds) in which no node's /status said it was the leader."""
     longest = 0.0
@@ -163,13 +253,21 @@ def longest_leaderless(samples: list[StatusSample]) -> float:
     return longest
 
 
-def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10) -> dict[str, Any]:
+def run_once(
+    out: Path, seed: int, duration: float, size: int, clients: int = 10, fsm: str = "kv"
+) -> dict[str, Any]:
     clock = monotonic_clock()
     rng = random.Random(seed)
-    cluster = FaultCluster(out, size)
+    requests: Requests
+    if fsm == "sqlite":
+        cluster = FaultCluster(out, size, fsm=SQLITE_FSM, snapshot=SQLITE_SNAPSHOT)
+        requests = SqlRequests()
+    else:
+        cluster = FaultCluster(out, size)
+        requests = KvRequests()
     network = NetworkFaults(cluster.addresses)
     poller = StatusPoller(cluster, clock)
-    workload = Workload(cluster, WorkloadConfig(clients=clients), seed, clock)
+    workload = Workload(cluster, WorkloadConfig(clients=clients), seed, clock, requests)
     nemesis = Nemesis(cluster, network, poller, rng, clock)
     anomalies: list[Anomaly] = []
     check: dict[str, Any] | None = None
@@ -179,6 +277,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         cluster.start_all()
         if wait_for_leader(cluster, 30) is None:
             raise HarnessError(f"the fresh cluster elected no leader within 30 s; see {out}/logs/")
+        send_setup(cluster, requests)
         poller.start()
         workload.start()
         nemesis.run(duration)
@@ -207,6 +306,11 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
     lin, undecided = check_linearizability(history)
     anomalies += lin
     anomalies += check_weak_reads(history, nemesis.events)
+    anomalies += malformed_answers(history)
+    snapshots = None
+    if fsm == "sqlite":
+        snapshots = snapshot_counts({n: cluster.log_path(n) for n in cluster.node_ids})
+        anomalies += coverage_anomalies(snapshots)
     counts = {
         "operations": sum(1 for r in history if r.client != FINAL_CLIENT),
         "ok": sum(1 for r in history if r.status == 200),
@@ -222,6 +326,7 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         faults[e.kind] = faults.get(e.kind, 0) + 1
     verdict = {
         "seed": seed,
+        "fsm": fsm,
         "duration": duration,
         "nodes": size,
         "clients": clients,
@@ -235,6 +340,8 @@ def run_once(out: Path, seed: int, duration: float, size: int, clients: int = 10
         "replica_check": check,
         "fsync_stalls": elections_during_stalls(nemesis.events, poller.samples),
     }
+    if snapshots is not None:
+        verdict["snapshots"] = snapshots
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
     write_timeline(out / "timeline.html", history, nemesis.events, poller.samples, verdict)
     return verdict
@@ -248,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--workload", choices=WORKLOADS, default="kv")
+    parser.add_argument("--fsm", choices=FSMS, default="kv")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -256,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
 
             verdict = run_lock_once(args.out, args.seed, args.duration)
         else:
-            verdict = run_once(args.out, args.seed, args.duration, args.nodes, args.clients)
+            verdict = run_once(
+                args.out, args.seed, args.duration, args.nodes, args.clients, args.fsm
+            )
     except HarnessError as e:
         print(f"harness error: {e}", file=sys.stderr)
         return 2

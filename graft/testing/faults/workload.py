@@ -5,6 +5,10 @@ ones, an operation, and a node (any node: followers forward to the leader), send
 on a fresh connection and records what it saw. A key is retired after a fixed number of
 operations and a fresh one takes its place, which keeps every key's history small enough for
 the linearizability search. Values are unique ("c3-17"), so a read names the write it saw.
+
+The requests are the kv FSM's own JSON (``KvRequests``), or the same operations in SQL for the
+SQLite FSM (graft.testing.faults.sql_registers); a record's ``output`` is always the register
+model's (``prev``, ``ok``, ``value``), and for SQL its ``answer`` is what the FSM said.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from graft.testing.faults.cluster import FaultCluster
 from graft.testing.faults.history import OpRecord
+from graft.testing.faults.sql_registers import MalformedAnswer
 
+MALFORMED = "malformed_answer"  # a record's error when a 200 answer had no meaning for the model
 # Cumulative weights of the operation mix.
 MIX: Sequence[tuple[str, str | None, float]] = (
     ("get", "strong", 0.25),
@@ -36,6 +43,43 @@ class WorkloadConfig:
     active_keys: int = 3
     ops_per_key: int = 200
     request_timeout: float = 4.0  # above the nodes' 2 s command/query timeout
+
+
+class Requests(Protocol):
+    """How the operations are put to one FSM, and its answers read back in the model's terms."""
+
+    fsm: str
+    setup: bytes | None  # a command sent once before the history starts, or None
+
+    def body(self, kind: str, key: str, *, value: str | None, expect: str | None) -> bytes: ...
+
+    def output(self, kind: str, answer: Any, *, weak: bool = False) -> dict[str, Any]:
+        """The model's output for the FSM's JSON answer (``weak``: to a weak read);
+        MalformedAnswer if it has no meaning."""
+        ...
+
+
+class KvRequests:
+    """The kv FSM (graft.fsm.kv): its commands and answers already are the model's."""
+
+    fsm = "kv"
+    setup: bytes | None = None
+
+    def body(self, kind: str, key: str, *, value: str | None, expect: str | None) -> bytes:
+        fields: dict[str, str | None]
+        if kind == "get":
+            fields = {"op": "get", "key": key}
+        elif kind == "put":
+            fields = {"op": "put", "key": key, "value": value}
+        else:
+            fields = {"op": "cas", "key": key, "expect": expect, "value": value}
+        return json.dumps(fields).encode()
+
+    def output(self, kind: str, answer: Any, *, weak: bool = False) -> dict[str, Any]:
+        del kind, weak
+        if not isinstance(answer, dict):
+            raise MalformedAnswer(f"expected a JSON object, got {answer!r}")
+        return answer
 
 
 class KeyRoller:
@@ -81,8 +125,10 @@ class Workload:
         config: WorkloadConfig,
         seed: int,
         clock: Callable[[], float],
+        requests: Requests | None = None,
     ) -> None:
         self.cluster = cluster
+        self.requests: Requests = requests or KvRequests()
         self.config = config
         self.seed = seed
         self.clock = clock
@@ -136,30 +182,33 @@ class Workload:
     ) -> OpRecord:
         """Send one operation, record it and return the record."""
         op_id = next(self._ids)
-        body: dict[str, str | None]
+        body = self.requests.body(kind, key, value=value, expect=expect)
         if kind == "get":
-            body = {"op": "get", "key": key}
             path = f"/query?consistency={consistency}"
             if min_index is not None:
                 path += f"&min_index={min_index}"
-        elif kind == "put":
-            body = {"op": "put", "key": key, "value": value}
-            path = "/command"
         else:
-            body = {"op": "cas", "key": key, "expect": expect, "value": value}
             path = "/command"
         invoke = self.clock()
         status: int | None = None
         error: str | None = None
         output = None
+        answer = None
         index: int | None = None
         try:
             reply = self.cluster.request(
-                node, "POST", path, json.dumps(body).encode(), timeout=self.config.request_timeout
+                node, "POST", path, body, timeout=self.config.request_timeout
             )
             status = reply.status
             if reply.status == 200:
-                output = reply.json()
+                try:
+                    answer = reply.json()
+                    output = self.requests.output(kind, answer, weak=consistency == "weak")
+                except (ValueError, MalformedAnswer) as e:
+                    # Recorded as is; the run reports it (run.malformed_answers).
+                    error = f"{MALFORMED}: {e}"
+                if self.requests.fsm == "kv":
+                    answer = None  # the same as output
             else:
                 try:
                     error = str(reply.json()["error"]["code"])
@@ -185,6 +234,7 @@ class Workload:
             error=error,
             output=output,
             index=index,
+            answer=answer,
         )
         if output is not None:
             seen = output.get("value") if kind in ("get", "cas") else value
