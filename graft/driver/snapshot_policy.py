@@ -18,7 +18,7 @@ the data dir stays under its space quota: past that cap the cost per write grows
 state again, which is the price of a bounded disk.
 
 An FSM with a write-ahead log that only a snapshot empties (SQLite in delta mode) has a
-trigger of its own: a snapshot once that WAL grew by ``wal_bytes`` (64 MiB), whatever the
+trigger of its own: a snapshot once that WAL grew by ``wal_bytes`` (32 MiB), whatever the
 entry and log rules say. The bound is fixed rather than a multiple of the state: a delta
 costs at most the WAL written since the previous one, so the work per byte written is flat
 either way, and a fixed bound keeps the WAL's pages in the page cache, written to disk by
@@ -37,7 +37,7 @@ from graft.storage.records import RECORD_HEADER_SIZE
 
 __all__ = ["WAL_BOUND_BYTES", "SnapshotPolicy", "log_bytes", "snapshot_due"]
 
-WAL_BOUND_BYTES = 64 * 1024 * 1024
+WAL_BOUND_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -80,12 +80,12 @@ class WalTriggerTests(SynchronousTestCase):
         )
 
     def test_bound_is_fixed_whatever_the_state(self) -> None:
-        """The WAL may grow by 64 MiB, not a byte more, whether the last snapshot was 1 MB or
+        """The WAL may grow by 32 MiB, not a byte more, whether the last snapshot was 1 MB or
         1 GB: the WAL's pages on disk do not grow with the database."""
         for last in (10**6, 10**9, 10**11):
             self.assertFalse(self.wal_due(RATIO, 5000, WAL_BOUND_BYTES - 1, last))
             self.assertTrue(self.wal_due(RATIO, 5000, WAL_BOUND_BYTES, last))
-        self.assertEqual(WAL_BOUND_BYTES, 64 * 2**20)
+        self.assertEqual(WAL_BOUND_BYTES, 32 * 2**20)
 
     def test_not_held_back_by_the_entry_floor(self) -> None:
         """A few commands that rewrite large tables fill the WAL: due after fewer than

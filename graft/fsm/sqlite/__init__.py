@@ -97,10 +97,10 @@ Snapshots
     checkpoint of those frames; on the calling thread again (``finish``) the frames committed
     meanwhile set aside for the next delta and the WAL reset to start over. The first commit
     after the reset cuts the WAL file to the frames it wrote (``journal_size_limit`` 0 in
-    delta mode), on the calling thread, about 5 ms per 64 MB cut on an idle machine: the
+    delta mode), on the calling thread, about 2.5 ms per 32 MB cut on an idle machine: the
     earlier frames' pages, which the kernel would otherwise write to disk within 30 s, leave
     the page cache unwritten, and the bytes of WAL that reach the disk stay within the
-    snapshot rule's WAL bound (64 MiB) per node as the database grows. Not to zero bytes: on
+    snapshot rule's WAL bound (32 MiB) per node as the database grows. Not to zero bytes: on
     ext4 a file truncated to zero has its new data flushed whenever a descriptor of it is
     closed, as every snapshot's reader connection does. The store folds the pages
     into its full copy. A delta is taken only when ``base`` is the token of this FSM's
