@@ -288,8 +288,8 @@ class Snapshots:
             stamp_floor_ns=self._applier.stamp_floor_ns,
         )
         timer = time.perf_counter()
-        write, save, capture = self._begin_write()
-        kind = "a delta" if _is_delta(save) else "whole"
+        write, save, capture, delta = self._begin_write()
+        kind = "a delta" if delta else "whole"
         self._metrics.snapshot_last_pause.set(time.perf_counter() - timer)
         applied_bytes = self._applied_bytes
         started = self._clock.seconds()
@@ -362,9 +362,10 @@ class Snapshots:
 
     def _begin_write(
         self,
-    ) -> tuple[Callable[[BinaryIO], None], Callable[..., None], _Capture | None]:
-        """Pin the FSM's state: its writer, the storage call that saves what it writes, and
-        for a delta with a capture in steps (SQLite's), its ``prepare`` and ``finish``.
+    ) -> tuple[Callable[[BinaryIO], None], Callable[..., None], _Capture | None, bool]:
+        """Pin the FSM's state: its writer, the storage call that saves what it writes, for
+        a delta with a capture in steps (SQLite's) its ``prepare`` and ``finish``, and whether
+        it is a delta.
 
         An FSM with ``begin_incremental_snapshot`` (SQLite) over a storage with
         ``save_snapshot_delta`` writes a delta over the latest snapshot when that snapshot is
@@ -373,7 +374,7 @@ class Snapshots:
         incremental = getattr(self._fsm, "begin_incremental_snapshot", None)
         save_delta = getattr(self._storage, "save_snapshot_delta", None)
         if incremental is None or save_delta is None:
-            return begin_snapshot(self._fsm), self._storage.save_snapshot, None
+            return begin_snapshot(self._fsm), self._storage.save_snapshot, None, False
         info = self._storage.snapshot_info()
         base = getattr(info, "chain", None)
         plan: IncrementalSnapshot = incremental(base)
@@ -384,10 +385,10 @@ class Snapshots:
             if plan.prepare is not None and plan.finish is not None:
                 capture = (plan.prepare, plan.finish)
             save = functools.partial(save_delta, base_chain=base, chain=plan.token)
-            return writer, save, capture
+            return writer, save, capture, True
         # A storage with save_snapshot_delta (DurableLog) takes the chain token here too.
         save_full = cast(Any, self._storage).save_snapshot
-        return writer, functools.partial(save_full, chain=plan.token), None
+        return writer, functools.partial(save_full, chain=plan.token), None, False
 
     def _save(
         self,
@@ -437,13 +438,6 @@ class Snapshots:
 
 
 _Capture = tuple[Callable[[], None], Callable[[], None]]  # a delta's prepare and finish
-
-
-def _is_delta(save: Callable[..., None]) -> bool:
-    """Whether ``_begin_write`` chose a delta: its save is the storage's delta save, bound to
-    the chain the delta follows. (The snapshot log line says which; the fault suite counts
-    them, graft.testing.faults.snapshot_counts.)"""
-    return isinstance(save, functools.partial) and "base_chain" in save.keywords
 
 
 class _ClosableWriter:
