@@ -145,7 +145,7 @@ class RequestTimeout(GraftError):
     status = 408
 
 
-def _raw_answer(status_line: bytes, error: GraftError, extra: bytes = b"") -> bytes:
+def raw_answer(status_line: bytes, error: GraftError, extra: bytes = b"") -> bytes:
     """A whole HTTP answer that closes the connection, for when no Request can write one."""
     body = json_bytes(error_document(error))
     return (
@@ -168,7 +168,7 @@ class _Refusal(Protocol):
             "(api.limits.max_connections): retry shortly, or reuse a connection"
         )
         transport: Any = self.transport
-        transport.write(_raw_answer(b"503 Service Unavailable", error, b"Retry-After: 1\r\n"))
+        transport.write(raw_answer(b"503 Service Unavailable", error, b"Retry-After: 1\r\n"))
         transport.loseConnection()
 
 
@@ -183,10 +183,12 @@ class ApiChannel(HTTPChannel):
     _deadline: Any = None  # the pending call that ends a request too slow to arrive
     _receiving = False  # a request's first bytes came and its last ones have not
     _counted = False
+    # False when a FastChannel hands its connection over: it counted the connection already.
+    counts_itself = True
 
     def connectionMade(self) -> None:
         site = getattr(self, "site", None)
-        if isinstance(site, ApiSite):
+        if isinstance(site, ApiSite) and self.counts_itself:
             site.open_connections += 1
             self._counted = True
         super().connectionMade()
@@ -243,7 +245,7 @@ class ApiChannel(HTTPChannel):
         )
         self.persistent = False
         transport: Any = self.transport
-        transport.write(_raw_answer(b"408 Request Timeout", error))
+        transport.write(raw_answer(b"408 Request Timeout", error))
         self.timeoutConnection()  # closes, and aborts if the client does not let go
 
     def getHost(self) -> Any:
@@ -282,10 +284,19 @@ class ApiSite(Site):
         self.open_connections = 0
 
     def buildProtocol(self, addr: Any) -> Any:
+        refused = self.refusal()
+        return refused if refused is not None else self.channel_for(addr)
+
+    def refusal(self) -> Protocol | None:
+        """The protocol that refuses one connection more than max_connections, else None."""
         if self.max_connections is not None and self.open_connections >= self.max_connections:
             refusal = _Refusal(self.max_connections)
             refusal.factory = self
             return refusal
+        return None
+
+    def channel_for(self, addr: Any) -> Any:
+        """A twisted.web channel (ApiChannel) serving this Site's resource."""
         return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:

@@ -44,6 +44,11 @@ class ApiRoot(Resource):
         self._routes = dict(routes)
         self._fallback = fallback
 
+    @property
+    def routes(self) -> Mapping[tuple[bytes, bytes], DirectHandler]:
+        """The direct routes, by (method, path): graft.api.fast_channel serves them too."""
+        return self._routes
+
     def render(self, request: Request) -> Any:
         if devtrace.ON:
             devtrace.mark("api.render")

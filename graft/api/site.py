@@ -12,7 +12,7 @@ from graft.api.admin import AdminBackend
 from graft.api.app import GraftApi
 from graft.api.auth import TokenAuthority
 from graft.api.deadline import TimeSource
-from graft.api.limits import ApiSite
+from graft.api.fast_channel import FastApiSite
 from graft.api.settings import ApiSettings
 
 # POST /reload's action (graft.reload.NodeReloader.reload): what it reloaded, as JSON.
@@ -54,7 +54,7 @@ def make_api_site(
     endpoint). It refuses bodies over ``api.max_body_bytes`` while they arrive, connections over
     ``api.limits.max_connections`` and requests slower than ``api.limits.request_deadline_ms``.
     ``auth``: the token authority a reload swaps tokens in; ``reload``: POST /reload's action."""
-    site = ApiSite(
+    site = FastApiSite(
         make_api_resource(backend, api, reactor=reactor, auth=auth, reload=reload),
         max_body_bytes=api.max_body_bytes,
         reactor=reactor,
