@@ -6,17 +6,17 @@ on the machine does not move.
     .venv/bin/python -m benchmarks.write_instructions --callgrind --direct   # without HTTP
     .venv/bin/python -m benchmarks.write_instructions --callgrind --batch 100 --connections 16
 
-
 Three nodes in one process (the real driver, Raft core and kv FSM; in-memory storage and
 network, tests.support.driver) on the reactor's own timed-call heap over a fake clock, and the
 node's API Site (graft.api.make_api_site) on the leader, fed through in-memory transports:
 each round, every one of ``--connections`` connections sends one ``POST /command`` (a unique
 key, a 100-byte value) and the clock is advanced until all are answered. ``--batch N`` sends
-one ``POST /commands`` of N such commands per connection and round instead, and the figures
-are per command. ``--direct`` proposes the same commands with ``GraftNode.submit`` (one call
-per request), so the difference is the HTTP layer's cost. The node's GC policy
-(graft.gc_policy) is applied, as ``twist graft`` applies it. ``--profile`` runs the measured
-rounds under cProfile and prints the functions that took most of their time.
+one ``POST /commands`` of N such commands per connection and round instead, in compact JSON as
+the benchmark suite's batches are, and the figures are per command (the rounds' requests are
+then built before the count starts). ``--direct`` proposes the same commands with
+``GraftNode.submit`` (one call per request), so the difference is the HTTP layer's cost. The
+node's GC policy (graft.gc_policy) is applied, as ``twist graft`` applies it. ``--profile K``
+runs the measured rounds under cProfile and prints the K functions that took most time.
 
 CPU seconds per write on a machine shared with other work vary by 10-20 % from run to run;
 ``--callgrind`` runs the measured rounds under valgrind's callgrind (``apt-get install
@@ -47,6 +47,7 @@ from twisted.internet.base import ReactorBase
 from twisted.internet.testing import StringTransport
 
 VALUE = "v" * 100
+COMPACT = (",", ":")
 WARM_UP_ROUNDS = 30
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -109,16 +110,20 @@ class WriteLoad:
             if node.running:
                 node.stopService()
 
-    def _command(self) -> bytes:
+    def _command(self, compact: bool = False) -> bytes:
+        """A put of a new key; ``compact``: without spaces, as the benchmark suite's batches
+        send it (benchmarks.suite.system.compact)."""
         self.sent += 1
-        return json.dumps({"op": "put", "key": f"k{self.sent:012d}", "value": VALUE}).encode()
+        command = {"op": "put", "key": f"k{self.sent:012d}", "value": VALUE}
+        return json.dumps(command, separators=COMPACT if compact else None).encode()
 
     def _request(self, batch: int) -> bytes:
         """One request: ``POST /command`` of one command, or (``batch`` > 0) ``POST
         /commands`` of a JSON array of ``batch`` commands."""
         if batch:
             path = b"/commands"
-            body = json.dumps([self._command().decode() for _ in range(batch)]).encode()
+            commands = [self._command(compact=True).decode() for _ in range(batch)]
+            body = json.dumps(commands, separators=COMPACT).encode()
         else:
             path, body = b"/command", self._command()
         return b"POST %b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%b" % (
@@ -145,7 +150,7 @@ class WriteLoad:
                 self._prepared.append([self._request(batch) for _ in self.channels])
 
     def _commands(self, batch: int) -> list[bytes]:
-        return [self._command() for _ in range(batch or 1)]
+        return [self._command(compact=bool(batch)) for _ in range(batch or 1)]
 
     def http_round(self, batch: int = 0) -> None:
         """One request on every connection (one command, or a batch of ``batch``), then the
