@@ -24,6 +24,7 @@ from graft.stamp import (
     StampFormatError,
     decode_any,
     decode_stamped,
+    encode_batch,
     encode_stamped,
     split_stamped,
 )
@@ -218,7 +219,7 @@ class StamperTests(DriverCluster):
 
 
 class StampCodecTests(SynchronousTestCase):
-    """graft.stamp's readers agree with encode_stamped."""
+    """graft.stamp's readers and the leader's batch encoder agree with encode_stamped."""
 
     def test_split_stamped_reads_both_formats(self) -> None:
         plain = encode_stamped(Stamp(11, 22), b"cmd")
@@ -239,6 +240,14 @@ class StampCodecTests(SynchronousTestCase):
                     read(data)
         with self.assertRaisesRegex(StampFormatError, "version 2"):
             decode_stamped(encode_stamped(Stamp(1, 2), b"op", SESSION_VERSION))
+
+    def test_encode_batch_is_encode_stamped_per_command(self) -> None:
+        seeds = iter([5, 6, 7])
+        batch = encode_batch(99, lambda: next(seeds), [b"a", b"", b"ccc"])
+        expected = [encode_stamped(Stamp(99, s), c) for s, c in ((5, b"a"), (6, b""), (7, b"ccc"))]
+        self.assertEqual(batch, expected)
+        (session,) = encode_batch(1, lambda: 2, [b"op"], SESSION_VERSION)
+        self.assertEqual(session, encode_stamped(Stamp(1, 2), b"op", SESSION_VERSION))
 
 
 class _RecordingKV(KeyValueStateMachine):
