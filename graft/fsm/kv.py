@@ -299,6 +299,10 @@ class KeyValueStateMachine:
             shard = self._data.shards[hash(key) & MASK]
             current = shard.get(key)
             shard[key] = value  # type: ignore[assignment]  # a put's value is a string
+            if current is None and key.isascii() and value.isascii():  # type: ignore[union-attr]
+                # A new key: _resized and _prev inline (this runs for every entry on every node).
+                self._size += len(key) + len(value)  # type: ignore[arg-type]
+                return b'{"prev":null}'
             self._size += _resized(key, current, value)
             return _prev(current)
         if self._overlay is not None:

@@ -214,6 +214,23 @@ class SizeTests(SynchronousTestCase):
         fsm.close()
         self.assertEqual(fsm.size_bytes(), 0)
 
+    def test_new_keys_ascii_or_not_answer_and_count_alike(self) -> None:
+        """A put of a new ASCII key (inlined on the hot path) answers and counts as any other
+        put: prev null, the key's and value's UTF-8 bytes added; an overwrite swaps values."""
+        fsm = KeyValueStateMachine()
+        steps = [
+            ("key", "value", b'{"prev":null}', 8),
+            ("ключ", "v", b'{"prev":null}', 8 + 9),
+            ("k", "é", b'{"prev":null}', 17 + 3),
+            ("key", "x", b'{"prev":"value"}', 20 - 4),
+            ("ключ", "∑", b'{"prev":"v"}', 16 + 2),
+        ]
+        for index, (key, value, answer, size) in enumerate(steps, 1):
+            with self.subTest(key=key, value=value):
+                self.assertEqual(fsm.apply(cmd(op="put", key=key, value=value), index), answer)
+                self.assertEqual(fsm.size_bytes(), size)
+                self.assertEqual(size, utf8_size(fsm))
+
     def test_size_is_not_counted_at_each_call(self) -> None:
         """GET /status and /metrics read the size every second: it must not walk the map
         (at a million keys a walk held the reactor long enough to lose elections)."""
