@@ -4,14 +4,19 @@ on the machine does not move.
     .venv/bin/python -m benchmarks.write_instructions                 # CPU us per write
     .venv/bin/python -m benchmarks.write_instructions --callgrind     # instructions per write
     .venv/bin/python -m benchmarks.write_instructions --callgrind --direct   # without HTTP
+    .venv/bin/python -m benchmarks.write_instructions --callgrind --batch 100 --connections 16
 
 Three nodes in one process (the real driver, Raft core and kv FSM; in-memory storage and
 network, tests.support.driver) on the reactor's own timed-call heap over a fake clock, and the
 node's API Site (graft.api.make_api_site) on the leader, fed through in-memory transports:
 each round, every one of ``--connections`` connections sends one ``POST /command`` (a unique
-key, a 100-byte value) and the clock is advanced until all are answered. ``--direct`` proposes
-the same commands with ``GraftNode.submit``, so the difference is the HTTP layer's cost. The
-node's GC policy (graft.gc_policy) is applied, as ``twist graft`` applies it.
+key, a 100-byte value) and the clock is advanced until all are answered. ``--batch N`` sends
+one ``POST /commands`` of N such commands per connection and round instead, in compact JSON as
+the benchmark suite's batches are, and the figures are per command (the rounds' requests are
+then built before the count starts). ``--direct`` proposes the same commands with
+``GraftNode.submit`` (one call per request), so the difference is the HTTP layer's cost. The
+node's GC policy (graft.gc_policy) is applied, as ``twist graft`` applies it. ``--profile K``
+runs the measured rounds under cProfile and prints the K functions that took most time.
 
 CPU seconds per write on a machine shared with other work vary by 10-20 % from run to run;
 ``--callgrind`` runs the measured rounds under valgrind's callgrind (``apt-get install
@@ -25,9 +30,11 @@ fsync and the other processes are left out), so a gain is confirmed on a real cl
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
 import os
+import pstats
 import re
 import shutil
 import subprocess
@@ -40,6 +47,7 @@ from twisted.internet.base import ReactorBase
 from twisted.internet.testing import StringTransport
 
 VALUE = "v" * 100
+COMPACT = (",", ":")
 WARM_UP_ROUNDS = 30
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -93,15 +101,36 @@ class WriteLoad:
             channel.makeConnection(transport)
             self.channels.append((channel, transport))
         self.sent = 0
+        # Requests (or, for direct rounds, command lists) built ahead by ``prepare``: one list
+        # per round, one item per connection.
+        self._prepared: list[list[Any]] = []
 
     def stop(self) -> None:
         for node in self.cluster.network.nodes.values():
             if node.running:
                 node.stopService()
 
-    def _command(self) -> bytes:
+    def _command(self, compact: bool = False) -> bytes:
+        """A put of a new key; ``compact``: without spaces, as the benchmark suite's batches
+        send it (benchmarks.suite.system.compact)."""
         self.sent += 1
-        return json.dumps({"op": "put", "key": f"k{self.sent:012d}", "value": VALUE}).encode()
+        command = {"op": "put", "key": f"k{self.sent:012d}", "value": VALUE}
+        return json.dumps(command, separators=COMPACT if compact else None).encode()
+
+    def _request(self, batch: int) -> bytes:
+        """One request: ``POST /command`` of one command, or (``batch`` > 0) ``POST
+        /commands`` of a JSON array of ``batch`` commands."""
+        if batch:
+            path = b"/commands"
+            commands = [self._command(compact=True).decode() for _ in range(batch)]
+            body = json.dumps(commands, separators=COMPACT).encode()
+        else:
+            path, body = b"/command", self._command()
+        return b"POST %b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%b" % (
+            path,
+            len(body),
+            body,
+        )
 
     def _advance_until(self, done: Any) -> None:
         for _ in range(100_000):
@@ -110,14 +139,25 @@ class WriteLoad:
             self.clock.advance(0.0005)
         raise RuntimeError("the writes were not all answered after 50 s of clock time")
 
-    def http_round(self) -> None:
-        """One command on every connection, then the clock until every one is answered."""
-        for channel, _ in self.channels:
-            body = self._command()
-            channel.dataReceived(
-                b"POST /command HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
-                % (len(body), body)
-            )
+    def prepare(self, rounds: int, batch: int, direct: bool) -> None:
+        """Build the next ``rounds`` rounds' requests now, so that the rounds measure the
+        nodes and not the client's encoding of the commands (for a batch of 100, a tenth of
+        the instructions)."""
+        for _ in range(rounds):
+            if direct:
+                self._prepared.append([self._commands(batch) for _ in self.channels])
+            else:
+                self._prepared.append([self._request(batch) for _ in self.channels])
+
+    def _commands(self, batch: int) -> list[bytes]:
+        return [self._command(compact=bool(batch)) for _ in range(batch or 1)]
+
+    def http_round(self, batch: int = 0) -> None:
+        """One request on every connection (one command, or a batch of ``batch``), then the
+        clock until every one is answered."""
+        prepared = self._prepared.pop(0) if self._prepared else None
+        for i, (channel, _) in enumerate(self.channels):
+            channel.dataReceived(self._request(batch) if prepared is None else prepared[i])
         waiting = list(self.channels)
 
         def answered() -> bool:
@@ -127,7 +167,7 @@ class WriteLoad:
                 value = transport.value()
                 if b"\r\n\r\n" not in value:
                     still.append((channel, transport))
-                elif not value.startswith(b"HTTP/1.1 200 "):
+                elif not value.startswith(b"HTTP/1.1 200 ") or b'"error"' in value:
                     raise RuntimeError(f"a write was refused: {value[:300]!r}")
                 else:
                     transport.clear()
@@ -136,14 +176,16 @@ class WriteLoad:
 
         self._advance_until(answered)
 
-    def direct_round(self) -> None:
-        """The same commands through GraftNode.submit: no HTTP."""
+    def direct_round(self, batch: int = 0) -> None:
+        """The same commands through GraftNode.submit, one call per request: no HTTP."""
         outcomes: list[Any] = []
-        for _ in self.channels:
-            self.leader.submit([self._command()]).addBoth(outcomes.append)
+        prepared = self._prepared.pop(0) if self._prepared else None
+        for i in range(len(self.channels)):
+            commands = self._commands(batch) if prepared is None else prepared[i]
+            self.leader.submit(commands).addBoth(outcomes.append)
         self._advance_until(lambda: len(outcomes) == len(self.channels))
         for outcome in outcomes:
-            if not isinstance(outcome, list):
+            if not isinstance(outcome, list) or any(r.error is not None for r in outcome):
                 raise RuntimeError(f"a write failed: {outcome}")
 
 
@@ -156,28 +198,42 @@ def _callgrind(instrument: bool) -> None:
         )
 
 
-def run(connections: int, rounds: int, direct: bool) -> float:
-    """CPU microseconds per write over ``rounds`` rounds, after a warm-up."""
+def run(connections: int, rounds: int, direct: bool, batch: int = 0, profile: int = 0) -> float:
+    """CPU microseconds per command over ``rounds`` rounds, after a warm-up; ``profile`` > 0
+    prints that many of the functions with the most internal time under cProfile."""
     from graft.gc_policy import apply_node_policy
 
     load = WriteLoad(connections)
     one_round = load.direct_round if direct else load.http_round
     apply_node_policy()
-    for _ in range(WARM_UP_ROUNDS):
-        one_round()
+    # Warm up on about as many commands as the single writes do, at least a few rounds.
+    for _ in range(max(3, WARM_UP_ROUNDS // (batch or 1))):
+        one_round(batch)
+    if batch:  # a single write's command costs the client little: built in the rounds
+        load.prepare(rounds, batch, direct)
     gc.collect()
+    profiler = cProfile.Profile() if profile else None
     _callgrind(True)
     started = time.process_time()
+    if profiler is not None:
+        profiler.enable()
     for _ in range(rounds):
-        one_round()
+        one_round(batch)
+    if profiler is not None:
+        profiler.disable()
     elapsed = time.process_time() - started
     _callgrind(False)
-    return elapsed / (rounds * connections) * 1e6
+    load.stop()
+    if profiler is not None:
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(profile)
+        stats.sort_stats("cumulative").print_stats(profile)
+    return elapsed / (rounds * connections * (batch or 1)) * 1e6
 
 
-def under_callgrind(argv: list[str], connections: int, rounds: int) -> int:
+def under_callgrind(argv: list[str], commands: int) -> int:
     """Run this module under callgrind, counting the measured rounds only: instructions per
-    write."""
+    command, given how many ``commands`` the measured rounds send."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind is not installed: apt-get install -y valgrind")
@@ -200,7 +256,7 @@ def under_callgrind(argv: list[str], connections: int, rounds: int) -> int:
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"callgrind run failed:\n{done.stdout}\n{done.stderr[-2000:]}")
-    return int(found[1]) // (rounds * connections)
+    return int(found[1]) // commands
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,16 +264,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--direct", action="store_true", help="GraftNode.submit, no HTTP")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each request a POST /commands of N commands; figures per command",
+    )
     parser.add_argument("--callgrind", action="store_true", help="count instructions")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="K", help="cProfile: print the top K functions"
+    )
     args = parser.parse_args(argv)
+    if args.batch < 0:
+        parser.error("--batch must be 0 (single commands) or more")
+    what = "command" if args.batch else "write"
     if args.callgrind:
         inner = [f"--connections={args.connections}", f"--rounds={args.rounds}"]
         inner += ["--direct"] if args.direct else []
-        per_write = under_callgrind(inner, args.connections, args.rounds)
-        print(f"instructions per write: {per_write}")
+        inner += [f"--batch={args.batch}"] if args.batch else []
+        commands = args.rounds * args.connections * (args.batch or 1)
+        per_command = under_callgrind(inner, commands)
+        print(f"instructions per {what}: {per_command}")
         return
-    us = run(args.connections, args.rounds, args.direct)
-    print(f"CPU us per write: {us:.1f}", flush=True)
+    us = run(args.connections, args.rounds, args.direct, args.batch, args.profile)
+    print(f"CPU us per {what}: {us:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,35 @@ class WriteLoadTests(SynchronousTestCase):
         before = self.applied()
         self.load.direct_round()
         self.assertEqual(self.applied(), before + 3)
+
+    def test_http_batch_round_applies_every_command_of_each_batch(self) -> None:
+        before = self.applied()
+        self.load.http_round(batch=5)
+        self.assertEqual(self.applied(), before + 15)
+        for _, transport in self.load.channels:
+            self.assertEqual(transport.value(), b"")
+
+    def test_direct_batch_round_applies_every_command(self) -> None:
+        before = self.applied()
+        self.load.direct_round(batch=4)
+        self.assertEqual(self.applied(), before + 12)
+
+    def test_prepared_rounds_are_the_ones_sent(self) -> None:
+        self.load.prepare(2, 3, direct=False)
+        built = self.load.sent
+        before = self.applied()
+        self.load.http_round(batch=3)
+        self.load.http_round(batch=3)
+        self.assertEqual(self.load.sent, built)  # nothing built while measuring
+        self.assertEqual(self.applied(), before + 18)
+
+    def test_a_refused_batch_command_stops_the_round(self) -> None:
+        body = b'["{\\"op\\":\\"nope\\"}"]'
+        request = b"POST /commands HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (
+            len(body),
+            body,
+        )
+        self.load.prepare(1, 1, direct=False)
+        self.load._prepared[0][0] = request
+        with self.assertRaisesRegex(RuntimeError, "refused"):
+            self.load.http_round(batch=1)

@@ -44,13 +44,21 @@ def batch_body(results: Sequence[CommandResult], as_json: bool) -> bytes:
     already in that form copied in (the encoder joins a list's items with "," the same way)."""
     parts: list[bytes] = []
     verbatim = _VERBATIM.fullmatch if as_json else None
+    # Consecutive results often share their output and term (a batch of puts of new keys all
+    # answer {"prev":null}): the check and the entry's tail are then done once for the run.
+    output: bytes | None = None
+    term = -1
+    tail: bytes | None = None
     for result in results:
         if verbatim is not None and result.error is None and not result.duplicate:
-            match = verbatim(result.output)
-            if match is not None and match[1] != match[2]:
-                parts.append(
-                    b'{"index":%d,"term":%d,"result":%b}' % (result.index, result.term, match[0])
-                )
+            if result.output != output or result.term != term:
+                output, term = result.output, result.term
+                match = verbatim(output)
+                tail = None
+                if match is not None and match[1] != match[2]:
+                    tail = b',"term":%d,"result":%b}' % (term, output)
+            if tail is not None:
+                parts.append(b'{"index":%d%b' % (result.index, tail))
                 continue
         parts.append(compact_json(_batch_entry(result, as_json)))
     return b"[" + b",".join(parts) + b"]\n"

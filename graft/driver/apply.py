@@ -20,7 +20,7 @@ from graft.metrics import NodeMetrics
 from graft.raft.node import RaftNode
 from graft.raft.types import Entry, EntryKind, Membership, decode_membership
 from graft.sessions.machine import Applied, with_sessions
-from graft.stamp import StampFormatError, decode_any
+from graft.stamp import Stamp, StampFormatError, split_stamped
 from graft.storage.rejected import RejectedEntry
 from graft.waiters import IndexWaiters, ProposalWaiters
 
@@ -45,6 +45,10 @@ class Applier:
         self._fsm = fsm
         self._apply_stamped = stamped_apply(fsm)
         self._sessions = with_sessions(fsm)  # wiring.build_node hands the sessioned FSM
+        # An FSM without apply_stamped gets its plain commands through its own apply, as
+        # stamped_apply would hand them, minus the wrappers' calls and a Stamp per entry.
+        inner = self._sessions.inner
+        self._apply_plain = None if hasattr(inner, "apply_stamped") else inner.apply
         self._clock = clock
         self._proposals = proposals
         self._applied = applied
@@ -67,6 +71,7 @@ class Applier:
         now = self._clock.seconds()
         leader = self._raft.leader or ""
         apply_stamped = self._apply_stamped
+        apply_plain = self._apply_plain
         proposals = self._proposals
         proposed_at = self.proposed_at
         normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
@@ -85,15 +90,17 @@ class Applier:
                     if rejected and index in rejected:
                         self._check_rejected(entry)  # raises CommandRejected if marked
                     if kind is stamped:
-                        stamp, command, sessioned = decode_any(entry.data)
-                        if stamp.time_ns > self.stamp_floor_ns:
-                            self.stamp_floor_ns = stamp.time_ns
+                        time_ns, seed, command, sessioned = split_stamped(entry.data)
+                        if time_ns > self.stamp_floor_ns:
+                            self.stamp_floor_ns = time_ns
                         if sessioned:  # a client session's operation (graft.sessions)
                             session = self._sessions.apply_operation(
-                                command, index, entry.term, stamp, apply_stamped
+                                command, index, entry.term, Stamp(time_ns, seed), apply_stamped
                             )
+                        elif apply_plain is not None:
+                            output = apply_plain(command, index)
                         else:
-                            output = apply_stamped(command, index, stamp)
+                            output = apply_stamped(command, index, Stamp(time_ns, seed))
                     else:  # written before stamps: the FSM answers as it did then
                         output = apply_stamped(entry.data, index, None)
                 except CommandRejected as e:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from graft.raft.storage import LogStorage
 from graft.raft.types import Entry, EntryKind
-from graft.stamp import STAMP_VERSION, Stamp, encode_stamped, stamp_time_ns
+from graft.stamp import STAMP_VERSION, encode_batch, stamp_time_ns
 
 # How many entries the start-up scan for the latest stamp reads at a time.
 _SCAN_CHUNK = 512
@@ -34,8 +34,7 @@ class Stamper:
         than the floor), a seed for each (``SESSION_VERSION``: they are session operations)."""
         time_ns = max(self._wall_ns(), self.floor)
         self.floor = time_ns
-        seed = self._seed
-        return [encode_stamped(Stamp(time_ns, seed()), c, version) for c in commands]
+        return encode_batch(time_ns, self._seed, commands, version)
 
     def saw(self, entries: Sequence[Entry]) -> None:
         """Entries appended to this node's log: raise the floor to the latest stamp among

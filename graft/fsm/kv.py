@@ -196,6 +196,15 @@ def _shape(op: str, *fields: tuple[str, str]) -> re.Pattern[str]:
 
 
 _FAST_PUT = _shape("put", ("key", _STRING), ("value", _STRING))
+# A put as clients' JSON libraries write it, compact (separators=(",", ":")) or with
+# json.dumps's default separators (group 1 is the space or nothing), its strings matched up to
+# the next quote: with no control character and no backslash anywhere in the command, such a
+# match is a match of _FAST_PUT, found at half its cost (its character class costs the regex
+# engine a call per character; the table below finds those characters in one C loop).
+_PLAIN_PUT = re.compile(r'\{"op":( ?)"put",\1"key":\1"([^"]*)",\1"value":\1"([^"]*)"\}')
+# Changes exactly the control characters and the backslash: data.translate(_NOT_PLAIN) == data
+# says the command holds neither.
+_NOT_PLAIN = bytes(0x20 if b < 0x20 or b == 0x5C else b for b in range(256))
 _FAST_DELETE = _shape("delete", ("key", _STRING))
 _FAST_CAS = _shape("cas", ("key", _STRING), ("expect", f"(?:null|{_STRING})"), ("value", _STRING))
 
@@ -206,6 +215,9 @@ def _command(data: bytes) -> tuple[str, str, str | None, str | None]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = ""  # not a match: the full path names the problem
+    match = _PLAIN_PUT.fullmatch(text)
+    if match is not None and data.translate(_NOT_PLAIN) == data:
+        return "put", match[2], None, match[3]
     match = _FAST_PUT.fullmatch(text)
     if match is not None:
         return "put", match[1], None, match[2]
@@ -287,6 +299,10 @@ class KeyValueStateMachine:
             shard = self._data.shards[hash(key) & MASK]
             current = shard.get(key)
             shard[key] = value  # type: ignore[assignment]  # a put's value is a string
+            if current is None and key.isascii() and value.isascii():  # type: ignore[union-attr]
+                # A new key: _resized and _prev inline (this runs for every entry on every node).
+                self._size += len(key) + len(value)  # type: ignore[arg-type]
+                return b'{"prev":null}'
             self._size += _resized(key, current, value)
             return _prev(current)
         if self._overlay is not None:

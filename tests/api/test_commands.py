@@ -412,6 +412,31 @@ class BatchBodyTests(SynchronousTestCase):
         ]
         self.assertEqual(batch_body(results, as_json), reference_body(results, as_json))
 
+    def test_runs_of_the_same_output(self) -> None:
+        """Consecutive results with the same output share their entry's tail: a change of
+        term, of output, an error or an output that is not copied in the middle of a run
+        each give the reference's entry."""
+        null, old, spaced = b'{"prev":null}', b'{"prev":"x"}', b'{"prev": null}'
+        steps: list[tuple[bytes, int, str | None]] = [
+            (null, 2, None),
+            (null, 2, None),
+            (null, 3, None),  # a new term, the same output
+            (null, 3, None),
+            (old, 3, None),
+            (null, 3, "refused"),  # an error in a run
+            (null, 3, None),
+            (spaced, 3, None),  # parsed and encoded again
+            (spaced, 3, None),
+            (null, 3, None),
+            (null, 2, None),  # back to an earlier term
+        ]
+        results = [
+            CommandResult(index=40 + i, term=t, leader="turing", output=o, error=e)
+            for i, (o, t, e) in enumerate(steps)
+        ]
+        for as_json in (True, False):
+            self.assertEqual(batch_body(results, as_json), reference_body(results, as_json))
+
     def test_edge_cases(self) -> None:
         """Outputs on either side of what is copied as it is: the answer is the reference's."""
         outputs = [

@@ -10,12 +10,24 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from graft.driver.stamps import Stamper
 from graft.fsm import StateMachine, digest
+from graft.fsm.kv import KeyValueStateMachine
 from graft.fsm.sqlite import SQLiteStateMachine
 from graft.raft.types import Entry, EntryKind, HardState, Membership
-from graft.stamp import STAMP_SIZE, Stamp, StampFormatError, decode_stamped, encode_stamped
+from graft.stamp import (
+    SESSION_VERSION,
+    STAMP_SIZE,
+    Stamp,
+    StampFormatError,
+    decode_any,
+    decode_stamped,
+    encode_batch,
+    encode_stamped,
+    split_stamped,
+)
 from tests.support.driver import NODES, DriverCluster, MemoryDurable, Network
 
 T0 = 1_733_400_000  # 2024-12-05 12:00:00 UTC
@@ -204,3 +216,114 @@ class StamperTests(DriverCluster):
         (data,) = stamper.stamp([b"cmd"])
         self.assertEqual(decode_stamped(data), (Stamp(9, 7), b"cmd"))
         self.assertEqual(len(data), STAMP_SIZE + 3)
+
+
+class StampCodecTests(SynchronousTestCase):
+    """graft.stamp's readers and the leader's batch encoder agree with encode_stamped."""
+
+    def test_split_stamped_reads_both_formats(self) -> None:
+        plain = encode_stamped(Stamp(11, 22), b"cmd")
+        session = encode_stamped(Stamp(33, 44), b"op", SESSION_VERSION)
+        self.assertEqual(split_stamped(plain), (11, 22, b"cmd", False))
+        self.assertEqual(split_stamped(session), (33, 44, b"op", True))
+        self.assertEqual(decode_any(plain), (Stamp(11, 22), b"cmd", False))
+        self.assertEqual(decode_any(session), (Stamp(33, 44), b"op", True))
+
+    def test_unreadable_stamps_are_refused_alike(self) -> None:
+        newer = b"\x03" + encode_stamped(Stamp(1, 2), b"x")[1:]
+        for data, said in ((b"\x01short", "fewer than its 17-byte stamp"), (newer, "version 3")):
+            for read in (split_stamped, decode_any, decode_stamped):
+                with (
+                    self.subTest(data=data, read=read.__name__),
+                    self.assertRaisesRegex(StampFormatError, said),
+                ):
+                    read(data)
+        with self.assertRaisesRegex(StampFormatError, "version 2"):
+            decode_stamped(encode_stamped(Stamp(1, 2), b"op", SESSION_VERSION))
+
+    def test_encode_batch_is_encode_stamped_per_command(self) -> None:
+        seeds = iter([5, 6, 7])
+        batch = encode_batch(99, lambda: next(seeds), [b"a", b"", b"ccc"])
+        expected = [encode_stamped(Stamp(99, s), c) for s, c in ((5, b"a"), (6, b""), (7, b"ccc"))]
+        self.assertEqual(batch, expected)
+        (session,) = encode_batch(1, lambda: 2, [b"op"], SESSION_VERSION)
+        self.assertEqual(session, encode_stamped(Stamp(1, 2), b"op", SESSION_VERSION))
+
+
+class _RecordingKV(KeyValueStateMachine):
+    """The kv FSM (no apply_stamped), recording what the driver hands its apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bytes, int]] = []
+
+    def apply(self, command: bytes, index: int) -> bytes:
+        self.calls.append((command, index))
+        return super().apply(command, index)
+
+
+class _RecordingStamped(_RecordingKV):
+    """The same with apply_stamped: it is called instead of apply, with the entry's stamp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[tuple[bytes, int, Stamp | None]] = []
+
+    def apply_stamped(self, command: bytes, index: int, stamp: Stamp | None) -> bytes:
+        self.stamps.append((command, index, stamp))
+        return KeyValueStateMachine.apply(self, command, index)
+
+
+class ApplyStampedEntriesTests(DriverCluster):
+    """Each replica hands a stamped entry's command to the FSM: to ``apply`` without a Stamp
+    when the FSM has no ``apply_stamped``, else to ``apply_stamped`` with the entry's stamp;
+    either way the node's stamp floor follows the entries."""
+
+    COMMANDS = [b'{"op":"put","key":"a","value":"1"}', b'{"op":"put","key":"b","value":"2"}']
+
+    def run_commands(self, fsm: type[_RecordingKV]) -> dict[str, _RecordingKV]:
+        fsms: dict[str, _RecordingKV] = {}
+
+        def make(node: str) -> _RecordingKV:
+            fsms[node] = fsm()
+            return fsms[node]
+
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.storages = {}
+        self.addCleanup(self._stop)
+        members = Membership(voters=frozenset(NODES))
+        for i, node in enumerate(NODES):
+            self.add_node(node, members, seed=i, fsm=partial(make, node))
+        leader = self.network.nodes[self.leader()]
+        results = self.result(leader.submit(self.COMMANDS))
+        self.assertEqual([r.error for r in results], [None, None])
+        for node in NODES:
+            self.wait_applied(node, results[-1].index)
+        return fsms
+
+    def logged(self, node: str) -> list[tuple[int, bytes]]:
+        """(index, data) of each STAMPED entry in ``node``'s log."""
+        storage = self.storages[node]
+        entries = storage.entries(storage.first_index(), storage.last_index() + 1)
+        return [(e.index, e.data) for e in entries if e.kind is EntryKind.STAMPED]
+
+    def test_apply_gets_the_command_and_index(self) -> None:
+        fsms = self.run_commands(_RecordingKV)
+        for node in NODES:
+            logged = self.logged(node)
+            self.assertEqual([c for c, _ in fsms[node].calls], self.COMMANDS)
+            self.assertEqual(fsms[node].calls, [(d[STAMP_SIZE:], i) for i, d in logged])
+            applier = self.network.nodes[node]._parts.applier
+            self.assertEqual(applier.stamp_floor_ns, decode_stamped(logged[-1][1])[0].time_ns)
+            self.assertGreater(applier.stamp_floor_ns, 0)
+
+    def test_apply_stamped_gets_the_entrys_stamp(self) -> None:
+        fsms = self.run_commands(_RecordingStamped)
+        for node in NODES:
+            fsm = fsms[node]
+            assert isinstance(fsm, _RecordingStamped)
+            self.assertEqual(fsm.calls, [])  # apply_stamped instead
+            expected = [(d[STAMP_SIZE:], i, decode_stamped(d)[0]) for i, d in self.logged(node)]
+            self.assertEqual(fsm.stamps, expected)
+            self.assertEqual(len(expected), 2)

@@ -214,6 +214,23 @@ class SizeTests(SynchronousTestCase):
         fsm.close()
         self.assertEqual(fsm.size_bytes(), 0)
 
+    def test_new_keys_ascii_or_not_answer_and_count_alike(self) -> None:
+        """A put of a new ASCII key (inlined on the hot path) answers and counts as any other
+        put: prev null, the key's and value's UTF-8 bytes added; an overwrite swaps values."""
+        fsm = KeyValueStateMachine()
+        steps = [
+            ("key", "value", b'{"prev":null}', 8),
+            ("ключ", "v", b'{"prev":null}', 8 + 9),
+            ("k", "é", b'{"prev":null}', 17 + 3),
+            ("key", "x", b'{"prev":"value"}', 20 - 4),
+            ("ключ", "∑", b'{"prev":"v"}', 16 + 2),
+        ]
+        for index, (key, value, answer, size) in enumerate(steps, 1):
+            with self.subTest(key=key, value=value):
+                self.assertEqual(fsm.apply(cmd(op="put", key=key, value=value), index), answer)
+                self.assertEqual(fsm.size_bytes(), size)
+                self.assertEqual(size, utf8_size(fsm))
+
     def test_size_is_not_counted_at_each_call(self) -> None:
         """GET /status and /metrics read the size every second: it must not walk the map
         (at a million keys a walk held the reactor long enough to lose elections)."""
@@ -327,6 +344,59 @@ class FastPathTests(SynchronousTestCase):
         for data in cases:
             with self.subTest(data=data):
                 self.assertEqual(fast(data), decoded(data))
+
+
+class PlainPutTests(SynchronousTestCase):
+    """The plain put's regex (compact or json.dumps's separators, strings up to the next
+    quote) is used only when the command holds no escape and no control character."""
+
+    def test_plain_forms_give_the_decoders_fields(self) -> None:
+        for data in (
+            b'{"op":"put","key":"k1","value":"v \xc3\xa9 \xe2\x98\x83"}',
+            b'{"op": "put", "key": "k1", "value": ""}',
+            b'{"op":"put","key":"","value":"[{]}"}',
+        ):
+            with self.subTest(data=data):
+                self.assertEqual(fast(data), decoded(data))
+                self.assertEqual(fast(data)[0], "put")
+
+    def test_escapes_and_control_characters_take_the_decoders_way(self) -> None:
+        """Each of these matches the plain regex; read as plain text, each would store what
+        the decoder does not (a doubled backslash, a raw control character)."""
+        for separator in (b"", b" "):
+            for value, meant in (
+                (b"a\\\\b", "a\\b"),
+                (b"\\u0041", "A"),
+                (b"a\\/b", "a/b"),
+                (b"tab\tkept", None),
+                (b"nul\x00", None),
+                (b"\x1f", None),
+            ):
+                data = b'{"op":%b"put",%b"key":%b"k",%b"value":%b"%b"}' % (
+                    separator,
+                    separator,
+                    separator,
+                    separator,
+                    separator,
+                    value,
+                )
+                with self.subTest(data=data):
+                    self.assertEqual(fast(data), decoded(data))
+                    if meant is None:
+                        self.assertIsInstance(fast(data), str)  # refused
+                    else:
+                        self.assertEqual(fast(data), ("put", "k", None, meant))
+
+    def test_state_after_plain_and_escaped_puts(self) -> None:
+        fsm = KeyValueStateMachine()
+        fsm.apply(b'{"op":"put","key":"a","value":"x\\\\y"}', 1)
+        fsm.apply(b'{"op": "put", "key": "b", "value": "plain"}', 2)
+        with self.assertRaises(CommandRejected):
+            fsm.apply(b'{"op":"put","key":"c","value":"bad\x01"}', 3)
+        self.assertEqual(json.loads(fsm.query(cmd(op="get", key="a"))), {"value": "x\\y"})
+        self.assertEqual(json.loads(fsm.query(cmd(op="get", key="b"))), {"value": "plain"})
+        self.assertEqual(json.loads(fsm.query(cmd(op="get", key="c"))), {"value": None})
+        self.assertEqual(fsm.size_bytes(), len("ax\\y") + len("bplain"))
 
 
 class TotalityTests(SynchronousTestCase):
