@@ -47,7 +47,7 @@ from twisted.web.server import version
 from graft import devtrace
 from graft.api.fast_request import FastRequest
 from graft.api.http_date import DateCache
-from graft.api.limits import ApiSite, RequestTimeout, raw_answer
+from graft.api.limits import ApiSite, cancel_pending, too_slow_answer
 from graft.api.responses import write_error
 from graft.api.root import ApiRoot, DirectHandler
 from graft.errors import Internal
@@ -157,9 +157,8 @@ class FastChannel(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stop_deadline()
-        for timer in (self._idle, self._abort):
-            if timer is not None and timer.active():
-                timer.cancel()
+        cancel_pending(self._idle)
+        cancel_pending(self._abort)
         self._idle = self._abort = None
         if self._counted:
             self._counted = False
@@ -330,8 +329,7 @@ class FastChannel(Protocol):
     def _hand_over(self) -> None:
         """twisted.web's channel takes the connection and every byte not yet served."""
         self._stop_deadline()
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        cancel_pending(self._idle)
         self._idle = None
         transport: Any = self.transport
         transport.unregisterProducer()
@@ -367,18 +365,12 @@ class FastChannel(Protocol):
             self._deadline = self._call_later(seconds, self._too_slow, seconds)
 
     def _stop_deadline(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        cancel_pending(self._deadline)
+        self._deadline = None
 
     def _too_slow(self, seconds: float) -> None:
         self._deadline = None
-        error = RequestTimeout(
-            f"the request did not arrive whole within {seconds:g} s of its first byte "
-            "(api.limits.request_deadline_ms): send it at once"
-        )
-        self._close(raw_answer(b"408 Request Timeout", error))
+        self._close(too_slow_answer(seconds))
 
     def _idle_check(self) -> None:
         """Close a connection that has had no request for a whole idle period."""

@@ -9,15 +9,11 @@ objects. The channel writes the answer: ``response_head`` builds the status line
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
-_log = Logger()
-
-DoneHook = Callable[[Failure | None], None]
+from graft.api.request_done import DoneHook, run_done_hooks
 
 _SPACE_FOR_CONTROL = bytes.maketrans(b"\r\n\x00", b"   ")
 
@@ -96,11 +92,7 @@ class FastRequest:
         if outcome is not None:
             self._disconnected = True
         hooks, self._hooks = self._hooks, None
-        for hook in hooks or ():
-            try:
-                hook(outcome)
-            except Exception:
-                _log.failure("a request's done hook failed")
+        run_done_hooks(hooks, outcome)
 
     def response_head(self, fixed: bytes, body_length: int, closing: bool) -> bytes:
         """The status line and headers: those set by the handler, ``fixed`` (complete header

@@ -145,6 +145,21 @@ class RequestTimeout(GraftError):
     status = 408
 
 
+def too_slow_answer(seconds: float) -> bytes:
+    """The whole 408 answer to a request that did not arrive within ``seconds``."""
+    error = RequestTimeout(
+        f"the request did not arrive whole within {seconds:g} s of its first byte "
+        "(api.limits.request_deadline_ms): send it at once"
+    )
+    return raw_answer(b"408 Request Timeout", error)
+
+
+def cancel_pending(call: Any) -> None:
+    """Cancel a reactor call unless it is None, ran or was cancelled already."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 def raw_answer(status_line: bytes, error: GraftError, extra: bytes = b"") -> bytes:
     """A whole HTTP answer that closes the connection, for when no Request can write one."""
     body = json_bytes(error_document(error))
@@ -229,23 +244,17 @@ class ApiChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _stop_deadline(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
+        cancel_pending(self._deadline)
+        self._deadline = None
 
     def _too_slow(self, seconds: float) -> None:
         """The request did not arrive whole in time: 408 and close (no request of this
         connection is being answered, so the transport is free to write on)."""
         self._deadline = None
         self._receiving = False
-        error = RequestTimeout(
-            f"the request did not arrive whole within {seconds:g} s of its first byte "
-            "(api.limits.request_deadline_ms): send it at once"
-        )
         self.persistent = False
         transport: Any = self.transport
-        transport.write(raw_answer(b"408 Request Timeout", error))
+        transport.write(too_slow_answer(seconds))
         self.timeoutConnection()  # closes, and aborts if the client does not let go
 
     def getHost(self) -> Any:

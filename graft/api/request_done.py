@@ -59,8 +59,13 @@ class DoneHooks(Request):
 
     def _run_done_hooks(self, outcome: Failure | None) -> None:
         hooks, self._done_hooks = self._done_hooks, None
-        for hook in hooks or ():
-            try:
-                hook(outcome)
-            except Exception:
-                _log.failure("a request's done hook failed")
+        run_done_hooks(hooks, outcome)
+
+
+def run_done_hooks(hooks: list[DoneHook] | None, outcome: Failure | None) -> None:
+    """Call each hook with ``outcome``; one that raises is logged and the others still run."""
+    for hook in hooks or ():
+        try:
+            hook(outcome)
+        except Exception:
+            _log.failure("a request's done hook failed")
