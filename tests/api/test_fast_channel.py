@@ -21,7 +21,7 @@ from graft.api.fast_channel import PIPELINED_BYTES, FastChannel
 from graft.api.fast_request import FastRequest
 from graft.api.limits import ApiSite
 from graft.config import ApiLimits
-from tests.api.fakes import FakeBackend, Settings
+from tests.api.fakes import READER, WRITER, FakeBackend, Settings, tokens
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 LIMIT = 64
@@ -330,6 +330,8 @@ _EXTRA = st.lists(
             b" folded-continuation",
             b"Bad Name: x",
             b"Authorization: Bearer nope",
+            b"Authorization: Bearer " + READER.encode(),
+            b"Authorization: Bearer " + WRITER.encode(),
             b"Origin: http://elsewhere.example",
             b"Sec-Fetch-Site: cross-site",
             b"Graft-Session: s1",
@@ -383,14 +385,18 @@ def _serve(site: Any, pieces: list[bytes], clock: Clock) -> tuple[list[Any], boo
 
 class SameAnswersTests(SynchronousTestCase):
     @settings(max_examples=1500, deadline=None)
-    @given(st.lists(_requests(), min_size=1, max_size=3), st.lists(st.integers(0, 400)))
+    @given(
+        st.lists(_requests(), min_size=1, max_size=3),
+        st.lists(st.integers(0, 400)),
+        st.booleans(),
+    )
     def test_fast_channel_answers_as_twisted_web(
-        self, requests: list[bytes], cuts: list[int]
+        self, requests: list[bytes], cuts: list[int], with_tokens: bool
     ) -> None:
         """For any sequence of requests on one connection, cut into reads anywhere, the
         API's Site answers as a Site of twisted.web's channel alone over the same resource:
         the same statuses, bodies, content types and Connection headers, and it closes the
-        connection in the same cases."""
+        connection in the same cases; with API tokens set or not."""
         raw = b"".join(requests)
         points = sorted({min(c, len(raw)) for c in cuts})
         pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
@@ -399,7 +405,8 @@ class SameAnswersTests(SynchronousTestCase):
         for fast in (True, False):
             clock = Clock()
             backend = FakeBackend()
-            api = Settings(max_body_bytes=LIMIT)
+            roles = tokens(read=READER, write=WRITER) if with_tokens else {}
+            api = Settings(max_body_bytes=LIMIT, tokens=roles)
             if fast:
                 site: Any = make_api_site(backend, api, reactor=clock)
             else:
