@@ -105,7 +105,6 @@ class FastChannel(Protocol):
         self._searched = 0  # how far the buffer holds no end of head
         self._needed = 0  # the buffer length that completes the request whose head is parsed
         self._request: FastRequest | None = None  # the one being served
-        self._keep_alive = True
         self._delegate: Any = None  # twisted.web's channel, once it has the connection
         self._serving = False
         self._closing = False
@@ -265,9 +264,9 @@ class FastChannel(Protocol):
         rest = buffer[total:]
         self._buffer = rest if rest else b""
         self._searched = self._needed = 0
-        connection = headers.get(b"connection")
-        self._keep_alive = connection is None or not _says_close(connection)
         request = FastRequest(method, uri, path, headers, bytes(body))
+        connection = headers.get(b"connection")
+        request.closes = connection is not None and _says_close(connection)
         return request, handler
 
     def _start(self, request: FastRequest, handler: DirectHandler) -> None:
@@ -292,7 +291,7 @@ class FastChannel(Protocol):
         if not isinstance(body, bytes):
             self._broken(Failure(TypeError(f"a hot route answered {type(body)!r}")), request)
             return
-        closing = not self._keep_alive
+        closing = request.closes
         transport: Any = self.transport
         head = request.response_head(_Fixed.now(), len(body), closing)
         if len(body) < 65536:

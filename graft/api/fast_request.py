@@ -41,6 +41,7 @@ class FastRequest:
         "_disconnected",
         "_headers_out",
         "_hooks",
+        "closes",
         "code",
         "code_message",
         "content",
@@ -63,6 +64,7 @@ class FastRequest:
         self._headers_out: dict[bytes, bytes] = {}
         self._hooks: list[DoneHook] | None = None
         self._disconnected = False
+        self.closes = False  # the client asked to close the connection after this answer
 
     def getHeader(self, name: bytes) -> bytes | None:
         """The last value of the header ``name`` (any case), as twisted.web answers."""
