@@ -308,7 +308,9 @@ class LocalCluster:
         self._write_config()
 
     def alive(self) -> list[str]:
-        return [n for n, p in self.processes.items() if p.poll() is None]
+        # A snapshot first: load threads call this while the test thread starts nodes, and
+        # poll() lets another thread run mid-iteration.
+        return [n for n, p in tuple(self.processes.items()) if p.poll() is None]
 
     def kill(self, node: str) -> None:
         self.signal(node, signal.SIGKILL)

@@ -62,6 +62,25 @@ class CleanupTests(SynchronousTestCase):
         with socket.socket() as s:  # released: a plain bind succeeds
             s.bind((HOST, port))
 
+    def test_alive_survives_a_node_started_while_it_polls(self) -> None:
+        """alive() is called from load threads while the test thread starts nodes: a process
+        added between two poll() calls neither breaks the call nor is counted before it runs
+        (CI once failed a membership test with 'dictionary changed size during iteration')."""
+        cluster = LocalCluster(Path(self.mktemp()), ("n1", "n2"))
+        self.addCleanup(cluster.close)
+
+        class _StartsAnother:
+            pid = 0
+
+            def poll(self) -> None:
+                cluster.processes.setdefault("n2", self)  # type: ignore[arg-type]
+                return None
+
+        cluster.processes = {"n1": _StartsAnother()}  # type: ignore[dict-item]
+        self.addCleanup(setattr, cluster, "processes", {})  # nothing real to kill
+        self.assertEqual(cluster.alive(), ["n1"])
+        self.assertEqual(cluster.alive(), ["n1", "n2"])
+
     def test_setup_failing_half_way_leaves_no_process(self) -> None:
         """A ProcessTestCase whose setUp starts a cluster and then fails kills its nodes."""
         started: list[subprocess.Popen[bytes]] = []
