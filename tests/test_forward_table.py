@@ -7,17 +7,19 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from graft.driver.port import MemberList
 from graft.driver.settings import DriverSettings
 from graft.driver.wiring import build_node
-from graft.errors import BadRequest
+from graft.errors import BadRequest, Timeout
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.config import RaftConfig
 from graft.raft.node import RaftNode
 from graft.raft.types import MemberAddress, Membership
+from graft.transport.errors import PeerUnavailable
 from tests.support.driver import NODES, TICK, Channel, DriverCluster, MemoryDurable, Network
 
 ADDRESSES = {
@@ -64,6 +66,55 @@ class ForwardedAdminTests(DriverCluster):
         self.assertEqual(answer.voters, tuple(sorted({leader, follower})))
         self.assertEqual(answer.leader, leader)
         self.assertEqual(dict(answer.addresses), {n: ADDRESSES[n] for n in (leader, follower)})
+
+    def lose_answers(self, of: str, *, run_remote: bool = True) -> None:
+        """``of``'s forwarded calls get no answer, as when the connection drops: the remote
+        side runs the request (unless not ``run_remote``) and its answer is lost."""
+        forward = Channel.call
+
+        def call(
+            channel: Channel, peer: str, command: str, args: dict[str, Any], **kw: Any
+        ) -> Deferred[dict[str, Any]]:
+            if channel.me != of:
+                return forward(channel, peer, command, args, **kw)
+            if run_remote:
+                forward(channel, peer, command, args, **kw).addErrback(lambda _: None)
+            return fail(PeerUnavailable(peer, "connection lost"))
+
+        self.patch(Channel, "call", call)
+
+    def test_a_removal_whose_answer_is_lost_answers_once_committed(self) -> None:
+        """The leader removes a member but its answer to the follower that forwarded the
+        request is lost: the follower sees the removal commit and answers the new membership,
+        not a 504."""
+        leader = self.leader()
+        follower, removed = (n for n in NODES if n != leader)
+        self.lose_answers(follower)
+        answer = self.result(self.network.nodes[follower].remove_member(removed))
+        self.assertIsInstance(answer, MemberList)
+        self.assertEqual(answer.voters, tuple(sorted({leader, follower})))
+
+    def test_removing_the_leader_through_a_follower_survives_a_lost_answer(self) -> None:
+        """The leader being removed hands over and forwards the removal; with the answers to
+        the follower lost, the follower still answers the membership without the old leader."""
+        leader = self.leader()
+        follower = next(n for n in NODES if n != leader)
+        self.lose_answers(follower)
+        answer = self.result(self.network.nodes[follower].remove_member(leader), seconds=6)
+        self.assertIsInstance(answer, MemberList)
+        self.assertNotIn(leader, answer.voters)
+        self.assertEqual(len(answer.voters), 2)
+
+    def test_a_lost_removal_that_did_not_happen_stays_a_timeout(self) -> None:
+        """When the request never reached the leader, the follower waits out the command
+        timeout and answers the Timeout: nothing was removed, and it does not say otherwise."""
+        leader = self.leader()
+        follower, removed = (n for n in NODES if n != leader)
+        self.lose_answers(follower, run_remote=False)
+        outcome = self.result(self.network.nodes[follower].remove_member(removed), seconds=5)
+        self.assertIsInstance(outcome, Failure)
+        self.assertIsInstance(outcome.value, Timeout)
+        self.assertIn(removed, self.network.nodes[follower].members().voters)
 
     def test_leader_answers_forward_admin_in_the_wire_shape(self) -> None:
         """forward_admin's result is the document nodes of every version exchange."""

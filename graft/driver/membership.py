@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -162,9 +162,32 @@ class MembershipManager:
 
     def remove_member(self, node_id: str) -> Deferred[MemberList]:
         args = {"id": node_id}
-        return self._forwarder.on_leader(
+        d = self._forwarder.on_leader(
             ADMIN_REMOVE_MEMBER, args, lambda: self.remove_here(args), members_from_wire
         )
+        return d.addErrback(self._removed_after_all, node_id)
+
+    def _removed_after_all(self, failure: Failure, node_id: str) -> Deferred[MemberList]:
+        """A removal that timed out may be done all the same: the usual case is a leader
+        removing itself, which hands over and then loses the answer with its connections. A
+        member that stays learns the removal from the log, so it waits for it to commit, up to
+        the command timeout, and answers as the leader would have. The removed member cannot
+        tell (it is sent no more entries) and keeps the timeout."""
+        if not failure.check(Timeout) or node_id == self._raft.id:
+            return fail(failure)
+        return Deferred.fromCoroutine(self._await_removal(node_id, failure))
+
+    async def _await_removal(self, node_id: str, failure: Failure) -> MemberList:
+        deadline = self._clock.seconds() + self._settings.command_timeout
+        while not self._lifecycle.stopping and self._clock.seconds() <= deadline:
+            if node_id not in self._raft.membership.members and self._raft.membership_committed:
+                log.info(
+                    "the answer to removing {id} was lost, but the removal is committed",
+                    id=node_id,
+                )
+                return self.members()
+            await self._tick()
+        failure.raiseException()
 
     def transfer_leadership(self, target: str | None) -> Deferred[dict[str, Any]]:
         args = {"id": target}

@@ -94,6 +94,13 @@ class RaftNode(Elections):
         return self._membership
 
     @property
+    def membership_committed(self) -> bool:
+        """Whether the entry that set ``membership`` is committed (a membership takes effect
+        on append, so the one in force may still be undone by a new leader)."""
+        index = self._membership_index
+        return index is not None and index <= self._log.committed
+
+    @property
     def log(self) -> RaftLog:
         """The node's log (read-only use: tests and the simulation's checks)."""
         return self._log

@@ -157,3 +157,22 @@ class MembershipTests(unittest.SynchronousTestCase):
         c.run(30)
         self.assertEqual(old.membership, members("n1 n2 n3"))
         self.assertEqual(old.leader, "n2")
+
+    def test_membership_committed_follows_the_entry_not_the_append(self) -> None:
+        """A membership is in force from its append but committed only once a majority holds
+        it: what a member that lost an answer waits for before it reports a removal."""
+        c = make_cluster()
+        leader = c.elect("n1")
+        c.stabilize()
+        self.assertTrue(leader.membership_committed)
+        leader.propose_membership(members("n1 n2"))
+        self.assertEqual(leader.membership, members("n1 n2"))
+        self.assertFalse(leader.membership_committed)
+        c.stabilize()
+        self.assertTrue(leader.membership_committed)
+        self.assertTrue(c.node("n2").membership_committed)
+        c.isolate("n1")  # a change that cannot commit stays uncommitted
+        leader.propose_membership(members("n1 n2", "n9"))
+        c.stabilize()
+        self.assertEqual(leader.membership, members("n1 n2", "n9"))
+        self.assertFalse(leader.membership_committed)
