@@ -435,7 +435,12 @@ class MembershipManager:
         self._pipeline.schedule()
         election = self._settings.election
         deadline = self._clock.seconds() + 2 * election
-        while self._clock.seconds() <= deadline:
+        # Once this node has stepped down the move happened, or an election is on: it waits
+        # longer to hear who leads (a loaded new leader may be slow to say so) than to step down.
+        heard_by = deadline + self._settings.command_timeout
+        while (now := self._clock.seconds()) <= deadline or (
+            now <= heard_by and self._raft.role is not Role.LEADER
+        ):
             await self._tick()
             if self._raft.role is not Role.LEADER and self._raft.leader is not None:
                 if self._raft.leader != target:

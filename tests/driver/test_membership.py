@@ -1,7 +1,8 @@
 """The driver's membership changes and their refusals, through GraftNode's public methods on
 the in-memory cluster: a node started with ``--join`` (no membership) never campaigns until it
 is a member, a voter is not added twice, a learner that never catches up is refused at the
-catch-up timeout, and a change whose leader loses leadership says so."""
+catch-up timeout, a change whose leader loses leadership says so, and a leadership transfer
+answers who leads once the old leader hears of it, or a 504 when the target never took over."""
 
 from __future__ import annotations
 
@@ -172,3 +173,36 @@ class MembershipTests(DriverCluster):
         self.assertEqual(error.status, 503)
         self.assertIn("leadership moved during the membership change", error.message)
         self.assertIsInstance(self.error(earlier), NoLeader | Timeout)
+
+    def test_transfer_answers_once_the_old_leader_hears_the_new_one_late(self) -> None:
+        """The old leader steps down at once but hears from the new leader only after its wait
+        of two election timeouts (the new leader's messages to it are held back): the transfer
+        was done, and it answers who leads instead of a 504."""
+        self.start()
+        target = next(n for n in NODES if n != self.leader_id)
+        self.network.hold(target, self.leader_id)
+        box: list[Any] = []
+        self.node.transfer_leadership(target).addBoth(box.append)
+        self.advance(3 * 10 * TICK)  # three election timeouts (ten ticks each)
+        self.assertFalse(self.node.is_leader())
+        self.assertEqual(box, [], "answered before it knew who leads")
+        self.network.release(target, self.leader_id)
+        self.wait_until(lambda: box, "the transfer answered")
+        self.assertEqual(
+            box[0], {"leader": target, "term": self.network.nodes[target].status().term}
+        )
+
+    def test_transfer_to_a_cut_off_voter_times_out_while_still_leading(self) -> None:
+        """A transfer whose target never takes over leaves this node leading: it answers the
+        504 after two election timeouts, not the longer wait of a node that stepped down."""
+        self.start()
+        target = next(n for n in NODES if n != self.leader_id)
+        self.network.isolate(target)
+        box: list[Any] = []
+        self.node.transfer_leadership(target).addBoth(box.append)
+        self.advance(2 * 10 * TICK + 2 * TICK)
+        self.assertEqual(len(box), 1, "no answer after two election timeouts")
+        self.assertIsInstance(box[0], Failure)
+        self.assertIsInstance(box[0].value, Timeout)
+        self.assertIn(f"leadership did not move to {target}", box[0].value.message)
+        self.assertTrue(self.node.is_leader())
