@@ -414,7 +414,11 @@ class MembershipManager:
             membership, addresses=tuple(sorted(addresses.items(), key=lambda pair: pair[0]))
         )
 
-    async def _transfer(self, target: str | None) -> dict[str, Any]:
+    async def _transfer(self, target: str | None, *, patient: bool = True) -> dict[str, Any]:
+        """Hand leadership to ``target`` (the most caught-up voter if None) and answer who
+        leads then. ``patient``: once stepped down, wait up to the command timeout more to hear
+        who leads (an operator's request); else give up at two election timeouts (a stopping
+        node's hand-over, which must not hold its stop)."""
         st = self._raft.status()
         me = self._raft.id
         voters = sorted(v for v in self.membership.voters if v != me)
@@ -437,7 +441,7 @@ class MembershipManager:
         deadline = self._clock.seconds() + 2 * election
         # Once this node has stepped down the move happened, or an election is on: it waits
         # longer to hear who leads (a loaded new leader may be slow to say so) than to step down.
-        heard_by = deadline + self._settings.command_timeout
+        heard_by = deadline + (self._settings.command_timeout if patient else 0.0)
         while (now := self._clock.seconds()) <= deadline or (
             now <= heard_by and self._raft.role is not Role.LEADER
         ):
@@ -460,7 +464,7 @@ class MembershipManager:
         it costs the cluster no election timeout. Best effort; never fails."""
         if self._raft.role is not Role.LEADER or len(self.membership.voters) < 2:
             return succeed(None)
-        d: Deferred[Any] = Deferred.fromCoroutine(self._transfer(None))
+        d: Deferred[Any] = Deferred.fromCoroutine(self._transfer(None, patient=False))
 
         def done(result: object) -> None:
             if isinstance(result, Failure):

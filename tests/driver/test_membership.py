@@ -206,3 +206,16 @@ class MembershipTests(DriverCluster):
         self.assertIsInstance(box[0].value, Timeout)
         self.assertIn(f"leadership did not move to {target}", box[0].value.message)
         self.assertTrue(self.node.is_leader())
+
+    def test_a_stopping_leaders_hand_over_gives_up_at_two_election_timeouts(self) -> None:
+        """The hand-over of a stopping leader does not wait longer to hear who leads once it
+        stepped down (that wait is an operator's request's): its stop is not held up, as with
+        `graft dev` stopping every node at once."""
+        self.start()
+        for other in (n for n in NODES if n != self.leader_id):
+            self.network.hold(other, self.leader_id)
+        box: list[Any] = []
+        self.node._parts.membership.hand_over().addBoth(box.append)
+        self.advance(2 * 10 * TICK + 2 * TICK)
+        self.assertEqual(box, [None])
+        self.assertFalse(self.node.is_leader())
