@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +26,23 @@ from graft.storage.rejected import RejectedEntry
 from graft.waiters import IndexWaiters, ProposalWaiters
 
 log = Logger(namespace="graft.node")
+
+# One command's output, its refusal (None if applied), and for a session's operation what the
+# session table made of it.
+_Outcome = tuple[bytes, str | None, Applied | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """What ``Applier.compute`` hands ``Applier.finish``: an outcome per entry (None for an
+    entry that is not a command), ending early at the entry the FSM raised on (``fatal``: the
+    failure, and the stamp's error if it was the stamp); the latest stamp time; the seconds
+    the FSM took."""
+
+    outcomes: list[_Outcome | None]
+    fatal: tuple[Failure, str | None] | None
+    stamp_floor_ns: int
+    seconds: float
 
 
 class Applier:
@@ -64,64 +82,92 @@ class Applier:
         self.proposed_at: dict[int, float] = {}
         # Entries an operator marked rejected with `graft skip-entry` (see skip_rejected).
         self._rejected: dict[int, RejectedEntry] = {}
+        # The FSM asks for its commands to be applied in a worker thread (graft.driver.fsm_work):
+        # its commands may take long, and the reactor must keep the node's Raft timing.
+        self.in_thread = bool(getattr(fsm, "apply_in_thread", False))
 
     def apply(self, entries: Sequence[Entry]) -> bool:
-        """Apply committed entries in order; False if the FSM raised (the node then stops)."""
-        batch_started = time.perf_counter()
-        now = self._clock.seconds()
-        leader = self._raft.leader or ""
+        """Apply committed entries in order, here; False if the FSM raised (the node then
+        stops)."""
+        return self.finish(entries, self.compute(entries))
+
+    def compute(self, entries: Sequence[Entry]) -> Computed:
+        """The FSM's part of applying ``entries``: each command's output or refusal, up to the
+        first the FSM raised on. It touches only the FSM, so it may run in a worker thread
+        while nothing else touches the FSM (graft.driver.fsm_work); ``finish`` does the rest
+        on the reactor thread."""
+        started = time.perf_counter()
         apply_stamped = self._apply_stamped
         apply_plain = self._apply_plain
-        proposals = self._proposals
-        proposed_at = self.proposed_at
-        normal, membership = EntryKind.NORMAL, EntryKind.MEMBERSHIP
-        stamped = EntryKind.STAMPED
+        normal, stamped = EntryKind.NORMAL, EntryKind.STAMPED
         rejected = self._rejected
-        # Only the node that proposed entries waits on them: followers build no results. The
-        # results are handed over once, after the loop (or before a fatal error's stop).
-        results: list[tuple[int, int, CommandResult]] | None = [] if len(proposals) else None
+        floor = self.stamp_floor_ns
+        outcomes: list[_Outcome | None] = []
+        fatal: tuple[Failure, str | None] | None = None
         for entry in entries:
+            kind = entry.kind
+            if kind is not stamped and kind is not normal:
+                outcomes.append(None)
+                continue
             index = entry.index
             output, error = b"", None
             session: Applied | None = None
-            kind = entry.kind
-            if kind is stamped or kind is normal:
-                try:
-                    if rejected and index in rejected:
-                        self._check_rejected(entry)  # raises CommandRejected if marked
-                    if kind is stamped:
-                        time_ns, seed, command, sessioned = split_stamped(entry.data)
-                        if time_ns > self.stamp_floor_ns:
-                            self.stamp_floor_ns = time_ns
-                        if sessioned:  # a client session's operation (graft.sessions)
-                            session = self._sessions.apply_operation(
-                                command, index, entry.term, Stamp(time_ns, seed), apply_stamped
-                            )
-                        elif apply_plain is not None:
-                            output = apply_plain(command, index)
-                        else:
-                            output = apply_stamped(command, index, Stamp(time_ns, seed))
-                    else:  # written before stamps: the FSM answers as it did then
-                        output = apply_stamped(entry.data, index, None)
-                except CommandRejected as e:
-                    error = str(e)
-                except StampFormatError as e:
-                    self._resolve(results)
-                    self._lifecycle.fatal(
-                        Failure(),
-                        f"entry {index} (term {entry.term}) cannot be applied: {e}",
-                        "Run the same Graft version on every node (upgrade this one).",
-                    )
-                    return False
-                except Exception:
-                    failure = Failure()
-                    self._resolve(results)
-                    self._fatal_entry(failure, entry)
-                    return False
-            elif kind is membership:
-                self.applied_membership = decode_membership(entry.data)
-            elif entry.data:  # a NOOP with data: a marker (the consistency check's)
-                self._digests.marker_applied(index, entry.data)
+            try:
+                if rejected and index in rejected:
+                    self._check_rejected(entry)  # raises CommandRejected if marked
+                if kind is stamped:
+                    time_ns, seed, command, sessioned = split_stamped(entry.data)
+                    if time_ns > floor:
+                        floor = time_ns
+                    if sessioned:  # a client session's operation (graft.sessions)
+                        session = self._sessions.apply_operation(
+                            command, index, entry.term, Stamp(time_ns, seed), apply_stamped
+                        )
+                    elif apply_plain is not None:
+                        output = apply_plain(command, index)
+                    else:
+                        output = apply_stamped(command, index, Stamp(time_ns, seed))
+                else:  # written before stamps: the FSM answers as it did then
+                    output = apply_stamped(entry.data, index, None)
+            except CommandRejected as e:
+                error = str(e)
+            except StampFormatError as e:
+                fatal = (Failure(), str(e))
+                break
+            except Exception:
+                fatal = (Failure(), None)
+                break
+            outcomes.append((output, error, session))
+        return Computed(outcomes, fatal, floor, time.perf_counter() - started)
+
+    def finish(self, entries: Sequence[Entry], computed: Computed) -> bool:
+        """The rest of applying ``entries`` once the FSM applied their commands (``compute``):
+        membership and markers, the proposals' answers, the applied index. On the reactor
+        thread. False if the FSM raised on one (the node then stops)."""
+        now = self._clock.seconds()
+        leader = self._raft.leader or ""
+        proposed_at = self.proposed_at
+        membership = EntryKind.MEMBERSHIP
+        outcomes = computed.outcomes
+        if computed.stamp_floor_ns > self.stamp_floor_ns:
+            self.stamp_floor_ns = computed.stamp_floor_ns
+        # Only the node that proposed entries waits on them: followers build no results. The
+        # results are handed over once, after the loop (or before a fatal error's stop).
+        results: list[tuple[int, int, CommandResult]] | None = [] if len(self._proposals) else None
+        for i, entry in enumerate(entries):
+            index = entry.index
+            if i == len(outcomes):  # the FSM raised on this one
+                assert computed.fatal is not None
+                self._resolve(results)
+                self._stop_at(entry, *computed.fatal)
+                return False
+            outcome = outcomes[i]
+            output, error, session = outcome if outcome is not None else (b"", None, None)
+            if outcome is None:
+                if entry.kind is membership:
+                    self.applied_membership = decode_membership(entry.data)
+                elif entry.data:  # a NOOP with data: a marker (the consistency check's)
+                    self._digests.marker_applied(index, entry.data)
             if results is not None:
                 term = entry.term
                 if session is None:
@@ -135,8 +181,18 @@ class Applier:
                     self._metrics.commit_latency.observe(now - started)
         self._resolve(results)
         self._applied.advance(entries[-1].index)
-        self._metrics.apply_duration.observe(time.perf_counter() - batch_started)
+        self._metrics.apply_duration.observe(computed.seconds)
         return True
+
+    def _stop_at(self, entry: Entry, failure: Failure, stamp_error: str | None) -> None:
+        if stamp_error is not None:
+            self._lifecycle.fatal(
+                failure,
+                f"entry {entry.index} (term {entry.term}) cannot be applied: {stamp_error}",
+                "Run the same Graft version on every node (upgrade this one).",
+            )
+        else:
+            self._fatal_entry(failure, entry)
 
     def _resolve(self, results: list[tuple[int, int, CommandResult]] | None) -> None:
         if results:

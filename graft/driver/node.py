@@ -141,7 +141,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
             return p.storage.close()
 
         # A restore in its thread cannot be interrupted: the FSM closes after it.
-        pending.addBoth(lambda _: p.snapshots.restores.idle())
+        pending.addBoth(lambda _: p.snapshots.fsm_work.idle())
         pending.addBoth(close)
         return pending
 
@@ -302,7 +302,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
     def _applied_index(self, core_applied: int) -> int:
         """What the FSM holds: the core counts a received snapshot, and the entries after
         it, as applied once handed over, but the FSM holds them only after the snapshot's
-        restore (graft.driver.restores), which the driver's applied index follows."""
+        restore (graft.driver.fsm_work), which the driver's applied index follows."""
         return min(core_applied, self._parts.applied.applied)
 
     # -- ClusterAdmin ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
@@ -44,10 +45,10 @@ from graft.raft.messages import (
 from graft.raft.node import RaftNode
 from graft.raft.ready import Ready, Role, leaves_before_write, leaves_between_readies
 from graft.raft.storage import LogStorage
-from graft.raft.types import Entry, HardState, SnapshotMeta
+from graft.raft.types import Entry, EntryKind, HardState, SnapshotMeta
 
 if TYPE_CHECKING:
-    from graft.driver.apply import Applier
+    from graft.driver.apply import Applier, Computed
     from graft.driver.membership import MembershipManager
     from graft.driver.reads import Reads
     from graft.driver.snapshots import Snapshots
@@ -95,6 +96,34 @@ class Stages:
     membership: MembershipManager
     snapshots: Snapshots
     stamper: Stamper
+
+
+APPLY_ADVICE = (
+    "This is a bug in Graft, not in the FSM (an FSM's exception names the entry instead): "
+    "restart the node, which applies the entries again, and report the log."
+)
+
+
+def thread_segments(entries: Sequence[Entry]) -> list[tuple[Sequence[Entry], bool]]:
+    """``entries`` cut into runs, each with whether it is applied in a thread: a marker (a
+    NOOP with data) alone, on the reactor thread, since its digest must pin the FSM exactly at
+    its index; a run holding no command on the reactor thread, since it has no FSM work."""
+    segments: list[tuple[Sequence[Entry], bool]] = []
+    start = 0
+    for i, entry in enumerate(entries):
+        if entry.kind is EntryKind.NOOP and entry.data:
+            if i > start:
+                segments.append(_run(entries[start:i]))
+            segments.append((entries[i : i + 1], False))
+            start = i + 1
+    if start < len(entries):
+        segments.append(_run(entries[start:]))
+    return segments
+
+
+def _run(entries: Sequence[Entry]) -> tuple[Sequence[Entry], bool]:
+    commands = (EntryKind.NORMAL, EntryKind.STAMPED)
+    return entries, any(entry.kind in commands for entry in entries)
 
 
 class ReadyPipeline:
@@ -292,11 +321,28 @@ class ReadyPipeline:
         return False
 
     def _apply(self, entries: Sequence[Entry]) -> None:
-        restores = self.stages.snapshots.restores
-        if restores.busy:  # the FSM is being restored from a snapshot: apply after it, in order
-            restores.after(lambda: self._apply_now(entries))
+        work = self.stages.snapshots.fsm_work
+        if self.stages.applier.in_thread:
+            for segment, threaded in thread_segments(entries):
+                if threaded:
+                    work.apply(
+                        partial(self.stages.applier.compute, segment),
+                        partial(self._applied_in_thread, segment),
+                        f"applying entries {segment[0].index}-{segment[-1].index} in a thread",
+                        APPLY_ADVICE,
+                    )
+                else:
+                    work.after(partial(self._apply_now, segment))
+        elif work.busy:  # the FSM is being restored from a snapshot: apply after it, in order
+            work.after(lambda: self._apply_now(entries))
         else:
             self._apply_now(entries)
+
+    def _applied_in_thread(self, entries: Sequence[Entry], computed: Computed) -> None:
+        if self._lifecycle.stopping:
+            return
+        if self.stages.applier.finish(entries, computed):
+            self.stages.snapshots.maybe_snapshot(entries)
 
     def _apply_now(self, entries: Sequence[Entry]) -> None:
         if self._lifecycle.stopping:

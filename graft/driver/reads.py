@@ -18,10 +18,10 @@ from twisted.python.threadpool import ThreadPool
 
 from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import Forwarder, forwarded_time_limit
+from graft.driver.fsm_work import FsmWork
 from graft.driver.lifecycle import Lifecycle, Scheduler
 from graft.driver.outcomes import failed
 from graft.driver.port import Consistency, QueryResult
-from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.ticks import Ticks
 from graft.errors import (
@@ -78,7 +78,7 @@ class Reads:
         metrics: NodeMetrics,
         settings: DriverSettings,
         run_query: RunQuery,
-        restores: FsmRestores | None = None,
+        fsm_work: FsmWork | None = None,
     ) -> None:
         self._raft = raft
         self._fsm = fsm
@@ -91,7 +91,7 @@ class Reads:
         self._metrics = metrics
         self._settings = settings
         self._run_query = run_query
-        self._restores = restores
+        self._fsm_work = fsm_work
         # Reads waiting for a quorum's confirmation, by their read context.
         self.pending: dict[bytes, Deferred[int]] = {}
         # Read contexts differ between runs of this node, so that a leader's answer to a read
@@ -341,17 +341,17 @@ class Reads:
 
     def _after_restores(self, index: int) -> int:
         """The applied index a read at ``index`` waits for: while the FSM is restored from a
-        snapshot (graft.driver.restores), at least that snapshot's, so no read sees the FSM
+        snapshot (graft.driver.fsm_work), at least that snapshot's, so no read sees the FSM
         before the restore is done."""
-        if self._restores is not None and self._restores.busy:
-            return max(index, self._restores.restoring_to)
+        if self._fsm_work is not None and self._fsm_work.restoring:
+            return max(index, self._fsm_work.restoring_to)
         return index
 
     def _not_applied(self, index: int) -> Timeout:
-        if self._restores is not None and self._restores.busy:
+        if self._fsm_work is not None and self._fsm_work.restoring:
             return Timeout(
                 f"{self._raft.id} is still restoring its state from snapshot "
-                f"{self._restores.restoring_to} sent by the leader; retry, or read from "
+                f"{self._fsm_work.restoring_to} sent by the leader; retry, or read from "
                 "another node"
             )
         return Timeout(f"{self._raft.id} did not apply up to index {index} in time; retry")

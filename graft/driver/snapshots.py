@@ -16,15 +16,15 @@ from twisted.python.failure import Failure
 
 from graft.driver.apply import Applier
 from graft.driver.clock import ReactorTime
+from graft.driver.fsm_work import FsmWork
 from graft.driver.lifecycle import Scheduler
 from graft.driver.outcomes import failed
 from graft.driver.peers import PeerPort
 from graft.driver.pipeline import DurableStorage
-from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_policy import SnapshotPolicy, log_bytes, snapshot_due
 from graft.driver.snapshot_transfer import LocalSnapshot, SnapshotReceiver, SnapshotSender
-from graft.errors import BadRequest, GraftError, SnapshotBusy
+from graft.errors import BadRequest, GraftError, NoLeader, SnapshotBusy
 from graft.fsm import IncrementalSnapshot, StateMachine, begin_snapshot
 from graft.metrics import NodeMetrics
 from graft.raft.messages import InstallSnapshot
@@ -56,7 +56,7 @@ class Snapshots:
         settings: DriverSettings,
         run_in_thread: RunInThread,
         receiver: SnapshotReceiver | None,
-        restores: FsmRestores,
+        fsm_work: FsmWork,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._raft = raft
@@ -70,7 +70,7 @@ class Snapshots:
         self._run_in_thread = run_in_thread
         self._receiver = receiver
         # Restores of received snapshots, in a thread; applies and reads wait for them.
-        self.restores = restores
+        self.fsm_work = fsm_work
         self._metrics = metrics or NodeMetrics()
         self._sending: dict[str, float] = {}  # follower -> when its snapshot started to leave
         self.index = storage.snapshot_meta().index  # the latest snapshot's index
@@ -119,7 +119,7 @@ class Snapshots:
         """The core restored from a snapshot the leader sent: make it this node's log before
         anything that depends on it (the acknowledgement) leaves. Fires once storage holds it
         durably (what the acknowledgement claims); the FSM is then restored from it in a thread
-        (graft.driver.restores), applies and reads waiting for that."""
+        (graft.driver.fsm_work), applies and reads waiting for that."""
         if path is None:
             return fail(
                 RuntimeError(f"the core installed snapshot {meta.index} but no file arrived")
@@ -156,7 +156,7 @@ class Snapshots:
                 seconds=took[0] if took else 0.0,
             )
 
-        self.restores.restore(
+        self.fsm_work.restore(
             meta.index, restore_fsm, done, f"restoring the FSM from snapshot {meta.index}"
         )
 
@@ -227,9 +227,7 @@ class Snapshots:
             last_snapshot_bytes=self._last_snapshot_bytes,
             wal_bytes_since=self._wal_since(),
         ):
-            self.take().addErrback(
-                lambda f: log.failure("automatic snapshot failed; will retry", failure=f)
-            )
+            self.take().addErrback(_automatic_failed)
 
     def _snapshot_done(self, applied_bytes: int) -> None:
         """A snapshot (this node's or the leader's) is now the latest: the rule counts from
@@ -264,8 +262,11 @@ class Snapshots:
     def take(self) -> Deferred[dict[str, Any]]:
         """Snapshot the FSM at the applied index (the copy is written off the reactor thread
         while commands keep applying), then drop log segments below it."""
-        if self.restores.busy:  # never while the FSM is being restored: after it
-            return self.restores.idle().addCallback(lambda _: self.take())
+        return self._take(in_turn=False)
+
+    def _take(self, *, in_turn: bool) -> Deferred[dict[str, Any]]:
+        if not in_turn and self.fsm_work.busy:  # never during a restore or apply: after it
+            return self.fsm_work.turn().addCallback(lambda _: self._take(in_turn=True))
         if self._taking is not None:
             # One at a time: wait for the one under way, then take one at the new applied index.
             after: Deferred[Any] = Deferred()
@@ -405,7 +406,7 @@ class Snapshots:
             return self._run_in_thread(save, meta, self._settings.fsm_name, write)
         prepare, finish = capture
         d: Deferred[Any] = self._run_in_thread(prepare)
-        d.addCallback(lambda _: self.restores.idle())
+        d.addCallback(lambda _: self.fsm_work.turn())
         d.addCallback(lambda _: self._finish_capture(finish))
         d.addCallback(lambda _: self._run_in_thread(save, meta, self._settings.fsm_name, write))
         return d
@@ -449,3 +450,9 @@ class _ClosableWriter:
 
     def __call__(self, sink: BinaryIO) -> None:
         self._write(sink)
+
+
+def _automatic_failed(failure: Failure) -> None:
+    if failure.check(NoLeader):  # the node stops: nothing to retry
+        return
+    log.failure("automatic snapshot failed; will retry", failure=failure)

@@ -26,6 +26,7 @@ from graft.driver.forwarding import (
     as_is,
     members_to_wire,
 )
+from graft.driver.fsm_work import FsmWork
 from graft.driver.lifecycle import Lifecycle
 from graft.driver.member_roles import MemberRoles
 from graft.driver.membership import MembershipManager
@@ -35,7 +36,6 @@ from graft.driver.peers import PeerChannel, PeerPort
 from graft.driver.pipeline import DurableStorage, Inbox, ReadyPipeline, Stages
 from graft.driver.proposals import Proposer
 from graft.driver.reads import Reads, RunQuery, query_pool
-from graft.driver.restores import FsmRestores
 from graft.driver.settings import DriverSettings
 from graft.driver.snapshot_transfer import SnapshotReceiver
 from graft.driver.snapshots import RunInThread, Snapshots
@@ -80,6 +80,7 @@ def build_node(
     peers: PeerChannel | None = None,
     incoming_dir: Path | None = None,
     run_in_thread: RunInThread | None = None,
+    run_apply: RunInThread | None = None,
     run_query: RunQuery | None = None,
     seeds: Callable[[], int] | None = None,
     wall_ns: Callable[[], int] | None = None,
@@ -87,9 +88,11 @@ def build_node(
     """``monotonic`` times the ticks (time.monotonic in production; the clock's seconds when
     None, for tests on a fake clock); ``stop_process`` stops the process on a fatal error or
     the API's shutdown (nothing when None); ``incoming_dir`` receives the leader's snapshots
-    (none are accepted when None); ``seeds`` gives the random seeds of the stamps this node
-    writes as leader (a generator seeded from the OS when None), ``wall_ns`` their time (the
-    clock's seconds when None: the reactor's is the wall clock)."""
+    (none are accepted when None); ``run_apply`` runs an FSM's commands that ask for a worker
+    thread (``run_in_thread`` when None, as for snapshots and restores); ``seeds`` gives the
+    random seeds of the stamps this node writes as leader (a generator seeded from the OS when
+    None), ``wall_ns`` their time (the clock's seconds when None: the reactor's is the wall
+    clock)."""
     metrics = metrics or NodeMetrics()
     # The session layer (graft.sessions) sits between the driver and the FSM: every part sees
     # it as the FSM, so snapshots, restores and digests carry the session table too.
@@ -170,7 +173,9 @@ def build_node(
         command_timeout=settings.command_timeout,
         stamper=stamper,
     )
-    restores = FsmRestores(lifecycle=lifecycle, run_in_thread=run_in_thread)
+    fsm_work = FsmWork(
+        lifecycle=lifecycle, run_in_thread=run_in_thread, run_apply=run_apply or run_in_thread
+    )
     reads = Reads(
         raft=raft,
         fsm=fsm,
@@ -183,7 +188,7 @@ def build_node(
         metrics=metrics,
         settings=settings,
         run_query=run_query,
-        restores=restores,
+        fsm_work=fsm_work,
     )
     inbox = Inbox(raft=raft, ticks=ticks, reads=reads, pipeline=pipeline)
     receiver = (
@@ -209,7 +214,7 @@ def build_node(
         settings=settings,
         run_in_thread=run_in_thread,
         receiver=receiver,
-        restores=restores,
+        fsm_work=fsm_work,
         metrics=metrics,
     )
     membership = MembershipManager(

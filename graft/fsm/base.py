@@ -1,10 +1,13 @@
 """The interface between the Raft driver and a replicated state machine (DESIGN.md section 6).
 
 The driver calls ``apply`` once per committed command entry, in log order, on the reactor
-thread. Every replica must turn the same commands into the same state and the same answers,
-so ``apply`` may not read clocks, random sources or anything else outside the command. An FSM
-that needs the time or randomness implements ``apply_stamped`` (StampedStateMachine) and takes
-them from the leader's stamp, which every replica reads from the log alike.
+thread; or, for an FSM whose class sets ``apply_in_thread = True`` (SQLite's), in a worker
+thread, one batch at a time, while the reactor keeps the node's Raft timing and nothing else
+touches the FSM but ``query_in_thread`` (graft.driver.fsm_work). Every replica must turn the
+same commands into the same state and the same answers, so ``apply`` may not read clocks,
+random sources or anything else outside the command. An FSM that needs the time or randomness
+implements ``apply_stamped`` (StampedStateMachine) and takes them from the leader's stamp,
+which every replica reads from the log alike.
 """
 
 from __future__ import annotations
@@ -230,10 +233,11 @@ class ThreadedQueries(Protocol):
     def query_in_thread(self, query: bytes, deadline: float) -> bytes:
         """Answer ``query`` as ``query`` would, from a worker thread.
 
-        Several calls may run at once, and at the same time as ``apply``, ``begin_snapshot``,
-        ``restore`` and ``close`` on the reactor thread. The answer must come from a state that
-        includes every command applied before the driver handed the call to its thread pool,
-        and never from a state that ``restore`` replaced before the call started reading.
+        Several calls may run at once, and at the same time as ``apply`` (on the reactor
+        thread, or the apply thread), ``begin_snapshot``, ``restore`` and ``close``. The answer
+        must come from a state that includes every command applied before the driver handed
+        the call to its thread pool, and never from a state that ``restore`` replaced before
+        the call started reading.
 
         ``deadline`` is a ``time.monotonic()`` value: past it (also before the query starts,
         after waiting for a thread), stop the query and raise QueryTimedOut. A refused query

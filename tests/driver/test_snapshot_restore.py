@@ -1,4 +1,4 @@
-"""A follower restoring the leader's snapshot keeps serving (graft.driver.restores): nodes on
+"""A follower restoring the leader's snapshot keeps serving (graft.driver.fsm_work): nodes on
 real DurableLogs (temp dirs, writes on the Clock) with the kv FSM; the follower's worker
 thread is replaced by one that holds the FSM's restore until the test lets it run, so the test
 looks at the node while the restore is under way."""
@@ -182,7 +182,7 @@ class SnapshotRestoreTests(KvSnapshotCluster):
         self.wait_restore_held(follower)
         second = self.cut_off_then_snapshot(follower, count=1500)
         self.assertGreater(second, first)
-        restores = self.network.nodes[follower]._parts.snapshots.restores
+        restores = self.network.nodes[follower]._parts.snapshots.fsm_work
         self.wait_until(lambda: restores.restoring_to >= second, "the follower installs the second")
         self.assertEqual(self.logs[follower].snapshot_meta().index, restores.restoring_to)
         self.assertEqual(len(self.threads[follower].held), 1)  # the second waits its turn

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -47,7 +47,7 @@ def run_until(
 # build_node's arguments besides the settings that a test may replace.
 _WIRING = (
     *("monotonic", "stop_process", "metrics", "incoming_dir", "run_in_thread", "run_query"),
-    *("seeds", "wall_ns"),
+    *("seeds", "wall_ns", "run_apply"),
 )
 
 
@@ -247,6 +247,9 @@ class DriverCluster(unittest.TestCase):
             **options,
         }
         wiring = {k: settings.pop(k) for k in _WIRING if k in settings}
+        # An FSM that applies in a worker thread (SQLite) applies at once here, so tests on
+        # the fake clock need no reactor; tests/driver/test_apply_thread.py runs it threaded.
+        wiring.setdefault("run_apply", maybeDeferred)
         node = build_node(
             raft=raft,
             storage=durable,

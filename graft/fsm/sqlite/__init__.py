@@ -184,6 +184,10 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
     """A replicated SQLite database (see the module docstring for the full contract)."""
 
     content_type = "application/json"
+    # Commands apply in a worker thread (graft.driver.fsm_work): the work budget counts VM
+    # steps, and one step over large values can take milliseconds, so a command within its
+    # budget may still take seconds; the reactor keeps the node's Raft timing meanwhile.
+    apply_in_thread = True
 
     def __init__(
         self,
