@@ -8,16 +8,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
+from graft.config import ConfigError
 from graft.driver.node import GraftNode
 from graft.driver.pipeline import thread_segments
 from graft.driver.port import Consistency
 from graft.fsm.kv import KeyValueStateMachine
+from graft.fsm.sqlite import SQLiteStateMachine
 from graft.raft.types import Entry, EntryKind, Membership
+from graft.sessions.machine import with_sessions
 from graft.testing.kv import get, put
 from tests.support.driver import NODES, TICK, DriverCluster
 from tests.support.snapshot_cluster import SnapshotCluster
@@ -186,3 +191,22 @@ class ThreadSegmentTests(DriverCluster):
             [([e.index for e in run], t) for run, t in thread_segments(entries[3:4])],
             [([4], False)],
         )
+
+
+class SqliteChoiceTests(SynchronousTestCase):
+    def make(self, **options: Any) -> SQLiteStateMachine:
+        data_dir = Path(self.mktemp())
+        fsm = SQLiteStateMachine(data_dir=data_dir, base_dir=data_dir, **options)
+        self.addCleanup(fsm.close)
+        return fsm
+
+    def test_sqlite_applies_in_the_thread_unless_told_not_to(self) -> None:
+        """The SQLite FSM asks for the apply thread, through the session layer the driver
+        sees; ``fsm.options.apply_in_thread: false`` keeps its commands on the reactor thread,
+        and anything but a boolean stops the node at start."""
+        self.assertTrue(with_sessions(self.make()).apply_in_thread)
+        self.assertFalse(with_sessions(self.make(apply_in_thread=False)).apply_in_thread)
+        for bad in ("false", 0, None):
+            with self.assertRaises(ConfigError) as raised:
+                self.make(apply_in_thread=bad)
+            self.assertIn("fsm.options.apply_in_thread", str(raised.exception))
