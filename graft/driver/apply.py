@@ -147,42 +147,49 @@ class Applier:
         now = self._clock.seconds()
         leader = self._raft.leader or ""
         proposed_at = self.proposed_at
-        membership = EntryKind.MEMBERSHIP
         outcomes = computed.outcomes
         if computed.stamp_floor_ns > self.stamp_floor_ns:
             self.stamp_floor_ns = computed.stamp_floor_ns
         # Only the node that proposed entries waits on them: followers build no results. The
         # results are handed over once, after the loop (or before a fatal error's stop).
         results: list[tuple[int, int, CommandResult]] | None = [] if len(self._proposals) else None
-        for i, entry in enumerate(entries):
-            index = entry.index
-            if i == len(outcomes):  # the FSM raised on this one
-                assert computed.fatal is not None
-                self._resolve(results)
-                self._stop_at(entry, *computed.fatal)
-                return False
-            outcome = outcomes[i]
-            output, error, session = outcome if outcome is not None else (b"", None, None)
-            if outcome is None:
-                if entry.kind is membership:
-                    self.applied_membership = decode_membership(entry.data)
-                elif entry.data:  # a NOOP with data: a marker (the consistency check's)
-                    self._digests.marker_applied(index, entry.data)
-            if results is not None:
-                term = entry.term
-                if session is None:
-                    result = make_command_result(index, term, leader, output, error)
+        if results is None and not proposed_at:  # a follower: only membership and markers
+            for entry, outcome in zip(entries, outcomes, strict=False):  # to a fatal one
+                if outcome is None:
+                    self._not_a_command(entry)
+        else:
+            for entry, outcome in zip(entries, outcomes, strict=False):  # to a fatal one
+                index = entry.index
+                if outcome is None:
+                    self._not_a_command(entry)
+                    output, error, session = b"", None, None
                 else:
-                    result = _session_result(session, leader)
-                results.append((index, term, result))
-            if proposed_at:  # also once its waiter timed out, or the entry is not ours
-                started = proposed_at.pop(index, None)
-                if started is not None:
-                    self._metrics.commit_latency.observe(now - started)
+                    output, error, session = outcome
+                if results is not None:
+                    term = entry.term
+                    if session is None:
+                        result = make_command_result(index, term, leader, output, error)
+                    else:
+                        result = _session_result(session, leader)
+                    results.append((index, term, result))
+                if proposed_at:  # also once its waiter timed out, or the entry is not ours
+                    started = proposed_at.pop(index, None)
+                    if started is not None:
+                        self._metrics.commit_latency.observe(now - started)
+        if computed.fatal is not None:  # the FSM raised on the entry after the last outcome
+            self._resolve(results)
+            self._stop_at(entries[len(outcomes)], *computed.fatal)
+            return False
         self._resolve(results)
         self._applied.advance(entries[-1].index)
         self._metrics.apply_duration.observe(computed.seconds)
         return True
+
+    def _not_a_command(self, entry: Entry) -> None:
+        if entry.kind is EntryKind.MEMBERSHIP:
+            self.applied_membership = decode_membership(entry.data)
+        elif entry.data:  # a NOOP with data: a marker (the consistency check's)
+            self._digests.marker_applied(entry.index, entry.data)
 
     def _stop_at(self, entry: Entry, failure: Failure, stamp_error: str | None) -> None:
         if stamp_error is not None:
