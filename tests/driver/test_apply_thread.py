@@ -11,8 +11,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.config import ConfigError
@@ -24,7 +22,7 @@ from graft.fsm.sqlite import SQLiteStateMachine
 from graft.raft.types import Entry, EntryKind, Membership
 from graft.sessions.machine import with_sessions
 from graft.testing.kv import get, put
-from tests.support.driver import NODES, TICK, DriverCluster
+from tests.support.driver import NODES, TICK, DriverCluster, HeldThread
 from tests.support.snapshot_cluster import SnapshotCluster
 
 ELECTION = 10 * TICK  # the driver's default: ten ticks
@@ -42,27 +40,9 @@ class ThreadedKv(KeyValueStateMachine):
         return super().apply(command, index)
 
 
-class HeldApplies:
-    """A node's apply thread: each call waits until ``release``, which runs it (on the test's
-    thread, as the thread would) and hands its outcome back to the node."""
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Deferred[Any], Callable[[], Any]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.held.append((d, partial(f, *args)))
-        return d
-
-    def release(self) -> None:
-        d, run = self.held.pop(0)
-        outcome = maybeDeferred(run)
-        outcome.addBoth(lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
-
-
 class ApplyThreadTests(SnapshotCluster):
     def setUp(self) -> None:
-        self.threads = {n: HeldApplies() for n in NODES}
+        self.threads = {n: HeldThread() for n in NODES}
         self.stopped = dict.fromkeys(NODES, 0)
         self.addCleanup(self._release_all)
         self.start_cluster()

@@ -8,40 +8,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.python.failure import Failure
-
 from graft.driver.port import Consistency
 from graft.errors import NoLeader
 from graft.fsm import digest
 from graft.fsm.kv import KeyValueStateMachine
 from graft.raft.ready import Role
 from graft.testing.kv import put
-from tests.support.driver import NODES
+from tests.support.driver import NODES, HeldThread
 from tests.support.snapshot_cluster import VALUE, KvSnapshotCluster
 
 GET_FIRST = b'{"op":"get","key":"key000000"}'
 
 
-class HeldRestores:
+def held_restores() -> HeldThread:
     """A node's worker thread: everything runs at once on the test's thread, except the FSM's
     restore from a received snapshot, held until ``release``."""
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Deferred[Any], Callable[..., Any]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if getattr(f, "__name__", None) != "restore_fsm":
-            return maybeDeferred(f, *args)
-        d: Deferred[Any] = Deferred()
-        self.held.append((d, lambda: f(*args)))
-        return d
-
-    def release(self) -> None:
-        """The restore's thread finishes: its outcome reaches the reactor."""
-        d, run = self.held.pop(0)
-        outcome = maybeDeferred(run)
-        outcome.addBoth(lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
+    return HeldThread(lambda f: getattr(f, "__name__", None) == "restore_fsm")
 
 
 class RecordingKv(KeyValueStateMachine):
@@ -68,7 +50,7 @@ class RecordingKv(KeyValueStateMachine):
 
 class SnapshotRestoreTests(KvSnapshotCluster):
     def setUp(self) -> None:
-        self.threads: dict[str, HeldRestores] = {}
+        self.threads: dict[str, HeldThread] = {}
         self.recording: dict[str, RecordingKv] = {}  # self.fsms, with their type
         self.stopped: dict[str, int] = {}
         self.addCleanup(self._release_all)
@@ -84,8 +66,8 @@ class SnapshotRestoreTests(KvSnapshotCluster):
         self.recording[node_id] = RecordingKv()
         return self.recording[node_id]
 
-    def worker(self, node_id: str) -> HeldRestores:
-        self.threads[node_id] = HeldRestores()
+    def worker(self, node_id: str) -> HeldThread:
+        self.threads[node_id] = held_restores()
         return self.threads[node_id]
 
     def stop_process(self, node_id: str) -> Callable[[], None]:

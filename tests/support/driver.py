@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from graft.driver.node import GraftNode
@@ -308,3 +309,25 @@ class DriverCluster(unittest.TestCase):
             waited += TICK
         self.assertTrue(box, "the operation did not finish")
         return box[0]
+
+
+class HeldThread:
+    """A worker thread played by the test: a call that ``holds`` picks (every call by default)
+    waits until ``release``, which runs the oldest held one on the test's thread and hands its
+    outcome back; any other call runs at once."""
+
+    def __init__(self, holds: Callable[[Callable[..., Any]], bool] = lambda f: True) -> None:
+        self.holds = holds
+        self.held: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if not self.holds(f):
+            return maybeDeferred(f, *args)
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, lambda: f(*args)))
+        return d
+
+    def release(self) -> None:
+        d, run = self.held.pop(0)
+        outcome = maybeDeferred(run)
+        outcome.addBoth(lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
