@@ -157,6 +157,12 @@ class FsmWork:
         self._idle.append(d)
         return d
 
+    def close(self) -> None:
+        """After ``idle``, at the node's stop: end the apply thread, if it has one to end."""
+        stop = getattr(self._run_apply, "stop", None)
+        if stop is not None:
+            stop()
+
     def _drain(self) -> None:
         while self._queue:
             work, where = self._queue.popleft()

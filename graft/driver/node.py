@@ -135,6 +135,7 @@ class GraftNode(Service, ClusterBackend, ClusterAdmin):
         p.pipeline.finished.addBoth(pending.callback)
 
         def close(_: object) -> Deferred[None]:
+            p.snapshots.fsm_work.close()
             p.fsm.close()  # also stops the queries running in the query threads
             if not p.query_pool.joined:  # stopService may run twice (a fatal error, then stop)
                 p.query_pool.stop()

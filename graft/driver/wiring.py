@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 
 from graft.consistency import DigestBook
 from graft.driver.apply import Applier
+from graft.driver.apply_thread import ApplyThread, FromThreads
 from graft.driver.checks import ReplicaChecks
 from graft.driver.clock import ReactorTime
 from graft.driver.forwarding import (
@@ -89,7 +90,7 @@ def build_node(
     None, for tests on a fake clock); ``stop_process`` stops the process on a fatal error or
     the API's shutdown (nothing when None); ``incoming_dir`` receives the leader's snapshots
     (none are accepted when None); ``run_apply`` runs an FSM's commands that ask for a worker
-    thread (``run_in_thread`` when None, as for snapshots and restores); ``seeds`` gives the
+    thread (graft.driver.apply_thread when None); ``seeds`` gives the
     random seeds of the stamps this node writes as leader (a generator seeded from the OS when
     None), ``wall_ns`` their time (the clock's seconds when None: the reactor's is the wall
     clock)."""
@@ -174,7 +175,9 @@ def build_node(
         stamper=stamper,
     )
     fsm_work = FsmWork(
-        lifecycle=lifecycle, run_in_thread=run_in_thread, run_apply=run_apply or run_in_thread
+        lifecycle=lifecycle,
+        run_in_thread=run_in_thread,
+        run_apply=run_apply or ApplyThread(cast(FromThreads, clock)),
     )
     reads = Reads(
         raft=raft,

@@ -6,6 +6,7 @@ raises in the thread still stops the node naming the entry."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from graft.config import ConfigError
+from graft.driver.apply_thread import ApplyThread
 from graft.driver.node import GraftNode
 from graft.driver.pipeline import thread_segments
 from graft.driver.port import Consistency
@@ -190,3 +192,58 @@ class SqliteChoiceTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as raised:
                 self.make(apply_in_thread=bad)
             self.assertIn("fsm.options.apply_in_thread", str(raised.exception))
+
+
+class _Reactor:
+    """callFromThread as the thread calls it: kept for the test to run on its own thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.called = threading.Event()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        self.calls.append((f, args))
+        self.called.set()
+
+    def run_calls(self) -> None:
+        self.called.wait(10)
+        for f, args in self.calls:
+            f(*args)
+
+
+class ApplyRunnerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = _Reactor()
+        self.runner = ApplyThread(self.reactor, wait=0.5)
+        self.addCleanup(self.runner.stop)
+
+    def test_a_quick_call_is_answered_at_once_from_the_thread(self) -> None:
+        """A call done within the wait comes back already fired, having run on the apply
+        thread, with nothing left for the reactor; one that raises comes back failed."""
+        answer = self.successResultOf(self.runner(lambda: threading.current_thread().name))
+        self.assertEqual(answer, "graft-apply")
+        failure = self.failureResultOf(self.runner(lambda: 1 // 0), ZeroDivisionError)
+        self.assertIn("division", str(failure.value))
+        self.assertEqual(self.reactor.calls, [])
+
+    def test_a_slow_call_is_left_to_the_thread_and_answered_through_the_reactor(self) -> None:
+        """A call still running at the end of the wait returns an unfired Deferred at once (the
+        reactor goes back to its loop); the thread fires it through callFromThread, and the
+        calls after it run after it, in order."""
+        runner = ApplyThread(self.reactor, wait=0.01)
+        self.addCleanup(runner.stop)
+        go = threading.Event()
+        order: list[str] = []
+
+        def slow() -> str:
+            go.wait(10)
+            order.append("slow")
+            return "done"
+
+        d = runner(slow)
+        self.assertNoResult(d)
+        go.set()
+        self.reactor.run_calls()
+        self.assertEqual(self.successResultOf(d), "done")
+        self.assertEqual(self.successResultOf(runner(lambda: order.append("next"))), None)
+        self.assertEqual(order, ["slow", "next"])
