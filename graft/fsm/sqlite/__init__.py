@@ -188,8 +188,8 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
     # Commands apply in a worker thread (graft.driver.fsm_work): the work budget counts VM
     # steps, and one step over large values can take milliseconds, so a command within its
     # budget may still take seconds; the reactor keeps the node's Raft timing meanwhile. The
-    # option ``apply_in_thread=False`` applies them on the reactor thread instead: faster
-    # (docs/sql.md), for clusters whose writers are all trusted.
+    # option ``apply_in_thread=False`` applies them on the reactor thread instead (docs/sql.md
+    # says what that gives up).
     apply_in_thread = True
 
     def __init__(
