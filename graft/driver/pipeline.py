@@ -333,10 +333,8 @@ class ReadyPipeline:
                     )
                 else:
                     work.after(partial(self._apply_now, segment))
-        elif work.busy:  # the FSM is being restored from a snapshot: apply after it, in order
-            work.after(lambda: self._apply_now(entries))
-        else:
-            self._apply_now(entries)
+        else:  # now, or after the work on the FSM under way (a restore), in order
+            work.after(partial(self._apply_now, entries))
 
     def _applied_in_thread(self, entries: Sequence[Entry], computed: Computed) -> None:
         if self._lifecycle.stopping:

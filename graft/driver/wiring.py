@@ -90,10 +90,9 @@ def build_node(
     None, for tests on a fake clock); ``stop_process`` stops the process on a fatal error or
     the API's shutdown (nothing when None); ``incoming_dir`` receives the leader's snapshots
     (none are accepted when None); ``run_apply`` runs an FSM's commands that ask for a worker
-    thread (graft.driver.apply_thread when None); ``seeds`` gives the
-    random seeds of the stamps this node writes as leader (a generator seeded from the OS when
-    None), ``wall_ns`` their time (the clock's seconds when None: the reactor's is the wall
-    clock)."""
+    thread (graft.driver.apply_thread when None); ``seeds`` gives the random seeds of the
+    stamps this node writes as leader (a generator seeded from the OS when None), ``wall_ns``
+    their time (the clock's seconds when None: the reactor's is the wall clock)."""
     metrics = metrics or NodeMetrics()
     # The session layer (graft.sessions) sits between the driver and the FSM: every part sees
     # it as the FSM, so snapshots, restores and digests carry the session table too.

@@ -185,12 +185,6 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
     """A replicated SQLite database (see the module docstring for the full contract)."""
 
     content_type = "application/json"
-    # Commands apply in a worker thread (graft.driver.fsm_work): the work budget counts VM
-    # steps, and one step over large values can take milliseconds, so a command within its
-    # budget may still take seconds; the reactor keeps the node's Raft timing meanwhile. The
-    # option ``apply_in_thread=False`` applies them on the reactor thread instead (docs/sql.md
-    # says what that gives up).
-    apply_in_thread = True
 
     def __init__(
         self,
@@ -207,6 +201,10 @@ class SQLiteStateMachine(JsonCommands, ThreadedReads):
             raise ConfigError(
                 f"fsm.options.apply_in_thread: {apply_in_thread!r} is not true or false"
             )
+        # Commands apply in a worker thread (graft.driver.fsm_work): the work budget counts VM
+        # steps, and one step over large values can take milliseconds, so a command within its
+        # budget may still take seconds; the reactor keeps the node's Raft timing meanwhile.
+        # False applies them on the reactor thread (docs/sql.md says what that gives up).
         self.apply_in_thread = apply_in_thread
         self._path = Path(data_dir) / filename
         self._wal_path = self._path.with_name(self._path.name + "-wal")
