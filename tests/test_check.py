@@ -131,6 +131,24 @@ class CheckTests(DriverCluster):
         ]
         self.assertEqual(len(markers), 1)
 
+    def test_digest_pins_the_state_at_the_marker(self) -> None:
+        """A command proposed right after the marker commits and applies in the same batch as
+        the marker on every node; each digest must still be of the state at the marker. (The
+        fault suite saw replicas reported diverged: a batch's commands were all applied before
+        its marker pinned the FSM, so a node that got the two in one batch digested a later
+        state than a node that got the marker alone.)"""
+        leader = self.leader()
+        self.write(leader)
+        at_marker = digest(self.fsms[leader])
+        node = self.network.nodes[leader]
+        check = node.check_replicas()
+        later = node.submit([put("k0", "after the marker")])
+        result = self.result(check)
+        self.result(later)
+        self.assertNotEqual(digest(self.fsms[leader]), at_marker)
+        for member, answer in result["members"].items():
+            self.assertEqual(answer["digest"], at_marker, member)
+
     def test_unknown_check_is_not_found(self) -> None:
         """A peer asking for a digest this node never computed gets not_found, not a hang."""
         leader = self.leader()

@@ -88,18 +88,29 @@ class Applier:
 
     def apply(self, entries: Sequence[Entry]) -> bool:
         """Apply committed entries in order, here; False if the FSM raised (the node then
-        stops)."""
-        return self.finish(entries, self.compute(entries))
+        stops). A marker ends a ``compute``: its digest is taken in ``finish``, before the
+        commands after it touch the FSM."""
+        while True:
+            computed = self.compute(entries)
+            if not self.finish(entries, computed):
+                return False
+            done = len(computed.outcomes)
+            if done == len(entries):
+                return True
+            entries = entries[done:]
 
     def compute(self, entries: Sequence[Entry]) -> Computed:
         """The FSM's part of applying ``entries``: each command's output or refusal, up to the
-        first the FSM raised on. It touches only the FSM, so it may run in a worker thread
-        while nothing else touches the FSM (graft.driver.fsm_work); ``finish`` does the rest
-        on the reactor thread."""
+        first the FSM raised on, or up to a marker (a NOOP with data) that is not the last
+        entry: the marker's digest must pin the FSM before the next command changes it, so
+        the outcomes end with the marker's and the caller computes the rest after ``finish``.
+        It touches only the FSM, so it may run in a worker thread while nothing else touches
+        the FSM (graft.driver.fsm_work); ``finish`` does the rest on the reactor thread."""
         started = time.perf_counter()
         apply_stamped = self._apply_stamped
         apply_plain = self._apply_plain
-        normal, stamped = EntryKind.NORMAL, EntryKind.STAMPED
+        normal, stamped, noop = EntryKind.NORMAL, EntryKind.STAMPED, EntryKind.NOOP
+        last = entries[-1]
         rejected = self._rejected
         floor = self.stamp_floor_ns
         outcomes: list[_Outcome | None] = []
@@ -108,6 +119,8 @@ class Applier:
             kind = entry.kind
             if kind is not stamped and kind is not normal:
                 outcomes.append(None)
+                if kind is noop and entry.data and entry is not last:
+                    break  # a marker: pinned in ``finish`` before what follows is applied
                 continue
             index = entry.index
             output, error = b"", None
@@ -143,7 +156,8 @@ class Applier:
     def finish(self, entries: Sequence[Entry], computed: Computed) -> bool:
         """The rest of applying ``entries`` once the FSM applied their commands (``compute``):
         membership and markers, the proposals' answers, the applied index. On the reactor
-        thread. False if the FSM raised on one (the node then stops)."""
+        thread, for the entries ``compute`` got to (it may have stopped at a marker). False
+        if the FSM raised on one (the node then stops)."""
         now = self._clock.seconds()
         leader = self._raft.leader or ""
         proposed_at = self.proposed_at
@@ -181,7 +195,7 @@ class Applier:
             self._stop_at(entries[len(outcomes)], *computed.fatal)
             return False
         self._resolve(results)
-        self._applied.advance(entries[-1].index)
+        self._applied.advance(entries[len(outcomes) - 1].index)
         self._metrics.apply_duration.observe(computed.seconds)
         return True
 

@@ -339,6 +339,8 @@ class ReadyPipeline:
     def _applied_in_thread(self, entries: Sequence[Entry], computed: Computed) -> None:
         if self._lifecycle.stopping:
             return
+        # thread_segments leaves no marker in a threaded run, so compute did them all.
+        assert computed.fatal or len(computed.outcomes) == len(entries), "a marker in a run"
         if self.stages.applier.finish(entries, computed):
             self.stages.snapshots.maybe_snapshot(entries)
 
