@@ -352,9 +352,16 @@ class ReplicaCheckTests(unittest.SynchronousTestCase):
         from graft.testing.faults.run import replica_check
 
         cluster = _CheckCluster([(200, _check_result({"n1": "a", "n2": "a", "n3": "b"}))])
-        result, anomalies = replica_check(cluster, timeout=5, pause=0)  # type: ignore[arg-type]
+        result, anomalies = replica_check(
+            cluster,  # type: ignore[arg-type]
+            timeout=5,
+            pause=0,
+            during=" under write load",
+        )
         self.assertEqual([a.kind for a in anomalies], ["replica_digest_mismatch"])
-        self.assertIn("n3", anomalies[0].message)
+        self.assertIn(
+            "at index 42 under write load found that the FSM state of n3", anomalies[0].message
+        )
         self.assertEqual(result and result["index"], 42)
 
     def test_retries_until_complete(self) -> None:

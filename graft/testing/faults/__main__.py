@@ -186,6 +186,8 @@ def _summary_line(index: int, v: dict[str, Any], seconds: float) -> str:
         f"longest leaderless {c.get('longest_leaderless_ms', '?')} ms, {seconds:.0f}s; "
         f"{v['dir']}/timeline.html"
     )
+    if "replica_check_under_load" in v:
+        line += _replica_check_note(v["replica_check_under_load"], " under load")
     line += _replica_check_note(v.get("replica_check"))
     if "snapshots" in v:
         line += "; " + _snapshot_note(v["snapshots"])
@@ -244,16 +246,17 @@ def _lock_totals_line(verdicts: list[dict[str, Any]], out: Path) -> str:
     )
 
 
-def _replica_check_note(check: dict[str, Any] | None) -> str:
-    """How the replica consistency check after the heal went, for the summary line."""
+def _replica_check_note(check: dict[str, Any] | None, when: str = "") -> str:
+    """How a replica consistency check after the heal went, for the summary line."""
     if check is None:
-        return "; replica check: no answer"
+        return f"; replica check{when}: no answer"
+    at = f"at {check.get('index')}{when}"
     if check.get("mismatch"):
-        return f"; replica check at {check.get('index')}: DIGESTS DIFFER"
+        return f"; replica check {at}: DIGESTS DIFFER"
     if not check.get("complete"):
         missing = sorted(n for n, m in check.get("members", {}).items() if not m.get("digest"))
-        return f"; replica check at {check.get('index')}: no digest from {', '.join(missing)}"
-    return f"; replicas equal at index {check.get('index')}"
+        return f"; replica check {at}: no digest from {', '.join(missing)}"
+    return f"; replicas equal {at}"
 
 
 def _totals(verdicts: list[dict[str, Any]]) -> dict[str, int]:

@@ -150,12 +150,16 @@ def final_checks(cluster: FaultCluster, workload: Workload) -> list[Anomaly]:
 
 
 def replica_check(
-    cluster: FaultCluster, timeout: float = REPLICA_CHECK_SECONDS, pause: float = 1.0
+    cluster: FaultCluster,
+    timeout: float = REPLICA_CHECK_SECONDS,
+    pause: float = 1.0,
+    during: str = "",
 ) -> tuple[dict[str, Any] | None, list[Anomaly]]:
     """GET /cluster/check on the healed cluster (graft.consistency): every node's FSM digest at
     one log index. Digests that differ are an anomaly (the replicas diverged). A check that
     cannot complete (no leader yet, a member still catching up through a snapshot past the
-    check's index) is retried until ``timeout``; the last result is returned either way."""
+    check's index) is retried until ``timeout``; the last result is returned either way.
+    ``during`` says when it ran, in the anomaly's message."""
     deadline = time.monotonic() + timeout
     result: dict[str, Any] | None = None
     while True:
@@ -172,8 +176,9 @@ def replica_check(
             return result, [
                 Anomaly(
                     kind="replica_digest_mismatch",
-                    message=f"the replica check at index {result.get('index')} found that the "
-                    f"FSM state of {odd} differs from the other nodes': the replicas diverged",
+                    message=f"the replica check at index {result.get('index')}{during} "
+                    f"found that the FSM state of {odd} differs from the other nodes': the "
+                    "replicas diverged",
                 )
             ]
         if (result is not None and result.get("complete")) or time.monotonic() >= deadline:
@@ -283,6 +288,10 @@ def run_once(
         nemesis.run(duration)
         nemesis.final_heal()
         time.sleep(QUIET_SECONDS)
+        # Once while the clients still write: a follower then applies the marker in a batch
+        # with the commands after it, and its digest must still be of the state at the marker.
+        loaded, loaded_anomalies = replica_check(cluster, during=" under write load")
+        anomalies += loaded_anomalies
         workload.stop()
         anomalies += final_checks(cluster, workload)
         check, check_anomalies = replica_check(cluster)
@@ -338,6 +347,7 @@ def run_once(
         "network_delay": "netem" if network.netem else "tbf (netem unavailable)",
         "wall_seconds": round(time.time() - started, 1),
         "replica_check": check,
+        "replica_check_under_load": loaded,
         "fsync_stalls": elections_during_stalls(nemesis.events, poller.samples),
     }
     if snapshots is not None:
