@@ -5,8 +5,9 @@ hands that message to ``SnapshotSender``, which streams the leader's snapshot fi
 one call at a time (the answer paces the next chunk: flow control for free), starting where
 the follower's partial file ends, so a transfer broken by a lost connection resumes instead
 of restarting. The follower's ``SnapshotReceiver`` appends chunks to a partial file in its
-data dir and, once the file is complete, fsynced and its crc32 matches the leader's, steps the
-InstallSnapshot message into its core, which then asks the driver (Ready.snapshot) to install it.
+data dir and, once the file is complete and its crc32 matches the leader's, steps the
+InstallSnapshot message into its core, which then asks the driver (Ready.snapshot) to install it
+(storage copies it into the snapshot store, fsynced, off the reactor thread).
 
 The receiver trusts no sender: it takes chunks only from the node it knows as the leader of its
 current term, never writes past the size the leader announced, and keeps at most one partial
@@ -16,7 +17,6 @@ restarts.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,11 +208,13 @@ class SnapshotReceiver:
         if offset != have or not (data or done):
             return {"term": term, "next_offset": have}  # an offer, or out of order: resync
         running = self._crc_of(path, have)
+        # No fsync, which would hold the reactor for as long as the disk takes to write the
+        # whole file: storage's install copies the file into the snapshot store and fsyncs
+        # that copy before the core's acknowledgement leaves. A crash loses nothing that
+        # counts: complete files are removed at start, and a partial file that lost its tail
+        # resumes, or fails the whole file's crc32 and is sent again.
         with path.open("ab") as f:
             f.write(data)
-            if done:
-                f.flush()
-                os.fsync(f.fileno())
         have += len(data)
         self._running = (path, have, zlib.crc32(data, running))
         if not done:
