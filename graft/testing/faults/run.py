@@ -56,6 +56,9 @@ from graft.testing.faults.workload import (
 
 QUIET_SECONDS = 5.0
 REPLICA_CHECK_SECONDS = 60.0
+# Longer than this without an answer from any node is time the status poll knows nothing of:
+# each node is polled every 0.1 s with a 0.3 s timeout.
+SILENT_SECONDS = 0.5
 FINAL_CLIENT = "final"
 # kv: clients put/cas/get on the kv FSM over HTTP (this module); lock: examples/lock.py's Lock
 # embedded in three processes, with a guarded resource (lock_run).
@@ -247,14 +250,24 @@ def malformed_answers(records: list[OpRecord]) -> list[Anomaly]:
 
 
 def longest_leaderless(samples: list[StatusSample]) -> float:
-    """The longest stretch (seconds) in which no node's /status said it was the leader."""
+    """The longest stretch (seconds) from a leader's answer to /status to the next leader's
+    answer, less the time in which no node answered at all for more than SILENT_SECONDS. A
+    poll that got no answer tells nothing either way: under the slow-network fault every poll
+    can time out while the leader keeps its term, which is not time without a leader."""
     longest = 0.0
-    last: float | None = None
+    start: float | None = None  # the last leader's answer
+    answered: float | None = None  # the last answer from any node
+    silent = 0.0  # time since ``start`` in which no node answered
     for sample in sorted(samples, key=lambda s: s.t):
+        if sample.role == "down":
+            continue
+        if start is not None and answered is not None and sample.t - answered > SILENT_SECONDS:
+            silent += sample.t - answered
+        answered = sample.t
         if sample.role == "leader":
-            if last is not None:
-                longest = max(longest, sample.t - last)
-            last = sample.t
+            if start is not None:
+                longest = max(longest, sample.t - start - silent)
+            start, silent = sample.t, 0.0
     return longest
 
 
